@@ -1,0 +1,340 @@
+//! The version catalog's rules, as pure functions over DatastoreVersion specs: whether an entry
+//! is usable next to the others, and whether an upgrade path from a running version to a
+//! catalog entry is allowed.
+
+use std::collections::BTreeMap;
+
+use crate::crd::{Datastore, DatastoreVersionSpec};
+use crate::version::Version;
+
+/// Why a catalog entry cannot be used. The `reason` is a fixed PascalCase word (condition
+/// reason, event reason); the message says what to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Checks one entry (`name`) against the whole catalog (`name → spec`, including itself).
+/// The schema already guarantees well-formed fields; this checks what needs the other entries.
+pub fn validate_entry(
+    name: &str,
+    entry: &DatastoreVersionSpec,
+    catalog: &BTreeMap<String, DatastoreVersionSpec>,
+) -> Result<(), Invalid> {
+    let own: Version = entry.version.parse().map_err(|e| Invalid {
+        reason: "InvalidVersion",
+        message: format!("{e}"),
+    })?;
+
+    let same_version: Vec<&str> = catalog
+        .iter()
+        .filter(|(n, s)| n.as_str() != name && s.datastore == entry.datastore)
+        .filter(|(_, s)| s.version.parse::<Version>().is_ok_and(|v| v == own))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if !same_version.is_empty() {
+        return Err(Invalid {
+            reason: "DuplicateVersion",
+            message: format!(
+                "{} {} is also defined by {}; keep one entry per datastore version",
+                entry.datastore,
+                entry.version,
+                same_version.join(", ")
+            ),
+        });
+    }
+
+    if entry.default {
+        let other_defaults: Vec<&str> = catalog
+            .iter()
+            .filter(|(n, s)| n.as_str() != name && s.datastore == entry.datastore && s.default)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if !other_defaults.is_empty() {
+            return Err(Invalid {
+                reason: "ConflictingDefault",
+                message: format!(
+                    "{} has more than one default version (also {}); set default on one only",
+                    entry.datastore,
+                    other_defaults.join(", ")
+                ),
+            });
+        }
+    }
+
+    for (i, edge) in entry.upgrade_from.iter().enumerate() {
+        let parse = |b: &Option<String>| b.as_deref().map(str::parse::<Version>).transpose();
+        let (min, max) = match (parse(&edge.min_version), parse(&edge.max_version)) {
+            (Ok(min), Ok(max)) => (min, max),
+            (Err(e), _) | (_, Err(e)) => {
+                return Err(Invalid {
+                    reason: "InvalidEdge",
+                    message: format!("upgradeFrom[{i}]: {e}"),
+                });
+            }
+        };
+        if let (Some(lo), Some(hi)) = (&min, &max)
+            && lo > hi
+            && !hi.contains(lo)
+        {
+            return Err(Invalid {
+                reason: "InvalidEdge",
+                message: format!("upgradeFrom[{i}]: minVersion {lo} is above maxVersion {hi}"),
+            });
+        }
+        // An edge from the same datastore must lie wholly below this version: a path may never
+        // be a downgrade.
+        if edge.datastore == entry.datastore
+            && max
+                .as_ref()
+                .is_none_or(|hi| *hi >= own || hi.contains(&own))
+        {
+            return Err(Invalid {
+                reason: "InvalidEdge",
+                message: format!(
+                    "upgradeFrom[{i}]: an edge from {} must end below {} (set a maxVersion lower than this version)",
+                    edge.datastore, entry.version
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The kind of step an allowed upgrade path is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    /// Same version and release, another build.
+    Hotfix,
+    /// Same datastore and major, newer version.
+    Minor,
+    /// Same datastore, newer major, along an edge.
+    Major,
+    /// Another datastore, along an edge.
+    CrossDatastore,
+}
+
+/// Why an upgrade path is refused, in words a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("target version {datastore} {version} is inactive in the catalog")]
+    Inactive {
+        datastore: Datastore,
+        version: String,
+    },
+    #[error("{from} is already the running version; nothing to upgrade")]
+    SameVersion { from: String },
+    #[error("{to} is older than the running {from}; downgrades are never performed")]
+    Downgrade { from: String, to: String },
+    #[error(
+        "no catalog edge leads from {from_datastore} {from} to {to_datastore} {to}; add an upgradeFrom entry to that DatastoreVersion to allow it"
+    )]
+    NoEdge {
+        from_datastore: Datastore,
+        from: String,
+        to_datastore: Datastore,
+        to: String,
+    },
+    #[error("{0}")]
+    BadVersion(#[from] crate::version::ParseVersionError),
+}
+
+/// Whether an instance running `from_datastore` `from` may be upgraded to catalog entry `to`.
+pub fn check_path(
+    from_datastore: Datastore,
+    from: &str,
+    to: &DatastoreVersionSpec,
+) -> Result<PathKind, PathError> {
+    if !to.active {
+        return Err(PathError::Inactive {
+            datastore: to.datastore,
+            version: to.version.clone(),
+        });
+    }
+    let src: Version = from.parse()?;
+    let dst: Version = to.version.parse()?;
+    let via_edge = || {
+        to.upgrade_from.iter().any(|e| {
+            let bound = |b: &Option<String>| b.as_deref().and_then(|s| s.parse::<Version>().ok());
+            e.datastore == from_datastore
+                && Version::in_range(
+                    &src,
+                    bound(&e.min_version).as_ref(),
+                    bound(&e.max_version).as_ref(),
+                )
+        })
+    };
+    let no_edge = || PathError::NoEdge {
+        from_datastore,
+        from: from.to_string(),
+        to_datastore: to.datastore,
+        to: to.version.clone(),
+    };
+
+    if from_datastore != to.datastore {
+        return if via_edge() {
+            Ok(PathKind::CrossDatastore)
+        } else {
+            Err(no_edge())
+        };
+    }
+    match dst.cmp(&src) {
+        std::cmp::Ordering::Equal => Err(PathError::SameVersion {
+            from: from.to_string(),
+        }),
+        std::cmp::Ordering::Less => Err(PathError::Downgrade {
+            from: from.to_string(),
+            to: to.version.clone(),
+        }),
+        std::cmp::Ordering::Greater if dst.cmp_release(&src).is_eq() => Ok(PathKind::Hotfix),
+        std::cmp::Ordering::Greater if dst.major() == src.major() => Ok(PathKind::Minor),
+        std::cmp::Ordering::Greater if via_edge() => Ok(PathKind::Major),
+        std::cmp::Ordering::Greater => Err(no_edge()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::UpgradeEdge;
+
+    fn spec(ds: Datastore, v: &str) -> DatastoreVersionSpec {
+        DatastoreVersionSpec {
+            datastore: ds,
+            version: v.into(),
+            image: format!("{ds}:{v}"),
+            active: true,
+            default: false,
+            upgrade_from: vec![],
+        }
+    }
+
+    fn edge(ds: Datastore, min: Option<&str>, max: Option<&str>) -> UpgradeEdge {
+        UpgradeEdge {
+            datastore: ds,
+            min_version: min.map(Into::into),
+            max_version: max.map(Into::into),
+        }
+    }
+
+    fn catalog(entries: &[(&str, DatastoreVersionSpec)]) -> BTreeMap<String, DatastoreVersionSpec> {
+        entries
+            .iter()
+            .map(|(n, s)| (n.to_string(), s.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn distinct_entries_are_valid() {
+        let c = catalog(&[
+            ("redis-6", spec(Datastore::Redis, "6.2.14")),
+            ("redis-7", spec(Datastore::Redis, "7.0.15")),
+            ("pg-15", spec(Datastore::Postgresql, "7.0.15")),
+        ]);
+        for (n, s) in &c {
+            assert_eq!(validate_entry(n, s, &c), Ok(()), "{n}");
+        }
+    }
+
+    #[test]
+    fn duplicate_versions_name_the_other_entry() {
+        let c = catalog(&[
+            ("a", spec(Datastore::Redis, "7.0.15")),
+            ("b", spec(Datastore::Redis, "7.0.15")),
+        ]);
+        let err = validate_entry("a", &c["a"], &c).unwrap_err();
+        assert_eq!(err.reason, "DuplicateVersion");
+        assert!(err.message.contains("also defined by b"), "{}", err.message);
+    }
+
+    #[test]
+    fn two_defaults_for_one_datastore_conflict() {
+        let mut a = spec(Datastore::Redis, "6.2.14");
+        a.default = true;
+        let mut b = spec(Datastore::Redis, "7.0.15");
+        b.default = true;
+        let mut p = spec(Datastore::Postgresql, "15");
+        p.default = true;
+        let c = catalog(&[("a", a), ("b", b), ("p", p)]);
+        assert_eq!(
+            validate_entry("b", &c["b"], &c).unwrap_err().reason,
+            "ConflictingDefault"
+        );
+        assert_eq!(validate_entry("p", &c["p"], &c), Ok(()));
+    }
+
+    #[test]
+    fn edges_must_be_ordered_and_never_lead_down() {
+        let mut s = spec(Datastore::Redis, "7.0.15");
+        s.upgrade_from = vec![edge(Datastore::Redis, Some("6.2"), Some("6.0"))];
+        let c = catalog(&[("s", s.clone())]);
+        let err = validate_entry("s", &c["s"], &c).unwrap_err();
+        assert!(err.message.contains("above maxVersion"), "{}", err.message);
+
+        s.upgrade_from = vec![edge(Datastore::Redis, Some("6.0"), None)];
+        let c = catalog(&[("s", s.clone())]);
+        assert_eq!(
+            validate_entry("s", &c["s"], &c).unwrap_err().reason,
+            "InvalidEdge"
+        );
+
+        s.upgrade_from = vec![edge(Datastore::Redis, Some("6.0"), Some("6"))];
+        let c = catalog(&[("s", s)]);
+        assert_eq!(validate_entry("s", &c["s"], &c), Ok(()));
+    }
+
+    #[test]
+    fn minor_upgrades_need_no_edge_and_downgrades_are_refused() {
+        let to = spec(Datastore::Redis, "7.0.15");
+        assert_eq!(
+            check_path(Datastore::Redis, "7.0.11", &to),
+            Ok(PathKind::Minor)
+        );
+        assert!(matches!(
+            check_path(Datastore::Redis, "7.2.4", &to),
+            Err(PathError::Downgrade { .. })
+        ));
+        assert!(matches!(
+            check_path(Datastore::Redis, "7.0.15", &to),
+            Err(PathError::SameVersion { .. })
+        ));
+        let hf = spec(Datastore::Redis, "7.0.15-hf1");
+        assert_eq!(
+            check_path(Datastore::Redis, "7.0.15", &hf),
+            Ok(PathKind::Hotfix)
+        );
+    }
+
+    #[test]
+    fn major_and_cross_datastore_steps_need_an_edge() {
+        let mut to = spec(Datastore::Redis, "7.0.15");
+        let err = check_path(Datastore::Redis, "6.2.14", &to).unwrap_err();
+        assert!(err.to_string().contains("no catalog edge"), "{err}");
+        to.upgrade_from = vec![edge(Datastore::Redis, Some("6.0"), Some("6"))];
+        assert_eq!(
+            check_path(Datastore::Redis, "6.2.14", &to),
+            Ok(PathKind::Major)
+        );
+        assert!(check_path(Datastore::Redis, "5.0.14", &to).is_err());
+
+        let mut maria = spec(Datastore::Mariadb, "10.4");
+        assert!(check_path(Datastore::Mysql, "5.6.51", &maria).is_err());
+        maria.upgrade_from = vec![edge(Datastore::Mysql, Some("5.6"), Some("5.7"))];
+        assert_eq!(
+            check_path(Datastore::Mysql, "5.6.51", &maria),
+            Ok(PathKind::CrossDatastore)
+        );
+    }
+
+    #[test]
+    fn inactive_targets_are_refused_with_a_message() {
+        let mut to = spec(Datastore::Redis, "7.0.15");
+        to.active = false;
+        let err = check_path(Datastore::Redis, "7.0.11", &to).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "target version redis 7.0.15 is inactive in the catalog"
+        );
+    }
+}

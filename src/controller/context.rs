@@ -1,0 +1,41 @@
+//! The state every reconcile shares, built once at start-up.
+
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+
+use super::requeue::Backoffs;
+use crate::metrics::Metrics;
+
+/// The field manager of every status Baton writes (server-side apply).
+pub const FIELD_MANAGER: &str = "baton";
+
+/// Shared by every reconcile of every controller.
+pub struct Context {
+    pub client: Client,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub backoffs: Backoffs,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Arc<Metrics>, identity: &str) -> Self {
+        let reporter = Reporter {
+            controller: "baton".into(),
+            instance: Some(identity.to_string()),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            backoffs: Backoffs::default(),
+        }
+    }
+
+    /// The current time, for status timestamps.
+    pub fn now(&self) -> Time {
+        Time(jiff::Timestamp::now())
+    }
+}

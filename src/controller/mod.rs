@@ -1,0 +1,133 @@
+//! One controller per Baton kind, each a pipeline observe → decide → act → write status, and
+//! the driver that runs them with shared metrics, back-off and shutdown.
+//!
+//! - `datastore_version`: validates each catalog entry against the rest and writes its status.
+//! - `database_instance`, `cluster`, `upgrade_request`: watch their kind; their reconcilers are
+//!   filled in by the instance, cluster and upgrade-request work (today they only observe).
+
+pub mod context;
+pub mod datastore_version;
+pub mod requeue;
+pub mod watch_only;
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use kube::runtime::Controller;
+use kube::runtime::controller::Action;
+use kube::{Api, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info_span, warn};
+
+pub use context::{Context, FIELD_MANAGER};
+
+use crate::crd::{Cluster, DatabaseInstance, UpgradeRequest};
+use crate::error::Error;
+
+/// Runs every controller until `shutdown` is cancelled.
+pub async fn run_all(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let client = ctx.client.clone();
+    tokio::join!(
+        drive(
+            "datastoreversion",
+            datastore_version::controller(client.clone()),
+            datastore_version::reconcile,
+            ctx.clone(),
+            shutdown.clone(),
+        ),
+        drive(
+            "databaseinstance",
+            Controller::new(
+                Api::<DatabaseInstance>::all(client.clone()),
+                Default::default()
+            ),
+            watch_only::reconcile::<DatabaseInstance>,
+            ctx.clone(),
+            shutdown.clone(),
+        ),
+        drive(
+            "cluster",
+            Controller::new(Api::<Cluster>::all(client.clone()), Default::default()),
+            watch_only::reconcile::<Cluster>,
+            ctx.clone(),
+            shutdown.clone(),
+        ),
+        drive(
+            "upgraderequest",
+            Controller::new(Api::<UpgradeRequest>::all(client), Default::default()),
+            watch_only::reconcile::<UpgradeRequest>,
+            ctx,
+            shutdown,
+        ),
+    );
+}
+
+/// Runs one controller: a tracing span per reconcile, metrics, per-object back-off on errors.
+async fn drive<K, F, Fut>(
+    name: &'static str,
+    controller: Controller<K>,
+    reconcile: F,
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Clone + Debug + Eq + Hash + Unpin,
+    F: Fn(Arc<K>, Arc<Context>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    let reconcile = Arc::new(reconcile);
+    let observed = move |obj: Arc<K>, ctx: Arc<Context>| {
+        let reconcile = reconcile.clone();
+        let key = object_key(obj.as_ref());
+        let span = info_span!(
+            "reconcile",
+            kind = name,
+            namespace = obj.namespace().unwrap_or_default(),
+            name = obj.name_any()
+        );
+        async move {
+            let started = Instant::now();
+            let result = reconcile(obj, ctx.clone()).await;
+            ctx.metrics.reconciled(name, started.elapsed());
+            match &result {
+                Ok(_) => ctx.backoffs.succeeded(&key),
+                Err(e) => ctx.metrics.failed(name, e.category()),
+            }
+            result
+        }
+        .instrument(span)
+    };
+    let error_policy = move |obj: Arc<K>, err: &Error, ctx: Arc<Context>| {
+        warn!(kind = name, object = %object_key(obj.as_ref()), error = %chain(err), "reconcile failed");
+        ctx.backoffs.failed(&object_key(obj.as_ref()))
+    };
+    controller
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(observed, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+/// An error with its sources, `outer: inner: innermost`, for one log field.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+fn object_key<K: Resource>(obj: &K) -> String {
+    match obj.meta().namespace.as_deref() {
+        Some(ns) => format!("{ns}/{}", obj.meta().name.as_deref().unwrap_or_default()),
+        None => obj.meta().name.clone().unwrap_or_default(),
+    }
+}

@@ -1,0 +1,69 @@
+//! The requeue policy, in one place: a long jittered resync when idle, a short poll while
+//! waiting on something, and per-object exponential back-off after errors.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use kube::runtime::controller::Action;
+use rand::Rng;
+
+/// Resync an idle object every 5 to 6 minutes (jittered so objects do not resync in step).
+pub fn idle() -> Action {
+    let jitter = rand::rng().random_range(0..60);
+    Action::requeue(Duration::from_secs(300 + jitter))
+}
+
+/// Look again soon: something the controller waits on has no watch event of its own.
+pub fn poll() -> Action {
+    Action::requeue(Duration::from_secs(2))
+}
+
+/// Per-object error counts, so repeated failures of one object back off without slowing others.
+#[derive(Default)]
+pub struct Backoffs {
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Backoffs {
+    /// Records a failure of `key` and returns how long to wait: 1 s doubling up to 5 min.
+    pub fn failed(&self, key: &str) -> Action {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        Action::requeue(delay(*n))
+    }
+
+    /// Forgets the failures of `key` after a successful reconcile.
+    pub fn succeeded(&self, key: &str) {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(key);
+    }
+}
+
+fn delay(failures: u32) -> Duration {
+    let secs = 1u64 << failures.saturating_sub(1).min(9);
+    Duration::from_secs(secs.min(300))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn back_off_doubles_and_is_capped() {
+        let d: Vec<u64> = (1..=12).map(|n| delay(n).as_secs()).collect();
+        assert_eq!(d, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+    }
+
+    #[test]
+    fn success_resets_one_object_only() {
+        let b = Backoffs::default();
+        b.failed("a");
+        b.failed("a");
+        b.failed("b");
+        b.succeeded("a");
+        assert_eq!(b.failed("a"), Action::requeue(Duration::from_secs(1)));
+        assert_eq!(b.failed("b"), Action::requeue(Duration::from_secs(2)));
+    }
+}

@@ -1,0 +1,106 @@
+//! Cluster: a sharded database, each shard an HA DatabaseInstance that the Cluster owns.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Conditions, DatastoreRef, MaintenanceWindow, StorageSpec, UpgradePolicy};
+
+/// The desired state of a sharded database: the datastore version, the number of shards and the
+/// members per shard.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "baton.dev",
+    version = "v1alpha1",
+    kind = "Cluster",
+    plural = "clusters",
+    shortname = "dbc",
+    category = "baton",
+    namespaced,
+    status = "ClusterStatus",
+    doc = "A Cluster is a sharded database (first: Redis Cluster). Each shard is a DatabaseInstance owned by the Cluster; an upgrade rolls one shard at a time.",
+    printcolumn(
+        name = "Datastore",
+        type_ = "string",
+        json_path = ".spec.datastore.type"
+    ),
+    printcolumn(name = "Version", type_ = "string", json_path = ".status.version"),
+    printcolumn(name = "Task", type_ = "string", json_path = ".status.task"),
+    printcolumn(name = "Shards", type_ = "integer", json_path = ".spec.shards"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterSpec {
+    /// The datastore type and the desired version of every shard.
+    pub datastore: DatastoreRef,
+
+    /// The number of shards (1 to 64).
+    #[schemars(range(min = 1, max = 64))]
+    pub shards: i32,
+
+    /// Members per shard: a primary and `replicasPerShard - 1` standbys (1 to 9). Default 2.
+    #[serde(default = "default_replicas_per_shard")]
+    #[schemars(range(min = 1, max = 9))]
+    pub replicas_per_shard: i32,
+
+    /// The volume of each member.
+    #[serde(default)]
+    pub storage: StorageSpec,
+
+    /// CPU and memory requests and limits of each database container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// The weekly window (UTC) in which scheduled upgrades may run steps. Omit for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_window: Option<MaintenanceWindow>,
+
+    /// How upgrades roll through the members of each shard.
+    #[serde(default)]
+    pub upgrade_policy: UpgradePolicy,
+
+    /// When true, Baton touches nothing of this cluster or its shards.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+fn default_replicas_per_shard() -> i32 {
+    2
+}
+
+/// The cluster-wide task in progress (Trove's cluster task): `None`, `Building` or
+/// `UpgradingCluster`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClusterTask {
+    #[default]
+    None,
+    Building,
+    UpgradingCluster,
+}
+
+/// What Baton observed of the cluster.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `None`, `Building` or `UpgradingCluster`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<ClusterTask>,
+    /// The version every shard runs (while upgrading, the source version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The DatabaseInstance name of each shard, in shard order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shard_instances: Vec<String>,
+    /// Standard conditions: `Ready`, `Progressing`, `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Conditions,
+}

@@ -1,0 +1,167 @@
+//! DatabaseInstance: one database, single or primary + standbys, and what Baton observed of it.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Conditions, DatastoreRef, MaintenanceWindow, StorageSpec, UpgradePolicy};
+
+/// The desired state of one database: which datastore version, how many members, their storage
+/// and resources, and how upgrades roll through them.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "baton.dev",
+    version = "v1alpha1",
+    kind = "DatabaseInstance",
+    plural = "databaseinstances",
+    shortname = "dbi",
+    shortname = "dbinstance",
+    category = "baton",
+    namespaced,
+    status = "DatabaseInstanceStatus",
+    doc = "A DatabaseInstance is one database: a single member or a primary with standbys. Baton runs its members, keeps replication converged, and upgrades it one member at a time when spec.datastore.version changes or an UpgradeRequest targets it.",
+    printcolumn(
+        name = "Datastore",
+        type_ = "string",
+        json_path = ".spec.datastore.type"
+    ),
+    printcolumn(name = "Version", type_ = "string", json_path = ".status.version"),
+    printcolumn(name = "Status", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Primary", type_ = "string", json_path = ".status.primary"),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseInstanceSpec {
+    /// The datastore type and the desired version. Changing `version` to a newer catalog
+    /// version starts a rolling upgrade.
+    pub datastore: DatastoreRef,
+
+    /// The number of members: 1 for a single database, N for a primary and N-1 standbys.
+    /// Default 1.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 9))]
+    pub replicas: i32,
+
+    /// The volume of each member (one PersistentVolumeClaim per member, kept across restarts
+    /// and upgrades).
+    #[serde(default)]
+    pub storage: StorageSpec,
+
+    /// CPU and memory requests and limits of each database container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// The weekly window (UTC) in which scheduled upgrades may run steps. Omit for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_window: Option<MaintenanceWindow>,
+
+    /// How upgrades roll through the members: primary update method, lag bound, step timeout
+    /// and second switch.
+    #[serde(default)]
+    pub upgrade_policy: UpgradePolicy,
+
+    /// When true, Baton touches nothing of this instance (no restart, no switchover, no
+    /// repair) until it is set back to false; status still reports what is observed.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+/// The lifecycle phase of an instance (Trove's BUILD / ACTIVE / UPGRADE / ERROR).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InstancePhase {
+    #[default]
+    Building,
+    Active,
+    Upgrading,
+    Error,
+    Paused,
+}
+
+/// The role a member plays in replication.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberRole {
+    Primary,
+    Standby,
+}
+
+/// What Baton observed of one member.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    /// The member's pod name.
+    pub pod: String,
+    /// `Primary` or `Standby`, as the database server itself reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<MemberRole>,
+    /// The version the database server itself reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Whether the member's pod is Ready.
+    #[serde(default)]
+    pub ready: bool,
+    /// For a standby, how far behind the primary it is, in bytes of the replication stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<i64>,
+}
+
+/// The upgrade in flight on an instance: where it started, where it goes, and the step it is at.
+/// Written before each side effect, so a restarted operator resumes at the right step.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeInFlight {
+    /// The version the instance ran when the upgrade started.
+    pub source_version: String,
+    /// The version being rolled out.
+    pub target_version: String,
+    /// The UpgradeRequest driving this upgrade (`namespace/name`), or empty when the instance's
+    /// own spec version started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// The current step, for example `UpgradeStandby/db-1`, `Switchover/db-1`.
+    pub step: String,
+    /// When the current step started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started: Option<Time>,
+}
+
+/// What Baton observed of the instance, and the upgrade in flight.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseInstanceStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Building`, `Active`, `Upgrading`, `Error` or `Paused`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<InstancePhase>,
+    /// A human-readable explanation of the phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The version every member runs (while upgrading, the source version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The pod name of the current primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    /// One entry per member, ordered by pod name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberStatus>,
+    /// The upgrade in flight, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradeInFlight>,
+    /// Standard conditions: `Ready`, `Progressing`, `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Conditions,
+}

@@ -1,0 +1,241 @@
+//! UpgradeRequest: an upgrade job over one target or a batch (Trove `instance upgrade`,
+//! RDS `db-upgrade`, GaussDB batch upgrade), driven through the targets' status.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Conditions, Datastore, VERSION_PATTERN};
+
+/// An upgrade job: which databases, to which version, how, and when.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "baton.dev",
+    version = "v1alpha1",
+    kind = "UpgradeRequest",
+    plural = "upgraderequests",
+    shortname = "ur",
+    shortname = "upgrade",
+    category = "baton",
+    namespaced,
+    status = "UpgradeRequestStatus",
+    doc = "An UpgradeRequest is an upgrade job for one database or a batch: the targets, the target version, the upgrade type and action, and a schedule. Baton drives it through the targets' status and never rewrites their spec.",
+    printcolumn(name = "Type", type_ = "string", json_path = ".spec.type"),
+    printcolumn(name = "Action", type_ = "string", json_path = ".spec.action"),
+    printcolumn(name = "Target", type_ = "string", json_path = ".spec.targetVersion"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Succeeded", type_ = "integer", json_path = ".status.succeeded"),
+    printcolumn(name = "Failed", type_ = "integer", json_path = ".status.failed"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("has(self.targetVersion) == has(oldSelf.targetVersion) && (!has(self.targetVersion) || self.targetVersion == oldSelf.targetVersion)").message("targetVersion is immutable: create a new UpgradeRequest for another version").field_path(".targetVersion"))]
+#[x_kube(validation = Rule::new("has(self.datastore) == has(oldSelf.datastore) && (!has(self.datastore) || self.datastore == oldSelf.datastore)").message("datastore is immutable: create a new UpgradeRequest").field_path(".datastore"))]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeRequestSpec {
+    /// The databases to upgrade: instance names, cluster names, or a label selector over the
+    /// DatabaseInstances of this namespace. At least one. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("targets are immutable: create a new UpgradeRequest for other targets"))]
+    pub targets: UpgradeTargets,
+
+    /// The version to upgrade to, `MAJOR[.MINOR[.PATCH]][-BUILD]`. Omit to use the catalog's
+    /// default version of the target datastore. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = VERSION_PATTERN))]
+    pub target_version: Option<String>,
+
+    /// The target datastore, for a change of datastore along a catalog edge (for example
+    /// mysql → mariadb). Omit to keep each target's datastore. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datastore: Option<Datastore>,
+
+    /// How the members are upgraded: `Rolling` (default; one member at a time, standbys first,
+    /// switchover, primary last), `InPlace` (every member restarted together: fast, with an
+    /// outage), or `Hotfix` (same version, new build; rolling, no primary outage beyond the
+    /// switchover). Immutable.
+    #[serde(default, rename = "type")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("type is immutable: create a new UpgradeRequest"))]
+    pub type_: UpgradeType,
+
+    /// What to do: `UpgradeAutoCommit` (default: upgrade and finish), `Upgrade` (upgrade the
+    /// standbys and stop in AwaitingCommit with the old primary still primary), `Commit` (after
+    /// Upgrade: switch over and finish), `Rollback` (after Upgrade: return the standbys to the
+    /// source version), or `Cancel` (stop after the current step, leaving every target healthy).
+    /// May only move Upgrade → Commit, Upgrade → Rollback, or to Cancel.
+    #[serde(default)]
+    #[x_kube(
+        validation = Rule::new("self == oldSelf || self == 'Cancel' || (oldSelf == 'Upgrade' && (self == 'Commit' || self == 'Rollback'))").message("action may only move from Upgrade to Commit or Rollback, or to Cancel"),
+        validation = Rule::new("oldSelf.hasValue() || !(self in ['Commit', 'Rollback'])").message("a new request cannot start with Commit or Rollback: create it with Upgrade, then change the action").optional_old_self(true),
+    )]
+    pub action: UpgradeAction,
+
+    /// When to run: `Immediate` (default) or `MaintenanceWindow` (each step starts only inside
+    /// the target's weekly maintenance window; the request shows Scheduled until it opens).
+    #[serde(default)]
+    pub schedule: Schedule,
+
+    /// After the old primary is upgraded, switch back so the primary ends on the member where
+    /// it started (RDS "second switch"). Default false.
+    #[serde(default)]
+    pub second_switch: bool,
+
+    /// How many targets are upgraded at the same time (1 to 100). Default 1.
+    #[serde(default = "default_max_concurrent")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_concurrent: i32,
+
+    /// Stop starting new targets once this many have failed (the failure budget). Omit for no
+    /// limit: every target is attempted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_failures: Option<i32>,
+}
+
+fn default_max_concurrent() -> i32 {
+    1
+}
+
+/// The databases an UpgradeRequest targets, all in the request's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("(has(self.instances) && size(self.instances) > 0) || (has(self.clusters) && size(self.clusters) > 0) || has(self.selector)").message("at least one target is required: list instances or clusters, or set a selector"))]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeTargets {
+    /// Names of DatabaseInstances to upgrade.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub instances: Vec<String>,
+
+    /// Names of Clusters to upgrade (every shard, one at a time).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub clusters: Vec<String>,
+
+    /// A label selector over the DatabaseInstances of this namespace (a batch). Resolved once,
+    /// when the request starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+/// How the members of a target are upgraded.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UpgradeType {
+    #[default]
+    Rolling,
+    InPlace,
+    Hotfix,
+}
+
+/// What an UpgradeRequest is asked to do.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UpgradeAction {
+    #[default]
+    UpgradeAutoCommit,
+    Upgrade,
+    Commit,
+    Rollback,
+    Cancel,
+}
+
+/// When an UpgradeRequest runs.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Schedule {
+    #[default]
+    Immediate,
+    MaintenanceWindow,
+}
+
+/// The phase of a request, or of one target's job.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RequestPhase {
+    #[default]
+    Pending,
+    Scheduled,
+    Running,
+    AwaitingCommit,
+    Succeeded,
+    PartiallySucceeded,
+    Failed,
+    RolledBack,
+    Cancelled,
+}
+
+/// The kind of a target.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetKind {
+    DatabaseInstance,
+    Cluster,
+}
+
+/// One target's upgrade job.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetJob {
+    /// A stable id of this job: `<request uid prefix>-<target>`.
+    pub job_id: String,
+    /// The target's kind.
+    pub kind: TargetKind,
+    /// The target's name.
+    pub target: String,
+    /// The version the target ran when its job started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_version: Option<String>,
+    /// The version this job upgrades to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_version: Option<String>,
+    /// The job's phase (the request phases, less PartiallySucceeded).
+    pub phase: RequestPhase,
+    /// The step the job is at, for example `UpgradeStandby/db-1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// Why the job is in its phase, in words a person can act on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When the job started touching the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the job finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_time: Option<Time>,
+}
+
+/// The progress of the request: its phase, one job per target, and the batch summary.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeRequestStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Pending`, `Scheduled`, `Running`, `AwaitingCommit`, `Succeeded`,
+    /// `PartiallySucceeded`, `Failed`, `RolledBack` or `Cancelled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RequestPhase>,
+    /// A human-readable explanation of the phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// With schedule MaintenanceWindow, when the first step is expected to start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_start: Option<Time>,
+    /// One job per target, in target order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<TargetJob>,
+    /// How many targets were upgraded successfully.
+    #[serde(default)]
+    pub succeeded: i32,
+    /// How many targets failed.
+    #[serde(default)]
+    pub failed: i32,
+    /// The names of the targets that failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_targets: Vec<String>,
+    /// One message per failed target: `<target>: <why>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub error_messages: Vec<String>,
+    /// Standard conditions: `Ready`, `Progressing`, `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Conditions,
+}

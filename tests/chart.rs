@@ -1,0 +1,312 @@
+//! The Helm chart against the real API server: lint, `helm template | kubectl apply
+//! --dry-run=server`, `helm install`, and the operator running with exactly the chart's RBAC
+//! (a token minted for the chart's ServiceAccount).
+
+mod common;
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use baton::crd::{Datastore, DatastoreVersion, DatastoreVersionSpec};
+use common::*;
+
+const CHART: &str = "charts/baton";
+
+fn chart() -> String {
+    repo().join(CHART).display().to_string()
+}
+
+#[test]
+fn helm_lint_is_clean() {
+    for extra in [
+        vec![],
+        vec![
+            "--set",
+            "catalog.enabled=true",
+            "--set",
+            "metrics.serviceMonitor.enabled=true",
+        ],
+        vec![
+            "--set",
+            "leaderElection.enabled=false",
+            "--set",
+            "metrics.service.enabled=false",
+        ],
+    ] {
+        let mut args = vec!["lint", "--strict", "--kube-version", "1.36.0"];
+        let c = chart();
+        args.push(&c);
+        args.extend(extra.iter().copied());
+        let (ok, out, err) = run_tool("helm", &args, None);
+        assert!(ok, "helm lint {extra:?} failed:\n{out}\n{err}");
+        assert!(out.contains("0 chart(s) failed"), "{out}");
+    }
+}
+
+#[tokio::test]
+async fn helm_template_passes_server_side_dry_run() {
+    let client = admin().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, "template").await;
+    let (ok, rendered, err) = run_tool(
+        "helm",
+        &[
+            "template",
+            "baton",
+            &chart(),
+            "--namespace",
+            &ns,
+            "--include-crds",
+            "--set",
+            "catalog.enabled=true",
+        ],
+        None,
+    );
+    assert!(ok, "helm template: {err}");
+    for kind in [
+        "Deployment",
+        "ServiceAccount",
+        "ClusterRole",
+        "Role",
+        "Service",
+        "DatastoreVersion",
+        "CustomResourceDefinition",
+    ] {
+        assert!(
+            rendered.contains(&format!("kind: {kind}\n")),
+            "rendered chart has no {kind}"
+        );
+    }
+    let (ok, out, err) = run_tool(
+        "kubectl",
+        &["apply", "--dry-run=server", "-n", &ns, "-f", "-"],
+        Some(&rendered),
+    );
+    assert!(ok, "server-side dry run refused the chart:\n{err}");
+    assert!(
+        out.contains("deployment.apps/baton created (server dry run)"),
+        "{out}"
+    );
+    delete_namespace(&client, &ns).await;
+}
+
+fn catalog_entry(name: &str, ds: Datastore, version: &str, default: bool) -> DatastoreVersion {
+    DatastoreVersion::new(
+        name,
+        DatastoreVersionSpec {
+            datastore: ds,
+            version: version.into(),
+            image: format!("{ds}:{version}"),
+            active: true,
+            default,
+            upgrade_from: vec![],
+        },
+    )
+}
+
+async fn valid_condition(
+    api: &Api<DatastoreVersion>,
+    name: &str,
+) -> Option<(String, String, String)> {
+    let dv = api.get(name).await.ok()?;
+    let st = dv.status?;
+    (st.observed_generation == dv.metadata.generation).then_some(())?;
+    let c = st.conditions.into_iter().find(|c| c.type_ == "Valid")?;
+    Some((c.status, c.reason, c.message))
+}
+
+#[tokio::test]
+async fn operator_runs_with_exactly_the_charts_rbac() {
+    let client = admin().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, "install").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let (ok, out, err) = run_tool(
+        "helm",
+        &["install", "baton", &chart(), "--namespace", &ns],
+        None,
+    );
+    assert!(ok, "helm install failed:\n{out}\n{err}");
+    let (ok, out, _) = run_tool("helm", &["status", "baton", "--namespace", &ns], None);
+    assert!(ok && out.contains("STATUS: deployed"), "{out}");
+
+    // A token for the chart's ServiceAccount, from the TokenRequest API.
+    let (ok, token, err) = run_tool(
+        "kubectl",
+        &["create", "token", "baton", "-n", &ns, "--duration=1h"],
+        None,
+    );
+    assert!(ok, "kubectl create token: {err}");
+    let kubeconfig = kubeconfig_with_token(token.trim(), &ns, dir.path());
+    let sa = client_from(&kubeconfig).await;
+
+    let mut op = Operator::start(
+        &kubeconfig,
+        dir.path(),
+        "chart-sa",
+        &[&format!("--lease-namespace={ns}")],
+    );
+    assert!(
+        op.wait_ready(Duration::from_secs(60)).await,
+        "operator never became ready:\n{}",
+        op.logs()
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            op.is_leader().await.then_some(())
+        })
+        .await
+        .is_some(),
+        "operator never led:\n{}",
+        op.logs()
+    );
+    let lease = Api::<Lease>::namespaced(client.clone(), &ns)
+        .get("baton-leader")
+        .await
+        .expect("lease");
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some("chart-sa")
+    );
+
+    // The catalog controller writes status with the chart's RBAC: a valid entry, and a duplicate
+    // that is reported with a reason and a Warning Event.
+    let dvs = Api::<DatastoreVersion>::all(client.clone());
+    let version = format!("8.{}.{}", rand::random::<u16>(), rand::random::<u16>());
+    let (a, b) = (format!("{ns}-a"), format!("{ns}-b"));
+    dvs.create(
+        &PostParams::default(),
+        &catalog_entry(&a, Datastore::Mysql, &version, false),
+    )
+    .await
+    .expect("create a");
+    let valid = eventually(Duration::from_secs(30), || valid_condition(&dvs, &a)).await;
+    assert_eq!(
+        valid.as_ref().map(|v| v.0.as_str()),
+        Some("True"),
+        "{valid:?}\n{}",
+        op.logs()
+    );
+    dvs.create(
+        &PostParams::default(),
+        &catalog_entry(&b, Datastore::Mysql, &version, false),
+    )
+    .await
+    .expect("create b");
+    let dup = eventually(Duration::from_secs(30), || async {
+        valid_condition(&dvs, &b).await.filter(|v| v.0 == "False")
+    })
+    .await
+    .unwrap_or_else(|| panic!("duplicate never reported:\n{}", op.logs()));
+    assert_eq!(dup.1, "DuplicateVersion");
+    assert!(dup.2.contains(&a), "{}", dup.2);
+    // The first entry is re-checked when its sibling appears.
+    let a_now = eventually(Duration::from_secs(30), || async {
+        valid_condition(&dvs, &a).await.filter(|v| v.0 == "False")
+    })
+    .await;
+    assert!(a_now.is_some_and(|v| v.2.contains(&b)));
+    let events = Api::<Event>::namespaced(client.clone(), "default");
+    let found = eventually(Duration::from_secs(30), || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| {
+                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(b.as_str())
+                    && e.reason.as_deref() == Some("DuplicateVersion")
+                    && e.type_.as_deref() == Some("Warning")
+            })
+    })
+    .await;
+    assert!(found.is_some(), "no DuplicateVersion event for {b}");
+    // Removing the duplicate makes the first entry valid again.
+    dvs.delete(&b, &DeleteParams::default())
+        .await
+        .expect("delete b");
+    let healed = eventually(Duration::from_secs(30), || async {
+        valid_condition(&dvs, &a).await.filter(|v| v.0 == "True")
+    })
+    .await;
+    assert!(
+        healed.is_some(),
+        "entry {a} stayed invalid after its duplicate was deleted"
+    );
+
+    // Verbs the chart does not grant are refused for the operator's identity.
+    let sa_dvs = Api::<DatastoreVersion>::all(sa.clone());
+    let forbidden =
+        |r: Result<_, kube::Error>| matches!(r, Err(kube::Error::Api(s)) if s.code == 403);
+    assert!(forbidden(
+        sa_dvs
+            .delete(&a, &DeleteParams::default())
+            .await
+            .map(|_| ())
+    ));
+    assert!(forbidden(
+        sa_dvs
+            .patch(
+                &a,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": {"active": false}}))
+            )
+            .await
+            .map(|_| ())
+    ));
+    assert!(forbidden(
+        Api::<Secret>::namespaced(sa.clone(), &ns)
+            .list(&ListParams::default())
+            .await
+            .map(|_| ())
+    ));
+    assert!(forbidden(
+        Api::<Lease>::namespaced(sa.clone(), "default")
+            .get("baton-leader")
+            .await
+            .map(|_| ())
+    ));
+
+    // SIGTERM: a clean exit that releases the lease.
+    let status = op
+        .terminate(Duration::from_secs(30))
+        .await
+        .expect("operator did not exit on SIGTERM");
+    assert!(status.success(), "exit status {status:?}:\n{}", op.logs());
+    let lease = Api::<Lease>::namespaced(client.clone(), &ns)
+        .get("baton-leader")
+        .await
+        .expect("lease");
+    let holder = lease
+        .spec
+        .and_then(|s| s.holder_identity)
+        .unwrap_or_default();
+    assert_ne!(holder, "chart-sa", "lease still held after shutdown");
+
+    dvs.delete(&a, &DeleteParams::default())
+        .await
+        .expect("delete a");
+    let (ok, _, err) = run_tool("helm", &["uninstall", "baton", "--namespace", &ns], None);
+    assert!(ok, "{err}");
+    // CRDs are kept on uninstall.
+    let crds = Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(client.clone());
+    for crd in baton::crd::all() {
+        let name = crd.metadata.name.expect("name");
+        let live = crds
+            .get(&name)
+            .await
+            .unwrap_or_else(|e| panic!("CRD {name} gone after uninstall: {e}"));
+        assert!(
+            live.metadata.deletion_timestamp.is_none(),
+            "CRD {name} is being deleted"
+        );
+    }
+    delete_namespace(&client, &ns).await;
+}

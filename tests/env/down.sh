@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Stops everything up.sh started (by pid, each process group), and removes etcd's tmpfs data.
+set -uo pipefail
+. "$(dirname "$0")/lib.sh"
+APISERVER_PORT=${BATON_APISERVER_PORT:-16443}
+ETCD_DATA=${BATON_ETCD_DATA:-/dev/shm/baton-etcd-$APISERVER_PORT}
+PIDS="$BATON_RUN/pids"
+
+stop() { # name
+  local f="$PIDS/$1.pid" pid
+  [ -f "$f" ] || return 0
+  pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then
+    log "stopping $1 ($pid)"
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+  fi
+  rm -f "$f"
+}
+
+# Reverse start order: consumers first, etcd last.
+for name in baton-operator baton-node kube-controller-manager kube-apiserver etcd; do stop "$name"; done
+rm -rf "$ETCD_DATA"
+log "local environment stopped"
