@@ -11,8 +11,9 @@ help: ## List the targets
 test: ## Lint and run every test against a real local control plane
 	@bash tests/env/test.sh
 
-up: ## Start the local environment (control plane + operator) in the background
+up: ## Start the local environment (control plane, local node, operator) in the background
 	@bash tests/env/up.sh >/dev/null
+	@bash tests/env/node.sh
 	@bash tests/env/operator.sh
 
 down: ## Stop everything `make up` started

@@ -21,5 +21,13 @@ stop() { # name
 
 # Reverse start order: consumers first, etcd last.
 for name in baton-operator baton-node kube-controller-manager kube-apiserver etcd; do stop "$name"; done
+# Container processes carry BATON_NODE=<state dir> in their environment; none may outlive the node.
+for f in /proc/[0-9]*/environ; do
+  if grep -qzx "BATON_NODE=$BATON_RUN/node" "$f" 2>/dev/null; then
+    pid=${f#/proc/}; pid=${pid%/environ}
+    log "killing leftover container process $pid"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+done
 rm -rf "$ETCD_DATA"
 log "local environment stopped"

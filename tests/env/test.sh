@@ -14,10 +14,13 @@ bash "$ENV_DIR/build-control-plane.sh"
 cargo build --all-targets --locked -q
 
 export BATON_RUN="$BATON_CACHE/test-run" BATON_APISERVER_PORT=26443 BATON_ETCD_PORT=33790 BATON_KCM_PORT=20257
+# Pods of the test environment use 127.2.x.x, those of `make up` 127.1.x.x.
+export BATON_FIRST_POD_IP=127.2.0.2
 trap 'bash "$ENV_DIR/down.sh"' EXIT
 bash "$ENV_DIR/down.sh" 2>/dev/null || true
 BATON_KUBECONFIG=$(bash "$ENV_DIR/up.sh")
 export BATON_KUBECONFIG BATON_BIN_DIR="$BIN_DIR"
+bash "$ENV_DIR/node.sh"
 log "tests run against:"
 "$BIN_DIR/kubectl" --kubeconfig "$BATON_KUBECONFIG" version
 

@@ -1,0 +1,187 @@
+//! Pod volumes on the local node. A PersistentVolumeClaim is a directory keyed by the claim's
+//! UID (same claim, same data; it outlives every pod) and gets a pre-bound hostPath
+//! PersistentVolume so the claim reports Bound; emptyDir lives and dies with the pod; ConfigMap
+//! and Secret volumes are written as files when the pod starts.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Volume,
+};
+use kube::api::{Api, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+/// Why a volume could not be prepared (shown as the container's waiting message).
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("persistentvolumeclaim {0:?} not found")]
+    ClaimNotFound(String),
+    #[error("configmap {0:?} not found")]
+    ConfigMapNotFound(String),
+    #[error("secret {0:?} not found")]
+    SecretNotFound(String),
+    #[error("volume {0:?} has a type the local node does not support")]
+    Unsupported(String),
+    #[error("api: {0}")]
+    Api(#[from] kube::Error),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Prepares every volume of `pod`; returns volume name → host path.
+pub async fn prepare(
+    client: &Client,
+    state: &Path,
+    pod: &Pod,
+) -> Result<BTreeMap<String, PathBuf>, VolumeError> {
+    let ns = pod.namespace().unwrap_or_default();
+    let pod_dir = pod_dir(state, pod);
+    let mut out = BTreeMap::new();
+    let volumes: &[Volume] = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_deref())
+        .unwrap_or_default();
+    for v in volumes {
+        let path = if let Some(pvc) = &v.persistent_volume_claim {
+            claim_dir(client, state, &ns, &pvc.claim_name).await?
+        } else if v.empty_dir.is_some() {
+            let d = pod_dir.join("empty").join(&v.name);
+            std::fs::create_dir_all(&d)?;
+            d
+        } else if let Some(cm) = &v.config_map {
+            let name = cm.name.clone();
+            let data = match Api::<ConfigMap>::namespaced(client.clone(), &ns)
+                .get_opt(&name)
+                .await?
+            {
+                Some(c) => c
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .collect(),
+                None if cm.optional == Some(true) => BTreeMap::new(),
+                None => return Err(VolumeError::ConfigMapNotFound(name)),
+            };
+            write_files(
+                &pod_dir.join("files").join(&v.name),
+                data,
+                cm.items.as_deref(),
+            )?
+        } else if let Some(sec) = &v.secret {
+            let name = sec.secret_name.clone().unwrap_or_default();
+            let data = match Api::<Secret>::namespaced(client.clone(), &ns)
+                .get_opt(&name)
+                .await?
+            {
+                Some(s) => s
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect(),
+                None if sec.optional == Some(true) => BTreeMap::new(),
+                None => return Err(VolumeError::SecretNotFound(name)),
+            };
+            write_files(
+                &pod_dir.join("files").join(&v.name),
+                data,
+                sec.items.as_deref(),
+            )?
+        } else {
+            return Err(VolumeError::Unsupported(v.name.clone()));
+        };
+        out.insert(v.name.clone(), path);
+    }
+    Ok(out)
+}
+
+/// The directory that holds a pod's own volumes (emptyDir, files); removed with the pod.
+pub fn pod_dir(state: &Path, pod: &Pod) -> PathBuf {
+    state
+        .join("pods")
+        .join(pod.metadata.uid.as_deref().unwrap_or("no-uid"))
+}
+
+fn write_files(
+    dir: &Path,
+    data: BTreeMap<String, Vec<u8>>,
+    items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
+) -> Result<PathBuf, VolumeError> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::create_dir_all(dir)?;
+    let files: Vec<(String, Vec<u8>)> = match items {
+        Some(items) => items
+            .iter()
+            .filter_map(|i| data.get(&i.key).map(|d| (i.path.clone(), d.clone())))
+            .collect(),
+        None => data.into_iter().collect(),
+    };
+    for (rel, bytes) in files {
+        let p = dir.join(&rel);
+        if !super::runtime::is_within(dir, &p) {
+            continue;
+        }
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(p, bytes)?;
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// The directory of a claim, and a hostPath PersistentVolume pre-bound to it.
+async fn claim_dir(
+    client: &Client,
+    state: &Path,
+    ns: &str,
+    claim: &str,
+) -> Result<PathBuf, VolumeError> {
+    let pvc = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+        .get_opt(claim)
+        .await?
+        .ok_or_else(|| VolumeError::ClaimNotFound(claim.to_string()))?;
+    let uid = pvc.metadata.uid.clone().unwrap_or_default();
+    let dir = state.join("volumes").join(&uid);
+    std::fs::create_dir_all(&dir)?;
+    let bound = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.clone())
+        .is_some();
+    if !bound {
+        let spec = pvc.spec.clone().unwrap_or_default();
+        let storage = spec
+            .resources
+            .and_then(|r| r.requests)
+            .and_then(|r| r.get("storage").cloned())
+            .map(|q| q.0)
+            .unwrap_or_else(|| "1Gi".into());
+        let pv: PersistentVolume = serde_json::from_value(json!({
+            "metadata": {"name": format!("baton-local-{uid}"), "labels": {"baton.dev/local-node": "true"}},
+            "spec": {
+                "capacity": {"storage": storage},
+                "accessModes": spec.access_modes.unwrap_or_else(|| vec!["ReadWriteOnce".into()]),
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": spec.storage_class_name.unwrap_or_default(),
+                "hostPath": {"path": dir.to_string_lossy()},
+                "claimRef": {"namespace": ns, "name": claim, "uid": uid},
+            }
+        }))
+        .map_err(|e| VolumeError::Io(std::io::Error::other(e)))?;
+        match Api::<PersistentVolume>::all(client.clone())
+            .create(&PostParams::default(), &pv)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(dir)
+}

@@ -1,0 +1,769 @@
+//! One pod's supervisor: prepares its volumes and address, starts each container as a local
+//! process, restarts them per `restartPolicy` with back-off, replaces a container whose image
+//! changed, runs probes, writes `pods/status`, and finishes the pod's deletion.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use serde_json::{Value, json};
+use tokio::process::Child;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::NodeCtx;
+use super::envvars::expand;
+use super::images::argv;
+use super::probes::{self, ExecContext};
+use super::runtime::{self, Launch, Mount};
+use super::volumes;
+
+/// Why a worker must stop without a graceful API deletion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    Run,
+    /// The pod object is gone (force-deleted): stop its containers and forget it.
+    Vanished,
+    /// The agent is stopping: stop every container, keep the pod's state.
+    Shutdown,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct Terminated {
+    exit_code: i32,
+    reason: &'static str,
+    started: Option<Time>,
+    finished: Time,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum State {
+    Waiting { reason: String, message: String },
+    Running,
+    Terminated(Terminated),
+}
+
+#[derive(Default)]
+struct ProbeState {
+    successes: u32,
+    failures: u32,
+    next_at: Option<Instant>,
+}
+
+struct Rt {
+    name: String,
+    image: String,
+    child: Option<Child>,
+    env: BTreeMap<String, String>,
+    started_at: Option<Time>,
+    restart_count: i32,
+    ever_started: bool,
+    state: State,
+    last: Option<Terminated>,
+    ready: bool,
+    readiness: ProbeState,
+    liveness: ProbeState,
+    crashes: u32,
+    next_start: Option<Instant>,
+}
+
+impl Rt {
+    fn new(c: &Container, previous: Option<&Value>) -> Rt {
+        Rt {
+            name: c.name.clone(),
+            image: c.image.clone().unwrap_or_default(),
+            child: None,
+            env: BTreeMap::new(),
+            started_at: None,
+            restart_count: previous
+                .and_then(|p| p["restartCount"].as_i64())
+                .unwrap_or(0) as i32,
+            ever_started: previous
+                .is_some_and(|p| p["state"]["running"].is_object() || p["lastState"].is_object()),
+            state: State::Waiting {
+                reason: "ContainerCreating".into(),
+                message: String::new(),
+            },
+            last: None,
+            ready: false,
+            readiness: ProbeState::default(),
+            liveness: ProbeState::default(),
+            crashes: 0,
+            next_start: None,
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+}
+
+fn now() -> Time {
+    Time(jiff::Timestamp::now())
+}
+
+/// Supervises one pod until it is deleted, vanishes, or the agent stops.
+pub async fn run(
+    ctx: Arc<NodeCtx>,
+    mut pod_rx: watch::Receiver<Arc<Pod>>,
+    mut stop_rx: watch::Receiver<Stop>,
+) {
+    let first = pod_rx.borrow().clone();
+    let (ns, name) = (first.namespace().unwrap_or_default(), first.name_any());
+    let uid = first.metadata.uid.clone().unwrap_or_default();
+    let api = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
+    let previous_statuses: BTreeMap<String, Value> = first
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|s| Some((s.name.clone(), serde_json::to_value(s).ok()?)))
+        .collect();
+    let ip = ctx.ips.allocate(
+        first
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|i| i.parse().ok()),
+    );
+    let Some(ip) = ip else {
+        warn!(pod = %format!("{ns}/{name}"), "no free pod address");
+        return;
+    };
+    let start_time = first
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.clone())
+        .unwrap_or_else(now);
+    let mut rts: Vec<Rt> = containers(&first)
+        .iter()
+        .map(|c| Rt::new(c, previous_statuses.get(&c.name)))
+        .collect();
+    let mut volumes: Option<BTreeMap<String, PathBuf>> = None;
+    let mut written: Option<Value> = None;
+    let mut transitions: BTreeMap<&'static str, (bool, Time)> = BTreeMap::new();
+    info!(pod = %format!("{ns}/{name}"), %ip, "pod assigned");
+
+    loop {
+        let pod = pod_rx.borrow().clone();
+        let stop = *stop_rx.borrow();
+        if pod.metadata.deletion_timestamp.is_some() || stop != Stop::Run {
+            let grace = grace_period(&pod, stop);
+            for rt in rts.iter_mut() {
+                if let Some(mut child) = rt.child.take() {
+                    runtime::stop(&mut child, grace).await;
+                }
+            }
+            if stop == Stop::Shutdown {
+                return;
+            }
+            if stop == Stop::Run {
+                let dp = DeleteParams {
+                    grace_period_seconds: Some(0),
+                    preconditions: Some(Preconditions {
+                        uid: Some(uid.clone()),
+                        resource_version: None,
+                    }),
+                    ..Default::default()
+                };
+                if let Err(e) = api.delete(&name, &dp).await
+                    && !matches!(&e, kube::Error::Api(s) if s.code == 404 || s.code == 409)
+                {
+                    warn!(error = %e, "finishing the pod deletion failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+            let _ = std::fs::remove_dir_all(volumes::pod_dir(&ctx.state, &pod));
+            ctx.ips.release(ip);
+            info!(pod = %format!("{ns}/{name}"), "pod finished");
+            return;
+        }
+
+        if volumes.is_none() {
+            match volumes::prepare(&ctx.client, &ctx.state, &pod).await {
+                Ok(v) => volumes = Some(v),
+                Err(e) => {
+                    for rt in rts.iter_mut() {
+                        rt.state = State::Waiting {
+                            reason: "ContainerCreating".into(),
+                            message: e.to_string(),
+                        };
+                    }
+                }
+            }
+        }
+        if let Some(vols) = &volumes {
+            for c in containers(&pod) {
+                let Some(rt) = rts.iter_mut().find(|r| r.name == c.name) else {
+                    continue;
+                };
+                supervise(&ctx, &pod, c, rt, vols, ip).await;
+            }
+        }
+
+        let status = build_status(&pod, &rts, ip, &start_time, &mut transitions);
+        if written.as_ref() != Some(&status) {
+            match api
+                .patch_status(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({ "status": status })),
+                )
+                .await
+            {
+                Ok(_) => written = Some(status),
+                Err(e) => {
+                    warn!(pod = %format!("{ns}/{name}"), error = %e, "writing pod status failed")
+                }
+            }
+        }
+
+        tokio::select! {
+            r = pod_rx.changed() => if r.is_err() { return },
+            r = stop_rx.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}
+
+fn containers(pod: &Pod) -> &[Container] {
+    pod.spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default()
+}
+
+fn grace_period(pod: &Pod, stop: Stop) -> Duration {
+    let secs = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .or_else(|| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+        })
+        .unwrap_or(30)
+        .max(0) as u64;
+    match stop {
+        // The agent's own stop must end promptly; the data is safe in each volume.
+        Stop::Shutdown | Stop::Vanished => Duration::from_secs(secs.min(10)),
+        Stop::Run => Duration::from_secs(secs),
+    }
+}
+
+fn restart_policy(pod: &Pod) -> &str {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.as_deref())
+        .unwrap_or("Always")
+}
+
+/// One step for one container: notice an exit, replace on image change or failed liveness,
+/// start when due, run probes.
+async fn supervise(
+    ctx: &NodeCtx,
+    pod: &Pod,
+    c: &Container,
+    rt: &mut Rt,
+    vols: &BTreeMap<String, PathBuf>,
+    ip: Ipv4Addr,
+) {
+    let spec_image = c.image.clone().unwrap_or_default();
+    let grace = grace_period(pod, Stop::Run);
+
+    // A process that exited by itself.
+    if let Some(child) = rt.child.as_mut()
+        && let Ok(Some(status)) = child.try_wait()
+    {
+        let code = status.code().unwrap_or(137);
+        let t = Terminated {
+            exit_code: code,
+            reason: if code == 0 { "Completed" } else { "Error" },
+            started: rt.started_at.clone(),
+            finished: now(),
+        };
+        warn!(pod = %pod.name_any(), container = %rt.name, exit_code = code, "container exited");
+        rt.child = None;
+        rt.ready = false;
+        rt.last = Some(t.clone());
+        rt.state = State::Terminated(t);
+        let restart = match restart_policy(pod) {
+            "Never" => false,
+            "OnFailure" => code != 0,
+            _ => true,
+        };
+        if restart {
+            let delay = ctx.backoff_base * 2u32.saturating_pow(rt.crashes.min(8));
+            let delay = delay.min(Duration::from_secs(300));
+            rt.crashes += 1;
+            rt.next_start = Some(Instant::now() + delay);
+            rt.state = State::Waiting {
+                reason: "CrashLoopBackOff".into(),
+                message: format!("back-off {}s restarting failed container", delay.as_secs()),
+            };
+        } else {
+            rt.next_start = None;
+        }
+    }
+
+    // Replace a running container whose image changed, or whose liveness probe failed.
+    let liveness_failed = c
+        .liveness_probe
+        .as_ref()
+        .is_some_and(|p| rt.liveness.failures >= probes::timing(p).failure_threshold);
+    if rt.child.is_some() && (rt.image != spec_image || liveness_failed) {
+        let why = if liveness_failed {
+            "liveness probe failed"
+        } else {
+            "image changed"
+        };
+        info!(pod = %pod.name_any(), container = %rt.name, from = %rt.image, to = %spec_image, why, "restarting container");
+        if let Some(mut child) = rt.child.take() {
+            let code = runtime::stop(&mut child, grace).await.unwrap_or(137);
+            rt.last = Some(Terminated {
+                exit_code: code,
+                reason: if liveness_failed {
+                    "Error"
+                } else {
+                    "Completed"
+                },
+                started: rt.started_at.clone(),
+                finished: now(),
+            });
+        }
+        rt.ready = false;
+        rt.next_start = Some(Instant::now());
+        rt.crashes = 0;
+    }
+
+    // Start when due: first start, back-off elapsed, or a replacement.
+    let due = rt.child.is_none()
+        && match (&rt.state, rt.next_start) {
+            (_, Some(at)) => Instant::now() >= at,
+            (State::Waiting { .. }, None) => true,
+            _ => false,
+        };
+    if due {
+        match launch(ctx, pod, c, vols, ip).await {
+            Ok((launch, image)) => match runtime::start(&launch) {
+                Ok(child) => {
+                    if rt.ever_started {
+                        rt.restart_count += 1;
+                    }
+                    rt.ever_started = true;
+                    rt.child = Some(child);
+                    rt.image = image;
+                    rt.env = launch.env;
+                    rt.started_at = Some(now());
+                    rt.state = State::Running;
+                    rt.next_start = None;
+                    rt.ready = c.readiness_probe.is_none();
+                    let at = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+                        p.as_ref()
+                            .map(|p| Instant::now() + probes::timing(p).initial_delay)
+                    };
+                    rt.readiness = ProbeState {
+                        next_at: at(&c.readiness_probe),
+                        ..Default::default()
+                    };
+                    rt.liveness = ProbeState {
+                        next_at: at(&c.liveness_probe),
+                        ..Default::default()
+                    };
+                    info!(pod = %pod.name_any(), container = %rt.name, image = %rt.image, pid = ?rt.pid(), restarts = rt.restart_count, "container started");
+                }
+                Err(e) => {
+                    rt.state = State::Waiting {
+                        reason: "RunContainerError".into(),
+                        message: e.to_string(),
+                    };
+                    rt.next_start = Some(Instant::now() + Duration::from_secs(2));
+                }
+            },
+            Err((reason, message)) => {
+                rt.state = State::Waiting {
+                    reason: reason.into(),
+                    message,
+                };
+                rt.next_start = Some(Instant::now() + Duration::from_secs(2));
+            }
+        }
+    }
+
+    // Probes of a running container.
+    let Some(pid) = rt.pid() else { return };
+    if rt.child.is_none() {
+        return;
+    }
+    if let Some(p) = &c.readiness_probe
+        && rt.readiness.next_at.is_some_and(|t| Instant::now() >= t)
+    {
+        let t = probes::timing(p);
+        let ok = probes::run(p, c, ip, ExecContext { pid, env: &rt.env }).await;
+        step_probe(&mut rt.readiness, ok, t);
+        if rt.readiness.successes >= t.success_threshold {
+            rt.ready = true;
+        }
+        if rt.readiness.failures >= t.failure_threshold {
+            rt.ready = false;
+        }
+    }
+    if let Some(p) = &c.liveness_probe
+        && rt.liveness.next_at.is_some_and(|t| Instant::now() >= t)
+    {
+        let t = probes::timing(p);
+        let ok = probes::run(p, c, ip, ExecContext { pid, env: &rt.env }).await;
+        step_probe(&mut rt.liveness, ok, t);
+    }
+}
+
+fn step_probe(s: &mut ProbeState, ok: bool, t: probes::Timing) {
+    if ok {
+        s.successes += 1;
+        s.failures = 0;
+    } else {
+        s.failures += 1;
+        s.successes = 0;
+    }
+    s.next_at = Some(Instant::now() + t.period);
+}
+
+/// Resolves everything a container start needs; an error is (waiting reason, message).
+async fn launch(
+    ctx: &NodeCtx,
+    pod: &Pod,
+    c: &Container,
+    vols: &BTreeMap<String, PathBuf>,
+    ip: Ipv4Addr,
+) -> Result<(Launch, String), (&'static str, String)> {
+    let image = c.image.clone().unwrap_or_default();
+    let spec = ctx.images.resolve(&image).ok_or_else(|| {
+        (
+            "ErrImagePull",
+            format!("image {image:?} is not in the local node's image mapping"),
+        )
+    })?;
+    let ns = pod.namespace().unwrap_or_default();
+
+    // Environment: image defaults, then envFrom, then env in order ($(VAR) sees earlier ones).
+    let mut env: BTreeMap<String, String> = spec.env.clone();
+    for from in c.env_from.as_deref().unwrap_or_default() {
+        let prefix = from.prefix.clone().unwrap_or_default();
+        if let Some(r) = &from.config_map_ref {
+            let cm = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)
+                .get_opt(&r.name)
+                .await
+                .map_err(|e| ("CreateContainerConfigError", e.to_string()))?;
+            match cm {
+                Some(cm) => env.extend(
+                    cm.data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (format!("{prefix}{k}"), v)),
+                ),
+                None if r.optional == Some(true) => {}
+                None => {
+                    return Err((
+                        "CreateContainerConfigError",
+                        format!("configmap {:?} not found", r.name),
+                    ));
+                }
+            }
+        }
+        if let Some(r) = &from.secret_ref {
+            let s = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+                .get_opt(&r.name)
+                .await
+                .map_err(|e| ("CreateContainerConfigError", e.to_string()))?;
+            match s {
+                Some(s) => env.extend(s.data.unwrap_or_default().into_iter().map(|(k, v)| {
+                    (
+                        format!("{prefix}{k}"),
+                        String::from_utf8_lossy(&v.0).into_owned(),
+                    )
+                })),
+                None if r.optional == Some(true) => {}
+                None => {
+                    return Err((
+                        "CreateContainerConfigError",
+                        format!("secret {:?} not found", r.name),
+                    ));
+                }
+            }
+        }
+    }
+    for e in c.env.as_deref().unwrap_or_default() {
+        let value = if let Some(v) = &e.value {
+            Some(expand(v, &env))
+        } else if let Some(from) = &e.value_from {
+            if let Some(f) = &from.field_ref {
+                Some(match f.field_path.as_str() {
+                    "metadata.name" => pod.name_any(),
+                    "metadata.namespace" => ns.clone(),
+                    "metadata.uid" => pod.metadata.uid.clone().unwrap_or_default(),
+                    "status.podIP" => ip.to_string(),
+                    "status.hostIP" => "127.0.0.1".into(),
+                    "spec.nodeName" => ctx.node_name.clone(),
+                    "spec.serviceAccountName" => pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.service_account_name.clone())
+                        .unwrap_or_default(),
+                    other => {
+                        if let Some(key) = other
+                            .strip_prefix("metadata.labels['")
+                            .and_then(|k| k.strip_suffix("']"))
+                        {
+                            pod.labels().get(key).cloned().unwrap_or_default()
+                        } else {
+                            return Err((
+                                "CreateContainerConfigError",
+                                format!("fieldRef {other:?} is not supported by the local node"),
+                            ));
+                        }
+                    }
+                })
+            } else if let Some(r) = &from.config_map_key_ref {
+                let cm = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)
+                    .get_opt(&r.name)
+                    .await
+                    .map_err(|e| ("CreateContainerConfigError", e.to_string()))?;
+                match cm.and_then(|cm| cm.data?.get(&r.key).cloned()) {
+                    Some(v) => Some(v),
+                    None if r.optional == Some(true) => None,
+                    None => {
+                        return Err((
+                            "CreateContainerConfigError",
+                            format!("configmap {:?} has no key {:?}", r.name, r.key),
+                        ));
+                    }
+                }
+            } else if let Some(r) = &from.secret_key_ref {
+                let s = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+                    .get_opt(&r.name)
+                    .await
+                    .map_err(|e| ("CreateContainerConfigError", e.to_string()))?;
+                match s.and_then(|s| s.data?.get(&r.key).cloned()) {
+                    Some(v) => Some(String::from_utf8_lossy(&v.0).into_owned()),
+                    None if r.optional == Some(true) => None,
+                    None => {
+                        return Err((
+                            "CreateContainerConfigError",
+                            format!("secret {:?} has no key {:?}", r.name, r.key),
+                        ));
+                    }
+                }
+            } else {
+                None
+            }
+        } else {
+            Some(String::new())
+        };
+        if let Some(v) = value {
+            env.insert(e.name.clone(), v);
+        }
+    }
+    let command: Vec<String> = c
+        .command
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|s| expand(s, &env))
+        .collect();
+    let args: Vec<String> = c
+        .args
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|s| expand(s, &env))
+        .collect();
+    env.entry("PATH".into())
+        .or_insert_with(|| runtime::container_path(&spec.path));
+    env.entry("HOSTNAME".into())
+        .or_insert_with(|| pod.name_any());
+    env.entry("HOME".into()).or_insert_with(|| "/root".into());
+    env.insert("BATON_POD_IP".into(), ip.to_string());
+    env.insert("BATON_NODE".into(), ctx.marker.clone());
+    if let Some(lib) = &ctx.podnet {
+        env.insert("LD_PRELOAD".into(), lib.to_string_lossy().into_owned());
+    }
+
+    // Mounts: the container's volumeMounts, then the image's VOLUMEs not covered by one.
+    let mut mounts = Vec::new();
+    for m in c.volume_mounts.as_deref().unwrap_or_default() {
+        let Some(src) = vols.get(&m.name) else {
+            return Err((
+                "CreateContainerConfigError",
+                format!("volumeMount {:?} names no volume", m.name),
+            ));
+        };
+        let mut source = src.clone();
+        if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            source = src.join(sub);
+            if !runtime::is_within(src, &source) {
+                return Err((
+                    "CreateContainerConfigError",
+                    format!("subPath {sub:?} leaves its volume"),
+                ));
+            }
+            if !source.exists() {
+                std::fs::create_dir_all(&source)
+                    .map_err(|e| ("CreateContainerConfigError", e.to_string()))?;
+            }
+        }
+        mounts.push(Mount {
+            source,
+            target: m.mount_path.clone(),
+            read_only: m.read_only == Some(true),
+        });
+    }
+    let pod_dir = volumes::pod_dir(&ctx.state, pod);
+    for v in &spec.volumes {
+        if mounts.iter().any(|m| &m.target == v) {
+            continue;
+        }
+        let dir = pod_dir
+            .join("anonymous")
+            .join(&c.name)
+            .join(v.trim_start_matches('/').replace('/', "_"));
+        std::fs::create_dir_all(&dir).map_err(|e| ("CreateContainerConfigError", e.to_string()))?;
+        mounts.push(Mount {
+            source: dir,
+            target: v.clone(),
+            read_only: false,
+        });
+    }
+
+    let user = c
+        .security_context
+        .as_ref()
+        .and_then(|s| s.run_as_user)
+        .map(|u| u.to_string())
+        .or_else(|| spec.user.clone());
+    if let Some(u) = &user {
+        for m in mounts.iter().filter(|m| !m.read_only && m.source.is_dir()) {
+            let _ = std::process::Command::new("chown")
+                .arg(format!("{u}:"))
+                .arg(&m.source)
+                .status();
+        }
+    }
+    let log = ctx
+        .state
+        .join("logs")
+        .join(format!(
+            "{ns}_{}_{}",
+            pod.name_any(),
+            pod.metadata.uid.as_deref().unwrap_or_default()
+        ))
+        .join(format!("{}.log", c.name));
+    let launch = Launch {
+        argv: argv(spec, &command, &args),
+        env,
+        mounts,
+        working_dir: c.working_dir.clone().or_else(|| spec.working_dir.clone()),
+        user,
+        log,
+    };
+    if launch.argv.is_empty() {
+        return Err((
+            "CreateContainerConfigError",
+            "no command: the container and its image mapping name none".into(),
+        ));
+    }
+    Ok((launch, image))
+}
+
+/// The pod's status as the kubelet would write it. Timestamps come only from recorded events,
+/// so an unchanged pod yields an identical status (and no write).
+fn build_status(
+    pod: &Pod,
+    rts: &[Rt],
+    ip: Ipv4Addr,
+    start_time: &Time,
+    transitions: &mut BTreeMap<&'static str, (bool, Time)>,
+) -> Value {
+    let all_ready = !rts.is_empty() && rts.iter().all(|r| r.ready);
+    let any_running = rts.iter().any(|r| r.child.is_some());
+    let all_terminated = rts
+        .iter()
+        .all(|r| matches!(r.state, State::Terminated(_)) && r.next_start.is_none());
+    let phase = if all_terminated && rts.iter().all(|r| r.ever_started) {
+        if rts
+            .iter()
+            .all(|r| matches!(&r.state, State::Terminated(t) if t.exit_code == 0))
+        {
+            "Succeeded"
+        } else {
+            "Failed"
+        }
+    } else if any_running || rts.iter().any(|r| r.ever_started) {
+        "Running"
+    } else {
+        "Pending"
+    };
+    let mut condition = |type_: &'static str, status: bool| {
+        let entry = transitions.entry(type_).or_insert_with(|| (status, now()));
+        if entry.0 != status {
+            *entry = (status, now());
+        }
+        json!({
+            "type": type_,
+            "status": if status { "True" } else { "False" },
+            "lastTransitionTime": entry.1,
+        })
+    };
+    let conditions = vec![
+        condition("PodScheduled", true),
+        condition("Initialized", true),
+        condition("ContainersReady", all_ready),
+        condition("Ready", all_ready),
+    ];
+    let terminated = |t: &Terminated| json!({"terminated": {"exitCode": t.exit_code, "reason": t.reason, "startedAt": t.started, "finishedAt": t.finished}});
+    let statuses: Vec<Value> = containers(pod)
+        .iter()
+        .filter_map(|c| rts.iter().find(|r| r.name == c.name))
+        .map(|r| {
+            let state = match &r.state {
+                State::Running => json!({"running": {"startedAt": r.started_at}}),
+                State::Waiting { reason, message } => {
+                    json!({"waiting": {"reason": reason, "message": message}})
+                }
+                State::Terminated(t) => terminated(t),
+            };
+            let mut s = json!({
+                "name": r.name,
+                "image": r.image,
+                "imageID": format!("baton-local://{}", r.image),
+                "ready": r.ready,
+                "started": r.child.is_some(),
+                "restartCount": r.restart_count,
+                "state": state,
+                "lastState": r.last.as_ref().map(terminated).unwrap_or_else(|| json!({})),
+            });
+            if let Some(pid) = r.pid() {
+                s["containerID"] = json!(format!("baton://{pid}"));
+            }
+            s
+        })
+        .collect();
+    json!({
+        "phase": phase,
+        "conditions": conditions,
+        "hostIP": "127.0.0.1",
+        "hostIPs": [{"ip": "127.0.0.1"}],
+        "podIP": ip.to_string(),
+        "podIPs": [{"ip": ip.to_string()}],
+        "startTime": start_time,
+        "containerStatuses": statuses,
+        "qosClass": "BestEffort",
+    })
+}
