@@ -20,8 +20,8 @@ down: ## Stop everything `make up` started
 	@bash tests/env/down.sh
 
 crds: ## Regenerate crds/ and the chart's crds/ from the Rust types
-	cargo run -q -- crds --dir crds
-	cargo run -q -- crds --dir charts/baton/crds
+	cargo run -q --bin baton -- crds --dir crds
+	cargo run -q --bin baton -- crds --dir charts/baton/crds
 
 lint: ## rustfmt, clippy -D warnings, helm lint
 	cargo fmt --all --check

@@ -7,6 +7,7 @@
 pub mod catalog;
 pub mod controller;
 pub mod crd;
+pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod operator;

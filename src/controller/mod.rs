@@ -2,10 +2,13 @@
 //! the driver that runs them with shared metrics, back-off and shutdown.
 //!
 //! - `datastore_version`: validates each catalog entry against the rest and writes its status.
-//! - `database_instance`, `cluster`, `upgrade_request`: watch their kind; their reconcilers are
-//!   filled in by the instance, cluster and upgrade-request work (today they only observe).
+//! - `database_instance`: runs each instance's members, keeps replication converged, and rolls
+//!   upgrades through them (standbys first, switchover, primary last).
+//! - `cluster`, `upgrade_request`: watch their kind; their reconcilers are filled in by the
+//!   cluster and upgrade-request work (today they only observe).
 
 pub mod context;
+pub mod database_instance;
 pub mod datastore_version;
 pub mod requeue;
 pub mod watch_only;
@@ -26,7 +29,7 @@ use tracing::{Instrument, info_span, warn};
 
 pub use context::{Context, FIELD_MANAGER};
 
-use crate::crd::{Cluster, DatabaseInstance, UpgradeRequest};
+use crate::crd::{Cluster, UpgradeRequest};
 use crate::error::Error;
 
 /// Runs every controller until `shutdown` is cancelled.
@@ -42,11 +45,8 @@ pub async fn run_all(ctx: Arc<Context>, shutdown: CancellationToken) {
         ),
         drive(
             "databaseinstance",
-            Controller::new(
-                Api::<DatabaseInstance>::all(client.clone()),
-                Default::default()
-            ),
-            watch_only::reconcile::<DatabaseInstance>,
+            database_instance::controller(client.clone()),
+            database_instance::reconcile,
             ctx.clone(),
             shutdown.clone(),
         ),

@@ -133,6 +133,23 @@ pub struct UpgradeInFlight {
     /// When the current step started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_started: Option<Time>,
+    /// The primary when the upgrade started (where `secondSwitch` returns the role).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_primary: Option<String>,
+    /// During a switchover: `Fencing`, `CatchingUp`, `Promoting` or `Unfencing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switchover: Option<String>,
+    /// During a switchover: the standby chosen, after the fence, to become primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<String>,
+    /// During a switchover: the primary's replication position once fenced; the candidate is
+    /// promoted only when it has reached it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_offset: Option<i64>,
+    /// Why the upgrade stopped, when it failed (phase Error). Setting the spec version back to
+    /// `sourceVersion` returns every member to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 /// What Baton observed of the instance, and the upgrade in flight.

@@ -340,8 +340,19 @@ async fn supervise(
             });
         }
         rt.ready = false;
-        rt.next_start = Some(Instant::now());
-        rt.crashes = 0;
+        if liveness_failed {
+            // A failing liveness probe backs off like a crash; a new image starts at once.
+            let delay = (ctx.backoff_base * 2u32.saturating_pow(rt.crashes.min(8))).min(Duration::from_secs(300));
+            rt.crashes += 1;
+            rt.next_start = Some(Instant::now() + delay);
+            rt.state = State::Waiting {
+                reason: "CrashLoopBackOff".into(),
+                message: format!("back-off {}s restarting container that failed its liveness probe", delay.as_secs()),
+            };
+        } else {
+            rt.next_start = Some(Instant::now());
+            rt.crashes = 0;
+        }
     }
 
     // Start when due: first start, back-off elapsed, or a replacement.
@@ -764,6 +775,5 @@ fn build_status(
         "podIPs": [{"ip": ip.to_string()}],
         "startTime": start_time,
         "containerStatuses": statuses,
-        "qosClass": "BestEffort",
     })
 }
