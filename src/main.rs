@@ -55,6 +55,9 @@ struct RunArgs {
     /// Seconds a leader's lease lasts without renewal.
     #[arg(long, env = "BATON_LEASE_DURATION_SECONDS", default_value_t = 15)]
     lease_duration_seconds: u64,
+    /// Watch DatabaseInstances, Clusters and UpgradeRequests in this namespace only.
+    #[arg(long, env = "BATON_NAMESPACE")]
+    namespace: Option<String>,
     /// This replica's identity (default: the pod name from POD_NAME, else host and pid).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -103,6 +106,7 @@ fn run(args: RunArgs) -> ExitCode {
         lease_name: args.lease_name,
         identity,
         lease_duration_seconds: args.lease_duration_seconds.max(3),
+        namespace: args.namespace,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -150,7 +150,10 @@ async fn operator_runs_with_exactly_the_charts_rbac() {
         &kubeconfig,
         dir.path(),
         "chart-sa",
-        &[&format!("--lease-namespace={ns}")],
+        &[
+            &format!("--lease-namespace={ns}"),
+            &format!("--namespace={ns}"),
+        ],
     );
     assert!(
         op.wait_ready(Duration::from_secs(60)).await,
@@ -240,6 +243,30 @@ async fn operator_runs_with_exactly_the_charts_rbac() {
         healed.is_some(),
         "entry {a} stayed invalid after its duplicate was deleted"
     );
+
+    // The instance controller works with the chart's RBAC too: a single Redis comes up Active.
+    let catalog: Vec<DatastoreVersion> = serde_yaml_ng::Deserializer::from_str(
+        &std::fs::read_to_string(repo().join("examples/catalog.yaml")).expect("catalog"),
+    )
+    .map(|d| serde::Deserialize::deserialize(d).expect("entry"))
+    .collect();
+    for dv in &catalog {
+        let name = dv.metadata.name.clone().expect("name");
+        let _ = dvs.patch(&name, &PatchParams::apply("baton-tests").force(), &Patch::Apply(dv)).await;
+    }
+    let (ok, _, err) = run_tool(
+        "kubectl",
+        &["apply", "-n", &ns, "-f", &repo().join("examples/redis-single.yaml").display().to_string()],
+        None,
+    );
+    assert!(ok, "{err}");
+    let instances = Api::<baton::crd::DatabaseInstance>::namespaced(client.clone(), &ns);
+    let active = eventually(Duration::from_secs(120), || async {
+        let st = instances.get("cache").await.ok()?.status?;
+        (st.phase == Some(baton::crd::InstancePhase::Active)).then_some(())
+    })
+    .await;
+    assert!(active.is_some(), "the instance never became Active under the chart's RBAC:\n{}", op.logs());
 
     // Verbs the chart does not grant are refused for the operator's identity.
     let sa_dvs = Api::<DatastoreVersion>::all(sa.clone());

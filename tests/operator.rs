@@ -28,6 +28,7 @@ async fn two_replicas_elect_one_leader_and_hand_over_on_sigterm() {
     let kubeconfig = kubeconfig_path();
     let args = [
         format!("--lease-namespace={ns}"),
+        format!("--namespace={ns}"),
         "--lease-duration-seconds=6".to_string(),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -115,7 +116,7 @@ async fn logs_are_structured_json_when_asked() {
         &kubeconfig_path(),
         dir.path(),
         "json-logs",
-        &["--no-leader-election"],
+        &["--no-leader-election", "--namespace=json-logs-only"],
     );
     assert!(
         op.wait_ready(Duration::from_secs(60)).await,

@@ -18,10 +18,17 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub backoffs: Backoffs,
+    /// When set, namespaced kinds are watched in this namespace only.
+    pub namespace: Option<String>,
 }
 
 impl Context {
-    pub fn new(client: Client, metrics: Arc<Metrics>, identity: &str) -> Self {
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        identity: &str,
+        namespace: Option<String>,
+    ) -> Self {
         let reporter = Reporter {
             controller: "baton".into(),
             instance: Some(identity.to_string()),
@@ -31,6 +38,7 @@ impl Context {
             client,
             metrics,
             backoffs: Backoffs::default(),
+            namespace,
         }
     }
 

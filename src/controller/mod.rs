@@ -45,26 +45,38 @@ pub async fn run_all(ctx: Arc<Context>, shutdown: CancellationToken) {
         ),
         drive(
             "databaseinstance",
-            database_instance::controller(client.clone()),
+            database_instance::controller(client.clone(), ctx.namespace.as_deref()),
             database_instance::reconcile,
             ctx.clone(),
             shutdown.clone(),
         ),
         drive(
             "cluster",
-            Controller::new(Api::<Cluster>::all(client.clone()), Default::default()),
+            Controller::new(scoped::<Cluster>(&client, &ctx), Default::default()),
             watch_only::reconcile::<Cluster>,
             ctx.clone(),
             shutdown.clone(),
         ),
         drive(
             "upgraderequest",
-            Controller::new(Api::<UpgradeRequest>::all(client), Default::default()),
+            Controller::new(scoped::<UpgradeRequest>(&client, &ctx), Default::default()),
             watch_only::reconcile::<UpgradeRequest>,
             ctx,
             shutdown,
         ),
     );
+}
+
+/// An Api over every namespace, or over the one the operator is limited to.
+fn scoped<K>(client: &kube::Client, ctx: &Context) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match &ctx.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 /// Runs one controller: a tracing span per reconcile, metrics, per-object back-off on errors.

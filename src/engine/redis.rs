@@ -99,7 +99,8 @@ impl Redis {
     pub async fn probe(&self, addr: Ipv4Addr) -> Result<Probe, EngineError> {
         // One section per call: Redis 6.2 does not take several.
         let server: String = query(addr, "INFO", redis::cmd("INFO").arg("server")).await?;
-        let replication: String = query(addr, "INFO", redis::cmd("INFO").arg("replication")).await?;
+        let replication: String =
+            query(addr, "INFO", redis::cmd("INFO").arg("replication")).await?;
         let info = format!("{server}\r\n{replication}");
         let fence: Vec<String> = query(
             addr,

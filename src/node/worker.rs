@@ -342,12 +342,16 @@ async fn supervise(
         rt.ready = false;
         if liveness_failed {
             // A failing liveness probe backs off like a crash; a new image starts at once.
-            let delay = (ctx.backoff_base * 2u32.saturating_pow(rt.crashes.min(8))).min(Duration::from_secs(300));
+            let delay = (ctx.backoff_base * 2u32.saturating_pow(rt.crashes.min(8)))
+                .min(Duration::from_secs(300));
             rt.crashes += 1;
             rt.next_start = Some(Instant::now() + delay);
             rt.state = State::Waiting {
                 reason: "CrashLoopBackOff".into(),
-                message: format!("back-off {}s restarting container that failed its liveness probe", delay.as_secs()),
+                message: format!(
+                    "back-off {}s restarting container that failed its liveness probe",
+                    delay.as_secs()
+                ),
             };
         } else {
             rt.next_start = Some(Instant::now());

@@ -32,6 +32,8 @@ pub struct Settings {
     pub identity: String,
     /// Lease duration in seconds: how long a crashed leader blocks the others.
     pub lease_duration_seconds: u64,
+    /// Watch databases in this namespace only (the catalog is cluster-wide regardless).
+    pub namespace: Option<String>,
 }
 
 /// Runs the operator until SIGTERM or SIGINT.
@@ -53,6 +55,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         client.clone(),
         metrics.clone(),
         &settings.identity,
+        settings.namespace.clone(),
     ));
     let result = if settings.leader_election {
         lead(&settings, client, ctx, &http_state, shutdown.clone()).await

@@ -208,6 +208,17 @@ pub struct Operator {
 impl Operator {
     /// Starts `baton run` with `kubeconfig` and extra args; logs go to a file in `dir`.
     pub fn start(kubeconfig: &Path, dir: &Path, identity: &str, extra: &[&str]) -> Operator {
+        Self::start_with_env(kubeconfig, dir, identity, extra, &[])
+    }
+
+    /// Like [`Operator::start`], with extra environment (failpoints).
+    pub fn start_with_env(
+        kubeconfig: &Path,
+        dir: &Path,
+        identity: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Operator {
         let port = free_port();
         let log = dir.join(format!("operator-{identity}.log"));
         let file = std::fs::File::create(&log).expect("log file");
@@ -218,6 +229,7 @@ impl Operator {
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("BATON_LOG_FORMAT", "json")
+            .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(file)

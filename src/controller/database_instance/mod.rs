@@ -38,12 +38,15 @@ use children::{ANNOTATION_VERSION, LABEL_INSTANCE, ROLE_PRIMARY, ROLE_STANDBY};
 use plan::{Act, Member, View};
 
 /// Builds the controller: it owns the members' pods, so their status changes wake it.
-pub fn controller(client: Client) -> Controller<DatabaseInstance> {
-    Controller::new(
-        Api::<DatabaseInstance>::all(client.clone()),
-        Default::default(),
-    )
-    .owns(Api::<Pod>::all(client), Default::default())
+pub fn controller(client: Client, namespace: Option<&str>) -> Controller<DatabaseInstance> {
+    let (instances, pods) = match namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::<Pod>::namespaced(client, ns),
+        ),
+        None => (Api::all(client.clone()), Api::<Pod>::all(client)),
+    };
+    Controller::new(instances, Default::default()).owns(pods, Default::default())
 }
 
 /// What a pass learned, for status.
@@ -467,19 +470,21 @@ pub async fn reconcile(inst: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Result
 
     let decision = plan::next(&view, &u, reverting);
     next.phase = Some(InstancePhase::Upgrading);
-    set_condition(
-        &mut next,
-        &ctx,
-        "Degraded",
-        false,
-        "NoFailure",
-        String::new(),
-        &inst,
-    );
     if let Some(before) = decision.before.clone() {
         record(&ctx, &mut next, &u, before, &spec_version, &primary);
+        mark_degraded(&mut next, &ctx, &inst);
         // Intent first: written before the side effect.
         write_status(&ctx, &inst, &current, &next).await?;
+        if let Some(u) = &next.upgrade {
+            // Crash tests: stop right after an intent is recorded, before its side effect.
+            let stage = u
+                .switchover
+                .as_deref()
+                .and_then(|s| s.split('/').next())
+                .unwrap_or("");
+            let step = u.step.split('/').next().unwrap_or("");
+            crate::failpoint::hit(&format!("recorded:{step}:{stage}"));
+        }
         let written = next.clone();
         return act_and_finish(&ctx, &inst, &engine, &observed, decision, &written, next).await;
     }
@@ -632,6 +637,7 @@ async fn act_and_finish(
         info!(reason, message = %msg, "upgrade milestone");
         publish(ctx, inst, t, reason, msg.clone()).await;
     }
+    mark_degraded(&mut next, ctx, inst);
     if next.upgrade.is_none() {
         set_condition(
             &mut next,
@@ -733,6 +739,18 @@ async fn observe(
             Some(ip) if pod.is_some() => engine.probe(ip).await.ok(),
             _ => None,
         };
+        let image_current = pod.is_some_and(|p| {
+            let want = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.first())
+                .and_then(|c| c.image.clone());
+            let running = p
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref()?.first().cloned());
+            running.is_some_and(|c| Some(c.image) == want && c.ready)
+        });
         Member {
             name: n.clone(),
             version: pod.and_then(|p| p.annotations().get(ANNOTATION_VERSION).cloned()),
@@ -740,6 +758,7 @@ async fn observe(
             ip,
             probe,
             waiting,
+            image_current,
         }
     }))
     .await;
@@ -869,6 +888,22 @@ fn set_condition(
     );
 }
 
+/// `Degraded` follows the recorded failure, in the same write that records it.
+fn mark_degraded(next: &mut DatabaseInstanceStatus, ctx: &Context, inst: &DatabaseInstance) {
+    match next.upgrade.as_ref().and_then(|u| u.failure.clone()) {
+        Some(f) => set_condition(next, ctx, "Degraded", true, "UpgradeFailed", f, inst),
+        None => set_condition(
+            next,
+            ctx,
+            "Degraded",
+            false,
+            "NoFailure",
+            String::new(),
+            inst,
+        ),
+    }
+}
+
 async fn publish(
     ctx: &Context,
     inst: &DatabaseInstance,
@@ -876,11 +911,14 @@ async fn publish(
     reason: &str,
     note: String,
 ) {
+    // The note doubles as the action, so each distinct step is an Event of its own rather than
+    // a count on the first one (the recorder folds events with equal reason and action).
+    let action: String = note.chars().take(40).collect();
     let ev = Event {
         type_,
         reason: reason.into(),
         note: Some(note),
-        action: "Upgrade".into(),
+        action,
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&ev, &inst.object_ref(&())).await {

@@ -25,6 +25,26 @@ pub struct Member {
     pub probe: Option<Probe>,
     /// Why the member's container is not running, as the node reports it.
     pub waiting: Option<String>,
+    /// The node reports the pod's current image running (an image change has taken effect).
+    pub image_current: bool,
+}
+
+/// The member runs `version` for real: its pod's image change has taken effect and the server
+/// itself reports that release. Without this, the old process — still answering while it is
+/// being stopped — would pass for the new one.
+pub fn runs(m: &Member, version: &str) -> bool {
+    let release = |v: &str| v.split('-').next().unwrap_or(v).to_string();
+    m.version.as_deref() == Some(version)
+        && m.image_current
+        && m.probe.as_ref().is_some_and(|p| {
+            match (
+                release(&p.version).parse::<crate::version::Version>(),
+                release(version).parse::<crate::version::Version>(),
+            ) {
+                (Ok(a), Ok(b)) => a.cmp_release(&b).is_eq(),
+                _ => false,
+            }
+        })
 }
 
 /// The snapshot a decision is made from.
@@ -262,6 +282,21 @@ pub fn next(v: &View, u: &UpgradeInFlight, reverting: bool) -> Decision {
             });
         }
         let is_primary = name == v.primary;
+        if !runs(m, &target) {
+            if v.step_elapsed > timeout {
+                let why = match &m.waiting {
+                    Some(w) => format!("member {name} did not start on {target}: {w}"),
+                    None => format!("member {name} did not come up on {target}"),
+                };
+                let why = format!(
+                    "{why} within {}s; the primary {} is untouched",
+                    timeout.as_secs(),
+                    v.primary
+                );
+                return fail(u, why, Act::Wait("failed".into()));
+            }
+            return Decision::wait(format!("waiting for {name} to run {target}"));
+        }
         let done = if is_primary {
             m.ready
                 && m.probe
@@ -309,7 +344,10 @@ pub fn next(v: &View, u: &UpgradeInFlight, reverting: bool) -> Decision {
         ));
     }
 
-    if step == "SwitchBack" && u.switchover.is_none() && u.original_primary.as_deref() == Some(v.primary) {
+    if step == "SwitchBack"
+        && u.switchover.is_none()
+        && u.original_primary.as_deref() == Some(v.primary)
+    {
         return advance(v, u, reverting, "the original primary leads again");
     }
     if step == "Switchover" || step == "SwitchBack" {
@@ -483,8 +521,17 @@ mod tests {
                     fenced: false,
                 }),
                 waiting: None,
+                image_current: true,
             })
             .collect()
+    }
+
+    /// The member's pod and server both on `DST`.
+    fn upgrade_member(m: &mut Member) {
+        m.version = Some(DST.into());
+        if let Some(p) = m.probe.as_mut() {
+            p.version = DST.into();
+        }
     }
 
     fn upgrade(step: &str) -> UpgradeInFlight {
@@ -537,14 +584,14 @@ mod tests {
                 version: DST.into()
             }
         );
-        m[1].version = Some(DST.into());
+        upgrade_member(&mut m[1]);
         let d = next(
             &view(&m, "db-0", &policy),
             &upgrade("UpgradeStandby/db-1"),
             false,
         );
         assert_eq!(recorded_step(&d), "UpgradeStandby/db-2");
-        m[2].version = Some(DST.into());
+        upgrade_member(&mut m[2]);
         let d = next(
             &view(&m, "db-0", &policy),
             &upgrade("UpgradeStandby/db-2"),
@@ -554,10 +601,41 @@ mod tests {
     }
 
     #[test]
+    fn the_old_process_still_answering_does_not_count_as_upgraded() {
+        let policy = UpgradePolicy::default();
+        let mut m = members();
+        // The image change is on the pod, but the 6.2 process has not stopped yet.
+        m[1].version = Some(DST.into());
+        let d = next(
+            &view(&m, "db-0", &policy),
+            &upgrade("UpgradeStandby/db-1"),
+            false,
+        );
+        assert!(matches!(d.act, Act::Wait(_)), "{d:?}");
+        assert!(d.before.is_none());
+        // The node has not reported the new image running either.
+        upgrade_member(&mut m[1]);
+        m[1].image_current = false;
+        let d = next(
+            &view(&m, "db-0", &policy),
+            &upgrade("UpgradeStandby/db-1"),
+            false,
+        );
+        assert!(d.before.is_none(), "{d:?}");
+        m[1].image_current = true;
+        let d = next(
+            &view(&m, "db-0", &policy),
+            &upgrade("UpgradeStandby/db-1"),
+            false,
+        );
+        assert_eq!(recorded_step(&d), "UpgradeStandby/db-2");
+    }
+
+    #[test]
     fn a_standby_that_is_not_caught_up_is_waited_for_then_fails_with_the_primary_untouched() {
         let policy = UpgradePolicy::default();
         let mut m = members();
-        m[1].version = Some(DST.into());
+        upgrade_member(&mut m[1]);
         m[1].ready = false;
         m[1].waiting = Some("ErrImagePull: image not mapped".into());
         let v = view(&m, "db-0", &policy);
@@ -603,7 +681,7 @@ mod tests {
         let policy = UpgradePolicy::default();
         let mut m = members();
         for x in &mut m[1..] {
-            x.version = Some(DST.into());
+            upgrade_member(x);
         }
         let mut u = upgrade("Switchover");
         let d = next(&view(&m, "db-0", &policy), &u, false);
@@ -692,7 +770,7 @@ mod tests {
         };
         let mut m = members();
         for x in &mut m[1..] {
-            x.version = Some(DST.into());
+            upgrade_member(x);
         }
         let d = next(
             &view(&m, "db-0", &restart),
@@ -717,9 +795,13 @@ mod tests {
         };
         let mut m = members();
         for x in &mut m {
-            x.version = Some(DST.into());
+            upgrade_member(x);
             let p = x.probe.as_mut().unwrap();
-            p.role = if x.name == "db-1" { Role::Primary } else { Role::Standby };
+            p.role = if x.name == "db-1" {
+                Role::Primary
+            } else {
+                Role::Standby
+            };
             p.following = (x.name != "db-1").then(|| ip(3));
             p.link_up = x.name != "db-1";
         }
@@ -740,7 +822,7 @@ mod tests {
     fn reverting_returns_standbys_to_the_source_and_never_touches_the_primary() {
         let policy = UpgradePolicy::default();
         let mut m = members();
-        m[1].version = Some(DST.into());
+        upgrade_member(&mut m[1]);
         let mut u = upgrade("UpgradeStandby/db-1");
         u.failure = Some("boom".into());
         let d = next(
@@ -761,6 +843,7 @@ mod tests {
             }
         );
         m[1].version = Some(SRC.into());
+        m[1].probe.as_mut().unwrap().version = SRC.into();
         let d = next(&view(&m, "db-0", &policy), &u, true);
         assert_eq!(
             d.before,

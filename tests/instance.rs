@@ -1,0 +1,688 @@
+//! DatabaseInstance end to end: the real control plane, the local node and real Redis 6.2.14 and
+//! 7.0.15. Each test runs its own operator limited to its own namespace.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
+use kube::Client;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use baton::crd::{DatabaseInstance, DatastoreVersion, InstancePhase};
+use baton::workload;
+use common::*;
+
+const LONG: Duration = Duration::from_secs(180);
+const SOURCE: &str = "6.2.14";
+const TARGET: &str = "7.0.15";
+
+/// Applies the example catalog (Redis 6.2.14 and 7.0.15 with the 6 → 7 edge), idempotently.
+async fn ensure_catalog(client: &Client) {
+    install_crds(client).await;
+    let text = std::fs::read_to_string(repo().join("examples/catalog.yaml")).expect("catalog");
+    let api = Api::<DatastoreVersion>::all(client.clone());
+    for doc in text.split("\n---\n") {
+        let dv: DatastoreVersion = serde_yaml_ng::from_str(doc).expect("catalog entry");
+        let name = dv.metadata.name.clone().expect("name");
+        let applied = eventually(Duration::from_secs(30), || async {
+            api.patch(
+                &name,
+                &PatchParams::apply("baton-tests").force(),
+                &Patch::Apply(&dv),
+            )
+            .await
+            .ok()
+        })
+        .await;
+        assert!(applied.is_some(), "could not apply catalog entry {name}");
+    }
+}
+
+struct Env {
+    client: Client,
+    ns: String,
+    dir: tempfile::TempDir,
+    instances: Api<DatabaseInstance>,
+    pods: Api<Pod>,
+}
+
+impl Env {
+    async fn new(prefix: &str) -> Env {
+        let client = admin().await;
+        ensure_catalog(&client).await;
+        let ns = namespace(&client, prefix).await;
+        Env {
+            instances: Api::namespaced(client.clone(), &ns),
+            pods: Api::namespaced(client.clone(), &ns),
+            dir: tempfile::tempdir().expect("tempdir"),
+            client,
+            ns,
+        }
+    }
+
+    fn operator(&self, id: &str, failpoints: &str) -> Operator {
+        let ns_arg = format!("--namespace={}", self.ns);
+        Operator::start_with_env(
+            &kubeconfig_path(),
+            self.dir.path(),
+            id,
+            &["--no-leader-election", &ns_arg],
+            &[("BATON_FAILPOINTS", failpoints)],
+        )
+    }
+
+    async fn create(&self, name: &str, replicas: i32, extra: Value) {
+        let mut spec =
+            json!({"datastore": {"type": "redis", "version": SOURCE}, "replicas": replicas});
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            s.extend(e.clone());
+        }
+        let obj: DatabaseInstance = serde_json::from_value(json!({
+            "apiVersion": "baton.dev/v1alpha1", "kind": "DatabaseInstance",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .expect("instance");
+        self.instances
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect("create instance");
+    }
+
+    async fn patch_spec(&self, name: &str, spec: Value) {
+        self.instances
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": spec})),
+            )
+            .await
+            .expect("patch spec");
+    }
+
+    /// Waits until the instance is in `phase` on `version`; panics with its status if not.
+    async fn wait_for(
+        &self,
+        name: &str,
+        phase: InstancePhase,
+        version: &str,
+        op: &Operator,
+    ) -> DatabaseInstance {
+        let found = eventually(LONG, || async {
+            let i = self.instances.get(name).await.ok()?;
+            let s = i.status.as_ref()?;
+            (s.phase == Some(phase) && s.version.as_deref() == Some(version) && s.upgrade.is_none())
+                .then_some(i)
+        })
+        .await;
+        match found {
+            Some(i) => i,
+            None => {
+                let status = self.instances.get(name).await.ok().and_then(|i| i.status);
+                panic!(
+                    "{name} never reached {phase:?} on {version}; status: {status:#?}\noperator log tail:\n{}",
+                    tail(&op.logs(), 30)
+                )
+            }
+        }
+    }
+
+    async fn member_pods(&self, name: &str) -> BTreeMap<String, Pod> {
+        self.pods
+            .list(&ListParams::default().labels(&format!("baton.dev/instance={name}")))
+            .await
+            .expect("pods")
+            .into_iter()
+            .map(|p| (p.metadata.name.clone().unwrap_or_default(), p))
+            .collect()
+    }
+
+    /// The version each member's server reports, by pod name.
+    async fn server_versions(&self, name: &str) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for (n, p) in self.member_pods(name).await {
+            let ip = p.status.and_then(|s| s.pod_ip).expect("pod ip");
+            let mut c = redis::Client::open(format!("redis://{ip}:6379/"))
+                .expect("url")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect");
+            let info: String = redis::cmd("INFO")
+                .arg("server")
+                .query_async(&mut c)
+                .await
+                .expect("INFO");
+            let v = baton::engine::redis::info_field(&info, "redis_version")
+                .unwrap_or_default()
+                .to_string();
+            out.insert(n, v);
+        }
+        out
+    }
+
+    /// Events about the instance, oldest first: (reason, note).
+    async fn events(&self, name: &str) -> Vec<(String, String)> {
+        let mut evs: Vec<Event> = Api::<Event>::namespaced(self.client.clone(), &self.ns)
+            .list(&ListParams::default())
+            .await
+            .expect("events")
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .collect();
+        evs.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+        evs.into_iter()
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect()
+    }
+
+    /// Starts a client that writes to the primary until the returned token is cancelled.
+    fn writer(&self, name: &str) -> (CancellationToken, tokio::task::JoinHandle<workload::Report>) {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(workload::write_until(
+            self.client.clone(),
+            self.ns.clone(),
+            name.to_string(),
+            Duration::from_millis(250),
+            stop.clone(),
+        ));
+        (stop, task)
+    }
+
+    /// Counts, every 100 ms, how many members are not Ready; returns the largest count seen.
+    fn readiness_monitor(&self, name: &str) -> (CancellationToken, Arc<AtomicUsize>) {
+        let stop = CancellationToken::new();
+        let worst = Arc::new(AtomicUsize::new(0));
+        let (pods, sel, s, w) = (
+            self.pods.clone(),
+            format!("baton.dev/instance={name}"),
+            stop.clone(),
+            worst.clone(),
+        );
+        tokio::spawn(async move {
+            while !s.is_cancelled() {
+                if let Ok(list) = pods.list(&ListParams::default().labels(&sel)).await {
+                    let down: Vec<String> = list
+                        .items
+                        .iter()
+                        .filter(|p| {
+                            !p.status
+                                .as_ref()
+                                .and_then(|s| s.conditions.as_ref())
+                                .is_some_and(|c| {
+                                    c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                                })
+                        })
+                        .filter_map(|p| p.metadata.name.clone())
+                        .collect();
+                    if down.len() > 1 {
+                        eprintln!("not Ready at once: {down:?}");
+                    }
+                    w.fetch_max(down.len(), Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        (stop, worst)
+    }
+
+    async fn primary_ip(&self, name: &str) -> std::net::Ipv4Addr {
+        workload::primary_address(&self.client, &self.ns, name)
+            .await
+            .expect("one labelled primary")
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn image(p: &Pod) -> String {
+    p.spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
+}
+
+/// Checks that every acknowledged write is on the primary and, once caught up, on each member.
+async fn assert_nothing_lost(env: &Env, name: &str, report: &workload::Report) {
+    assert!(
+        report.acked.len() > 50,
+        "the writer barely wrote: {report:?}"
+    );
+    assert_eq!(workload::distinct(&report.acked), report.acked.len());
+    let lost = workload::missing(env.primary_ip(name).await, &report.acked)
+        .await
+        .expect("read back");
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost on the primary, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+    for (pod, p) in env.member_pods(name).await {
+        let ip = p
+            .status
+            .and_then(|s| s.pod_ip)
+            .and_then(|i| i.parse().ok())
+            .expect("ip");
+        let caught_up = eventually(Duration::from_secs(30), || async {
+            workload::missing(ip, &report.acked)
+                .await
+                .ok()
+                .filter(|l| l.is_empty())
+        })
+        .await;
+        assert!(
+            caught_up.is_some(),
+            "member {pod} is missing acknowledged writes"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_three_member_upgrade_under_writes_loses_nothing_and_upgrades_the_primary_last() {
+    let env = Env::new("upgrade").await;
+    let op = env.operator("upgrade", "");
+    env.create("db", 3, json!({})).await;
+    env.wait_for("db", InstancePhase::Active, SOURCE, &op).await;
+    assert!(
+        env.server_versions("db")
+            .await
+            .values()
+            .all(|v| v == SOURCE)
+    );
+
+    let (stop_writes, writes) = env.writer("db");
+    let (stop_monitor, worst) = env.readiness_monitor("db");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.patch_spec(
+        "db",
+        json!({"datastore": {"type": "redis", "version": TARGET}}),
+    )
+    .await;
+    let inst = env.wait_for("db", InstancePhase::Active, TARGET, &op).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_writes.cancel();
+    stop_monitor.cancel();
+    let report = writes.await.expect("writer");
+
+    let versions = env.server_versions("db").await;
+    assert_eq!(versions.len(), 3);
+    assert!(versions.values().all(|v| v == TARGET), "{versions:?}");
+    assert_nothing_lost(&env, "db", &report).await;
+    assert!(
+        worst.load(Ordering::SeqCst) <= 1,
+        "{} members were not Ready at once",
+        worst.load(Ordering::SeqCst)
+    );
+    let status = inst.status.expect("status");
+    assert_ne!(
+        status.primary.as_deref(),
+        Some("db-0"),
+        "the role moved to an upgraded standby"
+    );
+    assert!(
+        status
+            .members
+            .iter()
+            .all(|m| m.version.as_deref() == Some(TARGET) && m.ready)
+    );
+
+    // The timeline: both standbys, then the switchover, then the old primary.
+    let events = env.events("db").await;
+    let restarts: Vec<&str> = events
+        .iter()
+        .filter(|(r, _)| r == "MemberRestarting")
+        .map(|(_, n)| n.split(' ').next().unwrap_or_default())
+        .collect();
+    assert_eq!(restarts, ["db-1", "db-2", "db-0"], "{events:#?}");
+    let pos = |reason: &str| {
+        events
+            .iter()
+            .position(|(r, _)| r == reason)
+            .unwrap_or_else(|| panic!("no {reason} event: {events:#?}"))
+    };
+    let last_restart = events
+        .iter()
+        .rposition(|(r, _)| r == "MemberRestarting")
+        .expect("restart events");
+    assert!(
+        pos("SwitchoverCompleted") < last_restart,
+        "the old primary must be upgraded after the switchover"
+    );
+    assert!(pos("UpgradeStarted") < pos("SwitchoverStarted"));
+    assert!(events.iter().any(|(r, _)| r == "UpgradeCompleted"));
+    println!(
+        "3-member upgrade: {} writes acknowledged, {} errors, longest write gap {:?}",
+        report.acked.len(),
+        report.errors,
+        report.longest_gap
+    );
+    delete_namespace(&env.client, &env.ns).await;
+}
+
+#[tokio::test]
+async fn second_switch_ends_on_the_original_primary() {
+    let env = Env::new("second").await;
+    let op = env.operator("second", "");
+    env.create("db", 3, json!({"upgradePolicy": {"secondSwitch": true}}))
+        .await;
+    env.wait_for("db", InstancePhase::Active, SOURCE, &op).await;
+    let (stop, writes) = env.writer("db");
+    env.patch_spec(
+        "db",
+        json!({"datastore": {"type": "redis", "version": TARGET}}),
+    )
+    .await;
+    let inst = env.wait_for("db", InstancePhase::Active, TARGET, &op).await;
+    stop.cancel();
+    let report = writes.await.expect("writer");
+    assert_eq!(inst.status.and_then(|s| s.primary).as_deref(), Some("db-0"));
+    let pods = env.member_pods("db").await;
+    assert_eq!(
+        pods["db-0"]
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("baton.dev/role"))
+            .map(String::as_str),
+        Some("primary")
+    );
+    assert!(
+        env.server_versions("db")
+            .await
+            .values()
+            .all(|v| v == TARGET)
+    );
+    let switches = env
+        .events("db")
+        .await
+        .iter()
+        .filter(|(r, _)| r == "SwitchoverCompleted")
+        .count();
+    assert_eq!(switches, 2, "a switchover away and one back");
+    assert_nothing_lost(&env, "db", &report).await;
+    delete_namespace(&env.client, &env.ns).await;
+}
+
+#[tokio::test]
+async fn an_operator_killed_at_three_points_still_finishes_correctly() {
+    let env = Env::new("crash").await;
+    // Each point stops the operator right after it recorded an intent, before the side effect.
+    for (i, point) in [
+        "recorded:UpgradeStandby:",
+        "recorded:Switchover:Fencing",
+        "recorded:Switchover:Promoting",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let name = format!("db{i}");
+        let op = env.operator(&format!("steady-{i}"), "");
+        env.create(&name, 3, json!({})).await;
+        env.wait_for(&name, InstancePhase::Active, SOURCE, &op)
+            .await;
+        drop(op);
+        let mut crashing = env.operator(&format!("crashing-{i}"), point);
+        let (stop, writes) = env.writer(&name);
+        env.patch_spec(
+            &name,
+            json!({"datastore": {"type": "redis", "version": TARGET}}),
+        )
+        .await;
+        let exit = tokio::time::timeout(LONG, crashing.child.wait())
+            .await
+            .expect("the failpoint fires")
+            .expect("wait");
+        assert_eq!(
+            exit.code(),
+            Some(137),
+            "{point}: {}",
+            tail(&crashing.logs(), 20)
+        );
+        let recorded = env
+            .instances
+            .get(&name)
+            .await
+            .expect("get")
+            .status
+            .and_then(|s| s.upgrade)
+            .expect("upgrade recorded");
+        let stage = format!(
+            "recorded:{}:{}",
+            recorded.step.split('/').next().unwrap_or_default(),
+            recorded
+                .switchover
+                .as_deref()
+                .and_then(|s| s.split('/').next())
+                .unwrap_or_default()
+        );
+        assert_eq!(stage, point, "the intent on record when the operator died");
+
+        let op = env.operator(&format!("resumed-{i}"), "");
+        env.wait_for(&name, InstancePhase::Active, TARGET, &op)
+            .await;
+        stop.cancel();
+        let report = writes.await.expect("writer");
+        assert!(
+            env.server_versions(&name)
+                .await
+                .values()
+                .all(|v| v == TARGET),
+            "{point}"
+        );
+        assert_nothing_lost(&env, &name, &report).await;
+        let roles: Vec<String> = env
+            .member_pods(&name)
+            .await
+            .values()
+            .filter_map(|p| p.metadata.labels.as_ref()?.get("baton.dev/role").cloned())
+            .filter(|r| r == "primary")
+            .collect();
+        assert_eq!(roles.len(), 1, "{point}: exactly one primary");
+        drop(op);
+    }
+    delete_namespace(&env.client, &env.ns).await;
+}
+
+#[tokio::test]
+async fn a_standby_that_cannot_start_halts_the_upgrade_and_reverting_recovers() {
+    let env = Env::new("broken").await;
+    // A catalog version whose image the node cannot run.
+    let broken: DatastoreVersion = serde_json::from_value(json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "DatastoreVersion",
+        "metadata": {"name": "redis-7.0.16-broken"},
+        "spec": {"datastore": "redis", "version": "7.0.16", "image": "redis:7.0.16-not-mapped",
+                 "upgradeFrom": [{"datastore": "redis", "minVersion": "6.0", "maxVersion": "6"}]}
+    }))
+    .expect("dsv");
+    Api::<DatastoreVersion>::all(env.client.clone())
+        .patch(
+            "redis-7.0.16-broken",
+            &PatchParams::apply("baton-tests").force(),
+            &Patch::Apply(&broken),
+        )
+        .await
+        .expect("apply broken version");
+    let op = env.operator("broken", "");
+    env.create(
+        "db",
+        3,
+        json!({"upgradePolicy": {"stepTimeoutSeconds": 10}}),
+    )
+    .await;
+    env.wait_for("db", InstancePhase::Active, SOURCE, &op).await;
+    env.patch_spec(
+        "db",
+        json!({"datastore": {"type": "redis", "version": "7.0.16"}}),
+    )
+    .await;
+
+    let failed = eventually(LONG, || async {
+        let i = env.instances.get("db").await.ok()?;
+        (i.status.as_ref()?.phase == Some(InstancePhase::Error)).then_some(i)
+    })
+    .await
+    .unwrap_or_else(|| panic!("the upgrade never failed:\n{}", tail(&op.logs(), 30)));
+    let status = failed.status.expect("status");
+    let failure = status
+        .upgrade
+        .as_ref()
+        .and_then(|u| u.failure.clone())
+        .expect("failure");
+    assert!(
+        failure.contains("db-1") && failure.contains("ErrImagePull"),
+        "{failure}"
+    );
+    assert!(failure.contains("primary db-0 is untouched"), "{failure}");
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .expect("Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "UpgradeFailed")
+    );
+    assert!(
+        env.events("db")
+            .await
+            .iter()
+            .any(|(r, n)| r == "UpgradeFailed" && n.contains("db-1"))
+    );
+    let pods = env.member_pods("db").await;
+    assert_eq!(
+        image(&pods["db-0"]),
+        "redis:6.2.14",
+        "the primary was touched"
+    );
+    assert_eq!(
+        image(&pods["db-2"]),
+        "redis:6.2.14",
+        "the next standby was touched"
+    );
+    assert_eq!(status.primary.as_deref(), Some("db-0"));
+
+    // Setting the spec back returns the broken member to the source version.
+    env.patch_spec(
+        "db",
+        json!({"datastore": {"type": "redis", "version": SOURCE}}),
+    )
+    .await;
+    env.wait_for("db", InstancePhase::Active, SOURCE, &op).await;
+    let pods = env.member_pods("db").await;
+    assert!(pods.values().all(|p| image(p) == "redis:6.2.14"));
+    assert!(
+        env.server_versions("db")
+            .await
+            .values()
+            .all(|v| v == SOURCE)
+    );
+    delete_namespace(&env.client, &env.ns).await;
+}
+
+#[tokio::test]
+async fn a_single_member_upgrades_in_place_and_a_downgrade_is_refused() {
+    let env = Env::new("single").await;
+    let op = env.operator("single", "");
+    env.create("cache", 1, json!({})).await;
+    env.wait_for("cache", InstancePhase::Active, SOURCE, &op)
+        .await;
+    let (stop, writes) = env.writer("cache");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop.cancel();
+    let report = writes.await.expect("writer");
+    env.patch_spec(
+        "cache",
+        json!({"datastore": {"type": "redis", "version": TARGET}}),
+    )
+    .await;
+    env.wait_for("cache", InstancePhase::Active, TARGET, &op)
+        .await;
+    assert_eq!(env.server_versions("cache").await["cache-0"], TARGET);
+    assert_nothing_lost(&env, "cache", &report).await;
+    let restarts = env.member_pods("cache").await["cache-0"]
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first().map(|c| c.restart_count));
+    assert_eq!(restarts, Some(1), "restarted in place once");
+
+    // An older version in the spec is reported, never performed.
+    env.patch_spec(
+        "cache",
+        json!({"datastore": {"type": "redis", "version": SOURCE}}),
+    )
+    .await;
+    let refused = eventually(Duration::from_secs(60), || async {
+        let st = env.instances.get("cache").await.ok()?.status?;
+        st.conditions
+            .into_iter()
+            .find(|c| c.type_ == "VersionApplied" && c.reason == "DowngradeRefused")
+    })
+    .await
+    .expect("DowngradeRefused condition");
+    assert!(
+        refused.message.contains("never performed"),
+        "{}",
+        refused.message
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        image(&env.member_pods("cache").await["cache-0"]),
+        "redis:7.0.15"
+    );
+    assert_eq!(env.server_versions("cache").await["cache-0"], TARGET);
+    delete_namespace(&env.client, &env.ns).await;
+}
+
+#[tokio::test]
+async fn a_paused_instance_is_left_alone() {
+    let env = Env::new("paused").await;
+    let op = env.operator("paused", "");
+    env.create("db", 2, json!({})).await;
+    env.wait_for("db", InstancePhase::Active, SOURCE, &op).await;
+    let before = env.member_pods("db").await;
+    env.patch_spec(
+        "db",
+        json!({"paused": true, "datastore": {"type": "redis", "version": TARGET}}),
+    )
+    .await;
+    let paused = eventually(Duration::from_secs(60), || async {
+        (env.instances.get("db").await.ok()?.status?.phase == Some(InstancePhase::Paused))
+            .then_some(())
+    })
+    .await;
+    assert!(paused.is_some(), "never reported Paused");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = env.member_pods("db").await;
+    for (name, p) in &after {
+        assert_eq!(image(p), "redis:6.2.14", "{name} was touched while paused");
+        assert_eq!(image(&before[name]), image(p));
+        let restarts = p
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c.first().map(|c| c.restart_count));
+        assert_eq!(restarts, Some(0), "{name} restarted while paused");
+    }
+    assert!(
+        env.server_versions("db")
+            .await
+            .values()
+            .all(|v| v == SOURCE)
+    );
+    // Unpaused, the pending upgrade runs.
+    env.patch_spec("db", json!({"paused": false})).await;
+    env.wait_for("db", InstancePhase::Active, TARGET, &op).await;
+    delete_namespace(&env.client, &env.ns).await;
+}
