@@ -3,13 +3,20 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help test up down crds lint control-plane
+.PHONY: help test demo bench up down crds lint control-plane
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 test: ## Lint and run every test against a real local control plane
 	@bash tests/env/test.sh
+
+demo: ## Start the local environment and upgrade a 3-member Redis 6.2.14 → 7.0.15 under load
+	@bash tests/env/demo.sh
+
+bench: ## N upgrades under load (BATON_BENCH_UPGRADES, default 20): write gaps, times, overhead
+	@bash tests/env/setup.sh && bash tests/env/up.sh >/dev/null && bash tests/env/node.sh
+	KUBECONFIG=$${BATON_CACHE:-$$HOME/.cache/baton}/run/kubeconfig cargo bench --bench upgrade
 
 up: ## Start the local environment (control plane, local node, operator) in the background
 	@bash tests/env/up.sh >/dev/null

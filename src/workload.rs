@@ -136,3 +136,94 @@ pub async fn missing(ip: Ipv4Addr, acked: &[u64]) -> Result<Vec<u64>, redis::Red
 pub fn distinct(acked: &[u64]) -> usize {
     acked.iter().collect::<BTreeSet<_>>().len()
 }
+
+/// Applies every DatastoreVersion in a multi-document YAML file (server-side apply).
+pub async fn apply_catalog(client: &Client, yaml: &str) -> Result<(), kube::Error> {
+    use kube::api::{Patch, PatchParams};
+    let api = Api::<crate::crd::DatastoreVersion>::all(client.clone());
+    for doc in yaml
+        .split("\n---\n")
+        .filter(|d| d.contains("kind: DatastoreVersion"))
+    {
+        let dv: crate::crd::DatastoreVersion =
+            serde_yaml_ng::from_str(doc).map_err(|e| kube::Error::Service(Box::new(e)))?;
+        let name = dv.metadata.name.clone().unwrap_or_default();
+        api.patch(
+            &name,
+            &PatchParams::apply("baton-workload").force(),
+            &Patch::Apply(&dv),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Creates a Redis instance of `replicas` members on `version`.
+pub async fn create_redis(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    replicas: i32,
+    version: &str,
+) -> Result<(), kube::Error> {
+    let obj: crate::crd::DatabaseInstance = serde_json::from_value(serde_json::json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "DatabaseInstance",
+        "metadata": {"name": name},
+        "spec": {"datastore": {"type": "redis", "version": version}, "replicas": replicas},
+    }))
+    .map_err(|e| kube::Error::Service(Box::new(e)))?;
+    Api::<crate::crd::DatabaseInstance>::namespaced(client.clone(), ns)
+        .create(&Default::default(), &obj)
+        .await?;
+    Ok(())
+}
+
+/// Sets `spec.datastore.version` (the GitOps way to upgrade).
+pub async fn set_version(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    version: &str,
+) -> Result<(), kube::Error> {
+    use kube::api::{Patch, PatchParams};
+    let patch = serde_json::json!({"spec": {"datastore": {"version": version}}});
+    Api::<crate::crd::DatabaseInstance>::namespaced(client.clone(), ns)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Waits until the instance is Active on `version` with no upgrade in flight.
+pub async fn wait_active(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    version: &str,
+    timeout: Duration,
+) -> Option<crate::crd::DatabaseInstance> {
+    let api = Api::<crate::crd::DatabaseInstance>::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(i) = api.get(name).await
+            && let Some(s) = &i.status
+            && s.phase == Some(crate::crd::InstancePhase::Active)
+            && s.version.as_deref() == Some(version)
+            && s.upgrade.is_none()
+        {
+            return Some(i);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// The version a Redis server itself reports.
+pub async fn server_version(ip: Ipv4Addr) -> Option<String> {
+    let mut c = connect(ip).await?;
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut c)
+        .await
+        .ok()?;
+    crate::engine::redis::info_field(&info, "redis_version").map(str::to_string)
+}

@@ -252,11 +252,26 @@ async fn operator_runs_with_exactly_the_charts_rbac() {
     .collect();
     for dv in &catalog {
         let name = dv.metadata.name.clone().expect("name");
-        let _ = dvs.patch(&name, &PatchParams::apply("baton-tests").force(), &Patch::Apply(dv)).await;
+        let _ = dvs
+            .patch(
+                &name,
+                &PatchParams::apply("baton-tests").force(),
+                &Patch::Apply(dv),
+            )
+            .await;
     }
     let (ok, _, err) = run_tool(
         "kubectl",
-        &["apply", "-n", &ns, "-f", &repo().join("examples/redis-single.yaml").display().to_string()],
+        &[
+            "apply",
+            "-n",
+            &ns,
+            "-f",
+            &repo()
+                .join("examples/redis-single.yaml")
+                .display()
+                .to_string(),
+        ],
         None,
     );
     assert!(ok, "{err}");
@@ -266,7 +281,11 @@ async fn operator_runs_with_exactly_the_charts_rbac() {
         (st.phase == Some(baton::crd::InstancePhase::Active)).then_some(())
     })
     .await;
-    assert!(active.is_some(), "the instance never became Active under the chart's RBAC:\n{}", op.logs());
+    assert!(
+        active.is_some(),
+        "the instance never became Active under the chart's RBAC:\n{}",
+        op.logs()
+    );
 
     // Verbs the chart does not grant are refused for the operator's identity.
     let sa_dvs = Api::<DatastoreVersion>::all(sa.clone());

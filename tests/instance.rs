@@ -686,3 +686,50 @@ async fn a_paused_instance_is_left_alone() {
     env.wait_for("db", InstancePhase::Active, TARGET, &op).await;
     delete_namespace(&env.client, &env.ns).await;
 }
+
+#[tokio::test]
+async fn a_version_missing_from_the_catalog_is_reported_and_nothing_is_created() {
+    let env = Env::new("nocatalog").await;
+    let op = env.operator("nocatalog", "");
+    let obj: DatabaseInstance = serde_json::from_value(json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "DatabaseInstance",
+        "metadata": {"name": "db"},
+        "spec": {"datastore": {"type": "redis", "version": "5.0.99"}, "replicas": 1},
+    }))
+    .expect("instance");
+    env.instances
+        .create(&PostParams::default(), &obj)
+        .await
+        .expect("create");
+    let reported = eventually(Duration::from_secs(60), || async {
+        let st = env.instances.get("db").await.ok()?.status?;
+        st.conditions
+            .into_iter()
+            .find(|c| c.type_ == "VersionApplied" && c.reason == "VersionNotInCatalog")
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "no VersionNotInCatalog condition:\n{}",
+            tail(&op.logs(), 20)
+        )
+    });
+    assert!(
+        reported
+            .message
+            .contains("redis 5.0.99 is not in the DatastoreVersion catalog"),
+        "{}",
+        reported.message
+    );
+    assert!(
+        env.events("db")
+            .await
+            .iter()
+            .any(|(r, _)| r == "VersionNotInCatalog")
+    );
+    assert!(
+        env.member_pods("db").await.is_empty(),
+        "nothing may be created for an unknown version"
+    );
+    delete_namespace(&env.client, &env.ns).await;
+}

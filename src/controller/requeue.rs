@@ -14,9 +14,10 @@ pub fn idle() -> Action {
     Action::requeue(Duration::from_secs(300 + jitter))
 }
 
-/// Look again soon: something the controller waits on has no watch event of its own.
+/// Look again soon: something the controller waits on (a server catching up) has no watch
+/// event of its own.
 pub fn poll() -> Action {
-    Action::requeue(Duration::from_secs(2))
+    Action::requeue(Duration::from_millis(500))
 }
 
 /// Per-object error counts, so repeated failures of one object back off without slowing others.

@@ -18,10 +18,8 @@ use serde_json::json;
 pub enum VolumeError {
     #[error("persistentvolumeclaim {0:?} not found")]
     ClaimNotFound(String),
-    #[error("configmap {0:?} not found")]
-    ConfigMapNotFound(String),
-    #[error("secret {0:?} not found")]
-    SecretNotFound(String),
+    #[error("{0} {1:?} not found")]
+    NotFound(&'static str, String),
     #[error("volume {0:?} has a type the local node does not support")]
     Unsupported(String),
     #[error("api: {0}")]
@@ -52,20 +50,7 @@ pub async fn prepare(
             std::fs::create_dir_all(&d)?;
             d
         } else if let Some(cm) = &v.config_map {
-            let name = cm.name.clone();
-            let data = match Api::<ConfigMap>::namespaced(client.clone(), &ns)
-                .get_opt(&name)
-                .await?
-            {
-                Some(c) => c
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.into_bytes()))
-                    .collect(),
-                None if cm.optional == Some(true) => BTreeMap::new(),
-                None => return Err(VolumeError::ConfigMapNotFound(name)),
-            };
+            let data = required(client, &ns, Source::ConfigMap, &cm.name, cm.optional).await?;
             write_files(
                 &pod_dir.join("files").join(&v.name),
                 data,
@@ -73,19 +58,7 @@ pub async fn prepare(
             )?
         } else if let Some(sec) = &v.secret {
             let name = sec.secret_name.clone().unwrap_or_default();
-            let data = match Api::<Secret>::namespaced(client.clone(), &ns)
-                .get_opt(&name)
-                .await?
-            {
-                Some(s) => s
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.0))
-                    .collect(),
-                None if sec.optional == Some(true) => BTreeMap::new(),
-                None => return Err(VolumeError::SecretNotFound(name)),
-            };
+            let data = required(client, &ns, Source::Secret, &name, sec.optional).await?;
             write_files(
                 &pod_dir.join("files").join(&v.name),
                 data,
@@ -97,6 +70,68 @@ pub async fn prepare(
         out.insert(v.name.clone(), path);
     }
     Ok(out)
+}
+
+/// A key–value source of files and environment.
+#[derive(Clone, Copy, Debug)]
+pub enum Source {
+    ConfigMap,
+    Secret,
+}
+
+impl Source {
+    fn kind(self) -> &'static str {
+        match self {
+            Source::ConfigMap => "configmap",
+            Source::Secret => "secret",
+        }
+    }
+}
+
+/// The data of a ConfigMap or Secret (values as bytes), or None if it does not exist.
+pub async fn source_data(
+    client: &Client,
+    ns: &str,
+    source: Source,
+    name: &str,
+) -> Result<Option<BTreeMap<String, Vec<u8>>>, kube::Error> {
+    Ok(match source {
+        Source::ConfigMap => Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .get_opt(name)
+            .await?
+            .map(|c| {
+                c.data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .collect()
+            }),
+        Source::Secret => Api::<Secret>::namespaced(client.clone(), ns)
+            .get_opt(name)
+            .await?
+            .map(|s| {
+                s.data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect()
+            }),
+    })
+}
+
+/// Like [`source_data`], with Kubernetes' `optional`: a missing optional source is empty.
+pub async fn required(
+    client: &Client,
+    ns: &str,
+    source: Source,
+    name: &str,
+    optional: Option<bool>,
+) -> Result<BTreeMap<String, Vec<u8>>, VolumeError> {
+    match source_data(client, ns, source, name).await? {
+        Some(d) => Ok(d),
+        None if optional == Some(true) => Ok(BTreeMap::new()),
+        None => Err(VolumeError::NotFound(source.kind(), name.to_string())),
+    }
 }
 
 /// The directory that holds a pod's own volumes (emptyDir, files); removed with the pod.

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
@@ -22,7 +22,7 @@ use super::envvars::expand;
 use super::images::argv;
 use super::probes::{self, ExecContext};
 use super::runtime::{self, Launch, Mount};
-use super::volumes;
+use super::volumes::{self, Source};
 
 /// Why a worker must stop without a graceful API deletion.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -470,49 +470,26 @@ async fn launch(
 
     // Environment: image defaults, then envFrom, then env in order ($(VAR) sees earlier ones).
     let mut env: BTreeMap<String, String> = spec.env.clone();
+    let config_error = |e: volumes::VolumeError| ("CreateContainerConfigError", e.to_string());
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
     for from in c.env_from.as_deref().unwrap_or_default() {
         let prefix = from.prefix.clone().unwrap_or_default();
-        if let Some(r) = &from.config_map_ref {
-            let cm = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)
-                .get_opt(&r.name)
+        let sources = [
+            from.config_map_ref
+                .as_ref()
+                .map(|r| (Source::ConfigMap, &r.name, r.optional)),
+            from.secret_ref
+                .as_ref()
+                .map(|r| (Source::Secret, &r.name, r.optional)),
+        ];
+        for (source, name, optional) in sources.into_iter().flatten() {
+            let data = volumes::required(&ctx.client, &ns, source, name, optional)
                 .await
-                .map_err(|e| ("CreateContainerConfigError", e.to_string()))?;
-            match cm {
-                Some(cm) => env.extend(
-                    cm.data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (format!("{prefix}{k}"), v)),
-                ),
-                None if r.optional == Some(true) => {}
-                None => {
-                    return Err((
-                        "CreateContainerConfigError",
-                        format!("configmap {:?} not found", r.name),
-                    ));
-                }
-            }
-        }
-        if let Some(r) = &from.secret_ref {
-            let s = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-                .get_opt(&r.name)
-                .await
-                .map_err(|e| ("CreateContainerConfigError", e.to_string()))?;
-            match s {
-                Some(s) => env.extend(s.data.unwrap_or_default().into_iter().map(|(k, v)| {
-                    (
-                        format!("{prefix}{k}"),
-                        String::from_utf8_lossy(&v.0).into_owned(),
-                    )
-                })),
-                None if r.optional == Some(true) => {}
-                None => {
-                    return Err((
-                        "CreateContainerConfigError",
-                        format!("secret {:?} not found", r.name),
-                    ));
-                }
-            }
+                .map_err(config_error)?;
+            env.extend(
+                data.into_iter()
+                    .map(|(k, v)| (format!("{prefix}{k}"), text(v))),
+            );
         }
     }
     for e in c.env.as_deref().unwrap_or_default() {
@@ -546,33 +523,26 @@ async fn launch(
                         }
                     }
                 })
-            } else if let Some(r) = &from.config_map_key_ref {
-                let cm = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)
-                    .get_opt(&r.name)
+            } else if let Some((source, name, key, optional)) = from
+                .config_map_key_ref
+                .as_ref()
+                .map(|r| (Source::ConfigMap, &r.name, &r.key, r.optional))
+                .or_else(|| {
+                    from.secret_key_ref
+                        .as_ref()
+                        .map(|r| (Source::Secret, &r.name, &r.key, r.optional))
+                })
+            {
+                let data = volumes::required(&ctx.client, &ns, source, name, optional)
                     .await
-                    .map_err(|e| ("CreateContainerConfigError", e.to_string()))?;
-                match cm.and_then(|cm| cm.data?.get(&r.key).cloned()) {
-                    Some(v) => Some(v),
-                    None if r.optional == Some(true) => None,
+                    .map_err(config_error)?;
+                match data.get(key) {
+                    Some(v) => Some(text(v.clone())),
+                    None if optional == Some(true) => None,
                     None => {
                         return Err((
                             "CreateContainerConfigError",
-                            format!("configmap {:?} has no key {:?}", r.name, r.key),
-                        ));
-                    }
-                }
-            } else if let Some(r) = &from.secret_key_ref {
-                let s = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-                    .get_opt(&r.name)
-                    .await
-                    .map_err(|e| ("CreateContainerConfigError", e.to_string()))?;
-                match s.and_then(|s| s.data?.get(&r.key).cloned()) {
-                    Some(v) => Some(String::from_utf8_lossy(&v.0).into_owned()),
-                    None if r.optional == Some(true) => None,
-                    None => {
-                        return Err((
-                            "CreateContainerConfigError",
-                            format!("secret {:?} has no key {:?}", r.name, r.key),
+                            format!("{source:?} {name:?} has no key {key:?}"),
                         ));
                     }
                 }

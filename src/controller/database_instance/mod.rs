@@ -105,23 +105,28 @@ pub async fn reconcile(inst: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Result
     let primary = current.primary.clone().unwrap_or_else(|| names[0].clone());
     let running = current.version.clone();
 
-    // A new instance needs an active catalog entry before anything is created.
     let base_version = running
         .clone()
         .unwrap_or_else(|| inst.spec.datastore.version.clone());
-    let Some(base_entry) = entry(&base_version) else {
-        let msg = format!(
-            "{ds} {base_version} is not in the DatastoreVersion catalog; add it or choose a listed version"
-        );
-        set_condition(
-            &mut next,
-            &ctx,
-            "VersionApplied",
-            false,
+    // A new instance needs an active catalog entry before anything is created; a running one
+    // only needs its version listed.
+    let base_entry = entry(&base_version);
+    let problem = match base_entry {
+        None => Some((
             "VersionNotInCatalog",
-            msg,
-            &inst,
-        );
+            format!(
+                "{ds} {base_version} is not in the DatastoreVersion catalog; add it or choose a listed version"
+            ),
+        )),
+        Some(e) if running.is_none() && !e.spec.active => Some((
+            "VersionInactive",
+            format!("{ds} {base_version} is inactive in the catalog; choose an active version"),
+        )),
+        Some(_) => None,
+    };
+    let (Some(base_entry), None) = (base_entry, problem.clone()) else {
+        let (reason, msg) = problem.unwrap_or(("VersionNotInCatalog", String::new()));
+        set_condition(&mut next, &ctx, "VersionApplied", false, reason, msg, &inst);
         if running.is_none() {
             next.phase = Some(InstancePhase::Error);
         }
@@ -130,34 +135,11 @@ pub async fn reconcile(inst: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Result
             &inst,
             &current,
             next,
-            Some(("VersionNotInCatalog", EventType::Warning)),
+            Some((reason, EventType::Warning)),
             requeue::idle(),
         )
         .await;
     };
-    if running.is_none() && !base_entry.spec.active {
-        let msg =
-            format!("{ds} {base_version} is inactive in the catalog; choose an active version");
-        set_condition(
-            &mut next,
-            &ctx,
-            "VersionApplied",
-            false,
-            "VersionInactive",
-            msg,
-            &inst,
-        );
-        next.phase = Some(InstancePhase::Error);
-        return finish(
-            &ctx,
-            &inst,
-            &current,
-            next,
-            Some(("VersionInactive", EventType::Warning)),
-            requeue::idle(),
-        )
-        .await;
-    }
 
     let observed = observe(&engine, &names, &pods, &primary).await;
     next.members = member_statuses(&observed);

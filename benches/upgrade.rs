@@ -1,0 +1,246 @@
+//! `make bench`: N rolling upgrades (default 20; `BATON_BENCH_UPGRADES`) of a 3-member Redis
+//! instance, 6.2.14 → 7.0.15, each under a client that writes continuously and follows the
+//! primary label as a real client would. Prints, per run and in summary: the client-observed
+//! write gap of the switchover, the total upgrade time, the members' own restart-to-caught-up
+//! time (the baseline: what any rolling restart costs), the operator's overhead (total minus
+//! the members' time), and acknowledged writes lost. Not a test: it asserts nothing but that
+//! it could measure.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, ListParams, PostParams};
+use kube::{Client, ResourceExt};
+use tokio_util::sync::CancellationToken;
+
+use baton::engine::{Engine, Role};
+use baton::workload;
+
+const SOURCE: &str = "6.2.14";
+const TARGET: &str = "7.0.15";
+
+/// When each member started its restart and when it was back, caught up, on the target.
+#[derive(Default, Debug, Clone, Copy)]
+struct MemberTimes {
+    patched: Option<Instant>,
+    caught_up: Option<Instant>,
+}
+
+async fn watch_members(
+    client: Client,
+    ns: String,
+    name: String,
+    stop: CancellationToken,
+) -> BTreeMap<String, MemberTimes> {
+    let engine = Engine::for_datastore(baton::crd::Datastore::Redis).expect("redis engine");
+    let pods = Api::<Pod>::namespaced(client, &ns);
+    let mut times: BTreeMap<String, MemberTimes> = BTreeMap::new();
+    while !stop.is_cancelled() {
+        let Ok(list) = pods
+            .list(&ListParams::default().labels(&format!("baton.dev/instance={name}")))
+            .await
+        else {
+            continue;
+        };
+        let now = Instant::now();
+        let mut probes = BTreeMap::new();
+        for p in &list.items {
+            if let Some(ip) = p
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.as_deref())
+                .and_then(|i| i.parse::<Ipv4Addr>().ok())
+            {
+                probes.insert(p.name_any(), engine.probe(ip).await.ok());
+            }
+        }
+        let primary_offset = probes
+            .values()
+            .flatten()
+            .filter(|p| p.role == Role::Primary && !p.fenced)
+            .map(|p| p.offset)
+            .max();
+        for p in &list.items {
+            let t = times.entry(p.name_any()).or_default();
+            let spec_image = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.first())
+                .and_then(|c| c.image.clone())
+                .unwrap_or_default();
+            if t.patched.is_none() && spec_image.ends_with(TARGET) {
+                t.patched = Some(now);
+            }
+            if t.patched.is_some() && t.caught_up.is_none() {
+                let running = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .and_then(|c| c.first().cloned());
+                let on_target = running.is_some_and(|c| c.ready && c.image.ends_with(TARGET));
+                let caught = match probes.get(&p.name_any()).cloned().flatten() {
+                    Some(pr) if pr.version == TARGET => match pr.role {
+                        Role::Standby => {
+                            pr.link_up && primary_offset.is_some_and(|o| o - pr.offset < 1024)
+                        }
+                        Role::Primary => !pr.fenced,
+                    },
+                    _ => false,
+                };
+                if on_target && caught {
+                    t.caught_up = Some(now);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    times
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let runs: usize = std::env::var("BATON_BENCH_UPGRADES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let client = Client::try_default().await?;
+    let repo = env!("CARGO_MANIFEST_DIR");
+    workload::apply_catalog(
+        &client,
+        &std::fs::read_to_string(format!("{repo}/examples/catalog.yaml"))?,
+    )
+    .await?;
+    let ns = format!("bench-{:06x}", rand::random::<u32>() & 0xffffff);
+    let nso: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?;
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &nso)
+        .await?;
+
+    // The operator, limited to the bench's namespace, as built by this bench (release).
+    let log = std::fs::File::create(std::env::temp_dir().join(format!("{ns}-operator.log")))?;
+    let mut operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args([
+            "run",
+            "--listen=127.0.0.1:0",
+            "--no-leader-election",
+            &format!("--namespace={ns}"),
+        ])
+        .env("BATON_LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()?;
+
+    println!(
+        "{runs} upgrades of a 3-member Redis {SOURCE} → {TARGET} under continuous writes (namespace {ns})"
+    );
+    println!(
+        "{:>3} {:>10} {:>10} {:>12} {:>12} {:>9} {:>6}",
+        "run", "gap ms", "total s", "members s", "overhead s", "acked", "lost"
+    );
+    let (mut gaps, mut totals, mut overheads, mut member_sums) = (vec![], vec![], vec![], vec![]);
+    let mut lost_total = 0usize;
+    for run in 0..runs {
+        let name = format!("db{run}");
+        workload::create_redis(&client, &ns, &name, 3, SOURCE).await?;
+        workload::wait_active(&client, &ns, &name, SOURCE, Duration::from_secs(180))
+            .await
+            .ok_or_else(|| anyhow::anyhow!("{name} never became Active"))?;
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn(workload::write_until(
+            client.clone(),
+            ns.clone(),
+            name.clone(),
+            Duration::from_millis(50),
+            stop.clone(),
+        ));
+        let watcher = tokio::spawn(watch_members(
+            client.clone(),
+            ns.clone(),
+            name.clone(),
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let t0 = Instant::now();
+        workload::set_version(&client, &ns, &name, TARGET).await?;
+        workload::wait_active(&client, &ns, &name, TARGET, Duration::from_secs(300))
+            .await
+            .ok_or_else(|| anyhow::anyhow!("{name} never finished its upgrade"))?;
+        let total = t0.elapsed();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.cancel();
+        let report = writer.await?;
+        let times = watcher.await?;
+        let members: Duration = times
+            .values()
+            .filter_map(|t| Some(t.caught_up? - t.patched?))
+            .sum();
+        let overhead = total.saturating_sub(members);
+        let primary = workload::primary_address(&client, &ns, &name)
+            .await
+            .ok_or_else(|| anyhow::anyhow!("no primary"))?;
+        let lost = workload::missing(primary, &report.acked).await?.len();
+        lost_total += lost;
+        println!(
+            "{:>3} {:>10.0} {:>10.2} {:>12.2} {:>12.2} {:>9} {:>6}",
+            run + 1,
+            ms(report.longest_gap),
+            total.as_secs_f64(),
+            members.as_secs_f64(),
+            overhead.as_secs_f64(),
+            report.acked.len(),
+            lost
+        );
+        gaps.push(ms(report.longest_gap));
+        totals.push(total.as_secs_f64());
+        overheads.push(overhead.as_secs_f64());
+        member_sums.push(members.as_secs_f64());
+        let _ = Api::<baton::crd::DatabaseInstance>::namespaced(client.clone(), &ns)
+            .delete(&name, &Default::default())
+            .await;
+    }
+    let max = |v: &[f64]| v.iter().cloned().fold(f64::NAN, f64::max);
+    println!();
+    println!(
+        "write gap per switchover:   median {:.0} ms, max {:.0} ms",
+        median(gaps.clone()),
+        max(&gaps)
+    );
+    println!(
+        "total upgrade time:         median {:.2} s, max {:.2} s",
+        median(totals.clone()),
+        max(&totals)
+    );
+    println!(
+        "members' restart+catch-up:  median {:.2} s (baseline: the rolling restart itself)",
+        median(member_sums.clone())
+    );
+    println!(
+        "operator overhead:          median {:.2} s ({:.0}% of the upgrade; ratio total/baseline {:.2})",
+        median(overheads.clone()),
+        100.0 * median(overheads) / median(totals.clone()),
+        median(totals) / median(member_sums)
+    );
+    println!("acknowledged writes lost:   {lost_total}");
+    operator.kill().await.ok();
+    let _ = Api::<Namespace>::all(client.clone())
+        .delete(&ns, &Default::default())
+        .await;
+    Ok(())
+}
