@@ -22,6 +22,12 @@ pub struct FailureLabels {
     pub category: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MilestoneLabels {
+    /// A fixed event reason (UpgradeStarted, SwitchoverCompleted, UpgradeFailed, …).
+    pub reason: &'static str,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -29,6 +35,7 @@ pub struct Metrics {
     failures: Family<FailureLabels, Counter>,
     durations: Family<ControllerLabels, Histogram>,
     pub leader: Gauge<i64, AtomicI64>,
+    milestones: Family<MilestoneLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -40,6 +47,12 @@ impl Default for Metrics {
             Histogram::new(exponential_buckets(0.005, 2.0, 12))
         });
         let leader = Gauge::<i64, AtomicI64>::default();
+        let milestones = Family::<MilestoneLabels, Counter>::default();
+        registry.register(
+            "upgrade_milestones",
+            "Upgrade milestones reached (started, steps, switchovers, completed, failed, reverted)",
+            milestones.clone(),
+        );
         registry.register(
             "reconciles",
             "Reconciles run, by controller",
@@ -66,6 +79,7 @@ impl Default for Metrics {
             failures,
             durations,
             leader,
+            milestones,
         }
     }
 }
@@ -87,6 +101,13 @@ impl Metrics {
                 controller,
                 category,
             })
+            .inc();
+    }
+
+    /// Records an upgrade milestone (`reason` is one of a fixed set of event reasons).
+    pub fn milestone(&self, reason: &'static str) {
+        self.milestones
+            .get_or_create(&MilestoneLabels { reason })
             .inc();
     }
 

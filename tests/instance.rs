@@ -48,7 +48,7 @@ async fn ensure_catalog(client: &Client) {
 struct Env {
     client: Client,
     ns: String,
-    dir: tempfile::TempDir,
+    dir: std::path::PathBuf,
     instances: Api<DatabaseInstance>,
     pods: Api<Pod>,
 }
@@ -61,7 +61,12 @@ impl Env {
         Env {
             instances: Api::namespaced(client.clone(), &ns),
             pods: Api::namespaced(client.clone(), &ns),
-            dir: tempfile::tempdir().expect("tempdir"),
+            // Operator logs stay in target/test-logs/<namespace> for a failed run to be read.
+            dir: {
+                let d = repo().join("target/test-logs").join(&ns);
+                std::fs::create_dir_all(&d).expect("log dir");
+                d
+            },
             client,
             ns,
         }
@@ -71,7 +76,7 @@ impl Env {
         let ns_arg = format!("--namespace={}", self.ns);
         Operator::start_with_env(
             &kubeconfig_path(),
-            self.dir.path(),
+            &self.dir,
             id,
             &["--no-leader-election", &ns_arg],
             &[("BATON_FAILPOINTS", failpoints)],
@@ -361,6 +366,14 @@ async fn a_three_member_upgrade_under_writes_loses_nothing_and_upgrades_the_prim
     );
     assert!(pos("UpgradeStarted") < pos("SwitchoverStarted"));
     assert!(events.iter().any(|(r, _)| r == "UpgradeCompleted"));
+    let (_, metrics) = op.get("/metrics").await.expect("metrics");
+    for line in [
+        "baton_upgrade_milestones_total{reason=\"SwitchoverCompleted\"} 1",
+        "baton_upgrade_milestones_total{reason=\"UpgradeCompleted\"} 1",
+        "baton_upgrade_milestones_total{reason=\"UpgradeStarted\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} not in /metrics:\n{metrics}");
+    }
     println!(
         "3-member upgrade: {} writes acknowledged, {} errors, longest write gap {:?}",
         report.acked.len(),

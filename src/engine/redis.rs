@@ -162,7 +162,7 @@ impl Redis {
             "ports": [{"name": "redis", "containerPort": PORT}],
             "readinessProbe": {
                 "exec": {"command": ["sh", "-c", "redis-cli ping | grep -q PONG"]},
-                "periodSeconds": 1, "failureThreshold": 2,
+                "periodSeconds": 1, "timeoutSeconds": 3, "failureThreshold": 3,
             },
             "volumeMounts": [{"name": "data", "mountPath": "/data"}],
         })

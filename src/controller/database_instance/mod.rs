@@ -55,10 +55,19 @@ struct Observed {
     primary: String,
 }
 
-pub async fn reconcile(inst: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Result<Action> {
-    let ns = inst.namespace().unwrap_or_default();
-    let name = inst.name_any();
+pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = cached.namespace().unwrap_or_default();
+    let name = cached.name_any();
     let client = ctx.client.clone();
+    // Decide from a fresh read, never from the watch cache: the cache can lag this controller's
+    // own last status write, and a plan made from it would repeat or undo a recorded step.
+    let Some(inst) = Api::<DatabaseInstance>::namespaced(client.clone(), &ns)
+        .get_opt(&name)
+        .await
+        .map_err(Error::kube("reading the DatabaseInstance"))?
+    else {
+        return Ok(Action::await_change());
+    };
     let current = inst.status.clone().unwrap_or_default();
     let mut next = current.clone();
     next.observed_generation = inst.metadata.generation;
@@ -198,7 +207,9 @@ pub async fn reconcile(inst: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Result
 
     let Some(u) = upgrade else {
         // Converge replication: every other member follows the primary.
-        converge(&engine, &view).await;
+        if !converge(&ctx, &inst, &current, &engine, &view).await? {
+            return Ok(reread());
+        }
         let all_caught_up = observed
             .members
             .iter()
@@ -334,6 +345,7 @@ pub async fn reconcile(inst: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Result
             format!("{version} → {spec_version}"),
             &inst,
         );
+        ctx.metrics.milestone("UpgradeStarted");
         publish(
             &ctx,
             &inst,
@@ -451,12 +463,20 @@ pub async fn reconcile(inst: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Result
     }
 
     let decision = plan::next(&view, &u, reverting);
+    if decision.before.is_some()
+        || decision.after.is_some()
+        || !matches!(decision.act, Act::Wait(_))
+    {
+        info!(step = %u.step, switchover = ?u.switchover, act = ?decision.act, "upgrade decision");
+    }
     next.phase = Some(InstancePhase::Upgrading);
     if let Some(before) = decision.before.clone() {
         record(&ctx, &mut next, &u, before, &spec_version, &primary);
         mark_degraded(&mut next, &ctx, &inst);
         // Intent first: written before the side effect.
-        write_status(&ctx, &inst, &current, &next).await?;
+        if !write_status(&ctx, &inst, &current, &next, Guard::FirstWrite, true).await? {
+            return Ok(reread());
+        }
         if let Some(u) = &next.upgrade {
             // Crash tests: stop right after an intent is recorded, before its side effect.
             let stage = u
@@ -470,8 +490,8 @@ pub async fn reconcile(inst: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Result
         let written = next.clone();
         return act_and_finish(&ctx, &inst, &engine, &observed, decision, &written, next).await;
     }
-    if u.switchover.is_none() {
-        converge(&engine, &view).await;
+    if u.switchover.is_none() && !converge(&ctx, &inst, &current, &engine, &view).await? {
+        return Ok(reread());
     }
     act_and_finish(&ctx, &inst, &engine, &observed, decision, &current, next).await
 }
@@ -529,6 +549,17 @@ async fn act_and_finish(
     written: &DatabaseInstanceStatus,
     mut next: DatabaseInstanceStatus,
 ) -> Result<Action> {
+    // A side effect only from a state this pass has proven current: if nothing was written yet
+    // in this pass, write (guarded) first.
+    let mut base = written.clone();
+    let mut wrote = *written != inst.status.clone().unwrap_or_default();
+    if !wrote && !matches!(decision.act, Act::Wait(_)) {
+        if !write_status(ctx, inst, written, &next, Guard::FirstWrite, true).await? {
+            return Ok(reread());
+        }
+        base = next.clone();
+        wrote = true;
+    }
     let ns = inst.namespace().unwrap_or_default();
     let pods_api = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
     let ip = |n: &str| {
@@ -617,6 +648,7 @@ async fn act_and_finish(
             EventType::Normal
         };
         info!(reason, message = %msg, "upgrade milestone");
+        ctx.metrics.milestone(reason);
         publish(ctx, inst, t, reason, msg.clone()).await;
     }
     mark_degraded(&mut next, ctx, inst);
@@ -637,7 +669,12 @@ async fn act_and_finish(
     } else {
         requeue::poll()
     };
-    finish(ctx, inst, written, next, None, again).await
+    let guard = if wrote {
+        Guard::SamePass
+    } else {
+        Guard::FirstWrite
+    };
+    finish_with(ctx, inst, &base, next, again, guard).await
 }
 
 /// Promote the candidate, make every other member follow it, and move the primary label.
@@ -752,24 +789,44 @@ async fn observe(
 
 /// Repoints every reachable member that does not follow the primary (a restarted member comes
 /// back as a lone primary).
-async fn converge(engine: &Engine, v: &View<'_>) {
+/// Repoints every reachable member that does not follow the primary (a restarted member comes
+/// back as a lone primary). Returns false, touching nothing, if the object changed since this
+/// pass read it: a repoint made from an older view could point members at a former primary.
+async fn converge(
+    ctx: &Context,
+    inst: &DatabaseInstance,
+    current: &DatabaseInstanceStatus,
+    engine: &Engine,
+    v: &View<'_>,
+) -> Result<bool> {
     let Some(pip) = v
         .members
         .iter()
         .find(|m| m.name == v.primary)
         .and_then(|m| m.ip)
     else {
-        return;
+        return Ok(true);
     };
-    for m in v.members.iter().filter(|m| m.name != v.primary) {
-        let (Some(ip), Some(p)) = (m.ip, m.probe.as_ref()) else {
-            continue;
-        };
-        if p.role == Role::Primary || p.following != Some(pip) {
-            info!(member = %m.name, primary = %v.primary, "repointing member to the primary");
-            let _ = engine.replicate_from(ip, pip).await;
-        }
+    let strays: Vec<(&Member, Ipv4Addr)> = v
+        .members
+        .iter()
+        .filter(|m| m.name != v.primary)
+        .filter_map(|m| {
+            let (ip, p) = (m.ip?, m.probe.as_ref()?);
+            (p.role == Role::Primary || p.following != Some(pip)).then_some((m, ip))
+        })
+        .collect();
+    if strays.is_empty() {
+        return Ok(true);
     }
+    if !write_status(ctx, inst, current, current, Guard::FirstWrite, true).await? {
+        return Ok(false);
+    }
+    for (m, ip) in strays {
+        info!(member = %m.name, primary = %v.primary, "repointing member to the primary");
+        let _ = engine.replicate_from(ip, pip).await;
+    }
+    Ok(true)
 }
 
 fn member_statuses(o: &Observed) -> Vec<MemberStatus> {
@@ -908,29 +965,55 @@ async fn publish(
     }
 }
 
+/// How a status write is guarded.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Guard {
+    /// The first write of a pass: only if the object is still the version this pass read (an
+    /// optimistic lock), so a pass planned from an older read can never overwrite a newer step.
+    FirstWrite,
+    /// A later write of the same pass, after a guarded one succeeded.
+    SamePass,
+}
+
+/// Writes `next` when it differs from `current` (or always, with `force`: that checks the
+/// lock before a side effect). Returns false when the lock failed: the caller must re-read.
 async fn write_status(
     ctx: &Context,
     inst: &DatabaseInstance,
     current: &DatabaseInstanceStatus,
     next: &DatabaseInstanceStatus,
-) -> Result<()> {
-    if next == current {
-        return Ok(());
+    guard: Guard,
+    force: bool,
+) -> Result<bool> {
+    if next == current && !force {
+        return Ok(true);
     }
     let api = Api::<DatabaseInstance>::namespaced(
         ctx.client.clone(),
         &inst.namespace().unwrap_or_default(),
     );
-    let patch =
+    let mut patch =
         json!({"apiVersion": "baton.dev/v1alpha1", "kind": "DatabaseInstance", "status": next});
-    api.patch_status(
-        &inst.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::kube("writing DatabaseInstance status"))?;
-    Ok(())
+    if guard == Guard::FirstWrite {
+        patch["metadata"] = json!({"resourceVersion": inst.resource_version()});
+    }
+    match api
+        .patch_status(
+            &inst.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Err(e) => Err(Error::kube("writing DatabaseInstance status")(e)),
+    }
+}
+
+/// Re-read soon: the object changed since this pass read it.
+fn reread() -> Action {
+    Action::requeue(Duration::from_millis(100))
 }
 
 /// Writes the status if it changed; emits a Warning when a condition newly turns false.
@@ -948,6 +1031,20 @@ async fn finish(
             publish(ctx, inst, t, reason, c.message.clone()).await;
         }
     }
-    write_status(ctx, inst, current, &next).await?;
-    Ok(action)
+    finish_with(ctx, inst, current, next, action, Guard::FirstWrite).await
+}
+
+async fn finish_with(
+    ctx: &Context,
+    inst: &DatabaseInstance,
+    current: &DatabaseInstanceStatus,
+    next: DatabaseInstanceStatus,
+    action: Action,
+    guard: Guard,
+) -> Result<Action> {
+    if write_status(ctx, inst, current, &next, guard, false).await? {
+        Ok(action)
+    } else {
+        Ok(reread())
+    }
 }

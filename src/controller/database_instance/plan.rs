@@ -362,6 +362,28 @@ fn switchover(v: &View, u: &UpgradeInFlight, back: bool, timeout: Duration) -> D
     let old = v.primary.to_string();
     match stage {
         "" => {
+            // Fence only when an upgraded standby is ready to take over.
+            let ready = v.members.iter().any(|m| {
+                m.name != old
+                    && m.version.as_deref() == Some(u.target_version.as_str())
+                    && caught_up(v, m)
+            });
+            if !ready {
+                if v.step_elapsed > timeout {
+                    return fail(
+                        u,
+                        format!(
+                            "no standby on {} caught up with the primary {old} within {}s; nothing was fenced",
+                            u.target_version,
+                            timeout.as_secs()
+                        ),
+                        Act::Wait("failed".into()),
+                    );
+                }
+                return Decision::wait(
+                    "waiting for an upgraded standby to be caught up before fencing",
+                );
+            }
             let rec = UpgradeInFlight {
                 switchover: Some(format!("Fencing/{old}")),
                 ..u.clone()
@@ -414,6 +436,9 @@ fn switchover(v: &View, u: &UpgradeInFlight, back: bool, timeout: Duration) -> D
                         Act::Wait(format!("waiting for {} to reach {fence_offset}", c.name)),
                     )
                 }
+                None if v.step_elapsed <= timeout => Decision::wait(
+                    "fenced; waiting for an upgraded standby that follows the primary",
+                ),
                 None => fail(
                     u,
                     format!(
@@ -733,6 +758,37 @@ mod tests {
             }
         );
         assert_eq!(d.after.flatten().unwrap().step, "UpgradeStandby/db-0");
+    }
+
+    #[test]
+    fn nothing_is_fenced_until_an_upgraded_standby_is_caught_up() {
+        let policy = UpgradePolicy::default();
+        let mut m = members();
+        for x in &mut m[1..] {
+            upgrade_member(x);
+            x.ready = false; // e.g. a readiness probe flapping under load
+        }
+        let v = view(&m, "db-0", &policy);
+        let d = next(&v, &upgrade("Switchover"), false);
+        assert!(matches!(d.act, Act::Wait(_)) && d.before.is_none(), "{d:?}");
+        // Fenced already, but no candidate for now: wait, keep the fence, do not fail yet.
+        m[0].probe.as_mut().unwrap().fenced = true;
+        let mut u = upgrade("Switchover");
+        u.switchover = Some("Fencing/db-0".into());
+        let d = next(&view(&m, "db-0", &policy), &u, false);
+        assert!(matches!(d.act, Act::Wait(_)) && d.before.is_none(), "{d:?}");
+        let late = View {
+            step_elapsed: Duration::from_secs(601),
+            ..view(&m, "db-0", &policy)
+        };
+        let d = next(&late, &u, false);
+        assert_eq!(
+            d.act,
+            Act::Unfence {
+                member: "db-0".into()
+            }
+        );
+        assert!(d.before.flatten().and_then(|u| u.failure).is_some());
     }
 
     #[test]
