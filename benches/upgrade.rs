@@ -120,12 +120,7 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     let client = Client::try_default().await?;
-    let repo = env!("CARGO_MANIFEST_DIR");
-    workload::apply_catalog(
-        &client,
-        &std::fs::read_to_string(format!("{repo}/examples/catalog.yaml"))?,
-    )
-    .await?;
+    workload::apply_catalog(&client, workload::EXAMPLE_CATALOG).await?;
     let ns = format!("bench-{:06x}", rand::random::<u32>() & 0xffffff);
     let nso: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?;
     Api::<Namespace>::all(client.clone())

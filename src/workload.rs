@@ -137,6 +137,10 @@ pub fn distinct(acked: &[u64]) -> usize {
     acked.iter().collect::<BTreeSet<_>>().len()
 }
 
+/// The example catalog (Redis 6.2.14 and 7.0.15 with the 6 → 7 edge), as the demo, the
+/// benchmark and the tests apply it.
+pub const EXAMPLE_CATALOG: &str = include_str!("../examples/catalog.yaml");
+
 /// Applies every DatastoreVersion in a multi-document YAML file (server-side apply).
 pub async fn apply_catalog(client: &Client, yaml: &str) -> Result<(), kube::Error> {
     use kube::api::{Patch, PatchParams};

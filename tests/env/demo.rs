@@ -58,12 +58,7 @@ fn row(i: &DatabaseInstance) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let client = Client::try_default().await?;
-    let repo = env!("CARGO_MANIFEST_DIR");
-    workload::apply_catalog(
-        &client,
-        &std::fs::read_to_string(format!("{repo}/examples/catalog.yaml"))?,
-    )
-    .await?;
+    workload::apply_catalog(&client, workload::EXAMPLE_CATALOG).await?;
     let namespaces = Api::<Namespace>::all(client.clone());
     if namespaces.get_opt(NS).await?.is_some() {
         println!("removing the previous demo namespace …");
