@@ -84,12 +84,23 @@ async fn helm_template_passes_server_side_dry_run() {
     }
     let (ok, out, err) = run_tool(
         "kubectl",
-        &["apply", "--dry-run=server", "-n", &ns, "-f", "-"],
+        // Server-side apply: create-or-update is one request, so a catalog entry another test
+        // creates meanwhile cannot turn the dry run into an AlreadyExists race.
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--dry-run=server",
+            "-n",
+            &ns,
+            "-f",
+            "-",
+        ],
         Some(&rendered),
     );
     assert!(ok, "server-side dry run refused the chart:\n{err}");
     assert!(
-        out.contains("deployment.apps/baton created (server dry run)"),
+        out.contains("deployment.apps/baton serverside-applied (server dry run)"),
         "{out}"
     );
     delete_namespace(&client, &ns).await;
