@@ -463,6 +463,10 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
     }
 
     let decision = plan::next(&view, &u, reverting);
+    let new_image = match &decision.act {
+        Act::SetVersion { version, .. } => entry(version).map(|e| e.spec.image.clone()),
+        _ => None,
+    };
     if decision.before.is_some()
         || decision.after.is_some()
         || !matches!(decision.act, Act::Wait(_))
@@ -488,12 +492,30 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
             crate::failpoint::hit(&format!("recorded:{step}:{stage}"));
         }
         let written = next.clone();
-        return act_and_finish(&ctx, &inst, &engine, &observed, decision, &written, next).await;
+        return act_and_finish(
+            &ctx,
+            &inst,
+            &engine,
+            &observed,
+            (decision, new_image),
+            &written,
+            next,
+        )
+        .await;
     }
     if u.switchover.is_none() && !converge(&ctx, &inst, &current, &engine, &view).await? {
         return Ok(reread());
     }
-    act_and_finish(&ctx, &inst, &engine, &observed, decision, &current, next).await
+    act_and_finish(
+        &ctx,
+        &inst,
+        &engine,
+        &observed,
+        (decision, new_image),
+        &current,
+        next,
+    )
+    .await
 }
 
 /// Applies a recorded upgrade state (or its end) to the status being built.
@@ -545,7 +567,9 @@ async fn act_and_finish(
     inst: &DatabaseInstance,
     engine: &Engine,
     observed: &Observed,
-    decision: plan::Decision,
+    // The decision, and for `Act::SetVersion` the catalog image of that version (resolved by
+    // the caller, which has the catalog already).
+    (decision, new_image): (plan::Decision, Option<String>),
     written: &DatabaseInstanceStatus,
     mut next: DatabaseInstanceStatus,
 ) -> Result<Action> {
@@ -572,19 +596,7 @@ async fn act_and_finish(
     let ok = match &decision.act {
         Act::Wait(_) => true,
         Act::SetVersion { member, version } => {
-            let catalog = Api::<DatastoreVersion>::all(ctx.client.clone())
-                .list(&ListParams::default())
-                .await
-                .map_err(Error::kube("listing the catalog"))?;
-            let want: Option<Version> = version.parse().ok();
-            let image = catalog
-                .items
-                .iter()
-                .find(|d| {
-                    d.spec.datastore == inst.spec.datastore.type_
-                        && d.spec.version.parse::<Version>().ok() == want
-                })
-                .map(|d| d.spec.image.clone());
+            let image = new_image.clone();
             match image {
                 Some(image) => {
                     info!(member, version, image, "restarting member on a new version");

@@ -282,55 +282,46 @@ pub fn next(v: &View, u: &UpgradeInFlight, reverting: bool) -> Decision {
             });
         }
         let is_primary = name == v.primary;
-        if !runs(m, &target) {
-            if v.step_elapsed > timeout {
-                let why = match &m.waiting {
-                    Some(w) => format!("member {name} did not start on {target}: {w}"),
-                    None => format!("member {name} did not come up on {target}"),
-                };
-                let why = format!(
-                    "{why} within {}s; the primary {} is untouched",
-                    timeout.as_secs(),
-                    v.primary
-                );
-                return fail(u, why, Act::Wait("failed".into()));
-            }
-            return Decision::wait(format!("waiting for {name} to run {target}"));
-        }
-        let done = if is_primary {
-            m.ready
-                && m.probe
-                    .as_ref()
-                    .is_some_and(|p| p.role == Role::Primary && !p.fenced)
-        } else {
-            caught_up(v, m)
-        };
-        if done {
-            let what = if is_primary {
-                "primary restarted on"
+        let running = runs(m, &target);
+        if running {
+            let done = if is_primary {
+                m.ready
+                    && m.probe
+                        .as_ref()
+                        .is_some_and(|p| p.role == Role::Primary && !p.fenced)
             } else {
-                "standby caught up on"
+                caught_up(v, m)
             };
-            return advance(v, u, reverting, format!("{name}: {what} {target}").as_str());
-        }
-        if !is_primary
-            && m.ready
-            && m.probe.as_ref().is_some_and(|p| {
-                p.following.is_none() || p.following != member(v, v.primary).and_then(|p| p.ip)
-            })
-        {
-            return Decision::act(Act::Repoint {
-                member: name.into(),
-            });
+            if done {
+                let what = if is_primary {
+                    "primary restarted on"
+                } else {
+                    "standby caught up on"
+                };
+                return advance(v, u, reverting, format!("{name}: {what} {target}").as_str());
+            }
+            if !is_primary
+                && m.ready
+                && m.probe.as_ref().is_some_and(|p| {
+                    p.following.is_none() || p.following != member(v, v.primary).and_then(|p| p.ip)
+                })
+            {
+                return Decision::act(Act::Repoint {
+                    member: name.into(),
+                });
+            }
         }
         if v.step_elapsed > timeout {
-            let why = match (&m.waiting, m.ready, lag(v, m)) {
-                (Some(w), _, _) => format!("member {name} did not start on {target}: {w}"),
-                (None, false, _) => format!("member {name} did not become Ready on {target}"),
-                (None, true, Some(l)) => {
+            let why = match (&m.waiting, running, m.ready, lag(v, m)) {
+                (Some(w), _, _, _) => format!("member {name} did not start on {target}: {w}"),
+                (None, false, _, _) => format!("member {name} did not come up on {target}"),
+                (None, true, false, _) => format!("member {name} did not become Ready on {target}"),
+                (None, true, true, Some(l)) => {
                     format!("member {name} still lags {l} bytes behind the primary")
                 }
-                (None, true, None) => format!("member {name} is not replicating from the primary"),
+                (None, true, true, None) => {
+                    format!("member {name} is not replicating from the primary")
+                }
             };
             let why = format!(
                 "{why} within {}s; the primary {} is untouched",
@@ -340,7 +331,7 @@ pub fn next(v: &View, u: &UpgradeInFlight, reverting: bool) -> Decision {
             return fail(u, why, Act::Wait("failed".into()));
         }
         return Decision::wait(format!(
-            "waiting for {name} to be Ready and caught up on {target}"
+            "waiting for {name} to run {target}, Ready and caught up"
         ));
     }
 
