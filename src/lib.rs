@@ -15,4 +15,5 @@ pub mod operator;
 pub mod status;
 pub mod telemetry;
 pub mod version;
+pub mod window;
 pub mod workload;

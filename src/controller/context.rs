@@ -8,6 +8,7 @@ use kube::runtime::events::{Recorder, Reporter};
 
 use super::requeue::Backoffs;
 use crate::metrics::Metrics;
+use crate::window::Clock;
 
 /// The field manager of every status Baton writes (server-side apply).
 pub const FIELD_MANAGER: &str = "baton";
@@ -20,6 +21,8 @@ pub struct Context {
     pub backoffs: Backoffs,
     /// When set, namespaced kinds are watched in this namespace only.
     pub namespace: Option<String>,
+    /// The time maintenance windows, step timeouts and status timestamps are read from.
+    pub clock: Clock,
 }
 
 impl Context {
@@ -39,11 +42,12 @@ impl Context {
             metrics,
             backoffs: Backoffs::default(),
             namespace,
+            clock: Clock::from_env(),
         }
     }
 
     /// The current time, for status timestamps.
     pub fn now(&self) -> Time {
-        Time(jiff::Timestamp::now())
+        Time(self.clock.now())
     }
 }

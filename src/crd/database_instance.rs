@@ -7,6 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{Conditions, DatastoreRef, MaintenanceWindow, StorageSpec, UpgradePolicy};
+use super::upgrade_request::UpgradeType;
 
 /// The desired state of one database: which datastore version, how many members, their storage
 /// and resources, and how upgrades roll through them.
@@ -128,6 +129,9 @@ pub struct UpgradeInFlight {
     /// own spec version started it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<String>,
+    /// The job id of the UpgradeRequest's job for this instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
     /// The current step, for example `UpgradeStandby/db-1`, `Switchover/db-1`.
     pub step: String,
     /// When the current step started.
@@ -147,9 +151,106 @@ pub struct UpgradeInFlight {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence_offset: Option<i64>,
     /// Why the upgrade stopped, when it failed (phase Error). Setting the spec version back to
-    /// `sourceVersion` returns every member to it.
+    /// `sourceVersion` returns every member to it (for an UpgradeRequest, Baton does so itself
+    /// while the primary is still on the source version).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// Why a rollback is running: the failure that stopped the upgrade (an UpgradeRequest's
+    /// upgrade returns to the source version on its own while the primary still runs it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<String>,
+    /// How the members are restarted: `Rolling` (default: one at a time, standbys first),
+    /// `InPlace` (all together, an outage) or `Hotfix` (rolling, a new build of the same version).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<UpgradeType>,
+    /// Stop before the primary is touched (step `AwaitingCommit`) until an UpgradeRequest's
+    /// action moves to Commit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hold: bool,
+    /// Return every upgraded member to `sourceVersion` (an UpgradeRequest's Rollback, Cancel, or
+    /// a failure while the primary is still on the source version).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rollback: bool,
+    /// Stop after the current step: return to `sourceVersion` if the primary still runs it,
+    /// otherwise finish (the only way left to a healthy instance).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel: bool,
+    /// Start each step only inside the instance's maintenance window.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub window_only: bool,
+    /// Overrides `spec.upgradePolicy.secondSwitch` for this upgrade (an UpgradeRequest's own
+    /// `secondSwitch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub second_switch: Option<bool>,
+}
+
+impl UpgradeInFlight {
+    /// An upgrade from `source` to `target` at its first step.
+    pub fn new(source: &str, target: &str, primary: &str, started: Time) -> UpgradeInFlight {
+        UpgradeInFlight {
+            source_version: source.into(),
+            target_version: target.into(),
+            request: None,
+            step: String::new(),
+            step_started: Some(started),
+            original_primary: Some(primary.into()),
+            switchover: None,
+            candidate: None,
+            fence_offset: None,
+            failure: None,
+            job: None,
+            aborted: None,
+            type_: None,
+            hold: false,
+            rollback: false,
+            cancel: false,
+            window_only: false,
+            second_switch: None,
+        }
+    }
+
+    /// The upgrade type (Rolling when unset).
+    pub fn kind(&self) -> UpgradeType {
+        self.type_.unwrap_or_default()
+    }
+}
+
+/// How an upgrade ended.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpgradeResult {
+    /// Every member runs the target version.
+    Succeeded,
+    /// Every member is back on the source version, as asked (Rollback, or the spec set back).
+    RolledBack,
+    /// Stopped by a Cancel: back on the source version, or finished when the primary had
+    /// already moved to the target.
+    Cancelled,
+    /// The upgrade failed; the message says whether the members went back to the source.
+    Failed,
+}
+
+/// The outcome of the last upgrade of an instance.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeOutcome {
+    /// The UpgradeRequest that drove it (`namespace/name`); empty for a spec-driven upgrade.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// The UpgradeRequest's job id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// The version the upgrade started from.
+    pub source_version: String,
+    /// The version it upgraded to.
+    pub target_version: String,
+    /// `Succeeded`, `RolledBack`, `Cancelled` or `Failed`.
+    pub result: UpgradeResult,
+    /// What happened, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_time: Option<Time>,
 }
 
 /// What Baton observed of the instance, and the upgrade in flight.
@@ -177,6 +278,9 @@ pub struct DatabaseInstanceStatus {
     /// The upgrade in flight, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<UpgradeInFlight>,
+    /// How the last upgrade ended (an UpgradeRequest reads its job's outcome here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_upgrade: Option<UpgradeOutcome>,
     /// Standard conditions: `Ready`, `Progressing`, `Degraded`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]

@@ -18,7 +18,7 @@ pub use common::{
 };
 pub use database_instance::{
     DatabaseInstance, DatabaseInstanceSpec, DatabaseInstanceStatus, InstancePhase, MemberRole,
-    MemberStatus, UpgradeInFlight,
+    MemberStatus, UpgradeInFlight, UpgradeOutcome, UpgradeResult,
 };
 pub use datastore_version::{
     DatastoreVersion, DatastoreVersionSpec, DatastoreVersionStatus, UpgradeEdge,

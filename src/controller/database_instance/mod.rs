@@ -28,12 +28,13 @@ use super::{Context, FIELD_MANAGER, requeue};
 use crate::catalog;
 use crate::crd::{
     DatabaseInstance, DatabaseInstanceStatus, DatastoreVersion, InstancePhase, MemberRole,
-    MemberStatus, UpgradeInFlight,
+    MemberStatus, UpgradeInFlight, UpgradeOutcome, UpgradeResult,
 };
 use crate::engine::{Engine, Role};
 use crate::error::{Error, Result};
 use crate::status::{self, Desired};
 use crate::version::Version;
+use crate::window;
 use children::{ANNOTATION_VERSION, LABEL_INSTANCE, ROLE_PRIMARY, ROLE_STANDBY};
 use plan::{Act, Member, View};
 
@@ -191,18 +192,27 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
         return finish(&ctx, &inst, &current, next, None, requeue::poll()).await;
     }
 
-    let policy = inst.spec.upgrade_policy.clone();
+    let mut policy = inst.spec.upgrade_policy.clone();
+    if let Some(second) = upgrade.as_ref().and_then(|u| u.second_switch) {
+        policy.second_switch = second;
+    }
+    let now = ctx.clock.now();
     let elapsed = upgrade
         .as_ref()
         .and_then(|u| u.step_started.as_ref())
-        .map(|t| jiff::Timestamp::now().duration_since(t.0))
+        .map(|t| now.duration_since(t.0))
         .and_then(|d| Duration::try_from(d).ok())
         .unwrap_or(Duration::ZERO);
+    let may_start_step = match (&upgrade, &inst.spec.maintenance_window) {
+        (Some(u), Some(w)) if u.window_only => window::is_open(now, w),
+        _ => true,
+    };
     let view = View {
         members: &observed.members,
         primary: &observed.primary,
         policy: &policy,
         step_elapsed: elapsed,
+        may_start_step,
     };
 
     let Some(u) = upgrade else {
@@ -264,6 +274,12 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
         );
 
         let spec_version = inst.spec.datastore.version.clone();
+        // An UpgradeRequest moved the instance past its spec: say so, and how to align Git.
+        let by_request = current
+            .last_upgrade
+            .as_ref()
+            .filter(|l| l.target_version == version && l.result == UpgradeResult::Succeeded)
+            .and_then(|l| l.request.clone());
         if spec_version == version {
             set_condition(
                 &mut next,
@@ -288,9 +304,14 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
             Some(target) => match catalog::check_path(ds, &version, &target.spec) {
                 Err(catalog::PathError::Downgrade { .. }) => Err(refused(
                     "DowngradeRefused",
-                    format!(
-                        "spec version {spec_version} is older than the running {version}; downgrades are never performed — set it back to {version}"
-                    ),
+                    match &by_request {
+                        Some(r) => format!(
+                            "UpgradeRequest {r} upgraded the instance to {version}; spec version {spec_version} is older and is not acted on — set spec.datastore.version to {version}"
+                        ),
+                        None => format!(
+                            "spec version {spec_version} is older than the running {version}; downgrades are never performed — set it back to {version}"
+                        ),
+                    },
                 )),
                 Err(e) => Err(refused(
                     "PathNotAllowed",
@@ -321,18 +342,7 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
             )
             .await;
         }
-        let start = UpgradeInFlight {
-            source_version: version.clone(),
-            target_version: spec_version.clone(),
-            request: None,
-            step: String::new(),
-            step_started: Some(ctx.now()),
-            original_primary: Some(primary.clone()),
-            switchover: None,
-            candidate: None,
-            fence_offset: None,
-            failure: None,
-        };
+        let start = UpgradeInFlight::new(&version, &spec_version, &primary, ctx.now());
         next.upgrade = Some(start);
         next.phase = Some(InstancePhase::Upgrading);
         next.message = Some(format!("upgrading {version} → {spec_version}"));
@@ -365,10 +375,65 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
         .await;
     };
 
-    // An upgrade is in flight (or failed).
+    // An upgrade is in flight (or failed). A request's upgrade goes back only when asked
+    // (`rollback`); a spec-driven one when the spec is set back to the source version.
     let spec_version = inst.spec.datastore.version.clone();
-    let reverting = spec_version == u.source_version;
+    let reverting = u.rollback || (u.request.is_none() && spec_version == u.source_version);
     let mut u = u;
+    if let (Some(why), Some(_)) = (u.failure.clone(), u.request.as_ref()) {
+        if !u.rollback && plan::revertible(&view, &u) {
+            // A request's failed upgrade returns to the source on its own: the primary still
+            // runs it, so this is always safe.
+            u = UpgradeInFlight {
+                failure: None,
+                aborted: Some(why.clone()),
+                rollback: true,
+                hold: false,
+                step: String::new(),
+                step_started: Some(ctx.now()),
+                switchover: None,
+                candidate: None,
+                fence_offset: None,
+                ..u
+            };
+            next.upgrade = Some(u.clone());
+            next.message = Some(format!("rolling back to {}: {why}", u.source_version));
+            publish(
+                &ctx,
+                &inst,
+                EventType::Warning,
+                "RollbackStarted",
+                format!("returning every member to {}: {why}", u.source_version),
+            )
+            .await;
+            return finish(&ctx, &inst, &current, next, None, reread()).await;
+        }
+        // Cannot go back (the primary already runs the target, or the rollback itself failed):
+        // stop in Error and report the outcome to the request.
+        let why = if u.rollback {
+            format!("rolling back to {} failed: {why}", u.source_version)
+        } else {
+            format!(
+                "{why}; the primary already runs {}, so it cannot be rolled back — repair the member and retry",
+                u.target_version
+            )
+        };
+        next.phase = Some(InstancePhase::Error);
+        next.message = Some(why.clone());
+        set_condition(
+            &mut next,
+            &ctx,
+            "Degraded",
+            true,
+            "UpgradeFailed",
+            why.clone(),
+            &inst,
+        );
+        if current.last_upgrade.as_ref().and_then(|l| l.job.as_ref()) != u.job.as_ref() {
+            next.last_upgrade = Some(outcome(&ctx, &u, UpgradeResult::Failed, why));
+        }
+        return finish(&ctx, &inst, &current, next, None, requeue::idle()).await;
+    }
     if u.failure.is_some() {
         if !reverting {
             next.phase = Some(InstancePhase::Error);
@@ -425,12 +490,7 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
         )
         .await;
     }
-    if reverting
-        && observed
-            .members
-            .iter()
-            .any(|m| m.name == primary && m.version.as_deref() != Some(u.source_version.as_str()))
-    {
+    if reverting && !plan::revertible(&view, &u) {
         let msg = format!(
             "the primary already runs {}; the upgrade can only move forward to it",
             u.target_version
@@ -446,7 +506,7 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
         );
         return finish(&ctx, &inst, &current, next, None, requeue::poll()).await;
     }
-    if !reverting && spec_version != u.target_version {
+    if !reverting && u.request.is_none() && spec_version != u.target_version {
         let msg = format!(
             "an upgrade to {} is in flight; {spec_version} waits until it ends",
             u.target_version
@@ -475,7 +535,7 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
     }
     next.phase = Some(InstancePhase::Upgrading);
     if let Some(before) = decision.before.clone() {
-        record(&ctx, &mut next, &u, before, &spec_version, &primary);
+        record(&ctx, &mut next, &u, before, decision.reverted, &primary);
         mark_degraded(&mut next, &ctx, &inst);
         // Intent first: written before the side effect.
         if !write_status(&ctx, &inst, &current, &next, Guard::FirstWrite, true).await? {
@@ -524,7 +584,7 @@ fn record(
     next: &mut DatabaseInstanceStatus,
     prev: &UpgradeInFlight,
     rec: Option<UpgradeInFlight>,
-    spec_version: &str,
+    reverted: bool,
     primary: &str,
 ) {
     match rec {
@@ -548,7 +608,32 @@ fn record(
             next.upgrade = Some(r);
         }
         None => {
-            let reverted = spec_version == prev.source_version;
+            let (result, message) = match (reverted, &prev.aborted, prev.cancel) {
+                (false, _, false) => (
+                    UpgradeResult::Succeeded,
+                    format!("every member runs {}", prev.target_version),
+                ),
+                (false, _, true) => (
+                    UpgradeResult::Succeeded,
+                    format!(
+                        "cancelled after the primary had moved to {}: finished, the only way to a healthy instance",
+                        prev.target_version
+                    ),
+                ),
+                (true, Some(why), _) => (
+                    UpgradeResult::Failed,
+                    format!("{why}; every member is back on {}", prev.source_version),
+                ),
+                (true, None, true) => (
+                    UpgradeResult::Cancelled,
+                    format!("cancelled; every member is back on {}", prev.source_version),
+                ),
+                (true, None, false) => (
+                    UpgradeResult::RolledBack,
+                    format!("every member is back on {}", prev.source_version),
+                ),
+            };
+            next.last_upgrade = Some(outcome(ctx, prev, result, message));
             next.version = Some(if reverted {
                 prev.source_version.clone()
             } else {
@@ -559,6 +644,23 @@ fn record(
             next.message = None;
             next.primary = Some(primary.to_string());
         }
+    }
+}
+
+fn outcome(
+    ctx: &Context,
+    u: &UpgradeInFlight,
+    result: UpgradeResult,
+    message: String,
+) -> UpgradeOutcome {
+    UpgradeOutcome {
+        request: u.request.clone(),
+        job: u.job.clone(),
+        source_version: u.source_version.clone(),
+        target_version: u.target_version.clone(),
+        result,
+        message: Some(message),
+        finish_time: Some(ctx.now()),
     }
 }
 
@@ -644,14 +746,7 @@ async fn act_and_finish(
             .clone()
             .unwrap_or_else(|| observed.primary.clone());
         next.primary = Some(primary.clone());
-        record(
-            ctx,
-            &mut next,
-            &prev,
-            after,
-            &inst.spec.datastore.version,
-            &primary,
-        );
+        record(ctx, &mut next, &prev, after, decision.reverted, &primary);
     }
     if ok && let Some((reason, msg)) = &decision.event {
         let t = if *reason == "UpgradeFailed" {

@@ -7,11 +7,16 @@
 //! single member). With `secondSwitch`, a final switchover returns the role to the original
 //! primary. Every state change is recorded (`before`) ahead of its side effect (`act`), and
 //! every act is idempotent, so a pass repeated after a crash does no harm.
+//!
+//! An UpgradeRequest adds: `InPlace` (every member restarted together, one step), `hold`
+//! (stop at `AwaitingCommit` before the primary is touched), `cancel` (at the next step
+//! boundary, return to the source while the primary still runs it, else finish), and a
+//! maintenance window (no forward step starts while it is closed).
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use crate::crd::{PrimaryUpdateMethod, UpgradeInFlight, UpgradePolicy};
+use crate::crd::{PrimaryUpdateMethod, UpgradeInFlight, UpgradePolicy, UpgradeType};
 use crate::engine::{Probe, Role};
 
 /// What was observed of one member.
@@ -56,6 +61,8 @@ pub struct View<'a> {
     pub policy: &'a UpgradePolicy,
     /// How long the recorded step has been running.
     pub step_elapsed: Duration,
+    /// A new forward step may start now (false while a required maintenance window is closed).
+    pub may_start_step: bool,
 }
 
 /// A side effect, each idempotent.
@@ -94,6 +101,8 @@ pub struct Decision {
     pub new_primary: Option<String>,
     /// A milestone worth an Event: (reason, message).
     pub event: Option<(&'static str, String)>,
+    /// With `before: Some(None)`: the upgrade ends with every member back on the source.
+    pub reverted: bool,
 }
 
 impl Decision {
@@ -104,6 +113,7 @@ impl Decision {
             after: None,
             new_primary: None,
             event: None,
+            reverted: false,
         }
     }
     fn wait(why: impl Into<String>) -> Decision {
@@ -177,6 +187,13 @@ fn next_step(v: &View, u: &UpgradeInFlight, reverting: bool) -> Option<String> {
         &u.target_version
     };
     let on_target = |m: &Member| m.version.as_deref() == Some(target.as_str());
+    if u.kind() == UpgradeType::InPlace {
+        return v
+            .members
+            .iter()
+            .any(|m| !on_target(m))
+            .then(|| "RestartAll".to_string());
+    }
     if let Some(m) = v
         .members
         .iter()
@@ -188,6 +205,9 @@ fn next_step(v: &View, u: &UpgradeInFlight, reverting: bool) -> Option<String> {
     if !on_target(primary) {
         if reverting {
             return None; // the primary is never reverted: it is still on the source version
+        }
+        if u.hold {
+            return Some("AwaitingCommit".into());
         }
         return Some(
             if v.members.len() == 1
@@ -210,9 +230,39 @@ fn next_step(v: &View, u: &UpgradeInFlight, reverting: bool) -> Option<String> {
     None
 }
 
+/// Whether the primary still runs the source version, so the upgrade can go back to it (an
+/// InPlace upgrade restarts every member, the primary included, so it can always go back).
+pub fn revertible(v: &View, u: &UpgradeInFlight) -> bool {
+    u.kind() == UpgradeType::InPlace
+        || member(v, v.primary).is_some_and(|p| p.version.as_deref() == Some(&u.source_version))
+}
+
 fn advance(v: &View, u: &UpgradeInFlight, reverting: bool, done: &str) -> Decision {
-    match next_step(v, u, reverting) {
+    advance_gated(v, u, reverting, done, true)
+}
+
+/// Records the next step (or the end). A cancel takes effect here, between steps; with
+/// `gated`, a forward step waits for the maintenance window.
+fn advance_gated(
+    v: &View,
+    u: &UpgradeInFlight,
+    reverting: bool,
+    done: &str,
+    gated: bool,
+) -> Decision {
+    let mut u = u.clone();
+    let mut reverting = reverting;
+    if u.cancel && !reverting && revertible(v, &u) {
+        u.rollback = true;
+        reverting = true;
+    }
+    match next_step(v, &u, reverting) {
         Some(step) => {
+            if gated && !reverting && !v.may_start_step {
+                return Decision::wait(format!(
+                    "the maintenance window is closed; {step} starts when it opens"
+                ));
+            }
             let next = UpgradeInFlight {
                 step: step.clone(),
                 step_started: None,
@@ -239,7 +289,11 @@ fn advance(v: &View, u: &UpgradeInFlight, reverting: bool, done: &str) -> Decisi
                     ),
                 )
             };
-            Decision::record(None, Act::Wait("upgrade finished".into())).with_event(reason, msg)
+            Decision {
+                reverted: reverting,
+                ..Decision::record(None, Act::Wait("upgrade finished".into()))
+                    .with_event(reason, msg)
+            }
         }
     }
 }
@@ -265,7 +319,28 @@ pub fn next(v: &View, u: &UpgradeInFlight, reverting: bool) -> Decision {
     };
     let step = u.step.clone();
     if step.is_empty() {
+        // A request's upgrade is claimed without the members' view: check them first.
+        if u.request.is_some()
+            && !reverting
+            && !u.cancel
+            && let Err(e) = precheck(v)
+        {
+            return fail(
+                u,
+                format!("pre-check failed: {e}; nothing was changed"),
+                Act::Wait("failed".into()),
+            );
+        }
         return advance(v, u, reverting, "upgrade started");
+    }
+    if step == "AwaitingCommit" {
+        if u.hold && !reverting && !u.cancel {
+            return Decision::wait("awaiting commit: the standbys run the new version");
+        }
+        return advance(v, u, reverting, "commit received");
+    }
+    if step == "RestartAll" {
+        return restart_all(v, u, reverting, timeout);
     }
 
     if let Some(name) = step
@@ -345,6 +420,85 @@ pub fn next(v: &View, u: &UpgradeInFlight, reverting: bool) -> Decision {
         return switchover(v, u, step == "SwitchBack", timeout);
     }
     Decision::wait(format!("unknown step {step:?}"))
+}
+
+/// InPlace: every member onto `target` at once (one image change per pass), then wait until
+/// the primary leads again and every standby has resynced from it.
+fn restart_all(v: &View, u: &UpgradeInFlight, reverting: bool, timeout: Duration) -> Decision {
+    let target = if reverting {
+        u.source_version.as_str()
+    } else {
+        u.target_version.as_str()
+    };
+    if let Some(m) = v
+        .members
+        .iter()
+        .find(|m| m.version.as_deref() != Some(target))
+    {
+        return Decision::act(Act::SetVersion {
+            member: m.name.clone(),
+            version: target.into(),
+        });
+    }
+    let primary_ok = member(v, v.primary).is_some_and(|p| {
+        runs(p, target)
+            && p.ready
+            && p.probe
+                .as_ref()
+                .is_some_and(|pr| pr.role == Role::Primary && !pr.fenced)
+    });
+    let pending: Vec<&Member> = v
+        .members
+        .iter()
+        .filter(|m| m.name != v.primary && !(runs(m, target) && caught_up(v, m)))
+        .collect();
+    if primary_ok && pending.is_empty() {
+        return advance(
+            v,
+            u,
+            reverting,
+            &format!("every member restarted on {target}"),
+        );
+    }
+    if primary_ok
+        && let Some(m) = pending.iter().find(|m| {
+            runs(m, target)
+                && m.ready
+                && m.probe.as_ref().is_some_and(|p| {
+                    p.following.is_none() || p.following != member(v, v.primary).and_then(|p| p.ip)
+                })
+        })
+    {
+        return Decision::act(Act::Repoint {
+            member: m.name.clone(),
+        });
+    }
+    if v.step_elapsed > timeout {
+        let who = if primary_ok {
+            pending
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        } else {
+            format!("the primary {}", v.primary)
+        };
+        let why = pending
+            .iter()
+            .chain(member(v, v.primary).iter())
+            .find_map(|m| m.waiting.clone())
+            .map(|w| format!(": {w}"))
+            .unwrap_or_default();
+        return fail(
+            u,
+            format!(
+                "{who} did not come back on {target} within {}s{why}",
+                timeout.as_secs()
+            ),
+            Act::Wait("failed".into()),
+        );
+    }
+    Decision::wait(format!("waiting for every member to run {target} again"))
 }
 
 fn switchover(v: &View, u: &UpgradeInFlight, back: bool, timeout: Duration) -> Decision {
@@ -482,6 +636,7 @@ fn switchover(v: &View, u: &UpgradeInFlight, back: bool, timeout: Duration) -> D
                 },
                 after: Some(Some(rec)),
                 new_primary: Some(who.into()),
+                reverted: false,
                 event: Some((
                     "SwitchoverCompleted",
                     format!("{who} is the primary; {old} follows it"),
@@ -495,11 +650,13 @@ fn switchover(v: &View, u: &UpgradeInFlight, back: bool, timeout: Duration) -> D
                 fence_offset: None,
                 ..u.clone()
             };
-            let mut d = advance(
+            // Finishing the switchover is not a new step: never held by the window.
+            let mut d = advance_gated(
                 v,
                 &done,
                 false,
                 &format!("switchover to {} finished", v.primary),
+                false,
             );
             d.after = d.before.take();
             d.act = Act::Unfence { member: who.into() };
@@ -562,6 +719,14 @@ mod tests {
             candidate: None,
             fence_offset: None,
             failure: None,
+            job: None,
+            aborted: None,
+            type_: None,
+            hold: false,
+            rollback: false,
+            cancel: false,
+            window_only: false,
+            second_switch: None,
         }
     }
 
@@ -571,6 +736,7 @@ mod tests {
             primary,
             policy,
             step_elapsed: Duration::ZERO,
+            may_start_step: true,
         }
     }
 
@@ -898,5 +1064,164 @@ mod tests {
             "all back on the source: the upgrade is cleared"
         );
         assert_eq!(d.event.map(|e| e.0), Some("UpgradeReverted"));
+    }
+
+    #[test]
+    fn hold_stops_before_the_primary_and_commit_goes_on() {
+        let policy = UpgradePolicy::default();
+        let mut m = members();
+        for x in &mut m[1..] {
+            upgrade_member(x);
+        }
+        let mut u = upgrade("UpgradeStandby/db-2");
+        u.hold = true;
+        let d = next(&view(&m, "db-0", &policy), &u, false);
+        assert_eq!(recorded_step(&d), "AwaitingCommit");
+        let mut held = d.before.flatten().unwrap();
+        let d = next(&view(&m, "db-0", &policy), &held, false);
+        assert!(d.before.is_none() && matches!(d.act, Act::Wait(_)), "{d:?}");
+        held.hold = false; // Commit
+        let d = next(&view(&m, "db-0", &policy), &held, false);
+        assert_eq!(recorded_step(&d), "Switchover");
+    }
+
+    #[test]
+    fn rollback_from_awaiting_commit_returns_the_standbys_only() {
+        let policy = UpgradePolicy::default();
+        let mut m = members();
+        for x in &mut m[1..] {
+            upgrade_member(x);
+        }
+        let mut u = upgrade("AwaitingCommit");
+        u.hold = true;
+        u.rollback = true;
+        assert!(revertible(&view(&m, "db-0", &policy), &u));
+        let d = next(&view(&m, "db-0", &policy), &u, true);
+        assert_eq!(recorded_step(&d), "UpgradeStandby/db-1");
+        let d = next(
+            &view(&m, "db-0", &policy),
+            &d.before.flatten().unwrap(),
+            true,
+        );
+        assert_eq!(
+            d.act,
+            Act::SetVersion {
+                member: "db-1".into(),
+                version: SRC.into()
+            }
+        );
+    }
+
+    #[test]
+    fn cancel_goes_back_between_steps_while_the_primary_runs_the_source() {
+        let policy = UpgradePolicy::default();
+        let mut m = members();
+        upgrade_member(&mut m[1]);
+        let mut u = upgrade("UpgradeStandby/db-1");
+        u.cancel = true;
+        // db-1 is done: at this boundary the cancel turns into a rollback of db-1.
+        let d = next(&view(&m, "db-0", &policy), &u, false);
+        let rec = d.before.flatten().unwrap();
+        assert!(rec.rollback, "{rec:?}");
+        assert_eq!(rec.step, "UpgradeStandby/db-1");
+        // Once the primary runs the target, a cancel can only finish.
+        for x in &mut m {
+            upgrade_member(x);
+        }
+        let mut after = upgrade("UpgradeStandby/db-2");
+        after.cancel = true;
+        m[2].version = Some(SRC.into());
+        let v = view(&m, "db-1", &policy);
+        assert!(!revertible(&v, &after));
+    }
+
+    #[test]
+    fn in_place_restarts_every_member_then_repoints_the_standbys() {
+        let policy = UpgradePolicy::default();
+        let mut m = members();
+        let mut u = upgrade("");
+        u.type_ = Some(UpgradeType::InPlace);
+        let d = next(&view(&m, "db-0", &policy), &u, false);
+        assert_eq!(recorded_step(&d), "RestartAll");
+        u.step = "RestartAll".into();
+        let mut changed = vec![];
+        loop {
+            let d = next(&view(&m, "db-0", &policy), &u, false);
+            match d.act {
+                Act::SetVersion { member, .. } => {
+                    let i = m.iter().position(|x| x.name == member).unwrap();
+                    m[i].version = Some(DST.into());
+                    changed.push(member);
+                }
+                _ => break,
+            }
+        }
+        assert_eq!(
+            changed,
+            ["db-0", "db-1", "db-2"],
+            "all members, no waiting between"
+        );
+        for x in &mut m {
+            upgrade_member(x);
+        }
+        // db-2 came back as a lone primary: repoint it.
+        let p = m[2].probe.as_mut().unwrap();
+        p.role = Role::Primary;
+        p.following = None;
+        let d = next(&view(&m, "db-0", &policy), &u, false);
+        assert_eq!(
+            d.act,
+            Act::Repoint {
+                member: "db-2".into()
+            }
+        );
+        let p = m[2].probe.as_mut().unwrap();
+        p.role = Role::Standby;
+        p.following = Some(ip(2));
+        let d = next(&view(&m, "db-0", &policy), &u, false);
+        assert_eq!(d.before, Some(None), "{d:?}");
+        assert_eq!(d.event.map(|e| e.0), Some("UpgradeCompleted"));
+    }
+
+    #[test]
+    fn a_closed_window_holds_forward_steps_but_not_a_switchover_in_progress() {
+        let policy = UpgradePolicy::default();
+        let mut m = members();
+        upgrade_member(&mut m[1]);
+        let closed = View {
+            may_start_step: false,
+            ..view(&m, "db-0", &policy)
+        };
+        let d = next(&closed, &upgrade("UpgradeStandby/db-1"), false);
+        assert!(d.before.is_none() && matches!(d.act, Act::Wait(_)), "{d:?}");
+        // A rollback is not held back by the window.
+        let mut back = upgrade("UpgradeStandby/db-1");
+        back.rollback = true;
+        let d = next(&closed, &back, true);
+        assert!(matches!(d.act, Act::SetVersion { .. }), "{d:?}");
+        // The end of a switchover always finishes.
+        let mut u = upgrade("Switchover");
+        u.switchover = Some("Unfencing/db-0".into());
+        let d = next(&closed, &u, false);
+        assert_eq!(
+            d.act,
+            Act::Unfence {
+                member: "db-0".into()
+            }
+        );
+        assert!(d.after.is_some());
+    }
+
+    #[test]
+    fn a_request_checks_the_members_before_its_first_step() {
+        let policy = UpgradePolicy::default();
+        let mut m = members();
+        m[2].ready = false;
+        let mut u = upgrade("");
+        u.request = Some("ns/r".into());
+        let d = next(&view(&m, "db-0", &policy), &u, false);
+        let failure = d.before.flatten().and_then(|u| u.failure).unwrap();
+        assert!(failure.contains("db-2 is not Ready"), "{failure}");
+        assert!(failure.contains("nothing was changed"), "{failure}");
     }
 }
