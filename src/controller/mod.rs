@@ -4,13 +4,15 @@
 //! - `datastore_version`: validates each catalog entry against the rest and writes its status.
 //! - `database_instance`: runs each instance's members, keeps replication converged, and rolls
 //!   upgrades through them (standbys first, switchover, primary last).
-//! - `cluster`, `upgrade_request`: watch their kind; their reconcilers are filled in by the
-//!   cluster and upgrade-request work (today they only observe).
+//! - `upgrade_request`: runs upgrade jobs over instances by steering their `status.upgrade`.
+//! - `cluster`: watches its kind; its reconciler is filled in by the cluster work (today it
+//!   only observes).
 
 pub mod context;
 pub mod database_instance;
 pub mod datastore_version;
 pub mod requeue;
+pub mod upgrade_request;
 pub mod watch_only;
 
 use std::fmt::Debug;
@@ -22,6 +24,7 @@ use std::time::Instant;
 use futures::StreamExt;
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
@@ -29,7 +32,7 @@ use tracing::{Instrument, info_span, warn};
 
 pub use context::{Context, FIELD_MANAGER};
 
-use crate::crd::{Cluster, UpgradeRequest};
+use crate::crd::{Cluster, DatabaseInstance, UpgradeRequest};
 use crate::error::Error;
 
 /// Runs every controller until `shutdown` is cancelled.
@@ -59,8 +62,11 @@ pub async fn run_all(ctx: Arc<Context>, shutdown: CancellationToken) {
         ),
         drive(
             "upgraderequest",
-            Controller::new(scoped::<UpgradeRequest>(&client, &ctx), Default::default()),
-            watch_only::reconcile::<UpgradeRequest>,
+            upgrade_request::controller(
+                scoped::<UpgradeRequest>(&client, &ctx),
+                scoped::<DatabaseInstance>(&client, &ctx),
+            ),
+            upgrade_request::reconcile,
             ctx,
             shutdown,
         ),
@@ -123,6 +129,29 @@ async fn drive<K, F, Fut>(
         .run(observed, error_policy, ctx)
         .for_each(|_| async {})
         .await;
+}
+
+/// Publishes an Event about `obj`. The note doubles as the action, so each distinct step is an
+/// Event of its own rather than a count on the first one (the recorder folds events with equal
+/// reason and action). A failed publish is logged, never fatal.
+pub(crate) async fn publish(
+    ctx: &Context,
+    obj: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let action: String = note.chars().take(40).collect();
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action,
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, obj).await {
+        warn!(error = %e, "publishing an event failed");
+    }
 }
 
 /// An error with its sources, `outer: inner: innermost`, for one log field.

@@ -25,6 +25,7 @@ use super::common::{Conditions, Datastore, VERSION_PATTERN};
     printcolumn(name = "Action", type_ = "string", json_path = ".spec.action"),
     printcolumn(name = "Target", type_ = "string", json_path = ".spec.targetVersion"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Progress", type_ = "string", json_path = ".status.progress"),
     printcolumn(name = "Succeeded", type_ = "integer", json_path = ".status.succeeded"),
     printcolumn(name = "Failed", type_ = "integer", json_path = ".status.failed"),
     printcolumn(
@@ -35,6 +36,7 @@ use super::common::{Conditions, Datastore, VERSION_PATTERN};
 )]
 #[x_kube(validation = Rule::new("has(self.targetVersion) == has(oldSelf.targetVersion) && (!has(self.targetVersion) || self.targetVersion == oldSelf.targetVersion)").message("targetVersion is immutable: create a new UpgradeRequest for another version").field_path(".targetVersion"))]
 #[x_kube(validation = Rule::new("has(self.datastore) == has(oldSelf.datastore) && (!has(self.datastore) || self.datastore == oldSelf.datastore)").message("datastore is immutable: create a new UpgradeRequest").field_path(".datastore"))]
+#[x_kube(validation = Rule::new("self.type != 'InPlace' || !(self.action in ['Upgrade', 'Commit', 'Rollback'])").message("type InPlace restarts every member together, so it has no AwaitingCommit stage: use action UpgradeAutoCommit, or type Rolling with action Upgrade").field_path(".action"))]
 #[serde(rename_all = "camelCase")]
 pub struct UpgradeRequestSpec {
     /// The databases to upgrade: instance names, cluster names, or a label selector over the
@@ -79,7 +81,8 @@ pub struct UpgradeRequestSpec {
     pub schedule: Schedule,
 
     /// After the old primary is upgraded, switch back so the primary ends on the member where
-    /// it started (RDS "second switch"). Default false.
+    /// it started (RDS "second switch"). Default false: each target's own
+    /// `spec.upgradePolicy.secondSwitch` applies.
     #[serde(default)]
     pub second_switch: bool,
 
@@ -219,6 +222,9 @@ pub struct UpgradeRequestStatus {
     /// With schedule MaintenanceWindow, when the first step is expected to start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduled_start: Option<Time>,
+    /// Finished jobs of all jobs, for example `2/3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
     /// One job per target, in target order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub jobs: Vec<TargetJob>,

@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::info;
@@ -1057,19 +1057,7 @@ async fn publish(
     reason: &str,
     note: String,
 ) {
-    // The note doubles as the action, so each distinct step is an Event of its own rather than
-    // a count on the first one (the recorder folds events with equal reason and action).
-    let action: String = note.chars().take(40).collect();
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action,
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &inst.object_ref(&())).await {
-        tracing::warn!(error = %e, "publishing an event failed");
-    }
+    super::publish(ctx, &inst.object_ref(&()), type_, reason, note).await;
 }
 
 /// How a status write is guarded.
@@ -1116,6 +1104,17 @@ async fn write_status(
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
         Err(e) => Err(Error::kube("writing DatabaseInstance status")(e)),
     }
+}
+
+/// Writes an instance's whole status (an UpgradeRequest claiming or steering its upgrade), only
+/// if the object is still the version `inst` was read at. False on conflict: re-read.
+pub(crate) async fn write_status_guarded(
+    ctx: &Context,
+    inst: &DatabaseInstance,
+    next: &DatabaseInstanceStatus,
+) -> Result<bool> {
+    let current = inst.status.clone().unwrap_or_default();
+    write_status(ctx, inst, &current, next, Guard::FirstWrite, true).await
 }
 
 /// Re-read soon: the object changed since this pass read it.

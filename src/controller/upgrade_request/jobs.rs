@@ -1,0 +1,461 @@
+//! The pure rules of an UpgradeRequest: whether one target may be upgraded (and to what), how
+//! the request's action maps onto the flags of a target's upgrade, and the request's phase and
+//! summary from its jobs. No client, no clock.
+
+use crate::catalog::{self, PathKind};
+use crate::crd::{
+    DatabaseInstance, Datastore, DatastoreVersion, InstancePhase, RequestPhase, Schedule,
+    TargetJob, UpgradeAction, UpgradeInFlight, UpgradeRequestSpec, UpgradeResult, UpgradeType,
+};
+use crate::version::Version;
+
+/// What a target will be upgraded from and to, once it passed validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub source: String,
+    pub target: String,
+    pub kind: PathKind,
+}
+
+/// The catalog entry of `ds` `version` (compared as versions, so `7.0` ≠ `7.0.0` is not a trap).
+pub fn entry<'a>(
+    catalog: &'a [DatastoreVersion],
+    ds: Datastore,
+    version: &str,
+) -> Option<&'a DatastoreVersion> {
+    let want: Version = version.parse().ok()?;
+    catalog.iter().find(|d| {
+        d.spec.datastore == ds && d.spec.version.parse::<Version>().ok() == Some(want.clone())
+    })
+}
+
+/// The version a request upgrades to: its own, or the catalog's default of the datastore.
+pub fn target_version(
+    spec: &UpgradeRequestSpec,
+    catalog: &[DatastoreVersion],
+    ds: Datastore,
+) -> Result<String, String> {
+    if let Some(v) = &spec.target_version {
+        return Ok(v.clone());
+    }
+    let defaults: Vec<&DatastoreVersion> = catalog
+        .iter()
+        .filter(|d| d.spec.datastore == ds && d.spec.default && d.spec.active)
+        .collect();
+    match defaults.as_slice() {
+        [one] => Ok(one.spec.version.clone()),
+        [] => Err(format!(
+            "no targetVersion was given and the catalog has no active default version of {ds}; set targetVersion or mark one DatastoreVersion default"
+        )),
+        _ => Err(format!(
+            "no targetVersion was given and the catalog has several default versions of {ds}; set targetVersion or keep one default"
+        )),
+    }
+}
+
+/// Checks one instance before anything is touched. `me` is this request (`namespace/name`).
+/// The message says what to fix.
+pub fn validate(
+    spec: &UpgradeRequestSpec,
+    inst: &DatabaseInstance,
+    catalog: &[DatastoreVersion],
+) -> Result<Plan, String> {
+    let status = inst.status.clone().unwrap_or_default();
+    if let Some(u) = &status.upgrade {
+        return Err(match &u.request {
+            Some(r) => format!(
+                "another UpgradeRequest ({r}) owns its upgrade to {} (step {}); wait for it to finish or cancel it",
+                u.target_version,
+                if u.step.is_empty() {
+                    "starting"
+                } else {
+                    &u.step
+                }
+            ),
+            None => format!(
+                "an upgrade to {} from its spec is in flight; wait for it to finish",
+                u.target_version
+            ),
+        });
+    }
+    if inst.spec.paused {
+        return Err("it is paused (spec.paused); unpause it to upgrade".into());
+    }
+    let phase = status.phase.unwrap_or_default();
+    if phase != InstancePhase::Active {
+        let why = status.message.map(|m| format!(": {m}")).unwrap_or_default();
+        return Err(format!(
+            "it is {phase:?}, not Active{why}; only an Active instance is upgraded"
+        ));
+    }
+    let Some(source) = status.version.clone() else {
+        return Err("it has not reported a running version yet; wait until it is Active".into());
+    };
+    if spec.schedule == Schedule::MaintenanceWindow && inst.spec.maintenance_window.is_none() {
+        return Err(
+            "schedule MaintenanceWindow needs the instance's spec.maintenanceWindow; set one, or use schedule Immediate"
+                .into(),
+        );
+    }
+    let from_ds = inst.spec.datastore.type_;
+    let to_ds = spec.datastore.unwrap_or(from_ds);
+    let target = target_version(spec, catalog, to_ds)?;
+    let Some(to) = entry(catalog, to_ds, &target) else {
+        return Err(format!(
+            "{to_ds} {target} is not in the DatastoreVersion catalog; add it, or choose a listed version"
+        ));
+    };
+    let kind = catalog::check_path(from_ds, &source, &to.spec).map_err(|e| e.to_string())?;
+    match (spec.type_, kind) {
+        (_, PathKind::CrossDatastore) => {
+            return Err(format!(
+                "the catalog edge allows {from_ds} {source} → {to_ds} {target}, but no engine can change a database's datastore yet; nothing was changed"
+            ));
+        }
+        (UpgradeType::Hotfix, k) if k != PathKind::Hotfix => {
+            return Err(format!(
+                "type Hotfix only changes the build of a version, and {source} → {target} is a {k:?} upgrade; use type Rolling"
+            ));
+        }
+        _ => {}
+    }
+    Ok(Plan {
+        source,
+        target,
+        kind,
+    })
+}
+
+/// The flags the request's action asks of a target's upgrade in flight. Commit lifts the hold;
+/// Rollback and Cancel are sticky (once asked, never taken back).
+pub fn desired_flags(
+    action: UpgradeAction,
+    deleting: bool,
+    u: &UpgradeInFlight,
+) -> (bool, bool, bool) {
+    let hold = u.hold && action == UpgradeAction::Upgrade;
+    let rollback = u.rollback || action == UpgradeAction::Rollback;
+    let cancel = u.cancel || action == UpgradeAction::Cancel || deleting;
+    (hold, rollback, cancel)
+}
+
+/// A job's phase from the target's recorded outcome.
+pub fn finished_phase(r: UpgradeResult) -> RequestPhase {
+    match r {
+        UpgradeResult::Succeeded => RequestPhase::Succeeded,
+        UpgradeResult::RolledBack => RequestPhase::RolledBack,
+        UpgradeResult::Cancelled => RequestPhase::Cancelled,
+        UpgradeResult::Failed => RequestPhase::Failed,
+    }
+}
+
+pub fn is_terminal(p: RequestPhase) -> bool {
+    matches!(
+        p,
+        RequestPhase::Succeeded
+            | RequestPhase::PartiallySucceeded
+            | RequestPhase::Failed
+            | RequestPhase::RolledBack
+            | RequestPhase::Cancelled
+    )
+}
+
+/// A job that has touched (or owns) its target and is not finished.
+pub fn is_started(p: RequestPhase) -> bool {
+    matches!(p, RequestPhase::Running | RequestPhase::AwaitingCommit)
+}
+
+/// The summary of a request's jobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub phase: RequestPhase,
+    pub succeeded: i32,
+    pub failed: i32,
+    pub failed_targets: Vec<String>,
+    pub error_messages: Vec<String>,
+    pub progress: String,
+}
+
+/// The request's phase and GaussDB-style summary from its jobs and its action.
+pub fn summarize(jobs: &[TargetJob], action: UpgradeAction, deleting: bool) -> Summary {
+    let count = |p: RequestPhase| jobs.iter().filter(|j| j.phase == p).count() as i32;
+    let failed: Vec<&TargetJob> = jobs
+        .iter()
+        .filter(|j| j.phase == RequestPhase::Failed)
+        .collect();
+    let succeeded = count(RequestPhase::Succeeded);
+    let finished = jobs.iter().filter(|j| is_terminal(j.phase)).count();
+    let any = |p: RequestPhase| jobs.iter().any(|j| j.phase == p);
+    let waiting = jobs
+        .iter()
+        .filter(|j| matches!(j.phase, RequestPhase::Pending | RequestPhase::Scheduled))
+        .count();
+    let phase = if any(RequestPhase::Running) {
+        RequestPhase::Running
+    } else if any(RequestPhase::AwaitingCommit) && waiting == 0 {
+        RequestPhase::AwaitingCommit
+    } else if waiting > 0 {
+        if finished > 0 || any(RequestPhase::AwaitingCommit) {
+            RequestPhase::Running
+        } else if jobs.iter().all(|j| j.phase == RequestPhase::Scheduled) {
+            RequestPhase::Scheduled
+        } else {
+            RequestPhase::Pending
+        }
+    } else if action == UpgradeAction::Cancel || deleting {
+        RequestPhase::Cancelled
+    } else if action == UpgradeAction::Rollback && failed.is_empty() {
+        RequestPhase::RolledBack
+    } else if failed.is_empty() && succeeded > 0 {
+        RequestPhase::Succeeded
+    } else if succeeded == 0 {
+        RequestPhase::Failed
+    } else {
+        RequestPhase::PartiallySucceeded
+    };
+    Summary {
+        phase,
+        succeeded,
+        failed: failed.len() as i32,
+        failed_targets: failed.iter().map(|j| j.target.clone()).collect(),
+        error_messages: failed
+            .iter()
+            .map(|j| format!("{}: {}", j.target, j.message.clone().unwrap_or_default()))
+            .collect(),
+        progress: format!("{finished}/{}", jobs.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{DatabaseInstanceStatus, DatastoreVersionSpec, TargetKind, UpgradeEdge};
+    use serde_json::json;
+
+    fn dv(ds: Datastore, v: &str, default: bool, edges: Vec<UpgradeEdge>) -> DatastoreVersion {
+        DatastoreVersion::new(
+            &format!("{ds}-{v}"),
+            DatastoreVersionSpec {
+                datastore: ds,
+                version: v.into(),
+                image: format!("{ds}:{v}"),
+                active: true,
+                default,
+                upgrade_from: edges,
+            },
+        )
+    }
+
+    fn catalog() -> Vec<DatastoreVersion> {
+        let edge = UpgradeEdge {
+            datastore: Datastore::Redis,
+            min_version: Some("6.0".into()),
+            max_version: Some("6".into()),
+        };
+        vec![
+            dv(Datastore::Redis, "6.2.14", false, vec![]),
+            dv(Datastore::Redis, "7.0.15", true, vec![edge]),
+            dv(Datastore::Redis, "7.0.15-hf1", false, vec![]),
+            dv(Datastore::Redis, "8.0.0", false, vec![]),
+        ]
+    }
+
+    fn instance(version: &str, phase: InstancePhase) -> DatabaseInstance {
+        let mut i: DatabaseInstance = serde_json::from_value(json!({
+            "apiVersion": "baton.dev/v1alpha1", "kind": "DatabaseInstance",
+            "metadata": {"name": "db", "namespace": "ns"},
+            "spec": {"datastore": {"type": "redis", "version": version}, "replicas": 3},
+        }))
+        .unwrap();
+        i.status = Some(DatabaseInstanceStatus {
+            phase: Some(phase),
+            version: Some(version.into()),
+            ..Default::default()
+        });
+        i
+    }
+
+    fn spec(target: Option<&str>, type_: &str) -> UpgradeRequestSpec {
+        serde_json::from_value(json!({
+            "targets": {"instances": ["db"]}, "targetVersion": target, "type": type_,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_allowed_path_passes_and_an_omitted_version_means_the_default() {
+        let c = catalog();
+        let ok = validate(
+            &spec(None, "Rolling"),
+            &instance("6.2.14", InstancePhase::Active),
+            &c,
+        );
+        assert_eq!(
+            ok,
+            Ok(Plan {
+                source: "6.2.14".into(),
+                target: "7.0.15".into(),
+                kind: PathKind::Major
+            })
+        );
+    }
+
+    #[test]
+    fn refusals_say_what_to_fix() {
+        let c = catalog();
+        let active = instance("7.0.15", InstancePhase::Active);
+        let err = |s: UpgradeRequestSpec, i: &DatabaseInstance| validate(&s, i, &c).unwrap_err();
+        assert!(
+            err(spec(Some("6.2.14"), "Rolling"), &active)
+                .contains("downgrades are never performed")
+        );
+        assert!(
+            err(spec(Some("9.9.9"), "Rolling"), &active)
+                .contains("not in the DatastoreVersion catalog")
+        );
+        assert!(err(spec(Some("8.0.0"), "Rolling"), &active).contains("no catalog edge"));
+        assert!(
+            err(spec(Some("7.0.15"), "Rolling"), &active).contains("already the running version")
+        );
+        assert!(
+            err(
+                spec(Some("7.0.15"), "Hotfix"),
+                &instance("6.2.14", InstancePhase::Active)
+            )
+            .contains("type Hotfix only changes the build")
+        );
+        assert_eq!(
+            validate(&spec(Some("7.0.15-hf1"), "Hotfix"), &active, &c).map(|p| p.kind),
+            Ok(PathKind::Hotfix)
+        );
+        let building = instance("6.2.14", InstancePhase::Error);
+        assert!(err(spec(None, "Rolling"), &building).contains("it is Error, not Active"));
+        let mut windowless = spec(None, "Rolling");
+        windowless.schedule = Schedule::MaintenanceWindow;
+        assert!(
+            err(windowless, &instance("6.2.14", InstancePhase::Active))
+                .contains("needs the instance's spec.maintenanceWindow")
+        );
+    }
+
+    #[test]
+    fn a_busy_instance_names_its_owner() {
+        let c = catalog();
+        let mut busy = instance("6.2.14", InstancePhase::Upgrading);
+        let mut u = UpgradeInFlight::new("6.2.14", "7.0.15", "db-0", t0());
+        u.request = Some("ns/first".into());
+        u.step = "UpgradeStandby/db-1".into();
+        busy.status.as_mut().unwrap().upgrade = Some(u);
+        let e = validate(&spec(None, "Rolling"), &busy, &c).unwrap_err();
+        assert!(e.contains("another UpgradeRequest (ns/first)"), "{e}");
+        assert!(e.contains("UpgradeStandby/db-1"), "{e}");
+    }
+
+    #[test]
+    fn a_cross_datastore_edge_is_honoured() {
+        let edge = UpgradeEdge {
+            datastore: Datastore::Mysql,
+            min_version: Some("8.0".into()),
+            max_version: Some("8.0".into()),
+        };
+        let mut c = catalog();
+        c.push(dv(Datastore::Mariadb, "10.11", false, vec![]));
+        let mut mysql = instance("8.0.36", InstancePhase::Active);
+        mysql.spec.datastore.type_ = Datastore::Mysql;
+        let mut s = spec(Some("10.11"), "Rolling");
+        s.datastore = Some(Datastore::Mariadb);
+        let e = validate(&s, &mysql, &c).unwrap_err();
+        assert!(e.contains("no catalog edge"), "{e}");
+        c.pop();
+        c.push(dv(Datastore::Mariadb, "10.11", false, vec![edge]));
+        let e = validate(&s, &mysql, &c).unwrap_err();
+        assert!(
+            e.contains("the catalog edge allows mysql 8.0.36 → mariadb 10.11"),
+            "{e}"
+        );
+    }
+
+    fn t0() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH)
+    }
+
+    fn job(target: &str, phase: RequestPhase) -> TargetJob {
+        TargetJob {
+            job_id: format!("x-{target}"),
+            kind: TargetKind::DatabaseInstance,
+            target: target.into(),
+            source_version: None,
+            target_version: None,
+            phase,
+            step: None,
+            message: Some("why".into()),
+            start_time: None,
+            finish_time: None,
+        }
+    }
+
+    #[test]
+    fn the_request_phase_follows_its_jobs() {
+        use RequestPhase::*;
+        let s = |phases: &[RequestPhase], action| {
+            let jobs: Vec<TargetJob> = phases
+                .iter()
+                .enumerate()
+                .map(|(i, p)| job(&format!("t{i}"), *p))
+                .collect();
+            summarize(&jobs, action, false)
+        };
+        let auto = UpgradeAction::UpgradeAutoCommit;
+        assert_eq!(s(&[Pending, Pending], auto).phase, Pending);
+        assert_eq!(s(&[Scheduled, Scheduled], auto).phase, Scheduled);
+        assert_eq!(s(&[Succeeded, Pending], auto).phase, Running);
+        assert_eq!(s(&[Succeeded, Succeeded], auto).phase, Succeeded);
+        let partial = s(&[Succeeded, Failed, Succeeded], auto);
+        assert_eq!(partial.phase, PartiallySucceeded);
+        assert_eq!((partial.succeeded, partial.failed), (2, 1));
+        assert_eq!(partial.failed_targets, ["t1"]);
+        assert_eq!(partial.error_messages, ["t1: why"]);
+        assert_eq!(partial.progress, "3/3");
+        assert_eq!(s(&[Failed], auto).phase, Failed);
+        assert_eq!(
+            s(&[AwaitingCommit, AwaitingCommit], UpgradeAction::Upgrade).phase,
+            AwaitingCommit
+        );
+        assert_eq!(
+            s(&[AwaitingCommit, Pending], UpgradeAction::Upgrade).phase,
+            Running
+        );
+        assert_eq!(
+            s(&[RolledBack, Cancelled], UpgradeAction::Rollback).phase,
+            RolledBack
+        );
+        assert_eq!(
+            s(&[Succeeded, Cancelled], UpgradeAction::Cancel).phase,
+            Cancelled
+        );
+    }
+
+    #[test]
+    fn commit_lifts_the_hold_and_rollback_or_cancel_stick() {
+        let mut u = UpgradeInFlight::new("6.2.14", "7.0.15", "db-0", t0());
+        u.hold = true;
+        assert_eq!(
+            desired_flags(UpgradeAction::Upgrade, false, &u),
+            (true, false, false)
+        );
+        assert_eq!(
+            desired_flags(UpgradeAction::Commit, false, &u),
+            (false, false, false)
+        );
+        assert_eq!(
+            desired_flags(UpgradeAction::Rollback, false, &u),
+            (false, true, false)
+        );
+        assert_eq!(
+            desired_flags(UpgradeAction::Upgrade, true, &u),
+            (true, false, true)
+        );
+        u.cancel = true;
+        assert!(desired_flags(UpgradeAction::Cancel, false, &u).2);
+    }
+}

@@ -1,0 +1,738 @@
+//! The UpgradeRequest controller: an upgrade job per target, run through the targets' status.
+//!
+//! A job claims its instance by writing `status.upgrade` (with `request` and `job` set) guarded
+//! by the instance's resourceVersion, so two requests — or a request and a spec change — can
+//! never both own one instance. From then on the DatabaseInstance controller drives the
+//! upgrade exactly as a spec-driven one; this controller only steers it (Commit lifts `hold`;
+//! Rollback, Cancel and deletion set `rollback` / `cancel`) and reads the outcome back from
+//! `status.lastUpgrade`. It never writes an instance's spec.
+//!
+//! Per pass: fresh read → resolve targets once → sync started jobs → start new jobs within
+//! `maxConcurrent`, the failure budget and the maintenance window (validating each first) →
+//! summary → status. A finalizer keeps a running request until its targets are healthy.
+
+pub mod jobs;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::core::Selector;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use tracing::info;
+
+use super::{Context, FIELD_MANAGER, database_instance, publish};
+use crate::crd::{
+    DatabaseInstance, DatastoreVersion, InstancePhase, RequestPhase, Schedule, TargetJob,
+    TargetKind, UpgradeAction, UpgradeInFlight, UpgradeRequest, UpgradeRequestStatus,
+};
+use crate::error::{Error, Result};
+use crate::status::{self, Desired};
+use crate::window;
+
+/// Held while a request has targets to stop on deletion.
+pub const FINALIZER: &str = "baton.dev/upgrade-request";
+
+/// Builds the controller; a change to an instance wakes the requests that own or owned its
+/// upgrade.
+pub fn controller(
+    requests: Api<UpgradeRequest>,
+    instances: Api<DatabaseInstance>,
+) -> Controller<UpgradeRequest> {
+    Controller::new(requests, Default::default()).watches(
+        instances,
+        Default::default(),
+        |inst: DatabaseInstance| {
+            let ns = inst.namespace().unwrap_or_default();
+            let s = inst.status.unwrap_or_default();
+            [
+                s.upgrade.and_then(|u| u.request),
+                s.last_upgrade.and_then(|l| l.request),
+            ]
+            .into_iter()
+            .flatten()
+            .filter_map(|key| {
+                let (rns, name) = key.split_once('/')?;
+                (rns == ns).then(|| ObjectRef::new(name).within(rns))
+            })
+            .collect::<Vec<_>>()
+        },
+    )
+}
+
+pub async fn reconcile(cached: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = cached.namespace().unwrap_or_default();
+    let api = Api::<UpgradeRequest>::namespaced(ctx.client.clone(), &ns);
+    let Some(req) = api
+        .get_opt(&cached.name_any())
+        .await
+        .map_err(Error::kube("reading the UpgradeRequest"))?
+    else {
+        return Ok(Action::await_change());
+    };
+    let deleting = req.metadata.deletion_timestamp.is_some();
+    let current = req.status.clone().unwrap_or_default();
+    let finished = current.phase.is_some_and(jobs::is_terminal);
+    let has_finalizer = req.finalizers().iter().any(|f| f == FINALIZER);
+
+    if finished {
+        if has_finalizer {
+            set_finalizer(&api, &req, false).await?;
+        }
+        return Ok(Action::await_change());
+    }
+    if !deleting && !has_finalizer {
+        // Before any target is touched, so a deletion always finds the request to stop.
+        set_finalizer(&api, &req, true).await?;
+        return Ok(Action::requeue(Duration::from_millis(100)));
+    }
+
+    let instances = Api::<DatabaseInstance>::namespaced(ctx.client.clone(), &ns);
+    let catalog: Vec<DatastoreVersion> = Api::<DatastoreVersion>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::kube("listing the DatastoreVersion catalog"))?
+        .items;
+    let key = format!("{ns}/{}", req.name_any());
+
+    let mut next = current.clone();
+    next.observed_generation = req.metadata.generation;
+    if next.jobs.is_empty() {
+        next.jobs = resolve_targets(&req, &instances).await?;
+        publish_req(
+            &ctx,
+            &req,
+            EventType::Normal,
+            "Accepted",
+            format!(
+                "{} target(s): {}",
+                next.jobs.len(),
+                next.jobs
+                    .iter()
+                    .map(|j| j.target.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+        .await;
+    }
+
+    let now = ctx.clock.now();
+    let action = req.spec.action;
+    let mut soonest: Option<Duration> = None;
+    // 1. Started jobs (and any job whose claim landed before a status write was lost).
+    for job in next.jobs.iter_mut().filter(|j| !jobs::is_terminal(j.phase)) {
+        if job.kind != TargetKind::DatabaseInstance {
+            continue;
+        }
+        let Some(inst) = instances
+            .get_opt(&job.target)
+            .await
+            .map_err(Error::kube("reading a target instance"))?
+        else {
+            if jobs::is_started(job.phase) {
+                finish_job(
+                    job,
+                    RequestPhase::Failed,
+                    "the instance was deleted".into(),
+                    &ctx,
+                );
+            }
+            continue;
+        };
+        if !sync_job(&ctx, &req, job, &inst, deleting).await? {
+            return Ok(reread());
+        }
+    }
+
+    // 2. Start jobs within the concurrency limit, the failure budget and the window.
+    let stopping = deleting || matches!(action, UpgradeAction::Cancel | UpgradeAction::Rollback);
+    let failed = next
+        .jobs
+        .iter()
+        .filter(|j| j.phase == RequestPhase::Failed)
+        .count() as i32;
+    let budget_spent = req.spec.max_failures.is_some_and(|m| failed >= m);
+    let mut running = next
+        .jobs
+        .iter()
+        .filter(|j| j.phase == RequestPhase::Running)
+        .count() as i32;
+    next.scheduled_start = None;
+    for i in 0..next.jobs.len() {
+        let job = &next.jobs[i];
+        if !matches!(job.phase, RequestPhase::Pending | RequestPhase::Scheduled) {
+            continue;
+        }
+        if stopping || budget_spent {
+            let why = if deleting {
+                "not started: the request was deleted".to_string()
+            } else if action == UpgradeAction::Rollback {
+                "not started: the request was rolled back".to_string()
+            } else if action == UpgradeAction::Cancel {
+                "not started: the request was cancelled".to_string()
+            } else {
+                format!(
+                    "not started: the failure budget (maxFailures {}) is spent",
+                    req.spec.max_failures.unwrap_or_default()
+                )
+            };
+            finish_job(&mut next.jobs[i], RequestPhase::Cancelled, why, &ctx);
+            continue;
+        }
+        if running >= req.spec.max_concurrent {
+            break;
+        }
+        if next.jobs[i].kind == TargetKind::Cluster {
+            let why = "Cluster targets are not upgraded by this version of Baton yet; list the cluster's instances instead".to_string();
+            fail_job(&ctx, &req, &mut next.jobs[i], why).await;
+            continue;
+        }
+        let Some(inst) = instances
+            .get_opt(&next.jobs[i].target)
+            .await
+            .map_err(Error::kube("reading a target instance"))?
+        else {
+            let why = format!(
+                "DatabaseInstance {} does not exist in namespace {ns}",
+                next.jobs[i].target
+            );
+            fail_job(&ctx, &req, &mut next.jobs[i], why).await;
+            continue;
+        };
+        let plan = match jobs::validate(&req.spec, &inst, &catalog) {
+            Ok(p) => p,
+            Err(why) => {
+                fail_job(&ctx, &req, &mut next.jobs[i], why).await;
+                continue;
+            }
+        };
+        let job = &mut next.jobs[i];
+        job.source_version = Some(plan.source.clone());
+        job.target_version = Some(plan.target.clone());
+        if req.spec.schedule == Schedule::MaintenanceWindow
+            && let Some(w) = &inst.spec.maintenance_window
+            && !window::is_open(now, w)
+        {
+            let opens = window::next_open(now, w);
+            job.phase = RequestPhase::Scheduled;
+            job.message = Some(format!(
+                "waiting for the maintenance window ({:?} {} UTC, {} min); opens {opens}",
+                w.day_of_week, w.start_time, w.duration_minutes
+            ));
+            next.scheduled_start = Some(
+                next.scheduled_start
+                    .map_or(Time(opens), |t| Time(t.0.min(opens))),
+            );
+            let wait = Duration::try_from(opens.duration_since(now)).unwrap_or_default();
+            soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
+            continue;
+        }
+        match claim(&ctx, &req, &key, job, &inst, &plan).await? {
+            true => running += 1,
+            false => return Ok(reread()),
+        }
+    }
+
+    // 3. Summary, conditions, status.
+    let summary = jobs::summarize(&next.jobs, action, deleting);
+    next.phase = Some(summary.phase);
+    next.succeeded = summary.succeeded;
+    next.failed = summary.failed;
+    next.failed_targets = summary.failed_targets;
+    next.error_messages = summary.error_messages;
+    next.progress = Some(summary.progress);
+    next.message = Some(phase_message(&next, &req));
+    let done = jobs::is_terminal(summary.phase);
+    let generation = req.metadata.generation;
+    let cond = |c: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+                type_: &'static str,
+                ok: bool,
+                reason: &'static str,
+                message: String| {
+        status::merge(
+            c,
+            Desired {
+                type_,
+                status: ok,
+                reason,
+                message,
+            },
+            generation,
+            ctx.now(),
+        )
+    };
+    let msg = next.message.clone().unwrap_or_default();
+    next.conditions = cond(
+        &next.conditions,
+        "Progressing",
+        !done,
+        if done { "Finished" } else { "Running" },
+        msg.clone(),
+    );
+    next.conditions = cond(
+        &next.conditions,
+        "Ready",
+        summary.phase == RequestPhase::Succeeded,
+        phase_reason(summary.phase),
+        msg,
+    );
+    next.conditions = cond(
+        &next.conditions,
+        "Degraded",
+        next.failed > 0,
+        if next.failed > 0 {
+            "TargetsFailed"
+        } else {
+            "NoFailure"
+        },
+        next.error_messages.join("; "),
+    );
+    if next != current {
+        if !write_status(&ctx, &req, &next).await? {
+            return Ok(reread());
+        }
+        if current.phase != next.phase {
+            info!(phase = ?next.phase, "upgrade request phase");
+            if done {
+                let t = if next.failed > 0 {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                };
+                publish_req(
+                    &ctx,
+                    &req,
+                    t,
+                    phase_reason(summary.phase),
+                    next.message.clone().unwrap_or_default(),
+                )
+                .await;
+            }
+        }
+    }
+    if done {
+        // The finalizer goes in the next pass, once the terminal phase is on record.
+        return Ok(Action::requeue(Duration::from_millis(100)));
+    }
+    let poll = Duration::from_secs(2);
+    Ok(Action::requeue(soonest.map_or(poll, |s| {
+        s.min(poll).max(Duration::from_millis(200))
+    })))
+}
+
+/// The jobs of a new request: listed instances, then selector matches, then clusters; each once.
+async fn resolve_targets(
+    req: &UpgradeRequest,
+    instances: &Api<DatabaseInstance>,
+) -> Result<Vec<TargetJob>> {
+    let mut names: Vec<String> = req.spec.targets.instances.clone();
+    if let Some(sel) = &req.spec.targets.selector {
+        match Selector::try_from(sel.clone()) {
+            Ok(selector) => {
+                let mut found: Vec<String> = instances
+                    .list(&ListParams::default().labels_from(&selector))
+                    .await
+                    .map_err(Error::kube("listing the instances the selector matches"))?
+                    .into_iter()
+                    .map(|i| i.name_any())
+                    .collect();
+                found.sort();
+                names.extend(found);
+            }
+            Err(e) => {
+                // The schema cannot check operator values; report it on a job of its own.
+                return Ok(vec![new_job(
+                    req,
+                    TargetKind::DatabaseInstance,
+                    "selector",
+                    Some(format!("the selector is invalid: {e}")),
+                )]);
+            }
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out: Vec<TargetJob> = names
+        .into_iter()
+        .filter(|n| seen.insert(n.clone()))
+        .map(|n| new_job(req, TargetKind::DatabaseInstance, &n, None))
+        .collect();
+    out.extend(
+        req.spec
+            .targets
+            .clusters
+            .iter()
+            .map(|c| new_job(req, TargetKind::Cluster, c, None)),
+    );
+    if out.is_empty() {
+        out.push(new_job(
+            req,
+            TargetKind::DatabaseInstance,
+            "selector",
+            Some("the selector matches no DatabaseInstance in this namespace".into()),
+        ));
+    }
+    Ok(out)
+}
+
+fn new_job(
+    req: &UpgradeRequest,
+    kind: TargetKind,
+    target: &str,
+    failed: Option<String>,
+) -> TargetJob {
+    let uid: String = req.uid().unwrap_or_default().chars().take(8).collect();
+    TargetJob {
+        job_id: format!("{uid}-{target}"),
+        kind,
+        target: target.into(),
+        source_version: None,
+        target_version: None,
+        phase: if failed.is_some() {
+            RequestPhase::Failed
+        } else {
+            RequestPhase::Pending
+        },
+        step: None,
+        message: failed,
+        start_time: None,
+        finish_time: None,
+    }
+}
+
+fn finish_job(job: &mut TargetJob, phase: RequestPhase, message: String, ctx: &Context) {
+    job.phase = phase;
+    job.message = Some(message);
+    job.finish_time = Some(ctx.now());
+}
+
+async fn fail_job(ctx: &Context, req: &UpgradeRequest, job: &mut TargetJob, why: String) {
+    info!(target = %job.target, reason = %why, "target refused");
+    publish_req(
+        ctx,
+        req,
+        EventType::Warning,
+        "TargetFailed",
+        format!("{}: {why}", job.target),
+    )
+    .await;
+    finish_job(job, RequestPhase::Failed, why, ctx);
+}
+
+/// Claims `inst` for `job`: its upgrade record, written only if the instance is unchanged since
+/// it was validated. False when the instance changed meanwhile (re-read and re-validate).
+async fn claim(
+    ctx: &Context,
+    req: &UpgradeRequest,
+    key: &str,
+    job: &mut TargetJob,
+    inst: &DatabaseInstance,
+    plan: &jobs::Plan,
+) -> Result<bool> {
+    let mut status = inst.status.clone().unwrap_or_default();
+    let primary = status.primary.clone().unwrap_or_default();
+    let mut u = UpgradeInFlight::new(&plan.source, &plan.target, &primary, ctx.now());
+    u.request = Some(key.to_string());
+    u.job = Some(job.job_id.clone());
+    u.type_ = Some(req.spec.type_);
+    u.hold = req.spec.action == UpgradeAction::Upgrade;
+    u.window_only = req.spec.schedule == Schedule::MaintenanceWindow;
+    u.second_switch = req.spec.second_switch.then_some(true);
+    status.upgrade = Some(u);
+    status.phase = Some(InstancePhase::Upgrading);
+    status.message = Some(format!(
+        "{} → {}: claimed by UpgradeRequest {key}",
+        plan.source, plan.target
+    ));
+    if !database_instance::write_status_guarded(ctx, inst, &status).await? {
+        return Ok(false);
+    }
+    job.phase = RequestPhase::Running;
+    job.step = Some("PreCheck".into());
+    job.start_time = Some(ctx.now());
+    let outage = if req.spec.type_ == crate::crd::UpgradeType::InPlace {
+        " (InPlace: every member restarts together, the database is unavailable meanwhile)"
+    } else {
+        ""
+    };
+    job.message = Some(format!("{} → {}{outage}", plan.source, plan.target));
+    publish_req(
+        ctx,
+        req,
+        EventType::Normal,
+        "TargetStarted",
+        format!(
+            "{}: {} → {} ({:?}){outage}",
+            job.target, plan.source, plan.target, req.spec.type_
+        ),
+    )
+    .await;
+    Ok(true)
+}
+
+/// Brings a job up to date with its instance and passes the request's action on to it. False
+/// when a write to the instance lost a race (re-read).
+async fn sync_job(
+    ctx: &Context,
+    req: &UpgradeRequest,
+    job: &mut TargetJob,
+    inst: &DatabaseInstance,
+    deleting: bool,
+) -> Result<bool> {
+    let s = inst.status.clone().unwrap_or_default();
+    if let Some(last) = s
+        .last_upgrade
+        .as_ref()
+        .filter(|l| l.job.as_deref() == Some(job.job_id.as_str()))
+    {
+        let phase = jobs::finished_phase(last.result);
+        let message = last.message.clone().unwrap_or_default();
+        let (t, reason) = match phase {
+            RequestPhase::Succeeded => (EventType::Normal, "TargetSucceeded"),
+            RequestPhase::Failed => (EventType::Warning, "TargetFailed"),
+            RequestPhase::RolledBack => (EventType::Normal, "TargetRolledBack"),
+            _ => (EventType::Normal, "TargetCancelled"),
+        };
+        publish_req(ctx, req, t, reason, format!("{}: {message}", job.target)).await;
+        job.phase = phase;
+        job.message = Some(message);
+        job.step = None;
+        job.finish_time = last.finish_time.clone().or_else(|| Some(ctx.now()));
+        return Ok(true);
+    }
+    let Some(u) = s
+        .upgrade
+        .as_ref()
+        .filter(|u| u.job.as_deref() == Some(job.job_id.as_str()))
+    else {
+        if jobs::is_started(job.phase) {
+            finish_job(
+                job,
+                RequestPhase::Failed,
+                "the instance's upgrade record disappeared (was its status reset?)".into(),
+                ctx,
+            );
+        }
+        return Ok(true);
+    };
+    if job.start_time.is_none() {
+        job.start_time = u.step_started.clone();
+        job.source_version = Some(u.source_version.clone());
+        job.target_version = Some(u.target_version.clone());
+    }
+    job.phase = if u.step == "AwaitingCommit" && u.hold {
+        RequestPhase::AwaitingCommit
+    } else {
+        RequestPhase::Running
+    };
+    job.step = Some(match (&u.switchover, u.step.as_str()) {
+        (_, "") => "PreCheck".to_string(),
+        (Some(sw), step) => format!("{step}: {sw}"),
+        (None, step) => step.to_string(),
+    });
+    if let Some(why) = &u.aborted {
+        job.message = Some(format!("rolling back to {}: {why}", u.source_version));
+    } else if u.failure.is_some() {
+        job.message = u.failure.clone();
+    } else if job.phase == RequestPhase::AwaitingCommit {
+        job.message = Some(format!(
+            "the standbys run {}; the primary {} still runs {}: set action Commit or Rollback",
+            u.target_version,
+            s.primary.clone().unwrap_or_default(),
+            u.source_version
+        ));
+    }
+    let (hold, rollback, cancel) = jobs::desired_flags(req.spec.action, deleting, u);
+    if (hold, rollback, cancel) != (u.hold, u.rollback, u.cancel) {
+        let mut status = s.clone();
+        if let Some(w) = status.upgrade.as_mut() {
+            w.hold = hold;
+            w.rollback = rollback;
+            w.cancel = cancel;
+        }
+        if !database_instance::write_status_guarded(ctx, inst, &status).await? {
+            return Ok(false);
+        }
+        let what = match (hold, rollback, cancel) {
+            (_, _, true) => "cancel: stop after the current step",
+            (_, true, _) => "rollback: standbys back to the source version",
+            _ => "commit: switch over and finish",
+        };
+        info!(target = %job.target, what, "steering the target's upgrade");
+        publish_req(
+            ctx,
+            req,
+            EventType::Normal,
+            "TargetSteered",
+            format!("{}: {what}", job.target),
+        )
+        .await;
+    }
+    Ok(true)
+}
+
+fn phase_reason(p: RequestPhase) -> &'static str {
+    match p {
+        RequestPhase::Pending => "Pending",
+        RequestPhase::Scheduled => "Scheduled",
+        RequestPhase::Running => "Running",
+        RequestPhase::AwaitingCommit => "AwaitingCommit",
+        RequestPhase::Succeeded => "Succeeded",
+        RequestPhase::PartiallySucceeded => "PartiallySucceeded",
+        RequestPhase::Failed => "Failed",
+        RequestPhase::RolledBack => "RolledBack",
+        RequestPhase::Cancelled => "Cancelled",
+    }
+}
+
+fn phase_message(s: &UpgradeRequestStatus, req: &UpgradeRequest) -> String {
+    let total = s.jobs.len();
+    match s.phase.unwrap_or_default() {
+        RequestPhase::Scheduled => match &s.scheduled_start {
+            Some(t) => format!("scheduled: the first step starts at {}", t.0),
+            None => "scheduled".into(),
+        },
+        RequestPhase::AwaitingCommit => {
+            "the standbys run the new version: set action Commit to finish, or Rollback".into()
+        }
+        RequestPhase::Succeeded => format!("{} of {total} target(s) upgraded", s.succeeded),
+        RequestPhase::PartiallySucceeded | RequestPhase::Failed => format!(
+            "{} of {total} target(s) upgraded, {} failed: {}",
+            s.succeeded,
+            s.failed,
+            s.error_messages.join("; ")
+        ),
+        RequestPhase::RolledBack => "rolled back: every target is on its source version".into(),
+        RequestPhase::Cancelled => {
+            format!(
+                "cancelled ({}); {} target(s) upgraded before it stopped",
+                if req.metadata.deletion_timestamp.is_some() {
+                    "deleted"
+                } else {
+                    "action Cancel"
+                },
+                s.succeeded
+            )
+        }
+        RequestPhase::Pending | RequestPhase::Running => {
+            let running: Vec<String> = s
+                .jobs
+                .iter()
+                .filter(|j| j.phase == RequestPhase::Running)
+                .map(|j| format!("{} at {}", j.target, j.step.clone().unwrap_or_default()))
+                .collect();
+            if running.is_empty() {
+                "waiting to start".into()
+            } else {
+                format!("upgrading {}", running.join(", "))
+            }
+        }
+    }
+}
+
+/// Writes the request's status by server-side apply, only if the request is still the
+/// version this pass read. False on conflict.
+async fn write_status(
+    ctx: &Context,
+    req: &UpgradeRequest,
+    next: &UpgradeRequestStatus,
+) -> Result<bool> {
+    let api =
+        Api::<UpgradeRequest>::namespaced(ctx.client.clone(), &req.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "UpgradeRequest",
+        "metadata": {"resourceVersion": req.resource_version()},
+        "status": next,
+    });
+    match api
+        .patch_status(
+            &req.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Err(e) => Err(Error::kube("writing UpgradeRequest status")(e)),
+    }
+}
+
+/// Adds or removes the finalizer, guarded by the resourceVersion read.
+async fn set_finalizer(api: &Api<UpgradeRequest>, req: &UpgradeRequest, on: bool) -> Result<()> {
+    let mut list: Vec<String> = req
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    if on {
+        list.push(FINALIZER.into());
+    }
+    let patch =
+        json!({"metadata": {"finalizers": list, "resourceVersion": req.resource_version()}});
+    match api
+        .patch(
+            &req.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(()),
+        Err(e) => Err(Error::kube("updating the UpgradeRequest's finalizers")(e)),
+    }
+}
+
+async fn publish_req(
+    ctx: &Context,
+    req: &UpgradeRequest,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    publish(ctx, &req.object_ref(&()), type_, reason, note).await;
+}
+
+fn reread() -> Action {
+    Action::requeue(Duration::from_millis(100))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_phase_has_a_message() {
+        let req: UpgradeRequest = serde_json::from_value(json!({
+            "apiVersion": "baton.dev/v1alpha1", "kind": "UpgradeRequest",
+            "metadata": {"name": "r", "namespace": "ns"},
+            "spec": {"targets": {"instances": ["a"]}},
+        }))
+        .unwrap();
+        for p in [
+            RequestPhase::Pending,
+            RequestPhase::Scheduled,
+            RequestPhase::Running,
+            RequestPhase::AwaitingCommit,
+            RequestPhase::Succeeded,
+            RequestPhase::PartiallySucceeded,
+            RequestPhase::Failed,
+            RequestPhase::RolledBack,
+            RequestPhase::Cancelled,
+        ] {
+            let s = UpgradeRequestStatus {
+                phase: Some(p),
+                ..Default::default()
+            };
+            assert!(!phase_message(&s, &req).is_empty());
+            assert_eq!(format!("{p:?}"), phase_reason(p));
+        }
+    }
+}
