@@ -154,6 +154,7 @@ async fn every_crd_installs_with_names_columns_and_category() {
             "ACTION",
             "TARGET",
             "PHASE",
+            "PROGRESS",
             "SUCCEEDED",
             "FAILED",
             "AGE"

@@ -2,6 +2,8 @@
 //! for its users, CRD installation, per-test namespaces, and the operator binary.
 #![allow(dead_code)]
 
+pub mod env;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;

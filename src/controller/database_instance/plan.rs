@@ -319,15 +319,22 @@ pub fn next(v: &View, u: &UpgradeInFlight, reverting: bool) -> Decision {
     };
     let step = u.step.clone();
     if step.is_empty() {
-        // A request's upgrade is claimed without the members' view: check them first.
+        // A request's upgrade is claimed without the members' view: check them first, and
+        // wait out a passing condition (a standby a few writes behind) up to the step timeout.
         if u.request.is_some()
             && !reverting
             && !u.cancel
             && let Err(e) = precheck(v)
         {
+            if v.step_elapsed <= timeout {
+                return Decision::wait(format!("pre-check: {e}"));
+            }
             return fail(
                 u,
-                format!("pre-check failed: {e}; nothing was changed"),
+                format!(
+                    "pre-check failed for {}s: {e}; nothing was changed",
+                    timeout.as_secs()
+                ),
                 Act::Wait("failed".into()),
             );
         }
@@ -1220,6 +1227,12 @@ mod tests {
         let mut u = upgrade("");
         u.request = Some("ns/r".into());
         let d = next(&view(&m, "db-0", &policy), &u, false);
+        assert!(d.before.is_none() && matches!(d.act, Act::Wait(_)), "{d:?}");
+        let late = View {
+            step_elapsed: Duration::from_secs(601),
+            ..view(&m, "db-0", &policy)
+        };
+        let d = next(&late, &u, false);
         let failure = d.before.flatten().and_then(|u| u.failure).unwrap();
         assert!(failure.contains("db-2 is not Ready"), "{failure}");
         assert!(failure.contains("nothing was changed"), "{failure}");

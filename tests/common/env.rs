@@ -1,0 +1,340 @@
+//! The environment of an end-to-end test over DatabaseInstances: a namespace of its own, the
+//! example catalog, an operator limited to that namespace, and helpers to create instances,
+//! write under load and check the result against the real servers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
+use kube::Client;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use baton::crd::{DatabaseInstance, DatastoreVersion, InstancePhase};
+use baton::workload;
+
+use super::*;
+
+pub const LONG: Duration = Duration::from_secs(180);
+pub const SOURCE: &str = "6.2.14";
+pub const TARGET: &str = "7.0.15";
+
+/// Applies the example catalog (Redis 6.2.14 and 7.0.15 with the 6 → 7 edge), idempotently.
+pub async fn ensure_catalog(client: &Client) {
+    install_crds(client).await;
+    let text = std::fs::read_to_string(repo().join("examples/catalog.yaml")).expect("catalog");
+    let api = Api::<DatastoreVersion>::all(client.clone());
+    for doc in text.split("\n---\n") {
+        let dv: DatastoreVersion = serde_yaml_ng::from_str(doc).expect("catalog entry");
+        let name = dv.metadata.name.clone().expect("name");
+        let applied = eventually(Duration::from_secs(30), || async {
+            api.patch(
+                &name,
+                &PatchParams::apply("baton-tests").force(),
+                &Patch::Apply(&dv),
+            )
+            .await
+            .ok()
+        })
+        .await;
+        assert!(applied.is_some(), "could not apply catalog entry {name}");
+    }
+}
+
+pub struct Env {
+    pub client: Client,
+    pub ns: String,
+    pub dir: std::path::PathBuf,
+    pub instances: Api<DatabaseInstance>,
+    pub pods: Api<Pod>,
+}
+
+impl Env {
+    pub async fn new(prefix: &str) -> Env {
+        let client = admin().await;
+        ensure_catalog(&client).await;
+        let ns = namespace(&client, prefix).await;
+        Env {
+            instances: Api::namespaced(client.clone(), &ns),
+            pods: Api::namespaced(client.clone(), &ns),
+            // Operator logs stay in target/test-logs/<namespace> for a failed run to be read.
+            dir: {
+                let d = repo().join("target/test-logs").join(&ns);
+                std::fs::create_dir_all(&d).expect("log dir");
+                d
+            },
+            client,
+            ns,
+        }
+    }
+
+    pub fn operator(&self, id: &str, failpoints: &str) -> Operator {
+        self.operator_with(id, &[("BATON_FAILPOINTS", failpoints)])
+    }
+
+    /// An operator limited to this namespace, with extra environment (failpoints, clock).
+    pub fn operator_with(&self, id: &str, env: &[(&str, &str)]) -> Operator {
+        let ns_arg = format!("--namespace={}", self.ns);
+        Operator::start_with_env(
+            &kubeconfig_path(),
+            &self.dir,
+            id,
+            &["--no-leader-election", &ns_arg],
+            env,
+        )
+    }
+
+    pub async fn create(&self, name: &str, replicas: i32, extra: Value) {
+        let mut spec =
+            json!({"datastore": {"type": "redis", "version": SOURCE}, "replicas": replicas});
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            s.extend(e.clone());
+        }
+        let obj: DatabaseInstance = serde_json::from_value(json!({
+            "apiVersion": "baton.dev/v1alpha1", "kind": "DatabaseInstance",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .expect("instance");
+        self.instances
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect("create instance");
+    }
+
+    /// Applies a file of examples/ in this namespace with kubectl, as a user would.
+    pub fn apply_example(&self, file: &str) {
+        let path = repo().join("examples").join(file);
+        let (ok, _, err) = run_tool(
+            "kubectl",
+            &["apply", "-n", &self.ns, "-f", path.to_str().expect("path")],
+            None,
+        );
+        assert!(ok, "kubectl apply {file}: {err}");
+    }
+
+    pub async fn label(&self, name: &str, key: &str, value: &str) {
+        self.instances
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"metadata": {"labels": {key: value}}})),
+            )
+            .await
+            .expect("label instance");
+    }
+
+    /// The restart count of each member's container, by pod name.
+    pub async fn restarts(&self, name: &str) -> BTreeMap<String, i32> {
+        self.member_pods(name)
+            .await
+            .into_iter()
+            .map(|(n, p)| {
+                let c = p
+                    .status
+                    .and_then(|s| s.container_statuses)
+                    .and_then(|c| c.first().map(|c| c.restart_count))
+                    .unwrap_or(-1);
+                (n, c)
+            })
+            .collect()
+    }
+
+    pub async fn patch_spec(&self, name: &str, spec: Value) {
+        self.instances
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": spec})),
+            )
+            .await
+            .expect("patch spec");
+    }
+
+    /// Waits until the instance is in `phase` on `version`; panics with its status if not.
+    pub async fn wait_for(
+        &self,
+        name: &str,
+        phase: InstancePhase,
+        version: &str,
+        op: &Operator,
+    ) -> DatabaseInstance {
+        let found = eventually(LONG, || async {
+            let i = self.instances.get(name).await.ok()?;
+            let s = i.status.as_ref()?;
+            (s.phase == Some(phase) && s.version.as_deref() == Some(version) && s.upgrade.is_none())
+                .then_some(i)
+        })
+        .await;
+        match found {
+            Some(i) => i,
+            None => {
+                let status = self.instances.get(name).await.ok().and_then(|i| i.status);
+                panic!(
+                    "{name} never reached {phase:?} on {version}; status: {status:#?}\noperator log tail:\n{}",
+                    tail(&op.logs(), 30)
+                )
+            }
+        }
+    }
+
+    pub async fn member_pods(&self, name: &str) -> BTreeMap<String, Pod> {
+        self.pods
+            .list(&ListParams::default().labels(&format!("baton.dev/instance={name}")))
+            .await
+            .expect("pods")
+            .into_iter()
+            .map(|p| (p.metadata.name.clone().unwrap_or_default(), p))
+            .collect()
+    }
+
+    /// The version each member's server reports, by pod name.
+    pub async fn server_versions(&self, name: &str) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for (n, p) in self.member_pods(name).await {
+            let ip = p.status.and_then(|s| s.pod_ip).expect("pod ip");
+            let mut c = redis::Client::open(format!("redis://{ip}:6379/"))
+                .expect("url")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect");
+            let info: String = redis::cmd("INFO")
+                .arg("server")
+                .query_async(&mut c)
+                .await
+                .expect("INFO");
+            let v = baton::engine::redis::info_field(&info, "redis_version")
+                .unwrap_or_default()
+                .to_string();
+            out.insert(n, v);
+        }
+        out
+    }
+
+    /// Events about the instance, oldest first: (reason, note).
+    pub async fn events(&self, name: &str) -> Vec<(String, String)> {
+        let mut evs: Vec<Event> = Api::<Event>::namespaced(self.client.clone(), &self.ns)
+            .list(&ListParams::default())
+            .await
+            .expect("events")
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .collect();
+        evs.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+        evs.into_iter()
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect()
+    }
+
+    /// Starts a client that writes to the primary until the returned token is cancelled.
+    pub fn writer(
+        &self,
+        name: &str,
+    ) -> (CancellationToken, tokio::task::JoinHandle<workload::Report>) {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(workload::write_until(
+            self.client.clone(),
+            self.ns.clone(),
+            name.to_string(),
+            Duration::from_millis(250),
+            stop.clone(),
+        ));
+        (stop, task)
+    }
+
+    /// Counts, every 100 ms, how many members are not Ready; returns the largest count seen.
+    pub fn readiness_monitor(&self, name: &str) -> (CancellationToken, Arc<AtomicUsize>) {
+        let stop = CancellationToken::new();
+        let worst = Arc::new(AtomicUsize::new(0));
+        let (pods, sel, s, w) = (
+            self.pods.clone(),
+            format!("baton.dev/instance={name}"),
+            stop.clone(),
+            worst.clone(),
+        );
+        tokio::spawn(async move {
+            while !s.is_cancelled() {
+                if let Ok(list) = pods.list(&ListParams::default().labels(&sel)).await {
+                    let down: Vec<String> = list
+                        .items
+                        .iter()
+                        .filter(|p| {
+                            !p.status
+                                .as_ref()
+                                .and_then(|s| s.conditions.as_ref())
+                                .is_some_and(|c| {
+                                    c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                                })
+                        })
+                        .filter_map(|p| p.metadata.name.clone())
+                        .collect();
+                    if down.len() > 1 {
+                        eprintln!("not Ready at once: {down:?}");
+                    }
+                    w.fetch_max(down.len(), Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        (stop, worst)
+    }
+
+    pub async fn primary_ip(&self, name: &str) -> std::net::Ipv4Addr {
+        workload::primary_address(&self.client, &self.ns, name)
+            .await
+            .expect("one labelled primary")
+    }
+}
+
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+pub fn image(p: &Pod) -> String {
+    p.spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
+}
+
+/// Checks that every acknowledged write is on the primary and, once caught up, on each member.
+pub async fn assert_nothing_lost(env: &Env, name: &str, report: &workload::Report) {
+    assert!(
+        report.acked.len() > 50,
+        "the writer barely wrote: {report:?}"
+    );
+    assert_eq!(workload::distinct(&report.acked), report.acked.len());
+    let lost = workload::missing(env.primary_ip(name).await, &report.acked)
+        .await
+        .expect("read back");
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost on the primary, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+    for (pod, p) in env.member_pods(name).await {
+        let ip = p
+            .status
+            .and_then(|s| s.pod_ip)
+            .and_then(|i| i.parse().ok())
+            .expect("ip");
+        let caught_up = eventually(Duration::from_secs(30), || async {
+            workload::missing(ip, &report.acked)
+                .await
+                .ok()
+                .filter(|l| l.is_empty())
+        })
+        .await;
+        assert!(
+            caught_up.is_some(),
+            "member {pod} is missing acknowledged writes"
+        );
+    }
+}
