@@ -681,3 +681,88 @@ async fn max_concurrent_two_never_runs_three_at_once() {
     }
     delete_namespace(&env.client, &env.ns).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_place_restarts_every_member_together_and_says_it_is_an_outage() {
+    let env = Env::new("ur-inplace").await;
+    let op = env.operator("ur-inplace", "");
+    env.create("cache", 2, json!({})).await;
+    env.wait_for("cache", InstancePhase::Active, SOURCE, &op)
+        .await;
+    let (stop, writes) = env.writer("cache");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.apply_example("upgrade-in-place.yaml");
+    let r = wait_request(&env, "cache-in-place", RequestPhase::Succeeded, &op).await;
+    env.wait_for("cache", InstancePhase::Active, TARGET, &op)
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    let report = writes.await.expect("writer");
+    let restarting: Vec<String> = env
+        .events("cache")
+        .await
+        .into_iter()
+        .filter(|(r, _)| r == "MemberRestarting")
+        .map(|(_, n)| n)
+        .collect();
+    assert_eq!(restarting.len(), 2, "{restarting:?}");
+    assert!(
+        env.restarts("cache").await.values().all(|c| *c == 1),
+        "every member restarted once"
+    );
+    let started = env
+        .events(&r.metadata.name.clone().expect("name"))
+        .await
+        .into_iter()
+        .find(|(reason, _)| reason == "TargetStarted")
+        .expect("TargetStarted event");
+    assert!(started.1.contains("unavailable"), "{started:?}");
+    // No switchover: the primary stays, and nothing acknowledged is lost.
+    let st = env
+        .instances
+        .get("cache")
+        .await
+        .expect("get")
+        .status
+        .expect("status");
+    assert_eq!(st.primary.as_deref(), Some("cache-0"));
+    assert!(
+        env.server_versions("cache")
+            .await
+            .values()
+            .all(|v| v == TARGET)
+    );
+    assert_nothing_lost(&env, "cache", &report).await;
+    delete_namespace(&env.client, &env.ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hotfix_changes_only_the_build_and_rolls_through_a_switchover() {
+    let env = Env::new("ur-hotfix").await;
+    let op = env.operator("ur-hotfix", "");
+    env.create(
+        "sessions",
+        2,
+        json!({"datastore": {"type": "redis", "version": TARGET}}),
+    )
+    .await;
+    env.wait_for("sessions", InstancePhase::Active, TARGET, &op)
+        .await;
+    env.apply_example("upgrade-hotfix.yaml");
+    wait_request(&env, "sessions-hotfix", RequestPhase::Succeeded, &op).await;
+    let inst = env
+        .wait_for("sessions", InstancePhase::Active, "7.0.15-hotfix1", &op)
+        .await;
+    let pods = env.member_pods("sessions").await;
+    assert!(
+        pods.values().all(|p| image(p) == "redis:7.0.15-hotfix1"),
+        "{:?}",
+        pods.values().map(image).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        inst.status.and_then(|s| s.primary).as_deref(),
+        Some("sessions-1"),
+        "the primary role moved by a switchover"
+    );
+    delete_namespace(&env.client, &env.ns).await;
+}
