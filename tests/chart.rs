@@ -297,6 +297,21 @@ async fn operator_runs_with_exactly_the_charts_rbac() {
         "the instance never became Active under the chart's RBAC:\n{}",
         op.logs()
     );
+    // And the request controller: finalizer, claim through the instance's status, summary.
+    let request = "apiVersion: baton.dev/v1alpha1\nkind: UpgradeRequest\nmetadata:\n  name: cache-to-7\nspec:\n  targets:\n    instances: [cache]\n  targetVersion: \"7.0.15\"\n";
+    let (ok, _, err) = run_tool("kubectl", &["apply", "-n", &ns, "-f", "-"], Some(request));
+    assert!(ok, "{err}");
+    let requests = Api::<baton::crd::UpgradeRequest>::namespaced(client.clone(), &ns);
+    let succeeded = eventually(Duration::from_secs(120), || async {
+        let st = requests.get("cache-to-7").await.ok()?.status?;
+        (st.phase == Some(baton::crd::RequestPhase::Succeeded) && st.succeeded == 1).then_some(())
+    })
+    .await;
+    assert!(
+        succeeded.is_some(),
+        "the request never succeeded under the chart's RBAC:\n{}",
+        op.logs()
+    );
 
     // Verbs the chart does not grant are refused for the operator's identity.
     let sa_dvs = Api::<DatastoreVersion>::all(sa.clone());
