@@ -3,8 +3,9 @@
 //! primary label as a real client would. Prints, per run and in summary: the client-observed
 //! write gap of the switchover, the total upgrade time, the members' own restart-to-caught-up
 //! time (the baseline: what any rolling restart costs), the operator's overhead (total minus
-//! the members' time), and acknowledged writes lost. Not a test: it asserts nothing but that
-//! it could measure.
+//! the members' time), and acknowledged writes lost. Runs alternate between the two ways in:
+//! the instance's spec (even runs) and an UpgradeRequest (odd runs), and the summary compares
+//! them. Not a test: it asserts nothing but that it could measure.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -146,10 +147,11 @@ async fn main() -> anyhow::Result<()> {
         "{runs} upgrades of a 3-member Redis {SOURCE} → {TARGET} under continuous writes (namespace {ns})"
     );
     println!(
-        "{:>3} {:>10} {:>10} {:>12} {:>12} {:>9} {:>6}",
-        "run", "gap ms", "total s", "members s", "overhead s", "acked", "lost"
+        "{:>3} {:>8} {:>10} {:>10} {:>12} {:>12} {:>9} {:>6}",
+        "run", "via", "gap ms", "total s", "members s", "overhead s", "acked", "lost"
     );
     let (mut gaps, mut totals, mut overheads, mut member_sums) = (vec![], vec![], vec![], vec![]);
+    let (mut via_spec, mut via_request) = (vec![], vec![]);
     let mut lost_total = 0usize;
     for run in 0..runs {
         let name = format!("db{run}");
@@ -172,8 +174,20 @@ async fn main() -> anyhow::Result<()> {
             stop.clone(),
         ));
         tokio::time::sleep(Duration::from_millis(500)).await;
+        let by_request = run % 2 == 1;
         let t0 = Instant::now();
-        workload::set_version(&client, &ns, &name, TARGET).await?;
+        if by_request {
+            let req: baton::crd::UpgradeRequest = serde_json::from_value(serde_json::json!({
+                "apiVersion": "baton.dev/v1alpha1", "kind": "UpgradeRequest",
+                "metadata": {"name": format!("{name}-to-7")},
+                "spec": {"targets": {"instances": [name]}, "targetVersion": TARGET},
+            }))?;
+            Api::<baton::crd::UpgradeRequest>::namespaced(client.clone(), &ns)
+                .create(&PostParams::default(), &req)
+                .await?;
+        } else {
+            workload::set_version(&client, &ns, &name, TARGET).await?;
+        }
         workload::wait_active(&client, &ns, &name, TARGET, Duration::from_secs(300))
             .await
             .ok_or_else(|| anyhow::anyhow!("{name} never finished its upgrade"))?;
@@ -193,8 +207,9 @@ async fn main() -> anyhow::Result<()> {
         let lost = workload::missing(primary, &report.acked).await?.len();
         lost_total += lost;
         println!(
-            "{:>3} {:>10.0} {:>10.2} {:>12.2} {:>12.2} {:>9} {:>6}",
+            "{:>3} {:>8} {:>10.0} {:>10.2} {:>12.2} {:>12.2} {:>9} {:>6}",
             run + 1,
+            if by_request { "request" } else { "spec" },
             ms(report.longest_gap),
             total.as_secs_f64(),
             members.as_secs_f64(),
@@ -204,6 +219,11 @@ async fn main() -> anyhow::Result<()> {
         );
         gaps.push(ms(report.longest_gap));
         totals.push(total.as_secs_f64());
+        if by_request {
+            via_request.push(total.as_secs_f64());
+        } else {
+            via_spec.push(total.as_secs_f64());
+        }
         overheads.push(overhead.as_secs_f64());
         member_sums.push(members.as_secs_f64());
         let _ = Api::<baton::crd::DatabaseInstance>::namespaced(client.clone(), &ns)
@@ -232,6 +252,14 @@ async fn main() -> anyhow::Result<()> {
         100.0 * median(overheads) / median(totals.clone()),
         median(totals) / median(member_sums)
     );
+    if !via_request.is_empty() {
+        println!(
+            "via spec / via request:     median {:.2} s / {:.2} s (ratio request/spec {:.2})",
+            median(via_spec.clone()),
+            median(via_request.clone()),
+            median(via_request) / median(via_spec)
+        );
+    }
     println!("acknowledged writes lost:   {lost_total}");
     operator.kill().await.ok();
     let _ = Api::<Namespace>::all(client.clone())
