@@ -121,6 +121,9 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     let client = Client::try_default().await?;
+    workload::install_crds(&client)
+        .await
+        .map_err(anyhow::Error::msg)?;
     workload::apply_catalog(&client, workload::EXAMPLE_CATALOG).await?;
     let ns = format!("bench-{:06x}", rand::random::<u32>() & 0xffffff);
     let nso: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?;

@@ -141,6 +141,54 @@ pub fn distinct(acked: &[u64]) -> usize {
 /// benchmark and the tests apply it.
 pub const EXAMPLE_CATALOG: &str = include_str!("../examples/catalog.yaml");
 
+/// Installs (server-side apply) every Baton CRD, then waits until each is Established and the
+/// group is served (discovery lags Established by a moment). The error names what is missing.
+pub async fn install_crds(client: &Client) -> Result<(), String> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Patch, PatchParams};
+    let api = Api::<CustomResourceDefinition>::all(client.clone());
+    for crd in crate::crd::all() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.patch(
+            &name,
+            &PatchParams::apply("baton-workload").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .map_err(|e| format!("applying CRD {name}: {e}"))?;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut missing = vec![];
+        for crd in crate::crd::all() {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            let established = api
+                .get(&name)
+                .await
+                .ok()
+                .and_then(|c| c.status?.conditions)
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                });
+            if !established {
+                missing.push(name);
+            }
+        }
+        let served =
+            missing.is_empty() && crate::operator::startup::check_crds(client).await.is_ok();
+        if served {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "CRDs not Established and served within 60 s: {missing:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Applies every DatastoreVersion in a multi-document YAML file (server-side apply).
 pub async fn apply_catalog(client: &Client, yaml: &str) -> Result<(), kube::Error> {
     use kube::api::{Patch, PatchParams};

@@ -9,8 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
@@ -84,42 +83,11 @@ pub async fn client_from(path: &Path) -> Client {
     Client::try_from(cfg).expect("client")
 }
 
-/// Installs (server-side apply) every Baton CRD and waits until each is Established.
+/// Installs (server-side apply) every Baton CRD and waits until each is Established and served.
 pub async fn install_crds(client: &Client) {
-    let api = Api::<CustomResourceDefinition>::all(client.clone());
-    for crd in baton::crd::all() {
-        let name = crd.metadata.name.clone().expect("crd name");
-        api.patch(
-            &name,
-            &PatchParams::apply("baton-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("apply CRD {name}: {e}"));
+    if let Err(e) = baton::workload::install_crds(client).await {
+        panic!("{e}");
     }
-    for crd in baton::crd::all() {
-        let name = crd.metadata.name.clone().expect("crd name");
-        eventually(Duration::from_secs(60), || {
-            let api = api.clone();
-            let name = name.clone();
-            async move {
-                let c = api.get(&name).await.ok()?;
-                c.status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-                    .then_some(())
-            }
-        })
-        .await
-        .unwrap_or_else(|| panic!("CRD {name} never became Established"));
-    }
-    // Discovery lags Established by a moment; wait until the group serves every kind.
-    eventually(Duration::from_secs(30), || async {
-        baton::operator::startup::check_crds(client).await.ok()
-    })
-    .await
-    .expect("baton.dev/v1alpha1 served");
 }
 
 /// Creates a fresh namespace for one test; names stay unique across runs.
