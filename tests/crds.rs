@@ -393,6 +393,18 @@ async fn invalid_resources_are_rejected_with_a_message_naming_the_field() {
     )
     .await;
     assert_names(&m, &["spec.action", "cannot start with Commit or Rollback"]);
+    let m = refused(
+        &client,
+        &ns,
+        "UpgradeRequest",
+        "inplace-upgrade",
+        json!({"targets": {"instances": ["a"]}, "type": "InPlace", "action": "Upgrade"}),
+    )
+    .await;
+    assert_names(
+        &m,
+        &["spec.action", "type InPlace restarts every member together"],
+    );
 
     // Transition rules: immutable targets and targetVersion, allowed action moves.
     let api = api_for(&client, "UpgradeRequest", &ns);
