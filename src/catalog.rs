@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::crd::{Datastore, DatastoreVersionSpec};
+use crate::crd::{Datastore, DatastoreVersion, DatastoreVersionSpec};
 use crate::version::Version;
 
 /// Why a catalog entry cannot be used. The `reason` is a fixed PascalCase word (condition
@@ -100,6 +100,19 @@ pub fn validate_entry(
         }
     }
     Ok(())
+}
+
+/// The catalog entry of `ds` `version`, compared as versions (`7.0` finds an entry written
+/// `7.0.0`; a build suffix must match).
+pub fn find<'a>(
+    catalog: &'a [DatastoreVersion],
+    ds: Datastore,
+    version: &str,
+) -> Option<&'a DatastoreVersion> {
+    let want: Version = version.parse().ok()?;
+    catalog.iter().find(|d| {
+        d.spec.datastore == ds && d.spec.version.parse::<Version>().ok() == Some(want.clone())
+    })
 }
 
 /// The kind of step an allowed upgrade path is.

@@ -19,12 +19,7 @@ async fn a_three_member_upgrade_under_writes_loses_nothing_and_upgrades_the_prim
     let op = env.operator("upgrade", "");
     env.create("db", 3, json!({})).await;
     env.wait_for("db", InstancePhase::Active, SOURCE, &op).await;
-    assert!(
-        env.server_versions("db")
-            .await
-            .values()
-            .all(|v| v == SOURCE)
-    );
+    env.assert_all_run("db", SOURCE).await;
 
     let (stop_writes, writes) = env.writer("db");
     let (stop_monitor, worst) = env.readiness_monitor("db");
@@ -130,12 +125,7 @@ async fn second_switch_ends_on_the_original_primary() {
             .map(String::as_str),
         Some("primary")
     );
-    assert!(
-        env.server_versions("db")
-            .await
-            .values()
-            .all(|v| v == TARGET)
-    );
+    env.assert_all_run("db", TARGET).await;
     let switches = env
         .events("db")
         .await
@@ -314,12 +304,7 @@ async fn a_standby_that_cannot_start_halts_the_upgrade_and_reverting_recovers() 
     env.wait_for("db", InstancePhase::Active, SOURCE, &op).await;
     let pods = env.member_pods("db").await;
     assert!(pods.values().all(|p| image(p) == "redis:6.2.14"));
-    assert!(
-        env.server_versions("db")
-            .await
-            .values()
-            .all(|v| v == SOURCE)
-    );
+    env.assert_all_run("db", SOURCE).await;
     delete_namespace(&env.client, &env.ns).await;
 }
 
@@ -408,12 +393,7 @@ async fn a_paused_instance_is_left_alone() {
             .and_then(|c| c.first().map(|c| c.restart_count));
         assert_eq!(restarts, Some(0), "{name} restarted while paused");
     }
-    assert!(
-        env.server_versions("db")
-            .await
-            .values()
-            .all(|v| v == SOURCE)
-    );
+    env.assert_all_run("db", SOURCE).await;
     // Unpaused, the pending upgrade runs.
     env.patch_spec("db", json!({"paused": false})).await;
     env.wait_for("db", InstancePhase::Active, TARGET, &op).await;

@@ -130,12 +130,7 @@ async fn a_single_instance_request_succeeds_and_a_second_request_for_it_fails() 
         (Some(SOURCE), Some(TARGET))
     );
     assert!(j.start_time.is_some() && j.finish_time.is_some(), "{j:?}");
-    assert!(
-        env.server_versions("sessions")
-            .await
-            .values()
-            .all(|v| v == TARGET)
-    );
+    env.assert_all_run("sessions", TARGET).await;
     assert_nothing_lost(&env, "sessions", &report).await;
 
     // GitOps: the spec the user owns is never rewritten; the drift is explained.
@@ -269,12 +264,7 @@ async fn upgrade_holds_before_the_primary_and_commit_finishes() {
     let inst = env
         .wait_for("sessions", InstancePhase::Active, TARGET, &op)
         .await;
-    assert!(
-        env.server_versions("sessions")
-            .await
-            .values()
-            .all(|v| v == TARGET)
-    );
+    env.assert_all_run("sessions", TARGET).await;
     // secondSwitch in the request: the primary ends where it started.
     assert_eq!(
         inst.status.and_then(|s| s.primary).as_deref(),
@@ -302,12 +292,7 @@ async fn upgrade_then_rollback_returns_every_member_and_loses_nothing() {
     stop.cancel();
     let report = writes.await.expect("writer");
     assert_eq!(job(&r, "sessions").phase, RequestPhase::RolledBack);
-    assert!(
-        env.server_versions("sessions")
-            .await
-            .values()
-            .all(|v| v == SOURCE)
-    );
+    env.assert_all_run("sessions", SOURCE).await;
     let pods = env.member_pods("sessions").await;
     assert!(pods.values().all(|p| image(p) == "redis:6.2.14"));
     let st = inst.status.expect("status");
@@ -394,12 +379,7 @@ async fn a_request_waits_for_the_maintenance_window_then_runs() {
     wait_request(&env, "sessions-in-window", RequestPhase::Succeeded, &op).await;
     env.wait_for("sessions", InstancePhase::Active, TARGET, &op)
         .await;
-    assert!(
-        env.server_versions("sessions")
-            .await
-            .values()
-            .all(|v| v == TARGET)
-    );
+    env.assert_all_run("sessions", TARGET).await;
     delete_namespace(&env.client, &env.ns).await;
 }
 
@@ -631,12 +611,7 @@ async fn deleting_a_running_request_stops_it_with_the_instance_healthy() {
         st.last_upgrade.map(|l| l.result),
         Some(UpgradeResult::Cancelled)
     );
-    assert!(
-        env.server_versions("sessions")
-            .await
-            .values()
-            .all(|v| v == SOURCE)
-    );
+    env.assert_all_run("sessions", SOURCE).await;
     delete_namespace(&env.client, &env.ns).await;
 }
 
@@ -700,14 +675,21 @@ async fn in_place_restarts_every_member_together_and_says_it_is_an_outage() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.cancel();
     let report = writes.await.expect("writer");
-    let restarting: Vec<String> = env
-        .events("cache")
-        .await
-        .into_iter()
-        .filter(|(r, _)| r == "MemberRestarting")
-        .map(|(_, n)| n)
+    let events = env.events("cache").await;
+    let restarting: Vec<usize> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, (r, _))| r == "MemberRestarting")
+        .map(|(i, _)| i)
         .collect();
-    assert_eq!(restarting.len(), 2, "{restarting:?}");
+    assert_eq!(restarting.len(), 2, "{events:#?}");
+    // Together: both restarts belong to one step (a rolling upgrade completes a step between).
+    assert!(
+        events[restarting[0]..restarting[1]]
+            .iter()
+            .all(|(r, _)| r != "StepCompleted"),
+        "{events:#?}"
+    );
     assert!(
         env.restarts("cache").await.values().all(|c| *c == 1),
         "every member restarted once"
@@ -728,12 +710,7 @@ async fn in_place_restarts_every_member_together_and_says_it_is_an_outage() {
         .status
         .expect("status");
     assert_eq!(st.primary.as_deref(), Some("cache-0"));
-    assert!(
-        env.server_versions("cache")
-            .await
-            .values()
-            .all(|v| v == TARGET)
-    );
+    env.assert_all_run("cache", TARGET).await;
     assert_nothing_lost(&env, "cache", &report).await;
     delete_namespace(&env.client, &env.ns).await;
 }

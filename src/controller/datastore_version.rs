@@ -6,15 +6,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
-use serde_json::json;
 use tracing::info;
 
-use super::{Context, FIELD_MANAGER, requeue};
+use super::{Context, requeue};
 use crate::catalog;
 use crate::crd::{DatastoreVersion, DatastoreVersionSpec, DatastoreVersionStatus};
 use crate::error::{Error, Result};
@@ -82,18 +80,9 @@ pub async fn reconcile(dv: Arc<DatastoreVersion>, ctx: Arc<Context>) -> Result<A
         return Ok(requeue::idle());
     }
 
-    let patch = json!({
-        "apiVersion": "baton.dev/v1alpha1",
-        "kind": "DatastoreVersion",
-        "status": next,
-    });
-    api.patch_status(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::kube("writing DatastoreVersion status"))?;
+    // Unguarded: the verdict is recomputed from the whole catalog on every pass, so the last
+    // writer is right.
+    super::apply_status(&api, &dv, &next, false, "writing DatastoreVersion status").await?;
 
     let flipped = was.as_ref().map(|(s, r)| (s.as_str(), r.as_str()))
         != Some((

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -129,6 +130,41 @@ async fn drive<K, F, Fut>(
         .run(observed, error_policy, ctx)
         .for_each(|_| async {})
         .await;
+}
+
+/// Writes `status` of `obj` by server-side apply as Baton's field manager. With `guarded`, the
+/// write carries the resourceVersion `obj` was read at, so it lands only if nothing changed
+/// since (an optimistic lock). Returns false when that lock failed: re-read before deciding.
+pub(crate) async fn apply_status<K>(
+    api: &Api<K>,
+    obj: &K,
+    status: &impl serde::Serialize,
+    guarded: bool,
+    action: &'static str,
+) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let mut patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    if guarded {
+        patch["metadata"] = serde_json::json!({"resourceVersion": obj.resource_version()});
+    }
+    match api
+        .patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Err(e) => Err(Error::kube(action)(e)),
+    }
 }
 
 /// Publishes an Event about `obj`. The note doubles as the action, so each distinct step is an

@@ -214,6 +214,15 @@ impl Env {
         out
     }
 
+    /// Asserts that every member's server itself reports `version`.
+    pub async fn assert_all_run(&self, name: &str, version: &str) {
+        let versions = self.server_versions(name).await;
+        assert!(
+            !versions.is_empty() && versions.values().all(|v| v == version),
+            "{name}: not every member runs {version}: {versions:?}"
+        );
+    }
+
     /// Events about the instance, oldest first: (reason, note).
     pub async fn events(&self, name: &str) -> Vec<(String, String)> {
         let mut evs: Vec<Event> = Api::<Event>::namespaced(self.client.clone(), &self.ns)

@@ -17,14 +17,14 @@ use std::time::Duration;
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::{Api, Client, Resource, ResourceExt};
-use serde_json::json;
 use tracing::info;
 
-use super::{Context, FIELD_MANAGER, requeue};
+use super::{Context, requeue};
 use crate::catalog;
 use crate::crd::{
     DatabaseInstance, DatabaseInstanceStatus, DatastoreVersion, InstancePhase, MemberRole,
@@ -33,7 +33,6 @@ use crate::crd::{
 use crate::engine::{Engine, Role};
 use crate::error::{Error, Result};
 use crate::status::{self, Desired};
-use crate::version::Version;
 use crate::window;
 use children::{ANNOTATION_VERSION, LABEL_INSTANCE, ROLE_PRIMARY, ROLE_STANDBY};
 use plan::{Act, Member, View};
@@ -95,14 +94,7 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
         .await
         .map_err(Error::kube("listing the DatastoreVersion catalog"))?
         .items;
-    let entry = |v: &str| {
-        let want: Option<Version> = v.parse().ok();
-        catalog.iter().find(|d| {
-            d.spec.datastore == ds
-                && d.spec.version.parse::<Version>().ok() == want
-                && want.is_some()
-        })
-    };
+    let entry = |v: &str| catalog::find(&catalog, ds, v);
     let pods_api = Api::<Pod>::namespaced(client.clone(), &ns);
     let pods: BTreeMap<String, Pod> = pods_api
         .list(&ListParams::default().labels(&format!("{LABEL_INSTANCE}={name}")))
@@ -385,16 +377,10 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
             // A request's failed upgrade returns to the source on its own: the primary still
             // runs it, so this is always safe.
             u = UpgradeInFlight {
-                failure: None,
                 aborted: Some(why.clone()),
                 rollback: true,
                 hold: false,
-                step: String::new(),
-                step_started: Some(ctx.now()),
-                switchover: None,
-                candidate: None,
-                fence_offset: None,
-                ..u
+                ..back_to_source(u, ctx.now())
             };
             next.upgrade = Some(u.clone());
             next.message = Some(format!("rolling back to {}: {why}", u.source_version));
@@ -414,7 +400,7 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
             format!("rolling back to {} failed: {why}", u.source_version)
         } else {
             format!(
-                "{why}; the primary already runs {}, so it cannot be rolled back — repair the member and retry",
+                "{why}; the primary already runs {}, so it cannot be rolled back: the member needs a person to start on it",
                 u.target_version
             )
         };
@@ -462,15 +448,7 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
             return finish(&ctx, &inst, &current, next, None, requeue::idle()).await;
         }
         // The spec went back to the source version: start returning every member to it.
-        u = UpgradeInFlight {
-            failure: None,
-            step: String::new(),
-            step_started: Some(ctx.now()),
-            switchover: None,
-            candidate: None,
-            fence_offset: None,
-            ..u
-        };
+        u = back_to_source(u, ctx.now());
         next.upgrade = Some(u.clone());
         publish(
             &ctx,
@@ -576,6 +554,20 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
         next,
     )
     .await
+}
+
+/// `u` restarted at its first step, to return every member to its source version: the failure
+/// and any switchover state are cleared.
+fn back_to_source(u: UpgradeInFlight, now: Time) -> UpgradeInFlight {
+    UpgradeInFlight {
+        failure: None,
+        step: String::new(),
+        step_started: Some(now),
+        switchover: None,
+        candidate: None,
+        fence_offset: None,
+        ..u
+    }
 }
 
 /// Applies a recorded upgrade state (or its end) to the status being built.
@@ -1087,23 +1079,14 @@ async fn write_status(
         ctx.client.clone(),
         &inst.namespace().unwrap_or_default(),
     );
-    let mut patch =
-        json!({"apiVersion": "baton.dev/v1alpha1", "kind": "DatabaseInstance", "status": next});
-    if guard == Guard::FirstWrite {
-        patch["metadata"] = json!({"resourceVersion": inst.resource_version()});
-    }
-    match api
-        .patch_status(
-            &inst.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-        Err(e) => Err(Error::kube("writing DatabaseInstance status")(e)),
-    }
+    super::apply_status(
+        &api,
+        inst,
+        next,
+        guard == Guard::FirstWrite,
+        "writing DatabaseInstance status",
+    )
+    .await
 }
 
 /// Writes an instance's whole status (an UpgradeRequest claiming or steering its upgrade), only

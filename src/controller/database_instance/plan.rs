@@ -715,25 +715,11 @@ mod tests {
     }
 
     fn upgrade(step: &str) -> UpgradeInFlight {
+        let t = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH);
         UpgradeInFlight {
-            source_version: SRC.into(),
-            target_version: DST.into(),
-            request: None,
             step: step.into(),
             step_started: None,
-            original_primary: Some("db-0".into()),
-            switchover: None,
-            candidate: None,
-            fence_offset: None,
-            failure: None,
-            job: None,
-            aborted: None,
-            type_: None,
-            hold: false,
-            rollback: false,
-            cancel: false,
-            window_only: false,
-            second_switch: None,
+            ..UpgradeInFlight::new(SRC, DST, "db-0", t)
         }
     }
 

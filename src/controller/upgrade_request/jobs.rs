@@ -7,7 +7,6 @@ use crate::crd::{
     DatabaseInstance, Datastore, DatastoreVersion, InstancePhase, RequestPhase, Schedule,
     TargetJob, UpgradeAction, UpgradeInFlight, UpgradeRequestSpec, UpgradeResult, UpgradeType,
 };
-use crate::version::Version;
 
 /// What a target will be upgraded from and to, once it passed validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,18 +14,6 @@ pub struct Plan {
     pub source: String,
     pub target: String,
     pub kind: PathKind,
-}
-
-/// The catalog entry of `ds` `version` (compared as versions, so `7.0` ≠ `7.0.0` is not a trap).
-pub fn entry<'a>(
-    catalog: &'a [DatastoreVersion],
-    ds: Datastore,
-    version: &str,
-) -> Option<&'a DatastoreVersion> {
-    let want: Version = version.parse().ok()?;
-    catalog.iter().find(|d| {
-        d.spec.datastore == ds && d.spec.version.parse::<Version>().ok() == Some(want.clone())
-    })
 }
 
 /// The version a request upgrades to: its own, or the catalog's default of the datastore.
@@ -100,7 +87,7 @@ pub fn validate(
     let from_ds = inst.spec.datastore.type_;
     let to_ds = spec.datastore.unwrap_or(from_ds);
     let target = target_version(spec, catalog, to_ds)?;
-    let Some(to) = entry(catalog, to_ds, &target) else {
+    let Some(to) = catalog::find(catalog, to_ds, &target) else {
         return Err(format!(
             "{to_ds} {target} is not in the DatastoreVersion catalog; add it, or choose a listed version"
         ));

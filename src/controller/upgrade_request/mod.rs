@@ -13,6 +13,7 @@
 
 pub mod jobs;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::info;
 
-use super::{Context, FIELD_MANAGER, database_instance, publish};
+use super::{Context, apply_status, database_instance, publish};
 use crate::crd::{
     DatabaseInstance, DatastoreVersion, InstancePhase, RequestPhase, Schedule, TargetJob,
     TargetKind, UpgradeAction, UpgradeInFlight, UpgradeRequest, UpgradeRequestStatus,
@@ -93,11 +94,8 @@ pub async fn reconcile(cached: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result
     }
 
     let instances = Api::<DatabaseInstance>::namespaced(ctx.client.clone(), &ns);
-    let catalog: Vec<DatastoreVersion> = Api::<DatastoreVersion>::all(ctx.client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::kube("listing the DatastoreVersion catalog"))?
-        .items;
+    // Read only when a target is about to be validated: most passes only follow running jobs.
+    let mut catalog: Option<Vec<DatastoreVersion>> = None;
     let key = format!("{ns}/{}", req.name_any());
 
     let mut next = current.clone();
@@ -125,16 +123,19 @@ pub async fn reconcile(cached: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result
     let now = ctx.clock.now();
     let action = req.spec.action;
     let mut soonest: Option<Duration> = None;
-    // 1. Started jobs (and any job whose claim landed before a status write was lost).
+    // 1. Started jobs (and any job whose claim landed before a status write was lost). Each
+    // target is read once per pass; step 2 starts waiting jobs from the same read.
+    let mut read: BTreeMap<String, Option<DatabaseInstance>> = BTreeMap::new();
     for job in next.jobs.iter_mut().filter(|j| !jobs::is_terminal(j.phase)) {
         if job.kind != TargetKind::DatabaseInstance {
             continue;
         }
-        let Some(inst) = instances
+        let found = instances
             .get_opt(&job.target)
             .await
-            .map_err(Error::kube("reading a target instance"))?
-        else {
+            .map_err(Error::kube("reading a target instance"))?;
+        read.insert(job.target.clone(), found.clone());
+        let Some(inst) = found else {
             if jobs::is_started(job.phase) {
                 finish_job(
                     job,
@@ -152,12 +153,11 @@ pub async fn reconcile(cached: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result
 
     // 2. Start jobs within the concurrency limit, the failure budget and the window.
     let stopping = deleting || matches!(action, UpgradeAction::Cancel | UpgradeAction::Rollback);
-    let failed = next
+    let mut failed = next
         .jobs
         .iter()
         .filter(|j| j.phase == RequestPhase::Failed)
         .count() as i32;
-    let budget_spent = req.spec.max_failures.is_some_and(|m| failed >= m);
     let mut running = next
         .jobs
         .iter()
@@ -169,6 +169,9 @@ pub async fn reconcile(cached: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result
         if !matches!(job.phase, RequestPhase::Pending | RequestPhase::Scheduled) {
             continue;
         }
+        // Counted as targets fail in this pass too: a refusal does not take a slot, so several
+        // can fail in one pass.
+        let budget_spent = req.spec.max_failures.is_some_and(|m| failed >= m);
         if stopping || budget_spent {
             let why = if deleting {
                 "not started: the request was deleted".to_string()
@@ -188,27 +191,31 @@ pub async fn reconcile(cached: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result
         if running >= req.spec.max_concurrent {
             break;
         }
-        if next.jobs[i].kind == TargetKind::Cluster {
-            let why = "Cluster targets are not upgraded by this version of Baton yet; list the cluster's instances instead".to_string();
-            fail_job(&ctx, &req, &mut next.jobs[i], why).await;
-            continue;
-        }
-        let Some(inst) = instances
-            .get_opt(&next.jobs[i].target)
-            .await
-            .map_err(Error::kube("reading a target instance"))?
-        else {
-            let why = format!(
-                "DatabaseInstance {} does not exist in namespace {ns}",
-                next.jobs[i].target
+        if catalog.is_none() {
+            catalog = Some(
+                Api::<DatastoreVersion>::all(ctx.client.clone())
+                    .list(&ListParams::default())
+                    .await
+                    .map_err(Error::kube("listing the DatastoreVersion catalog"))?
+                    .items,
             );
-            fail_job(&ctx, &req, &mut next.jobs[i], why).await;
-            continue;
+        }
+        let catalog = catalog.as_deref().unwrap_or_default();
+        let target = next.jobs[i].target.clone();
+        let checked = match (next.jobs[i].kind, read.get(&target).cloned().flatten()) {
+            (TargetKind::Cluster, _) => Err(
+                "Cluster targets are not upgraded by this version of Baton yet; list the cluster's instances instead".to_string(),
+            ),
+            (_, None) => Err(format!(
+                "DatabaseInstance {target} does not exist in namespace {ns}"
+            )),
+            (_, Some(inst)) => jobs::validate(&req.spec, &inst, catalog).map(|p| (inst, p)),
         };
-        let plan = match jobs::validate(&req.spec, &inst, &catalog) {
-            Ok(p) => p,
+        let (inst, plan) = match checked {
+            Ok(ok) => ok,
             Err(why) => {
                 fail_job(&ctx, &req, &mut next.jobs[i], why).await;
+                failed += 1;
                 continue;
             }
         };
@@ -644,23 +651,7 @@ async fn write_status(
 ) -> Result<bool> {
     let api =
         Api::<UpgradeRequest>::namespaced(ctx.client.clone(), &req.namespace().unwrap_or_default());
-    let patch = json!({
-        "apiVersion": "baton.dev/v1alpha1", "kind": "UpgradeRequest",
-        "metadata": {"resourceVersion": req.resource_version()},
-        "status": next,
-    });
-    match api
-        .patch_status(
-            &req.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-        Err(e) => Err(Error::kube("writing UpgradeRequest status")(e)),
-    }
+    apply_status(&api, req, next, true, "writing UpgradeRequest status").await
 }
 
 /// Adds or removes the finalizer, guarded by the resourceVersion read.
