@@ -2,9 +2,10 @@
 # Build stage: compile the operator with the locked dependency set.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-# The whole crate (see .dockerignore): Cargo.toml names test, example and bench targets by path.
+# The whole workspace (see .dockerignore): cargo resolves every member's manifest, and builds
+# only the operator package.
 COPY . .
-RUN cargo build --release --locked --bin baton \
+RUN cargo build --release --locked -p baton --bin baton \
  && strip target/release/baton
 
 # Runtime stage: distroless, non-root, just the binary (rustls: no OpenSSL needed).

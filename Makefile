@@ -16,7 +16,9 @@ demo: ## Start the local environment and upgrade a 3-member Redis 6.2.14 → 7.0
 
 bench: ## N upgrades under load (BATON_BENCH_UPGRADES, default 20): write gaps, times, overhead
 	@bash tests/env/setup.sh && bash tests/env/up.sh >/dev/null && bash tests/env/node.sh
-	KUBECONFIG=$${BATON_CACHE:-$$HOME/.cache/baton}/run/kubeconfig cargo bench --bench upgrade
+	cargo build -q --release -p baton --bin baton
+	BATON_BIN=$(CURDIR)/target/release/baton KUBECONFIG=$${BATON_CACHE:-$$HOME/.cache/baton}/run/kubeconfig \
+	  cargo bench -p baton-e2e --bench upgrade
 
 up: ## Start the local environment (control plane, local node, operator) in the background
 	@bash tests/env/up.sh >/dev/null
@@ -27,12 +29,12 @@ down: ## Stop everything `make up` started
 	@bash tests/env/down.sh
 
 crds: ## Regenerate crds/ and the chart's crds/ from the Rust types
-	cargo run -q --bin baton -- crds --dir crds
-	cargo run -q --bin baton -- crds --dir charts/baton/crds
+	cargo run -q -p baton --bin baton -- crds --dir crds
+	cargo run -q -p baton --bin baton -- crds --dir charts/baton/crds
 
 lint: ## rustfmt, clippy -D warnings, helm lint
 	cargo fmt --all --check
-	cargo clippy --all-targets --locked -- -D warnings
+	cargo clippy --workspace --all-targets --locked -- -D warnings
 
 control-plane: ## Build (or reuse) kube-apiserver, etcd, kube-controller-manager, kubectl, helm
 	@bash tests/env/build-control-plane.sh

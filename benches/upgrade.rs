@@ -1,6 +1,7 @@
 //! `make bench`: N rolling upgrades (default 20; `BATON_BENCH_UPGRADES`) of a 3-member Redis
 //! instance, 6.2.14 → 7.0.15, each under a client that writes continuously and follows the
-//! primary label as a real client would. Prints, per run and in summary: the client-observed
+//! primary label as a real client would, beside one pinned to the first primary's address (as a
+//! pooled connection is). Prints, per run and in summary: the label client's observed
 //! write gap of the switchover, the total upgrade time, the members' own restart-to-caught-up
 //! time (the baseline: what any rolling restart costs), the operator's overhead (total minus
 //! the members' time), and acknowledged writes lost. Runs alternate between the two ways in:
@@ -8,7 +9,6 @@
 //! them. Not a test: it asserts nothing but that it could measure.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -17,8 +17,8 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
-use baton::engine::{Engine, Role};
-use baton::workload;
+use baton::engine::{Endpoint, Lag, Role, Target};
+use baton_testkit::workload::{self, Route};
 
 const SOURCE: &str = "6.2.14";
 const TARGET: &str = "7.0.15";
@@ -36,7 +36,7 @@ async fn watch_members(
     name: String,
     stop: CancellationToken,
 ) -> BTreeMap<String, MemberTimes> {
-    let engine = Engine::for_datastore(baton::crd::Datastore::Redis).expect("redis engine");
+    let engine = baton::engine::for_datastore(baton::crd::Datastore::Redis).expect("redis engine");
     let pods = Api::<Pod>::namespaced(client, &ns);
     let mut times: BTreeMap<String, MemberTimes> = BTreeMap::new();
     while !stop.is_cancelled() {
@@ -49,21 +49,16 @@ async fn watch_members(
         let now = Instant::now();
         let mut probes = BTreeMap::new();
         for p in &list.items {
-            if let Some(ip) = p
-                .status
-                .as_ref()
-                .and_then(|s| s.pod_ip.as_deref())
-                .and_then(|i| i.parse::<Ipv4Addr>().ok())
-            {
-                probes.insert(p.name_any(), engine.probe(ip).await.ok());
+            if let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.clone()) {
+                let t = Target::new(Endpoint::new(ip, engine.port()));
+                probes.insert(p.name_any(), engine.probe(&t).await.ok());
             }
         }
-        let primary_offset = probes
+        let primary = probes
             .values()
             .flatten()
-            .filter(|p| p.role == Role::Primary && !p.fenced)
-            .map(|p| p.offset)
-            .max();
+            .find(|p| p.writable())
+            .map(|p| p.position.clone());
         for p in &list.items {
             let t = times.entry(p.name_any()).or_default();
             let spec_image = p
@@ -85,7 +80,10 @@ async fn watch_members(
                 let caught = match probes.get(&p.name_any()).cloned().flatten() {
                     Some(pr) if pr.version == TARGET => match pr.role {
                         Role::Standby => {
-                            pr.link_up && primary_offset.is_some_and(|o| o - pr.offset < 1024)
+                            pr.streaming
+                                && primary.as_ref().is_some_and(|at| {
+                                    matches!(pr.position.behind(at), Some(Lag::Bytes(n)) if n < 1024)
+                                })
                         }
                         Role::Primary => !pr.fenced,
                     },
@@ -133,7 +131,7 @@ async fn main() -> anyhow::Result<()> {
 
     // The operator, limited to the bench's namespace, as built by this bench (release).
     let log = std::fs::File::create(std::env::temp_dir().join(format!("{ns}-operator.log")))?;
-    let mut operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+    let mut operator = tokio::process::Command::new(baton_testkit::operator_bin())
         .args([
             "run",
             "--listen=127.0.0.1:0",
@@ -167,6 +165,21 @@ async fn main() -> anyhow::Result<()> {
             client.clone(),
             ns.clone(),
             name.clone(),
+            "l",
+            Route::FollowLabel,
+            Duration::from_millis(50),
+            stop.clone(),
+        ));
+        // A client pinned to the first primary's address, as a pooled connection would be.
+        let first = workload::primary_address(&client, &ns, &name)
+            .await
+            .ok_or_else(|| anyhow::anyhow!("no primary"))?;
+        let pinned = tokio::spawn(workload::write_until(
+            client.clone(),
+            ns.clone(),
+            name.clone(),
+            "p",
+            Route::Pinned(first),
             Duration::from_millis(50),
             stop.clone(),
         ));
@@ -198,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(300)).await;
         stop.cancel();
         let report = writer.await?;
+        let pinned = pinned.await?;
         let times = watcher.await?;
         let members: Duration = times
             .values()
@@ -207,7 +221,8 @@ async fn main() -> anyhow::Result<()> {
         let primary = workload::primary_address(&client, &ns, &name)
             .await
             .ok_or_else(|| anyhow::anyhow!("no primary"))?;
-        let lost = workload::missing(primary, &report.acked).await?.len();
+        let lost = workload::missing(primary, &report).await?.len()
+            + workload::missing(primary, &pinned).await?.len();
         lost_total += lost;
         println!(
             "{:>3} {:>8} {:>10.0} {:>10.2} {:>12.2} {:>12.2} {:>9} {:>6}",
@@ -217,7 +232,7 @@ async fn main() -> anyhow::Result<()> {
             total.as_secs_f64(),
             members.as_secs_f64(),
             overhead.as_secs_f64(),
-            report.acked.len(),
+            report.acked.len() + pinned.acked.len(),
             lost
         );
         gaps.push(ms(report.longest_gap));

@@ -1,26 +1,124 @@
-//! Fault injection for the crash tests: `BATON_FAILPOINTS=a,b` makes the operator exit abruptly
-//! (as a SIGKILL would leave it) the first time it passes a named point. Unset, it costs a
-//! lookup in an empty list.
+//! Hooks for the crash-anywhere harness. Every side effect the operator performs — each API
+//! write and each database command — passes a named point right after it took effect:
+//!
+//! - `BATON_TRACE=<file>` appends `<point>#<n>` (the n-th time this process passed it) per line,
+//!   so a clean run enumerates the points;
+//! - `BATON_CRASH_AT=<point>#<n>` kills the process with SIGKILL the n-th time it passes
+//!   `<point>` (`#1` may be omitted): the effect happened, its result was never seen;
+//! - `BATON_HOLD_AT=<point>#<n>:<ms>` sleeps that long there, so a test can hurt a member
+//!   while the operator is in the middle of a stage.
+//!
+//! Points are `api:<what>` or `db:<command>`, with `@<ordinal>` for the member they touch
+//! (from [`scoped`]). Unset, each hook costs one check of an empty setting.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Write;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
-fn points() -> &'static [String] {
-    static POINTS: OnceLock<Vec<String>> = OnceLock::new();
-    POINTS.get_or_init(|| {
-        std::env::var("BATON_FAILPOINTS")
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect()
+struct Settings {
+    trace: Option<Mutex<std::fs::File>>,
+    crash: Option<(String, u32)>,
+    hold: Option<((String, u32), Duration)>,
+    seen: Mutex<HashMap<String, u32>>,
+}
+
+/// `point#n`, with `#1` implied.
+fn occurrence(s: &str) -> (String, u32) {
+    match s.rsplit_once('#') {
+        Some((p, n)) if n.parse::<u32>().is_ok() => (p.to_string(), n.parse().unwrap_or(1)),
+        _ => (s.to_string(), 1),
+    }
+}
+
+fn settings() -> &'static Settings {
+    static S: OnceLock<Settings> = OnceLock::new();
+    S.get_or_init(|| {
+        let var = |k| {
+            std::env::var(k)
+                .ok()
+                .filter(|v: &String| !v.trim().is_empty())
+        };
+        Settings {
+            trace: var("BATON_TRACE").and_then(|p| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .ok()
+                    .map(Mutex::new)
+            }),
+            crash: var("BATON_CRASH_AT").map(|c| occurrence(c.trim())),
+            hold: var("BATON_HOLD_AT").and_then(|h| {
+                let (point, ms) = h.trim().rsplit_once(':')?;
+                Some((occurrence(point), Duration::from_millis(ms.parse().ok()?)))
+            }),
+            seen: Mutex::new(HashMap::new()),
+        }
     })
 }
 
-/// Exits the process at once if `point` is armed.
-pub fn hit(point: &str) {
-    if points().iter().any(|p| p == point) {
-        eprintln!("baton: failpoint {point} hit; exiting abruptly");
-        std::process::exit(137);
+tokio::task_local! {
+    static MEMBER: String;
+}
+
+/// Runs `f` with `member`'s ordinal attached to every point passed inside it.
+pub async fn scoped<F: Future>(member: &str, f: F) -> F::Output {
+    let ordinal = member.rsplit('-').next().unwrap_or(member).to_string();
+    MEMBER.scope(ordinal, f).await
+}
+
+/// Marks that the side effect `point` just took effect.
+pub async fn passed(point: &str) {
+    let s = settings();
+    if s.trace.is_none() && s.crash.is_none() && s.hold.is_none() {
+        return;
+    }
+    let point = match MEMBER.try_with(Clone::clone) {
+        Ok(m) if !point.contains('@') => format!("{point}@{m}"),
+        _ => point.to_string(),
+    };
+    let n = {
+        let mut seen = s.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let n = seen.entry(point.clone()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    if let Some(f) = &s.trace {
+        let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(f, "{point}#{n}");
+    }
+    if let Some(((p, at), pause)) = &s.hold
+        && *p == point
+        && *at == n
+    {
+        eprintln!("baton: holding {} ms at {point}#{n}", pause.as_millis());
+        tokio::time::sleep(*pause).await;
+    }
+    if let Some((p, at)) = &s.crash
+        && *p == point
+        && *at == n
+    {
+        eprintln!("baton: crash point {point}#{n}; SIGKILL");
+        // A real SIGKILL: no destructor, no flush, no goodbye to the API server.
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &std::process::id().to_string()])
+            .status();
+        std::process::abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::occurrence;
+
+    #[test]
+    fn a_point_names_its_occurrence_or_means_the_first() {
+        assert_eq!(occurrence("db:fence@0#3"), ("db:fence@0".into(), 3));
+        assert_eq!(
+            occurrence("api:status:Switchover:Fencing"),
+            ("api:status:Switchover:Fencing".into(), 1)
+        );
     }
 }

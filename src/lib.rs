@@ -16,4 +16,3 @@ pub mod status;
 pub mod telemetry;
 pub mod version;
 pub mod window;
-pub mod workload;

@@ -23,6 +23,16 @@ pub struct FailureLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EngineLabels {
+    /// `redis`, `postgresql`, …
+    pub datastore: &'static str,
+    /// `probe`, `fence`, `unfence`, `promote`, `repoint`, `publish`, …
+    pub operation: &'static str,
+    /// A fixed error class (`Unreachable`, `Timeout`, `Refused`, `KubeApi`, …).
+    pub category: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MilestoneLabels {
     /// A fixed event reason (UpgradeStarted, SwitchoverCompleted, UpgradeFailed, …).
     pub reason: &'static str,
@@ -36,6 +46,7 @@ pub struct Metrics {
     durations: Family<ControllerLabels, Histogram>,
     pub leader: Gauge<i64, AtomicI64>,
     milestones: Family<MilestoneLabels, Counter>,
+    engine_errors: Family<EngineLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -48,6 +59,12 @@ impl Default for Metrics {
         });
         let leader = Gauge::<i64, AtomicI64>::default();
         let milestones = Family::<MilestoneLabels, Counter>::default();
+        let engine_errors = Family::<EngineLabels, Counter>::default();
+        registry.register(
+            "engine_errors",
+            "Failed probes of members and failed acts on them, by datastore, operation and error class",
+            engine_errors.clone(),
+        );
         registry.register(
             "upgrade_milestones",
             "Upgrade milestones reached (started, steps, switchovers, completed, failed, reverted)",
@@ -80,6 +97,7 @@ impl Default for Metrics {
             durations,
             leader,
             milestones,
+            engine_errors,
         }
     }
 }
@@ -108,6 +126,22 @@ impl Metrics {
     pub fn milestone(&self, reason: &'static str) {
         self.milestones
             .get_or_create(&MilestoneLabels { reason })
+            .inc();
+    }
+
+    /// Records a failed probe or act.
+    pub fn engine_error(
+        &self,
+        datastore: &'static str,
+        operation: &'static str,
+        category: &'static str,
+    ) {
+        self.engine_errors
+            .get_or_create(&EngineLabels {
+                datastore,
+                operation,
+                category,
+            })
             .inc();
     }
 

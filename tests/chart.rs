@@ -2,8 +2,6 @@
 //! --dry-run=server`, `helm install`, and the operator running with exactly the chart's RBAC
 //! (a token minted for the chart's ServiceAccount).
 
-mod common;
-
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -13,7 +11,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use baton::crd::{Datastore, DatastoreVersion, DatastoreVersionSpec};
-use common::*;
+use baton_testkit::*;
 
 const CHART: &str = "charts/baton";
 

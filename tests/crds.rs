@@ -2,14 +2,12 @@
 //! resources are rejected at admission with a message that names the field, and the printer
 //! columns, short names, category and `kubectl explain` text are served.
 
-mod common;
-
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 
-use common::*;
+use baton_testkit::*;
 
 fn api_for(client: &Client, kind: &str, ns: &str) -> Api<DynamicObject> {
     let gvk = GroupVersionKind::gvk("baton.dev", "v1alpha1", kind);
@@ -244,7 +242,15 @@ async fn kubectl_explain_reads_well() {
     for (path, words) in [
         (
             "databaseinstance.spec.upgradePolicy.maxLagBytes",
-            "never promoted",
+            "pre-checks",
+        ),
+        (
+            "databaseinstance.spec.upgradePolicy.fenceTimeoutSeconds",
+            "unfenced",
+        ),
+        (
+            "databaseinstance.status.upgrade.switchover.candidate",
+            "after the fence",
         ),
         ("databaseinstance.spec.datastore.version", "rolling upgrade"),
         ("upgraderequest.spec.action", "AwaitingCommit"),

@@ -2,15 +2,13 @@
 //! does not serve Baton's CRDs. It removes the CRDs, so `make test` runs it alone, before the
 //! other suites (its target has `test = false` in Cargo.toml).
 
-mod common;
-
 use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 
-use common::*;
+use baton_testkit::*;
 
 async fn remove_crds(api: &Api<CustomResourceDefinition>) {
     for crd in baton::crd::all() {
@@ -28,7 +26,7 @@ async fn remove_crds(api: &Api<CustomResourceDefinition>) {
 async fn run_operator_to_exit() -> (Option<i32>, String) {
     let out = tokio::time::timeout(
         Duration::from_secs(60),
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        tokio::process::Command::new(operator_bin())
             .args(["run", "--listen=127.0.0.1:0", "--no-leader-election"])
             .env("KUBECONFIG", kubeconfig_path())
             .output(),

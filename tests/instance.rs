@@ -1,8 +1,6 @@
 //! DatabaseInstance end to end: the real control plane, the local node and real Redis 6.2.14 and
 //! 7.0.15. Each test runs its own operator limited to its own namespace.
 
-mod common;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -10,8 +8,8 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use baton::crd::{DatabaseInstance, DatastoreVersion, InstancePhase};
-use common::env::*;
-use common::*;
+use baton_testkit::env::*;
+use baton_testkit::*;
 
 #[tokio::test]
 async fn a_three_member_upgrade_under_writes_loses_nothing_and_upgrades_the_primary_last() {
@@ -38,7 +36,7 @@ async fn a_three_member_upgrade_under_writes_loses_nothing_and_upgrades_the_prim
     let versions = env.server_versions("db").await;
     assert_eq!(versions.len(), 3);
     assert!(versions.values().all(|v| v == TARGET), "{versions:?}");
-    assert_nothing_lost(&env, "db", &report).await;
+    assert_nothing_lost(&env, "db", &[&report]).await;
     assert!(
         worst.load(Ordering::SeqCst) <= 1,
         "{} members were not Ready at once",
@@ -133,87 +131,7 @@ async fn second_switch_ends_on_the_original_primary() {
         .filter(|(r, _)| r == "SwitchoverCompleted")
         .count();
     assert_eq!(switches, 2, "a switchover away and one back");
-    assert_nothing_lost(&env, "db", &report).await;
-    delete_namespace(&env.client, &env.ns).await;
-}
-
-#[tokio::test]
-async fn an_operator_killed_at_three_points_still_finishes_correctly() {
-    let env = Env::new("crash").await;
-    // Each point stops the operator right after it recorded an intent, before the side effect.
-    for (i, point) in [
-        "recorded:UpgradeStandby:",
-        "recorded:Switchover:Fencing",
-        "recorded:Switchover:Promoting",
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let name = format!("db{i}");
-        let op = env.operator(&format!("steady-{i}"), "");
-        env.create(&name, 3, json!({})).await;
-        env.wait_for(&name, InstancePhase::Active, SOURCE, &op)
-            .await;
-        drop(op);
-        let mut crashing = env.operator(&format!("crashing-{i}"), point);
-        let (stop, writes) = env.writer(&name);
-        env.patch_spec(
-            &name,
-            json!({"datastore": {"type": "redis", "version": TARGET}}),
-        )
-        .await;
-        let exit = tokio::time::timeout(LONG, crashing.child.wait())
-            .await
-            .expect("the failpoint fires")
-            .expect("wait");
-        assert_eq!(
-            exit.code(),
-            Some(137),
-            "{point}: {}",
-            tail(&crashing.logs(), 20)
-        );
-        let recorded = env
-            .instances
-            .get(&name)
-            .await
-            .expect("get")
-            .status
-            .and_then(|s| s.upgrade)
-            .expect("upgrade recorded");
-        let stage = format!(
-            "recorded:{}:{}",
-            recorded.step.split('/').next().unwrap_or_default(),
-            recorded
-                .switchover
-                .as_deref()
-                .and_then(|s| s.split('/').next())
-                .unwrap_or_default()
-        );
-        assert_eq!(stage, point, "the intent on record when the operator died");
-
-        let op = env.operator(&format!("resumed-{i}"), "");
-        env.wait_for(&name, InstancePhase::Active, TARGET, &op)
-            .await;
-        stop.cancel();
-        let report = writes.await.expect("writer");
-        assert!(
-            env.server_versions(&name)
-                .await
-                .values()
-                .all(|v| v == TARGET),
-            "{point}"
-        );
-        assert_nothing_lost(&env, &name, &report).await;
-        let roles: Vec<String> = env
-            .member_pods(&name)
-            .await
-            .values()
-            .filter_map(|p| p.metadata.labels.as_ref()?.get("baton.dev/role").cloned())
-            .filter(|r| r == "primary")
-            .collect();
-        assert_eq!(roles.len(), 1, "{point}: exactly one primary");
-        drop(op);
-    }
+    assert_nothing_lost(&env, "db", &[&report]).await;
     delete_namespace(&env.client, &env.ns).await;
 }
 
@@ -327,7 +245,7 @@ async fn a_single_member_upgrades_in_place_and_a_downgrade_is_refused() {
     env.wait_for("cache", InstancePhase::Active, TARGET, &op)
         .await;
     assert_eq!(env.server_versions("cache").await["cache-0"], TARGET);
-    assert_nothing_lost(&env, "cache", &report).await;
+    assert_nothing_lost(&env, "cache", &[&report]).await;
     let restarts = env.member_pods("cache").await["cache-0"]
         .status
         .as_ref()

@@ -2,8 +2,6 @@
 //! as local processes, get their own loopback address, keep their claim's data, restart on
 //! image change and on crash, and report probes in their conditions.
 
-mod common;
-
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
@@ -11,7 +9,7 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-use common::*;
+use baton_testkit::*;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -537,7 +535,7 @@ async fn a_stopped_agent_leaves_nothing_running() {
     let cache = std::env::var("BATON_CACHE")
         .unwrap_or_else(|_| format!("{}/.cache/baton", std::env::var("HOME").expect("HOME")));
     let log = std::fs::File::create(dir.path().join("agent.log")).expect("log");
-    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_baton-node"))
+    let mut agent = tokio::process::Command::new(node_bin())
         .args([
             "--node-name",
             &node,

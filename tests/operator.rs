@@ -1,14 +1,12 @@
 //! The operator process against the real API server: health, readiness and metrics endpoints,
 //! and leader election on a Lease so that two replicas never both act.
 
-mod common;
-
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 
-use common::*;
+use baton_testkit::*;
 
 async fn holder(api: &Api<Lease>) -> Option<String> {
     api.get("baton-leader")

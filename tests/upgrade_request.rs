@@ -2,8 +2,6 @@
 //! 7.0.15. The requests are the files of examples/, applied with kubectl; each test runs its own
 //! operator limited to its own namespace.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,8 +12,8 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use baton::crd::{DatastoreVersion, InstancePhase, RequestPhase, UpgradeRequest, UpgradeResult};
-use common::env::*;
-use common::*;
+use baton_testkit::env::*;
+use baton_testkit::*;
 
 fn requests(env: &Env) -> Api<UpgradeRequest> {
     Api::namespaced(env.client.clone(), &env.ns)
@@ -131,7 +129,7 @@ async fn a_single_instance_request_succeeds_and_a_second_request_for_it_fails() 
     );
     assert!(j.start_time.is_some() && j.finish_time.is_some(), "{j:?}");
     env.assert_all_run("sessions", TARGET).await;
-    assert_nothing_lost(&env, "sessions", &report).await;
+    assert_nothing_lost(&env, "sessions", &[&report]).await;
 
     // GitOps: the spec the user owns is never rewritten; the drift is explained.
     assert_eq!(inst.spec.datastore.version, SOURCE);
@@ -305,7 +303,7 @@ async fn upgrade_then_rollback_returns_every_member_and_loses_nothing() {
         st.last_upgrade.map(|l| l.result),
         Some(UpgradeResult::RolledBack)
     );
-    assert_nothing_lost(&env, "sessions", &report).await;
+    assert_nothing_lost(&env, "sessions", &[&report]).await;
     delete_namespace(&env.client, &env.ns).await;
 }
 
@@ -575,7 +573,7 @@ async fn deleting_a_running_request_stops_it_with_the_instance_healthy() {
     env.apply_example("upgrade-request.yaml");
     let started = eventually(LONG, || async {
         let u = env.instances.get("sessions").await.ok()?.status?.upgrade?;
-        u.step.starts_with("UpgradeStandby").then_some(())
+        (u.step.kind == baton::crd::StepKind::UpgradeStandby).then_some(())
     })
     .await;
     assert!(started.is_some(), "the upgrade never started");
@@ -711,7 +709,7 @@ async fn in_place_restarts_every_member_together_and_says_it_is_an_outage() {
         .expect("status");
     assert_eq!(st.primary.as_deref(), Some("cache-0"));
     env.assert_all_run("cache", TARGET).await;
-    assert_nothing_lost(&env, "cache", &report).await;
+    assert_nothing_lost(&env, "cache", &[&report]).await;
     delete_namespace(&env.client, &env.ns).await;
 }
 

@@ -1,6 +1,7 @@
 //! The state every reconcile shares, built once at start-up.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Client;
@@ -23,6 +24,9 @@ pub struct Context {
     pub namespace: Option<String>,
     /// The time maintenance windows, step timeouts and status timestamps are read from.
     pub clock: Clock,
+    /// The last failed act of each object (`namespace/name`), until an act succeeds: the next
+    /// pass reports it in status, and an Event is published only when it changes.
+    act_errors: Mutex<HashMap<String, String>>,
 }
 
 impl Context {
@@ -43,6 +47,25 @@ impl Context {
             backoffs: Backoffs::default(),
             namespace,
             clock: Clock::from_env(),
+            act_errors: Mutex::default(),
+        }
+    }
+
+    /// The last failed act of `key`, if the last act failed.
+    pub fn act_error(&self, key: &str) -> Option<String> {
+        let map = self.act_errors.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(key).cloned()
+    }
+
+    /// Records the outcome of an act of `key`; true when the error is new (worth an Event).
+    pub fn set_act_error(&self, key: &str, error: Option<String>) -> bool {
+        let mut map = self.act_errors.lock().unwrap_or_else(|p| p.into_inner());
+        match error {
+            None => {
+                map.remove(key);
+                false
+            }
+            Some(e) => map.insert(key.to_string(), e.clone()).as_ref() != Some(&e),
         }
     }
 

@@ -178,6 +178,16 @@ pub(crate) async fn publish(
     note: String,
 ) {
     let action: String = note.chars().take(40).collect();
+    // The API server refuses a note over 1024 bytes.
+    let note = if note.len() > 1024 {
+        let mut cut = 1020;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{}…", &note[..cut])
+    } else {
+        note
+    };
     let ev = Event {
         type_,
         reason: reason.into(),
@@ -191,7 +201,7 @@ pub(crate) async fn publish(
 }
 
 /// An error with its sources, `outer: inner: innermost`, for one log field.
-fn chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {

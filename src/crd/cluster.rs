@@ -1,11 +1,10 @@
 //! Cluster: a sharded database, each shard an HA DatabaseInstance that the Cluster owns.
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Conditions, DatastoreRef, MaintenanceWindow, StorageSpec, UpgradePolicy};
+use super::common::{Conditions, DatastoreRef, MaintenanceWindow, MemberResources, UpgradePolicy};
 
 /// The desired state of a sharded database: the datastore version, the number of shards and the
 /// members per shard.
@@ -48,13 +47,9 @@ pub struct ClusterSpec {
     #[schemars(range(min = 1, max = 9))]
     pub replicas_per_shard: i32,
 
-    /// The volume of each member.
-    #[serde(default)]
-    pub storage: StorageSpec,
-
-    /// CPU and memory requests and limits of each database container.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<ResourceRequirements>,
+    /// Each member's volume and container resources (`storage`, `resources`).
+    #[serde(flatten)]
+    pub members: MemberResources,
 
     /// The weekly window (UTC) in which scheduled upgrades may run steps. Omit for none.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,6 +1,7 @@
 //! Types shared by several Baton resources: datastore kinds, version references, maintenance
 //! windows, upgrade policy, storage, and the status conditions every resource reports.
 
+use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::KubeSchema;
 use schemars::JsonSchema;
@@ -124,11 +125,27 @@ pub struct UpgradePolicy {
     pub primary_update_method: PrimaryUpdateMethod,
 
     /// The largest replication lag, in bytes of the primary's replication stream, that still
-    /// counts as caught up. A standby further behind is never promoted and blocks the upgrade's
-    /// pre-checks. Default 0: a standby must have everything the primary has.
+    /// counts as caught up, for datastores that count lag in bytes (Redis, PostgreSQL). A
+    /// standby further behind blocks the upgrade's pre-checks and is never fenced for. Default
+    /// 0: a standby must have everything the primary has. A candidate is promoted only once it
+    /// has everything the fenced primary wrote, whatever this bound.
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub max_lag_bytes: i64,
+
+    /// The largest replication lag, in transactions, that still counts as caught up, for
+    /// datastores that count lag in transactions (MariaDB and MySQL GTID replication). Same
+    /// rules as `maxLagBytes`. Default 0.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub max_lag_transactions: i64,
+
+    /// How long writes may stay fenced during a switchover, in seconds (5 to 3600), before
+    /// Baton undoes the switchover — the old primary is unfenced and stays primary — and the
+    /// step fails with the reason. Default 60.
+    #[serde(default = "default_fence_timeout")]
+    #[schemars(range(min = 5, max = 3600))]
+    pub fence_timeout_seconds: i32,
 
     /// How long one step (one member restarted and caught up, or one switchover) may take
     /// before the upgrade stops in phase Error, in seconds (10 to 86400). Default 600.
@@ -146,11 +163,17 @@ fn default_step_timeout() -> i32 {
     600
 }
 
+fn default_fence_timeout() -> i32 {
+    60
+}
+
 impl Default for UpgradePolicy {
     fn default() -> Self {
         UpgradePolicy {
             primary_update_method: PrimaryUpdateMethod::default(),
             max_lag_bytes: 0,
+            max_lag_transactions: 0,
+            fence_timeout_seconds: default_fence_timeout(),
             step_timeout_seconds: default_step_timeout(),
             second_switch: false,
         }
@@ -177,6 +200,21 @@ impl Default for StorageSpec {
             storage_class_name: None,
         }
     }
+}
+
+/// What each member of a database gets, shared by DatabaseInstance and Cluster: its volume
+/// and its database container's resources.
+#[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberResources {
+    /// The volume of each member (one PersistentVolumeClaim per member, kept across restarts
+    /// and upgrades).
+    #[serde(default)]
+    pub storage: StorageSpec,
+
+    /// CPU and memory requests and limits of each database container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
 }
 
 /// The standard condition list, merged by `type` so several writers can share it.

@@ -1,12 +1,11 @@
 //! DatabaseInstance: one database, single or primary + standbys, and what Baton observed of it.
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Conditions, DatastoreRef, MaintenanceWindow, StorageSpec, UpgradePolicy};
+use super::common::{Conditions, DatastoreRef, MaintenanceWindow, MemberResources, UpgradePolicy};
 use super::upgrade_request::UpgradeType;
 
 /// The desired state of one database: which datastore version, how many members, their storage
@@ -50,14 +49,9 @@ pub struct DatabaseInstanceSpec {
     #[schemars(range(min = 1, max = 9))]
     pub replicas: i32,
 
-    /// The volume of each member (one PersistentVolumeClaim per member, kept across restarts
-    /// and upgrades).
-    #[serde(default)]
-    pub storage: StorageSpec,
-
-    /// CPU and memory requests and limits of each database container.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<ResourceRequirements>,
+    /// Each member's volume and container resources (`storage`, `resources`).
+    #[serde(flatten)]
+    pub members: MemberResources,
 
     /// The weekly window (UTC) in which scheduled upgrades may run steps. Omit for none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,9 +105,115 @@ pub struct MemberStatus {
     /// Whether the member's pod is Ready.
     #[serde(default)]
     pub ready: bool,
-    /// For a standby, how far behind the primary it is, in bytes of the replication stream.
+    /// For a standby, how far behind the primary it is in bytes of the replication stream
+    /// (Redis, PostgreSQL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag_bytes: Option<i64>,
+    /// For a standby, how many transactions behind the primary it is (MariaDB, MySQL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_transactions: Option<i64>,
+    /// True while the member refuses client writes by Baton's fence. Every member starts
+    /// fenced; Baton lifts the fence only on the one primary it has confirmed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fenced: bool,
+    /// Why Baton could not probe the member's server, when it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The kind of an upgrade step.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StepKind {
+    /// Checking the members before anything is touched.
+    #[default]
+    PreCheck,
+    /// Restarting one standby (`member`) on the version being rolled out.
+    UpgradeStandby,
+    /// Stopped before the primary is touched until an UpgradeRequest's action moves to Commit.
+    AwaitingCommit,
+    /// Handing the primary role to an upgraded standby.
+    Switchover,
+    /// Restarting the primary (`member`) in place (a single member, or `Restart`).
+    RestartPrimary,
+    /// Restarting every member at once (an `InPlace` upgrade).
+    RestartAll,
+    /// Handing the primary role back to the original primary (`secondSwitch`).
+    SwitchBack,
+}
+
+/// One step of an upgrade: its kind and, where the step is about one member, that member.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeStep {
+    /// `PreCheck`, `UpgradeStandby`, `AwaitingCommit`, `Switchover`, `RestartPrimary`,
+    /// `RestartAll` or `SwitchBack`.
+    pub kind: StepKind,
+    /// The member the step restarts (`UpgradeStandby`, `RestartPrimary`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+}
+
+impl UpgradeStep {
+    pub fn of(kind: StepKind) -> UpgradeStep {
+        UpgradeStep { kind, member: None }
+    }
+
+    pub fn on(kind: StepKind, member: &str) -> UpgradeStep {
+        UpgradeStep {
+            kind,
+            member: Some(member.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for UpgradeStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.member {
+            Some(m) => write!(f, "{:?} {m}", self.kind),
+            None => write!(f, "{:?}", self.kind),
+        }
+    }
+}
+
+/// A stage of a switchover.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwitchoverStage {
+    /// Writes are being fenced on the primary.
+    Fencing,
+    /// The candidate, chosen after the fence, is catching up to the fence position.
+    CatchingUp,
+    /// The candidate is being promoted (still fenced); it is the recorded primary from here.
+    Promoting,
+    /// The other members are being pointed at the new primary, and the read-write label moves.
+    Repointing,
+    /// The new primary, confirmed as the only primary, gets its fence lifted.
+    Unfencing,
+    /// The datastore's own handover (a native failover) is in flight.
+    Handover,
+}
+
+/// A switchover in flight.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SwitchoverState {
+    /// `Fencing`, `CatchingUp`, `Promoting`, `Repointing`, `Unfencing` or `Handover`.
+    pub stage: SwitchoverStage,
+    /// The primary handing over its role.
+    pub from: String,
+    /// The standby chosen, after the fence, to become primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<String>,
+    /// The primary's replication position once fenced, as its datastore prints it; the
+    /// candidate is promoted only when it has reached it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_position: Option<String>,
+    /// When writes were fenced; `upgradePolicy.fenceTimeoutSeconds` counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced_at: Option<Time>,
+    /// The switchover is being undone: `from` becomes primary again (the candidate never took
+    /// a write), and the step then fails with `failure`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undoing: Option<String>,
 }
 
 /// The upgrade in flight on an instance: where it started, where it goes, and the step it is at.
@@ -132,24 +232,18 @@ pub struct UpgradeInFlight {
     /// The job id of the UpgradeRequest's job for this instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
-    /// The current step, for example `UpgradeStandby/db-1`, `Switchover/db-1`.
-    pub step: String,
+    /// The current step.
+    #[serde(default)]
+    pub step: UpgradeStep,
     /// When the current step started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_started: Option<Time>,
     /// The primary when the upgrade started (where `secondSwitch` returns the role).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original_primary: Option<String>,
-    /// During a switchover: `Fencing`, `CatchingUp`, `Promoting` or `Unfencing`.
+    /// The switchover in flight, during a `Switchover` or `SwitchBack` step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub switchover: Option<String>,
-    /// During a switchover: the standby chosen, after the fence, to become primary.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub candidate: Option<String>,
-    /// During a switchover: the primary's replication position once fenced; the candidate is
-    /// promoted only when it has reached it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fence_offset: Option<i64>,
+    pub switchover: Option<SwitchoverState>,
     /// Why the upgrade stopped, when it failed (phase Error). Setting the spec version back to
     /// `sourceVersion` returns every member to it (for an UpgradeRequest, Baton does so itself
     /// while the primary is still on the source version).
@@ -185,18 +279,16 @@ pub struct UpgradeInFlight {
 }
 
 impl UpgradeInFlight {
-    /// An upgrade from `source` to `target` at its first step.
+    /// An upgrade from `source` to `target` at its first step (the pre-check).
     pub fn new(source: &str, target: &str, primary: &str, started: Time) -> UpgradeInFlight {
         UpgradeInFlight {
             source_version: source.into(),
             target_version: target.into(),
             request: None,
-            step: String::new(),
+            step: UpgradeStep::default(),
             step_started: Some(started),
             original_primary: Some(primary.into()),
             switchover: None,
-            candidate: None,
-            fence_offset: None,
             failure: None,
             job: None,
             aborted: None,
@@ -213,6 +305,39 @@ impl UpgradeInFlight {
     pub fn kind(&self) -> UpgradeType {
         self.type_.unwrap_or_default()
     }
+
+    /// The step and, during a switchover, its stage, in words (`UpgradeStandby db-1`,
+    /// `Switchover: CatchingUp db-2`).
+    pub fn describe(&self) -> String {
+        match &self.switchover {
+            Some(sw) => {
+                let who = match sw.stage {
+                    SwitchoverStage::Fencing => sw.from.as_str(),
+                    _ => sw.candidate.as_deref().unwrap_or(sw.from.as_str()),
+                };
+                format!("{}: {:?} {who}", self.step, sw.stage)
+            }
+            None => self.step.to_string(),
+        }
+    }
+}
+
+/// A member Baton will not repoint: it took writes the primary does not have, so a resync
+/// would throw them away. It stays fenced until a person decides (see the operations guide).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct QuarantinedMember {
+    /// The member's pod name.
+    pub member: String,
+    /// What Baton saw.
+    pub reason: String,
+    /// When Baton saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
+    /// The UID of the member's claim at the time: deleting the claim (a decision to discard
+    /// the member's data) releases the quarantine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_uid: Option<String>,
 }
 
 /// How an upgrade ended.
@@ -281,6 +406,9 @@ pub struct DatabaseInstanceStatus {
     /// How the last upgrade ended (an UpgradeRequest reads its job's outcome here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_upgrade: Option<UpgradeOutcome>,
+    /// Members that took writes the primary does not have: fenced, never repointed by Baton.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quarantine: Vec<QuarantinedMember>,
     /// Standard conditions: `Ready`, `Progressing`, `Degraded`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]

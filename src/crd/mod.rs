@@ -13,12 +13,13 @@ pub mod upgrade_request;
 
 pub use cluster::{Cluster, ClusterSpec, ClusterStatus, ClusterTask};
 pub use common::{
-    Datastore, DatastoreRef, MaintenanceWindow, PrimaryUpdateMethod, StorageSpec, UpgradePolicy,
-    VERSION_PATTERN, Weekday,
+    Datastore, DatastoreRef, MaintenanceWindow, MemberResources, PrimaryUpdateMethod, StorageSpec,
+    UpgradePolicy, VERSION_PATTERN, Weekday,
 };
 pub use database_instance::{
     DatabaseInstance, DatabaseInstanceSpec, DatabaseInstanceStatus, InstancePhase, MemberRole,
-    MemberStatus, UpgradeInFlight, UpgradeOutcome, UpgradeResult,
+    MemberStatus, QuarantinedMember, StepKind, SwitchoverStage, SwitchoverState, UpgradeInFlight,
+    UpgradeOutcome, UpgradeResult, UpgradeStep,
 };
 pub use datastore_version::{
     DatastoreVersion, DatastoreVersionSpec, DatastoreVersionStatus, UpgradeEdge,

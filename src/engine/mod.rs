@@ -1,13 +1,35 @@
-//! Datastore engines: how Baton talks to a database as a network client — probe a member
-//! (role, replication position, version, health), make it replicate from another, fence and
-//! unfence writes, promote — and how a member's container is declared. Redis first; PostgreSQL,
-//! MySQL and MariaDB plug in behind the same enum.
+//! Datastore engines: everything Baton knows about one datastore, behind one boundary the
+//! planner never looks past.
+//!
+//! An engine is a trait object ([`Engine`]), one module per datastore, chosen by
+//! [`for_datastore`]. It answers, over the network as a client: what a member is (role, the
+//! version the server reports, replication position, whether writes are fenced), and it fences,
+//! unfences, promotes and repoints members. Without I/O it says what a position is
+//! ([`Position`]), where the position at which writes stopped is read ([`Engine::fence_position`]),
+//! which switchover protocol the datastore has, which strategy a version step needs, and what a
+//! member's container looks like. Adding a datastore is one module implementing [`Engine`], one
+//! line in [`for_datastore`], and its image lines for the local node.
+//!
+//! Every member boots fenced and, where the engine can, already following the primary named in
+//! the instance's topology ConfigMap ([`topology_env`]): a restart — by an upgrade, a crash,
+//! the node — never yields a second writable member. Only the operator lifts a fence, and only
+//! on the member it has confirmed as the one primary.
 
+pub mod position;
 pub mod redis;
 
-use std::net::Ipv4Addr;
+use std::fmt;
+use std::net::IpAddr;
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::{
+    ConfigMapKeySelector, Container, EnvVar, EnvVarSource, ObjectFieldSelector, Pod,
+};
+
+pub use position::{Lag, ParsePositionError, Position};
 
 use crate::crd::Datastore;
+use crate::version::Version;
 
 /// A member's role as the server itself reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,96 +38,333 @@ pub enum Role {
     Standby,
 }
 
+/// Where a member listens: a host name or an IPv4 or IPv6 address, and a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    pub fn new(host: impl Into<String>, port: u16) -> Endpoint {
+        Endpoint {
+            host: host.into(),
+            port,
+        }
+    }
+
+    /// Whether `host` (as a server reports the primary it follows) names this endpoint's host.
+    /// Addresses compare as addresses (`::1` == `0:0:0:0:0:0:0:1`), names case-insensitively.
+    pub fn is_host(&self, host: &str) -> bool {
+        match (self.host.parse::<IpAddr>(), host.parse::<IpAddr>()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => self.host.eq_ignore_ascii_case(host),
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.host.parse::<IpAddr>() {
+            Ok(IpAddr::V6(v6)) => write!(f, "[{v6}]:{}", self.port),
+            _ => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// A login read from a Secret at connect time. Never printed: `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: Option<String>,
+    pub password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A member as an engine reaches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub endpoint: Endpoint,
+    pub credentials: Option<Credentials>,
+}
+
+impl Target {
+    pub fn new(endpoint: Endpoint) -> Target {
+        Target {
+            endpoint,
+            credentials: None,
+        }
+    }
+}
+
 /// What one probe of a member found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Probe {
     pub role: Role,
     /// The server's own version string.
     pub version: String,
-    /// A primary's write position, or a standby's applied position, in replication-stream bytes.
-    pub offset: i64,
-    /// For a standby: the primary it follows and whether its link is up (not syncing).
-    pub following: Option<Ipv4Addr>,
-    pub link_up: bool,
-    /// Whether writes are fenced on this member.
+    /// A primary's write position; a standby's applied (replayed) position.
+    pub position: Position,
+    /// A standby's received but not necessarily applied position, where the datastore tells
+    /// the two apart (PostgreSQL); None elsewhere.
+    pub received: Option<Position>,
+    /// For a standby: the host of the primary it follows.
+    pub following: Option<String>,
+    /// For a standby: its link to the primary is up and it is streaming (not in a full sync).
+    pub streaming: bool,
+    /// Writes are fenced: no client can write to this member.
     pub fenced: bool,
 }
 
+impl Probe {
+    /// Accepts client writes right now.
+    pub fn writable(&self) -> bool {
+        self.role == Role::Primary && !self.fenced
+    }
+}
+
+/// How a version step is performed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// One member at a time with a switchover: replication works across the two versions.
+    Rolling,
+    /// Every member stopped and converted (a PostgreSQL major version): an outage.
+    Offline,
+}
+
+/// How the primary role moves to another member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwitchoverProtocol {
+    /// Baton's own: fence the primary, choose the candidate by position after the fence, wait
+    /// until it has the fenced position, promote it, repoint the others, then unfence it.
+    Guarded,
+    /// The datastore's own handshake, sent to the candidate (Redis Cluster's `CLUSTER FAILOVER`
+    /// does fence, catch-up and promotion at once); Baton confirms the outcome by roles.
+    Native,
+}
+
+/// What an engine call failed on. Messages never carry credentials.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("cannot reach {addr}: {source}")]
+    #[error("cannot reach {endpoint}")]
     Unreachable {
-        addr: Ipv4Addr,
+        endpoint: String,
         #[source]
-        source: ::redis::RedisError,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("{addr} answered {command} with an error: {source}")]
+    #[error("{endpoint} answered {command} with an error")]
     Command {
-        addr: Ipv4Addr,
+        endpoint: String,
         command: &'static str,
         #[source]
-        source: ::redis::RedisError,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("{addr} timed out")]
-    Timeout { addr: Ipv4Addr },
-    #[error("{addr} reported an unreadable {what}")]
-    Unreadable { addr: Ipv4Addr, what: &'static str },
-    #[error("datastore {0} has no engine yet")]
-    Unsupported(Datastore),
+    #[error("{endpoint} did not answer {command} in time")]
+    Timeout {
+        endpoint: String,
+        command: &'static str,
+    },
+    #[error("{endpoint} reported an unreadable {what}")]
+    Unreadable {
+        endpoint: String,
+        what: &'static str,
+    },
+    /// The engine's own check before an act that could let writes in, or throw data away.
+    #[error("{endpoint}: refused to {act}: {why}")]
+    Refused {
+        endpoint: String,
+        act: &'static str,
+        why: String,
+    },
+    #[error("datastore {datastore} has no {what}")]
+    Unsupported {
+        datastore: Datastore,
+        what: &'static str,
+    },
+}
+
+impl EngineError {
+    /// A fixed name for metric labels.
+    pub fn category(&self) -> &'static str {
+        match self {
+            EngineError::Unreachable { .. } => "Unreachable",
+            EngineError::Command { .. } => "Command",
+            EngineError::Timeout { .. } => "Timeout",
+            EngineError::Unreadable { .. } => "Unreadable",
+            EngineError::Refused { .. } => "Refused",
+            EngineError::Unsupported { .. } => "Unsupported",
+        }
+    }
+}
+
+/// What an engine needs to build a member's container.
+#[derive(Debug, Clone, Copy)]
+pub struct MemberTemplate<'a> {
+    /// The instance's topology ConfigMap (see [`topology_env`]).
+    pub topology: &'a str,
+}
+
+/// The ConfigMap key naming the primary's pod.
+pub const TOPOLOGY_PRIMARY_POD: &str = "primaryPod";
+/// The ConfigMap key with the primary's host (its address).
+pub const TOPOLOGY_PRIMARY_HOST: &str = "primaryHost";
+/// The ConfigMap key listing quarantined members (space-separated pod names): they boot
+/// following nobody, so a restart never resyncs their writes away.
+pub const TOPOLOGY_QUARANTINED: &str = "quarantined";
+
+/// The environment every member gets: its own pod name and address, and the primary recorded
+/// in the topology ConfigMap (`BATON_PRIMARY_POD`, `BATON_PRIMARY_HOST`, and the quarantined
+/// members `BATON_QUARANTINED`, all optional), read at every container start, so a member
+/// restarted for any reason boots following the primary Baton last recorded.
+pub fn topology_env(configmap: &str) -> Vec<EnvVar> {
+    let field = |name: &str, path: &str| EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let key = |name: &str, key: &str| EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            config_map_key_ref: Some(ConfigMapKeySelector {
+                name: configmap.into(),
+                key: key.into(),
+                optional: Some(true),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    vec![
+        field("POD_NAME", "metadata.name"),
+        field("POD_IP", "status.podIP"),
+        key("BATON_PRIMARY_POD", TOPOLOGY_PRIMARY_POD),
+        key("BATON_PRIMARY_HOST", TOPOLOGY_PRIMARY_HOST),
+        key("BATON_QUARANTINED", TOPOLOGY_QUARANTINED),
+    ]
+}
+
+/// A datastore engine. The I/O methods talk to one member as a network client; the others
+/// are pure.
+#[async_trait]
+pub trait Engine: Send + Sync + fmt::Debug {
+    fn datastore(&self) -> Datastore;
+
+    /// The port members listen on (clients, peers and probes).
+    fn port(&self) -> u16;
+
+    /// A member's database container, without image and resources (the caller sets them). It
+    /// boots fenced, following the topology ConfigMap's primary where the engine can.
+    fn container(&self, m: &MemberTemplate<'_>) -> Container;
+
+    /// Reads back a position this engine printed (`Display` of its [`Position`]).
+    fn parse_position(&self, text: &str) -> Result<Position, ParsePositionError>;
+
+    /// The position at which writes stopped on a fenced member, from what was observed of it:
+    /// by default the fenced server's own position. An engine whose fence stops the server
+    /// reads it elsewhere (the pod's termination message).
+    fn fence_position(&self, probe: Option<&Probe>, _pod: Option<&Pod>) -> Option<Position> {
+        probe
+            .filter(|p| p.fenced && p.role == Role::Primary)
+            .map(|p| p.position.clone())
+    }
+
+    /// How the step `from` → `to` is performed.
+    fn strategy(&self, _from: &Version, _to: &Version) -> Strategy {
+        Strategy::Rolling
+    }
+
+    /// How the primary role moves.
+    fn switchover_protocol(&self) -> SwitchoverProtocol {
+        SwitchoverProtocol::Guarded
+    }
+
+    /// What the member is now.
+    async fn probe(&self, t: &Target) -> Result<Probe, EngineError>;
+
+    /// Stops every client write, in a way no client can bypass. Idempotent.
+    async fn fence(&self, t: &Target) -> Result<(), EngineError>;
+
+    /// Lets writes in again. Refuses unless the server reports itself primary.
+    async fn unfence(&self, t: &Target) -> Result<(), EngineError>;
+
+    /// Makes a standby a primary, still fenced. Idempotent.
+    async fn promote(&self, t: &Target) -> Result<(), EngineError>;
+
+    /// Makes the member follow `primary`. Refuses a member that accepts writes (its writes
+    /// would be thrown away by the resync).
+    async fn repoint(&self, t: &Target, primary: &Endpoint) -> Result<(), EngineError>;
+
+    /// The datastore's own switchover handshake, sent to the candidate
+    /// ([`SwitchoverProtocol::Native`] only).
+    async fn failover(&self, _t: &Target) -> Result<(), EngineError> {
+        Err(EngineError::Unsupported {
+            datastore: self.datastore(),
+            what: "native failover",
+        })
+    }
 }
 
 /// The engine of a datastore.
-#[derive(Debug, Clone, Copy)]
-pub enum Engine {
-    Redis(redis::Redis),
+pub fn for_datastore(ds: Datastore) -> Result<&'static dyn Engine, EngineError> {
+    static REDIS: redis::Redis = redis::Redis;
+    match ds {
+        Datastore::Redis => Ok(&REDIS),
+        other => Err(EngineError::Unsupported {
+            datastore: other,
+            what: "engine in this version of Baton",
+        }),
+    }
 }
 
-impl Engine {
-    pub fn for_datastore(ds: Datastore) -> Result<Engine, EngineError> {
-        match ds {
-            Datastore::Redis => Ok(Engine::Redis(redis::Redis)),
-            other => Err(EngineError::Unsupported(other)),
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_print_and_compare_ipv4_ipv6_and_names() {
+        assert_eq!(
+            Endpoint::new("127.2.0.3", 6379).to_string(),
+            "127.2.0.3:6379"
+        );
+        assert_eq!(Endpoint::new("fd00::3", 6379).to_string(), "[fd00::3]:6379");
+        assert_eq!(
+            Endpoint::new("db-0.db-headless", 5432).to_string(),
+            "db-0.db-headless:5432"
+        );
+        assert!(Endpoint::new("fd00::3", 1).is_host("fd00:0:0:0:0:0:0:3"));
+        assert!(Endpoint::new("DB-0.svc", 1).is_host("db-0.svc"));
+        assert!(!Endpoint::new("127.2.0.3", 1).is_host("127.2.0.4"));
     }
 
-    pub async fn probe(&self, addr: Ipv4Addr) -> Result<Probe, EngineError> {
-        match self {
-            Engine::Redis(e) => e.probe(addr).await,
-        }
+    #[test]
+    fn credentials_never_print_their_password() {
+        let c = Credentials {
+            username: Some("baton".into()),
+            password: "s3cr3t-value".into(),
+        };
+        assert!(!format!("{c:?}").contains("s3cr3t"));
     }
 
-    pub async fn replicate_from(
-        &self,
-        addr: Ipv4Addr,
-        primary: Ipv4Addr,
-    ) -> Result<(), EngineError> {
-        match self {
-            Engine::Redis(e) => e.replicate_from(addr, primary).await,
-        }
-    }
-
-    pub async fn promote(&self, addr: Ipv4Addr) -> Result<(), EngineError> {
-        match self {
-            Engine::Redis(e) => e.promote(addr).await,
-        }
-    }
-
-    pub async fn fence(&self, addr: Ipv4Addr) -> Result<(), EngineError> {
-        match self {
-            Engine::Redis(e) => e.set_fence(addr, true).await,
-        }
-    }
-
-    pub async fn unfence(&self, addr: Ipv4Addr) -> Result<(), EngineError> {
-        match self {
-            Engine::Redis(e) => e.set_fence(addr, false).await,
-        }
-    }
-
-    /// The container of a member: name, port, args, readiness probe, data mount path.
-    pub fn container(&self) -> serde_json::Value {
-        match self {
-            Engine::Redis(e) => e.container(),
-        }
+    #[test]
+    fn redis_has_an_engine_and_the_others_say_they_have_none_yet() {
+        assert_eq!(
+            for_datastore(Datastore::Redis).unwrap().datastore(),
+            Datastore::Redis
+        );
+        let e = for_datastore(Datastore::Postgresql).unwrap_err();
+        assert!(e.to_string().contains("postgresql"), "{e}");
     }
 }

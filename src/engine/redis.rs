@@ -1,18 +1,31 @@
 //! The Redis engine: primary/replica replication driven with `REPLICAOF`, probed with
-//! `INFO replication`, fenced by making the primary refuse writes.
+//! `INFO replication`, fenced by making a primary refuse writes.
 //!
-//! The fence is `min-replicas-to-write` set impossibly high: the primary answers every write
-//! with `NOREPLICAS` at once (clients see an error and retry elsewhere, nothing blocks), and
-//! unlike `CLIENT PAUSE` it has no timeout, so an operator that stops mid-switchover never leaves
-//! two primaries accepting writes; the next pass finds the fence still in place and finishes.
+//! The fence is `min-replicas-to-write` set impossibly high: a primary answers every write with
+//! `NOREPLICAS` at once (clients see an error and retry elsewhere, nothing blocks), and unlike
+//! `CLIENT PAUSE` it has no timeout, so an operator that stops mid-switchover never leaves two
+//! primaries accepting writes. Every member *boots* with that setting in its arguments, and the
+//! setting survives `REPLICAOF NO ONE`, so a restarted member, or a freshly promoted one, takes
+//! no write until the operator has confirmed it is the one primary and unfences it.
+//!
+//! A position is the replication ID with the offset in it (`master_replid:offset`); a promoted
+//! primary also reports its former history (`master_replid2` up to `second_repl_offset - 1`),
+//! which is how a promotion is shown to have kept everything the fenced primary wrote.
 
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, ExecAction, Probe as K8sProbe, VolumeMount,
+};
 use redis::aio::MultiplexedConnection;
-use serde_json::json;
+use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 
-use super::{EngineError, Probe, Role};
+use super::{
+    Endpoint, Engine, EngineError, MemberTemplate, ParsePositionError, Position, Probe, Role,
+    Target, topology_env,
+};
+use crate::crd::Datastore;
 
 /// Port every Redis member listens on (each pod has its own address).
 pub const PORT: u16 = 6379;
@@ -20,33 +33,66 @@ pub const PORT: u16 = 6379;
 const FENCE_REPLICAS: i64 = 1_000_000;
 const TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Boots `redis-server` through the image's entrypoint, following the recorded primary unless
+/// this member is it. The fence is in the arguments (`$@`), so it applies either way.
+/// Boots `redis-server` through the image's entrypoint, following the recorded primary unless
+/// this member is it or is quarantined. The fence is in the arguments (`$@`), so it applies
+/// either way.
+const BOOT: &str = r#"follow=yes
+case " $BATON_QUARANTINED " in *" $POD_NAME "*) follow=no ;; esac
+if [ "$follow" = yes ] && [ -n "$BATON_PRIMARY_HOST" ] && [ -n "$BATON_PRIMARY_POD" ] && [ "$BATON_PRIMARY_POD" != "$POD_NAME" ]; then
+  set -- "$@" --replicaof "$BATON_PRIMARY_HOST" 6379
+fi
+exec docker-entrypoint.sh redis-server "$@""#;
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Redis;
 
-async fn connect(addr: Ipv4Addr) -> Result<MultiplexedConnection, EngineError> {
-    let client = redis::Client::open(format!("redis://{addr}:{PORT}/"))
-        .map_err(|source| EngineError::Unreachable { addr, source })?;
+async fn connect(t: &Target) -> Result<MultiplexedConnection, EngineError> {
+    let endpoint = t.endpoint.to_string();
+    let unreachable = |e: redis::RedisError| EngineError::Unreachable {
+        endpoint: endpoint.clone(),
+        source: Box::new(e),
+    };
+    let mut settings = RedisConnectionInfo::default();
+    if let Some(c) = &t.credentials {
+        if let Some(u) = &c.username {
+            settings = settings.set_username(u);
+        }
+        settings = settings.set_password(&c.password);
+    }
+    let info = ConnectionAddr::Tcp(t.endpoint.host.clone(), t.endpoint.port)
+        .into_connection_info()
+        .map_err(unreachable)?
+        .set_redis_settings(settings);
+    let client = redis::Client::open(info).map_err(unreachable)?;
     match tokio::time::timeout(TIMEOUT, client.get_multiplexed_async_connection()).await {
         Ok(Ok(c)) => Ok(c),
-        Ok(Err(source)) => Err(EngineError::Unreachable { addr, source }),
-        Err(_) => Err(EngineError::Timeout { addr }),
+        Ok(Err(e)) => Err(unreachable(e)),
+        Err(_) => Err(EngineError::Timeout {
+            endpoint,
+            command: "connect",
+        }),
     }
 }
 
-async fn query<T: redis::FromRedisValue>(
-    addr: Ipv4Addr,
+async fn run<T: redis::FromRedisValue>(
+    c: &mut MultiplexedConnection,
+    t: &Target,
     command: &'static str,
     cmd: &redis::Cmd,
 ) -> Result<T, EngineError> {
-    let mut c = connect(addr).await?;
-    match tokio::time::timeout(TIMEOUT, cmd.query_async::<T>(&mut c)).await {
+    match tokio::time::timeout(TIMEOUT, cmd.query_async::<T>(c)).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(source)) => Err(EngineError::Command {
-            addr,
+        Ok(Err(e)) => Err(EngineError::Command {
+            endpoint: t.endpoint.to_string(),
             command,
-            source,
+            source: Box::new(e),
         }),
-        Err(_) => Err(EngineError::Timeout { addr }),
+        Err(_) => Err(EngineError::Timeout {
+            endpoint: t.endpoint.to_string(),
+            command,
+        }),
     }
 }
 
@@ -57,9 +103,37 @@ pub fn info_field<'a>(info: &'a str, key: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
+/// The history a server reports, as a position: `master_replid` with `offset_key`'s value, and
+/// the former history if it has one.
+fn position(info: &str, offset_key: &'static str) -> Option<Position> {
+    let replid = info_field(info, "master_replid")?.to_string();
+    let offset: u64 = info_field(info, offset_key)?.parse().ok()?;
+    let previous = match (
+        info_field(info, "master_replid2"),
+        info_field(info, "second_repl_offset").and_then(|v| v.parse::<i64>().ok()),
+    ) {
+        (Some(id), Some(second)) if second > 0 && id.bytes().any(|b| b != b'0') => {
+            Some((id.to_string(), second as u64))
+        }
+        _ => None,
+    };
+    Some(Position::Redis {
+        replid,
+        offset,
+        previous,
+    })
+}
+
 /// Parses `INFO server` + `INFO replication` + the fence setting into a probe.
-pub fn parse_probe(addr: Ipv4Addr, info: &str, fence_setting: i64) -> Result<Probe, EngineError> {
-    let bad = |what| EngineError::Unreadable { addr, what };
+pub fn parse_probe(
+    endpoint: &Endpoint,
+    info: &str,
+    fence_setting: i64,
+) -> Result<Probe, EngineError> {
+    let bad = |what| EngineError::Unreadable {
+        endpoint: endpoint.to_string(),
+        what,
+    };
     let version = info_field(info, "redis_version")
         .ok_or(bad("redis_version"))?
         .to_string();
@@ -68,19 +142,18 @@ pub fn parse_probe(addr: Ipv4Addr, info: &str, fence_setting: i64) -> Result<Pro
         Some("slave") => Role::Standby,
         _ => return Err(bad("role")),
     };
-    let (offset, following, link_up) = match role {
+    let (position, following, streaming) = match role {
         Role::Primary => (
-            info_field(info, "master_repl_offset")
-                .and_then(|v| v.parse().ok())
-                .ok_or(bad("master_repl_offset"))?,
+            position(info, "master_repl_offset").ok_or(bad("master_repl_offset"))?,
             None,
             false,
         ),
         Role::Standby => (
-            info_field(info, "slave_repl_offset")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
-            info_field(info, "master_host").and_then(|h| h.parse().ok()),
+            // Before its first sync a replica has no offset of its primary's history yet.
+            position(info, "slave_repl_offset")
+                .or_else(|| position(info, "master_repl_offset"))
+                .ok_or(bad("slave_repl_offset"))?,
+            info_field(info, "master_host").map(str::to_string),
             info_field(info, "master_link_status") == Some("up")
                 && info_field(info, "master_sync_in_progress") != Some("1"),
         ),
@@ -88,58 +161,25 @@ pub fn parse_probe(addr: Ipv4Addr, info: &str, fence_setting: i64) -> Result<Pro
     Ok(Probe {
         role,
         version,
-        offset,
+        position,
+        received: None,
         following,
-        link_up,
+        streaming,
         fenced: fence_setting >= FENCE_REPLICAS,
     })
 }
 
 impl Redis {
-    pub async fn probe(&self, addr: Ipv4Addr) -> Result<Probe, EngineError> {
-        // One section per call: Redis 6.2 does not take several.
-        let server: String = query(addr, "INFO", redis::cmd("INFO").arg("server")).await?;
-        let replication: String =
-            query(addr, "INFO", redis::cmd("INFO").arg("replication")).await?;
-        let info = format!("{server}\r\n{replication}");
-        let fence: Vec<String> = query(
-            addr,
-            "CONFIG GET",
-            redis::cmd("CONFIG").arg("GET").arg("min-replicas-to-write"),
-        )
-        .await?;
-        let setting = fence.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
-        parse_probe(addr, &info, setting)
-    }
-
-    pub async fn replicate_from(
+    async fn set_fence(
         &self,
-        addr: Ipv4Addr,
-        primary: Ipv4Addr,
+        c: &mut MultiplexedConnection,
+        t: &Target,
+        on: bool,
     ) -> Result<(), EngineError> {
-        query::<String>(
-            addr,
-            "REPLICAOF",
-            redis::cmd("REPLICAOF").arg(primary.to_string()).arg(PORT),
-        )
-        .await?;
-        Ok(())
-    }
-
-    pub async fn promote(&self, addr: Ipv4Addr) -> Result<(), EngineError> {
-        query::<String>(
-            addr,
-            "REPLICAOF",
-            redis::cmd("REPLICAOF").arg("NO").arg("ONE"),
-        )
-        .await?;
-        Ok(())
-    }
-
-    pub async fn set_fence(&self, addr: Ipv4Addr, on: bool) -> Result<(), EngineError> {
         let value = if on { FENCE_REPLICAS } else { 0 };
-        query::<String>(
-            addr,
+        run::<String>(
+            c,
+            t,
             "CONFIG SET",
             redis::cmd("CONFIG")
                 .arg("SET")
@@ -147,25 +187,176 @@ impl Redis {
                 .arg(value),
         )
         .await?;
+        crate::failpoint::passed(if on { "db:fence" } else { "db:unfence" }).await;
         Ok(())
     }
 
-    /// The container every member runs: AOF persistence (so a member restarted on an older
-    /// version starts empty and resyncs instead of failing on a newer snapshot format), and the
-    /// pod's own address announced to the primary.
-    pub fn container(&self) -> serde_json::Value {
-        json!({
-            "name": "redis",
-            "args": ["--port", PORT.to_string(), "--dir", "/data", "--appendonly", "yes",
-                     "--appendfsync", "everysec", "--replica-announce-ip", "$(POD_IP)"],
-            "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
-            "ports": [{"name": "redis", "containerPort": PORT}],
-            "readinessProbe": {
-                "exec": {"command": ["sh", "-c", "redis-cli ping | grep -q PONG"]},
-                "periodSeconds": 1, "timeoutSeconds": 3, "failureThreshold": 3,
-            },
-            "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-        })
+    async fn probe_on(
+        &self,
+        c: &mut MultiplexedConnection,
+        t: &Target,
+    ) -> Result<Probe, EngineError> {
+        // One section per INFO: Redis 6.2 does not take several. Pipelined on one connection.
+        let mut pipe = redis::pipe();
+        pipe.cmd("INFO")
+            .arg("server")
+            .cmd("INFO")
+            .arg("replication")
+            .cmd("CONFIG")
+            .arg("GET")
+            .arg("min-replicas-to-write");
+        let answer = tokio::time::timeout(
+            TIMEOUT,
+            pipe.query_async::<(String, String, Vec<String>)>(c),
+        );
+        let (server, replication, fence) = match answer.await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                return Err(EngineError::Command {
+                    endpoint: t.endpoint.to_string(),
+                    command: "INFO",
+                    source: Box::new(e),
+                });
+            }
+            Err(_) => {
+                return Err(EngineError::Timeout {
+                    endpoint: t.endpoint.to_string(),
+                    command: "INFO",
+                });
+            }
+        };
+        let setting = fence.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+        parse_probe(&t.endpoint, &format!("{server}\r\n{replication}"), setting)
+    }
+}
+
+#[async_trait]
+impl Engine for Redis {
+    fn datastore(&self) -> Datastore {
+        Datastore::Redis
+    }
+
+    fn port(&self) -> u16 {
+        PORT
+    }
+
+    /// AOF persistence (so a member restarted on an older version starts empty and resyncs
+    /// instead of failing on a newer snapshot format), the pod's own address announced to the
+    /// primary, and the fence from the first instant.
+    fn container(&self, m: &MemberTemplate<'_>) -> Container {
+        let args = [
+            "--port",
+            "6379",
+            "--dir",
+            "/data",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--replica-announce-ip",
+            "$(POD_IP)",
+            "--min-replicas-to-write",
+            "1000000",
+        ];
+        Container {
+            name: "redis".into(),
+            command: Some(vec![
+                "sh".into(),
+                "-c".into(),
+                BOOT.into(),
+                "redis-member".into(),
+            ]),
+            args: Some(args.iter().map(|s| s.to_string()).collect()),
+            env: Some(topology_env(m.topology)),
+            ports: Some(vec![ContainerPort {
+                name: Some("redis".into()),
+                container_port: PORT as i32,
+                ..Default::default()
+            }]),
+            readiness_probe: Some(K8sProbe {
+                exec: Some(ExecAction {
+                    command: Some(vec![
+                        "sh".into(),
+                        "-c".into(),
+                        "redis-cli ping | grep -q PONG".into(),
+                    ]),
+                }),
+                period_seconds: Some(1),
+                timeout_seconds: Some(3),
+                failure_threshold: Some(3),
+                ..Default::default()
+            }),
+            volume_mounts: Some(vec![VolumeMount {
+                name: "data".into(),
+                mount_path: "/data".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }
+    }
+
+    fn parse_position(&self, text: &str) -> Result<Position, ParsePositionError> {
+        Position::parse_redis(text)
+    }
+
+    async fn probe(&self, t: &Target) -> Result<Probe, EngineError> {
+        let mut c = connect(t).await?;
+        self.probe_on(&mut c, t).await
+    }
+
+    async fn fence(&self, t: &Target) -> Result<(), EngineError> {
+        let mut c = connect(t).await?;
+        self.set_fence(&mut c, t, true).await
+    }
+
+    async fn unfence(&self, t: &Target) -> Result<(), EngineError> {
+        let mut c = connect(t).await?;
+        let p = self.probe_on(&mut c, t).await?;
+        if p.role != Role::Primary {
+            return Err(EngineError::Refused {
+                endpoint: t.endpoint.to_string(),
+                act: "unfence",
+                why: "the server is not a primary".into(),
+            });
+        }
+        self.set_fence(&mut c, t, false).await
+    }
+
+    async fn promote(&self, t: &Target) -> Result<(), EngineError> {
+        let mut c = connect(t).await?;
+        // Fenced first: a member that was running before boot fences existed must not take a
+        // write the moment it leads.
+        self.set_fence(&mut c, t, true).await?;
+        run::<String>(
+            &mut c,
+            t,
+            "REPLICAOF",
+            redis::cmd("REPLICAOF").arg("NO").arg("ONE"),
+        )
+        .await?;
+        crate::failpoint::passed("db:promote").await;
+        Ok(())
+    }
+
+    async fn repoint(&self, t: &Target, primary: &Endpoint) -> Result<(), EngineError> {
+        let mut c = connect(t).await?;
+        let p = self.probe_on(&mut c, t).await?;
+        if p.writable() {
+            return Err(EngineError::Refused {
+                endpoint: t.endpoint.to_string(),
+                act: "repoint",
+                why: "it is a primary that accepts writes; a resync would throw them away".into(),
+            });
+        }
+        run::<String>(
+            &mut c,
+            t,
+            "REPLICAOF",
+            redis::cmd("REPLICAOF").arg(&primary.host).arg(primary.port),
+        )
+        .await?;
+        crate::failpoint::passed("db:repoint").await;
+        Ok(())
     }
 }
 
@@ -173,33 +364,84 @@ impl Redis {
 mod tests {
     use super::*;
 
-    const ADDR: Ipv4Addr = Ipv4Addr::new(127, 1, 0, 2);
+    fn ep() -> Endpoint {
+        Endpoint::new("127.1.0.2", PORT)
+    }
 
     #[test]
     fn parses_a_primary() {
-        let info = "# Server\r\nredis_version:6.2.14\r\n# Replication\r\nrole:master\r\nconnected_slaves:1\r\nmaster_repl_offset:4242\r\n";
-        let p = parse_probe(ADDR, info, 0).unwrap();
+        let info = "# Server\r\nredis_version:6.2.14\r\n# Replication\r\nrole:master\r\nconnected_slaves:1\r\nmaster_replid:aaa\r\nmaster_replid2:0000000000000000000000000000000000000000\r\nmaster_repl_offset:4242\r\nsecond_repl_offset:-1\r\n";
+        let p = parse_probe(&ep(), info, 0).unwrap();
         assert_eq!(
-            (p.role, p.version.as_str(), p.offset, p.fenced),
-            (Role::Primary, "6.2.14", 4242, false)
+            (p.role, p.version.as_str(), p.fenced),
+            (Role::Primary, "6.2.14", false)
+        );
+        assert_eq!(p.position, Position::parse_redis("aaa:4242").unwrap());
+        assert!(p.writable());
+    }
+
+    #[test]
+    fn parses_a_promoted_primary_with_its_former_history() {
+        let info = "redis_version:7.0.15\r\nrole:master\r\nmaster_replid:bbb\r\nmaster_replid2:aaa\r\nmaster_repl_offset:600\r\nsecond_repl_offset:501\r\n";
+        let p = parse_probe(&ep(), info, FENCE_REPLICAS).unwrap();
+        assert!(p.fenced && !p.writable(), "promoted, still fenced");
+        assert!(
+            p.position
+                .reached(&Position::parse_redis("aaa:500").unwrap())
+        );
+        assert!(
+            !p.position
+                .reached(&Position::parse_redis("aaa:501").unwrap())
         );
     }
 
     #[test]
     fn parses_a_standby_and_its_link() {
-        let info = "redis_version:7.0.15\r\nrole:slave\r\nmaster_host:127.1.0.3\r\nmaster_port:6379\r\nmaster_link_status:up\r\nmaster_sync_in_progress:0\r\nslave_repl_offset:99\r\n";
-        let p = parse_probe(ADDR, info, FENCE_REPLICAS).unwrap();
+        let info = "redis_version:7.0.15\r\nrole:slave\r\nmaster_host:127.1.0.3\r\nmaster_port:6379\r\nmaster_link_status:up\r\nmaster_sync_in_progress:0\r\nslave_repl_offset:99\r\nmaster_replid:aaa\r\nmaster_repl_offset:99\r\n";
+        let p = parse_probe(&ep(), info, FENCE_REPLICAS).unwrap();
         assert_eq!(p.role, Role::Standby);
-        assert_eq!(p.following, Some(Ipv4Addr::new(127, 1, 0, 3)));
-        assert!(p.link_up && p.fenced);
-        assert_eq!(p.offset, 99);
+        assert_eq!(p.following.as_deref(), Some("127.1.0.3"));
+        assert!(p.streaming && p.fenced && !p.writable());
+        assert_eq!(p.position, Position::parse_redis("aaa:99").unwrap());
         let syncing = info.replace("master_sync_in_progress:0", "master_sync_in_progress:1");
-        assert!(!parse_probe(ADDR, &syncing, 0).unwrap().link_up);
+        assert!(!parse_probe(&ep(), &syncing, 0).unwrap().streaming);
     }
 
     #[test]
     fn refuses_unreadable_info() {
-        assert!(parse_probe(ADDR, "role:master\r\n", 0).is_err());
-        assert!(parse_probe(ADDR, "redis_version:7\r\nrole:sentinel\r\n", 0).is_err());
+        assert!(parse_probe(&ep(), "role:master\r\n", 0).is_err());
+        assert!(parse_probe(&ep(), "redis_version:7\r\nrole:sentinel\r\n", 0).is_err());
+        assert!(
+            parse_probe(&ep(), "redis_version:7\r\nrole:master\r\n", 0).is_err(),
+            "no position"
+        );
+    }
+
+    #[test]
+    fn every_member_boots_fenced_and_following_the_recorded_primary() {
+        let c = Redis.container(&MemberTemplate {
+            topology: "db-topology",
+        });
+        let args = c.args.clone().unwrap();
+        let fence = args
+            .iter()
+            .position(|a| a == "--min-replicas-to-write")
+            .unwrap();
+        assert_eq!(args[fence + 1], FENCE_REPLICAS.to_string());
+        let command = c.command.unwrap().join(" ");
+        assert!(
+            command.contains("--replicaof \"$BATON_PRIMARY_HOST\""),
+            "{command}"
+        );
+        let env: Vec<String> = c.env.unwrap().into_iter().map(|e| e.name).collect();
+        for name in [
+            "POD_NAME",
+            "POD_IP",
+            "BATON_PRIMARY_POD",
+            "BATON_PRIMARY_HOST",
+            "BATON_QUARANTINED",
+        ] {
+            assert!(env.iter().any(|e| e == name), "{name} in {env:?}");
+        }
     }
 }

@@ -11,21 +11,17 @@ use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use baton::crd::DatabaseInstance;
-use baton::workload;
+use baton_testkit::workload::{self, Route};
 
 const NS: &str = "baton-demo";
 const NAME: &str = "sessions";
 
 fn row(i: &DatabaseInstance) -> String {
     let s = i.status.clone().unwrap_or_default();
-    let step = s.upgrade.as_ref().map(|u| {
-        let sub = u
-            .switchover
-            .as_deref()
-            .map(|x| format!(" ({x})"))
-            .unwrap_or_default();
-        format!("  step: {}{sub}", u.step)
-    });
+    let step = s
+        .upgrade
+        .as_ref()
+        .map(|u| format!("  step: {}", u.describe()));
     let members: Vec<String> = s
         .members
         .iter()
@@ -84,6 +80,8 @@ async fn main() -> anyhow::Result<()> {
         client.clone(),
         NS.into(),
         NAME.into(),
+        "demo",
+        Route::FollowLabel,
         Duration::from_millis(250),
         stop.clone(),
     ));
@@ -151,7 +149,7 @@ async fn main() -> anyhow::Result<()> {
     let primary = workload::primary_address(&client, NS, NAME)
         .await
         .ok_or_else(|| anyhow::anyhow!("no primary"))?;
-    let lost = workload::missing(primary, &report.acked).await?;
+    let lost = workload::missing(primary, &report).await?;
     println!("  keys verified:                {}", report.acked.len());
     println!("  acknowledged writes lost:     {}", lost.len());
     println!("  write errors (retried):       {}", report.errors);

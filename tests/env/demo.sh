@@ -8,7 +8,7 @@ bash "$ENV_DIR/setup.sh"
 bash "$ENV_DIR/up.sh" >/dev/null
 bash "$ENV_DIR/node.sh"
 bash "$ENV_DIR/operator.sh" >/dev/null
-cargo build -q --example demo
+cargo build -q -p baton-e2e --example demo
 KUBECONFIG="$BATON_RUN/kubeconfig" target/debug/examples/demo
 echo
 echo "The environment is still up: export KUBECONFIG=$BATON_RUN/kubeconfig; kubectl get dbi -n baton-demo"

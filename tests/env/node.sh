@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$REPO_DIR"
 KUBECONFIG_OUT="$BATON_RUN/kubeconfig"
 pidfile="$BATON_RUN/pids/baton-node.pid"
-cargo build -q --bin baton-node
+cargo build -q -p baton-node
 if ! { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }; then
   log "starting the local node agent (log: $BATON_RUN/logs/baton-node.log)"
   BATON_CACHE="$BATON_CACHE" BATON_REPO="$REPO_DIR" KUBECONFIG="$KUBECONFIG_OUT" \

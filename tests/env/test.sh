@@ -9,9 +9,9 @@ bash "$ENV_DIR/setup.sh"
 log "cargo fmt --check"
 cargo fmt --all --check
 log "cargo clippy -D warnings"
-cargo clippy --all-targets --locked -q -- -D warnings
+cargo clippy --workspace --all-targets --locked -q -- -D warnings
 bash "$ENV_DIR/build-control-plane.sh"
-cargo build --all-targets --locked -q
+cargo build --workspace --all-targets --locked -q
 
 export BATON_RUN="$BATON_CACHE/test-run" BATON_APISERVER_PORT=26443 BATON_ETCD_PORT=33790 BATON_KCM_PORT=20257
 # Pods of the test environment use 127.2.x.x, those of `make up` 127.1.x.x.
@@ -20,10 +20,11 @@ trap 'bash "$ENV_DIR/down.sh"' EXIT
 bash "$ENV_DIR/down.sh" 2>/dev/null || true
 BATON_KUBECONFIG=$(bash "$ENV_DIR/up.sh")
 export BATON_KUBECONFIG BATON_BIN_DIR="$BIN_DIR"
+export BATON_BIN="$REPO_DIR/target/debug/baton" BATON_NODE_BIN="$REPO_DIR/target/debug/baton-node"
 bash "$ENV_DIR/node.sh"
 log "tests run against:"
 "$BIN_DIR/kubectl" --kubeconfig "$BATON_KUBECONFIG" version
 
 # This suite removes the CRDs, so it runs alone before the others.
-cargo test --locked --test crds_absent
-cargo test --locked
+cargo test --locked -p baton-e2e --test crds_absent
+cargo test --locked --workspace

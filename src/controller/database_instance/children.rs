@@ -1,17 +1,31 @@
-//! The objects a DatabaseInstance owns, built from its spec: one pod and one claim per member,
-//! the read-write, read-only and headless Services, and the PodDisruptionBudget. Names are
-//! deterministic, so creating one twice is a no-op.
+//! The objects a DatabaseInstance owns, as typed Kubernetes objects built from its spec: one
+//! pod and one claim per member, the read-write, read-only and headless Services, the
+//! PodDisruptionBudget, and the topology ConfigMap every member reads at start (which member
+//! is the primary, at which address, and which members are quarantined). Names are
+//! deterministic and everything but pods is server-side applied, so drift is repaired; for
+//! pods only the mutable fields (image, labels, annotations) are ever patched.
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
+    Pod, PodSpec, Service, ServicePort, ServiceSpec, Volume, VolumeResourceRequirements,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use serde_json::{Value, json};
 
 use crate::crd::DatabaseInstance;
-use crate::engine::Engine;
+use crate::engine::{
+    Engine, MemberTemplate, TOPOLOGY_PRIMARY_HOST, TOPOLOGY_PRIMARY_POD, TOPOLOGY_QUARANTINED,
+};
 
 pub const LABEL_INSTANCE: &str = "baton.dev/instance";
 pub const LABEL_ROLE: &str = "baton.dev/role";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "baton";
 pub const ANNOTATION_VERSION: &str = "baton.dev/version";
 pub const ROLE_PRIMARY: &str = "primary";
 pub const ROLE_STANDBY: &str = "standby";
@@ -27,107 +41,138 @@ pub fn claim_name(pod: &str) -> String {
     format!("data-{pod}")
 }
 
-fn owner(inst: &DatabaseInstance) -> Value {
-    serde_json::to_value(
-        inst.controller_owner_ref(&())
-            .into_iter()
-            .collect::<Vec<_>>(),
-    )
-    .unwrap_or(json!([]))
+pub fn topology_name(inst: &DatabaseInstance) -> String {
+    format!("{}-topology", inst.name_any())
 }
 
-fn labels(inst: &DatabaseInstance) -> Value {
-    json!({
-        "app.kubernetes.io/name": inst.spec.datastore.type_.as_str(),
-        "app.kubernetes.io/instance": inst.name_any(),
-        "app.kubernetes.io/managed-by": "baton",
-        LABEL_INSTANCE: inst.name_any(),
-    })
+fn labels(inst: &DatabaseInstance) -> BTreeMap<String, String> {
+    [
+        (
+            "app.kubernetes.io/name",
+            inst.spec.datastore.type_.as_str().to_string(),
+        ),
+        ("app.kubernetes.io/instance", inst.name_any()),
+        (LABEL_MANAGED_BY, MANAGED_BY.to_string()),
+        (LABEL_INSTANCE, inst.name_any()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+fn meta(inst: &DatabaseInstance, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: inst.namespace(),
+        labels: Some(labels(inst)),
+        owner_references: inst.controller_owner_ref(&()).map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+fn selector(inst: &DatabaseInstance, role: Option<&str>) -> BTreeMap<String, String> {
+    let mut s = BTreeMap::from([(LABEL_INSTANCE.to_string(), inst.name_any())]);
+    if let Some(r) = role {
+        s.insert(LABEL_ROLE.into(), r.into());
+    }
+    s
 }
 
 pub fn claim(inst: &DatabaseInstance, pod: &str) -> PersistentVolumeClaim {
-    let mut spec = json!({
-        "accessModes": ["ReadWriteOnce"],
-        "resources": {"requests": {"storage": inst.spec.storage.size}},
-    });
-    if let Some(class) = &inst.spec.storage.storage_class_name {
-        spec["storageClassName"] = json!(class);
+    let storage = &inst.spec.members.storage;
+    PersistentVolumeClaim {
+        metadata: meta(inst, claim_name(pod)),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(storage.size.clone()),
+                )])),
+                ..Default::default()
+            }),
+            storage_class_name: storage.storage_class_name.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
-    serde_json::from_value(json!({
-        "metadata": {"name": claim_name(pod), "labels": labels(inst), "ownerReferences": owner(inst)},
-        "spec": spec,
-    }))
-    .unwrap_or_default()
 }
 
-/// A member's pod running `image` (catalog `version`) in `role`.
+/// A member's pod running `image` (catalog `version`), labelled primary or standby.
 pub fn pod(
     inst: &DatabaseInstance,
-    engine: &Engine,
+    engine: &dyn Engine,
     name: &str,
     image: &str,
     version: &str,
-    role: &str,
+    primary: bool,
 ) -> Pod {
-    let mut container = engine.container();
-    container["image"] = json!(image);
-    if let Some(r) = &inst.spec.resources {
-        container["resources"] = serde_json::to_value(r).unwrap_or(json!({}));
+    let topology = topology_name(inst);
+    let mut container = engine.container(&MemberTemplate {
+        topology: &topology,
+    });
+    container.image = Some(image.into());
+    container.resources = inst.spec.members.resources.clone();
+    let mut metadata = meta(inst, name.into());
+    metadata.labels.get_or_insert_default().insert(
+        LABEL_ROLE.into(),
+        if primary { ROLE_PRIMARY } else { ROLE_STANDBY }.into(),
+    );
+    metadata.annotations = Some(BTreeMap::from([(
+        ANNOTATION_VERSION.to_string(),
+        version.to_string(),
+    )]));
+    Pod {
+        metadata,
+        spec: Some(PodSpec {
+            containers: vec![container],
+            volumes: Some(vec![Volume {
+                name: "data".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim_name(name),
+                    read_only: None,
+                }),
+                ..Default::default()
+            }]),
+            termination_grace_period_seconds: Some(30),
+            ..Default::default()
+        }),
+        status: None,
     }
-    let mut l = labels(inst);
-    l[LABEL_ROLE] = json!(role);
-    serde_json::from_value(json!({
-        "metadata": {
-            "name": name, "labels": l, "ownerReferences": owner(inst),
-            "annotations": {ANNOTATION_VERSION: version},
-        },
-        "spec": {
-            "containers": [container],
-            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim_name(name)}}],
-            "terminationGracePeriodSeconds": 30,
-        },
-    }))
-    .unwrap_or_default()
 }
 
 /// The strategic-merge patch that moves a member to another version, in place.
-pub fn version_patch(engine: &Engine, image: &str, version: &str) -> Value {
-    let name = engine.container()["name"].clone();
-    json!({
+pub fn version_patch(container: &str, image: &str, version: &str) -> serde_json::Value {
+    serde_json::json!({
         "metadata": {"annotations": {ANNOTATION_VERSION: version}},
-        "spec": {"containers": [{"name": name, "image": image}]},
+        "spec": {"containers": [{"name": container, "image": image}]},
     })
 }
 
-pub fn role_patch(role: &str) -> Value {
-    json!({"metadata": {"labels": {LABEL_ROLE: role}}})
+pub fn role_patch(primary: bool) -> serde_json::Value {
+    let role = if primary { ROLE_PRIMARY } else { ROLE_STANDBY };
+    serde_json::json!({"metadata": {"labels": {LABEL_ROLE: role}}})
 }
 
 /// `<name>` (read-write: the primary), `<name>-ro` (standbys), `<name>-headless` (every member).
-pub fn services(inst: &DatabaseInstance, engine: &Engine) -> Vec<Service> {
+pub fn services(inst: &DatabaseInstance, engine: &dyn Engine) -> Vec<Service> {
     let name = inst.name_any();
-    let ports = engine.container()["ports"].clone();
-    let svc_ports: Vec<Value> = ports
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|p| json!({"name": p["name"], "port": p["containerPort"], "targetPort": p["name"]}))
-        .collect();
-    let make = |svc: String, role: Option<&str>, headless: bool| {
-        let mut selector = json!({LABEL_INSTANCE: name});
-        if let Some(r) = role {
-            selector[LABEL_ROLE] = json!(r);
-        }
-        let mut spec = json!({"selector": selector, "ports": svc_ports});
-        if headless {
-            spec["clusterIP"] = json!("None");
-            spec["publishNotReadyAddresses"] = json!(true);
-        }
-        serde_json::from_value::<Service>(json!({
-            "metadata": {"name": svc, "labels": labels(inst), "ownerReferences": owner(inst)},
-            "spec": spec,
-        }))
-        .unwrap_or_default()
+    let ports = vec![ServicePort {
+        name: Some(inst.spec.datastore.type_.as_str().into()),
+        port: engine.port() as i32,
+        target_port: Some(IntOrString::Int(engine.port() as i32)),
+        ..Default::default()
+    }];
+    let make = |svc: String, role: Option<&str>, headless: bool| Service {
+        metadata: meta(inst, svc),
+        spec: Some(ServiceSpec {
+            selector: Some(selector(inst, role)),
+            ports: Some(ports.clone()),
+            cluster_ip: headless.then(|| "None".to_string()),
+            publish_not_ready_addresses: headless.then_some(true),
+            ..Default::default()
+        }),
+        status: None,
     };
     vec![
         make(name.clone(), Some(ROLE_PRIMARY), false),
@@ -138,9 +183,234 @@ pub fn services(inst: &DatabaseInstance, engine: &Engine) -> Vec<Service> {
 
 /// At most one member voluntarily down at a time (never "primary only", which blocks drains).
 pub fn pdb(inst: &DatabaseInstance) -> PodDisruptionBudget {
-    serde_json::from_value(json!({
-        "metadata": {"name": inst.name_any(), "labels": labels(inst), "ownerReferences": owner(inst)},
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {LABEL_INSTANCE: inst.name_any()}}},
-    }))
-    .unwrap_or_default()
+    PodDisruptionBudget {
+        metadata: meta(inst, inst.name_any()),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector(inst, None)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// What the topology ConfigMap says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Topology {
+    pub primary: String,
+    /// The primary's address, once its pod has one.
+    pub host: Option<String>,
+    pub quarantined: Vec<String>,
+}
+
+impl Topology {
+    pub fn read(cm: &ConfigMap) -> Topology {
+        let data = cm.data.clone().unwrap_or_default();
+        Topology {
+            primary: data.get(TOPOLOGY_PRIMARY_POD).cloned().unwrap_or_default(),
+            host: data.get(TOPOLOGY_PRIMARY_HOST).cloned(),
+            quarantined: data
+                .get(TOPOLOGY_QUARANTINED)
+                .map(|q| q.split_whitespace().map(String::from).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+pub fn topology(inst: &DatabaseInstance, t: &Topology) -> ConfigMap {
+    let mut data = BTreeMap::from([(TOPOLOGY_PRIMARY_POD.to_string(), t.primary.clone())]);
+    if let Some(h) = &t.host {
+        data.insert(TOPOLOGY_PRIMARY_HOST.into(), h.clone());
+    }
+    if !t.quarantined.is_empty() {
+        data.insert(TOPOLOGY_QUARANTINED.into(), t.quarantined.join(" "));
+    }
+    ConfigMap {
+        metadata: meta(inst, topology_name(inst)),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+/// The owned objects as they are, for the drift check.
+#[derive(Debug, Clone, Default)]
+pub struct Owned {
+    pub claims: Vec<PersistentVolumeClaim>,
+    pub services: Vec<Service>,
+    pub pdb: Option<PodDisruptionBudget>,
+    pub topology: Option<ConfigMap>,
+}
+
+/// Whether an owned object is missing or differs from what Baton declares, in the fields
+/// Baton sets (others — defaults, fields other managers own — are not drift).
+pub fn drifted(inst: &DatabaseInstance, engine: &dyn Engine, owned: &Owned) -> bool {
+    let claims_missing = member_names(inst).iter().any(|m| {
+        !owned
+            .claims
+            .iter()
+            .any(|c| c.name_any() == claim_name(m) && c.metadata.deletion_timestamp.is_none())
+    });
+    let service_drift = services(inst, engine).iter().any(|want| {
+        let Some(have) = owned
+            .services
+            .iter()
+            .find(|s| s.name_any() == want.name_any())
+        else {
+            return true;
+        };
+        let (w, h) = (
+            want.spec.clone().unwrap_or_default(),
+            have.spec.clone().unwrap_or_default(),
+        );
+        let ports =
+            |p: Option<Vec<ServicePort>>| -> Vec<(Option<String>, i32, Option<IntOrString>)> {
+                p.unwrap_or_default()
+                    .into_iter()
+                    .map(|p| (p.name, p.port, p.target_port))
+                    .collect()
+            };
+        w.selector != h.selector
+            || ports(w.ports) != ports(h.ports)
+            || (w.cluster_ip.is_some() && w.cluster_ip != h.cluster_ip)
+    });
+    let pdb_drift = owned.pdb.as_ref().is_none_or(|have| {
+        let want = pdb(inst).spec;
+        let have = have.spec.clone();
+        want.as_ref().map(|s| (&s.max_unavailable, &s.selector))
+            != have.as_ref().map(|s| (&s.max_unavailable, &s.selector))
+    });
+    claims_missing || service_drift || pdb_drift || owned.topology.is_none()
+}
+
+/// The member that the primary label and the topology ConfigMap both name, with the right
+/// address and quarantine list — or None while they disagree or lag.
+pub fn published(
+    pods: &BTreeMap<String, Pod>,
+    topology: Option<&ConfigMap>,
+    host_of: impl Fn(&str) -> Option<String>,
+    quarantined: &[String],
+) -> Option<String> {
+    let t = Topology::read(topology?);
+    let labelled: Vec<&String> = pods
+        .iter()
+        .filter(|(_, p)| p.labels().get(LABEL_ROLE).map(String::as_str) == Some(ROLE_PRIMARY))
+        .map(|(n, _)| n)
+        .collect();
+    let standbys_labelled = pods.iter().all(|(n, p)| {
+        *n == t.primary || p.labels().get(LABEL_ROLE).map(String::as_str) == Some(ROLE_STANDBY)
+    });
+    let host = host_of(&t.primary);
+    (labelled == [&t.primary]
+        && standbys_labelled
+        && host.is_some()
+        && t.host == host
+        && t.quarantined == quarantined)
+        .then_some(t.primary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::for_datastore;
+    use serde_json::json;
+
+    fn inst() -> DatabaseInstance {
+        serde_json::from_value(json!({
+            "apiVersion": "baton.dev/v1alpha1", "kind": "DatabaseInstance",
+            "metadata": {"name": "db", "namespace": "ns", "uid": "u1"},
+            "spec": {"datastore": {"type": "redis", "version": "7.0.15"}, "replicas": 2},
+        }))
+        .unwrap()
+    }
+
+    fn labelled(role: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                labels: Some(BTreeMap::from([(LABEL_ROLE.to_string(), role.to_string())])),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn drift_is_the_fields_baton_sets_and_nothing_else() {
+        let i = inst();
+        let engine = for_datastore(crate::crd::Datastore::Redis).unwrap();
+        let mut owned = Owned {
+            claims: member_names(&i).iter().map(|m| claim(&i, m)).collect(),
+            services: services(&i, engine),
+            pdb: Some(pdb(&i)),
+            topology: Some(topology(&i, &Topology::default())),
+        };
+        // What the API server adds is not drift.
+        owned.services[0].spec.as_mut().unwrap().cluster_ip = Some("10.0.0.7".into());
+        owned.services[0].spec.as_mut().unwrap().session_affinity = Some("None".into());
+        assert!(!drifted(&i, engine, &owned));
+        owned.services[1].spec.as_mut().unwrap().selector = None;
+        assert!(drifted(&i, engine, &owned), "a selector edited away");
+        owned.services = services(&i, engine);
+        owned.claims.pop();
+        assert!(drifted(&i, engine, &owned), "a claim deleted");
+    }
+
+    #[test]
+    fn the_primary_is_published_when_labels_and_configmap_agree() {
+        let i = inst();
+        let cm = topology(
+            &i,
+            &Topology {
+                primary: "db-0".into(),
+                host: Some("127.2.0.2".into()),
+                quarantined: vec![],
+            },
+        );
+        let host = |n: &str| (n == "db-0").then(|| "127.2.0.2".to_string());
+        let mut pods = BTreeMap::from([
+            ("db-0".to_string(), labelled(ROLE_PRIMARY)),
+            ("db-1".to_string(), labelled(ROLE_STANDBY)),
+        ]);
+        assert_eq!(
+            published(&pods, Some(&cm), host, &[]).as_deref(),
+            Some("db-0")
+        );
+        assert_eq!(published(&pods, Some(&cm), host, &["db-1".into()]), None);
+        pods.insert("db-1".into(), labelled(ROLE_PRIMARY));
+        assert_eq!(
+            published(&pods, Some(&cm), host, &[]),
+            None,
+            "two labelled primaries"
+        );
+        let moved = |n: &str| (n == "db-0").then(|| "127.2.0.9".to_string());
+        pods.insert("db-1".into(), labelled(ROLE_STANDBY));
+        assert_eq!(
+            published(&pods, Some(&cm), moved, &[]),
+            None,
+            "a stale address"
+        );
+    }
+
+    #[test]
+    fn a_member_pod_carries_its_version_role_claim_and_topology() {
+        let i = inst();
+        let engine = for_datastore(crate::crd::Datastore::Redis).unwrap();
+        let p = pod(&i, engine, "db-1", "redis:7.0.15", "7.0.15", false);
+        assert_eq!(p.annotations()[ANNOTATION_VERSION], "7.0.15");
+        assert_eq!(p.labels()[LABEL_ROLE], ROLE_STANDBY);
+        let spec = p.spec.unwrap();
+        assert_eq!(spec.containers[0].image.as_deref(), Some("redis:7.0.15"));
+        let env = serde_json::to_string(&spec.containers[0].env).unwrap();
+        assert!(env.contains("db-topology"), "{env}");
+        assert_eq!(
+            spec.volumes.unwrap()[0]
+                .persistent_volume_claim
+                .as_ref()
+                .unwrap()
+                .claim_name,
+            "data-db-1"
+        );
+    }
 }

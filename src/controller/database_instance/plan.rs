@@ -1,176 +1,139 @@
 //! The upgrade planner: from an observed snapshot of the members and the recorded upgrade, the
-//! one thing to do next. Pure: no client, no clock (elapsed time is an input).
+//! record to write and the one thing to do next. Pure: no client, no clock (time is an input).
 //!
-//! Order: standbys one at a time by ordinal, then the primary — by a switchover (fence, choose
-//! the most advanced standby *after* the fence, wait until it has the fenced primary's position,
-//! promote, repoint, unfence) and then as a standby, or by an in-place restart (`Restart`, or a
-//! single member). With `secondSwitch`, a final switchover returns the role to the original
-//! primary. Every state change is recorded (`before`) ahead of its side effect (`act`), and
-//! every act is idempotent, so a pass repeated after a crash does no harm.
+//! Order: standbys one at a time by ordinal, then the primary — by a switchover and then as a
+//! standby, or by an in-place restart (`Restart`, or a single member). With `secondSwitch`, a
+//! final switchover returns the role to the original primary. The record is written before its
+//! act, and every act is idempotent, so a pass repeated after a crash does no harm.
+//!
+//! The switchover (Baton's guarded protocol): fence the primary; choose the candidate only
+//! now, by position, among upgraded standbys streaming from it; wait until it has the fenced
+//! position; record it as the primary and promote it (it stays fenced); point the label, the
+//! topology ConfigMap and the other members at it; confirm it is the only member that could
+//! take a write; unfence it. Until that unfence no member accepts a write, so the switchover
+//! can be undone at any stage before it without losing anything: past the fence deadline, or
+//! when the promoted candidate turns out not to hold the fenced position, `from` becomes the
+//! primary again by the same stages and the step fails. A datastore with its own protocol
+//! (`Native`) gets one `Handover` stage instead, confirmed by roles.
 //!
 //! An UpgradeRequest adds: `InPlace` (every member restarted together, one step), `hold`
 //! (stop at `AwaitingCommit` before the primary is touched), `cancel` (at the next step
 //! boundary, return to the source while the primary still runs it, else finish), and a
 //! maintenance window (no forward step starts while it is closed).
 
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use crate::crd::{PrimaryUpdateMethod, UpgradeInFlight, UpgradePolicy, UpgradeType};
-use crate::engine::{Probe, Role};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-/// What was observed of one member.
-#[derive(Debug, Clone, Default)]
-pub struct Member {
-    pub name: String,
-    /// The catalog version of the member's pod (its `baton.dev/version` annotation).
-    pub version: Option<String>,
-    pub ready: bool,
-    pub ip: Option<Ipv4Addr>,
-    pub probe: Option<Probe>,
-    /// Why the member's container is not running, as the node reports it.
-    pub waiting: Option<String>,
-    /// The node reports the pod's current image running (an image change has taken effect).
-    pub image_current: bool,
-}
+use super::model::{Act, Member, View, runs};
+use crate::crd::{
+    PrimaryUpdateMethod, StepKind, SwitchoverStage, SwitchoverState, UpgradeInFlight, UpgradeStep,
+    UpgradeType,
+};
+use crate::engine::SwitchoverProtocol;
 
-/// The member runs `version` for real: its pod's image change has taken effect and the server
-/// itself reports that release. Without this, the old process — still answering while it is
-/// being stopped — would pass for the new one.
-pub fn runs(m: &Member, version: &str) -> bool {
-    let release = |v: &str| v.split('-').next().unwrap_or(v).to_string();
-    m.version.as_deref() == Some(version)
-        && m.image_current
-        && m.probe.as_ref().is_some_and(|p| {
-            match (
-                release(&p.version).parse::<crate::version::Version>(),
-                release(version).parse::<crate::version::Version>(),
-            ) {
-                (Ok(a), Ok(b)) => a.cmp_release(&b).is_eq(),
-                _ => false,
-            }
-        })
-}
-
-/// The snapshot a decision is made from.
-#[derive(Debug, Clone)]
-pub struct View<'a> {
-    /// Sorted by ordinal.
-    pub members: &'a [Member],
-    pub primary: &'a str,
-    pub policy: &'a UpgradePolicy,
-    /// How long the recorded step has been running.
-    pub step_elapsed: Duration,
-    /// A new forward step may start now (false while a required maintenance window is closed).
-    pub may_start_step: bool,
-}
-
-/// A side effect, each idempotent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Act {
-    /// Nothing to do until something changes.
-    Wait(String),
-    /// Run `member` on the image of `version` (an in-place image change).
-    SetVersion {
-        member: String,
-        version: String,
-    },
-    /// Make `member` replicate from the primary.
-    Repoint {
-        member: String,
-    },
-    Fence {
-        member: String,
-    },
-    Unfence {
-        member: String,
-    },
-    /// Promote `candidate`, make every other member follow it, move the primary label.
-    Promote {
-        candidate: String,
-    },
-}
-
-/// The decision of one pass: record `before`, do `act`, then record `after` (if the act worked).
+/// The outcome of one planning pass.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Decision {
-    pub before: Option<Option<UpgradeInFlight>>,
+pub struct Plan {
+    /// The upgrade record after this pass; None when the upgrade ended.
+    pub upgrade: Option<UpgradeInFlight>,
+    /// The recorded primary, when this pass changes it.
+    pub primary: Option<String>,
     pub act: Act,
-    pub after: Option<Option<UpgradeInFlight>>,
-    /// A new primary, recorded with `after`.
-    pub new_primary: Option<String>,
-    /// A milestone worth an Event: (reason, message).
-    pub event: Option<(&'static str, String)>,
-    /// With `before: Some(None)`: the upgrade ends with every member back on the source.
+    /// With `upgrade: None`: every member went back to the source version.
     pub reverted: bool,
+    /// What the pass waits for, in words.
+    pub waiting: Option<String>,
 }
 
-impl Decision {
-    fn act(act: Act) -> Decision {
-        Decision {
-            before: None,
+impl Plan {
+    fn keep(u: &UpgradeInFlight, act: Act) -> Plan {
+        Plan {
+            upgrade: Some(u.clone()),
+            primary: None,
             act,
-            after: None,
-            new_primary: None,
-            event: None,
             reverted: false,
+            waiting: None,
         }
     }
-    fn wait(why: impl Into<String>) -> Decision {
-        Decision::act(Act::Wait(why.into()))
-    }
-    fn record(u: Option<UpgradeInFlight>, act: Act) -> Decision {
-        Decision {
-            before: Some(u),
-            ..Decision::act(act)
+
+    fn wait(u: &UpgradeInFlight, why: impl Into<String>) -> Plan {
+        Plan {
+            waiting: Some(why.into()),
+            ..Plan::keep(u, Act::None)
         }
     }
-    fn with_event(mut self, reason: &'static str, message: String) -> Decision {
-        self.event = Some((reason, message));
+
+    fn record(u: UpgradeInFlight, act: Act) -> Plan {
+        Plan {
+            upgrade: Some(u),
+            ..Plan::keep_none(act)
+        }
+    }
+
+    fn keep_none(act: Act) -> Plan {
+        Plan {
+            upgrade: None,
+            primary: None,
+            act,
+            reverted: false,
+            waiting: None,
+        }
+    }
+
+    fn with_primary(mut self, primary: &str) -> Plan {
+        self.primary = Some(primary.into());
         self
     }
 }
 
-fn member<'a>(v: &'a View, name: &str) -> Option<&'a Member> {
-    v.members.iter().find(|m| m.name == name)
+fn now(v: &View) -> Time {
+    Time(v.now)
 }
 
-/// The replication lag of `m` behind the primary, if it is replicating from it.
-pub fn lag(v: &View, m: &Member) -> Option<i64> {
-    let p = member(v, v.primary)?;
-    let (pp, mp) = (p.probe.as_ref()?, m.probe.as_ref()?);
-    (mp.role == Role::Standby && mp.following.is_some() && mp.following == p.ip && mp.link_up)
-        .then(|| (pp.offset - mp.offset).max(0))
+/// The versions an upgrade moves members to: the source when reverting.
+fn goal(u: &UpgradeInFlight, reverting: bool) -> &str {
+    if reverting {
+        &u.source_version
+    } else {
+        &u.target_version
+    }
 }
 
-/// Ready, replicating from the primary with its link up, and within the lag bound.
-pub fn caught_up(v: &View, m: &Member) -> bool {
-    m.ready && lag(v, m).is_some_and(|l| l <= v.policy.max_lag_bytes)
+/// A member's pod runs (or is asked to run) `version`.
+fn on(m: &Member, version: &str) -> bool {
+    m.version.as_deref() == Some(version)
 }
 
 /// The checks before an upgrade may start; the message says what is wrong.
 pub fn precheck(v: &View) -> Result<(), String> {
-    let Some(p) = member(v, v.primary) else {
+    let Some(p) = v.primary_member() else {
         return Err(format!("the primary {} is missing", v.primary));
     };
-    if !p.ready || p.probe.as_ref().is_none_or(|pr| pr.role != Role::Primary) {
+    if !p.ready || !p.is_primary() {
         return Err(format!("the primary {} is not Ready as a primary", p.name));
+    }
+    if let Some(q) = v.quarantined.first() {
+        return Err(format!(
+            "member {q} is quarantined (it took writes the primary does not have); a person must decide first"
+        ));
     }
     for m in v.members.iter().filter(|m| m.name != v.primary) {
         if !m.ready {
             return Err(format!("member {} is not Ready", m.name));
         }
-        match lag(v, m) {
+        match v.lag(m) {
             None => {
                 return Err(format!(
                     "member {} is not replicating from the primary {}",
                     m.name, v.primary
                 ));
             }
-            Some(l) if l > v.policy.max_lag_bytes => {
+            Some(l) if !v.within_bound(l) => {
                 return Err(format!(
-                    "member {} lags {l} bytes behind the primary (bound {})",
-                    m.name, v.policy.max_lag_bytes
+                    "member {} lags {l} behind the primary (bound {})",
+                    m.name,
+                    bound(v, l)
                 ));
             }
             Some(_) => {}
@@ -179,53 +142,50 @@ pub fn precheck(v: &View) -> Result<(), String> {
     Ok(())
 }
 
+fn bound(v: &View, l: crate::engine::Lag) -> String {
+    match l {
+        crate::engine::Lag::Bytes(_) => format!("maxLagBytes {}", v.policy.max_lag_bytes),
+        crate::engine::Lag::Transactions(_) => {
+            format!("maxLagTransactions {}", v.policy.max_lag_transactions)
+        }
+    }
+}
+
 /// The step after the ones already done, or None when the upgrade is complete.
-fn next_step(v: &View, u: &UpgradeInFlight, reverting: bool) -> Option<String> {
-    let target = if reverting {
-        &u.source_version
-    } else {
-        &u.target_version
-    };
-    let on_target = |m: &Member| m.version.as_deref() == Some(target.as_str());
+fn next_step(v: &View, u: &UpgradeInFlight, reverting: bool) -> Option<UpgradeStep> {
+    let target = goal(u, reverting);
     if u.kind() == UpgradeType::InPlace {
         return v
             .members
             .iter()
-            .any(|m| !on_target(m))
-            .then(|| "RestartAll".to_string());
+            .any(|m| !on(m, target))
+            .then(|| UpgradeStep::of(StepKind::RestartAll));
     }
+    // A quarantined member is never restarted by an upgrade: its writes stay where they are.
     if let Some(m) = v
         .members
         .iter()
-        .find(|m| m.name != v.primary && !on_target(m))
+        .find(|m| m.name != v.primary && !on(m, target) && !v.is_quarantined(&m.name))
     {
-        return Some(format!("UpgradeStandby/{}", m.name));
+        return Some(UpgradeStep::on(StepKind::UpgradeStandby, &m.name));
     }
-    let primary = member(v, v.primary)?;
-    if !on_target(primary) {
+    let primary = v.primary_member()?;
+    if !on(primary, target) {
         if reverting {
             return None; // the primary is never reverted: it is still on the source version
         }
         if u.hold {
-            return Some("AwaitingCommit".into());
+            return Some(UpgradeStep::of(StepKind::AwaitingCommit));
         }
-        return Some(
-            if v.members.len() == 1
-                || v.policy.primary_update_method == PrimaryUpdateMethod::Restart
-            {
-                format!("RestartPrimary/{}", primary.name)
-            } else {
-                "Switchover".to_string()
-            },
-        );
+        if v.members.len() == 1 || v.policy.primary_update_method == PrimaryUpdateMethod::Restart {
+            return Some(UpgradeStep::on(StepKind::RestartPrimary, &primary.name));
+        }
+        return Some(UpgradeStep::of(StepKind::Switchover));
     }
     let original = u.original_primary.as_deref().unwrap_or(v.primary);
-    if !reverting
-        && v.policy.second_switch
-        && original != v.primary
-        && member(v, original).is_some()
+    if !reverting && v.policy.second_switch && original != v.primary && v.member(original).is_some()
     {
-        return Some("SwitchBack".into());
+        return Some(UpgradeStep::of(StepKind::SwitchBack));
     }
     None
 }
@@ -233,255 +193,244 @@ fn next_step(v: &View, u: &UpgradeInFlight, reverting: bool) -> Option<String> {
 /// Whether the primary still runs the source version, so the upgrade can go back to it (an
 /// InPlace upgrade restarts every member, the primary included, so it can always go back).
 pub fn revertible(v: &View, u: &UpgradeInFlight) -> bool {
-    u.kind() == UpgradeType::InPlace
-        || member(v, v.primary).is_some_and(|p| p.version.as_deref() == Some(&u.source_version))
-}
-
-fn advance(v: &View, u: &UpgradeInFlight, reverting: bool, done: &str) -> Decision {
-    advance_gated(v, u, reverting, done, true)
+    u.kind() == UpgradeType::InPlace || v.primary_member().is_some_and(|p| on(p, &u.source_version))
 }
 
 /// Records the next step (or the end). A cancel takes effect here, between steps; with
 /// `gated`, a forward step waits for the maintenance window.
-fn advance_gated(
-    v: &View,
-    u: &UpgradeInFlight,
-    reverting: bool,
-    done: &str,
-    gated: bool,
-) -> Decision {
+fn advance(v: &View, u: &UpgradeInFlight, reverting: bool, gated: bool) -> Plan {
     let mut u = u.clone();
     let mut reverting = reverting;
     if u.cancel && !reverting && revertible(v, &u) {
         u.rollback = true;
         reverting = true;
     }
+    if !reverting && !v.quarantined.is_empty() {
+        return fail(
+            &u,
+            format!(
+                "member {} took writes the primary does not have (quarantined); the upgrade stopped, and a person must decide",
+                v.quarantined.join(", ")
+            ),
+            Act::None,
+        );
+    }
     match next_step(v, &u, reverting) {
         Some(step) => {
             if gated && !reverting && !v.may_start_step {
-                return Decision::wait(format!(
-                    "the maintenance window is closed; {step} starts when it opens"
-                ));
+                return Plan::wait(
+                    &u,
+                    format!("the maintenance window is closed; {step} starts when it opens"),
+                );
             }
-            let next = UpgradeInFlight {
-                step: step.clone(),
-                step_started: None,
-                switchover: None,
-                candidate: None,
-                fence_offset: None,
-                ..u.clone()
-            };
-            Decision::record(Some(next), Act::Wait(format!("starting {step}")))
-                .with_event("StepCompleted", done.to_string())
+            Plan::record(
+                UpgradeInFlight {
+                    step,
+                    step_started: Some(now(v)),
+                    switchover: None,
+                    ..u
+                },
+                Act::None,
+            )
         }
-        None => {
-            let (reason, msg) = if reverting {
-                (
-                    "UpgradeReverted",
-                    format!("every member is back on {}", u.source_version),
-                )
-            } else {
-                (
-                    "UpgradeCompleted",
-                    format!(
-                        "every member runs {}; primary {}",
-                        u.target_version, v.primary
-                    ),
-                )
-            };
-            Decision {
-                reverted: reverting,
-                ..Decision::record(None, Act::Wait("upgrade finished".into()))
-                    .with_event(reason, msg)
-            }
-        }
+        None => Plan {
+            reverted: reverting,
+            ..Plan::keep_none(Act::None)
+        },
     }
 }
 
-fn fail(u: &UpgradeInFlight, why: String, act: Act) -> Decision {
-    let failed = UpgradeInFlight {
-        failure: Some(why.clone()),
-        switchover: None,
-        candidate: None,
-        fence_offset: None,
-        ..u.clone()
-    };
-    Decision::record(Some(failed), act).with_event("UpgradeFailed", why)
+/// The upgrade stops here: the failure is recorded, the act (an undo) still runs.
+fn fail(u: &UpgradeInFlight, why: String, act: Act) -> Plan {
+    Plan::record(
+        UpgradeInFlight {
+            failure: Some(why),
+            switchover: None,
+            ..u.clone()
+        },
+        act,
+    )
 }
 
 /// Decides the next thing to do for the upgrade `u` (`reverting`: returning to its source).
-pub fn next(v: &View, u: &UpgradeInFlight, reverting: bool) -> Decision {
+pub fn next(v: &View, u: &UpgradeInFlight, reverting: bool) -> Plan {
     let timeout = Duration::from_secs(v.policy.step_timeout_seconds.max(1) as u64);
-    let target = if reverting {
-        u.source_version.clone()
-    } else {
-        u.target_version.clone()
-    };
-    let step = u.step.clone();
-    if step.is_empty() {
-        // A request's upgrade is claimed without the members' view: check them first, and
-        // wait out a passing condition (a standby a few writes behind) up to the step timeout.
-        if u.request.is_some()
-            && !reverting
-            && !u.cancel
-            && let Err(e) = precheck(v)
-        {
-            if v.step_elapsed <= timeout {
-                return Decision::wait(format!("pre-check: {e}"));
+    match u.step.kind {
+        StepKind::PreCheck => {
+            // A request's upgrade is claimed without the members' view: check them first, and
+            // wait out a passing condition (a standby a few writes behind) up to the timeout.
+            if u.request.is_some()
+                && !reverting
+                && !u.cancel
+                && let Err(e) = precheck(v)
+            {
+                if v.step_elapsed <= timeout {
+                    return Plan::wait(u, format!("pre-check: {e}"));
+                }
+                return fail(
+                    u,
+                    format!(
+                        "pre-check failed for {}s: {e}; nothing was changed",
+                        timeout.as_secs()
+                    ),
+                    Act::None,
+                );
             }
-            return fail(
+            advance(v, u, reverting, true)
+        }
+        StepKind::AwaitingCommit => {
+            if u.hold && !reverting && !u.cancel {
+                return Plan::wait(u, "awaiting commit: the standbys run the new version");
+            }
+            advance(v, u, reverting, true)
+        }
+        StepKind::RestartAll => restart_all(v, u, reverting, timeout),
+        StepKind::UpgradeStandby | StepKind::RestartPrimary => {
+            restart_member(v, u, reverting, timeout)
+        }
+        StepKind::SwitchBack
+            if u.switchover.is_none() && u.original_primary.as_deref() == Some(v.primary) =>
+        {
+            advance(v, u, reverting, true)
+        }
+        StepKind::Switchover | StepKind::SwitchBack => switchover(v, u),
+    }
+}
+
+/// One member onto the goal version, then: a standby caught up, a primary leading unfenced.
+fn restart_member(v: &View, u: &UpgradeInFlight, reverting: bool, timeout: Duration) -> Plan {
+    let target = goal(u, reverting);
+    let Some(name) = u.step.member.as_deref() else {
+        return fail(u, format!("step {} names no member", u.step), Act::None);
+    };
+    let Some(m) = v.member(name).filter(|m| m.exists) else {
+        return Plan::wait(u, format!("member {name} has no pod yet"));
+    };
+    if !on(m, target) {
+        return Plan::keep(
+            u,
+            Act::SetVersion {
+                member: name.into(),
+                version: target.into(),
+                image: String::new(),
+            },
+        );
+    }
+    let is_primary = name == v.primary;
+    let running = runs(m, target);
+    if running && is_primary && m.ready && m.is_primary() {
+        if !m.fenced() {
+            return advance(v, u, reverting, true);
+        }
+        // Restarted in place, it boots fenced: lift the fence once it is the only candidate.
+        if v.only_writer_could_be(name).is_ok() {
+            return Plan::keep(
                 u,
-                format!(
-                    "pre-check failed for {}s: {e}; nothing was changed",
-                    timeout.as_secs()
-                ),
-                Act::Wait("failed".into()),
+                Act::Unfence {
+                    member: name.into(),
+                },
             );
         }
-        return advance(v, u, reverting, "upgrade started");
     }
-    if step == "AwaitingCommit" {
-        if u.hold && !reverting && !u.cancel {
-            return Decision::wait("awaiting commit: the standbys run the new version");
+    if running && !is_primary {
+        if v.caught_up(m) {
+            return advance(v, u, reverting, true);
         }
-        return advance(v, u, reverting, "commit received");
-    }
-    if step == "RestartAll" {
-        return restart_all(v, u, reverting, timeout);
-    }
-
-    if let Some(name) = step
-        .strip_prefix("UpgradeStandby/")
-        .or_else(|| step.strip_prefix("RestartPrimary/"))
-    {
-        let Some(m) = member(v, name) else {
-            return Decision::wait(format!("member {name} has no pod yet"));
-        };
-        if m.version.as_deref() != Some(target.as_str()) {
-            return Decision::act(Act::SetVersion {
-                member: name.into(),
-                version: target,
-            });
-        }
-        let is_primary = name == v.primary;
-        let running = runs(m, &target);
-        if running {
-            let done = if is_primary {
-                m.ready
-                    && m.probe
-                        .as_ref()
-                        .is_some_and(|p| p.role == Role::Primary && !p.fenced)
-            } else {
-                caught_up(v, m)
-            };
-            if done {
-                let what = if is_primary {
-                    "primary restarted on"
-                } else {
-                    "standby caught up on"
-                };
-                return advance(v, u, reverting, format!("{name}: {what} {target}").as_str());
-            }
-            if !is_primary
-                && m.ready
-                && m.probe.as_ref().is_some_and(|p| {
-                    p.following.is_none() || p.following != member(v, v.primary).and_then(|p| p.ip)
-                })
-            {
-                return Decision::act(Act::Repoint {
+        if let Some(p) = v.primary_member()
+            && v.needs_repoint(m, p)
+        {
+            return Plan::keep(
+                u,
+                Act::Repoint {
                     member: name.into(),
-                });
-            }
+                    primary: v.primary.into(),
+                },
+            );
         }
-        if v.step_elapsed > timeout {
-            let why = match (&m.waiting, running, m.ready, lag(v, m)) {
-                (Some(w), _, _, _) => format!("member {name} did not start on {target}: {w}"),
-                (None, false, _, _) => format!("member {name} did not come up on {target}"),
-                (None, true, false, _) => format!("member {name} did not become Ready on {target}"),
-                (None, true, true, Some(l)) => {
-                    format!("member {name} still lags {l} bytes behind the primary")
-                }
-                (None, true, true, None) => {
-                    format!("member {name} is not replicating from the primary")
-                }
-            };
-            let why = format!(
+    }
+    if v.step_elapsed > timeout {
+        let why = match (&m.waiting, running, m.ready, v.lag(m)) {
+            (Some(w), _, _, _) => format!("member {name} did not start on {target}: {w}"),
+            (None, false, _, _) => format!("member {name} did not come up on {target}"),
+            (None, true, false, _) => format!("member {name} did not become Ready on {target}"),
+            (None, true, true, Some(l)) => {
+                format!("member {name} still lags {l} behind the primary")
+            }
+            (None, true, true, None) if is_primary => {
+                format!("member {name} did not lead again on {target}")
+            }
+            (None, true, true, None) => {
+                format!("member {name} is not replicating from the primary")
+            }
+        };
+        let why = if is_primary {
+            format!("{why} within {}s", timeout.as_secs())
+        } else {
+            format!(
                 "{why} within {}s; the primary {} is untouched",
                 timeout.as_secs(),
                 v.primary
-            );
-            return fail(u, why, Act::Wait("failed".into()));
-        }
-        return Decision::wait(format!(
-            "waiting for {name} to run {target}, Ready and caught up"
-        ));
+            )
+        };
+        return fail(u, why, Act::None);
     }
-
-    if step == "SwitchBack"
-        && u.switchover.is_none()
-        && u.original_primary.as_deref() == Some(v.primary)
-    {
-        return advance(v, u, reverting, "the original primary leads again");
-    }
-    if step == "Switchover" || step == "SwitchBack" {
-        return switchover(v, u, step == "SwitchBack", timeout);
-    }
-    Decision::wait(format!("unknown step {step:?}"))
+    Plan::wait(
+        u,
+        format!("waiting for {name} to run {target}, Ready and caught up"),
+    )
 }
 
-/// InPlace: every member onto `target` at once (one image change per pass), then wait until
-/// the primary leads again and every standby has resynced from it.
-fn restart_all(v: &View, u: &UpgradeInFlight, reverting: bool, timeout: Duration) -> Decision {
-    let target = if reverting {
-        u.source_version.as_str()
-    } else {
-        u.target_version.as_str()
-    };
+/// InPlace: every member onto the goal at once (one image change per pass), then wait until
+/// the primary leads again unfenced and every standby has resynced from it.
+fn restart_all(v: &View, u: &UpgradeInFlight, reverting: bool, timeout: Duration) -> Plan {
+    let target = goal(u, reverting);
     if let Some(m) = v
         .members
         .iter()
-        .find(|m| m.version.as_deref() != Some(target))
+        .find(|m| !on(m, target) && !v.is_quarantined(&m.name))
     {
-        return Decision::act(Act::SetVersion {
-            member: m.name.clone(),
-            version: target.into(),
-        });
+        return Plan::keep(
+            u,
+            Act::SetVersion {
+                member: m.name.clone(),
+                version: target.into(),
+                image: String::new(),
+            },
+        );
     }
-    let primary_ok = member(v, v.primary).is_some_and(|p| {
-        runs(p, target)
-            && p.ready
-            && p.probe
-                .as_ref()
-                .is_some_and(|pr| pr.role == Role::Primary && !pr.fenced)
-    });
+    let primary = v.primary_member();
+    let leading = primary.is_some_and(|p| runs(p, target) && p.ready && p.is_primary());
     let pending: Vec<&Member> = v
         .members
         .iter()
-        .filter(|m| m.name != v.primary && !(runs(m, target) && caught_up(v, m)))
+        .filter(|m| m.name != v.primary && !(runs(m, target) && v.caught_up(m)))
         .collect();
-    if primary_ok && pending.is_empty() {
-        return advance(
-            v,
+    if leading && primary.is_some_and(Member::fenced) && v.only_writer_could_be(v.primary).is_ok() {
+        return Plan::keep(
             u,
-            reverting,
-            &format!("every member restarted on {target}"),
+            Act::Unfence {
+                member: v.primary.into(),
+            },
         );
     }
-    if primary_ok
-        && let Some(m) = pending.iter().find(|m| {
-            runs(m, target)
-                && m.ready
-                && m.probe.as_ref().is_some_and(|p| {
-                    p.following.is_none() || p.following != member(v, v.primary).and_then(|p| p.ip)
-                })
-        })
+    if leading && pending.is_empty() {
+        return advance(v, u, reverting, true);
+    }
+    if let Some(p) = primary.filter(|_| leading)
+        && let Some(m) = pending
+            .iter()
+            .find(|m| runs(m, target) && v.needs_repoint(m, p))
     {
-        return Decision::act(Act::Repoint {
-            member: m.name.clone(),
-        });
+        return Plan::keep(
+            u,
+            Act::Repoint {
+                member: m.name.clone(),
+                primary: v.primary.into(),
+            },
+        );
     }
     if v.step_elapsed > timeout {
-        let who = if primary_ok {
+        let who = if leading {
             pending
                 .iter()
                 .map(|m| m.name.as_str())
@@ -492,7 +441,8 @@ fn restart_all(v: &View, u: &UpgradeInFlight, reverting: bool, timeout: Duration
         };
         let why = pending
             .iter()
-            .chain(member(v, v.primary).iter())
+            .copied()
+            .chain(primary)
             .find_map(|m| m.waiting.clone())
             .map(|w| format!(": {w}"))
             .unwrap_or_default();
@@ -502,725 +452,393 @@ fn restart_all(v: &View, u: &UpgradeInFlight, reverting: bool, timeout: Duration
                 "{who} did not come back on {target} within {}s{why}",
                 timeout.as_secs()
             ),
-            Act::Wait("failed".into()),
+            Act::None,
         );
     }
-    Decision::wait(format!("waiting for every member to run {target} again"))
+    Plan::wait(u, format!("waiting for every member to run {target} again"))
 }
 
-fn switchover(v: &View, u: &UpgradeInFlight, back: bool, timeout: Duration) -> Decision {
-    let sub = u.switchover.clone().unwrap_or_default();
-    let (stage, who) = sub.split_once('/').unwrap_or((sub.as_str(), ""));
-    let old = v.primary.to_string();
-    match stage {
-        "" => {
-            // Fence only when an upgraded standby is ready to take over.
-            let ready = v.members.iter().any(|m| {
-                m.name != old
-                    && m.version.as_deref() == Some(u.target_version.as_str())
-                    && caught_up(v, m)
-            });
-            if !ready {
-                if v.step_elapsed > timeout {
-                    return fail(
-                        u,
-                        format!(
-                            "no standby on {} caught up with the primary {old} within {}s; nothing was fenced",
-                            u.target_version,
-                            timeout.as_secs()
-                        ),
-                        Act::Wait("failed".into()),
-                    );
-                }
-                return Decision::wait(
-                    "waiting for an upgraded standby to be caught up before fencing",
-                );
-            }
-            let rec = UpgradeInFlight {
-                switchover: Some(format!("Fencing/{old}")),
-                ..u.clone()
-            };
-            Decision::record(
-                Some(rec),
-                Act::Fence {
-                    member: old.clone(),
-                },
-            )
-            .with_event(
-                "SwitchoverStarted",
-                format!("fencing writes on the primary {old}"),
-            )
-        }
-        "Fencing" => {
-            let Some(p) = member(v, &old) else {
-                return Decision::wait("primary missing");
-            };
-            if !p.probe.as_ref().is_some_and(|pr| pr.fenced) {
-                return Decision::act(Act::Fence { member: old });
-            }
-            let fence_offset = p.probe.as_ref().map_or(0, |pr| pr.offset);
-            // Chosen only now, after the fence: the standby furthest along, on the target version.
-            let wanted = back.then(|| u.original_primary.clone()).flatten();
-            let candidate = v
-                .members
-                .iter()
-                .filter(|m| {
-                    m.name != old
-                        && m.ready
-                        && m.version.as_deref() == Some(u.target_version.as_str())
-                })
-                .filter(|m| wanted.as_ref().is_none_or(|w| &m.name == w))
-                .filter(|m| lag(v, m).is_some())
-                .max_by(|a, b| {
-                    let off = |m: &Member| m.probe.as_ref().map_or(0, |p| p.offset);
-                    off(a).cmp(&off(b)).then_with(|| b.name.cmp(&a.name))
-                });
-            match candidate {
-                Some(c) => {
-                    let rec = UpgradeInFlight {
-                        switchover: Some(format!("CatchingUp/{}", c.name)),
-                        candidate: Some(c.name.clone()),
-                        fence_offset: Some(fence_offset),
-                        ..u.clone()
-                    };
-                    Decision::record(
-                        Some(rec),
-                        Act::Wait(format!("waiting for {} to reach {fence_offset}", c.name)),
-                    )
-                }
-                None if v.step_elapsed <= timeout => Decision::wait(
-                    "fenced; waiting for an upgraded standby that follows the primary",
-                ),
-                None => fail(
-                    u,
-                    format!(
-                        "no standby on {} is replicating from the primary {old}; the primary is unfenced and unchanged",
-                        u.target_version
-                    ),
-                    Act::Unfence { member: old },
-                ),
-            }
-        }
-        "CatchingUp" => {
-            let Some(c) = member(v, who) else {
-                return Decision::wait("candidate missing");
-            };
-            let at = c.probe.as_ref().map_or(0, |p| p.offset);
-            let goal = u.fence_offset.unwrap_or(i64::MAX);
-            if lag(v, c).is_some() && at >= goal {
-                let rec = UpgradeInFlight {
-                    switchover: Some(format!("Promoting/{who}")),
-                    ..u.clone()
-                };
-                return Decision::record(
-                    Some(rec),
-                    Act::Promote {
-                        candidate: who.into(),
-                    },
-                );
-            }
-            if v.step_elapsed > timeout {
-                return fail(
-                    u,
-                    format!(
-                        "standby {who} did not reach the fenced primary's position {goal} (at {at}) within {}s; the primary {old} is unfenced and unchanged",
-                        timeout.as_secs()
-                    ),
-                    Act::Unfence { member: old },
-                );
-            }
-            Decision::wait(format!("{who} at {at} of {goal}"))
-        }
-        "Promoting" => {
-            let rec = UpgradeInFlight {
-                switchover: Some(format!("Unfencing/{old}")),
-                ..u.clone()
-            };
-            Decision {
-                before: None,
-                act: Act::Promote {
-                    candidate: who.into(),
-                },
-                after: Some(Some(rec)),
-                new_primary: Some(who.into()),
-                reverted: false,
-                event: Some((
-                    "SwitchoverCompleted",
-                    format!("{who} is the primary; {old} follows it"),
-                )),
-            }
-        }
-        "Unfencing" => {
-            let done = UpgradeInFlight {
-                switchover: None,
-                candidate: None,
-                fence_offset: None,
-                ..u.clone()
-            };
-            // Finishing the switchover is not a new step: never held by the window.
-            let mut d = advance_gated(
-                v,
-                &done,
-                false,
-                &format!("switchover to {} finished", v.primary),
-                false,
-            );
-            d.after = d.before.take();
-            d.act = Act::Unfence { member: who.into() };
-            d
-        }
-        other => Decision::wait(format!("unknown switchover stage {other:?}")),
+fn stage(u: &UpgradeInFlight, sw: SwitchoverState) -> UpgradeInFlight {
+    UpgradeInFlight {
+        switchover: Some(sw),
+        ..u.clone()
     }
+}
+
+/// The switchover of a `Switchover` or `SwitchBack` step.
+fn switchover(v: &View, u: &UpgradeInFlight) -> Plan {
+    let fence_timeout = Duration::from_secs(v.policy.fence_timeout_seconds.max(1) as u64);
+    let Some(sw) = u.switchover.clone() else {
+        return start_switchover(v, u);
+    };
+    // The fence deadline: before the candidate is unfenced, nobody took a write, so the
+    // switchover can always be undone.
+    let late = v.fence_elapsed > fence_timeout && sw.undoing.is_none();
+    match sw.stage {
+        SwitchoverStage::Handover => handover(v, u, &sw, fence_timeout),
+        SwitchoverStage::Fencing | SwitchoverStage::CatchingUp if late => undo(
+            v,
+            u,
+            &sw,
+            format!(
+                "no upgraded standby reached the fenced primary {}'s position within fenceTimeoutSeconds ({}s)",
+                sw.from,
+                fence_timeout.as_secs()
+            ),
+        ),
+        SwitchoverStage::Fencing => fencing(v, u, &sw),
+        SwitchoverStage::CatchingUp => catching_up(v, u, &sw),
+        SwitchoverStage::Promoting if late => undo(
+            v,
+            u,
+            &sw,
+            format!(
+                "the candidate was not promoted within fenceTimeoutSeconds ({}s)",
+                fence_timeout.as_secs()
+            ),
+        ),
+        SwitchoverStage::Promoting => promoting(v, u, &sw),
+        SwitchoverStage::Repointing => repointing(v, u, &sw),
+        SwitchoverStage::Unfencing => unfencing(v, u, &sw),
+    }
+}
+
+/// The standbys that may take the role: on the target version, Ready, streaming from the
+/// primary, not quarantined (and for a switch back, only the original primary).
+fn candidates<'a>(v: &'a View, u: &UpgradeInFlight, from: &'a Member) -> Vec<&'a Member> {
+    let wanted = (u.step.kind == StepKind::SwitchBack)
+        .then(|| u.original_primary.clone())
+        .flatten();
+    v.members
+        .iter()
+        .filter(|m| m.name != from.name && m.ready && runs(m, &u.target_version))
+        .filter(|m| !v.is_quarantined(&m.name))
+        .filter(|m| wanted.as_ref().is_none_or(|w| &m.name == w))
+        .filter(|m| v.lag_behind(m, from).is_some())
+        .collect()
+}
+
+fn start_switchover(v: &View, u: &UpgradeInFlight) -> Plan {
+    let timeout = Duration::from_secs(v.policy.step_timeout_seconds.max(1) as u64);
+    let Some(from) = v.primary_member() else {
+        return Plan::wait(u, "the primary has no pod");
+    };
+    // Fence only when an upgraded standby is ready to take over.
+    let ready: Vec<&Member> = candidates(v, u, from)
+        .into_iter()
+        .filter(|m| v.caught_up(m))
+        .collect();
+    let Some(first) = ready.first() else {
+        if v.step_elapsed > timeout {
+            return fail(
+                u,
+                format!(
+                    "no standby on {} caught up with the primary {} within {}s; nothing was fenced",
+                    u.target_version,
+                    from.name,
+                    timeout.as_secs()
+                ),
+                Act::None,
+            );
+        }
+        return Plan::wait(u, "waiting for an upgraded standby to be caught up");
+    };
+    let (stage_, act) = match v.protocol {
+        SwitchoverProtocol::Guarded => (
+            SwitchoverStage::Fencing,
+            Act::Fence {
+                member: from.name.clone(),
+            },
+        ),
+        SwitchoverProtocol::Native => (
+            SwitchoverStage::Handover,
+            Act::Failover {
+                member: first.name.clone(),
+            },
+        ),
+    };
+    let candidate = (v.protocol == SwitchoverProtocol::Native).then(|| first.name.clone());
+    Plan::record(
+        stage(
+            u,
+            SwitchoverState {
+                stage: stage_,
+                from: from.name.clone(),
+                candidate,
+                fence_position: None,
+                fenced_at: Some(now(v)),
+                undoing: None,
+            },
+        ),
+        act,
+    )
+}
+
+fn fencing(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState) -> Plan {
+    let Some(from) = v.member(&sw.from) else {
+        return Plan::wait(u, format!("the primary {} has no pod", sw.from));
+    };
+    let Some(fenced_at) = from.fence_position.clone() else {
+        return Plan::keep(
+            u,
+            Act::Fence {
+                member: from.name.clone(),
+            },
+        );
+    };
+    // Chosen only now, after the fence: the standby furthest along.
+    let best = candidates(v, u, from).into_iter().min_by(|a, b| {
+        let lag = |m: &Member| {
+            m.position()
+                .and_then(|p| p.behind(&fenced_at))
+                .map_or(u64::MAX, |l| match l {
+                    crate::engine::Lag::Bytes(n) | crate::engine::Lag::Transactions(n) => n,
+                })
+        };
+        lag(a).cmp(&lag(b)).then_with(|| a.name.cmp(&b.name))
+    });
+    match best {
+        Some(c) => Plan::record(
+            stage(
+                u,
+                SwitchoverState {
+                    stage: SwitchoverStage::CatchingUp,
+                    candidate: Some(c.name.clone()),
+                    fence_position: Some(fenced_at.to_string()),
+                    ..sw.clone()
+                },
+            ),
+            Act::None,
+        ),
+        None => Plan::wait(
+            u,
+            "fenced; waiting for an upgraded standby that follows the primary",
+        ),
+    }
+}
+
+fn catching_up(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState) -> Plan {
+    let (Some(goal), Some(c)) = (
+        v.fence_goal,
+        sw.candidate.as_deref().and_then(|c| v.member(c)),
+    ) else {
+        return Plan::wait(u, "the candidate or the fence position is missing");
+    };
+    let from = v.member(&sw.from);
+    let streaming = from.is_some_and(|f| v.lag_behind(c, f).is_some());
+    if streaming && c.position().is_some_and(|p| p.reached(goal)) {
+        // Recorded as the primary before it is promoted: from here it is the member Baton
+        // confirms and, in the end, unfences.
+        return Plan::record(
+            stage(
+                u,
+                SwitchoverState {
+                    stage: SwitchoverStage::Promoting,
+                    ..sw.clone()
+                },
+            ),
+            Act::Promote {
+                member: c.name.clone(),
+            },
+        )
+        .with_primary(&c.name);
+    }
+    Plan::wait(
+        u,
+        format!("waiting for {} to reach the fenced position {goal}", c.name),
+    )
+}
+
+fn promoting(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState) -> Plan {
+    let Some(name) = sw.candidate.as_deref() else {
+        return Plan::wait(u, "no candidate recorded");
+    };
+    let Some(c) = v.member(name) else {
+        return Plan::wait(u, format!("the candidate {name} has no pod"));
+    };
+    let has_all = match v.fence_goal {
+        Some(goal) => c.position().is_some_and(|p| p.reached(goal)),
+        None => false,
+    };
+    if c.is_primary() && has_all {
+        return Plan::record(
+            stage(
+                u,
+                SwitchoverState {
+                    stage: SwitchoverStage::Repointing,
+                    ..sw.clone()
+                },
+            ),
+            Act::None,
+        );
+    }
+    if c.is_primary() && c.probe.is_some() && sw.undoing.is_none() {
+        // It leads without the fenced writes (it restarted from an older copy): it never took
+        // a write (fenced), so going back to `from` loses nothing.
+        return undo(
+            v,
+            u,
+            sw,
+            format!(
+                "the candidate {name} became a primary without everything the fenced primary {} wrote",
+                sw.from
+            ),
+        );
+    }
+    if has_all {
+        return Plan::keep(
+            u,
+            Act::Promote {
+                member: name.into(),
+            },
+        );
+    }
+    Plan::wait(
+        u,
+        format!("waiting for {name} to hold the fenced position before it is promoted"),
+    )
+}
+
+fn repointing(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState) -> Plan {
+    let Some(name) = sw.candidate.as_deref() else {
+        return Plan::wait(u, "no candidate recorded");
+    };
+    let Some(c) = v.member(name).filter(|c| c.is_primary()) else {
+        return Plan::wait(u, format!("waiting for {name} to lead"));
+    };
+    if let Err(why) = v.only_writer_could_be(name) {
+        return Plan::wait(u, format!("not moving the primary label to {name}: {why}"));
+    }
+    if v.published != Some(name) {
+        return Plan::keep(
+            u,
+            Act::Publish {
+                primary: name.into(),
+            },
+        );
+    }
+    if let Some(m) = v.members.iter().find(|m| v.needs_repoint(m, c)) {
+        return Plan::keep(
+            u,
+            Act::Repoint {
+                member: m.name.clone(),
+                primary: name.into(),
+            },
+        );
+    }
+    Plan::record(
+        stage(
+            u,
+            SwitchoverState {
+                stage: SwitchoverStage::Unfencing,
+                ..sw.clone()
+            },
+        ),
+        Act::Unfence {
+            member: name.into(),
+        },
+    )
+}
+
+fn unfencing(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState) -> Plan {
+    let Some(name) = sw.candidate.as_deref() else {
+        return Plan::wait(u, "no candidate recorded");
+    };
+    let Some(c) = v.member(name).filter(|c| c.is_primary()) else {
+        return Plan::wait(u, format!("waiting for {name} to lead"));
+    };
+    if c.fenced() {
+        if let Err(why) = v.only_writer_could_be(name) {
+            return Plan::wait(u, format!("not unfencing {name}: {why}"));
+        }
+        return Plan::keep(
+            u,
+            Act::Unfence {
+                member: name.into(),
+            },
+        );
+    }
+    if let Some(why) = &sw.undoing {
+        // `from` leads again, unfenced: the step failed, with nothing lost.
+        return fail(
+            u,
+            format!("{why}; the switchover was undone: {name} is the primary again, unchanged"),
+            Act::None,
+        );
+    }
+    // Finishing a switchover is not a new step: never held back by the window.
+    advance(
+        v,
+        &UpgradeInFlight {
+            switchover: None,
+            ..u.clone()
+        },
+        false,
+        false,
+    )
+}
+
+/// Makes `from` the primary again through the same stages (it never stopped holding every
+/// write: nobody took one since the fence), then fails the step with `why`.
+fn undo(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState, why: String) -> Plan {
+    let back = SwitchoverState {
+        stage: SwitchoverStage::Promoting,
+        candidate: Some(sw.from.clone()),
+        undoing: Some(why),
+        ..sw.clone()
+    };
+    let from = v.member(&sw.from);
+    let act = match from {
+        Some(f) if !f.is_primary() => Act::Promote {
+            member: sw.from.clone(),
+        },
+        _ => Act::None,
+    };
+    Plan::record(stage(u, back), act).with_primary(&sw.from)
+}
+
+/// A native handover: the datastore fences, catches up and promotes by itself; Baton confirms
+/// by the roles the servers report, then records the new primary.
+fn handover(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState, deadline: Duration) -> Plan {
+    let Some(name) = sw.candidate.as_deref() else {
+        return Plan::wait(u, "no candidate recorded");
+    };
+    let c = v.member(name);
+    let from = v.member(&sw.from);
+    let done = c.is_some_and(Member::is_primary)
+        && from.is_none_or(|f| !f.is_primary())
+        && c.zip(from)
+            .is_none_or(|(c, f)| f.probe.is_none() || v.lag_behind(f, c).is_some());
+    if done {
+        return Plan::record(
+            stage(
+                u,
+                SwitchoverState {
+                    stage: SwitchoverStage::Repointing,
+                    ..sw.clone()
+                },
+            ),
+            Act::None,
+        )
+        .with_primary(name);
+    }
+    if v.fence_elapsed > deadline {
+        return fail(
+            u,
+            format!(
+                "the handover from {} to {name} did not complete within fenceTimeoutSeconds ({}s); {} is still the primary",
+                sw.from,
+                deadline.as_secs(),
+                sw.from
+            ),
+            Act::None,
+        );
+    }
+    Plan::wait(
+        u,
+        format!("waiting for {name} to take over from {}", sw.from),
+    )
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SRC: &str = "6.2.14";
-    const DST: &str = "7.0.15";
-
-    fn ip(i: u8) -> Ipv4Addr {
-        Ipv4Addr::new(127, 1, 0, i)
-    }
-
-    /// db-0 primary at offset 100, db-1 and db-2 following it, all on `SRC`.
-    fn members() -> Vec<Member> {
-        (0..3u8)
-            .map(|i| Member {
-                name: format!("db-{i}"),
-                version: Some(SRC.into()),
-                ready: true,
-                ip: Some(ip(i + 2)),
-                probe: Some(Probe {
-                    role: if i == 0 { Role::Primary } else { Role::Standby },
-                    version: SRC.into(),
-                    offset: 100,
-                    following: (i != 0).then(|| ip(2)),
-                    link_up: i != 0,
-                    fenced: false,
-                }),
-                waiting: None,
-                image_current: true,
-            })
-            .collect()
-    }
-
-    /// The member's pod and server both on `DST`.
-    fn upgrade_member(m: &mut Member) {
-        m.version = Some(DST.into());
-        if let Some(p) = m.probe.as_mut() {
-            p.version = DST.into();
-        }
-    }
-
-    fn upgrade(step: &str) -> UpgradeInFlight {
-        let t = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH);
-        UpgradeInFlight {
-            step: step.into(),
-            step_started: None,
-            ..UpgradeInFlight::new(SRC, DST, "db-0", t)
-        }
-    }
-
-    fn view<'a>(m: &'a [Member], primary: &'a str, policy: &'a UpgradePolicy) -> View<'a> {
-        View {
-            members: m,
-            primary,
-            policy,
-            step_elapsed: Duration::ZERO,
-            may_start_step: true,
-        }
-    }
-
-    fn recorded_step(d: &Decision) -> String {
-        d.before
-            .clone()
-            .flatten()
-            .map(|u| u.step)
-            .unwrap_or_default()
-    }
-
-    #[test]
-    fn standbys_go_first_in_ordinal_order_then_the_switchover() {
-        let policy = UpgradePolicy::default();
-        let mut m = members();
-        let d = next(&view(&m, "db-0", &policy), &upgrade(""), false);
-        assert_eq!(recorded_step(&d), "UpgradeStandby/db-1");
-        let d = next(
-            &view(&m, "db-0", &policy),
-            &upgrade("UpgradeStandby/db-1"),
-            false,
-        );
-        assert_eq!(
-            d.act,
-            Act::SetVersion {
-                member: "db-1".into(),
-                version: DST.into()
-            }
-        );
-        upgrade_member(&mut m[1]);
-        let d = next(
-            &view(&m, "db-0", &policy),
-            &upgrade("UpgradeStandby/db-1"),
-            false,
-        );
-        assert_eq!(recorded_step(&d), "UpgradeStandby/db-2");
-        upgrade_member(&mut m[2]);
-        let d = next(
-            &view(&m, "db-0", &policy),
-            &upgrade("UpgradeStandby/db-2"),
-            false,
-        );
-        assert_eq!(recorded_step(&d), "Switchover");
-    }
-
-    #[test]
-    fn the_old_process_still_answering_does_not_count_as_upgraded() {
-        let policy = UpgradePolicy::default();
-        let mut m = members();
-        // The image change is on the pod, but the 6.2 process has not stopped yet.
-        m[1].version = Some(DST.into());
-        let d = next(
-            &view(&m, "db-0", &policy),
-            &upgrade("UpgradeStandby/db-1"),
-            false,
-        );
-        assert!(matches!(d.act, Act::Wait(_)), "{d:?}");
-        assert!(d.before.is_none());
-        // The node has not reported the new image running either.
-        upgrade_member(&mut m[1]);
-        m[1].image_current = false;
-        let d = next(
-            &view(&m, "db-0", &policy),
-            &upgrade("UpgradeStandby/db-1"),
-            false,
-        );
-        assert!(d.before.is_none(), "{d:?}");
-        m[1].image_current = true;
-        let d = next(
-            &view(&m, "db-0", &policy),
-            &upgrade("UpgradeStandby/db-1"),
-            false,
-        );
-        assert_eq!(recorded_step(&d), "UpgradeStandby/db-2");
-    }
-
-    #[test]
-    fn a_standby_that_is_not_caught_up_is_waited_for_then_fails_with_the_primary_untouched() {
-        let policy = UpgradePolicy::default();
-        let mut m = members();
-        upgrade_member(&mut m[1]);
-        m[1].ready = false;
-        m[1].waiting = Some("ErrImagePull: image not mapped".into());
-        let v = view(&m, "db-0", &policy);
-        assert!(matches!(
-            next(&v, &upgrade("UpgradeStandby/db-1"), false).act,
-            Act::Wait(_)
-        ));
-        let late = View {
-            step_elapsed: Duration::from_secs(601),
-            ..v
-        };
-        let d = next(&late, &upgrade("UpgradeStandby/db-1"), false);
-        let failure = d
-            .before
-            .flatten()
-            .and_then(|u| u.failure)
-            .expect("failure recorded");
-        assert!(
-            failure.contains("db-1 did not start on 7.0.15: ErrImagePull"),
-            "{failure}"
-        );
-        assert!(failure.contains("primary db-0 is untouched"), "{failure}");
-        assert_eq!(d.act, Act::Wait("failed".into()));
-    }
-
-    #[test]
-    fn a_lagging_standby_is_not_caught_up() {
-        let policy = UpgradePolicy::default();
-        let mut m = members();
-        m[1].probe.as_mut().unwrap().offset = 90;
-        let v = view(&m, "db-0", &policy);
-        assert!(!caught_up(&v, &m[1]));
-        assert!(precheck(&v).unwrap_err().contains("db-1 lags 10 bytes"));
-        let loose = UpgradePolicy {
-            max_lag_bytes: 10,
-            ..UpgradePolicy::default()
-        };
-        assert!(caught_up(&view(&m, "db-0", &loose), &m[1]));
-    }
-
-    #[test]
-    fn the_candidate_is_chosen_after_the_fence_by_position() {
-        let policy = UpgradePolicy::default();
-        let mut m = members();
-        for x in &mut m[1..] {
-            upgrade_member(x);
-        }
-        let mut u = upgrade("Switchover");
-        let d = next(&view(&m, "db-0", &policy), &u, false);
-        assert_eq!(
-            d.act,
-            Act::Fence {
-                member: "db-0".into()
-            }
-        );
-        u = d.before.flatten().unwrap();
-        // Not fenced yet: fence again, choose nobody.
-        assert_eq!(
-            next(&view(&m, "db-0", &policy), &u, false).act,
-            Act::Fence {
-                member: "db-0".into()
-            }
-        );
-        m[0].probe.as_mut().unwrap().fenced = true;
-        m[0].probe.as_mut().unwrap().offset = 180;
-        m[1].probe.as_mut().unwrap().offset = 150;
-        m[2].probe.as_mut().unwrap().offset = 170;
-        let d = next(&view(&m, "db-0", &policy), &u, false);
-        let rec = d.before.flatten().unwrap();
-        assert_eq!(rec.candidate.as_deref(), Some("db-2"));
-        assert_eq!(rec.fence_offset, Some(180));
-        // Promoted only once it has the fenced primary's position.
-        let d = next(&view(&m, "db-0", &policy), &rec, false);
-        assert!(matches!(d.act, Act::Wait(_)));
-        m[2].probe.as_mut().unwrap().offset = 180;
-        let d = next(&view(&m, "db-0", &policy), &rec, false);
-        assert_eq!(
-            d.act,
-            Act::Promote {
-                candidate: "db-2".into()
-            }
-        );
-        let promoting = d.before.flatten().unwrap();
-        let d = next(&view(&m, "db-0", &policy), &promoting, false);
-        assert_eq!(d.new_primary.as_deref(), Some("db-2"));
-        let unfencing = d.after.flatten().unwrap();
-        assert_eq!(unfencing.switchover.as_deref(), Some("Unfencing/db-0"));
-        // After the promotion db-2 leads; unfence db-0, then upgrade it as a standby.
-        m[2].probe.as_mut().unwrap().role = Role::Primary;
-        let d = next(&view(&m, "db-2", &policy), &unfencing, false);
-        assert_eq!(
-            d.act,
-            Act::Unfence {
-                member: "db-0".into()
-            }
-        );
-        assert_eq!(d.after.flatten().unwrap().step, "UpgradeStandby/db-0");
-    }
-
-    #[test]
-    fn nothing_is_fenced_until_an_upgraded_standby_is_caught_up() {
-        let policy = UpgradePolicy::default();
-        let mut m = members();
-        for x in &mut m[1..] {
-            upgrade_member(x);
-            x.ready = false; // e.g. a readiness probe flapping under load
-        }
-        let v = view(&m, "db-0", &policy);
-        let d = next(&v, &upgrade("Switchover"), false);
-        assert!(matches!(d.act, Act::Wait(_)) && d.before.is_none(), "{d:?}");
-        // Fenced already, but no candidate for now: wait, keep the fence, do not fail yet.
-        m[0].probe.as_mut().unwrap().fenced = true;
-        let mut u = upgrade("Switchover");
-        u.switchover = Some("Fencing/db-0".into());
-        let d = next(&view(&m, "db-0", &policy), &u, false);
-        assert!(matches!(d.act, Act::Wait(_)) && d.before.is_none(), "{d:?}");
-        let late = View {
-            step_elapsed: Duration::from_secs(601),
-            ..view(&m, "db-0", &policy)
-        };
-        let d = next(&late, &u, false);
-        assert_eq!(
-            d.act,
-            Act::Unfence {
-                member: "db-0".into()
-            }
-        );
-        assert!(d.before.flatten().and_then(|u| u.failure).is_some());
-    }
-
-    #[test]
-    fn a_candidate_that_cannot_catch_up_unfences_and_fails() {
-        let policy = UpgradePolicy::default();
-        let m = members();
-        let mut u = upgrade("Switchover");
-        u.switchover = Some("CatchingUp/db-1".into());
-        u.candidate = Some("db-1".into());
-        u.fence_offset = Some(500);
-        let v = View {
-            step_elapsed: Duration::from_secs(700),
-            ..view(&m, "db-0", &policy)
-        };
-        let d = next(&v, &u, false);
-        assert_eq!(
-            d.act,
-            Act::Unfence {
-                member: "db-0".into()
-            }
-        );
-        assert!(d.new_primary.is_none());
-        let failure = d.before.flatten().and_then(|u| u.failure).unwrap();
-        assert!(
-            failure.contains("did not reach the fenced primary's position 500"),
-            "{failure}"
-        );
-    }
-
-    #[test]
-    fn restart_method_and_single_members_restart_the_primary_in_place() {
-        let restart = UpgradePolicy {
-            primary_update_method: PrimaryUpdateMethod::Restart,
-            ..UpgradePolicy::default()
-        };
-        let mut m = members();
-        for x in &mut m[1..] {
-            upgrade_member(x);
-        }
-        let d = next(
-            &view(&m, "db-0", &restart),
-            &upgrade("UpgradeStandby/db-2"),
-            false,
-        );
-        assert_eq!(recorded_step(&d), "RestartPrimary/db-0");
-        let single = &members()[..1];
-        let d = next(
-            &view(single, "db-0", &UpgradePolicy::default()),
-            &upgrade(""),
-            false,
-        );
-        assert_eq!(recorded_step(&d), "RestartPrimary/db-0");
-    }
-
-    #[test]
-    fn second_switch_returns_to_the_original_primary() {
-        let policy = UpgradePolicy {
-            second_switch: true,
-            ..UpgradePolicy::default()
-        };
-        let mut m = members();
-        for x in &mut m {
-            upgrade_member(x);
-            let p = x.probe.as_mut().unwrap();
-            p.role = if x.name == "db-1" {
-                Role::Primary
-            } else {
-                Role::Standby
-            };
-            p.following = (x.name != "db-1").then(|| ip(3));
-            p.link_up = x.name != "db-1";
-        }
-        let d = next(
-            &view(&m, "db-1", &policy),
-            &upgrade("UpgradeStandby/db-0"),
-            false,
-        );
-        assert_eq!(recorded_step(&d), "SwitchBack");
-        let d = next(&view(&m, "db-0", &policy), &upgrade("SwitchBack"), false);
-        assert!(
-            d.before.flatten().is_none(),
-            "back on the original primary: done"
-        );
-    }
-
-    #[test]
-    fn reverting_returns_standbys_to_the_source_and_never_touches_the_primary() {
-        let policy = UpgradePolicy::default();
-        let mut m = members();
-        upgrade_member(&mut m[1]);
-        let mut u = upgrade("UpgradeStandby/db-1");
-        u.failure = Some("boom".into());
-        let d = next(
-            &view(&m, "db-0", &policy),
-            &UpgradeInFlight {
-                step: String::new(),
-                ..u.clone()
-            },
-            true,
-        );
-        assert_eq!(recorded_step(&d), "UpgradeStandby/db-1");
-        let d = next(&view(&m, "db-0", &policy), &u, true);
-        assert_eq!(
-            d.act,
-            Act::SetVersion {
-                member: "db-1".into(),
-                version: SRC.into()
-            }
-        );
-        m[1].version = Some(SRC.into());
-        m[1].probe.as_mut().unwrap().version = SRC.into();
-        let d = next(&view(&m, "db-0", &policy), &u, true);
-        assert_eq!(
-            d.before,
-            Some(None),
-            "all back on the source: the upgrade is cleared"
-        );
-        assert_eq!(d.event.map(|e| e.0), Some("UpgradeReverted"));
-    }
-
-    #[test]
-    fn hold_stops_before_the_primary_and_commit_goes_on() {
-        let policy = UpgradePolicy::default();
-        let mut m = members();
-        for x in &mut m[1..] {
-            upgrade_member(x);
-        }
-        let mut u = upgrade("UpgradeStandby/db-2");
-        u.hold = true;
-        let d = next(&view(&m, "db-0", &policy), &u, false);
-        assert_eq!(recorded_step(&d), "AwaitingCommit");
-        let mut held = d.before.flatten().unwrap();
-        let d = next(&view(&m, "db-0", &policy), &held, false);
-        assert!(d.before.is_none() && matches!(d.act, Act::Wait(_)), "{d:?}");
-        held.hold = false; // Commit
-        let d = next(&view(&m, "db-0", &policy), &held, false);
-        assert_eq!(recorded_step(&d), "Switchover");
-    }
-
-    #[test]
-    fn rollback_from_awaiting_commit_returns_the_standbys_only() {
-        let policy = UpgradePolicy::default();
-        let mut m = members();
-        for x in &mut m[1..] {
-            upgrade_member(x);
-        }
-        let mut u = upgrade("AwaitingCommit");
-        u.hold = true;
-        u.rollback = true;
-        assert!(revertible(&view(&m, "db-0", &policy), &u));
-        let d = next(&view(&m, "db-0", &policy), &u, true);
-        assert_eq!(recorded_step(&d), "UpgradeStandby/db-1");
-        let d = next(
-            &view(&m, "db-0", &policy),
-            &d.before.flatten().unwrap(),
-            true,
-        );
-        assert_eq!(
-            d.act,
-            Act::SetVersion {
-                member: "db-1".into(),
-                version: SRC.into()
-            }
-        );
-    }
-
-    #[test]
-    fn cancel_goes_back_between_steps_while_the_primary_runs_the_source() {
-        let policy = UpgradePolicy::default();
-        let mut m = members();
-        upgrade_member(&mut m[1]);
-        let mut u = upgrade("UpgradeStandby/db-1");
-        u.cancel = true;
-        // db-1 is done: at this boundary the cancel turns into a rollback of db-1.
-        let d = next(&view(&m, "db-0", &policy), &u, false);
-        let rec = d.before.flatten().unwrap();
-        assert!(rec.rollback, "{rec:?}");
-        assert_eq!(rec.step, "UpgradeStandby/db-1");
-        // Once the primary runs the target, a cancel can only finish.
-        for x in &mut m {
-            upgrade_member(x);
-        }
-        let mut after = upgrade("UpgradeStandby/db-2");
-        after.cancel = true;
-        m[2].version = Some(SRC.into());
-        let v = view(&m, "db-1", &policy);
-        assert!(!revertible(&v, &after));
-    }
-
-    #[test]
-    fn in_place_restarts_every_member_then_repoints_the_standbys() {
-        let policy = UpgradePolicy::default();
-        let mut m = members();
-        let mut u = upgrade("");
-        u.type_ = Some(UpgradeType::InPlace);
-        let d = next(&view(&m, "db-0", &policy), &u, false);
-        assert_eq!(recorded_step(&d), "RestartAll");
-        u.step = "RestartAll".into();
-        let mut changed = vec![];
-        loop {
-            let d = next(&view(&m, "db-0", &policy), &u, false);
-            match d.act {
-                Act::SetVersion { member, .. } => {
-                    let i = m.iter().position(|x| x.name == member).unwrap();
-                    m[i].version = Some(DST.into());
-                    changed.push(member);
-                }
-                _ => break,
-            }
-        }
-        assert_eq!(
-            changed,
-            ["db-0", "db-1", "db-2"],
-            "all members, no waiting between"
-        );
-        for x in &mut m {
-            upgrade_member(x);
-        }
-        // db-2 came back as a lone primary: repoint it.
-        let p = m[2].probe.as_mut().unwrap();
-        p.role = Role::Primary;
-        p.following = None;
-        let d = next(&view(&m, "db-0", &policy), &u, false);
-        assert_eq!(
-            d.act,
-            Act::Repoint {
-                member: "db-2".into()
-            }
-        );
-        let p = m[2].probe.as_mut().unwrap();
-        p.role = Role::Standby;
-        p.following = Some(ip(2));
-        let d = next(&view(&m, "db-0", &policy), &u, false);
-        assert_eq!(d.before, Some(None), "{d:?}");
-        assert_eq!(d.event.map(|e| e.0), Some("UpgradeCompleted"));
-    }
-
-    #[test]
-    fn a_closed_window_holds_forward_steps_but_not_a_switchover_in_progress() {
-        let policy = UpgradePolicy::default();
-        let mut m = members();
-        upgrade_member(&mut m[1]);
-        let closed = View {
-            may_start_step: false,
-            ..view(&m, "db-0", &policy)
-        };
-        let d = next(&closed, &upgrade("UpgradeStandby/db-1"), false);
-        assert!(d.before.is_none() && matches!(d.act, Act::Wait(_)), "{d:?}");
-        // A rollback is not held back by the window.
-        let mut back = upgrade("UpgradeStandby/db-1");
-        back.rollback = true;
-        let d = next(&closed, &back, true);
-        assert!(matches!(d.act, Act::SetVersion { .. }), "{d:?}");
-        // The end of a switchover always finishes.
-        let mut u = upgrade("Switchover");
-        u.switchover = Some("Unfencing/db-0".into());
-        let d = next(&closed, &u, false);
-        assert_eq!(
-            d.act,
-            Act::Unfence {
-                member: "db-0".into()
-            }
-        );
-        assert!(d.after.is_some());
-    }
-
-    #[test]
-    fn a_request_checks_the_members_before_its_first_step() {
-        let policy = UpgradePolicy::default();
-        let mut m = members();
-        m[2].ready = false;
-        let mut u = upgrade("");
-        u.request = Some("ns/r".into());
-        let d = next(&view(&m, "db-0", &policy), &u, false);
-        assert!(d.before.is_none() && matches!(d.act, Act::Wait(_)), "{d:?}");
-        let late = View {
-            step_elapsed: Duration::from_secs(601),
-            ..view(&m, "db-0", &policy)
-        };
-        let d = next(&late, &u, false);
-        let failure = d.before.flatten().and_then(|u| u.failure).unwrap();
-        assert!(failure.contains("db-2 is not Ready"), "{failure}");
-        assert!(failure.contains("nothing was changed"), "{failure}");
-    }
-}
+mod tests;

@@ -53,11 +53,7 @@ pub fn validate(
             Some(r) => format!(
                 "another UpgradeRequest ({r}) owns its upgrade to {} (step {}); wait for it to finish or cancel it",
                 u.target_version,
-                if u.step.is_empty() {
-                    "starting"
-                } else {
-                    &u.step
-                }
+                u.describe()
             ),
             None => format!(
                 "an upgrade to {} from its spec is in flight; wait for it to finish",
@@ -331,11 +327,11 @@ mod tests {
         let mut busy = instance("6.2.14", InstancePhase::Upgrading);
         let mut u = UpgradeInFlight::new("6.2.14", "7.0.15", "db-0", t0());
         u.request = Some("ns/first".into());
-        u.step = "UpgradeStandby/db-1".into();
+        u.step = crate::crd::UpgradeStep::on(crate::crd::StepKind::UpgradeStandby, "db-1");
         busy.status.as_mut().unwrap().upgrade = Some(u);
         let e = validate(&spec(None, "Rolling"), &busy, &c).unwrap_err();
         assert!(e.contains("another UpgradeRequest (ns/first)"), "{e}");
-        assert!(e.contains("UpgradeStandby/db-1"), "{e}");
+        assert!(e.contains("(step UpgradeStandby db-1)"), "{e}");
     }
 
     #[test]

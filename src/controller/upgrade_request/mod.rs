@@ -29,7 +29,7 @@ use tracing::info;
 
 use super::{Context, apply_status, database_instance, publish};
 use crate::crd::{
-    DatabaseInstance, DatastoreVersion, InstancePhase, RequestPhase, Schedule, TargetJob,
+    DatabaseInstance, DatastoreVersion, InstancePhase, RequestPhase, Schedule, StepKind, TargetJob,
     TargetKind, UpgradeAction, UpgradeInFlight, UpgradeRequest, UpgradeRequestStatus,
 };
 use crate::error::{Error, Result};
@@ -532,16 +532,12 @@ async fn sync_job(
         job.source_version = Some(u.source_version.clone());
         job.target_version = Some(u.target_version.clone());
     }
-    job.phase = if u.step == "AwaitingCommit" && u.hold {
+    job.phase = if u.step.kind == StepKind::AwaitingCommit && u.hold {
         RequestPhase::AwaitingCommit
     } else {
         RequestPhase::Running
     };
-    job.step = Some(match (&u.switchover, u.step.as_str()) {
-        (_, "") => "PreCheck".to_string(),
-        (Some(sw), step) => format!("{step}: {sw}"),
-        (None, step) => step.to_string(),
-    });
+    job.step = Some(u.describe());
     if let Some(why) = &u.aborted {
         job.message = Some(format!("rolling back to {}: {why}", u.source_version));
     } else if u.failure.is_some() {

@@ -1,27 +1,51 @@
-//! A client workload for checking upgrades: it writes continuously to an instance's primary,
-//! found the way a client outside the operator would (the pod labelled `baton.dev/role=primary`;
-//! the read-write Service selects the same pods), records every acknowledged write and the gaps
-//! between acknowledgements, and afterwards verifies that every acknowledged write is present.
-//! Used by the end-to-end tests, the demo and the benchmark.
+//! The client workload and the write-loss checker shared by the tests, the demo and the
+//! benchmark. A writer writes `w:<writer>:<n>` one write at a time (each waits for its
+//! acknowledgement) and records every acknowledged write with the address that acknowledged
+//! it, so a loss names where the write went. Writers behave like real clients do:
+//!
+//! - [`Route::FollowLabel`] finds the primary as a client outside the operator would (the pod
+//!   labelled `baton.dev/role=primary`, which the read-write Service selects) after each error;
+//! - [`Route::Trailing`] does the same through a view of the label that trails it (as a
+//!   Service's endpoints trail a label change in a real cluster);
+//! - [`Route::Pinned`] keeps reconnecting to one address (a pooled connection pinned to an old
+//!   primary's address).
 
-use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use baton::controller::database_instance::children::{LABEL_INSTANCE, LABEL_ROLE, ROLE_PRIMARY};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, ListParams};
 use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 
-use crate::controller::database_instance::children::{LABEL_INSTANCE, LABEL_ROLE, ROLE_PRIMARY};
+/// How a writer finds where to write.
+#[derive(Debug, Clone)]
+pub enum Route {
+    FollowLabel,
+    /// The label as it was `delay` ago.
+    Trailing {
+        delay: Duration,
+    },
+    Pinned(IpAddr),
+}
+
+/// One acknowledged write: its sequence number and who acknowledged it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ack {
+    pub seq: u64,
+    pub by: IpAddr,
+}
 
 /// What a writer saw.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
+    /// The writer's key space: keys are `w:<writer>:<n>`.
+    pub writer: String,
     pub attempted: u64,
-    /// Sequence numbers of acknowledged writes (key `w:<n>`, value `<n>`).
-    pub acked: Vec<u64>,
+    pub acked: Vec<Ack>,
     pub errors: u64,
     /// Intervals between consecutive acknowledgements longer than the outage threshold.
     pub gaps: Vec<Duration>,
@@ -29,8 +53,23 @@ pub struct Report {
     pub elapsed: Duration,
 }
 
+impl Report {
+    pub fn key(&self, seq: u64) -> String {
+        format!("w:{}:{seq}", self.writer)
+    }
+
+    /// The acknowledgements, counted by the address that gave them.
+    pub fn acked_by(&self) -> BTreeMap<IpAddr, usize> {
+        let mut out = BTreeMap::new();
+        for a in &self.acked {
+            *out.entry(a.by).or_default() += 1;
+        }
+        out
+    }
+}
+
 /// The address of the pod that carries the primary label, if exactly one does and it has one.
-pub async fn primary_address(client: &Client, ns: &str, instance: &str) -> Option<Ipv4Addr> {
+pub async fn primary_address(client: &Client, ns: &str, instance: &str) -> Option<IpAddr> {
     let pods = Api::<Pod>::namespaced(client.clone(), ns)
         .list(&ListParams::default().labels(&format!(
             "{LABEL_INSTANCE}={instance},{LABEL_ROLE}={ROLE_PRIMARY}"
@@ -43,31 +82,97 @@ pub async fn primary_address(client: &Client, ns: &str, instance: &str) -> Optio
     }
 }
 
-async fn connect(ip: Ipv4Addr) -> Option<MultiplexedConnection> {
-    let c = redis::Client::open(format!("redis://{ip}:6379/")).ok()?;
+/// Every member's address, by pod name.
+pub async fn member_addresses(
+    client: &Client,
+    ns: &str,
+    instance: &str,
+) -> BTreeMap<String, IpAddr> {
+    let Ok(pods) = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&format!("{LABEL_INSTANCE}={instance}")))
+        .await
+    else {
+        return BTreeMap::new();
+    };
+    pods.items
+        .into_iter()
+        .filter_map(|p| {
+            let ip = p.status.as_ref()?.pod_ip.as_deref()?.parse().ok()?;
+            Some((p.metadata.name?, ip))
+        })
+        .collect()
+}
+
+pub async fn connect(ip: IpAddr) -> Option<MultiplexedConnection> {
+    let c = redis::Client::open(redis::ConnectionAddr::Tcp(ip.to_string(), 6379)).ok()?;
     tokio::time::timeout(Duration::from_secs(2), c.get_multiplexed_async_connection())
         .await
         .ok()?
         .ok()
 }
 
-/// Writes `w:<n>` to the primary until `stop`, one write at a time (each waits for its
-/// acknowledgement); a gap longer than `outage` between acknowledgements is recorded.
+/// The label's history, for a trailing view of it.
+struct Trail {
+    seen: VecDeque<(Instant, Option<IpAddr>)>,
+    last_poll: Option<Instant>,
+}
+
+impl Trail {
+    async fn at(
+        &mut self,
+        client: &Client,
+        ns: &str,
+        instance: &str,
+        delay: Duration,
+    ) -> Option<IpAddr> {
+        let now = Instant::now();
+        if self
+            .last_poll
+            .is_none_or(|t| now - t >= Duration::from_millis(50))
+        {
+            self.seen
+                .push_back((now, primary_address(client, ns, instance).await));
+            self.last_poll = Some(now);
+        }
+        // The newest observation at least `delay` old; before there is one, the oldest.
+        while self.seen.len() > 1 && now - self.seen[1].0 >= delay {
+            self.seen.pop_front();
+        }
+        self.seen.front().and_then(|s| s.1)
+    }
+}
+
+/// Writes `w:<writer>:<n>` along `route` until `stop`; a gap longer than `outage` between
+/// acknowledgements is recorded.
 pub async fn write_until(
     client: Client,
     ns: String,
     instance: String,
+    writer: &str,
+    route: Route,
     outage: Duration,
     stop: CancellationToken,
 ) -> Report {
-    let mut r = Report::default();
+    let mut r = Report {
+        writer: writer.into(),
+        ..Default::default()
+    };
     let start = Instant::now();
     let mut last_ack = Instant::now();
-    let mut conn: Option<(Ipv4Addr, MultiplexedConnection)> = None;
+    let mut conn: Option<(IpAddr, MultiplexedConnection)> = None;
+    let mut trail = Trail {
+        seen: VecDeque::new(),
+        last_poll: None,
+    };
     let mut n: u64 = 0;
     while !stop.is_cancelled() {
         if conn.is_none() {
-            conn = match primary_address(&client, &ns, &instance).await {
+            let ip = match &route {
+                Route::FollowLabel => primary_address(&client, &ns, &instance).await,
+                Route::Trailing { delay } => trail.at(&client, &ns, &instance, *delay).await,
+                Route::Pinned(ip) => Some(*ip),
+            };
+            conn = match ip {
                 Some(ip) => connect(ip).await.map(|c| (ip, c)),
                 None => None,
             };
@@ -76,17 +181,14 @@ pub async fn write_until(
                 continue;
             }
         }
-        let Some((_, c)) = conn.as_mut() else {
+        let Some((ip, c)) = conn.as_mut() else {
             continue;
         };
         n += 1;
         r.attempted += 1;
         let res: Result<Result<(), redis::RedisError>, _> = tokio::time::timeout(
             Duration::from_secs(2),
-            redis::cmd("SET")
-                .arg(format!("w:{n}"))
-                .arg(n)
-                .query_async(c),
+            redis::cmd("SET").arg(r.key(n)).arg(n).query_async(c),
         )
         .await;
         match res {
@@ -98,7 +200,7 @@ pub async fn write_until(
                 }
                 r.longest_gap = r.longest_gap.max(gap);
                 last_ack = now;
-                r.acked.push(n);
+                r.acked.push(Ack { seq: n, by: *ip });
             }
             _ => {
                 // Fenced (NOREPLICAS), demoted (READONLY) or gone: find the primary again.
@@ -112,34 +214,56 @@ pub async fn write_until(
     r
 }
 
-/// The acknowledged writes missing from the server at `ip`.
-pub async fn missing(ip: Ipv4Addr, acked: &[u64]) -> Result<Vec<u64>, redis::RedisError> {
+/// The acknowledged writes of `report` missing from the server at `ip`.
+pub async fn missing(ip: IpAddr, report: &Report) -> Result<Vec<Ack>, redis::RedisError> {
     let mut c = connect(ip)
         .await
         .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "cannot connect")))?;
     let mut lost = Vec::new();
-    for chunk in acked.chunks(500) {
-        let keys: Vec<String> = chunk.iter().map(|n| format!("w:{n}")).collect();
+    for chunk in report.acked.chunks(500) {
+        let keys: Vec<String> = chunk.iter().map(|a| report.key(a.seq)).collect();
         let values: Vec<Option<u64>> = redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
         lost.extend(
             chunk
                 .iter()
                 .zip(values)
-                .filter(|(n, v)| *v != Some(**n))
-                .map(|(n, _)| *n),
+                .filter(|(a, v)| *v != Some(a.seq))
+                .map(|(a, _)| *a),
         );
     }
     Ok(lost)
 }
 
-/// The distinct sequence numbers, for sanity checks.
-pub fn distinct(acked: &[u64]) -> usize {
-    acked.iter().collect::<BTreeSet<_>>().len()
+/// Lost writes in words: how many, and which member acknowledged them.
+pub fn describe_loss(lost: &[Ack], members: &BTreeMap<String, IpAddr>) -> String {
+    let mut by: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for a in lost {
+        let who = members
+            .iter()
+            .find(|(_, ip)| **ip == a.by)
+            .map(|(n, _)| n.clone())
+            .unwrap_or_else(|| a.by.to_string());
+        by.entry(who).or_default().push(a.seq);
+    }
+    by.iter()
+        .map(|(who, seqs)| {
+            format!(
+                "{} acknowledged by {who} (e.g. {:?})",
+                seqs.len(),
+                &seqs[..seqs.len().min(5)]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
-/// The example catalog (Redis 6.2.14 and 7.0.15 with the 6 → 7 edge), as the demo, the
-/// benchmark and the tests apply it.
-pub const EXAMPLE_CATALOG: &str = include_str!("../examples/catalog.yaml");
+/// The distinct sequence numbers, for sanity checks.
+pub fn distinct(acked: &[Ack]) -> usize {
+    acked.iter().map(|a| a.seq).collect::<BTreeSet<_>>().len()
+}
+
+/// The example catalog, as the demo, the benchmark and the tests apply it.
+pub const EXAMPLE_CATALOG: &str = include_str!("../../../examples/catalog.yaml");
 
 /// Installs (server-side apply) every Baton CRD, then waits until each is Established and the
 /// group is served (discovery lags Established by a moment). The error names what is missing.
@@ -147,7 +271,7 @@ pub async fn install_crds(client: &Client) -> Result<(), String> {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::api::{Patch, PatchParams};
     let api = Api::<CustomResourceDefinition>::all(client.clone());
-    for crd in crate::crd::all() {
+    for crd in baton::crd::all() {
         let name = crd.metadata.name.clone().unwrap_or_default();
         api.patch(
             &name,
@@ -160,7 +284,7 @@ pub async fn install_crds(client: &Client) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let mut missing = vec![];
-        for crd in crate::crd::all() {
+        for crd in baton::crd::all() {
             let name = crd.metadata.name.clone().unwrap_or_default();
             let established = api
                 .get(&name)
@@ -176,7 +300,7 @@ pub async fn install_crds(client: &Client) -> Result<(), String> {
             }
         }
         let served =
-            missing.is_empty() && crate::operator::startup::check_crds(client).await.is_ok();
+            missing.is_empty() && baton::operator::startup::check_crds(client).await.is_ok();
         if served {
             return Ok(());
         }
@@ -192,12 +316,12 @@ pub async fn install_crds(client: &Client) -> Result<(), String> {
 /// Applies every DatastoreVersion in a multi-document YAML file (server-side apply).
 pub async fn apply_catalog(client: &Client, yaml: &str) -> Result<(), kube::Error> {
     use kube::api::{Patch, PatchParams};
-    let api = Api::<crate::crd::DatastoreVersion>::all(client.clone());
+    let api = Api::<baton::crd::DatastoreVersion>::all(client.clone());
     for doc in yaml
         .split("\n---\n")
         .filter(|d| d.contains("kind: DatastoreVersion"))
     {
-        let dv: crate::crd::DatastoreVersion =
+        let dv: baton::crd::DatastoreVersion =
             serde_yaml_ng::from_str(doc).map_err(|e| kube::Error::Service(Box::new(e)))?;
         let name = dv.metadata.name.clone().unwrap_or_default();
         api.patch(
@@ -218,13 +342,13 @@ pub async fn create_redis(
     replicas: i32,
     version: &str,
 ) -> Result<(), kube::Error> {
-    let obj: crate::crd::DatabaseInstance = serde_json::from_value(serde_json::json!({
+    let obj: baton::crd::DatabaseInstance = serde_json::from_value(serde_json::json!({
         "apiVersion": "baton.dev/v1alpha1", "kind": "DatabaseInstance",
         "metadata": {"name": name},
         "spec": {"datastore": {"type": "redis", "version": version}, "replicas": replicas},
     }))
     .map_err(|e| kube::Error::Service(Box::new(e)))?;
-    Api::<crate::crd::DatabaseInstance>::namespaced(client.clone(), ns)
+    Api::<baton::crd::DatabaseInstance>::namespaced(client.clone(), ns)
         .create(&Default::default(), &obj)
         .await?;
     Ok(())
@@ -239,7 +363,7 @@ pub async fn set_version(
 ) -> Result<(), kube::Error> {
     use kube::api::{Patch, PatchParams};
     let patch = serde_json::json!({"spec": {"datastore": {"version": version}}});
-    Api::<crate::crd::DatabaseInstance>::namespaced(client.clone(), ns)
+    Api::<baton::crd::DatabaseInstance>::namespaced(client.clone(), ns)
         .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     Ok(())
@@ -252,13 +376,13 @@ pub async fn wait_active(
     name: &str,
     version: &str,
     timeout: Duration,
-) -> Option<crate::crd::DatabaseInstance> {
-    let api = Api::<crate::crd::DatabaseInstance>::namespaced(client.clone(), ns);
+) -> Option<baton::crd::DatabaseInstance> {
+    let api = Api::<baton::crd::DatabaseInstance>::namespaced(client.clone(), ns);
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if let Ok(i) = api.get(name).await
             && let Some(s) = &i.status
-            && s.phase == Some(crate::crd::InstancePhase::Active)
+            && s.phase == Some(baton::crd::InstancePhase::Active)
             && s.version.as_deref() == Some(version)
             && s.upgrade.is_none()
         {
@@ -270,12 +394,12 @@ pub async fn wait_active(
 }
 
 /// The version a Redis server itself reports.
-pub async fn server_version(ip: Ipv4Addr) -> Option<String> {
+pub async fn server_version(ip: IpAddr) -> Option<String> {
     let mut c = connect(ip).await?;
     let info: String = redis::cmd("INFO")
         .arg("server")
         .query_async(&mut c)
         .await
         .ok()?;
-    crate::engine::redis::info_field(&info, "redis_version").map(str::to_string)
+    baton::engine::redis::info_field(&info, "redis_version").map(str::to_string)
 }

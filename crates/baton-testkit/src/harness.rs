@@ -1,11 +1,10 @@
-//! Shared test harness: the local control plane started by `make test` (never a mock), clients
-//! for its users, CRD installation, per-test namespaces, and the operator binary.
-#![allow(dead_code)]
-
-pub mod env;
+//! The harness of the end-to-end suites: the local control plane started by `make test` (never
+//! a mock), clients for its users, CRD installation, per-test namespaces, and the operator
+//! binary run as a process.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -35,8 +34,27 @@ pub fn tool(name: &str) -> PathBuf {
     p
 }
 
+/// The repository (workspace) root.
 pub fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        p.canonicalize().unwrap_or(p)
+    })
+}
+
+/// The `baton` binary: `BATON_BIN` (which `make test` sets), else the workspace's debug build.
+pub fn operator_bin() -> PathBuf {
+    std::env::var_os("BATON_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/debug/baton"))
+}
+
+/// The `baton-node` binary: `BATON_NODE_BIN`, else the workspace's debug build.
+pub fn node_bin() -> PathBuf {
+    std::env::var_os("BATON_NODE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/debug/baton-node"))
 }
 
 /// A client for one of the kubeconfig's contexts (`admin` or `developer`).
@@ -85,7 +103,7 @@ pub async fn client_from(path: &Path) -> Client {
 
 /// Installs (server-side apply) every Baton CRD and waits until each is Established and served.
 pub async fn install_crds(client: &Client) {
-    if let Err(e) = baton::workload::install_crds(client).await {
+    if let Err(e) = crate::workload::install_crds(client).await {
         panic!("{e}");
     }
 }
@@ -192,7 +210,7 @@ impl Operator {
         let port = free_port();
         let log = dir.join(format!("operator-{identity}.log"));
         let file = std::fs::File::create(&log).expect("log file");
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        let child = tokio::process::Command::new(operator_bin())
             .arg("run")
             .arg(format!("--listen=127.0.0.1:{port}"))
             .arg(format!("--identity={identity}"))

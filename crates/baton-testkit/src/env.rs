@@ -15,9 +15,9 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use baton::crd::{DatabaseInstance, DatastoreVersion, InstancePhase};
-use baton::workload;
 
-use super::*;
+use crate::harness::*;
+use crate::workload::{self, Route};
 
 pub const LONG: Duration = Duration::from_secs(180);
 pub const SOURCE: &str = "6.2.14";
@@ -72,8 +72,10 @@ impl Env {
         }
     }
 
-    pub fn operator(&self, id: &str, failpoints: &str) -> Operator {
-        self.operator_with(id, &[("BATON_FAILPOINTS", failpoints)])
+    /// An operator limited to this namespace; `crash_at` names a failpoint where it is
+    /// killed with SIGKILL (empty: none).
+    pub fn operator(&self, id: &str, crash_at: &str) -> Operator {
+        self.operator_with(id, &[("BATON_CRASH_AT", crash_at)])
     }
 
     /// An operator limited to this namespace, with extra environment (failpoints, clock).
@@ -239,19 +241,44 @@ impl Env {
             .collect()
     }
 
-    /// Starts a client that writes to the primary until the returned token is cancelled.
+    /// Starts a client that writes to the primary, following its label, until the returned
+    /// token is cancelled.
     pub fn writer(
         &self,
         name: &str,
     ) -> (CancellationToken, tokio::task::JoinHandle<workload::Report>) {
+        self.writer_with(name, "l", Route::FollowLabel)
+    }
+
+    /// Starts a client with its own key space (`writer`) that finds where to write by `route`.
+    pub fn writer_with(
+        &self,
+        name: &str,
+        writer: &str,
+        route: Route,
+    ) -> (CancellationToken, tokio::task::JoinHandle<workload::Report>) {
         let stop = CancellationToken::new();
-        let task = tokio::spawn(workload::write_until(
-            self.client.clone(),
-            self.ns.clone(),
-            name.to_string(),
-            Duration::from_millis(250),
-            stop.clone(),
-        ));
+        let task = tokio::spawn({
+            let (client, ns, name, writer, stop) = (
+                self.client.clone(),
+                self.ns.clone(),
+                name.to_string(),
+                writer.to_string(),
+                stop.clone(),
+            );
+            async move {
+                workload::write_until(
+                    client,
+                    ns,
+                    name,
+                    &writer,
+                    route,
+                    Duration::from_millis(250),
+                    stop,
+                )
+                .await
+            }
+        });
         (stop, task)
     }
 
@@ -292,7 +319,7 @@ impl Env {
         (stop, worst)
     }
 
-    pub async fn primary_ip(&self, name: &str) -> std::net::Ipv4Addr {
+    pub async fn primary_ip(&self, name: &str) -> std::net::IpAddr {
         workload::primary_address(&self.client, &self.ns, name)
             .await
             .expect("one labelled primary")
@@ -312,33 +339,32 @@ pub fn image(p: &Pod) -> String {
         .unwrap_or_default()
 }
 
-/// Checks that every acknowledged write is on the primary and, once caught up, on each member.
-pub async fn assert_nothing_lost(env: &Env, name: &str, report: &workload::Report) {
-    assert!(
-        report.acked.len() > 50,
-        "the writer barely wrote: {report:?}"
-    );
-    assert_eq!(workload::distinct(&report.acked), report.acked.len());
-    let lost = workload::missing(env.primary_ip(name).await, &report.acked)
-        .await
-        .expect("read back");
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged writes lost on the primary, e.g. {:?}",
-        lost.len(),
-        &lost[..lost.len().min(10)]
-    );
-    for (pod, p) in env.member_pods(name).await {
-        let ip = p
-            .status
-            .and_then(|s| s.pod_ip)
-            .and_then(|i| i.parse().ok())
-            .expect("ip");
+/// Checks that every acknowledged write of every report is on the primary and, once caught up,
+/// on each member; a loss names the member that acknowledged the lost writes.
+pub async fn assert_nothing_lost(env: &Env, name: &str, reports: &[&workload::Report]) {
+    let total: usize = reports.iter().map(|r| r.acked.len()).sum();
+    assert!(total > 50, "the writers barely wrote: {reports:?}");
+    let members = workload::member_addresses(&env.client, &env.ns, name).await;
+    let primary = env.primary_ip(name).await;
+    for report in reports {
+        assert_eq!(workload::distinct(&report.acked), report.acked.len());
+        let lost = workload::missing(primary, report).await.expect("read back");
+        assert!(
+            lost.is_empty(),
+            "writer {}: {} acknowledged writes lost on the primary: {}",
+            report.writer,
+            lost.len(),
+            workload::describe_loss(&lost, &members)
+        );
+    }
+    for (pod, ip) in &members {
         let caught_up = eventually(Duration::from_secs(30), || async {
-            workload::missing(ip, &report.acked)
-                .await
-                .ok()
-                .filter(|l| l.is_empty())
+            for report in reports {
+                if !workload::missing(*ip, report).await.ok()?.is_empty() {
+                    return None;
+                }
+            }
+            Some(())
         })
         .await;
         assert!(

@@ -1,0 +1,12 @@
+//! Baton's test kit, shared by the end-to-end suites, the demo and the benchmark, and kept out
+//! of the operator's crate:
+//!
+//! - [`workload`]: client writers that behave like real clients and the write-loss checker;
+//! - [`harness`]: the local control plane's clients, namespaces, the operator as a process;
+//! - [`env`]: one test's environment over DatabaseInstances.
+
+pub mod env;
+pub mod harness;
+pub mod workload;
+
+pub use harness::*;

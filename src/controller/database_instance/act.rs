@@ -1,0 +1,245 @@
+//! The acting half of a pass: performs the one act `decide` chose, after its intent is on
+//! record. Every act is idempotent; each API write and database command passes a named
+//! failpoint right after it took effect (the crash-anywhere harness stops the operator there).
+
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::children::{self, Topology};
+use super::model::{Act, Member, Observation};
+use crate::controller::FIELD_MANAGER;
+use crate::crd::DatabaseInstanceStatus;
+use crate::engine::{Engine, EngineError, Target};
+use crate::failpoint;
+
+/// Why an act failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ActError {
+    #[error("{act} {member}")]
+    Engine {
+        act: &'static str,
+        member: String,
+        #[source]
+        source: EngineError,
+    },
+    /// What the API server answered, in its own words (not its whole Status).
+    #[error("{action}: {reason}")]
+    Kube {
+        action: &'static str,
+        reason: String,
+    },
+    #[error("{member} has no address yet")]
+    NoAddress { member: String },
+}
+
+impl ActError {
+    /// A fixed name for metric labels.
+    pub fn category(&self) -> &'static str {
+        match self {
+            ActError::Engine { source, .. } => source.category(),
+            ActError::Kube { .. } => "KubeApi",
+            ActError::NoAddress { .. } => "NoAddress",
+        }
+    }
+}
+
+fn kube_err(action: &'static str) -> impl FnOnce(kube::Error) -> ActError {
+    move |e| ActError::Kube {
+        action,
+        reason: match e {
+            kube::Error::Api(s) => s.message,
+            other => other.to_string(),
+        },
+    }
+}
+
+fn member<'a>(o: &'a Observation, name: &str) -> Result<&'a Member, ActError> {
+    o.members
+        .iter()
+        .find(|m| m.name == name && m.endpoint.is_some())
+        .ok_or_else(|| ActError::NoAddress {
+            member: name.into(),
+        })
+}
+
+fn target(o: &Observation, name: &str) -> Result<Target, ActError> {
+    let m = member(o, name)?;
+    Ok(Target::new(m.endpoint.clone().ok_or_else(|| {
+        ActError::NoAddress {
+            member: name.into(),
+        }
+    })?))
+}
+
+async fn apply<K>(api: &Api<K>, obj: &K, action: &'static str) -> Result<(), ActError>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(
+        &obj.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .map_err(kube_err(action))?;
+    Ok(())
+}
+
+/// The topology the status names: its primary, the primary's address, quarantined members.
+fn topology_of(o: &Observation, status: &DatabaseInstanceStatus, primary: &str) -> Topology {
+    Topology {
+        primary: primary.into(),
+        host: o
+            .members
+            .iter()
+            .find(|m| m.name == primary)
+            .and_then(|m| m.endpoint.as_ref())
+            .map(|e| e.host.clone()),
+        quarantined: status.quarantine.iter().map(|q| q.member.clone()).collect(),
+    }
+}
+
+/// Performs `act`. `status` is the status just written for this pass.
+pub async fn run(
+    client: &kube::Client,
+    o: &Observation,
+    engine: &'static dyn Engine,
+    status: &DatabaseInstanceStatus,
+    act: &Act,
+) -> Result<(), ActError> {
+    let ns = o.inst.namespace().unwrap_or_default();
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    let engine_err = |act: &'static str, member: &str| {
+        let member = member.to_string();
+        move |source| ActError::Engine {
+            act,
+            member,
+            source,
+        }
+    };
+    match act {
+        Act::None => Ok(()),
+        Act::ApplyChildren { pods: new } => apply_children(client, o, engine, status, new).await,
+        Act::SetVersion {
+            member,
+            version,
+            image,
+        } => {
+            let container = engine
+                .container(&crate::engine::MemberTemplate { topology: "" })
+                .name;
+            pods.patch(
+                member,
+                &PatchParams::default(),
+                &Patch::Strategic(&children::version_patch(&container, image, version)),
+            )
+            .await
+            .map_err(kube_err("changing a member's image"))?;
+            failpoint::scoped(member, failpoint::passed("api:pod-image")).await;
+            Ok(())
+        }
+        Act::Repoint { member, primary } => {
+            let t = target(o, member)?;
+            let p = member_endpoint(o, primary)?;
+            failpoint::scoped(member, engine.repoint(&t, &p))
+                .await
+                .map_err(engine_err("repoint", member))
+        }
+        Act::Fence { member } => failpoint::scoped(member, engine.fence(&target(o, member)?))
+            .await
+            .map_err(engine_err("fence", member)),
+        Act::Unfence { member } => failpoint::scoped(member, engine.unfence(&target(o, member)?))
+            .await
+            .map_err(engine_err("unfence", member)),
+        Act::Promote { member } => failpoint::scoped(member, engine.promote(&target(o, member)?))
+            .await
+            .map_err(engine_err("promote", member)),
+        Act::Failover { member } => failpoint::scoped(member, engine.failover(&target(o, member)?))
+            .await
+            .map_err(engine_err("failover", member)),
+        Act::Publish { primary } => publish(client, o, status, primary).await,
+    }
+}
+
+fn member_endpoint(o: &Observation, name: &str) -> Result<crate::engine::Endpoint, ActError> {
+    member(o, name)?
+        .endpoint
+        .clone()
+        .ok_or_else(|| ActError::NoAddress {
+            member: name.into(),
+        })
+}
+
+/// The topology ConfigMap first (members that restart from now on follow `primary`), then the
+/// role labels: standbys first, the primary last, so two members never carry the primary label.
+async fn publish(
+    client: &kube::Client,
+    o: &Observation,
+    status: &DatabaseInstanceStatus,
+    primary: &str,
+) -> Result<(), ActError> {
+    let ns = o.inst.namespace().unwrap_or_default();
+    let cms = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+    let cm = children::topology(&o.inst, &topology_of(o, status, primary));
+    apply(&cms, &cm, "writing the topology ConfigMap").await?;
+    failpoint::passed("api:topology").await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    let order = o
+        .members
+        .iter()
+        .filter(|m| m.exists && m.name != primary)
+        .chain(o.members.iter().filter(|m| m.exists && m.name == primary));
+    for m in order {
+        pods.patch(
+            &m.name,
+            &PatchParams::default(),
+            &Patch::Merge(&children::role_patch(m.name == primary)),
+        )
+        .await
+        .map_err(kube_err("moving the primary label"))?;
+        failpoint::scoped(&m.name, failpoint::passed("api:label")).await;
+    }
+    Ok(())
+}
+
+/// Claims, the topology ConfigMap, Services and the PDB by server-side apply; then the missing
+/// member pods (created once: a pod's spec is immutable but for its image).
+async fn apply_children(
+    client: &kube::Client,
+    o: &Observation,
+    engine: &'static dyn Engine,
+    status: &DatabaseInstanceStatus,
+    new: &[super::model::NewPod],
+) -> Result<(), ActError> {
+    let inst = &o.inst;
+    let ns = inst.namespace().unwrap_or_default();
+    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns);
+    for m in children::member_names(inst) {
+        apply(&claims, &children::claim(inst, &m), "applying a claim").await?;
+    }
+    let primary = status.primary.clone().unwrap_or_default();
+    let cms = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+    let cm = children::topology(inst, &topology_of(o, status, &primary));
+    apply(&cms, &cm, "writing the topology ConfigMap").await?;
+    let services = Api::<Service>::namespaced(client.clone(), &ns);
+    for svc in children::services(inst, engine) {
+        apply(&services, &svc, "applying a service").await?;
+    }
+    let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns);
+    apply(&pdbs, &children::pdb(inst), "applying the PDB").await?;
+    failpoint::passed("api:children").await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    for p in new {
+        let pod = children::pod(inst, engine, &p.name, &p.image, &p.version, p.primary);
+        match pods.create(&PostParams::default(), &pod).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(kube_err("creating a member pod")(e)),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,671 @@
+//! The decision of one pass, as a pure function of what the pass observed: the whole status to
+//! write (intent recorded before any side effect) and at most one act.
+//!
+//! In order: no engine → Error; a version the catalog lacks → reported; paused → nothing;
+//! missing or drifted children → apply them; a member that accepts writes and is not the
+//! recorded primary → fence and quarantine it (never resync its writes away); an upgrade in
+//! flight → the planner; otherwise converge (publish the primary, unfence it once it is the
+//! only writer, repoint strays) and, once every member is caught up, start, refuse or wait on
+//! the upgrade the spec asks for.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::model::{Act, Member, NewPod, Observation, View, Wake};
+use super::plan::{self, Plan};
+use crate::catalog::{self, PathError};
+use crate::crd::{
+    DatabaseInstanceStatus, DatastoreVersion, InstancePhase, MemberRole, MemberStatus,
+    QuarantinedMember, UpgradeInFlight, UpgradeOutcome, UpgradeResult, UpgradeStep,
+};
+use crate::engine::{Lag, Role, Strategy};
+use crate::status::{self, Desired};
+
+/// What one pass decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The whole status to write before the act.
+    pub status: DatabaseInstanceStatus,
+    pub act: Act,
+    pub wake: Wake,
+}
+
+/// The status being built, with the pass it is built from.
+struct Draft<'a> {
+    o: &'a Observation,
+    s: DatabaseInstanceStatus,
+}
+
+impl<'a> Draft<'a> {
+    fn new(o: &'a Observation) -> Draft<'a> {
+        let mut s = o.inst.status.clone().unwrap_or_default();
+        s.observed_generation = o.inst.metadata.generation;
+        Draft { o, s }
+    }
+
+    fn now(&self) -> Time {
+        Time(self.o.now)
+    }
+
+    fn cond(&mut self, type_: &'static str, ok: bool, reason: &'static str, message: String) {
+        self.s.conditions = status::merge(
+            &self.s.conditions,
+            Desired {
+                type_,
+                status: ok,
+                reason,
+                message,
+            },
+            self.o.inst.metadata.generation,
+            self.now(),
+        );
+    }
+
+    fn done(self, act: Act, wake: Wake) -> Decision {
+        Decision {
+            status: self.s,
+            act,
+            wake,
+        }
+    }
+
+    fn entry(&self, version: &str) -> Option<&'a DatastoreVersion> {
+        catalog::find(&self.o.catalog, self.o.inst.spec.datastore.type_, version)
+    }
+}
+
+/// Decides the pass.
+pub fn decide(o: &Observation) -> Decision {
+    let mut d = Draft::new(o);
+    let ds = o.inst.spec.datastore.type_;
+    if let Some(why) = &o.unsupported {
+        d.cond("VersionApplied", false, "DatastoreUnsupported", why.clone());
+        d.s.phase = Some(InstancePhase::Error);
+        d.s.message = Some(why.clone());
+        return d.done(Act::None, Wake::Idle);
+    }
+    let running = d.s.version.clone();
+    let base = running
+        .clone()
+        .unwrap_or_else(|| o.inst.spec.datastore.version.clone());
+    // A new instance needs an active catalog entry before anything is created; a running one
+    // only needs its version listed.
+    let problem = match d.entry(&base) {
+        None => Some((
+            "VersionNotInCatalog",
+            format!(
+                "{ds} {base} is not in the DatastoreVersion catalog; add it or choose a listed version"
+            ),
+        )),
+        Some(e) if running.is_none() && !e.spec.active => Some((
+            "VersionInactive",
+            format!("{ds} {base} is inactive in the catalog; choose an active version"),
+        )),
+        Some(_) => None,
+    };
+    if let Some((reason, msg)) = problem {
+        d.cond("VersionApplied", false, reason, msg.clone());
+        if running.is_none() {
+            d.s.phase = Some(InstancePhase::Error);
+            d.s.message = Some(msg);
+        }
+        return d.done(Act::None, Wake::Idle);
+    }
+    let primary = d.s.primary.clone().unwrap_or_else(|| {
+        o.members
+            .first()
+            .map(|m| m.name.clone())
+            .unwrap_or_default()
+    });
+    d.s.primary = Some(primary.clone());
+    d.s.members = member_statuses(o, &primary);
+    release_quarantine(&mut d);
+
+    if o.inst.spec.paused {
+        d.s.phase = Some(InstancePhase::Paused);
+        d.s.message = Some("paused: Baton touches nothing until spec.paused is false".into());
+        return d.done(Act::None, Wake::Idle);
+    }
+    if o.children_drifted || o.members.iter().any(|m| !m.exists) {
+        let pods = missing_pods(&d, &primary, &base);
+        d.s.phase.get_or_insert(InstancePhase::Building);
+        return d.done(Act::ApplyChildren { pods }, Wake::Poll);
+    }
+    if let Some(stray) = o.members.iter().find(|m| m.name != primary && m.writable()) {
+        return second_writer(d, stray, &primary);
+    }
+    match d.s.upgrade.clone() {
+        Some(u) => in_flight(d, u, &primary),
+        None => steady(d, &primary, &base),
+    }
+}
+
+/// The status entry of every member, from its probe.
+fn member_statuses(o: &Observation, primary: &str) -> Vec<MemberStatus> {
+    let leader = o.members.iter().find(|m| m.name == primary);
+    let view = view(o, primary, &o.inst.spec.upgrade_policy, Duration::ZERO);
+    o.members
+        .iter()
+        .map(|m| {
+            let lag = leader
+                .filter(|l| l.name != m.name)
+                .and_then(|l| view.lag_behind(m, l));
+            MemberStatus {
+                pod: m.name.clone(),
+                role: m.probe.as_ref().map(|p| match p.role {
+                    Role::Primary => MemberRole::Primary,
+                    Role::Standby => MemberRole::Standby,
+                }),
+                version: m.probe.as_ref().map(|p| p.version.clone()),
+                ready: m.ready,
+                lag_bytes: match lag {
+                    Some(Lag::Bytes(n)) => Some(n as i64),
+                    _ => None,
+                },
+                lag_transactions: match lag {
+                    Some(Lag::Transactions(n)) => Some(n as i64),
+                    _ => None,
+                },
+                fenced: m
+                    .probe
+                    .as_ref()
+                    .is_some_and(|p| p.fenced && p.role == Role::Primary),
+                error: m.probe_error.clone(),
+            }
+        })
+        .collect()
+}
+
+/// The snapshot the planner sees.
+fn view<'a>(
+    o: &'a Observation,
+    primary: &'a str,
+    policy: &'a crate::crd::UpgradePolicy,
+    step_elapsed: Duration,
+) -> View<'a> {
+    let status = o.inst.status.as_ref();
+    let fenced_at = status
+        .and_then(|s| s.upgrade.as_ref())
+        .and_then(|u| u.switchover.as_ref())
+        .and_then(|sw| sw.fenced_at.as_ref());
+    View {
+        members: &o.members,
+        primary,
+        policy,
+        step_elapsed,
+        fence_elapsed: fenced_at.map_or(Duration::ZERO, |t| elapsed(o, t)),
+        may_start_step: true,
+        protocol: o.protocol,
+        fence_goal: o.fence_goal.as_ref(),
+        published: o.published.as_deref(),
+        quarantined: &[],
+        now: o.now,
+    }
+}
+
+fn elapsed(o: &Observation, since: &Time) -> Duration {
+    Duration::try_from(o.now.duration_since(since.0)).unwrap_or(Duration::ZERO)
+}
+
+/// A quarantine ends when the member's claim was replaced (a person chose to discard its data).
+fn release_quarantine(d: &mut Draft) {
+    let members = &d.o.members;
+    d.s.quarantine.retain(|q| {
+        let claim = members
+            .iter()
+            .find(|m| m.name == q.member)
+            .and_then(|m| m.claim_uid.as_deref());
+        q.claim_uid.is_none() || claim.is_none() || claim == q.claim_uid.as_deref()
+    });
+}
+
+/// Pods to create: a member's pod runs the version its instance runs (the source, during an
+/// upgrade).
+fn missing_pods(d: &Draft, primary: &str, base: &str) -> Vec<NewPod> {
+    let version =
+        d.s.upgrade
+            .as_ref()
+            .map(|u| u.source_version.clone())
+            .unwrap_or_else(|| base.to_string());
+    let image = d
+        .entry(&version)
+        .or_else(|| d.entry(base))
+        .map(|e| e.spec.image.clone())
+        .unwrap_or_default();
+    d.o.members
+        .iter()
+        .filter(|m| !m.exists)
+        .map(|m| NewPod {
+            name: m.name.clone(),
+            version: version.clone(),
+            image: image.clone(),
+            primary: m.name == primary,
+        })
+        .collect()
+}
+
+/// A member that is not the recorded primary accepts writes: fence it and quarantine it. Its
+/// writes stay on it — never repointed, never resynced away — until a person decides.
+fn second_writer(mut d: Draft, stray: &Member, primary: &str) -> Decision {
+    if !d.s.quarantine.iter().any(|q| q.member == stray.name) {
+        d.s.quarantine.push(QuarantinedMember {
+            member: stray.name.clone(),
+            reason: format!(
+                "accepted writes while {primary} is the primary; fenced, and never repointed by Baton (a resync would throw its writes away)"
+            ),
+            since: Some(d.now()),
+            claim_uid: stray.claim_uid.clone(),
+        });
+    }
+    mark_quarantine(&mut d);
+    let act = Act::Fence {
+        member: stray.name.clone(),
+    };
+    d.done(act, Wake::Now)
+}
+
+fn mark_quarantine(d: &mut Draft) {
+    if d.s.quarantine.is_empty() {
+        return;
+    }
+    let names: Vec<&str> = d.s.quarantine.iter().map(|q| q.member.as_str()).collect();
+    let msg = format!(
+        "{} took writes the primary does not have and {} fenced; to discard {} writes, delete {} claim and pod (see docs/operations.md)",
+        names.join(", "),
+        if names.len() == 1 { "is" } else { "are" },
+        if names.len() == 1 { "its" } else { "their" },
+        if names.len() == 1 { "its" } else { "their" },
+    );
+    d.cond("Degraded", true, "SecondPrimary", msg);
+}
+
+/// No upgrade in flight: keep the members converged, then start, refuse or wait on the
+/// version the spec asks for.
+fn steady(mut d: Draft, primary: &str, base: &str) -> Decision {
+    let o = d.o;
+    let quarantined: Vec<String> = d.s.quarantine.iter().map(|q| q.member.clone()).collect();
+    let v = View {
+        quarantined: &quarantined,
+        ..view(o, primary, &o.inst.spec.upgrade_policy, Duration::ZERO)
+    };
+    if let Some(leader) = v.primary_member().filter(|p| p.is_primary()) {
+        if o.published.as_deref() != Some(primary) {
+            return d.done(
+                Act::Publish {
+                    primary: primary.into(),
+                },
+                Wake::Now,
+            );
+        }
+        if leader.fenced() && v.only_writer_could_be(primary).is_ok() {
+            return d.done(
+                Act::Unfence {
+                    member: primary.into(),
+                },
+                Wake::Now,
+            );
+        }
+        if let Some(m) = o.members.iter().find(|m| v.needs_repoint(m, leader)) {
+            let act = Act::Repoint {
+                member: m.name.clone(),
+                primary: primary.into(),
+            };
+            return d.done(act, Wake::Poll);
+        }
+    }
+    mark_quarantine(&mut d);
+    let leading = v.primary_member().is_some_and(|p| p.ready && p.writable());
+    let all_caught_up = leading
+        && o.members
+            .iter()
+            .filter(|m| m.name != primary && !v.is_quarantined(&m.name))
+            .all(|m| v.caught_up(m));
+    let version = v
+        .primary_member()
+        .and_then(|m| m.version.clone())
+        .unwrap_or_else(|| base.to_string());
+    if !all_caught_up {
+        if d.s.phase != Some(InstancePhase::Active) {
+            d.s.phase = Some(InstancePhase::Building);
+        }
+        d.s.message = Some(not_ready_message(&v));
+        d.cond(
+            "Ready",
+            false,
+            "MembersNotReady",
+            "not every member is Ready and caught up".into(),
+        );
+        return d.done(Act::None, Wake::Poll);
+    }
+    d.s.version = Some(version.clone());
+    d.s.phase = Some(InstancePhase::Active);
+    d.s.message = None;
+    let n = o.members.len();
+    d.cond(
+        "Ready",
+        true,
+        "MembersReady",
+        format!("{n} members on {version}"),
+    );
+    d.cond("Progressing", false, "Idle", String::new());
+    if d.s.quarantine.is_empty() {
+        d.cond("Degraded", false, "NoFailure", String::new());
+    }
+    start_or_refuse(d, primary, &version, &v)
+}
+
+fn not_ready_message(v: &View) -> String {
+    match v.primary_member() {
+        Some(p) if !p.is_primary() => format!(
+            "the recorded primary {} does not lead; waiting for it (Baton never promotes outside a switchover)",
+            p.name
+        ),
+        _ => "waiting for every member to be Ready and replicating".into(),
+    }
+}
+
+/// The spec names a version: apply it if the path and the members allow, else say why.
+fn start_or_refuse(mut d: Draft, primary: &str, running: &str, v: &View) -> Decision {
+    let o = d.o;
+    let ds = o.inst.spec.datastore.type_;
+    let spec_version = o.inst.spec.datastore.version.clone();
+    if spec_version == running {
+        d.cond(
+            "VersionApplied",
+            true,
+            "Applied",
+            format!("running {running}"),
+        );
+        return d.done(Act::None, Wake::Idle);
+    }
+    // An UpgradeRequest moved the instance past its spec: say so, and how to align Git.
+    let by_request =
+        d.s.last_upgrade
+            .as_ref()
+            .filter(|l| l.target_version == running && l.result == UpgradeResult::Succeeded)
+            .and_then(|l| l.request.clone());
+    let verdict = match d.entry(&spec_version) {
+        None => Err((
+            "VersionNotInCatalog",
+            format!(
+                "{ds} {spec_version} is not in the DatastoreVersion catalog; nothing was changed"
+            ),
+        )),
+        Some(target) => match catalog::check_path(ds, running, &target.spec) {
+            Err(PathError::Downgrade { .. }) => Err((
+                "DowngradeRefused",
+                match &by_request {
+                    Some(r) => format!(
+                        "UpgradeRequest {r} upgraded the instance to {running}; spec version {spec_version} is older and is not acted on — set spec.datastore.version to {running}"
+                    ),
+                    None => format!(
+                        "spec version {spec_version} is older than the running {running}; downgrades are never performed — set it back to {running}"
+                    ),
+                },
+            )),
+            Err(e) => Err(("PathNotAllowed", format!("{e}; nothing was changed"))),
+            Ok(_) if o.strategy_to_spec == Some(Strategy::Offline) => Err((
+                "PathNeedsOffline",
+                format!(
+                    "{ds} {running} → {spec_version} needs an offline upgrade (every member stopped), which this version of Baton does not perform; nothing was changed"
+                ),
+            )),
+            Ok(_) => plan::precheck(v).map_err(|e| {
+                (
+                    "PreCheckFailed",
+                    format!("upgrade to {spec_version} waits: {e}"),
+                )
+            }),
+        },
+    };
+    if let Err((reason, msg)) = verdict {
+        d.cond("VersionApplied", false, reason, msg);
+        let wake = if reason == "PreCheckFailed" {
+            Wake::Poll
+        } else {
+            Wake::Idle
+        };
+        return d.done(Act::None, wake);
+    }
+    let now = d.now();
+    d.s.upgrade = Some(UpgradeInFlight::new(running, &spec_version, primary, now));
+    d.s.phase = Some(InstancePhase::Upgrading);
+    d.s.message = Some(format!("upgrading {running} → {spec_version}"));
+    d.cond(
+        "Progressing",
+        true,
+        "Upgrading",
+        format!("{running} → {spec_version}"),
+    );
+    d.done(Act::None, Wake::Now)
+}
+
+/// An upgrade is in flight (or failed).
+fn in_flight(mut d: Draft, u: UpgradeInFlight, primary: &str) -> Decision {
+    let o = d.o;
+    let spec_version = o.inst.spec.datastore.version.clone();
+    // A request's upgrade goes back only when asked (`rollback`); a spec-driven one when the
+    // spec is set back to the source version.
+    let reverting = u.rollback || (u.request.is_none() && spec_version == u.source_version);
+    let mut policy = o.inst.spec.upgrade_policy.clone();
+    if let Some(second) = u.second_switch {
+        policy.second_switch = second;
+    }
+    let quarantined: Vec<String> = d.s.quarantine.iter().map(|q| q.member.clone()).collect();
+    let step_elapsed = u
+        .step_started
+        .as_ref()
+        .map_or(Duration::ZERO, |t| elapsed(o, t));
+    let v = View {
+        quarantined: &quarantined,
+        may_start_step: !u.window_only || o.window_open,
+        ..view(o, primary, &policy, step_elapsed)
+    };
+    if let Some(why) = u.failure.clone() {
+        return failed(d, u, why, reverting, &v);
+    }
+    if reverting && !plan::revertible(&v, &u) {
+        let msg = format!(
+            "the primary already runs {}; the upgrade can only move forward to it",
+            u.target_version
+        );
+        d.cond("VersionApplied", false, "RevertImpossible", msg);
+        return d.done(Act::None, Wake::Poll);
+    }
+    if !reverting && u.request.is_none() && spec_version != u.target_version {
+        let msg = format!(
+            "an upgrade to {} is in flight; {spec_version} waits until it ends",
+            u.target_version
+        );
+        d.cond("VersionApplied", false, "UpgradeInFlight", msg);
+    }
+    let p = plan::next(&v, &u, reverting);
+    apply_plan(d, &u, p)
+}
+
+/// A failed upgrade: an UpgradeRequest's goes back to the source on its own while the primary
+/// still runs it; a spec-driven one waits for the spec to be set back.
+fn failed(mut d: Draft, u: UpgradeInFlight, why: String, reverting: bool, v: &View) -> Decision {
+    if u.request.is_some() {
+        if !u.rollback && plan::revertible(v, &u) {
+            d.s.upgrade = Some(UpgradeInFlight {
+                aborted: Some(why.clone()),
+                rollback: true,
+                hold: false,
+                ..back_to_source(u.clone(), d.now())
+            });
+            d.s.message = Some(format!("rolling back to {}: {why}", u.source_version));
+            return d.done(Act::None, Wake::Now);
+        }
+        // Cannot go back (the primary already runs the target, or the rollback itself failed):
+        // stop in Error and report the outcome to the request.
+        let why = if u.rollback {
+            format!("rolling back to {} failed: {why}", u.source_version)
+        } else {
+            format!(
+                "{why}; the primary already runs {}, so it cannot be rolled back: the member needs a person to start on it",
+                u.target_version
+            )
+        };
+        d.s.phase = Some(InstancePhase::Error);
+        d.s.message = Some(why.clone());
+        d.cond("Degraded", true, "UpgradeFailed", why.clone());
+        if d.s.last_upgrade.as_ref().and_then(|l| l.job.as_ref()) != u.job.as_ref() {
+            d.s.last_upgrade = Some(outcome(d.now(), &u, UpgradeResult::Failed, why));
+        }
+        return d.done(Act::None, Wake::Idle);
+    }
+    if !reverting {
+        d.s.phase = Some(InstancePhase::Error);
+        d.s.message = Some(why.clone());
+        d.cond("Degraded", true, "UpgradeFailed", why);
+        d.cond(
+            "Progressing",
+            false,
+            "UpgradeFailed",
+            format!(
+                "set spec.datastore.version back to {} to return every member to it",
+                u.source_version
+            ),
+        );
+        return d.done(Act::None, Wake::Idle);
+    }
+    // The spec went back to the source version: start returning every member to it.
+    d.s.upgrade = Some(back_to_source(u, d.now()));
+    d.s.phase = Some(InstancePhase::Upgrading);
+    d.done(Act::None, Wake::Now)
+}
+
+/// `u` restarted at its first step, to return every member to its source version: the failure
+/// and any switchover state are cleared.
+fn back_to_source(u: UpgradeInFlight, now: Time) -> UpgradeInFlight {
+    UpgradeInFlight {
+        failure: None,
+        step: UpgradeStep::default(),
+        step_started: Some(now),
+        switchover: None,
+        ..u
+    }
+}
+
+/// Writes the planner's outcome into the status.
+fn apply_plan(mut d: Draft, prev: &UpgradeInFlight, p: Plan) -> Decision {
+    let mut act = p.act;
+    if let Act::SetVersion { version, image, .. } = &mut act {
+        match d.entry(version) {
+            Some(e) => *image = e.spec.image.clone(),
+            None => {
+                let why = format!(
+                    "{} {version} has no DatastoreVersion entry any more; the upgrade stopped",
+                    d.o.inst.spec.datastore.type_
+                );
+                d.s.upgrade = Some(UpgradeInFlight {
+                    failure: Some(why.clone()),
+                    switchover: None,
+                    ..prev.clone()
+                });
+                d.s.phase = Some(InstancePhase::Error);
+                d.s.message = Some(why);
+                return d.done(Act::None, Wake::Now);
+            }
+        }
+    }
+    if let Some(primary) = &p.primary {
+        d.s.primary = Some(primary.clone());
+    }
+    d.s.phase = Some(InstancePhase::Upgrading);
+    let changed = p.upgrade.as_ref() != Some(prev);
+    match p.upgrade {
+        Some(r) => {
+            if let Some(f) = &r.failure {
+                d.s.phase = Some(InstancePhase::Error);
+                d.s.message = Some(f.clone());
+                d.cond("Degraded", true, "UpgradeFailed", f.clone());
+            } else {
+                let mut msg = format!(
+                    "{} → {}: {}",
+                    r.source_version,
+                    r.target_version,
+                    r.describe()
+                );
+                if let Some(w) = &p.waiting {
+                    msg = format!("{msg}; {w}");
+                }
+                if let Some(e) = &d.o.last_act_error {
+                    msg = format!("{msg}; the last attempt failed: {e}");
+                }
+                d.s.message = Some(msg);
+                d.cond("Degraded", false, "NoFailure", String::new());
+            }
+            d.s.upgrade = Some(r);
+        }
+        None => finish(&mut d, prev, p.reverted),
+    }
+    let wake = if changed || act != Act::None {
+        Wake::Now
+    } else {
+        Wake::Poll
+    };
+    d.done(act, wake)
+}
+
+/// The upgrade ended: record its outcome, the version every member runs, and go Active.
+fn finish(d: &mut Draft, prev: &UpgradeInFlight, reverted: bool) {
+    let (result, message) = match (reverted, &prev.aborted, prev.cancel) {
+        (false, _, false) => (
+            UpgradeResult::Succeeded,
+            format!("every member runs {}", prev.target_version),
+        ),
+        (false, _, true) => (
+            UpgradeResult::Succeeded,
+            format!(
+                "cancelled after the primary had moved to {}: finished, the only way to a healthy instance",
+                prev.target_version
+            ),
+        ),
+        (true, Some(why), _) => (
+            UpgradeResult::Failed,
+            format!("{why}; every member is back on {}", prev.source_version),
+        ),
+        (true, None, true) => (
+            UpgradeResult::Cancelled,
+            format!("cancelled; every member is back on {}", prev.source_version),
+        ),
+        (true, None, false) => (
+            UpgradeResult::RolledBack,
+            format!("every member is back on {}", prev.source_version),
+        ),
+    };
+    d.s.last_upgrade = Some(outcome(d.now(), prev, result, message));
+    d.s.version = Some(if reverted {
+        prev.source_version.clone()
+    } else {
+        prev.target_version.clone()
+    });
+    d.s.upgrade = None;
+    d.s.phase = Some(InstancePhase::Active);
+    d.s.message = None;
+    d.cond("Progressing", false, "Idle", String::new());
+    d.cond("Degraded", false, "NoFailure", String::new());
+}
+
+fn outcome(
+    now: Time,
+    u: &UpgradeInFlight,
+    result: UpgradeResult,
+    message: String,
+) -> UpgradeOutcome {
+    UpgradeOutcome {
+        request: u.request.clone(),
+        job: u.job.clone(),
+        source_version: u.source_version.clone(),
+        target_version: u.target_version.clone(),
+        result,
+        message: Some(message),
+        finish_time: Some(now),
+    }
+}
+
+#[cfg(test)]
+mod tests;

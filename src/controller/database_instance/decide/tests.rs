@@ -1,0 +1,432 @@
+use serde_json::json;
+
+use super::*;
+use crate::crd::{DatabaseInstance, StepKind, SwitchoverStage, SwitchoverState};
+use crate::engine::{Endpoint, Position, Probe, SwitchoverProtocol};
+
+const SRC: &str = "6.2.14";
+const DST: &str = "7.0.15";
+
+fn catalog() -> Vec<DatastoreVersion> {
+    let entry = |v: &str, edge: bool| -> DatastoreVersion {
+        let mut spec = json!({"datastore": "redis", "version": v, "image": format!("redis:{v}"), "active": true});
+        if edge {
+            spec["upgradeFrom"] =
+                json!([{"datastore": "redis", "minVersion": "6.0", "maxVersion": "6"}]);
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "baton.dev/v1alpha1", "kind": "DatastoreVersion",
+            "metadata": {"name": format!("redis-{v}")}, "spec": spec,
+        }))
+        .unwrap()
+    };
+    vec![entry(SRC, false), entry(DST, true), entry("5.0.14", false)]
+}
+
+fn host(i: usize) -> String {
+    format!("127.2.0.{}", i + 2)
+}
+
+/// db-0 leading unfenced on `SRC`, db-1 and db-2 streaming from it.
+fn members() -> Vec<Member> {
+    (0..3)
+        .map(|i| Member {
+            name: format!("db-{i}"),
+            exists: true,
+            version: Some(SRC.into()),
+            ready: true,
+            endpoint: Some(Endpoint::new(host(i), 6379)),
+            probe: Some(Probe {
+                role: if i == 0 { Role::Primary } else { Role::Standby },
+                version: SRC.into(),
+                position: Position::parse_redis("aaa:100").unwrap(),
+                received: None,
+                following: (i != 0).then(|| host(0)),
+                streaming: i != 0,
+                fenced: i != 0,
+            }),
+            image_current: true,
+            claim_uid: Some(format!("claim-{i}")),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// An Active instance on `SRC` whose spec asks for `spec_version`.
+fn obs(spec_version: &str, status: serde_json::Value) -> Observation {
+    let inst: DatabaseInstance = serde_json::from_value(json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "DatabaseInstance",
+        "metadata": {"name": "db", "namespace": "ns", "generation": 2},
+        "spec": {"datastore": {"type": "redis", "version": spec_version}, "replicas": 3},
+        "status": status,
+    }))
+    .unwrap();
+    Observation {
+        inst,
+        now: jiff::Timestamp::UNIX_EPOCH,
+        catalog: catalog(),
+        unsupported: None,
+        protocol: SwitchoverProtocol::Guarded,
+        strategy_to_spec: Some(Strategy::Rolling),
+        members: members(),
+        children_drifted: false,
+        published: Some("db-0".into()),
+        fence_goal: None,
+        window_open: true,
+        last_act_error: None,
+    }
+}
+
+fn active() -> serde_json::Value {
+    json!({"phase": "Active", "version": SRC, "primary": "db-0"})
+}
+
+fn condition<'a>(
+    d: &'a Decision,
+    type_: &str,
+) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    d.status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition: {:#?}", d.status.conditions))
+}
+
+#[test]
+fn a_converged_instance_on_its_spec_version_is_active_and_idle() {
+    let d = decide(&obs(SRC, active()));
+    assert_eq!(d.act, Act::None);
+    assert_eq!(d.wake, Wake::Idle);
+    assert_eq!(d.status.phase, Some(InstancePhase::Active));
+    assert_eq!(condition(&d, "VersionApplied").reason, "Applied");
+    assert_eq!(condition(&d, "Ready").status, "True");
+    assert_eq!(d.status.members.len(), 3);
+    assert_eq!(d.status.members[1].lag_bytes, Some(0));
+    assert!(
+        !d.status.members[1].fenced,
+        "a standby's fence is not the instance's story"
+    );
+}
+
+#[test]
+fn a_newer_spec_version_starts_an_upgrade_recorded_before_anything_is_touched() {
+    let d = decide(&obs(DST, active()));
+    assert_eq!(d.act, Act::None, "the intent is written first");
+    let u = d.status.upgrade.expect("upgrade recorded");
+    assert_eq!(
+        (u.source_version.as_str(), u.target_version.as_str()),
+        (SRC, DST)
+    );
+    assert_eq!(u.step.kind, StepKind::PreCheck);
+    assert_eq!(d.status.phase, Some(InstancePhase::Upgrading));
+}
+
+#[test]
+fn each_refusal_names_its_reason_and_touches_nothing() {
+    for (spec, reason, says) in [
+        (
+            "7.4.1",
+            "VersionNotInCatalog",
+            "not in the DatastoreVersion catalog",
+        ),
+        (
+            "5.0.14",
+            "DowngradeRefused",
+            "downgrades are never performed",
+        ),
+    ] {
+        let d = decide(&obs(spec, active()));
+        assert_eq!(d.act, Act::None, "{spec}");
+        assert!(d.status.upgrade.is_none());
+        let c = condition(&d, "VersionApplied");
+        assert_eq!(c.reason, reason);
+        assert!(c.message.contains(says), "{}", c.message);
+    }
+    let mut o = obs(DST, active());
+    o.catalog[1].spec.upgrade_from.clear();
+    let d = decide(&o);
+    assert_eq!(condition(&d, "VersionApplied").reason, "PathNotAllowed");
+    let mut o = obs(DST, active());
+    o.strategy_to_spec = Some(Strategy::Offline);
+    let d = decide(&o);
+    let c = condition(&d, "VersionApplied");
+    assert_eq!(c.reason, "PathNeedsOffline");
+    assert!(c.message.contains("offline upgrade"), "{}", c.message);
+    assert!(d.status.upgrade.is_none());
+}
+
+#[test]
+fn a_lagging_standby_holds_the_start_and_says_why() {
+    let mut o = obs(DST, active());
+    o.members[2].probe.as_mut().unwrap().position = Position::parse_redis("aaa:60").unwrap();
+    let d = decide(&o);
+    assert!(d.status.upgrade.is_none());
+    assert_eq!(d.act, Act::None);
+    // Not caught up: the instance is not Ready, so the upgrade is not even considered.
+    assert_eq!(condition(&d, "Ready").status, "False");
+    assert_eq!(d.wake, Wake::Poll);
+}
+
+#[test]
+fn a_request_upgrade_waits_out_its_precheck_then_fails_with_nothing_changed() {
+    let mut status = active();
+    status["upgrade"] = json!({
+        "sourceVersion": SRC, "targetVersion": DST, "request": "ns/r", "job": "j1",
+        "step": {"kind": "PreCheck"}, "stepStarted": "1970-01-01T00:00:00Z", "originalPrimary": "db-0",
+    });
+    let mut o = obs(SRC, status.clone());
+    o.members[2].ready = false;
+    let d = decide(&o);
+    assert!(
+        d.status
+            .message
+            .clone()
+            .unwrap()
+            .contains("db-2 is not Ready"),
+        "{:?}",
+        d.status.message
+    );
+    assert!(d.status.upgrade.as_ref().unwrap().failure.is_none());
+    o.now = jiff::Timestamp::from_second(601).unwrap();
+    let d = decide(&o);
+    let failure = d.status.upgrade.clone().unwrap().failure.expect("failed");
+    assert!(failure.contains("nothing was changed"), "{failure}");
+    assert_eq!(d.status.phase, Some(InstancePhase::Error));
+    assert_eq!(condition(&d, "Degraded").reason, "UpgradeFailed");
+}
+
+#[test]
+fn a_failed_request_upgrade_rolls_back_on_its_own_while_the_primary_runs_the_source() {
+    let mut status = active();
+    status["upgrade"] = json!({
+        "sourceVersion": SRC, "targetVersion": DST, "request": "ns/r", "job": "j1",
+        "step": {"kind": "UpgradeStandby", "member": "db-1"}, "originalPrimary": "db-0",
+        "failure": "member db-1 did not start",
+    });
+    let d = decide(&obs(SRC, status));
+    let u = d.status.upgrade.unwrap();
+    assert!(u.rollback && u.failure.is_none());
+    assert_eq!(u.aborted.as_deref(), Some("member db-1 did not start"));
+    assert_eq!(u.step.kind, StepKind::PreCheck);
+}
+
+#[test]
+fn a_failed_spec_upgrade_stays_in_error_until_the_spec_goes_back() {
+    let mut status = active();
+    status["upgrade"] = json!({
+        "sourceVersion": SRC, "targetVersion": DST,
+        "step": {"kind": "UpgradeStandby", "member": "db-1"}, "originalPrimary": "db-0",
+        "failure": "member db-1 did not start",
+    });
+    let d = decide(&obs(DST, status.clone()));
+    assert_eq!(d.status.phase, Some(InstancePhase::Error));
+    assert_eq!(d.act, Act::None);
+    assert!(
+        condition(&d, "Progressing")
+            .message
+            .contains("set spec.datastore.version back to 6.2.14")
+    );
+    let d = decide(&obs(SRC, status));
+    let u = d.status.upgrade.unwrap();
+    assert!(u.failure.is_none(), "reverting");
+    assert_eq!(d.status.phase, Some(InstancePhase::Upgrading));
+}
+
+#[test]
+fn converging_publishes_then_unfences_the_primary_then_repoints_strays() {
+    // A new instance: every member booted fenced, alone.
+    let mut o = obs(SRC, json!({"phase": "Building", "primary": "db-0"}));
+    for m in &mut o.members {
+        let p = m.probe.as_mut().unwrap();
+        p.role = Role::Primary;
+        p.fenced = true;
+        p.following = None;
+        p.streaming = false;
+    }
+    o.published = None;
+    assert_eq!(
+        decide(&o).act,
+        Act::Publish {
+            primary: "db-0".into()
+        }
+    );
+    o.published = Some("db-0".into());
+    assert_eq!(
+        decide(&o).act,
+        Act::Unfence {
+            member: "db-0".into()
+        }
+    );
+    o.members[0].probe.as_mut().unwrap().fenced = false;
+    assert_eq!(
+        decide(&o).act,
+        Act::Repoint {
+            member: "db-1".into(),
+            primary: "db-0".into()
+        }
+    );
+    let d = decide(&o);
+    assert_eq!(d.status.phase, Some(InstancePhase::Building));
+}
+
+#[test]
+fn a_second_writer_is_fenced_and_quarantined_and_never_repointed() {
+    let mut o = obs(SRC, active());
+    let p = o.members[2].probe.as_mut().unwrap();
+    p.role = Role::Primary;
+    p.fenced = false;
+    p.following = None;
+    let d = decide(&o);
+    assert_eq!(
+        d.act,
+        Act::Fence {
+            member: "db-2".into()
+        }
+    );
+    let q = &d.status.quarantine[0];
+    assert_eq!(
+        (q.member.as_str(), q.claim_uid.as_deref()),
+        ("db-2", Some("claim-2"))
+    );
+    assert_eq!(condition(&d, "Degraded").reason, "SecondPrimary");
+    // Fenced now, but still quarantined: never repointed, and no upgrade starts.
+    o.inst.status = Some(d.status.clone());
+    o.inst.spec.datastore.version = DST.into();
+    o.members[2].probe.as_mut().unwrap().fenced = true;
+    o.published = None;
+    let d = decide(&o);
+    assert_eq!(
+        d.act,
+        Act::Publish {
+            primary: "db-0".into()
+        },
+        "the topology lists it"
+    );
+    o.published = Some("db-0".into());
+    let d = decide(&o);
+    assert_eq!(d.act, Act::None, "not repointed: {d:?}");
+    assert!(d.status.upgrade.is_none());
+    assert!(
+        condition(&d, "VersionApplied")
+            .message
+            .contains("db-2 is quarantined")
+    );
+    // The claim was replaced (a person discarded its data): released.
+    o.inst.status = Some(d.status.clone());
+    o.members[2].claim_uid = Some("claim-2b".into());
+    let d = decide(&o);
+    assert!(d.status.quarantine.is_empty());
+    assert_eq!(
+        d.act,
+        Act::Repoint {
+            member: "db-2".into(),
+            primary: "db-0".into()
+        }
+    );
+}
+
+#[test]
+fn nothing_happens_to_a_paused_instance_or_one_without_an_engine() {
+    let mut o = obs(DST, active());
+    o.inst.spec.paused = true;
+    o.members[1].probe.as_mut().unwrap().role = Role::Primary;
+    let d = decide(&o);
+    assert_eq!(
+        (d.act, d.status.phase),
+        (Act::None, Some(InstancePhase::Paused))
+    );
+    let mut o = obs(SRC, active());
+    o.unsupported = Some("datastore postgresql has no engine".into());
+    let d = decide(&o);
+    assert_eq!(d.status.phase, Some(InstancePhase::Error));
+    assert_eq!(
+        condition(&d, "VersionApplied").reason,
+        "DatastoreUnsupported"
+    );
+}
+
+#[test]
+fn missing_members_are_created_on_the_version_the_instance_runs() {
+    let mut o = obs(SRC, active());
+    o.members[1].exists = false;
+    let d = decide(&o);
+    let Act::ApplyChildren { pods } = d.act else {
+        panic!("{:?}", d.act);
+    };
+    assert_eq!(pods.len(), 1);
+    assert_eq!(
+        (
+            pods[0].name.as_str(),
+            pods[0].version.as_str(),
+            pods[0].image.as_str(),
+            pods[0].primary
+        ),
+        ("db-1", SRC, "redis:6.2.14", false)
+    );
+    let mut o = obs(SRC, json!({}));
+    o.catalog.clear();
+    let d = decide(&o);
+    assert_eq!(
+        condition(&d, "VersionApplied").reason,
+        "VersionNotInCatalog"
+    );
+    assert_eq!(d.status.phase, Some(InstancePhase::Error));
+}
+
+#[test]
+fn a_step_in_flight_gets_its_image_from_the_catalog_and_the_planner_moves_it() {
+    let mut status = active();
+    status["upgrade"] = json!({
+        "sourceVersion": SRC, "targetVersion": DST,
+        "step": {"kind": "UpgradeStandby", "member": "db-1"}, "originalPrimary": "db-0",
+    });
+    let d = decide(&obs(DST, status));
+    assert_eq!(
+        d.act,
+        Act::SetVersion {
+            member: "db-1".into(),
+            version: DST.into(),
+            image: "redis:7.0.15".into()
+        }
+    );
+    assert_eq!(d.wake, Wake::Now);
+}
+
+#[test]
+fn the_fence_deadline_counts_from_the_recorded_fence() {
+    let mut status = active();
+    status["upgrade"] = json!({
+        "sourceVersion": SRC, "targetVersion": DST,
+        "step": {"kind": "Switchover"}, "originalPrimary": "db-0",
+        "switchover": {"stage": "CatchingUp", "from": "db-0", "candidate": "db-1",
+                       "fencePosition": "aaa:500", "fencedAt": "1970-01-01T00:00:00Z"},
+    });
+    let mut o = obs(DST, status);
+    for m in &mut o.members[1..] {
+        m.version = Some(DST.into());
+        m.probe.as_mut().unwrap().version = DST.into();
+    }
+    o.members[0].probe.as_mut().unwrap().fenced = true;
+    o.fence_goal = Some(Position::parse_redis("aaa:500").unwrap());
+    let d = decide(&o);
+    assert_eq!(
+        d.status
+            .upgrade
+            .as_ref()
+            .and_then(|u| u.switchover.as_ref())
+            .map(|s| s.stage),
+        Some(SwitchoverStage::CatchingUp)
+    );
+    o.now = jiff::Timestamp::from_second(61).unwrap();
+    let d = decide(&o);
+    let sw: &SwitchoverState = d
+        .status
+        .upgrade
+        .as_ref()
+        .unwrap()
+        .switchover
+        .as_ref()
+        .unwrap();
+    assert!(sw.undoing.is_some(), "{sw:?}");
+    assert_eq!(d.status.primary.as_deref(), Some("db-0"));
+}

@@ -1,0 +1,332 @@
+//! The Events of a pass, derived from what changed between the status that was and the status
+//! written (and, for a restart, the act that ran). Pure: the driver publishes them after the
+//! write, so an Event never announces a step that was not recorded.
+
+use super::model::Act;
+use crate::crd::{DatabaseInstanceStatus, SwitchoverStage, UpgradeResult};
+
+/// One Event: Warning or Normal, a fixed reason, and what happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+fn normal(reason: &'static str, message: String) -> Note {
+    Note {
+        warning: false,
+        reason,
+        message,
+    }
+}
+
+fn warning(reason: &'static str, message: String) -> Note {
+    Note {
+        warning: true,
+        reason,
+        message,
+    }
+}
+
+/// Condition reasons that are worth a Warning the moment they appear.
+const WARN_REASONS: [&str; 8] = [
+    "DatastoreUnsupported",
+    "VersionNotInCatalog",
+    "VersionInactive",
+    "DowngradeRefused",
+    "PathNotAllowed",
+    "PathNeedsOffline",
+    "PreCheckFailed",
+    "RevertImpossible",
+];
+
+/// The milestones of an upgrade, from the change of its record.
+fn upgrade_notes(old: &DatabaseInstanceStatus, new: &DatabaseInstanceStatus, out: &mut Vec<Note>) {
+    match (&old.upgrade, &new.upgrade) {
+        (None, Some(u)) if u.request.is_none() => out.push(normal(
+            "UpgradeStarted",
+            format!(
+                "rolling upgrade {} → {}, standbys first",
+                u.source_version, u.target_version
+            ),
+        )),
+        (Some(a), Some(b)) => {
+            if a.step != b.step && b.failure.is_none() && a.failure.is_none() {
+                out.push(normal(
+                    "StepCompleted",
+                    format!("{} finished; next {}", a.describe(), b.step),
+                ));
+            }
+            let (sa, sb) = (a.switchover.as_ref(), b.switchover.as_ref());
+            if sa.is_none() && sb.is_some_and(|s| s.stage != SwitchoverStage::Handover) {
+                let from = sb.map(|s| s.from.as_str()).unwrap_or_default();
+                out.push(normal(
+                    "SwitchoverStarted",
+                    format!("fencing writes on the primary {from}"),
+                ));
+            }
+            if let Some(why) = sb.and_then(|s| s.undoing.as_ref())
+                && sa.and_then(|s| s.undoing.as_ref()).is_none()
+            {
+                out.push(warning(
+                    "SwitchoverUndone",
+                    format!(
+                        "{why}; returning the role to {}",
+                        sb.map_or("", |s| s.from.as_str())
+                    ),
+                ));
+            }
+            if let (None, Some(why)) = (&a.failure, &b.failure) {
+                out.push(warning("UpgradeFailed", why.clone()));
+            }
+            if let (None, Some(why)) = (&a.aborted, &b.aborted) {
+                out.push(warning(
+                    "RollbackStarted",
+                    format!("returning every member to {}: {why}", b.source_version),
+                ));
+            }
+            if a.failure.is_some() && b.failure.is_none() && b.aborted.is_none() {
+                out.push(normal(
+                    "RevertStarted",
+                    format!("returning every member to {}", b.source_version),
+                ));
+            }
+        }
+        _ => {}
+    }
+    // A switchover that ended without an undo or a failure, whether or not the upgrade
+    // goes on (a switch back ends it in the same pass).
+    let ended = old.upgrade.as_ref().and_then(|a| a.switchover.as_ref());
+    let failed = new.upgrade.as_ref().is_some_and(|b| b.failure.is_some());
+    let still = new.upgrade.as_ref().is_some_and(|b| b.switchover.is_some());
+    if let Some(sa) = ended
+        && !still
+        && !failed
+        && sa.undoing.is_none()
+        && let Some(c) = &sa.candidate
+    {
+        out.push(normal(
+            "SwitchoverCompleted",
+            format!("{c} is the primary; {} follows it", sa.from),
+        ));
+    }
+    if old.last_upgrade != new.last_upgrade
+        && let Some(l) = &new.last_upgrade
+    {
+        let msg = l.message.clone().unwrap_or_default();
+        match l.result {
+            UpgradeResult::Succeeded => out.push(normal(
+                "UpgradeCompleted",
+                format!("{msg}; primary {}", new.primary.clone().unwrap_or_default()),
+            )),
+            UpgradeResult::Failed if new.upgrade.is_some() => {}
+            _ => out.push(normal("UpgradeReverted", msg)),
+        }
+    }
+}
+
+/// Every Event of a pass: upgrade milestones, a newly quarantined member, a condition turning
+/// to a refusal, and a member restart the act performed.
+pub fn notes(old: &DatabaseInstanceStatus, new: &DatabaseInstanceStatus, act: &Act) -> Vec<Note> {
+    let mut out = Vec::new();
+    upgrade_notes(old, new, &mut out);
+    for q in &new.quarantine {
+        if !old.quarantine.iter().any(|o| o.member == q.member) {
+            out.push(warning(
+                "SecondPrimary",
+                format!("member {} {}", q.member, q.reason),
+            ));
+        }
+    }
+    for c in &new.conditions {
+        let was = old.conditions.iter().find(|o| o.type_ == c.type_);
+        let reason = c.reason.as_str();
+        if c.status == "False"
+            && was.is_none_or(|w| w.reason != reason)
+            && let Some(r) = WARN_REASONS.iter().find(|r| **r == reason)
+        {
+            out.push(warning(r, c.message.clone()));
+        }
+    }
+    if let Act::SetVersion {
+        member,
+        version,
+        image,
+    } = act
+    {
+        out.push(normal(
+            "MemberRestarting",
+            format!("{member} → {version} ({image})"),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{
+        QuarantinedMember, StepKind, SwitchoverState, UpgradeInFlight, UpgradeOutcome, UpgradeStep,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+    fn status(u: Option<UpgradeInFlight>) -> DatabaseInstanceStatus {
+        DatabaseInstanceStatus {
+            upgrade: u,
+            primary: Some("db-1".into()),
+            ..Default::default()
+        }
+    }
+
+    fn up(step: UpgradeStep) -> UpgradeInFlight {
+        UpgradeInFlight {
+            step,
+            ..UpgradeInFlight::new(
+                "6.2.14",
+                "7.0.15",
+                "db-0",
+                Time(jiff::Timestamp::UNIX_EPOCH),
+            )
+        }
+    }
+
+    fn sw_state() -> Option<SwitchoverState> {
+        Some(SwitchoverState {
+            stage: SwitchoverStage::Unfencing,
+            from: "db-1".into(),
+            candidate: Some("db-0".into()),
+            fence_position: None,
+            fenced_at: None,
+            undoing: None,
+        })
+    }
+
+    fn reasons(n: &[Note]) -> Vec<&str> {
+        n.iter().map(|n| n.reason).collect()
+    }
+
+    #[test]
+    fn an_upgrade_is_told_from_start_to_end() {
+        let started = status(Some(up(UpgradeStep::default())));
+        assert_eq!(
+            reasons(&notes(&status(None), &started, &Act::None)),
+            ["UpgradeStarted"]
+        );
+        let step = status(Some(up(UpgradeStep::on(StepKind::UpgradeStandby, "db-1"))));
+        assert_eq!(
+            reasons(&notes(&started, &step, &Act::None)),
+            ["StepCompleted"]
+        );
+        let mut sw = up(UpgradeStep::of(StepKind::Switchover));
+        let before = status(Some(sw.clone()));
+        sw.switchover = Some(SwitchoverState {
+            stage: SwitchoverStage::Unfencing,
+            from: "db-0".into(),
+            candidate: Some("db-1".into()),
+            fence_position: None,
+            fenced_at: None,
+            undoing: None,
+        });
+        let fencing = status(Some(UpgradeInFlight {
+            switchover: Some(SwitchoverState {
+                stage: SwitchoverStage::Fencing,
+                candidate: None,
+                ..sw.switchover.clone().unwrap()
+            }),
+            ..sw.clone()
+        }));
+        assert_eq!(
+            reasons(&notes(&before, &fencing, &Act::None)),
+            ["SwitchoverStarted"]
+        );
+        let after = status(Some(up(UpgradeStep::on(StepKind::UpgradeStandby, "db-0"))));
+        let n = notes(&status(Some(sw)), &after, &Act::None);
+        assert_eq!(reasons(&n), ["StepCompleted", "SwitchoverCompleted"]);
+        assert!(
+            n[1].message
+                .contains("db-1 is the primary; db-0 follows it")
+        );
+        let mut done = status(None);
+        done.last_upgrade = Some(UpgradeOutcome {
+            request: None,
+            job: None,
+            source_version: "6.2.14".into(),
+            target_version: "7.0.15".into(),
+            result: UpgradeResult::Succeeded,
+            message: Some("every member runs 7.0.15".into()),
+            finish_time: None,
+        });
+        assert_eq!(
+            reasons(&notes(&after, &done, &Act::None)),
+            ["UpgradeCompleted"]
+        );
+        // A switch back ends the upgrade in the same pass that ends the switchover.
+        let mut back = up(UpgradeStep::of(StepKind::SwitchBack));
+        back.switchover = sw_state();
+        let n = notes(&status(Some(back)), &done, &Act::None);
+        assert_eq!(reasons(&n), ["SwitchoverCompleted", "UpgradeCompleted"]);
+    }
+
+    #[test]
+    fn failures_refusals_quarantine_and_restarts_are_told_once() {
+        let running = up(UpgradeStep::on(StepKind::UpgradeStandby, "db-1"));
+        let failed = UpgradeInFlight {
+            failure: Some("db-1 did not start".into()),
+            ..running.clone()
+        };
+        let n = notes(
+            &status(Some(running)),
+            &status(Some(failed.clone())),
+            &Act::None,
+        );
+        assert_eq!(reasons(&n), ["UpgradeFailed"]);
+        assert!(n[0].warning);
+        assert!(
+            notes(
+                &status(Some(failed.clone())),
+                &status(Some(failed)),
+                &Act::None
+            )
+            .is_empty()
+        );
+
+        let mut refused = status(None);
+        refused.conditions = vec![Condition {
+            type_: "VersionApplied".into(),
+            status: "False".into(),
+            reason: "DowngradeRefused".into(),
+            message: "older".into(),
+            last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
+            observed_generation: None,
+        }];
+        assert_eq!(
+            reasons(&notes(&status(None), &refused, &Act::None)),
+            ["DowngradeRefused"]
+        );
+        assert!(
+            notes(&refused, &refused, &Act::None).is_empty(),
+            "only when it appears"
+        );
+
+        let mut q = status(None);
+        q.quarantine = vec![QuarantinedMember {
+            member: "db-2".into(),
+            reason: "accepted writes".into(),
+            since: None,
+            claim_uid: None,
+        }];
+        assert_eq!(
+            reasons(&notes(&status(None), &q, &Act::None)),
+            ["SecondPrimary"]
+        );
+        let restart = Act::SetVersion {
+            member: "db-1".into(),
+            version: "7.0.15".into(),
+            image: "redis:7.0.15".into(),
+        };
+        let n = notes(&q, &q, &restart);
+        assert_eq!(reasons(&n), ["MemberRestarting"]);
+        assert!(n[0].message.starts_with("db-1 → 7.0.15"));
+    }
+}

@@ -1,0 +1,271 @@
+//! The pure model the instance controller decides from: what was observed of each member, the
+//! snapshot of a whole pass, and the one act a pass may perform. No client, no clock.
+
+use jiff::Timestamp;
+
+use crate::crd::{DatabaseInstance, DatastoreVersion, UpgradePolicy};
+use crate::engine::{Endpoint, Lag, Position, Probe, Role, Strategy, SwitchoverProtocol};
+
+/// What was observed of one member.
+#[derive(Debug, Clone, Default)]
+pub struct Member {
+    pub name: String,
+    /// The pod exists.
+    pub exists: bool,
+    /// The catalog version of the member's pod (its `baton.dev/version` annotation).
+    pub version: Option<String>,
+    pub ready: bool,
+    /// Where the member's server listens, once its pod has an address.
+    pub endpoint: Option<Endpoint>,
+    pub probe: Option<Probe>,
+    /// Why the probe failed, when it did.
+    pub probe_error: Option<String>,
+    /// Why the member's container is not running, as the node reports it.
+    pub waiting: Option<String>,
+    /// The node reports the pod's current image running (an image change has taken effect).
+    pub image_current: bool,
+    /// The position at which writes stopped, if the member is fenced (read by the engine).
+    pub fence_position: Option<Position>,
+    /// The UID of the member's claim, if it exists.
+    pub claim_uid: Option<String>,
+}
+
+impl Member {
+    pub fn is_primary(&self) -> bool {
+        self.probe.as_ref().is_some_and(|p| p.role == Role::Primary)
+    }
+
+    pub fn writable(&self) -> bool {
+        self.probe.as_ref().is_some_and(Probe::writable)
+    }
+
+    pub fn fenced(&self) -> bool {
+        self.probe.as_ref().is_some_and(|p| p.fenced)
+    }
+
+    pub fn position(&self) -> Option<&Position> {
+        self.probe.as_ref().map(|p| &p.position)
+    }
+}
+
+/// The member runs `version` for real: its pod's image change has taken effect and the server
+/// itself reports that release. Without this, the old process — still answering while it is
+/// being stopped — would pass for the new one.
+pub fn runs(m: &Member, version: &str) -> bool {
+    let release = |v: &str| v.split('-').next().unwrap_or(v).to_string();
+    m.version.as_deref() == Some(version)
+        && m.image_current
+        && m.probe.as_ref().is_some_and(|p| {
+            match (
+                release(&p.version).parse::<crate::version::Version>(),
+                release(version).parse::<crate::version::Version>(),
+            ) {
+                (Ok(a), Ok(b)) => a.cmp_release(&b).is_eq(),
+                _ => false,
+            }
+        })
+}
+
+/// The snapshot the upgrade planner decides from.
+#[derive(Debug, Clone)]
+pub struct View<'a> {
+    /// Sorted by ordinal.
+    pub members: &'a [Member],
+    /// The recorded primary.
+    pub primary: &'a str,
+    pub policy: &'a UpgradePolicy,
+    /// How long the recorded step has been running.
+    pub step_elapsed: std::time::Duration,
+    /// How long writes have been fenced by the switchover in flight.
+    pub fence_elapsed: std::time::Duration,
+    /// A new forward step may start now (false while a required maintenance window is closed).
+    pub may_start_step: bool,
+    pub protocol: SwitchoverProtocol,
+    /// The recorded fence position of the switchover in flight, read back by the engine.
+    pub fence_goal: Option<&'a Position>,
+    /// The member that the primary label and the topology ConfigMap name, when they agree.
+    pub published: Option<&'a str>,
+    /// Members Baton must not repoint.
+    pub quarantined: &'a [String],
+    pub now: Timestamp,
+}
+
+impl View<'_> {
+    pub fn member(&self, name: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.name == name)
+    }
+
+    pub fn primary_member(&self) -> Option<&Member> {
+        self.member(self.primary)
+    }
+
+    pub fn is_quarantined(&self, name: &str) -> bool {
+        self.quarantined.iter().any(|q| q == name)
+    }
+
+    /// How far `m` is behind `leader`, if it streams from it.
+    pub fn lag_behind(&self, m: &Member, leader: &Member) -> Option<Lag> {
+        let (lp, mp) = (leader.probe.as_ref()?, m.probe.as_ref()?);
+        let follows = mp.role == Role::Standby
+            && mp.streaming
+            && leader
+                .endpoint
+                .as_ref()
+                .zip(mp.following.as_deref())
+                .is_some_and(|(e, host)| e.is_host(host));
+        if !follows {
+            return None;
+        }
+        mp.position.behind(&lp.position)
+    }
+
+    /// How far `m` is behind the recorded primary, if it streams from it.
+    pub fn lag(&self, m: &Member) -> Option<Lag> {
+        self.lag_behind(m, self.primary_member()?)
+    }
+
+    /// Within the policy's bound for the datastore's unit.
+    pub fn within_bound(&self, lag: Lag) -> bool {
+        match lag {
+            Lag::Bytes(n) => n <= self.policy.max_lag_bytes.max(0) as u64,
+            Lag::Transactions(n) => n <= self.policy.max_lag_transactions.max(0) as u64,
+        }
+    }
+
+    /// Ready, streaming from the primary, and within the lag bound.
+    pub fn caught_up(&self, m: &Member) -> bool {
+        m.ready && self.lag(m).is_some_and(|l| self.within_bound(l))
+    }
+
+    /// A member that must be pointed at `leader`: reachable, not `leader`, not quarantined,
+    /// and a (fenced) primary of its own or following someone else.
+    pub fn needs_repoint(&self, m: &Member, leader: &Member) -> bool {
+        if m.name == leader.name || self.is_quarantined(&m.name) || !m.ready {
+            return false;
+        }
+        let (Some(p), Some(le)) = (m.probe.as_ref(), leader.endpoint.as_ref()) else {
+            return false;
+        };
+        p.role == Role::Primary || !p.following.as_deref().is_some_and(|h| le.is_host(h))
+    }
+
+    /// Every reachable member other than `leader` refuses writes (the check before any act
+    /// that lets writes in). Members that cannot be reached boot fenced, so they cannot take a
+    /// write either.
+    pub fn only_writer_could_be(&self, leader: &str) -> Result<(), String> {
+        match self
+            .members
+            .iter()
+            .find(|m| m.name != leader && m.writable())
+        {
+            Some(m) => Err(format!("{} accepts writes too", m.name)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One side effect. Each is idempotent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Act {
+    /// Nothing to do until something changes.
+    None,
+    /// Server-side apply the claims, Services, PDB and topology ConfigMap, and create the
+    /// missing member pods.
+    ApplyChildren { pods: Vec<NewPod> },
+    /// Run `member` on `image` (catalog `version`): an in-place image change.
+    SetVersion {
+        member: String,
+        version: String,
+        image: String,
+    },
+    /// Make `member` follow `primary`.
+    Repoint { member: String, primary: String },
+    /// Stop client writes on `member`.
+    Fence { member: String },
+    /// Let writes in on `member`, confirmed as the one primary.
+    Unfence { member: String },
+    /// Make `member` a (still fenced) primary.
+    Promote { member: String },
+    /// The datastore's own switchover handshake, sent to `member`.
+    Failover { member: String },
+    /// Point the primary label and the topology ConfigMap at `primary`.
+    Publish { primary: String },
+}
+
+impl Act {
+    /// The member this act touches, for logs and traces.
+    pub fn member(&self) -> Option<&str> {
+        match self {
+            Act::None | Act::ApplyChildren { .. } => None,
+            Act::SetVersion { member, .. }
+            | Act::Repoint { member, .. }
+            | Act::Fence { member }
+            | Act::Unfence { member }
+            | Act::Promote { member }
+            | Act::Failover { member } => Some(member),
+            Act::Publish { primary } => Some(primary),
+        }
+    }
+
+    /// A fixed name, for traces and metric labels.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Act::None => "none",
+            Act::ApplyChildren { .. } => "apply-children",
+            Act::SetVersion { .. } => "set-version",
+            Act::Repoint { .. } => "repoint",
+            Act::Fence { .. } => "fence",
+            Act::Unfence { .. } => "unfence",
+            Act::Promote { .. } => "promote",
+            Act::Failover { .. } => "failover",
+            Act::Publish { .. } => "publish",
+        }
+    }
+}
+
+/// A member pod to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPod {
+    pub name: String,
+    pub version: String,
+    pub image: String,
+    pub primary: bool,
+}
+
+/// When to look again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// The long resync: nothing is pending.
+    Idle,
+    /// Soon: waiting on something that has no watch event (a server catching up).
+    Poll,
+    /// At once: the next step is ready to be decided.
+    Now,
+}
+
+/// Everything one pass observed, the input of `decide`.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    /// The instance, read fresh from the API server.
+    pub inst: DatabaseInstance,
+    pub now: Timestamp,
+    pub catalog: Vec<DatastoreVersion>,
+    /// Why no engine serves the instance's datastore, if none does.
+    pub unsupported: Option<String>,
+    pub protocol: SwitchoverProtocol,
+    /// The engine's strategy from the running version to the spec's version, when they differ
+    /// and both parse.
+    pub strategy_to_spec: Option<Strategy>,
+    /// One entry per expected member, by ordinal.
+    pub members: Vec<Member>,
+    /// Some owned object (claim, Service, PDB, topology ConfigMap) is missing or has drifted.
+    pub children_drifted: bool,
+    /// The member that the primary label and the topology ConfigMap name, when they agree.
+    pub published: Option<String>,
+    /// The recorded fence position, read back by the engine.
+    pub fence_goal: Option<Position>,
+    /// Whether the instance's maintenance window is open now (true when it has none).
+    pub window_open: bool,
+    /// The last act of this instance failed with this, in this operator process.
+    pub last_act_error: Option<String>,
+}

@@ -1,0 +1,253 @@
+//! The observing half of a pass: the instance read fresh, the catalog, the member pods, the
+//! owned objects (when no upgrade is in flight), and every member probed through its engine.
+//! Reads only; a probe that fails is counted and reported on the member, never hidden.
+
+use std::collections::BTreeMap;
+
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+
+use super::children::{self, ANNOTATION_VERSION, LABEL_INSTANCE, Owned};
+use super::model::{Member, Observation};
+use crate::controller::Context;
+use crate::crd::{DatabaseInstance, DatastoreVersion};
+use crate::engine::{self, Endpoint, Engine, SwitchoverProtocol, Target};
+use crate::error::{Error, Result};
+use crate::version::Version;
+use crate::window;
+
+/// What a pass observed, with the engine that serves the instance.
+pub struct Observed {
+    pub o: Observation,
+    pub engine: Option<&'static dyn Engine>,
+}
+
+/// Reads everything a pass decides from. None when the instance is gone.
+pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Observed>> {
+    let client = ctx.client.clone();
+    // Decide from a fresh read, never from the watch cache: the cache can lag this controller's
+    // own last status write, and a plan made from it would repeat or undo a recorded step.
+    let Some(inst) = Api::<DatabaseInstance>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(Error::kube("reading the DatabaseInstance"))?
+    else {
+        return Ok(None);
+    };
+    let names = children::member_names(&inst);
+    let status = inst.status.clone().unwrap_or_default();
+    let mut o = Observation {
+        now: ctx.clock.now(),
+        catalog: vec![],
+        unsupported: None,
+        protocol: SwitchoverProtocol::Guarded,
+        strategy_to_spec: None,
+        members: names
+            .iter()
+            .map(|n| Member {
+                name: n.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        children_drifted: false,
+        published: None,
+        fence_goal: None,
+        window_open: inst
+            .spec
+            .maintenance_window
+            .as_ref()
+            .is_none_or(|w| window::is_open(ctx.clock.now(), w)),
+        last_act_error: ctx.act_error(&format!("{ns}/{name}")),
+        inst,
+    };
+    let engine = match engine::for_datastore(o.inst.spec.datastore.type_) {
+        Ok(e) => e,
+        Err(e) => {
+            o.unsupported = Some(e.to_string());
+            return Ok(Some(Observed { o, engine: None }));
+        }
+    };
+    o.protocol = engine.switchover_protocol();
+    o.catalog = Api::<DatastoreVersion>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::kube("listing the DatastoreVersion catalog"))?
+        .items;
+    let selector = format!("{LABEL_INSTANCE}={name}");
+    let pods: BTreeMap<String, Pod> = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::kube("listing the instance's pods"))?
+        .into_iter()
+        .map(|p| (p.name_any(), p))
+        .collect();
+    let owned = read_owned(ctx, ns, &o.inst, status.upgrade.is_some()).await?;
+    if status.upgrade.is_none() {
+        o.children_drifted = children::drifted(&o.inst, engine, &owned);
+    }
+    o.members = probe_all(ctx, engine, &names, &pods, &owned.claims).await;
+    let quarantined: Vec<String> = status.quarantine.iter().map(|q| q.member.clone()).collect();
+    let members = &o.members;
+    o.published = children::published(
+        &pods,
+        owned.topology.as_ref(),
+        |n| {
+            members
+                .iter()
+                .find(|m| m.name == n)
+                .and_then(|m| m.endpoint.as_ref())
+                .map(|e| e.host.clone())
+        },
+        &quarantined,
+    );
+    o.fence_goal = status
+        .upgrade
+        .as_ref()
+        .and_then(|u| u.switchover.as_ref())
+        .and_then(|sw| sw.fence_position.as_deref())
+        .and_then(|p| engine.parse_position(p).ok());
+    let running = status.version.as_deref().unwrap_or_default();
+    if let (Ok(from), Ok(to)) = (
+        running.parse::<Version>(),
+        o.inst.spec.datastore.version.parse::<Version>(),
+    ) {
+        o.strategy_to_spec = Some(engine.strategy(&from, &to));
+    }
+    Ok(Some(Observed {
+        o,
+        engine: Some(engine),
+    }))
+}
+
+/// The owned objects: only the topology ConfigMap while an upgrade runs (the planner needs
+/// it each pass); claims, Services and the PDB too otherwise (drift is repaired between
+/// upgrades).
+async fn read_owned(
+    ctx: &Context,
+    ns: &str,
+    inst: &DatabaseInstance,
+    upgrading: bool,
+) -> Result<Owned> {
+    let client = ctx.client.clone();
+    let topology = Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .get_opt(&children::topology_name(inst))
+        .await
+        .map_err(Error::kube("reading the topology ConfigMap"))?;
+    let selector = format!("{LABEL_INSTANCE}={}", inst.name_any());
+    let lp = ListParams::default().labels(&selector);
+    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+        .map_err(Error::kube("listing the instance's claims"))?
+        .items;
+    if upgrading {
+        return Ok(Owned {
+            claims,
+            topology,
+            ..Default::default()
+        });
+    }
+    let services = Api::<Service>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+        .map_err(Error::kube("listing the instance's services"))?
+        .items;
+    let pdb = Api::<PodDisruptionBudget>::namespaced(client, ns)
+        .get_opt(&inst.name_any())
+        .await
+        .map_err(Error::kube("reading the PodDisruptionBudget"))?;
+    Ok(Owned {
+        claims,
+        services,
+        pdb,
+        topology,
+    })
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Why the pod's first container is waiting, as the node reports it.
+fn waiting(p: &Pod) -> Option<String> {
+    let w = p
+        .status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()?
+        .state
+        .as_ref()?
+        .waiting
+        .clone()?;
+    Some(format!(
+        "{}: {}",
+        w.reason.unwrap_or_default(),
+        w.message.unwrap_or_default()
+    ))
+}
+
+/// The node runs the image the pod's spec names, and it is ready.
+fn image_current(p: &Pod) -> bool {
+    let want = p
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.clone());
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref()?.first().cloned())
+        .is_some_and(|c| Some(c.image) == want && c.ready)
+}
+
+/// Probes every member concurrently.
+async fn probe_all(
+    ctx: &Context,
+    engine: &'static dyn Engine,
+    names: &[String],
+    pods: &BTreeMap<String, Pod>,
+    claims: &[PersistentVolumeClaim],
+) -> Vec<Member> {
+    join_all(names.iter().map(|n| async move {
+        let pod = pods.get(n);
+        let endpoint = pod
+            .and_then(|p| p.status.as_ref()?.pod_ip.clone())
+            .filter(|ip| !ip.is_empty())
+            .map(|ip| Endpoint::new(ip, engine.port()));
+        let (probe, probe_error) = match &endpoint {
+            Some(e) => match engine.probe(&Target::new(e.clone())).await {
+                Ok(p) => (Some(p), None),
+                Err(err) => {
+                    ctx.metrics
+                        .engine_error(engine.datastore().as_str(), "probe", err.category());
+                    (None, Some(crate::controller::chain(&err)))
+                }
+            },
+            None => (None, None),
+        };
+        let claim_uid = claims
+            .iter()
+            .find(|c| c.name_any() == children::claim_name(n))
+            .and_then(|c| c.metadata.uid.clone());
+        Member {
+            name: n.clone(),
+            exists: pod.is_some(),
+            version: pod.and_then(|p| p.annotations().get(ANNOTATION_VERSION).cloned()),
+            ready: pod.is_some_and(pod_ready),
+            fence_position: engine.fence_position(probe.as_ref(), pod),
+            endpoint,
+            probe,
+            probe_error,
+            waiting: pod.and_then(waiting),
+            image_current: pod.is_some_and(image_current),
+            claim_uid,
+        }
+    }))
+    .await
+}

@@ -1,0 +1,766 @@
+use super::*;
+use crate::crd::UpgradePolicy;
+use crate::engine::{Endpoint, Position, Probe, Role};
+
+const SRC: &str = "6.2.14";
+const DST: &str = "7.0.15";
+
+fn host(i: usize) -> String {
+    format!("127.1.0.{}", i + 2)
+}
+
+fn pos(off: u64) -> Position {
+    Position::parse_redis(&format!("aaa:{off}")).unwrap()
+}
+
+/// db-0 primary at offset 100, db-1 and db-2 streaming from it, all on `SRC`.
+fn members() -> Vec<Member> {
+    (0..3)
+        .map(|i| Member {
+            name: format!("db-{i}"),
+            exists: true,
+            version: Some(SRC.into()),
+            ready: true,
+            endpoint: Some(Endpoint::new(host(i), 6379)),
+            probe: Some(Probe {
+                role: if i == 0 { Role::Primary } else { Role::Standby },
+                version: SRC.into(),
+                position: pos(100),
+                received: None,
+                following: (i != 0).then(|| host(0)),
+                streaming: i != 0,
+                fenced: i != 0,
+            }),
+            image_current: true,
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn upgrade_member(m: &mut Member) {
+    m.version = Some(DST.into());
+    m.probe.as_mut().unwrap().version = DST.into();
+}
+
+/// Makes `leader` the primary every other member streams from.
+fn lead(m: &mut [Member], leader: usize) {
+    for (i, x) in m.iter_mut().enumerate() {
+        let p = x.probe.as_mut().unwrap();
+        p.role = if i == leader {
+            Role::Primary
+        } else {
+            Role::Standby
+        };
+        p.following = (i != leader).then(|| host(leader));
+        p.streaming = i != leader;
+        p.fenced = i != leader;
+    }
+}
+
+struct Fixture {
+    policy: UpgradePolicy,
+    goal: Option<Position>,
+    published: String,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        Fixture {
+            policy: UpgradePolicy::default(),
+            goal: None,
+            published: "db-0".into(),
+        }
+    }
+
+    fn view<'a>(&'a self, m: &'a [Member], primary: &'a str) -> View<'a> {
+        View {
+            members: m,
+            primary,
+            policy: &self.policy,
+            step_elapsed: Duration::ZERO,
+            fence_elapsed: Duration::ZERO,
+            may_start_step: true,
+            protocol: SwitchoverProtocol::Guarded,
+            fence_goal: self.goal.as_ref(),
+            published: Some(&self.published),
+            quarantined: &[],
+            now: jiff::Timestamp::UNIX_EPOCH,
+        }
+    }
+}
+
+fn upgrade(step: UpgradeStep) -> UpgradeInFlight {
+    UpgradeInFlight {
+        step,
+        ..UpgradeInFlight::new(SRC, DST, "db-0", Time(jiff::Timestamp::UNIX_EPOCH))
+    }
+}
+
+fn standby(m: &str) -> UpgradeStep {
+    UpgradeStep::on(StepKind::UpgradeStandby, m)
+}
+
+fn recorded(p: &Plan) -> UpgradeStep {
+    p.upgrade.clone().expect("a record").step
+}
+
+fn sw(p: &Plan) -> SwitchoverState {
+    p.upgrade
+        .clone()
+        .and_then(|u| u.switchover)
+        .expect("a switchover")
+}
+
+#[test]
+fn standbys_go_first_in_ordinal_order_then_the_switchover() {
+    let f = Fixture::new();
+    let mut m = members();
+    let p = next(&f.view(&m, "db-0"), &upgrade(UpgradeStep::default()), false);
+    assert_eq!(recorded(&p), standby("db-1"));
+    assert_eq!(p.act, Act::None);
+    let p = next(&f.view(&m, "db-0"), &upgrade(standby("db-1")), false);
+    assert!(
+        matches!(&p.act, Act::SetVersion { member, version, .. } if member == "db-1" && version == DST),
+        "{p:?}"
+    );
+    upgrade_member(&mut m[1]);
+    let p = next(&f.view(&m, "db-0"), &upgrade(standby("db-1")), false);
+    assert_eq!(recorded(&p), standby("db-2"));
+    upgrade_member(&mut m[2]);
+    let p = next(&f.view(&m, "db-0"), &upgrade(standby("db-2")), false);
+    assert_eq!(recorded(&p), UpgradeStep::of(StepKind::Switchover));
+}
+
+#[test]
+fn a_member_counts_only_when_the_new_server_runs_and_caught_up() {
+    let f = Fixture::new();
+    let mut m = members();
+    m[1].version = Some(DST.into()); // pod changed, old server still answering
+    let p = next(&f.view(&m, "db-0"), &upgrade(standby("db-1")), false);
+    assert_eq!(p.act, Act::None);
+    assert_eq!(recorded(&p), standby("db-1"), "still waiting");
+    upgrade_member(&mut m[1]);
+    m[1].probe.as_mut().unwrap().position = pos(90);
+    let p = next(&f.view(&m, "db-0"), &upgrade(standby("db-1")), false);
+    assert!(p.waiting.is_some(), "10 bytes behind: {p:?}");
+    m[1].image_current = false;
+    m[1].probe.as_mut().unwrap().position = pos(100);
+    let p = next(&f.view(&m, "db-0"), &upgrade(standby("db-1")), false);
+    assert!(
+        p.waiting.is_some(),
+        "the node has not run the new image yet"
+    );
+}
+
+#[test]
+fn a_restarted_standby_that_leads_alone_is_repointed() {
+    let f = Fixture::new();
+    let mut m = members();
+    upgrade_member(&mut m[1]);
+    let p1 = m[1].probe.as_mut().unwrap();
+    p1.role = Role::Primary;
+    p1.following = None;
+    p1.streaming = false;
+    let p = next(&f.view(&m, "db-0"), &upgrade(standby("db-1")), false);
+    assert_eq!(
+        p.act,
+        Act::Repoint {
+            member: "db-1".into(),
+            primary: "db-0".into()
+        }
+    );
+}
+
+#[test]
+fn a_standby_that_does_not_start_fails_the_step_with_the_primary_untouched() {
+    let mut f = Fixture::new();
+    let mut m = members();
+    m[1].version = Some(DST.into());
+    m[1].ready = false;
+    m[1].image_current = false;
+    m[1].waiting = Some("ErrImagePull: image not mapped".into());
+    f.policy.step_timeout_seconds = 10;
+    let late = View {
+        step_elapsed: Duration::from_secs(11),
+        ..f.view(&m, "db-0")
+    };
+    let p = next(&late, &upgrade(standby("db-1")), false);
+    let failure = p.upgrade.and_then(|u| u.failure).expect("failure");
+    assert!(
+        failure.contains("db-1 did not start on 7.0.15: ErrImagePull"),
+        "{failure}"
+    );
+    assert!(failure.contains("primary db-0 is untouched"), "{failure}");
+    assert_eq!(p.act, Act::None);
+}
+
+#[test]
+fn the_lag_bound_and_the_precheck_speak_in_the_datastore_unit() {
+    let mut f = Fixture::new();
+    let mut m = members();
+    m[1].probe.as_mut().unwrap().position = pos(90);
+    assert!(!f.view(&m, "db-0").caught_up(&m[1]));
+    let e = precheck(&f.view(&m, "db-0")).unwrap_err();
+    assert!(
+        e.contains("db-1 lags 10 bytes") && e.contains("maxLagBytes 0"),
+        "{e}"
+    );
+    f.policy.max_lag_bytes = 10;
+    assert!(f.view(&m, "db-0").caught_up(&m[1]));
+    m[2].probe.as_mut().unwrap().following = Some("10.0.0.9".into());
+    let e = precheck(&f.view(&m, "db-0")).unwrap_err();
+    assert!(
+        e.contains("db-2 is not replicating from the primary db-0"),
+        "{e}"
+    );
+}
+
+/// The whole guarded switchover, stage by stage, with the crash-safe record of each.
+#[test]
+fn the_switchover_fences_chooses_after_the_fence_promotes_fenced_and_unfences_last() {
+    let mut f = Fixture::new();
+    let mut m = members();
+    for x in &mut m[1..] {
+        upgrade_member(x);
+    }
+    let start = upgrade(UpgradeStep::of(StepKind::Switchover));
+    let p = next(&f.view(&m, "db-0"), &start, false);
+    assert_eq!(
+        p.act,
+        Act::Fence {
+            member: "db-0".into()
+        }
+    );
+    let s = sw(&p);
+    assert_eq!(
+        (s.stage, s.from.as_str(), s.candidate.as_ref()),
+        (SwitchoverStage::Fencing, "db-0", None)
+    );
+    let u = p.upgrade.unwrap();
+
+    // Not fenced yet: fence again, choose nobody.
+    assert_eq!(
+        next(&f.view(&m, "db-0"), &u, false).act,
+        Act::Fence {
+            member: "db-0".into()
+        }
+    );
+    // Fenced at 180; db-2 is further along than db-1: chosen now.
+    m[0].probe.as_mut().unwrap().fenced = true;
+    m[0].probe.as_mut().unwrap().position = pos(180);
+    m[0].fence_position = Some(pos(180));
+    m[1].probe.as_mut().unwrap().position = pos(150);
+    m[2].probe.as_mut().unwrap().position = pos(170);
+    let p = next(&f.view(&m, "db-0"), &u, false);
+    let s = sw(&p);
+    assert_eq!(s.stage, SwitchoverStage::CatchingUp);
+    assert_eq!(s.candidate.as_deref(), Some("db-2"));
+    assert_eq!(s.fence_position.as_deref(), Some("aaa:180"));
+    let u = p.upgrade.unwrap();
+    f.goal = Some(pos(180));
+
+    // Promoted only once it holds the fenced position; recorded as primary first.
+    let p = next(&f.view(&m, "db-0"), &u, false);
+    assert!(p.waiting.is_some() && p.act == Act::None, "{p:?}");
+    m[2].probe.as_mut().unwrap().position = pos(180);
+    let p = next(&f.view(&m, "db-0"), &u, false);
+    assert_eq!(
+        p.act,
+        Act::Promote {
+            member: "db-2".into()
+        }
+    );
+    assert_eq!(p.primary.as_deref(), Some("db-2"));
+    assert_eq!(sw(&p).stage, SwitchoverStage::Promoting);
+    let u = p.upgrade.unwrap();
+
+    // Promoted (still fenced), with the old history up to the fence: repoint the others.
+    let p2 = m[2].probe.as_mut().unwrap();
+    p2.role = Role::Primary;
+    p2.following = None;
+    p2.streaming = false;
+    p2.position = Position::Redis {
+        replid: "bbb".into(),
+        offset: 190,
+        previous: Some(("aaa".into(), 181)),
+    };
+    let p = next(&f.view(&m, "db-2"), &u, false);
+    assert_eq!(sw(&p).stage, SwitchoverStage::Repointing);
+    let u = p.upgrade.unwrap();
+    let p = next(&f.view(&m, "db-2"), &u, false);
+    assert_eq!(
+        p.act,
+        Act::Publish {
+            primary: "db-2".into()
+        }
+    );
+    f.published = "db-2".into();
+    let p = next(&f.view(&m, "db-2"), &u, false);
+    assert_eq!(
+        p.act,
+        Act::Repoint {
+            member: "db-0".into(),
+            primary: "db-2".into()
+        }
+    );
+    lead(&mut m, 2);
+    m[0].probe.as_mut().unwrap().fenced = true;
+    m[2].probe.as_mut().unwrap().fenced = true;
+    let p = next(&f.view(&m, "db-2"), &u, false);
+    assert_eq!(
+        p.act,
+        Act::Unfence {
+            member: "db-2".into()
+        }
+    );
+    assert_eq!(sw(&p).stage, SwitchoverStage::Unfencing);
+    let u = p.upgrade.unwrap();
+
+    // Unfenced: the switchover is over, the old primary is upgraded as a standby next.
+    m[2].probe.as_mut().unwrap().fenced = false;
+    let p = next(&f.view(&m, "db-2"), &u, false);
+    assert_eq!(recorded(&p), standby("db-0"));
+    assert!(p.upgrade.unwrap().switchover.is_none());
+}
+
+#[test]
+fn nothing_is_fenced_until_an_upgraded_standby_is_caught_up() {
+    let mut f = Fixture::new();
+    let mut m = members();
+    for x in &mut m[1..] {
+        upgrade_member(x);
+        x.ready = false; // e.g. a readiness probe flapping under load
+    }
+    let u = upgrade(UpgradeStep::of(StepKind::Switchover));
+    let p = next(&f.view(&m, "db-0"), &u, false);
+    assert!(
+        p.act == Act::None && p.upgrade.as_ref().unwrap().switchover.is_none(),
+        "{p:?}"
+    );
+    f.policy.step_timeout_seconds = 10;
+    let late = View {
+        step_elapsed: Duration::from_secs(11),
+        ..f.view(&m, "db-0")
+    };
+    let failure = next(&late, &u, false).upgrade.unwrap().failure.unwrap();
+    assert!(failure.contains("nothing was fenced"), "{failure}");
+}
+
+#[test]
+fn past_the_fence_deadline_the_switchover_is_undone_and_fails_with_nothing_lost() {
+    let mut f = Fixture::new();
+    f.goal = Some(pos(500));
+    let mut m = members();
+    for x in &mut m[1..] {
+        upgrade_member(x);
+    }
+    m[0].probe.as_mut().unwrap().fenced = true;
+    m[0].probe.as_mut().unwrap().position = pos(500);
+    let mut u = upgrade(UpgradeStep::of(StepKind::Switchover));
+    u.switchover = Some(SwitchoverState {
+        stage: SwitchoverStage::CatchingUp,
+        from: "db-0".into(),
+        candidate: Some("db-1".into()),
+        fence_position: Some("aaa:500".into()),
+        fenced_at: None,
+        undoing: None,
+    });
+    let late = View {
+        fence_elapsed: Duration::from_secs(61),
+        ..f.view(&m, "db-0")
+    };
+    let p = next(&late, &u, false);
+    let s = sw(&p);
+    assert_eq!(s.stage, SwitchoverStage::Promoting);
+    assert_eq!(
+        s.candidate.as_deref(),
+        Some("db-0"),
+        "back to the old primary"
+    );
+    assert!(
+        s.undoing
+            .as_deref()
+            .unwrap()
+            .contains("fenceTimeoutSeconds (60s)")
+    );
+    assert_eq!(p.primary.as_deref(), Some("db-0"));
+    assert_eq!(p.act, Act::None, "db-0 still leads: nothing to promote");
+    let u = p.upgrade.unwrap();
+    // The undo goes through the same stages, and is never cut short by the deadline.
+    let p = next(&late, &u, false);
+    assert_eq!(sw(&p).stage, SwitchoverStage::Repointing);
+    let u = p.upgrade.unwrap();
+    let p = next(&late, &u, false);
+    assert_eq!(
+        p.act,
+        Act::Unfence {
+            member: "db-0".into()
+        }
+    );
+    let u = p.upgrade.unwrap();
+    m[0].probe.as_mut().unwrap().fenced = false;
+    let p = next(&f.view(&m, "db-0"), &u, false);
+    let failure = p.upgrade.unwrap().failure.unwrap();
+    assert!(
+        failure.contains("undone") && failure.contains("db-0 is the primary again"),
+        "{failure}"
+    );
+}
+
+#[test]
+fn a_candidate_that_leads_without_the_fenced_writes_is_undone() {
+    let mut f = Fixture::new();
+    f.goal = Some(pos(500));
+    let mut m = members();
+    for x in &mut m[1..] {
+        upgrade_member(x);
+    }
+    m[0].probe.as_mut().unwrap().fenced = true;
+    // db-1 restarted from an older copy and came back leading a history of its own.
+    let p1 = m[1].probe.as_mut().unwrap();
+    p1.role = Role::Primary;
+    p1.following = None;
+    p1.position = Position::parse_redis("zzz:20").unwrap();
+    let mut u = upgrade(UpgradeStep::of(StepKind::Switchover));
+    u.switchover = Some(SwitchoverState {
+        stage: SwitchoverStage::Promoting,
+        from: "db-0".into(),
+        candidate: Some("db-1".into()),
+        fence_position: Some("aaa:500".into()),
+        fenced_at: None,
+        undoing: None,
+    });
+    let p = next(&f.view(&m, "db-1"), &u, false);
+    assert_eq!(p.primary.as_deref(), Some("db-0"));
+    let s = sw(&p);
+    assert_eq!(s.candidate.as_deref(), Some("db-0"));
+    assert!(
+        s.undoing
+            .unwrap()
+            .contains("without everything the fenced primary db-0 wrote")
+    );
+}
+
+#[test]
+fn the_label_never_moves_while_another_member_accepts_writes() {
+    let mut f = Fixture::new();
+    f.goal = Some(pos(100));
+    let mut m = members();
+    lead(&mut m, 1);
+    m[0].probe.as_mut().unwrap().role = Role::Primary;
+    m[0].probe.as_mut().unwrap().fenced = false; // someone unfenced the old primary
+    let mut u = upgrade(UpgradeStep::of(StepKind::Switchover));
+    u.switchover = Some(SwitchoverState {
+        stage: SwitchoverStage::Repointing,
+        from: "db-0".into(),
+        candidate: Some("db-1".into()),
+        fence_position: Some("aaa:100".into()),
+        fenced_at: None,
+        undoing: None,
+    });
+    let p = next(&f.view(&m, "db-1"), &u, false);
+    assert_eq!(p.act, Act::None);
+    assert!(p.waiting.unwrap().contains("db-0 accepts writes"));
+}
+
+#[test]
+fn restart_method_and_single_members_restart_the_primary_in_place_then_unfence_it() {
+    let mut f = Fixture::new();
+    f.policy.primary_update_method = PrimaryUpdateMethod::Restart;
+    let mut m = members();
+    for x in &mut m[1..] {
+        upgrade_member(x);
+    }
+    let p = next(&f.view(&m, "db-0"), &upgrade(standby("db-2")), false);
+    assert_eq!(
+        recorded(&p),
+        UpgradeStep::on(StepKind::RestartPrimary, "db-0")
+    );
+    // Back on the new version it boots fenced: unfence it (nobody else writes), then done.
+    upgrade_member(&mut m[0]);
+    m[0].probe.as_mut().unwrap().fenced = true;
+    let step = upgrade(UpgradeStep::on(StepKind::RestartPrimary, "db-0"));
+    assert_eq!(
+        next(&f.view(&m, "db-0"), &step, false).act,
+        Act::Unfence {
+            member: "db-0".into()
+        }
+    );
+    m[0].probe.as_mut().unwrap().fenced = false;
+    let p = next(&f.view(&m, "db-0"), &step, false);
+    assert!(p.upgrade.is_none() && !p.reverted, "{p:?}");
+    let single = &members()[..1];
+    let p = next(
+        &Fixture::new().view(single, "db-0"),
+        &upgrade(UpgradeStep::default()),
+        false,
+    );
+    assert_eq!(
+        recorded(&p),
+        UpgradeStep::on(StepKind::RestartPrimary, "db-0")
+    );
+}
+
+#[test]
+fn second_switch_returns_to_the_original_primary() {
+    let mut f = Fixture::new();
+    f.policy.second_switch = true;
+    let mut m = members();
+    for x in &mut m {
+        upgrade_member(x);
+    }
+    lead(&mut m, 1);
+    let p = next(&f.view(&m, "db-1"), &upgrade(standby("db-0")), false);
+    assert_eq!(recorded(&p), UpgradeStep::of(StepKind::SwitchBack));
+    // Only the original primary is a candidate for the switch back.
+    f.published = "db-1".into();
+    let mut u = p.upgrade.unwrap();
+    u.switchover = None;
+    let p = next(&f.view(&m, "db-1"), &u, false);
+    assert_eq!(
+        p.act,
+        Act::Fence {
+            member: "db-1".into()
+        }
+    );
+    m[1].probe.as_mut().unwrap().fenced = true;
+    m[1].fence_position = Some(pos(100));
+    m[2].probe.as_mut().unwrap().position = pos(100);
+    let p = next(&f.view(&m, "db-1"), &p.upgrade.unwrap(), false);
+    assert_eq!(sw(&p).candidate.as_deref(), Some("db-0"));
+    lead(&mut m, 0);
+    let p = next(
+        &f.view(&m, "db-0"),
+        &upgrade(UpgradeStep::of(StepKind::SwitchBack)),
+        false,
+    );
+    assert!(p.upgrade.is_none(), "back on the original primary: done");
+}
+
+#[test]
+fn reverting_returns_standbys_to_the_source_and_never_touches_the_primary() {
+    let f = Fixture::new();
+    let mut m = members();
+    upgrade_member(&mut m[1]);
+    let p = next(&f.view(&m, "db-0"), &upgrade(UpgradeStep::default()), true);
+    assert_eq!(recorded(&p), standby("db-1"));
+    let p = next(&f.view(&m, "db-0"), &upgrade(standby("db-1")), true);
+    assert!(
+        matches!(&p.act, Act::SetVersion { member, version, .. } if member == "db-1" && version == SRC)
+    );
+    m[1].version = Some(SRC.into());
+    m[1].probe.as_mut().unwrap().version = SRC.into();
+    let p = next(&f.view(&m, "db-0"), &upgrade(standby("db-1")), true);
+    assert!(p.upgrade.is_none() && p.reverted, "{p:?}");
+}
+
+#[test]
+fn hold_stops_before_the_primary_and_commit_goes_on() {
+    let f = Fixture::new();
+    let mut m = members();
+    for x in &mut m[1..] {
+        upgrade_member(x);
+    }
+    let mut u = upgrade(standby("db-2"));
+    u.hold = true;
+    let p = next(&f.view(&m, "db-0"), &u, false);
+    assert_eq!(recorded(&p), UpgradeStep::of(StepKind::AwaitingCommit));
+    let mut held = p.upgrade.unwrap();
+    let p = next(&f.view(&m, "db-0"), &held, false);
+    assert_eq!(p.upgrade.as_ref(), Some(&held), "waits");
+    held.hold = false; // Commit
+    let p = next(&f.view(&m, "db-0"), &held, false);
+    assert_eq!(recorded(&p), UpgradeStep::of(StepKind::Switchover));
+}
+
+#[test]
+fn rollback_from_awaiting_commit_returns_the_standbys_only() {
+    let f = Fixture::new();
+    let mut m = members();
+    for x in &mut m[1..] {
+        upgrade_member(x);
+    }
+    let mut u = upgrade(UpgradeStep::of(StepKind::AwaitingCommit));
+    u.hold = true;
+    u.rollback = true;
+    assert!(revertible(&f.view(&m, "db-0"), &u));
+    let p = next(&f.view(&m, "db-0"), &u, true);
+    assert_eq!(recorded(&p), standby("db-1"));
+}
+
+#[test]
+fn cancel_goes_back_between_steps_while_the_primary_runs_the_source() {
+    let f = Fixture::new();
+    let mut m = members();
+    upgrade_member(&mut m[1]);
+    let mut u = upgrade(standby("db-1"));
+    u.cancel = true;
+    let p = next(&f.view(&m, "db-0"), &u, false);
+    let rec = p.upgrade.unwrap();
+    assert!(rec.rollback, "{rec:?}");
+    assert_eq!(rec.step, standby("db-1"));
+    for x in &mut m {
+        upgrade_member(x);
+    }
+    let mut after = upgrade(standby("db-2"));
+    after.cancel = true;
+    assert!(!revertible(&f.view(&m, "db-1"), &after));
+}
+
+#[test]
+fn in_place_restarts_every_member_then_unfences_and_repoints() {
+    let f = Fixture::new();
+    let mut m = members();
+    let mut u = upgrade(UpgradeStep::default());
+    u.type_ = Some(UpgradeType::InPlace);
+    let p = next(&f.view(&m, "db-0"), &u, false);
+    assert_eq!(recorded(&p), UpgradeStep::of(StepKind::RestartAll));
+    u.step = UpgradeStep::of(StepKind::RestartAll);
+    let mut changed = vec![];
+    while let Act::SetVersion { member, .. } = next(&f.view(&m, "db-0"), &u, false).act {
+        let i = m.iter().position(|x| x.name == member).unwrap();
+        m[i].version = Some(DST.into());
+        changed.push(member);
+    }
+    assert_eq!(
+        changed,
+        ["db-0", "db-1", "db-2"],
+        "all members, no waiting between"
+    );
+    for x in &mut m {
+        upgrade_member(x);
+    }
+    m[0].probe.as_mut().unwrap().fenced = true; // booted fenced
+    let p2 = m[2].probe.as_mut().unwrap();
+    p2.role = Role::Primary; // came back alone
+    p2.following = None;
+    assert_eq!(
+        next(&f.view(&m, "db-0"), &u, false).act,
+        Act::Unfence {
+            member: "db-0".into()
+        }
+    );
+    m[0].probe.as_mut().unwrap().fenced = false;
+    assert_eq!(
+        next(&f.view(&m, "db-0"), &u, false).act,
+        Act::Repoint {
+            member: "db-2".into(),
+            primary: "db-0".into()
+        }
+    );
+    lead(&mut m, 0);
+    m[0].probe.as_mut().unwrap().fenced = false;
+    let p = next(&f.view(&m, "db-0"), &u, false);
+    assert!(p.upgrade.is_none(), "{p:?}");
+}
+
+#[test]
+fn a_closed_window_holds_forward_steps_but_not_a_switchover_in_progress() {
+    let mut f = Fixture::new();
+    f.goal = Some(pos(100));
+    let mut m = members();
+    upgrade_member(&mut m[1]);
+    let closed = View {
+        may_start_step: false,
+        ..f.view(&m, "db-0")
+    };
+    let p = next(&closed, &upgrade(standby("db-1")), false);
+    assert_eq!(p.upgrade.unwrap().step, standby("db-1"), "db-2 waits");
+    let mut back = upgrade(standby("db-1"));
+    back.rollback = true;
+    assert!(matches!(
+        next(&closed, &back, true).act,
+        Act::SetVersion { .. }
+    ));
+    // The end of a switchover always finishes.
+    for x in &mut m {
+        upgrade_member(x);
+    }
+    lead(&mut m, 1);
+    m[1].probe.as_mut().unwrap().fenced = true;
+    let mut u = upgrade(UpgradeStep::of(StepKind::Switchover));
+    u.switchover = Some(SwitchoverState {
+        stage: SwitchoverStage::Unfencing,
+        from: "db-0".into(),
+        candidate: Some("db-1".into()),
+        fence_position: None,
+        fenced_at: None,
+        undoing: None,
+    });
+    let closed = View {
+        may_start_step: false,
+        ..f.view(&m, "db-1")
+    };
+    assert_eq!(
+        next(&closed, &u, false).act,
+        Act::Unfence {
+            member: "db-1".into()
+        }
+    );
+}
+
+#[test]
+fn a_request_checks_the_members_before_its_first_step() {
+    let f = Fixture::new();
+    let mut m = members();
+    m[2].ready = false;
+    let mut u = upgrade(UpgradeStep::default());
+    u.request = Some("ns/r".into());
+    let p = next(&f.view(&m, "db-0"), &u, false);
+    assert!(p.waiting.unwrap().contains("db-2 is not Ready"));
+    let late = View {
+        step_elapsed: Duration::from_secs(601),
+        ..f.view(&m, "db-0")
+    };
+    let failure = next(&late, &u, false).upgrade.unwrap().failure.unwrap();
+    assert!(failure.contains("db-2 is not Ready"), "{failure}");
+    assert!(failure.contains("nothing was changed"), "{failure}");
+}
+
+#[test]
+fn a_native_protocol_hands_over_and_is_confirmed_by_roles() {
+    let f = Fixture::new();
+    let mut m = members();
+    for x in &mut m[1..] {
+        upgrade_member(x);
+    }
+    let native = View {
+        protocol: SwitchoverProtocol::Native,
+        ..f.view(&m, "db-0")
+    };
+    let p = next(
+        &native,
+        &upgrade(UpgradeStep::of(StepKind::Switchover)),
+        false,
+    );
+    assert_eq!(
+        p.act,
+        Act::Failover {
+            member: "db-1".into()
+        }
+    );
+    let s = sw(&p);
+    assert_eq!(
+        (s.stage, s.candidate.as_deref()),
+        (SwitchoverStage::Handover, Some("db-1"))
+    );
+    let u = p.upgrade.unwrap();
+    // The command's OK is not enough: only roles seen on the servers confirm it.
+    let p = next(&native, &u, false);
+    assert!(p.waiting.is_some() && p.primary.is_none());
+    let late = View {
+        fence_elapsed: Duration::from_secs(61),
+        ..native.clone()
+    };
+    let failure = next(&late, &u, false).upgrade.unwrap().failure.unwrap();
+    assert!(failure.contains("db-0 is still the primary"), "{failure}");
+    lead(&mut m, 1);
+    m[1].probe.as_mut().unwrap().fenced = false;
+    let native = View {
+        protocol: SwitchoverProtocol::Native,
+        ..f.view(&m, "db-0")
+    };
+    let p = next(&native, &u, false);
+    assert_eq!(p.primary.as_deref(), Some("db-1"));
+    assert_eq!(sw(&p).stage, SwitchoverStage::Repointing);
+}
