@@ -300,8 +300,10 @@ pub trait Engine: Send + Sync + fmt::Debug {
     /// Lets writes in again. Refuses unless the server reports itself primary.
     async fn unfence(&self, t: &Target) -> Result<(), EngineError>;
 
-    /// Makes a standby a primary, still fenced. Idempotent.
-    async fn promote(&self, t: &Target) -> Result<(), EngineError>;
+    /// Makes a standby a primary, still fenced. Idempotent. With `at_least`, refuses unless
+    /// the member holds that position right now (the decision to promote may be older than a
+    /// restart of the member).
+    async fn promote(&self, t: &Target, at_least: Option<&Position>) -> Result<(), EngineError>;
 
     /// Makes the member follow `primary`. Refuses a member that accepts writes (its writes
     /// would be thrown away by the resync).

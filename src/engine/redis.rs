@@ -322,8 +322,23 @@ impl Engine for Redis {
         self.set_fence(&mut c, t, false).await
     }
 
-    async fn promote(&self, t: &Target) -> Result<(), EngineError> {
+    async fn promote(&self, t: &Target, at_least: Option<&Position>) -> Result<(), EngineError> {
         let mut c = connect(t).await?;
+        if let Some(goal) = at_least {
+            let p = self.probe_on(&mut c, t).await?;
+            let syncing = p.role == Role::Standby && !p.streaming;
+            if syncing || !p.position.reached(goal) {
+                return Err(EngineError::Refused {
+                    endpoint: t.endpoint.to_string(),
+                    act: "promote",
+                    why: format!(
+                        "it is at {} and does not hold {goal}{}",
+                        p.position,
+                        if syncing { " (it is resyncing)" } else { "" }
+                    ),
+                });
+            }
+        }
         // Fenced first: a member that was running before boot fences existed must not take a
         // write the moment it leads.
         self.set_fence(&mut c, t, true).await?;

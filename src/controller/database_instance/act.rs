@@ -155,9 +155,12 @@ pub async fn run(
         Act::Unfence { member } => failpoint::scoped(member, engine.unfence(&target(o, member)?))
             .await
             .map_err(engine_err("unfence", member)),
-        Act::Promote { member } => failpoint::scoped(member, engine.promote(&target(o, member)?))
-            .await
-            .map_err(engine_err("promote", member)),
+        Act::Promote { member } => {
+            let t = target(o, member)?;
+            failpoint::scoped(member, engine.promote(&t, o.fence_goal.as_ref()))
+                .await
+                .map_err(engine_err("promote", member))
+        }
         Act::Failover { member } => failpoint::scoped(member, engine.failover(&target(o, member)?))
             .await
             .map_err(engine_err("failover", member)),

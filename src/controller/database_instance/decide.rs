@@ -233,9 +233,10 @@ fn missing_pods(d: &Draft, primary: &str, base: &str) -> Vec<NewPod> {
         .or_else(|| d.entry(base))
         .map(|e| e.spec.image.clone())
         .unwrap_or_default();
+    // A pod only on a claim that exists (and is not being deleted): the claims come first.
     d.o.members
         .iter()
-        .filter(|m| !m.exists)
+        .filter(|m| !m.exists && m.claim_uid.is_some())
         .map(|m| NewPod {
             name: m.name.clone(),
             version: version.clone(),
@@ -289,30 +290,13 @@ fn steady(mut d: Draft, primary: &str, base: &str) -> Decision {
         quarantined: &quarantined,
         ..view(o, primary, &o.inst.spec.upgrade_policy, Duration::ZERO)
     };
-    if let Some(leader) = v.primary_member().filter(|p| p.is_primary()) {
-        if o.published.as_deref() != Some(primary) {
-            return d.done(
-                Act::Publish {
-                    primary: primary.into(),
-                },
-                Wake::Now,
-            );
-        }
-        if leader.fenced() && v.only_writer_could_be(primary).is_ok() {
-            return d.done(
-                Act::Unfence {
-                    member: primary.into(),
-                },
-                Wake::Now,
-            );
-        }
-        if let Some(m) = o.members.iter().find(|m| v.needs_repoint(m, leader)) {
-            let act = Act::Repoint {
-                member: m.name.clone(),
-                primary: primary.into(),
-            };
-            return d.done(act, Wake::Poll);
-        }
+    if let Some(act) = converge(o, &v, primary) {
+        let wake = if matches!(act, Act::Repoint { .. }) {
+            Wake::Poll
+        } else {
+            Wake::Now
+        };
+        return d.done(act, wake);
     }
     mark_quarantine(&mut d);
     let leading = v.primary_member().is_some_and(|p| p.ready && p.writable());
@@ -353,6 +337,30 @@ fn steady(mut d: Draft, primary: &str, base: &str) -> Decision {
         d.cond("Degraded", false, "NoFailure", String::new());
     }
     start_or_refuse(d, primary, &version, &v)
+}
+
+/// The act that brings the members back to one writable primary that every other member
+/// follows: publish the primary (label and topology), unfence it once it is the only member
+/// that could take a write, repoint strays. Each is safe at any time, failed upgrade or not.
+fn converge(o: &Observation, v: &View, primary: &str) -> Option<Act> {
+    let leader = v.primary_member().filter(|p| p.is_primary())?;
+    if o.published.as_deref() != Some(primary) {
+        return Some(Act::Publish {
+            primary: primary.into(),
+        });
+    }
+    if leader.fenced() && v.only_writer_could_be(primary).is_ok() {
+        return Some(Act::Unfence {
+            member: primary.into(),
+        });
+    }
+    o.members
+        .iter()
+        .find(|m| v.needs_repoint(m, leader))
+        .map(|m| Act::Repoint {
+            member: m.name.clone(),
+            primary: primary.into(),
+        })
 }
 
 fn not_ready_message(v: &View) -> String {
@@ -514,7 +522,7 @@ fn failed(mut d: Draft, u: UpgradeInFlight, why: String, reverting: bool, v: &Vi
         if d.s.last_upgrade.as_ref().and_then(|l| l.job.as_ref()) != u.job.as_ref() {
             d.s.last_upgrade = Some(outcome(d.now(), &u, UpgradeResult::Failed, why));
         }
-        return d.done(Act::None, Wake::Idle);
+        return stopped(d, v);
     }
     if !reverting {
         d.s.phase = Some(InstancePhase::Error);
@@ -529,12 +537,21 @@ fn failed(mut d: Draft, u: UpgradeInFlight, why: String, reverting: bool, v: &Vi
                 u.source_version
             ),
         );
-        return d.done(Act::None, Wake::Idle);
+        return stopped(d, v);
     }
     // The spec went back to the source version: start returning every member to it.
     d.s.upgrade = Some(back_to_source(u, d.now()));
     d.s.phase = Some(InstancePhase::Upgrading);
     d.done(Act::None, Wake::Now)
+}
+
+/// A stopped upgrade still keeps the members converged (a switchover undone mid-way may leave
+/// a member that followed nobody).
+fn stopped(d: Draft, v: &View) -> Decision {
+    match converge(d.o, v, v.primary) {
+        Some(act) => d.done(act, Wake::Poll),
+        None => d.done(Act::None, Wake::Idle),
+    }
 }
 
 /// `u` restarted at its first step, to return every member to its source version: the failure

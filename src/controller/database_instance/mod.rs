@@ -125,18 +125,24 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
         publish(&ctx, &o.inst, t, n.reason, n.message).await;
     }
     Ok(match d.wake {
-        Wake::Idle => requeue::idle(),
+        Wake::Idle => requeue::health(ctx.health_interval),
         Wake::Poll => requeue::poll(),
         Wake::Now => Action::requeue(Duration::from_millis(100)),
     })
 }
 
-/// The failpoint of a status write: `api:status:<step>:<stage>` while upgrading.
+/// The failpoint of a status write: `api:status:<step>[@ordinal]:<stage>` while upgrading.
 fn status_point(s: &DatabaseInstanceStatus) -> String {
     match &s.upgrade {
         Some(u) => format!(
-            "api:status:{:?}:{}",
+            "api:status:{:?}{}:{}",
             u.step.kind,
+            u.step
+                .member
+                .as_deref()
+                .and_then(|m| m.rsplit('-').next())
+                .map(|o| format!("@{o}"))
+                .unwrap_or_default(),
             u.switchover
                 .as_ref()
                 .map(|sw| format!("{:?}", sw.stage))

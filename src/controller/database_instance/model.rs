@@ -137,10 +137,19 @@ impl View<'_> {
         m.ready && self.lag(m).is_some_and(|l| self.within_bound(l))
     }
 
+    /// Every member other than `name` is Ready: a restart may start (one member down at a time).
+    pub fn others_ready(&self, name: &str) -> Result<(), String> {
+        match self.members.iter().find(|m| m.name != name && !m.ready) {
+            Some(m) => Err(format!("{} is not Ready", m.name)),
+            None => Ok(()),
+        }
+    }
+
     /// A member that must be pointed at `leader`: reachable, not `leader`, not quarantined,
     /// and a (fenced) primary of its own or following someone else.
     pub fn needs_repoint(&self, m: &Member, leader: &Member) -> bool {
-        if m.name == leader.name || self.is_quarantined(&m.name) || !m.ready {
+        // A server that answers can be repointed, Ready or not (readiness trails a restart).
+        if m.name == leader.name || self.is_quarantined(&m.name) {
             return false;
         }
         let (Some(p), Some(le)) = (m.probe.as_ref(), leader.endpoint.as_ref()) else {

@@ -231,9 +231,11 @@ async fn probe_all(
             },
             None => (None, None),
         };
+        // A claim being deleted counts as gone: a person chose to discard that member's data.
         let claim_uid = claims
             .iter()
             .find(|c| c.name_any() == children::claim_name(n))
+            .filter(|c| c.metadata.deletion_timestamp.is_none())
             .and_then(|c| c.metadata.uid.clone());
         Member {
             name: n.clone(),

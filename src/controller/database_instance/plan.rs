@@ -307,6 +307,10 @@ fn restart_member(v: &View, u: &UpgradeInFlight, reverting: bool, timeout: Durat
         return Plan::wait(u, format!("member {name} has no pod yet"));
     };
     if !on(m, target) {
+        // One member down at a time: never restart while another is not Ready.
+        if let Err(why) = v.others_ready(name) {
+            return Plan::wait(u, format!("{name} restarts once {why}"));
+        }
         return Plan::keep(
             u,
             Act::SetVersion {
@@ -625,6 +629,22 @@ fn catching_up(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState) -> Plan {
         return Plan::wait(u, "the candidate or the fence position is missing");
     };
     let from = v.member(&sw.from);
+    // The fenced primary restarted (it booted fenced: still no write since the fence) and
+    // began a new replication history: what it holds now is what must be reached.
+    if let Some(now_at) = from.and_then(|f| f.fence_position.as_ref())
+        && !now_at.reached(goal)
+    {
+        return Plan::record(
+            stage(
+                u,
+                SwitchoverState {
+                    fence_position: Some(now_at.to_string()),
+                    ..sw.clone()
+                },
+            ),
+            Act::None,
+        );
+    }
     let streaming = from.is_some_and(|f| v.lag_behind(c, f).is_some());
     if streaming && c.position().is_some_and(|p| p.reached(goal)) {
         // Recorded as the primary before it is promoted: from here it is the member Baton
@@ -656,10 +676,14 @@ fn promoting(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState) -> Plan {
     let Some(c) = v.member(name) else {
         return Plan::wait(u, format!("the candidate {name} has no pod"));
     };
-    let has_all = match v.fence_goal {
-        Some(goal) => c.position().is_some_and(|p| p.reached(goal)),
-        None => false,
-    };
+    // Going back to `from`, which holds every write by construction (fenced since), even if
+    // a restart gave it a new history.
+    let returning = sw.undoing.is_some() && name == sw.from && c.is_primary();
+    let has_all = returning
+        || match v.fence_goal {
+            Some(goal) => c.position().is_some_and(|p| p.reached(goal)),
+            None => false,
+        };
     if c.is_primary() && has_all {
         return Plan::record(
             stage(
@@ -699,10 +723,27 @@ fn promoting(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState) -> Plan {
     )
 }
 
+/// The promoted candidate came back as a standby (it restarted and followed the topology
+/// before it named the candidate): promote it again.
+fn back_to_promoting(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState) -> Option<Plan> {
+    let c = v.member(sw.candidate.as_deref()?)?;
+    if c.probe.is_none() || c.is_primary() {
+        return None;
+    }
+    let back = SwitchoverState {
+        stage: SwitchoverStage::Promoting,
+        ..sw.clone()
+    };
+    Some(promoting(v, &stage(u, back.clone()), &back))
+}
+
 fn repointing(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState) -> Plan {
     let Some(name) = sw.candidate.as_deref() else {
         return Plan::wait(u, "no candidate recorded");
     };
+    if let Some(p) = back_to_promoting(v, u, sw) {
+        return p;
+    }
     let Some(c) = v.member(name).filter(|c| c.is_primary()) else {
         return Plan::wait(u, format!("waiting for {name} to lead"));
     };
@@ -744,6 +785,9 @@ fn unfencing(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState) -> Plan {
     let Some(name) = sw.candidate.as_deref() else {
         return Plan::wait(u, "no candidate recorded");
     };
+    if let Some(p) = back_to_promoting(v, u, sw) {
+        return p;
+    }
     let Some(c) = v.member(name).filter(|c| c.is_primary()) else {
         return Plan::wait(u, format!("waiting for {name} to lead"));
     };

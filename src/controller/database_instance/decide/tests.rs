@@ -363,6 +363,11 @@ fn missing_members_are_created_on_the_version_the_instance_runs() {
         ),
         ("db-1", SRC, "redis:6.2.14", false)
     );
+    // Its claim is being deleted (or not created yet): the claims come first, no pod.
+    let mut o = obs(SRC, active());
+    o.members[1].exists = false;
+    o.members[1].claim_uid = None;
+    assert_eq!(decide(&o).act, Act::ApplyChildren { pods: vec![] });
     let mut o = obs(SRC, json!({}));
     o.catalog.clear();
     let d = decide(&o);
@@ -429,4 +434,28 @@ fn the_fence_deadline_counts_from_the_recorded_fence() {
         .unwrap();
     assert!(sw.undoing.is_some(), "{sw:?}");
     assert_eq!(d.status.primary.as_deref(), Some("db-0"));
+}
+
+#[test]
+fn a_stopped_upgrade_still_repoints_a_member_left_following_nobody() {
+    let mut status = active();
+    status["upgrade"] = json!({
+        "sourceVersion": SRC, "targetVersion": DST,
+        "step": {"kind": "Switchover"}, "originalPrimary": "db-0",
+        "failure": "the switchover was undone",
+    });
+    let mut o = obs(DST, status);
+    let p = o.members[1].probe.as_mut().unwrap();
+    p.role = Role::Primary; // promoted from a partial copy, fenced, never took a write
+    p.following = None;
+    o.members[1].ready = false;
+    let d = decide(&o);
+    assert_eq!(d.status.phase, Some(InstancePhase::Error));
+    assert_eq!(
+        d.act,
+        Act::Repoint {
+            member: "db-1".into(),
+            primary: "db-0".into()
+        }
+    );
 }

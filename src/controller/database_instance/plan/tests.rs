@@ -764,3 +764,68 @@ fn a_native_protocol_hands_over_and_is_confirmed_by_roles() {
     assert_eq!(p.primary.as_deref(), Some("db-1"));
     assert_eq!(sw(&p).stage, SwitchoverStage::Repointing);
 }
+
+#[test]
+fn a_fenced_primary_that_restarted_sets_a_new_goal_and_a_restarted_candidate_is_promoted_again() {
+    let mut f = Fixture::new();
+    f.goal = Some(pos(500));
+    let mut m = members();
+    for x in &mut m[1..] {
+        upgrade_member(x);
+    }
+    // db-0 was fenced at aaa:500, then killed: it booted fenced with a history of its own.
+    let restarted = Position::parse_redis("fff:40").unwrap();
+    let p0 = m[0].probe.as_mut().unwrap();
+    p0.fenced = true;
+    p0.position = restarted.clone();
+    m[0].fence_position = Some(restarted);
+    let mut u = upgrade(UpgradeStep::of(StepKind::Switchover));
+    u.switchover = Some(SwitchoverState {
+        stage: SwitchoverStage::CatchingUp,
+        from: "db-0".into(),
+        candidate: Some("db-1".into()),
+        fence_position: Some("aaa:500".into()),
+        fenced_at: None,
+        undoing: None,
+    });
+    let p = next(&f.view(&m, "db-0"), &u, false);
+    assert_eq!(sw(&p).fence_position.as_deref(), Some("fff:40"));
+    assert_eq!(p.act, Act::None);
+
+    // Later, the promoted candidate is killed before the label moved: it comes back following
+    // db-0. It is promoted again once it holds the goal.
+    f.goal = Some(Position::parse_redis("fff:40").unwrap());
+    m[1].probe.as_mut().unwrap().position = Position::parse_redis("fff:40").unwrap();
+    let mut u = upgrade(UpgradeStep::of(StepKind::Switchover));
+    u.switchover = Some(SwitchoverState {
+        stage: SwitchoverStage::Repointing,
+        from: "db-0".into(),
+        candidate: Some("db-1".into()),
+        fence_position: Some("fff:40".into()),
+        fenced_at: None,
+        undoing: None,
+    });
+    let p = next(&f.view(&m, "db-1"), &u, false);
+    assert_eq!(
+        p.act,
+        Act::Promote {
+            member: "db-1".into()
+        }
+    );
+    assert_eq!(sw(&p).stage, SwitchoverStage::Promoting);
+}
+
+#[test]
+fn no_member_restarts_while_another_is_not_ready() {
+    let f = Fixture::new();
+    let mut m = members();
+    m[0].ready = false; // e.g. the new primary just restarted after a crash
+    let p = next(&f.view(&m, "db-0"), &upgrade(standby("db-1")), false);
+    assert_eq!(p.act, Act::None);
+    assert!(p.waiting.unwrap().contains("db-0 is not Ready"));
+    m[0].ready = true;
+    assert!(matches!(
+        next(&f.view(&m, "db-0"), &upgrade(standby("db-1")), false).act,
+        Act::SetVersion { .. }
+    ));
+}
