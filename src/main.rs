@@ -58,6 +58,10 @@ struct RunArgs {
     /// Watch DatabaseInstances, Clusters and UpgradeRequests in this namespace only.
     #[arg(long, env = "BATON_NAMESPACE")]
     namespace: Option<String>,
+    /// Seconds between two looks at a settled instance's members (a role or fence changed
+    /// behind Baton's back is seen within this, jittered by up to a fifth).
+    #[arg(long, env = "BATON_HEALTH_INTERVAL_SECONDS", default_value_t = 30)]
+    health_interval_seconds: u64,
     /// This replica's identity (default: the pod name from POD_NAME, else host and pid).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -107,6 +111,7 @@ fn run(args: RunArgs) -> ExitCode {
         identity,
         lease_duration_seconds: args.lease_duration_seconds.max(3),
         namespace: args.namespace,
+        health_interval: std::time::Duration::from_secs(args.health_interval_seconds.max(1)),
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -24,6 +24,8 @@ pub struct Context {
     pub namespace: Option<String>,
     /// The time maintenance windows, step timeouts and status timestamps are read from.
     pub clock: Clock,
+    /// How often a settled instance is looked at again (`--health-interval-seconds`).
+    pub health_interval: std::time::Duration,
     /// The last failed act of each object (`namespace/name`), until an act succeeds: the next
     /// pass reports it in status, and an Event is published only when it changes.
     act_errors: Mutex<HashMap<String, String>>,
@@ -48,6 +50,7 @@ impl Context {
             namespace,
             clock: Clock::from_env(),
             act_errors: Mutex::default(),
+            health_interval: std::time::Duration::from_secs(30),
         }
     }
 

@@ -34,6 +34,10 @@ pub struct Settings {
     pub lease_duration_seconds: u64,
     /// Watch databases in this namespace only (the catalog is cluster-wide regardless).
     pub namespace: Option<String>,
+    /// How often a settled instance's members are probed again: nothing in Kubernetes tells
+    /// Baton that a server changed role or lost its fence, so this bounds how long such a
+    /// change goes unseen.
+    pub health_interval: std::time::Duration,
 }
 
 /// Runs the operator until SIGTERM or SIGINT.
@@ -51,12 +55,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     info!(listen = %settings.listen, "serving /healthz, /readyz and /metrics");
     let server = tokio::spawn(http::serve(listener, http_state.clone(), shutdown.clone()));
 
-    let ctx = Arc::new(Context::new(
+    let mut ctx = Context::new(
         client.clone(),
         metrics.clone(),
         &settings.identity,
         settings.namespace.clone(),
-    ));
+    );
+    ctx.health_interval = settings.health_interval;
+    let ctx = Arc::new(ctx);
     let result = if settings.leader_election {
         lead(&settings, client, ctx, &http_state, shutdown.clone()).await
     } else {
