@@ -3,13 +3,16 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help test demo bench up down crds lint control-plane
+.PHONY: help test crash-test demo bench up down crds lint control-plane
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 test: ## Lint and run every test against a real local control plane
 	@bash tests/env/test.sh
+
+crash-test: ## Every enumerated crash point of an upgrade (make test runs a sample): ran, recovered, violations
+	@bash tests/env/test.sh crash
 
 demo: ## Start the local environment and upgrade a 3-member Redis 6.2.14 → 7.0.15 under load
 	@bash tests/env/demo.sh

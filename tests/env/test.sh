@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # `make test`: lint, then every test against a fresh local control plane of its own (separate
 # ports and state from `make up`), stopped again at the end whatever happens.
+# `test.sh crash` (`make crash-test`): the same environment, every crash point of the
+# crash-anywhere suite instead of a sample, and nothing else.
 set -euo pipefail
+mode=${1:-all}
 . "$(dirname "$0")/lib.sh"
 cd "$REPO_DIR"
 
 bash "$ENV_DIR/setup.sh"
-log "cargo fmt --check"
-cargo fmt --all --check
-log "cargo clippy -D warnings"
-cargo clippy --workspace --all-targets --locked -q -- -D warnings
+if [ "$mode" = all ]; then
+  log "cargo fmt --check"
+  cargo fmt --all --check
+  log "cargo clippy -D warnings"
+  cargo clippy --workspace --all-targets --locked -q -- -D warnings
+fi
 bash "$ENV_DIR/build-control-plane.sh"
 cargo build --workspace --all-targets --locked -q
 
-export BATON_RUN="$BATON_CACHE/test-run" BATON_APISERVER_PORT=26443 BATON_ETCD_PORT=33790 BATON_KCM_PORT=20257
+export BATON_RUN="$BATON_CACHE/test-run" BATON_APISERVER_PORT=26443 BATON_ETCD_PORT=24790 BATON_KCM_PORT=20257
 # Pods of the test environment use 127.2.x.x, those of `make up` 127.1.x.x.
 export BATON_FIRST_POD_IP=127.2.0.2
 trap 'bash "$ENV_DIR/down.sh"' EXIT
@@ -25,6 +30,12 @@ bash "$ENV_DIR/node.sh"
 log "tests run against:"
 "$BIN_DIR/kubectl" --kubeconfig "$BATON_KUBECONFIG" version
 
+if [ "$mode" = crash ]; then
+  BATON_CRASH_ALL=1 cargo test --locked -p baton-e2e --test crash -- --nocapture an_operator_killed
+  exit 0
+fi
 # This suite removes the CRDs, so it runs alone before the others.
 cargo test --locked -p baton-e2e --test crds_absent
 cargo test --locked --workspace
+# This one restarts the shared API server, so it runs alone, after the others.
+cargo test --locked -p baton-e2e --test apiserver_restart

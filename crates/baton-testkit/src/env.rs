@@ -80,9 +80,19 @@ impl Env {
 
     /// An operator limited to this namespace, with extra environment (failpoints, clock).
     pub fn operator_with(&self, id: &str, env: &[(&str, &str)]) -> Operator {
+        self.operator_at(id, &kubeconfig_path(), env)
+    }
+
+    /// An operator limited to this namespace that reaches the API server through `kubeconfig`.
+    pub fn operator_at(
+        &self,
+        id: &str,
+        kubeconfig: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Operator {
         let ns_arg = format!("--namespace={}", self.ns);
         Operator::start_with_env(
-            &kubeconfig_path(),
+            kubeconfig,
             &self.dir,
             id,
             &["--no-leader-election", &ns_arg],

@@ -22,6 +22,15 @@ pub fn kubeconfig_path() -> PathBuf {
     }
 }
 
+/// The API server's `host:port`, from the kubeconfig.
+pub fn apiserver_address() -> String {
+    let text = std::fs::read_to_string(kubeconfig_path()).expect("kubeconfig");
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("server: https://"))
+        .expect("server line")
+        .to_string()
+}
+
 /// Where the Go-built tools (kubectl, helm) live.
 pub fn tool(name: &str) -> PathBuf {
     let dir = std::env::var_os("BATON_BIN_DIR")
@@ -217,6 +226,8 @@ impl Operator {
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("BATON_LOG_FORMAT", "json")
+            // A second writer made behind Baton's back is seen within seconds in tests.
+            .env("BATON_HEALTH_INTERVAL_SECONDS", "3")
             .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())

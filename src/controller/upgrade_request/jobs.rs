@@ -1,12 +1,19 @@
-//! The pure rules of an UpgradeRequest: whether one target may be upgraded (and to what), how
-//! the request's action maps onto the flags of a target's upgrade, and the request's phase and
-//! summary from its jobs. No client, no clock.
+//! The pure rules of an UpgradeRequest: whether one target may be upgraded (and to what),
+//! which waiting jobs start, wait or are refused (`admit`), how the request's action maps onto
+//! the flags of a target's upgrade, and the request's phase and summary from its jobs. No
+//! client; time is an input.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
 
 use crate::catalog::{self, PathKind};
 use crate::crd::{
     DatabaseInstance, Datastore, DatastoreVersion, InstancePhase, RequestPhase, Schedule,
-    TargetJob, UpgradeAction, UpgradeInFlight, UpgradeRequestSpec, UpgradeResult, UpgradeType,
+    TargetJob, TargetKind, UpgradeAction, UpgradeInFlight, UpgradeRequestSpec, UpgradeResult,
+    UpgradeType,
 };
+use crate::window;
 
 /// What a target will be upgraded from and to, once it passed validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +114,113 @@ pub fn validate(
         target,
         kind,
     })
+}
+
+/// What becomes of a job that has not started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Never started: the request is stopping, or its failure budget is spent.
+    Cancel(String),
+    /// The target failed its checks: nothing was touched.
+    Refuse(String),
+    /// Valid, waiting for the target's maintenance window (described), which opens at `opens`.
+    Schedule {
+        plan: Plan,
+        window: String,
+        opens: Timestamp,
+    },
+    /// Claim the target now.
+    Start(Plan),
+    /// Not now: the concurrency limit is reached.
+    Later,
+}
+
+/// What `admit` decides from.
+pub struct AdmitInput<'a> {
+    pub spec: &'a UpgradeRequestSpec,
+    pub deleting: bool,
+    pub now: Timestamp,
+    pub namespace: &'a str,
+    pub catalog: &'a [DatastoreVersion],
+    /// Each target read this pass (None: it does not exist).
+    pub targets: &'a BTreeMap<String, Option<DatabaseInstance>>,
+}
+
+/// Decides, in job order, what becomes of each job that has not started (Pending or
+/// Scheduled): within `maxConcurrent`, the failure budget (refusals of this pass count), the
+/// action and the maintenance window. Returns (job index, admission).
+pub fn admit(jobs: &[TargetJob], a: &AdmitInput) -> Vec<(usize, Admission)> {
+    let action = a.spec.action;
+    let stopping = a.deleting || matches!(action, UpgradeAction::Cancel | UpgradeAction::Rollback);
+    let count = |p: RequestPhase| jobs.iter().filter(|j| j.phase == p).count() as i32;
+    let (mut failed, mut running) = (count(RequestPhase::Failed), count(RequestPhase::Running));
+    let mut out = vec![];
+    for (i, job) in jobs.iter().enumerate() {
+        if !matches!(job.phase, RequestPhase::Pending | RequestPhase::Scheduled) {
+            continue;
+        }
+        let budget_spent = a.spec.max_failures.is_some_and(|m| failed >= m);
+        if stopping || budget_spent {
+            let why = if a.deleting {
+                "not started: the request was deleted".to_string()
+            } else if action == UpgradeAction::Rollback {
+                "not started: the request was rolled back".to_string()
+            } else if action == UpgradeAction::Cancel {
+                "not started: the request was cancelled".to_string()
+            } else {
+                format!(
+                    "not started: the failure budget (maxFailures {}) is spent",
+                    a.spec.max_failures.unwrap_or_default()
+                )
+            };
+            out.push((i, Admission::Cancel(why)));
+            continue;
+        }
+        if running >= a.spec.max_concurrent {
+            out.push((i, Admission::Later));
+            continue;
+        }
+        let checked = match (job.kind, a.targets.get(&job.target).cloned().flatten()) {
+            (TargetKind::Cluster, _) => Err(
+                "Cluster targets are not upgraded by this version of Baton yet; list the cluster's instances instead".to_string(),
+            ),
+            (_, None) => Err(format!(
+                "DatabaseInstance {} does not exist in namespace {}",
+                job.target, a.namespace
+            )),
+            (_, Some(inst)) => validate(a.spec, &inst, a.catalog).map(|p| (inst, p)),
+        };
+        let (inst, plan) = match checked {
+            Ok(ok) => ok,
+            Err(why) => {
+                failed += 1;
+                out.push((i, Admission::Refuse(why)));
+                continue;
+            }
+        };
+        if a.spec.schedule == Schedule::MaintenanceWindow
+            && let Some(w) = &inst.spec.maintenance_window
+            && !window::is_open(a.now, w)
+        {
+            let window = format!(
+                "{:?} {} UTC, {} min",
+                w.day_of_week, w.start_time, w.duration_minutes
+            );
+            let opens = window::next_open(a.now, w);
+            out.push((
+                i,
+                Admission::Schedule {
+                    plan,
+                    window,
+                    opens,
+                },
+            ));
+            continue;
+        }
+        running += 1;
+        out.push((i, Admission::Start(plan)));
+    }
+    out
 }
 
 /// The flags the request's action asks of a target's upgrade in flight. Commit lifts the hold;
@@ -319,6 +433,81 @@ mod tests {
             err(windowless, &instance("6.2.14", InstancePhase::Active))
                 .contains("needs the instance's spec.maintenanceWindow")
         );
+    }
+
+    fn input<'a>(
+        spec: &'a UpgradeRequestSpec,
+        c: &'a [DatastoreVersion],
+        targets: &'a BTreeMap<String, Option<DatabaseInstance>>,
+    ) -> AdmitInput<'a> {
+        AdmitInput {
+            spec,
+            deleting: false,
+            now: Timestamp::UNIX_EPOCH,
+            namespace: "ns",
+            catalog: c,
+            targets,
+        }
+    }
+
+    #[test]
+    fn admission_starts_within_the_limit_refuses_bad_targets_and_keeps_the_budget() {
+        let c = catalog();
+        let mut spec: UpgradeRequestSpec = serde_json::from_value(json!({
+            "targets": {"instances": ["a", "b", "c", "d"]}, "targetVersion": "7.0.15",
+            "maxConcurrent": 2, "maxFailures": 1,
+        }))
+        .unwrap();
+        let targets: BTreeMap<String, Option<DatabaseInstance>> = [
+            ("a", Some(instance("6.2.14", InstancePhase::Active))),
+            ("b", None),
+            ("c", Some(instance("6.2.14", InstancePhase::Active))),
+            ("d", Some(instance("6.2.14", InstancePhase::Active))),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let jobs: Vec<TargetJob> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|t| job(t, RequestPhase::Pending))
+            .collect();
+        let got = admit(&jobs, &input(&spec, &c, &targets));
+        assert!(matches!(got[0], (0, Admission::Start(_))));
+        assert!(matches!(&got[1], (1, Admission::Refuse(w)) if w.contains("does not exist")));
+        // b's refusal spent the budget (maxFailures 1): nothing else starts.
+        assert!(matches!(&got[2], (2, Admission::Cancel(w)) if w.contains("failure budget")));
+        spec.max_failures = None;
+        let got = admit(&jobs, &input(&spec, &c, &targets));
+        assert!(matches!(got[2], (2, Admission::Start(_))));
+        assert_eq!(got[3], (3, Admission::Later), "two at a time");
+        spec.action = UpgradeAction::Cancel;
+        let got = admit(&jobs, &input(&spec, &c, &targets));
+        assert!(got.iter().all(|(_, a)| matches!(a, Admission::Cancel(_))));
+    }
+
+    #[test]
+    fn a_scheduled_request_waits_for_each_targets_window() {
+        let c = catalog();
+        let spec: UpgradeRequestSpec = serde_json::from_value(json!({
+            "targets": {"instances": ["a"]}, "targetVersion": "7.0.15", "schedule": "MaintenanceWindow",
+        }))
+        .unwrap();
+        let mut a = instance("6.2.14", InstancePhase::Active);
+        // The epoch is a Thursday, 00:00 UTC: a Sunday window is closed.
+        a.spec.maintenance_window =
+            serde_json::from_value(json!({"dayOfWeek": "Sunday", "startTime": "02:00"})).unwrap();
+        let targets = BTreeMap::from([("a".to_string(), Some(a))]);
+        let got = admit(
+            &[job("a", RequestPhase::Pending)],
+            &input(&spec, &c, &targets),
+        );
+        match &got[0].1 {
+            Admission::Schedule { window, opens, .. } => {
+                assert!(window.contains("Sunday 02:00"), "{window}");
+                assert_eq!(opens.to_string(), "1970-01-04T02:00:00Z");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -7,9 +7,10 @@
 //! Rollback, Cancel and deletion set `rollback` / `cancel`) and reads the outcome back from
 //! `status.lastUpgrade`. It never writes an instance's spec.
 //!
-//! Per pass: fresh read → resolve targets once → sync started jobs → start new jobs within
-//! `maxConcurrent`, the failure budget and the maintenance window (validating each first) →
-//! summary → status. A finalizer keeps a running request until its targets are healthy.
+//! Per pass, a pipeline: fresh read → resolve the targets (once) → sync the started jobs with
+//! their instances → admit the waiting ones (`jobs::admit`, pure: start, wait for a window,
+//! refuse, cancel, within `maxConcurrent` and the failure budget) → claim → summary (pure) →
+//! status, written once. A finalizer keeps a running request until its targets are healthy.
 
 pub mod jobs;
 
@@ -34,7 +35,6 @@ use crate::crd::{
 };
 use crate::error::{Error, Result};
 use crate::status::{self, Desired};
-use crate::window;
 
 /// Held while a request has targets to stop on deletion.
 pub const FINALIZER: &str = "baton.dev/upgrade-request";
@@ -78,10 +78,8 @@ pub async fn reconcile(cached: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result
     };
     let deleting = req.metadata.deletion_timestamp.is_some();
     let current = req.status.clone().unwrap_or_default();
-    let finished = current.phase.is_some_and(jobs::is_terminal);
     let has_finalizer = req.finalizers().iter().any(|f| f == FINALIZER);
-
-    if finished {
+    if current.phase.is_some_and(jobs::is_terminal) {
         if has_finalizer {
             set_finalizer(&api, &req, false).await?;
         }
@@ -92,40 +90,64 @@ pub async fn reconcile(cached: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result
         set_finalizer(&api, &req, true).await?;
         return Ok(Action::requeue(Duration::from_millis(100)));
     }
-
     let instances = Api::<DatabaseInstance>::namespaced(ctx.client.clone(), &ns);
-    // Read only when a target is about to be validated: most passes only follow running jobs.
-    let mut catalog: Option<Vec<DatastoreVersion>> = None;
-    let key = format!("{ns}/{}", req.name_any());
-
     let mut next = current.clone();
     next.observed_generation = req.metadata.generation;
+    // 1. Resolve the targets, once.
     if next.jobs.is_empty() {
         next.jobs = resolve_targets(&req, &instances).await?;
-        publish_req(
-            &ctx,
-            &req,
-            EventType::Normal,
-            "Accepted",
-            format!(
-                "{} target(s): {}",
-                next.jobs.len(),
-                next.jobs
-                    .iter()
-                    .map(|j| j.target.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        )
-        .await;
+        let names: Vec<&str> = next.jobs.iter().map(|j| j.target.as_str()).collect();
+        let note = format!("{} target(s): {}", names.len(), names.join(", "));
+        publish_req(&ctx, &req, EventType::Normal, "Accepted", note).await;
     }
+    // 2. Sync the started jobs with their instances (each target read once per pass).
+    let Some(read) = sync_started(&ctx, &req, &mut next, &instances, deleting).await? else {
+        return Ok(reread());
+    };
+    // 3. Admit the waiting jobs (pure), then 4. claim the ones that start.
+    let Some(soonest) = admit_and_claim(&ctx, &req, &mut next, &read, deleting).await? else {
+        return Ok(reread());
+    };
+    // 5. Summary and conditions (pure), written once.
+    summarize_into(&ctx, &req, &mut next, deleting);
+    let done = next.phase.is_some_and(jobs::is_terminal);
+    if next != current {
+        if !write_status(&ctx, &req, &next).await? {
+            return Ok(reread());
+        }
+        if current.phase != next.phase {
+            info!(phase = ?next.phase, "upgrade request phase");
+            if let (true, Some(phase)) = (done, next.phase) {
+                let t = if next.failed > 0 {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                };
+                let msg = next.message.clone().unwrap_or_default();
+                publish_req(&ctx, &req, t, phase_reason(phase), msg).await;
+            }
+        }
+    }
+    if done {
+        // The finalizer goes in the next pass, once the terminal phase is on record.
+        return Ok(Action::requeue(Duration::from_millis(100)));
+    }
+    let poll = Duration::from_secs(2);
+    Ok(Action::requeue(soonest.map_or(poll, |s| {
+        s.min(poll).max(Duration::from_millis(200))
+    })))
+}
 
-    let now = ctx.clock.now();
-    let action = req.spec.action;
-    let mut soonest: Option<Duration> = None;
-    // 1. Started jobs (and any job whose claim landed before a status write was lost). Each
-    // target is read once per pass; step 2 starts waiting jobs from the same read.
-    let mut read: BTreeMap<String, Option<DatabaseInstance>> = BTreeMap::new();
+/// Brings every started job up to date with its instance. Returns each target read (None if
+/// it does not exist), or None when a write to an instance lost a race (re-read).
+async fn sync_started(
+    ctx: &Context,
+    req: &UpgradeRequest,
+    next: &mut UpgradeRequestStatus,
+    instances: &Api<DatabaseInstance>,
+    deleting: bool,
+) -> Result<Option<BTreeMap<String, Option<DatabaseInstance>>>> {
+    let mut read = BTreeMap::new();
     for job in next.jobs.iter_mut().filter(|j| !jobs::is_terminal(j.phase)) {
         if job.kind != TargetKind::DatabaseInstance {
             continue;
@@ -141,129 +163,137 @@ pub async fn reconcile(cached: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result
                     job,
                     RequestPhase::Failed,
                     "the instance was deleted".into(),
-                    &ctx,
+                    ctx,
                 );
             }
             continue;
         };
-        if !sync_job(&ctx, &req, job, &inst, deleting).await? {
-            return Ok(reread());
+        if !sync_job(ctx, req, job, &inst, deleting).await? {
+            return Ok(None);
         }
     }
+    Ok(Some(read))
+}
 
-    // 2. Start jobs within the concurrency limit, the failure budget and the window.
-    let stopping = deleting || matches!(action, UpgradeAction::Cancel | UpgradeAction::Rollback);
-    let mut failed = next
+/// Applies `jobs::admit` to the waiting jobs: cancels, refusals (with an Event), schedules
+/// and claims. Returns how long until the soonest window opens, or None when a claim lost a
+/// race (re-read).
+async fn admit_and_claim(
+    ctx: &Context,
+    req: &UpgradeRequest,
+    next: &mut UpgradeRequestStatus,
+    read: &BTreeMap<String, Option<DatabaseInstance>>,
+    deleting: bool,
+) -> Result<Option<Option<Duration>>> {
+    let ns = req.namespace().unwrap_or_default();
+    let waiting = next
         .jobs
         .iter()
-        .filter(|j| j.phase == RequestPhase::Failed)
-        .count() as i32;
-    let mut running = next
-        .jobs
-        .iter()
-        .filter(|j| j.phase == RequestPhase::Running)
-        .count() as i32;
+        .any(|j| matches!(j.phase, RequestPhase::Pending | RequestPhase::Scheduled));
+    // The catalog is read only when a target is about to be validated.
+    let catalog = if waiting {
+        Api::<DatastoreVersion>::all(ctx.client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(Error::kube("listing the DatastoreVersion catalog"))?
+            .items
+    } else {
+        vec![]
+    };
+    let now = ctx.clock.now();
+    let input = jobs::AdmitInput {
+        spec: &req.spec,
+        deleting,
+        now,
+        namespace: &ns,
+        catalog: &catalog,
+        targets: read,
+    };
+    let key = format!("{ns}/{}", req.name_any());
+    let mut soonest: Option<Duration> = None;
     next.scheduled_start = None;
-    for i in 0..next.jobs.len() {
-        let job = &next.jobs[i];
-        if !matches!(job.phase, RequestPhase::Pending | RequestPhase::Scheduled) {
-            continue;
-        }
-        // Counted as targets fail in this pass too: a refusal does not take a slot, so several
-        // can fail in one pass.
-        let budget_spent = req.spec.max_failures.is_some_and(|m| failed >= m);
-        if stopping || budget_spent {
-            let why = if deleting {
-                "not started: the request was deleted".to_string()
-            } else if action == UpgradeAction::Rollback {
-                "not started: the request was rolled back".to_string()
-            } else if action == UpgradeAction::Cancel {
-                "not started: the request was cancelled".to_string()
-            } else {
-                format!(
-                    "not started: the failure budget (maxFailures {}) is spent",
-                    req.spec.max_failures.unwrap_or_default()
-                )
-            };
-            finish_job(&mut next.jobs[i], RequestPhase::Cancelled, why, &ctx);
-            continue;
-        }
-        if running >= req.spec.max_concurrent {
-            break;
-        }
-        if catalog.is_none() {
-            catalog = Some(
-                Api::<DatastoreVersion>::all(ctx.client.clone())
-                    .list(&ListParams::default())
-                    .await
-                    .map_err(Error::kube("listing the DatastoreVersion catalog"))?
-                    .items,
-            );
-        }
-        let catalog = catalog.as_deref().unwrap_or_default();
-        let target = next.jobs[i].target.clone();
-        let checked = match (next.jobs[i].kind, read.get(&target).cloned().flatten()) {
-            (TargetKind::Cluster, _) => Err(
-                "Cluster targets are not upgraded by this version of Baton yet; list the cluster's instances instead".to_string(),
-            ),
-            (_, None) => Err(format!(
-                "DatabaseInstance {target} does not exist in namespace {ns}"
-            )),
-            (_, Some(inst)) => jobs::validate(&req.spec, &inst, catalog).map(|p| (inst, p)),
-        };
-        let (inst, plan) = match checked {
-            Ok(ok) => ok,
-            Err(why) => {
-                fail_job(&ctx, &req, &mut next.jobs[i], why).await;
-                failed += 1;
-                continue;
-            }
-        };
+    for (i, admission) in jobs::admit(&next.jobs, &input) {
         let job = &mut next.jobs[i];
-        job.source_version = Some(plan.source.clone());
-        job.target_version = Some(plan.target.clone());
-        if req.spec.schedule == Schedule::MaintenanceWindow
-            && let Some(w) = &inst.spec.maintenance_window
-            && !window::is_open(now, w)
-        {
-            let opens = window::next_open(now, w);
-            job.phase = RequestPhase::Scheduled;
-            job.message = Some(format!(
-                "waiting for the maintenance window ({:?} {} UTC, {} min); opens {opens}",
-                w.day_of_week, w.start_time, w.duration_minutes
-            ));
-            next.scheduled_start = Some(
-                next.scheduled_start
-                    .map_or(Time(opens), |t| Time(t.0.min(opens))),
-            );
-            let wait = Duration::try_from(opens.duration_since(now)).unwrap_or_default();
-            soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
-            continue;
-        }
-        match claim(&ctx, &req, &key, job, &inst, &plan).await? {
-            true => running += 1,
-            false => return Ok(reread()),
+        match admission {
+            jobs::Admission::Later => {}
+            jobs::Admission::Cancel(why) => finish_job(job, RequestPhase::Cancelled, why, ctx),
+            jobs::Admission::Refuse(why) => fail_job(ctx, req, job, why).await,
+            jobs::Admission::Schedule {
+                plan,
+                window,
+                opens,
+            } => {
+                job.source_version = Some(plan.source);
+                job.target_version = Some(plan.target);
+                job.phase = RequestPhase::Scheduled;
+                job.message = Some(format!(
+                    "waiting for the maintenance window ({window}); opens {opens}"
+                ));
+                next.scheduled_start = Some(
+                    next.scheduled_start
+                        .clone()
+                        .map_or(Time(opens), |t| Time(t.0.min(opens))),
+                );
+                let wait = Duration::try_from(opens.duration_since(now)).unwrap_or_default();
+                soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
+            }
+            jobs::Admission::Start(plan) => {
+                job.source_version = Some(plan.source.clone());
+                job.target_version = Some(plan.target.clone());
+                let Some(Some(inst)) = read.get(&job.target) else {
+                    continue;
+                };
+                if !claim(ctx, req, &key, job, inst, &plan).await? {
+                    return Ok(None);
+                }
+            }
         }
     }
+    Ok(Some(soonest))
+}
 
-    // 3. Summary, conditions, status.
-    let summary = jobs::summarize(&next.jobs, action, deleting);
+/// The request's phase, GaussDB summary, message and conditions from its jobs.
+fn summarize_into(
+    ctx: &Context,
+    req: &UpgradeRequest,
+    next: &mut UpgradeRequestStatus,
+    deleting: bool,
+) {
+    let summary = jobs::summarize(&next.jobs, req.spec.action, deleting);
     next.phase = Some(summary.phase);
     next.succeeded = summary.succeeded;
     next.failed = summary.failed;
     next.failed_targets = summary.failed_targets;
     next.error_messages = summary.error_messages;
     next.progress = Some(summary.progress);
-    next.message = Some(phase_message(&next, &req));
+    next.message = Some(phase_message(next, req));
     let done = jobs::is_terminal(summary.phase);
     let generation = req.metadata.generation;
-    let cond = |c: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-                type_: &'static str,
-                ok: bool,
-                reason: &'static str,
-                message: String| {
-        status::merge(
-            c,
+    let msg = next.message.clone().unwrap_or_default();
+    let failed = next.failed > 0;
+    let errors = next.error_messages.join("; ");
+    for (type_, ok, reason, message) in [
+        (
+            "Progressing",
+            !done,
+            if done { "Finished" } else { "Running" },
+            msg.clone(),
+        ),
+        (
+            "Ready",
+            summary.phase == RequestPhase::Succeeded,
+            phase_reason(summary.phase),
+            msg,
+        ),
+        (
+            "Degraded",
+            failed,
+            if failed { "TargetsFailed" } else { "NoFailure" },
+            errors,
+        ),
+    ] {
+        next.conditions = status::merge(
+            &next.conditions,
             Desired {
                 type_,
                 status: ok,
@@ -272,65 +302,8 @@ pub async fn reconcile(cached: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result
             },
             generation,
             ctx.now(),
-        )
-    };
-    let msg = next.message.clone().unwrap_or_default();
-    next.conditions = cond(
-        &next.conditions,
-        "Progressing",
-        !done,
-        if done { "Finished" } else { "Running" },
-        msg.clone(),
-    );
-    next.conditions = cond(
-        &next.conditions,
-        "Ready",
-        summary.phase == RequestPhase::Succeeded,
-        phase_reason(summary.phase),
-        msg,
-    );
-    next.conditions = cond(
-        &next.conditions,
-        "Degraded",
-        next.failed > 0,
-        if next.failed > 0 {
-            "TargetsFailed"
-        } else {
-            "NoFailure"
-        },
-        next.error_messages.join("; "),
-    );
-    if next != current {
-        if !write_status(&ctx, &req, &next).await? {
-            return Ok(reread());
-        }
-        if current.phase != next.phase {
-            info!(phase = ?next.phase, "upgrade request phase");
-            if done {
-                let t = if next.failed > 0 {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                };
-                publish_req(
-                    &ctx,
-                    &req,
-                    t,
-                    phase_reason(summary.phase),
-                    next.message.clone().unwrap_or_default(),
-                )
-                .await;
-            }
-        }
+        );
     }
-    if done {
-        // The finalizer goes in the next pass, once the terminal phase is on record.
-        return Ok(Action::requeue(Duration::from_millis(100)));
-    }
-    let poll = Duration::from_secs(2);
-    Ok(Action::requeue(soonest.map_or(poll, |s| {
-        s.min(poll).max(Duration::from_millis(200))
-    })))
 }
 
 /// The jobs of a new request: listed instances, then selector matches, then clusters; each once.

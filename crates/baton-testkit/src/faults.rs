@@ -1,0 +1,322 @@
+//! Faults and the checks that must hold through them, for the crash-anywhere suite:
+//!
+//! - [`Safety`]: watches an instance every 50 ms — how many members accept writes at once (never
+//!   more than one) and how many are not Ready at once (at most one);
+//! - [`kill_member`]: SIGKILL to a member's server process (the node restarts it);
+//! - [`ApiProxy`]: a TCP proxy between an operator and the API server that can cut every
+//!   connection at once (its watches drop mid-stream);
+//! - [`Scenario`]: an upgrade under a label-following, a pinned and a trailing client, with a
+//!   fault injected by the caller, ending with every check on the real servers.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use baton::crd::InstancePhase;
+use baton::engine::{Endpoint, Target};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::env::{Env, assert_nothing_lost};
+use crate::harness::{Operator, eventually};
+use crate::workload::{self, Report, Route};
+
+/// The worst moments a [`Safety`] watch saw.
+#[derive(Debug, Clone, Default)]
+pub struct Worst {
+    /// The most members accepting writes at one moment, and which.
+    pub writable: Vec<String>,
+    /// The most members not Ready at one moment, and which.
+    pub not_ready: Vec<String>,
+}
+
+/// Watches an instance's members until stopped.
+pub struct Safety {
+    stop: CancellationToken,
+    worst: Arc<Mutex<Worst>>,
+}
+
+impl Safety {
+    pub fn watch(env: &Env, name: &str) -> Safety {
+        let stop = CancellationToken::new();
+        let worst = Arc::new(Mutex::new(Worst::default()));
+        let (pods, sel, s, w) = (
+            env.pods.clone(),
+            format!("baton.dev/instance={name}"),
+            stop.clone(),
+            worst.clone(),
+        );
+        let engine = baton::engine::for_datastore(baton::crd::Datastore::Redis).expect("engine");
+        tokio::spawn(async move {
+            while !s.is_cancelled() {
+                if let Ok(list) = pods.list(&ListParams::default().labels(&sel)).await {
+                    let mut writable = vec![];
+                    let mut not_ready = vec![];
+                    for p in &list.items {
+                        let name = p.metadata.name.clone().unwrap_or_default();
+                        if !ready(p) {
+                            not_ready.push(name.clone());
+                        }
+                        let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
+                            continue;
+                        };
+                        let t = Target::new(Endpoint::new(ip, engine.port()));
+                        if engine.probe(&t).await.is_ok_and(|pr| pr.writable()) {
+                            writable.push(name);
+                        }
+                    }
+                    let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
+                    if writable.len() > w.writable.len() {
+                        w.writable = writable;
+                    }
+                    if not_ready.len() > w.not_ready.len() {
+                        w.not_ready = not_ready;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        Safety { stop, worst }
+    }
+
+    pub fn finish(self) -> Worst {
+        self.stop.cancel();
+        self.worst.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+fn ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Kills a member's server process with SIGKILL (the node restarts the container).
+pub async fn kill_member(env: &Env, pod: &str) -> bool {
+    let Ok(p) = env.pods.get(pod).await else {
+        return false;
+    };
+    let pid = p
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|c| c.first()?.container_id.clone())
+        .and_then(|id| id.strip_prefix("baton://")?.parse::<u32>().ok());
+    match pid {
+        Some(pid) => std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success()),
+        None => false,
+    }
+}
+
+/// A TCP proxy in front of the API server that can drop every connection at once.
+pub struct ApiProxy {
+    pub port: u16,
+    cut: Arc<Mutex<CancellationToken>>,
+    stop: CancellationToken,
+}
+
+impl ApiProxy {
+    /// Proxies 127.0.0.1:<port> to `upstream` (host:port).
+    pub async fn start(upstream: String) -> ApiProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let cut = Arc::new(Mutex::new(CancellationToken::new()));
+        let stop = CancellationToken::new();
+        let (c, s) = (cut.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = s.cancelled() => return,
+                    a = listener.accept() => a,
+                };
+                let Ok((mut down, _)) = accepted else {
+                    continue;
+                };
+                let token = c.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let up = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut upc) = TcpStream::connect(&up).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = token.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut down, &mut upc) => {}
+                    }
+                });
+            }
+        });
+        ApiProxy { port, cut, stop }
+    }
+
+    /// Drops every open connection (watches included); new ones go through again.
+    pub fn cut(&self) {
+        let mut token = self.cut.lock().unwrap_or_else(|p| p.into_inner());
+        token.cancel();
+        *token = CancellationToken::new();
+    }
+
+    /// A kubeconfig for the admin user that goes through this proxy.
+    pub fn kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let admin = std::fs::read_to_string(crate::harness::kubeconfig_path()).expect("kubeconfig");
+        let text: String = admin
+            .lines()
+            .map(|l| match l.trim().strip_prefix("server: ") {
+                Some(_) => format!("    server: https://127.0.0.1:{}", self.port),
+                None => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let path = dir.join(format!("kubeconfig-proxy-{}", self.port));
+        std::fs::write(&path, text).expect("write kubeconfig");
+        path
+    }
+}
+
+impl Drop for ApiProxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.cut();
+    }
+}
+
+/// How a scenario ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Active on the target, or the failure the instance reported.
+    pub result: Result<(), String>,
+    pub worst: Worst,
+    pub reports: Vec<Report>,
+}
+
+/// An instance `name` of 3 members on `source`, brought up by a steady operator; the caller
+/// then upgrades it under three clients with whatever fault it injects, and `finish` checks.
+pub struct Scenario<'a> {
+    pub env: &'a Env,
+    pub name: String,
+    writers: Vec<(CancellationToken, tokio::task::JoinHandle<Report>)>,
+    safety: Option<Safety>,
+    pub first_primary: IpAddr,
+}
+
+impl<'a> Scenario<'a> {
+    /// Creates the instance and waits until it is Active on `source` (a steady operator does
+    /// it, then stops), then starts the clients and the safety watch.
+    pub async fn prepare(
+        env: &'a Env,
+        name: &str,
+        source: &str,
+        extra: serde_json::Value,
+    ) -> Scenario<'a> {
+        let steady = env.operator(&format!("{name}-steady"), "");
+        env.create(name, 3, extra).await;
+        env.wait_for(name, InstancePhase::Active, source, &steady)
+            .await;
+        drop(steady);
+        let first_primary = env.primary_ip(name).await;
+        let writers = vec![
+            env.writer_with(name, "label", Route::FollowLabel),
+            env.writer_with(name, "pinned", Route::Pinned(first_primary)),
+            env.writer_with(
+                name,
+                "trailing",
+                Route::Trailing {
+                    delay: Duration::from_secs(1),
+                },
+            ),
+        ];
+        Scenario {
+            safety: Some(Safety::watch(env, name)),
+            env,
+            name: name.into(),
+            writers,
+            first_primary,
+        }
+    }
+
+    pub async fn set_version(&self, version: &str) {
+        self.env
+            .patch_spec(
+                &self.name,
+                json!({"datastore": {"type": "redis", "version": version}}),
+            )
+            .await;
+    }
+
+    /// Waits (with `op` running) until the instance is Active on `target` or reports a failed
+    /// upgrade, stops the clients, and checks: nothing acknowledged lost on any member, never
+    /// two writable members, at most one member not Ready at a time, exactly one labelled
+    /// primary that accepts writes.
+    pub async fn finish(mut self, op: &Operator, target: &str) -> Outcome {
+        let env = self.env;
+        let name = self.name.clone();
+        let result = eventually(crate::env::LONG, || async {
+            let s = env.instances.get(&name).await.ok()?.status?;
+            if s.phase == Some(InstancePhase::Active)
+                && s.version.as_deref() == Some(target)
+                && s.upgrade.is_none()
+            {
+                return Some(Ok(()));
+            }
+            match (s.phase, s.upgrade.and_then(|u| u.failure)) {
+                (Some(InstancePhase::Error), Some(f)) => Some(Err(f)),
+                _ => None,
+            }
+        })
+        .await;
+        let Some(result) = result else {
+            let status = env.instances.get(&name).await.ok().and_then(|i| i.status);
+            panic!(
+                "{name} never finished: {status:#?}\n{}",
+                crate::env::tail(&op.logs(), 30)
+            )
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut reports = vec![];
+        for (stop, task) in self.writers.drain(..) {
+            stop.cancel();
+            reports.push(task.await.expect("writer"));
+        }
+        let worst = self.safety.take().map(Safety::finish).unwrap_or_default();
+        assert!(
+            worst.writable.len() <= 1,
+            "{name}: members accepting writes at once: {:?}",
+            worst.writable
+        );
+        assert!(
+            worst.not_ready.len() <= 1,
+            "{name}: members not Ready at once: {:?}",
+            worst.not_ready
+        );
+        let primary = env.primary_ip(&name).await;
+        let writable = eventually(Duration::from_secs(30), || async {
+            let members = workload::member_addresses(&env.client, &env.ns, &name).await;
+            let engine = baton::engine::for_datastore(baton::crd::Datastore::Redis).ok()?;
+            let mut w = BTreeMap::new();
+            for (pod, ip) in members {
+                let t = Target::new(Endpoint::new(ip.to_string(), 6379));
+                if engine.probe(&t).await.ok()?.writable() {
+                    w.insert(pod, ip);
+                }
+            }
+            (w.len() == 1 && w.values().all(|ip| *ip == primary)).then_some(w)
+        })
+        .await;
+        assert!(
+            writable.is_some(),
+            "{name}: the labelled primary is not the one writable member"
+        );
+        assert_nothing_lost(env, &name, &reports.iter().collect::<Vec<_>>()).await;
+        Outcome {
+            result,
+            worst,
+            reports,
+        }
+    }
+}
