@@ -1,7 +1,8 @@
 //! `make bench`: N rolling upgrades (default 20; `BATON_BENCH_UPGRADES`) of a 3-member Redis
 //! instance, 6.2.14 → 7.0.15, each under a client that writes continuously and follows the
-//! primary label as a real client would, beside one pinned to the first primary's address (as a
-//! pooled connection is). Prints, per run and in summary: the label client's observed
+//! primary label as a real client would (with `BATON_BENCH_PINNED=1`, beside one pinned to the
+//! first primary's address, as a pooled connection is). Prints, per run and in summary: the
+//! label client's observed
 //! write gap of the switchover, the total upgrade time, the members' own restart-to-caught-up
 //! time (the baseline: what any rolling restart costs), the operator's overhead (total minus
 //! the members' time), and acknowledged writes lost. Runs alternate between the two ways in:
@@ -118,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
+    let pinned_client = std::env::var("BATON_BENCH_PINNED").is_ok_and(|v| v == "1");
     let client = Client::try_default().await?;
     workload::install_crds(&client)
         .await
@@ -170,19 +172,25 @@ async fn main() -> anyhow::Result<()> {
             Duration::from_millis(50),
             stop.clone(),
         ));
-        // A client pinned to the first primary's address, as a pooled connection would be.
-        let first = workload::primary_address(&client, &ns, &name)
-            .await
-            .ok_or_else(|| anyhow::anyhow!("no primary"))?;
-        let pinned = tokio::spawn(workload::write_until(
-            client.clone(),
-            ns.clone(),
-            name.clone(),
-            "p",
-            Route::Pinned(first),
-            Duration::from_millis(50),
-            stop.clone(),
-        ));
+        // With BATON_BENCH_PINNED=1, also a client pinned to the first primary's address, as a
+        // pooled connection would be (off by default: it doubles the load, and figures compare
+        // with runs that had one client).
+        let pinned = if pinned_client {
+            let first = workload::primary_address(&client, &ns, &name)
+                .await
+                .ok_or_else(|| anyhow::anyhow!("no primary"))?;
+            Some(tokio::spawn(workload::write_until(
+                client.clone(),
+                ns.clone(),
+                name.clone(),
+                "p",
+                Route::Pinned(first),
+                Duration::from_millis(50),
+                stop.clone(),
+            )))
+        } else {
+            None
+        };
         let watcher = tokio::spawn(watch_members(
             client.clone(),
             ns.clone(),
@@ -211,7 +219,10 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(300)).await;
         stop.cancel();
         let report = writer.await?;
-        let pinned = pinned.await?;
+        let pinned = match pinned {
+            Some(t) => t.await?,
+            None => workload::Report::default(),
+        };
         let times = watcher.await?;
         let members: Duration = times
             .values()

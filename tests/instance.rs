@@ -14,10 +14,7 @@ use baton_testkit::*;
 
 #[tokio::test]
 async fn a_three_member_upgrade_under_writes_loses_nothing_and_upgrades_the_primary_last() {
-    let env = Env::new("upgrade").await;
-    let op = env.operator("upgrade", "");
-    env.create("db", 3, json!({})).await;
-    env.wait_for("db", InstancePhase::Active, SOURCE, &op).await;
+    let (env, op) = Env::with_active("upgrade", "db", 3, json!({})).await;
     env.assert_all_run("db", SOURCE).await;
 
     let (stop_writes, writes) = env.writer("db");
@@ -104,10 +101,7 @@ async fn a_three_member_upgrade_under_writes_loses_nothing_and_upgrades_the_prim
 /// fenced, following the recorded primary.
 #[tokio::test]
 async fn clients_pinned_to_the_old_primary_or_trailing_the_label_lose_nothing() {
-    let env = Env::new("pinned").await;
-    let op = env.operator("pinned", "");
-    env.create("db", 3, json!({})).await;
-    env.wait_for("db", InstancePhase::Active, SOURCE, &op).await;
+    let (env, op) = Env::with_active("pinned", "db", 3, json!({})).await;
     let first = env.primary_ip("db").await;
     let writers = [
         env.writer_with("db", "label", Route::FollowLabel),
@@ -160,10 +154,7 @@ async fn clients_pinned_to_the_old_primary_or_trailing_the_label_lose_nothing() 
 /// upgrade until a person decides; deleting the member's claim is that decision.
 #[tokio::test]
 async fn a_second_writer_is_fenced_and_quarantined_and_keeps_its_writes_until_a_person_decides() {
-    let env = Env::new("second-writer").await;
-    let op = env.operator("second-writer", "");
-    env.create("db", 3, json!({})).await;
-    env.wait_for("db", InstancePhase::Active, SOURCE, &op).await;
+    let (env, op) = Env::with_active("second-writer", "db", 3, json!({})).await;
     let ips = baton_testkit::workload::member_addresses(&env.client, &env.ns, "db").await;
     let stray = ips["db-2"];
     let mut c = baton_testkit::workload::connect(stray)
@@ -273,11 +264,13 @@ async fn a_second_writer_is_fenced_and_quarantined_and_keeps_its_writes_until_a_
 
 #[tokio::test]
 async fn second_switch_ends_on_the_original_primary() {
-    let env = Env::new("second").await;
-    let op = env.operator("second", "");
-    env.create("db", 3, json!({"upgradePolicy": {"secondSwitch": true}}))
-        .await;
-    env.wait_for("db", InstancePhase::Active, SOURCE, &op).await;
+    let (env, op) = Env::with_active(
+        "second",
+        "db",
+        3,
+        json!({"upgradePolicy": {"secondSwitch": true}}),
+    )
+    .await;
     let (stop, writes) = env.writer("db");
     env.patch_spec(
         "db",
@@ -403,11 +396,7 @@ async fn a_standby_that_cannot_start_halts_the_upgrade_and_reverting_recovers() 
 
 #[tokio::test]
 async fn a_single_member_upgrades_in_place_and_a_downgrade_is_refused() {
-    let env = Env::new("single").await;
-    let op = env.operator("single", "");
-    env.create("cache", 1, json!({})).await;
-    env.wait_for("cache", InstancePhase::Active, SOURCE, &op)
-        .await;
+    let (env, op) = Env::with_active("single", "cache", 1, json!({})).await;
     let (stop, writes) = env.writer("cache");
     tokio::time::sleep(Duration::from_millis(800)).await;
     stop.cancel();
@@ -458,10 +447,7 @@ async fn a_single_member_upgrades_in_place_and_a_downgrade_is_refused() {
 
 #[tokio::test]
 async fn a_paused_instance_is_left_alone() {
-    let env = Env::new("paused").await;
-    let op = env.operator("paused", "");
-    env.create("db", 2, json!({})).await;
-    env.wait_for("db", InstancePhase::Active, SOURCE, &op).await;
+    let (env, op) = Env::with_active("paused", "db", 2, json!({})).await;
     let before = env.member_pods("db").await;
     env.patch_spec(
         "db",

@@ -659,11 +659,7 @@ async fn max_concurrent_two_never_runs_three_at_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn in_place_restarts_every_member_together_and_says_it_is_an_outage() {
-    let env = Env::new("ur-inplace").await;
-    let op = env.operator("ur-inplace", "");
-    env.create("cache", 2, json!({})).await;
-    env.wait_for("cache", InstancePhase::Active, SOURCE, &op)
-        .await;
+    let (env, op) = Env::with_active("ur-inplace", "cache", 2, json!({})).await;
     let (stop, writes) = env.writer("cache");
     tokio::time::sleep(Duration::from_millis(500)).await;
     env.apply_example("upgrade-in-place.yaml");

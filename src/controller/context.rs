@@ -6,6 +6,9 @@ use std::sync::{Arc, Mutex};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store, store::Writer};
+
+use crate::crd::DatastoreVersion;
 
 use super::requeue::Backoffs;
 use crate::metrics::Metrics;
@@ -24,6 +27,11 @@ pub struct Context {
     pub namespace: Option<String>,
     /// The time maintenance windows, step timeouts and status timestamps are read from.
     pub clock: Clock,
+    /// The DatastoreVersion catalog as the watch last delivered it (the catalog controller
+    /// still decides catalog validity from a fresh list).
+    pub catalog: Store<DatastoreVersion>,
+    /// Fed by `controller::run_all`, which drives the catalog's watch.
+    catalog_writer: Mutex<Option<Writer<DatastoreVersion>>>,
     /// How often a settled instance is looked at again (`--health-interval-seconds`).
     pub health_interval: std::time::Duration,
     /// The last failed act of each object (`namespace/name`), until an act succeeds: the next
@@ -42,7 +50,10 @@ impl Context {
             controller: "baton".into(),
             instance: Some(identity.to_string()),
         };
+        let (catalog, writer) = reflector::store();
         Context {
+            catalog,
+            catalog_writer: Mutex::new(Some(writer)),
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
@@ -52,6 +63,22 @@ impl Context {
             act_errors: Mutex::default(),
             health_interval: std::time::Duration::from_secs(30),
         }
+    }
+
+    /// The writer of the catalog store, once (for the task that drives its watch).
+    pub fn take_catalog_writer(&self) -> Option<Writer<DatastoreVersion>> {
+        self.catalog_writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// The catalog, in a fixed order.
+    pub fn catalog(&self) -> Vec<DatastoreVersion> {
+        let mut all: Vec<DatastoreVersion> =
+            self.catalog.state().iter().map(|d| (**d).clone()).collect();
+        all.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        all
     }
 
     /// The last failed act of `key`, if the last act failed.

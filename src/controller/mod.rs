@@ -24,6 +24,7 @@ use std::time::Instant;
 use futures::StreamExt;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::Controller;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
@@ -33,12 +34,34 @@ use tracing::{Instrument, info_span, warn};
 
 pub use context::{Context, FIELD_MANAGER};
 
-use crate::crd::{Cluster, DatabaseInstance, UpgradeRequest};
+use crate::crd::{Cluster, DatabaseInstance, DatastoreVersion, UpgradeRequest};
 use crate::error::Error;
 
 /// Runs every controller until `shutdown` is cancelled.
 pub async fn run_all(ctx: Arc<Context>, shutdown: CancellationToken) {
     let client = ctx.client.clone();
+    // The catalog store every instance pass reads (a LIST per pass cost most of a pass).
+    if let Some(writer) = ctx.take_catalog_writer() {
+        let stream = kube::runtime::watcher(
+            Api::<DatastoreVersion>::all(client.clone()),
+            Default::default(),
+        )
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream.take_until(stop.cancelled_owned()));
+            while let Some(event) = stream.next().await {
+                if let Err(e) = event {
+                    warn!(error = %e, "the catalog watch failed; retrying");
+                }
+            }
+        });
+        if ctx.catalog.wait_until_ready().await.is_err() {
+            warn!("the catalog store never became ready");
+        }
+    }
     tokio::join!(
         drive(
             "datastoreversion",

@@ -225,7 +225,15 @@ impl Redis {
                 });
             }
         };
-        let setting = fence.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+        // An unreadable fence is an error, never "unfenced": that would look like a second
+        // writer, or hide one.
+        let setting = fence
+            .get(1)
+            .and_then(|v| v.parse().ok())
+            .ok_or(EngineError::Unreadable {
+                endpoint: t.endpoint.to_string(),
+                what: "min-replicas-to-write",
+            })?;
         parse_probe(&t.endpoint, &format!("{server}\r\n{replication}"), setting)
     }
 }

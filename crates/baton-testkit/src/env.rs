@@ -72,6 +72,21 @@ impl Env {
         }
     }
 
+    /// A fresh namespace with an operator of its own (identity `prefix`), and instance `name`
+    /// of `replicas` members (`extra` spec fields) Active on [`SOURCE`].
+    pub async fn with_active(
+        prefix: &str,
+        name: &str,
+        replicas: i32,
+        extra: Value,
+    ) -> (Env, Operator) {
+        let env = Env::new(prefix).await;
+        let op = env.operator(prefix, "");
+        env.create(name, replicas, extra).await;
+        env.wait_for(name, InstancePhase::Active, SOURCE, &op).await;
+        (env, op)
+    }
+
     /// An operator limited to this namespace; `crash_at` names a failpoint where it is
     /// killed with SIGKILL (empty: none).
     pub fn operator(&self, id: &str, crash_at: &str) -> Operator {

@@ -155,9 +155,9 @@ pub async fn run(
         Act::Unfence { member } => failpoint::scoped(member, engine.unfence(&target(o, member)?))
             .await
             .map_err(engine_err("unfence", member)),
-        Act::Promote { member } => {
+        Act::Promote { member, at_least } => {
             let t = target(o, member)?;
-            failpoint::scoped(member, engine.promote(&t, o.fence_goal.as_ref()))
+            failpoint::scoped(member, engine.promote(&t, at_least.as_ref()))
                 .await
                 .map_err(engine_err("promote", member))
         }

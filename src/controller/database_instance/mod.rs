@@ -24,12 +24,13 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service}
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
 use super::{Context, requeue};
-use crate::crd::{DatabaseInstance, DatabaseInstanceStatus};
+use crate::crd::{DatabaseInstance, DatabaseInstanceStatus, DatastoreVersion};
 use crate::error::Result;
 use model::{Act, Wake};
 
@@ -51,9 +52,24 @@ pub fn controller(client: Client, namespace: Option<&str>) -> Controller<Databas
         children::LABEL_MANAGED_BY,
         children::MANAGED_BY
     ));
-    Controller::new(
+    let ctrl = Controller::new(
         api::<DatabaseInstance>(&client, namespace),
         Default::default(),
+    );
+    // A catalog change wakes the instances of that datastore (one waiting on a version the
+    // catalog lacked proceeds at once).
+    let instances = ctrl.store();
+    ctrl.watches(
+        Api::<DatastoreVersion>::all(client.clone()),
+        Default::default(),
+        move |dv: DatastoreVersion| {
+            instances
+                .state()
+                .iter()
+                .filter(|i| i.spec.datastore.type_ == dv.spec.datastore)
+                .map(|i| ObjectRef::from_obj(i.as_ref()))
+                .collect::<Vec<_>>()
+        },
     )
     .owns(api::<Pod>(&client, namespace), ours.clone())
     .owns(api::<Service>(&client, namespace), ours.clone())
@@ -124,10 +140,15 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
         };
         publish(&ctx, &o.inst, t, n.reason, n.message).await;
     }
+    if !act_ok {
+        // A failing member is not hammered: the next attempt comes after a second.
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     Ok(match d.wake {
         Wake::Idle => requeue::health(ctx.health_interval),
         Wake::Poll => requeue::poll(),
-        Wake::Now => Action::requeue(Duration::from_millis(100)),
+        // The next step is ready: its act's effect is observable at once.
+        Wake::Now => Action::requeue(Duration::from_millis(10)),
     })
 }
 

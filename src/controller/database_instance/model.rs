@@ -193,8 +193,12 @@ pub enum Act {
     Fence { member: String },
     /// Let writes in on `member`, confirmed as the one primary.
     Unfence { member: String },
-    /// Make `member` a (still fenced) primary.
-    Promote { member: String },
+    /// Make `member` a (still fenced) primary — only if it holds `at_least` right then (the
+    /// fenced primary's position, decided in this pass or an earlier one).
+    Promote {
+        member: String,
+        at_least: Option<Position>,
+    },
     /// The datastore's own switchover handshake, sent to `member`.
     Failover { member: String },
     /// Point the primary label and the topology ConfigMap at `primary`.
@@ -210,7 +214,7 @@ impl Act {
             | Act::Repoint { member, .. }
             | Act::Fence { member }
             | Act::Unfence { member }
-            | Act::Promote { member }
+            | Act::Promote { member, .. }
             | Act::Failover { member } => Some(member),
             Act::Publish { primary } => Some(primary),
         }

@@ -13,7 +13,7 @@ use kube::{Api, ResourceExt};
 use super::children::{self, ANNOTATION_VERSION, LABEL_INSTANCE, Owned};
 use super::model::{Member, Observation};
 use crate::controller::Context;
-use crate::crd::{DatabaseInstance, DatastoreVersion};
+use crate::crd::DatabaseInstance;
 use crate::engine::{self, Endpoint, Engine, SwitchoverProtocol, Target};
 use crate::error::{Error, Result};
 use crate::version::Version;
@@ -71,14 +71,13 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
         }
     };
     o.protocol = engine.switchover_protocol();
-    o.catalog = Api::<DatastoreVersion>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::kube("listing the DatastoreVersion catalog"))?
-        .items;
+    o.catalog = ctx.catalog();
     let selector = format!("{LABEL_INSTANCE}={name}");
+    // From the API server's watch cache, as informers read them: a consistent LIST waits on
+    // etcd and cost most of a pass; the servers' own probes are the authority on roles and
+    // fences, and every act a pod's state leads to is idempotent.
     let pods: BTreeMap<String, Pod> = Api::<Pod>::namespaced(client.clone(), ns)
-        .list(&ListParams::default().labels(&selector))
+        .list(&ListParams::default().labels(&selector).match_any())
         .await
         .map_err(Error::kube("listing the instance's pods"))?
         .into_iter()
@@ -108,7 +107,14 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
         .as_ref()
         .and_then(|u| u.switchover.as_ref())
         .and_then(|sw| sw.fence_position.as_deref())
-        .and_then(|p| engine.parse_position(p).ok());
+        .and_then(|p| match engine.parse_position(p) {
+            Ok(pos) => Some(pos),
+            Err(e) => {
+                // The switchover waits (and is undone at its deadline) rather than guess.
+                tracing::warn!(error = %e, "the recorded fence position is unreadable");
+                None
+            }
+        });
     let running = status.version.as_deref().unwrap_or_default();
     if let (Ok(from), Ok(to)) = (
         running.parse::<Version>(),
@@ -137,7 +143,9 @@ async fn read_owned(
         .await
         .map_err(Error::kube("reading the topology ConfigMap"))?;
     let selector = format!("{LABEL_INSTANCE}={}", inst.name_any());
-    let lp = ListParams::default().labels(&selector);
+    // Served from the API server's cache (any version): these only feed the drift check and
+    // a claim's UID, and a consistent LIST cost most of a pass.
+    let lp = ListParams::default().labels(&selector).match_any();
     let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
         .list(&lp)
         .await

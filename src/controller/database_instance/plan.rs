@@ -469,6 +469,17 @@ fn stage(u: &UpgradeInFlight, sw: SwitchoverState) -> UpgradeInFlight {
     }
 }
 
+/// The same switchover, moved to `to`.
+fn at_stage(u: &UpgradeInFlight, sw: &SwitchoverState, to: SwitchoverStage) -> UpgradeInFlight {
+    stage(
+        u,
+        SwitchoverState {
+            stage: to,
+            ..sw.clone()
+        },
+    )
+}
+
 /// The switchover of a `Switchover` or `SwitchBack` step.
 fn switchover(v: &View, u: &UpgradeInFlight) -> Plan {
     let fence_timeout = Duration::from_secs(v.policy.fence_timeout_seconds.max(1) as u64);
@@ -491,7 +502,7 @@ fn switchover(v: &View, u: &UpgradeInFlight) -> Plan {
             ),
         ),
         SwitchoverStage::Fencing => fencing(v, u, &sw),
-        SwitchoverStage::CatchingUp => catching_up(v, u, &sw),
+        SwitchoverStage::CatchingUp => catching_up(v, u, &sw, v.fence_goal),
         SwitchoverStage::Promoting if late => undo(
             v,
             u,
@@ -602,18 +613,16 @@ fn fencing(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState) -> Plan {
         lag(a).cmp(&lag(b)).then_with(|| a.name.cmp(&b.name))
     });
     match best {
-        Some(c) => Plan::record(
-            stage(
-                u,
-                SwitchoverState {
-                    stage: SwitchoverStage::CatchingUp,
-                    candidate: Some(c.name.clone()),
-                    fence_position: Some(fenced_at.to_string()),
-                    ..sw.clone()
-                },
-            ),
-            Act::None,
-        ),
+        Some(c) => {
+            let sw = SwitchoverState {
+                stage: SwitchoverStage::CatchingUp,
+                candidate: Some(c.name.clone()),
+                fence_position: Some(fenced_at.to_string()),
+                ..sw.clone()
+            };
+            // Recorded as caught up to, and promoted in the same pass when it already is.
+            catching_up(v, &stage(u, sw.clone()), &sw, Some(&fenced_at))
+        }
         None => Plan::wait(
             u,
             "fenced; waiting for an upgraded standby that follows the primary",
@@ -621,11 +630,13 @@ fn fencing(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState) -> Plan {
     }
 }
 
-fn catching_up(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState) -> Plan {
-    let (Some(goal), Some(c)) = (
-        v.fence_goal,
-        sw.candidate.as_deref().and_then(|c| v.member(c)),
-    ) else {
+fn catching_up(
+    v: &View,
+    u: &UpgradeInFlight,
+    sw: &SwitchoverState,
+    goal: Option<&crate::engine::Position>,
+) -> Plan {
+    let (Some(goal), Some(c)) = (goal, sw.candidate.as_deref().and_then(|c| v.member(c))) else {
         return Plan::wait(u, "the candidate or the fence position is missing");
     };
     let from = v.member(&sw.from);
@@ -650,15 +661,10 @@ fn catching_up(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState) -> Plan {
         // Recorded as the primary before it is promoted: from here it is the member Baton
         // confirms and, in the end, unfences.
         return Plan::record(
-            stage(
-                u,
-                SwitchoverState {
-                    stage: SwitchoverStage::Promoting,
-                    ..sw.clone()
-                },
-            ),
+            at_stage(u, sw, SwitchoverStage::Promoting),
             Act::Promote {
                 member: c.name.clone(),
+                at_least: Some(goal.clone()),
             },
         )
         .with_primary(&c.name);
@@ -684,17 +690,25 @@ fn promoting(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState) -> Plan {
             Some(goal) => c.position().is_some_and(|p| p.reached(goal)),
             None => false,
         };
+    // Not promoted yet, and the fenced primary restarted (a new history, the same writes):
+    // it still holds everything, so catching up starts again towards what it holds now.
+    if !c.is_primary()
+        && sw.undoing.is_none()
+        && let Some(now_at) = v.member(&sw.from).and_then(|f| f.fence_position.as_ref())
+        && v.fence_goal.is_some_and(|g| !now_at.reached(g))
+    {
+        let again = SwitchoverState {
+            stage: SwitchoverStage::CatchingUp,
+            fence_position: Some(now_at.to_string()),
+            ..sw.clone()
+        };
+        return Plan::record(stage(u, again), Act::None).with_primary(&sw.from);
+    }
     if c.is_primary() && has_all {
-        return Plan::record(
-            stage(
-                u,
-                SwitchoverState {
-                    stage: SwitchoverStage::Repointing,
-                    ..sw.clone()
-                },
-            ),
-            Act::None,
-        );
+        // Promoted with everything: on to the label in the same pass.
+        let next = at_stage(u, sw, SwitchoverStage::Repointing);
+        let sw = next.switchover.clone().unwrap_or_else(|| sw.clone());
+        return repointing(v, &next, &sw);
     }
     if c.is_primary() && c.probe.is_some() && sw.undoing.is_none() {
         // It leads without the fenced writes (it restarted from an older copy): it never took
@@ -714,6 +728,7 @@ fn promoting(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState) -> Plan {
             u,
             Act::Promote {
                 member: name.into(),
+                at_least: v.fence_goal.cloned(),
             },
         );
     }
@@ -744,9 +759,9 @@ fn repointing(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState) -> Plan {
     if let Some(p) = back_to_promoting(v, u, sw) {
         return p;
     }
-    let Some(c) = v.member(name).filter(|c| c.is_primary()) else {
+    if !v.member(name).is_some_and(Member::is_primary) {
         return Plan::wait(u, format!("waiting for {name} to lead"));
-    };
+    }
     if let Err(why) = v.only_writer_could_be(name) {
         return Plan::wait(u, format!("not moving the primary label to {name}: {why}"));
     }
@@ -758,23 +773,10 @@ fn repointing(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState) -> Plan {
             },
         );
     }
-    if let Some(m) = v.members.iter().find(|m| v.needs_repoint(m, c)) {
-        return Plan::keep(
-            u,
-            Act::Repoint {
-                member: m.name.clone(),
-                primary: name.into(),
-            },
-        );
-    }
+    // The others are repointed once writes are back (they are fenced or standbys meanwhile):
+    // the write outage lasts fence, promote, publish, unfence.
     Plan::record(
-        stage(
-            u,
-            SwitchoverState {
-                stage: SwitchoverStage::Unfencing,
-                ..sw.clone()
-            },
-        ),
+        at_stage(u, sw, SwitchoverStage::Unfencing),
         Act::Unfence {
             member: name.into(),
         },
@@ -810,6 +812,15 @@ fn unfencing(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState) -> Plan {
             Act::None,
         );
     }
+    if let Some(m) = v.members.iter().find(|m| v.needs_repoint(m, c)) {
+        return Plan::keep(
+            u,
+            Act::Repoint {
+                member: m.name.clone(),
+                primary: name.into(),
+            },
+        );
+    }
     // Finishing a switchover is not a new step: never held back by the window.
     advance(
         v,
@@ -835,6 +846,7 @@ fn undo(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState, why: String) -> Pla
     let act = match from {
         Some(f) if !f.is_primary() => Act::Promote {
             member: sw.from.clone(),
+            at_least: v.fence_goal.cloned(),
         },
         _ => Act::None,
     };
@@ -854,17 +866,8 @@ fn handover(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState, deadline: Durat
         && c.zip(from)
             .is_none_or(|(c, f)| f.probe.is_none() || v.lag_behind(f, c).is_some());
     if done {
-        return Plan::record(
-            stage(
-                u,
-                SwitchoverState {
-                    stage: SwitchoverStage::Repointing,
-                    ..sw.clone()
-                },
-            ),
-            Act::None,
-        )
-        .with_primary(name);
+        return Plan::record(at_stage(u, sw, SwitchoverStage::Repointing), Act::None)
+            .with_primary(name);
     }
     if v.fence_elapsed > deadline {
         return fail(

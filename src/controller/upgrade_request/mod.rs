@@ -30,8 +30,8 @@ use tracing::info;
 
 use super::{Context, apply_status, database_instance, publish};
 use crate::crd::{
-    DatabaseInstance, DatastoreVersion, InstancePhase, RequestPhase, Schedule, StepKind, TargetJob,
-    TargetKind, UpgradeAction, UpgradeInFlight, UpgradeRequest, UpgradeRequestStatus,
+    DatabaseInstance, InstancePhase, RequestPhase, Schedule, StepKind, TargetJob, TargetKind,
+    UpgradeAction, UpgradeInFlight, UpgradeRequest, UpgradeRequestStatus,
 };
 use crate::error::{Error, Result};
 use crate::status::{self, Desired};
@@ -191,15 +191,7 @@ async fn admit_and_claim(
         .iter()
         .any(|j| matches!(j.phase, RequestPhase::Pending | RequestPhase::Scheduled));
     // The catalog is read only when a target is about to be validated.
-    let catalog = if waiting {
-        Api::<DatastoreVersion>::all(ctx.client.clone())
-            .list(&ListParams::default())
-            .await
-            .map_err(Error::kube("listing the DatastoreVersion catalog"))?
-            .items
-    } else {
-        vec![]
-    };
+    let catalog = if waiting { ctx.catalog() } else { vec![] };
     let now = ctx.clock.now();
     let input = jobs::AdmitInput {
         spec: &req.spec,

@@ -89,6 +89,18 @@ impl Fixture {
     }
 }
 
+/// A switchover away from db-0 at `stage`, with `candidate` and the recorded fence position.
+fn switching(stage: SwitchoverStage, candidate: &str, fence: Option<&str>) -> SwitchoverState {
+    SwitchoverState {
+        stage,
+        from: "db-0".into(),
+        candidate: Some(candidate.into()),
+        fence_position: fence.map(String::from),
+        fenced_at: None,
+        undoing: None,
+    }
+}
+
 fn upgrade(step: UpgradeStep) -> UpgradeInFlight {
     UpgradeInFlight {
         step,
@@ -267,14 +279,16 @@ fn the_switchover_fences_chooses_after_the_fence_promotes_fenced_and_unfences_la
     assert_eq!(
         p.act,
         Act::Promote {
-            member: "db-2".into()
+            member: "db-2".into(),
+            at_least: Some(pos(180)),
         }
     );
     assert_eq!(p.primary.as_deref(), Some("db-2"));
     assert_eq!(sw(&p).stage, SwitchoverStage::Promoting);
     let u = p.upgrade.unwrap();
 
-    // Promoted (still fenced), with the old history up to the fence: repoint the others.
+    // Promoted (still fenced), with the old history up to the fence: the label moves in the
+    // same pass, then the fence is lifted; the others are repointed after writes are back.
     let p2 = m[2].probe.as_mut().unwrap();
     p2.role = Role::Primary;
     p2.following = None;
@@ -286,15 +300,24 @@ fn the_switchover_fences_chooses_after_the_fence_promotes_fenced_and_unfences_la
     };
     let p = next(&f.view(&m, "db-2"), &u, false);
     assert_eq!(sw(&p).stage, SwitchoverStage::Repointing);
-    let u = p.upgrade.unwrap();
-    let p = next(&f.view(&m, "db-2"), &u, false);
     assert_eq!(
         p.act,
         Act::Publish {
             primary: "db-2".into()
         }
     );
+    let u = p.upgrade.unwrap();
     f.published = "db-2".into();
+    let p = next(&f.view(&m, "db-2"), &u, false);
+    assert_eq!(
+        p.act,
+        Act::Unfence {
+            member: "db-2".into()
+        }
+    );
+    assert_eq!(sw(&p).stage, SwitchoverStage::Unfencing);
+    let u = p.upgrade.unwrap();
+    m[2].probe.as_mut().unwrap().fenced = false;
     let p = next(&f.view(&m, "db-2"), &u, false);
     assert_eq!(
         p.act,
@@ -305,16 +328,6 @@ fn the_switchover_fences_chooses_after_the_fence_promotes_fenced_and_unfences_la
     );
     lead(&mut m, 2);
     m[0].probe.as_mut().unwrap().fenced = true;
-    m[2].probe.as_mut().unwrap().fenced = true;
-    let p = next(&f.view(&m, "db-2"), &u, false);
-    assert_eq!(
-        p.act,
-        Act::Unfence {
-            member: "db-2".into()
-        }
-    );
-    assert_eq!(sw(&p).stage, SwitchoverStage::Unfencing);
-    let u = p.upgrade.unwrap();
 
     // Unfenced: the switchover is over, the old primary is upgraded as a standby next.
     m[2].probe.as_mut().unwrap().fenced = false;
@@ -357,14 +370,11 @@ fn past_the_fence_deadline_the_switchover_is_undone_and_fails_with_nothing_lost(
     m[0].probe.as_mut().unwrap().fenced = true;
     m[0].probe.as_mut().unwrap().position = pos(500);
     let mut u = upgrade(UpgradeStep::of(StepKind::Switchover));
-    u.switchover = Some(SwitchoverState {
-        stage: SwitchoverStage::CatchingUp,
-        from: "db-0".into(),
-        candidate: Some("db-1".into()),
-        fence_position: Some("aaa:500".into()),
-        fenced_at: None,
-        undoing: None,
-    });
+    u.switchover = Some(switching(
+        SwitchoverStage::CatchingUp,
+        "db-1",
+        Some("aaa:500"),
+    ));
     let late = View {
         fence_elapsed: Duration::from_secs(61),
         ..f.view(&m, "db-0")
@@ -386,11 +396,10 @@ fn past_the_fence_deadline_the_switchover_is_undone_and_fails_with_nothing_lost(
     assert_eq!(p.primary.as_deref(), Some("db-0"));
     assert_eq!(p.act, Act::None, "db-0 still leads: nothing to promote");
     let u = p.upgrade.unwrap();
-    // The undo goes through the same stages, and is never cut short by the deadline.
+    // The undo goes through the same stages (the label never left db-0), and is never cut
+    // short by the deadline.
     let p = next(&late, &u, false);
-    assert_eq!(sw(&p).stage, SwitchoverStage::Repointing);
-    let u = p.upgrade.unwrap();
-    let p = next(&late, &u, false);
+    assert_eq!(sw(&p).stage, SwitchoverStage::Unfencing);
     assert_eq!(
         p.act,
         Act::Unfence {
@@ -422,14 +431,11 @@ fn a_candidate_that_leads_without_the_fenced_writes_is_undone() {
     p1.following = None;
     p1.position = Position::parse_redis("zzz:20").unwrap();
     let mut u = upgrade(UpgradeStep::of(StepKind::Switchover));
-    u.switchover = Some(SwitchoverState {
-        stage: SwitchoverStage::Promoting,
-        from: "db-0".into(),
-        candidate: Some("db-1".into()),
-        fence_position: Some("aaa:500".into()),
-        fenced_at: None,
-        undoing: None,
-    });
+    u.switchover = Some(switching(
+        SwitchoverStage::Promoting,
+        "db-1",
+        Some("aaa:500"),
+    ));
     let p = next(&f.view(&m, "db-1"), &u, false);
     assert_eq!(p.primary.as_deref(), Some("db-0"));
     let s = sw(&p);
@@ -450,14 +456,11 @@ fn the_label_never_moves_while_another_member_accepts_writes() {
     m[0].probe.as_mut().unwrap().role = Role::Primary;
     m[0].probe.as_mut().unwrap().fenced = false; // someone unfenced the old primary
     let mut u = upgrade(UpgradeStep::of(StepKind::Switchover));
-    u.switchover = Some(SwitchoverState {
-        stage: SwitchoverStage::Repointing,
-        from: "db-0".into(),
-        candidate: Some("db-1".into()),
-        fence_position: Some("aaa:100".into()),
-        fenced_at: None,
-        undoing: None,
-    });
+    u.switchover = Some(switching(
+        SwitchoverStage::Repointing,
+        "db-1",
+        Some("aaa:100"),
+    ));
     let p = next(&f.view(&m, "db-1"), &u, false);
     assert_eq!(p.act, Act::None);
     assert!(p.waiting.unwrap().contains("db-0 accepts writes"));
@@ -679,14 +682,7 @@ fn a_closed_window_holds_forward_steps_but_not_a_switchover_in_progress() {
     lead(&mut m, 1);
     m[1].probe.as_mut().unwrap().fenced = true;
     let mut u = upgrade(UpgradeStep::of(StepKind::Switchover));
-    u.switchover = Some(SwitchoverState {
-        stage: SwitchoverStage::Unfencing,
-        from: "db-0".into(),
-        candidate: Some("db-1".into()),
-        fence_position: None,
-        fenced_at: None,
-        undoing: None,
-    });
+    u.switchover = Some(switching(SwitchoverStage::Unfencing, "db-1", None));
     let closed = View {
         may_start_step: false,
         ..f.view(&m, "db-1")
@@ -780,14 +776,11 @@ fn a_fenced_primary_that_restarted_sets_a_new_goal_and_a_restarted_candidate_is_
     p0.position = restarted.clone();
     m[0].fence_position = Some(restarted);
     let mut u = upgrade(UpgradeStep::of(StepKind::Switchover));
-    u.switchover = Some(SwitchoverState {
-        stage: SwitchoverStage::CatchingUp,
-        from: "db-0".into(),
-        candidate: Some("db-1".into()),
-        fence_position: Some("aaa:500".into()),
-        fenced_at: None,
-        undoing: None,
-    });
+    u.switchover = Some(switching(
+        SwitchoverStage::CatchingUp,
+        "db-1",
+        Some("aaa:500"),
+    ));
     let p = next(&f.view(&m, "db-0"), &u, false);
     assert_eq!(sw(&p).fence_position.as_deref(), Some("fff:40"));
     assert_eq!(p.act, Act::None);
@@ -797,22 +790,52 @@ fn a_fenced_primary_that_restarted_sets_a_new_goal_and_a_restarted_candidate_is_
     f.goal = Some(Position::parse_redis("fff:40").unwrap());
     m[1].probe.as_mut().unwrap().position = Position::parse_redis("fff:40").unwrap();
     let mut u = upgrade(UpgradeStep::of(StepKind::Switchover));
-    u.switchover = Some(SwitchoverState {
-        stage: SwitchoverStage::Repointing,
-        from: "db-0".into(),
-        candidate: Some("db-1".into()),
-        fence_position: Some("fff:40".into()),
-        fenced_at: None,
-        undoing: None,
-    });
+    u.switchover = Some(switching(
+        SwitchoverStage::Repointing,
+        "db-1",
+        Some("fff:40"),
+    ));
     let p = next(&f.view(&m, "db-1"), &u, false);
     assert_eq!(
         p.act,
         Act::Promote {
-            member: "db-1".into()
+            member: "db-1".into(),
+            at_least: Some(Position::parse_redis("fff:40").unwrap()),
         }
     );
     assert_eq!(sw(&p).stage, SwitchoverStage::Promoting);
+}
+
+/// Found by the member-kill test: when the candidate already holds the fenced position, it is
+/// chosen and promoted in the pass that first sees the fence — before that position is on
+/// record — and the promotion must still carry it, so the engine refuses a candidate that
+/// restarted empty in the meantime.
+#[test]
+fn a_promotion_decided_in_the_fencing_pass_carries_the_fence_position() {
+    let f = Fixture::new(); // no fence position on record yet
+    let mut m = members();
+    for x in &mut m[1..] {
+        upgrade_member(x);
+    }
+    m[0].probe.as_mut().unwrap().fenced = true;
+    m[0].fence_position = Some(pos(100));
+    let mut u = upgrade(UpgradeStep::of(StepKind::Switchover));
+    u.switchover = Some(SwitchoverState {
+        stage: SwitchoverStage::Fencing,
+        candidate: None,
+        fence_position: None,
+        ..switching(SwitchoverStage::Fencing, "db-1", None)
+    });
+    let p = next(&f.view(&m, "db-0"), &u, false);
+    assert_eq!(sw(&p).stage, SwitchoverStage::Promoting);
+    assert_eq!(sw(&p).fence_position.as_deref(), Some("aaa:100"));
+    assert_eq!(
+        p.act,
+        Act::Promote {
+            member: "db-1".into(),
+            at_least: Some(pos(100)),
+        }
+    );
 }
 
 #[test]
@@ -828,4 +851,38 @@ fn no_member_restarts_while_another_is_not_ready() {
         next(&f.view(&m, "db-0"), &upgrade(standby("db-1")), false).act,
         Act::SetVersion { .. }
     ));
+}
+
+#[test]
+fn a_fenced_primary_restarted_before_the_promotion_restarts_the_catch_up() {
+    let mut f = Fixture::new();
+    f.goal = Some(pos(500));
+    let mut m = members();
+    for x in &mut m[1..] {
+        upgrade_member(x);
+    }
+    let restarted = Position::parse_redis("fff:30").unwrap();
+    let p0 = m[0].probe.as_mut().unwrap();
+    p0.fenced = true;
+    p0.position = restarted.clone();
+    m[0].fence_position = Some(restarted);
+    m[1].probe.as_mut().unwrap().position = Position::parse_redis("fff:10").unwrap();
+    let mut u = upgrade(UpgradeStep::of(StepKind::Switchover));
+    u.switchover = Some(switching(
+        SwitchoverStage::Promoting,
+        "db-1",
+        Some("aaa:500"),
+    ));
+    let p = next(&f.view(&m, "db-1"), &u, false);
+    let s = sw(&p);
+    assert_eq!(
+        (s.stage, s.fence_position.as_deref()),
+        (SwitchoverStage::CatchingUp, Some("fff:30"))
+    );
+    assert_eq!(
+        p.primary.as_deref(),
+        Some("db-0"),
+        "db-0 holds everything again"
+    );
+    assert_eq!(p.act, Act::None);
 }
