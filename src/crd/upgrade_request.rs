@@ -191,7 +191,8 @@ pub struct TargetJob {
     pub target_version: Option<String>,
     /// The job's phase (the request phases, less PartiallySucceeded).
     pub phase: RequestPhase,
-    /// The step the job is at, for example `UpgradeStandby/db-1`.
+    /// The step the job is at, in words: `PreCheck`, `UpgradeStandby db-1`,
+    /// `Switchover: Promoting db-2` (the instance's `status.upgrade` has it typed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
     /// Why the job is in its phase, in words a person can act on.
