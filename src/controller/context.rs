@@ -37,6 +37,8 @@ pub struct Context {
     /// The last failed act of each object (`namespace/name`), until an act succeeds: the next
     /// pass reports it in status, and an Event is published only when it changes.
     act_errors: Mutex<HashMap<String, String>>,
+    /// When this process last wrote each object's status (`namespace/name`).
+    written: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl Context {
@@ -61,6 +63,7 @@ impl Context {
             namespace,
             clock: Clock::from_env(),
             act_errors: Mutex::default(),
+            written: Mutex::default(),
             health_interval: std::time::Duration::from_secs(30),
         }
     }
@@ -79,6 +82,18 @@ impl Context {
             self.catalog.state().iter().map(|d| (**d).clone()).collect();
         all.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         all
+    }
+
+    /// Records a status write of `key`.
+    pub fn mark_written(&self, key: &str) {
+        let mut map = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(key.to_string(), std::time::Instant::now());
+    }
+
+    /// Whether this process wrote `key`'s status within `window`.
+    pub fn written_within(&self, key: &str, window: std::time::Duration) -> bool {
+        let map = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(key).is_some_and(|t| t.elapsed() < window)
     }
 
     /// The last failed act of `key`, if the last act failed.

@@ -105,6 +105,16 @@ pub struct MemberStatus {
     /// Whether the member's pod is Ready.
     #[serde(default)]
     pub ready: bool,
+    /// The member's replication position as its datastore prints it (Redis
+    /// `replicationId:offset`, PostgreSQL an LSN, MariaDB a GTID position): for a primary what
+    /// it has written, for a standby what it has applied. Refreshed at most every 10 s while
+    /// nothing else changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<String>,
+    /// For a standby, what it has received but not necessarily applied, where the datastore
+    /// tells the two apart (PostgreSQL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_position: Option<String>,
     /// For a standby, how far behind the primary it is in bytes of the replication stream
     /// (Redis, PostgreSQL).
     #[serde(default, skip_serializing_if = "Option::is_none")]

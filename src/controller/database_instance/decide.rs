@@ -167,6 +167,12 @@ fn member_statuses(o: &Observation, primary: &str) -> Vec<MemberStatus> {
                     Some(Lag::Transactions(n)) => Some(n as i64),
                     _ => None,
                 },
+                position: m.probe.as_ref().map(|p| p.position.to_string()),
+                received_position: m
+                    .probe
+                    .as_ref()
+                    .and_then(|p| p.received.as_ref())
+                    .map(ToString::to_string),
                 fenced: m
                     .probe
                     .as_ref()
@@ -175,6 +181,23 @@ fn member_statuses(o: &Observation, primary: &str) -> Vec<MemberStatus> {
             }
         })
         .collect()
+}
+
+/// Whether `a` and `b` differ only in what members' servers report from moment to moment
+/// (positions and lag). Such a change alone is written at most every few seconds: a write wakes
+/// this controller, and under load the next pass would see new positions again.
+pub fn differs_only_in_volatile(a: &DatabaseInstanceStatus, b: &DatabaseInstanceStatus) -> bool {
+    let steady = |s: &DatabaseInstanceStatus| {
+        let mut s = s.clone();
+        for m in &mut s.members {
+            m.position = None;
+            m.received_position = None;
+            m.lag_bytes = None;
+            m.lag_transactions = None;
+        }
+        s
+    };
+    a != b && steady(a) == steady(b)
 }
 
 /// The snapshot the planner sees.

@@ -98,17 +98,23 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
             "decision"
         );
     }
+    let key = format!("{ns}/{name}");
+    // Positions and lag alone are refreshed at most every VOLATILE_REFRESH (see
+    // `differs_only_in_volatile`); anything else is written at once.
+    let volatile = decide::differs_only_in_volatile(&current, &d.status)
+        && ctx.written_within(&key, VOLATILE_REFRESH);
+    let changed = d.status != current && !volatile;
     // Intent first. A side effect only from a state this pass has proven current: with an
     // act, the write is made (guarded) even when nothing changed.
-    if (d.status != current || d.act != Act::None)
-        && !write_status_guarded(&ctx, &o.inst, &d.status).await?
-    {
-        return Ok(reread());
+    if changed || d.act != Act::None {
+        if !write_status_guarded(&ctx, &o.inst, &d.status).await? {
+            return Ok(reread());
+        }
+        ctx.mark_written(&key);
     }
-    if d.status != current {
+    if changed {
         crate::failpoint::passed(&status_point(&d.status)).await;
     }
-    let key = format!("{ns}/{name}");
     let mut act_ok = true;
     if let Some(engine) = observed.engine {
         match act::run(&ctx.client, o, engine, &d.status, &d.act).await {
@@ -151,6 +157,9 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
         Wake::Now => Action::requeue(Duration::from_millis(10)),
     })
 }
+
+/// How often members' positions and lag alone are written to status.
+const VOLATILE_REFRESH: Duration = Duration::from_secs(10);
 
 /// The failpoint of a status write: `api:status:<step>[@ordinal]:<stage>` while upgrading.
 fn status_point(s: &DatabaseInstanceStatus) -> String {

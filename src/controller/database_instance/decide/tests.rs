@@ -459,3 +459,22 @@ fn a_stopped_upgrade_still_repoints_a_member_left_following_nobody() {
         }
     );
 }
+
+#[test]
+fn only_positions_and_lag_count_as_volatile() {
+    let o = obs(SRC, active());
+    let a = decide(&o).status;
+    let mut b = a.clone();
+    b.members[1].lag_bytes = Some(42);
+    b.members[1].position = Some("aaa:58".into());
+    assert!(differs_only_in_volatile(&a, &b));
+    b.members[1].ready = false;
+    assert!(
+        !differs_only_in_volatile(&a, &b),
+        "readiness is not volatile"
+    );
+    assert!(
+        !differs_only_in_volatile(&a, &a),
+        "no change is no volatile change"
+    );
+}
