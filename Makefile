@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help test crash-test demo bench up down crds lint control-plane
+.PHONY: help test crash-test demo demo-postgres bench up down crds lint control-plane
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -16,6 +16,9 @@ crash-test: ## Every enumerated crash point of an upgrade (make test runs a samp
 
 demo: ## Start the local environment and upgrade a 3-member Redis 6.2.14 → 7.0.15 under load
 	@bash tests/env/demo.sh
+
+demo-postgres: ## The same demo with a 3-member PostgreSQL 16.13 → 16.14 under committing clients
+	@bash tests/env/demo.sh postgresql
 
 bench: ## N upgrades under load (BATON_BENCH_UPGRADES, default 20): write gaps, times, overhead
 	@bash tests/env/setup.sh && bash tests/env/up.sh >/dev/null && bash tests/env/node.sh

@@ -1,5 +1,6 @@
 //! `make bench`: N rolling upgrades (default 20; `BATON_BENCH_UPGRADES`) of a 3-member Redis
-//! instance, 6.2.14 → 7.0.15, each under a client that writes continuously and follows the
+//! instance, 6.2.14 → 7.0.15, then as many of a 3-member PostgreSQL instance, 16.13 → 16.14
+//! (`BATON_BENCH_DATASTORES=redis`, `postgresql`, or both, the default), each under a client that writes continuously and follows the
 //! primary label as a real client would (with `BATON_BENCH_PINNED=1`, beside one pinned to the
 //! first primary's address, as a pooled connection is). Prints, per run and in summary: the
 //! label client's observed
@@ -21,8 +22,29 @@ use tokio_util::sync::CancellationToken;
 use baton::engine::{Endpoint, Lag, Role, Target};
 use baton_testkit::workload::{self, Route};
 
-const SOURCE: &str = "6.2.14";
-const TARGET: &str = "7.0.15";
+/// One datastore's upgrade under measurement.
+#[derive(Clone, Copy)]
+struct Flavor {
+    ds: workload::Datastore,
+    label: &'static str,
+    source: &'static str,
+    target: &'static str,
+}
+
+const FLAVORS: [Flavor; 2] = [
+    Flavor {
+        ds: workload::Datastore::Redis,
+        label: "Redis",
+        source: "6.2.14",
+        target: "7.0.15",
+    },
+    Flavor {
+        ds: workload::Datastore::Postgresql,
+        label: "PostgreSQL",
+        source: "16.13",
+        target: "16.14",
+    },
+];
 
 /// When each member started its restart and when it was back, caught up, on the target.
 #[derive(Default, Debug, Clone, Copy)]
@@ -35,9 +57,11 @@ async fn watch_members(
     client: Client,
     ns: String,
     name: String,
+    f: Flavor,
     stop: CancellationToken,
 ) -> BTreeMap<String, MemberTimes> {
-    let engine = baton::engine::for_datastore(baton::crd::Datastore::Redis).expect("redis engine");
+    let target = f.target;
+    let engine = baton::engine::for_datastore(f.ds).expect("engine");
     let pods = Api::<Pod>::namespaced(client, &ns);
     let mut times: BTreeMap<String, MemberTimes> = BTreeMap::new();
     while !stop.is_cancelled() {
@@ -68,7 +92,7 @@ async fn watch_members(
                 .and_then(|s| s.containers.first())
                 .and_then(|c| c.image.clone())
                 .unwrap_or_default();
-            if t.patched.is_none() && spec_image.ends_with(TARGET) {
+            if t.patched.is_none() && spec_image.ends_with(target) {
                 t.patched = Some(now);
             }
             if t.patched.is_some() && t.caught_up.is_none() {
@@ -77,9 +101,9 @@ async fn watch_members(
                     .as_ref()
                     .and_then(|s| s.container_statuses.as_ref())
                     .and_then(|c| c.first().cloned());
-                let on_target = running.is_some_and(|c| c.ready && c.image.ends_with(TARGET));
+                let on_target = running.is_some_and(|c| c.ready && c.image.ends_with(target));
                 let caught = match probes.get(&p.name_any()).cloned().flatten() {
-                    Some(pr) if pr.version == TARGET => match pr.role {
+                    Some(pr) if pr.version == target => match pr.role {
                         Role::Standby => {
                             pr.streaming
                                 && primary.as_ref().is_some_and(|at| {
@@ -113,41 +137,18 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let runs: usize = std::env::var("BATON_BENCH_UPGRADES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
-    let pinned_client = std::env::var("BATON_BENCH_PINNED").is_ok_and(|v| v == "1");
-    let client = Client::try_default().await?;
-    workload::install_crds(&client)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    workload::apply_catalog(&client, workload::EXAMPLE_CATALOG).await?;
-    let ns = format!("bench-{:06x}", rand::random::<u32>() & 0xffffff);
-    let nso: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?;
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &nso)
-        .await?;
-
-    // The operator, limited to the bench's namespace, as built by this bench (release).
-    let log = std::fs::File::create(std::env::temp_dir().join(format!("{ns}-operator.log")))?;
-    let mut operator = tokio::process::Command::new(baton_testkit::operator_bin())
-        .args([
-            "run",
-            "--listen=127.0.0.1:0",
-            "--no-leader-election",
-            &format!("--namespace={ns}"),
-        ])
-        .env("BATON_LOG_LEVEL", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()?;
-
+/// `runs` upgrades of one flavor in namespace `ns`, with their summary printed.
+async fn bench(
+    client: &Client,
+    ns: &str,
+    f: Flavor,
+    runs: usize,
+    pinned_client: bool,
+) -> anyhow::Result<()> {
+    let ns = ns.to_string();
     println!(
-        "{runs} upgrades of a 3-member Redis {SOURCE} → {TARGET} under continuous writes (namespace {ns})"
+        "{runs} upgrades of a 3-member {} {} → {} under continuous writes (namespace {ns})",
+        f.label, f.source, f.target
     );
     println!(
         "{:>3} {:>8} {:>10} {:>10} {:>12} {:>12} {:>9} {:>6}",
@@ -157,9 +158,9 @@ async fn main() -> anyhow::Result<()> {
     let (mut via_spec, mut via_request) = (vec![], vec![]);
     let mut lost_total = 0usize;
     for run in 0..runs {
-        let name = format!("db{run}");
-        workload::create_redis(&client, &ns, &name, 3, SOURCE).await?;
-        workload::wait_active(&client, &ns, &name, SOURCE, Duration::from_secs(180))
+        let name = format!("{}{run}", f.ds);
+        workload::create(&client, &ns, &name, f.ds, 3, f.source).await?;
+        workload::wait_active(&client, &ns, &name, f.source, Duration::from_secs(180))
             .await
             .ok_or_else(|| anyhow::anyhow!("{name} never became Active"))?;
         let stop = CancellationToken::new();
@@ -167,6 +168,7 @@ async fn main() -> anyhow::Result<()> {
             client.clone(),
             ns.clone(),
             name.clone(),
+            f.ds,
             "l",
             Route::FollowLabel,
             Duration::from_millis(50),
@@ -183,6 +185,7 @@ async fn main() -> anyhow::Result<()> {
                 client.clone(),
                 ns.clone(),
                 name.clone(),
+                f.ds,
                 "p",
                 Route::Pinned(first),
                 Duration::from_millis(50),
@@ -195,6 +198,7 @@ async fn main() -> anyhow::Result<()> {
             client.clone(),
             ns.clone(),
             name.clone(),
+            f,
             stop.clone(),
         ));
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -203,16 +207,16 @@ async fn main() -> anyhow::Result<()> {
         if by_request {
             let req: baton::crd::UpgradeRequest = serde_json::from_value(serde_json::json!({
                 "apiVersion": "baton.dev/v1alpha1", "kind": "UpgradeRequest",
-                "metadata": {"name": format!("{name}-to-7")},
-                "spec": {"targets": {"instances": [name]}, "targetVersion": TARGET},
+                "metadata": {"name": format!("{name}-up")},
+                "spec": {"targets": {"instances": [name]}, "targetVersion": f.target},
             }))?;
             Api::<baton::crd::UpgradeRequest>::namespaced(client.clone(), &ns)
                 .create(&PostParams::default(), &req)
                 .await?;
         } else {
-            workload::set_version(&client, &ns, &name, TARGET).await?;
+            workload::set_version(&client, &ns, &name, f.target).await?;
         }
-        workload::wait_active(&client, &ns, &name, TARGET, Duration::from_secs(300))
+        workload::wait_active(&client, &ns, &name, f.target, Duration::from_secs(300))
             .await
             .ok_or_else(|| anyhow::anyhow!("{name} never finished its upgrade"))?;
         let total = t0.elapsed();
@@ -232,8 +236,14 @@ async fn main() -> anyhow::Result<()> {
         let primary = workload::primary_address(&client, &ns, &name)
             .await
             .ok_or_else(|| anyhow::anyhow!("no primary"))?;
-        let lost = workload::missing(primary, &report).await?.len()
-            + workload::missing(primary, &pinned).await?.len();
+        let lost = workload::missing(f.ds, primary, &report)
+            .await
+            .map_err(anyhow::Error::msg)?
+            .len()
+            + workload::missing(f.ds, primary, &pinned)
+                .await
+                .map_err(anyhow::Error::msg)?
+                .len();
         lost_total += lost;
         println!(
             "{:>3} {:>8} {:>10.0} {:>10.2} {:>12.2} {:>12.2} {:>9} {:>6}",
@@ -290,6 +300,49 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!("acknowledged writes lost:   {lost_total}");
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let runs: usize = std::env::var("BATON_BENCH_UPGRADES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let pinned_client = std::env::var("BATON_BENCH_PINNED").is_ok_and(|v| v == "1");
+    let which = std::env::var("BATON_BENCH_DATASTORES").unwrap_or_default();
+    let client = Client::try_default().await?;
+    workload::install_crds(&client)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    workload::apply_catalog(&client, workload::EXAMPLE_CATALOG).await?;
+    let ns = format!("bench-{:06x}", rand::random::<u32>() & 0xffffff);
+    let nso: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?;
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &nso)
+        .await?;
+
+    // The operator, limited to the bench's namespace, as built by this bench (release).
+    let log = std::fs::File::create(std::env::temp_dir().join(format!("{ns}-operator.log")))?;
+    let mut operator = tokio::process::Command::new(baton_testkit::operator_bin())
+        .args([
+            "run",
+            "--listen=127.0.0.1:0",
+            "--no-leader-election",
+            &format!("--namespace={ns}"),
+        ])
+        .env("BATON_LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()?;
+
+    for f in FLAVORS {
+        if which.is_empty() || which.split(',').any(|w| w == f.ds.to_string()) {
+            bench(&client, &ns, f, runs, pinned_client).await?;
+            println!();
+        }
+    }
     operator.kill().await.ok();
     let _ = Api::<Namespace>::all(client.clone())
         .delete(&ns, &Default::default())

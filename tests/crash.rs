@@ -73,15 +73,15 @@ struct PointRun {
     outcome: Outcome,
 }
 
-async fn crash_at(i: usize, point: String) -> PointRun {
-    let env = Env::new(&format!("crash{i}")).await;
-    let sc = Scenario::prepare(&env, "db", SOURCE, json!({})).await;
+async fn crash_at(f: Flavor, i: usize, point: String) -> PointRun {
+    let env = Env::new(&format!("crash{}{i}", f.datastore)).await;
+    let sc = Scenario::prepare(&env, "db", f.source, f.spec()).await;
     let mut crashing = env.operator(&format!("crashing-{i}"), &point);
-    sc.set_version(TARGET).await;
+    sc.set_version(f.target).await;
     let finished = async {
         eventually(LONG, || async {
             let s = env.instances.get("db").await.ok()?.status?;
-            (s.version.as_deref() == Some(TARGET) && s.upgrade.is_none()).then_some(())
+            (s.version.as_deref() == Some(f.target) && s.upgrade.is_none()).then_some(())
         })
         .await
     };
@@ -95,7 +95,7 @@ async fn crash_at(i: usize, point: String) -> PointRun {
     };
     drop(crashing);
     let op = env.operator(&format!("resumed-{i}"), "");
-    let outcome = sc.finish(&op, TARGET).await;
+    let outcome = sc.finish(&op, f.target).await;
     delete_namespace(&env.client, &env.ns).await;
     PointRun { fired, outcome }
 }
@@ -149,9 +149,15 @@ async fn an_operator_killed_after_any_side_effect_of_an_upgrade_finishes_it_and_
             " (sampled; `make crash-test` runs all)"
         }
     );
-    let results = run_all(chosen.clone(), 3, crash_at).await;
+    let results = run_all(chosen.clone(), 3, |i, p| crash_at(REDIS, i, p)).await;
+    report_points(&results);
+}
+
+/// Prints one line per crash point and the totals; fails on any violation, and on a first
+/// occurrence that never fired.
+fn report_points(results: &[(String, Result<PointRun, String>)]) {
     let (mut fired, mut recovered, mut violations) = (0, 0, vec![]);
-    for (point, r) in &results {
+    for (point, r) in results {
         match r {
             Ok(PointRun {
                 fired: f,
@@ -197,6 +203,10 @@ async fn an_operator_killed_after_any_side_effect_of_an_upgrade_finishes_it_and_
 /// the candidate lags at the fence; the crash points cover it when it is.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_killed_at_each_switchover_stage_loses_nothing() {
+    members_killed_at_each_stage(REDIS).await;
+}
+
+async fn members_killed_at_each_stage(f: Flavor) {
     let cases: Vec<String> = [
         "Fencing/from",
         "Promoting/candidate",
@@ -208,13 +218,13 @@ async fn a_member_killed_at_each_switchover_stage_loses_nothing() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let results = run_all(cases, 3, |i, case| async move {
+    let results = run_all(cases, 3, move |i, case| async move {
         let (stage, who) = case.split_once('/').expect("stage/who");
-        let env = Env::new(&format!("kill{i}")).await;
-        let sc = Scenario::prepare(&env, "db", SOURCE, json!({})).await;
+        let env = Env::new(&format!("kill{}{i}", f.datastore)).await;
+        let sc = Scenario::prepare(&env, "db", f.source, f.spec()).await;
         let hold = format!("api:status:Switchover:{stage}#1:1500");
         let op = env.operator_with(&format!("hold-{i}"), &[("BATON_HOLD_AT", &hold)]);
-        sc.set_version(TARGET).await;
+        sc.set_version(f.target).await;
         let sw = eventually(LONG, || async {
             let sw = env
                 .instances
@@ -233,7 +243,7 @@ async fn a_member_killed_at_each_switchover_stage_loses_nothing() {
             _ => sw.candidate.clone().expect("candidate"),
         };
         assert!(kill_member(&env, &victim).await, "could not kill {victim}");
-        let out = sc.finish(&op, TARGET).await;
+        let out = sc.finish(&op, f.target).await;
         delete_namespace(&env.client, &env.ns).await;
         (victim, out)
     })
@@ -286,4 +296,32 @@ async fn dropped_watches_and_connections_mid_upgrade_lose_nothing() {
     assert!(out.result.is_ok(), "{:?}", out.result);
     println!("connections cut {cuts} times during the upgrade; 0 lost");
     delete_namespace(&env.client, &env.ns).await;
+}
+
+/// PostgreSQL: the operator killed right after it recorded each switchover stage (the intent,
+/// before the act) and right after each database command of the switchover; a new operator
+/// finishes with exactly one writable primary and every committed row on every member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_an_operator_killed_at_each_switchover_stage_finishes_it_and_loses_nothing() {
+    let points: Vec<String> = [
+        "api:status:Switchover:Fencing#1",
+        "db:fence#1",
+        "api:status:Switchover:Promoting#1",
+        "db:promote#1",
+        "api:status:Switchover:Repointing#1",
+        "db:repoint#1",
+        "api:status:Switchover:Unfencing#1",
+        "db:unfence#1",
+    ]
+    .iter()
+    .map(|p| p.to_string())
+    .collect();
+    let results = run_all(points, 3, |i, p| crash_at(POSTGRES, i, p)).await;
+    report_points(&results);
+}
+
+/// PostgreSQL: a member's server SIGKILLed at each switchover stage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_member_killed_at_each_switchover_stage_loses_nothing() {
+    members_killed_at_each_stage(POSTGRES).await;
 }

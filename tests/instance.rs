@@ -157,7 +157,9 @@ async fn a_second_writer_is_fenced_and_quarantined_and_keeps_its_writes_until_a_
     let (env, op) = Env::with_active("second-writer", "db", 3, json!({})).await;
     let ips = baton_testkit::workload::member_addresses(&env.client, &env.ns, "db").await;
     let stray = ips["db-2"];
-    let mut c = baton_testkit::workload::connect(stray)
+    let mut c = redis::Client::open(format!("redis://{stray}:6379/"))
+        .expect("url")
+        .get_multiplexed_async_connection()
         .await
         .expect("connect db-2");
     let _: () = redis::cmd("REPLICAOF")

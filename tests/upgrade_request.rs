@@ -15,46 +15,6 @@ use baton::crd::{DatastoreVersion, InstancePhase, RequestPhase, UpgradeRequest, 
 use baton_testkit::env::*;
 use baton_testkit::*;
 
-fn requests(env: &Env) -> Api<UpgradeRequest> {
-    Api::namespaced(env.client.clone(), &env.ns)
-}
-
-/// Waits until the request reaches `phase`; panics with its status and the operator's log.
-async fn wait_request(env: &Env, name: &str, phase: RequestPhase, op: &Operator) -> UpgradeRequest {
-    let api = requests(env);
-    let found = eventually(LONG, || async {
-        let r = api.get(name).await.ok()?;
-        (r.status.as_ref()?.phase == Some(phase)).then_some(r)
-    })
-    .await;
-    match found {
-        Some(r) => r,
-        None => {
-            let status = api
-                .get_opt(name)
-                .await
-                .ok()
-                .flatten()
-                .and_then(|r| r.status);
-            panic!(
-                "request {name} never reached {phase:?}; status: {status:#?}\noperator log tail:\n{}",
-                tail(&op.logs(), 30)
-            )
-        }
-    }
-}
-
-async fn set_action(env: &Env, name: &str, action: &str) {
-    requests(env)
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"spec": {"action": action}})),
-        )
-        .await
-        .expect("patch action");
-}
-
 /// Creates instances labelled tier=cache (the batch example's selector) and waits until Active.
 async fn caches(env: &Env, op: &Operator, names: &[&str], replicas: i32) {
     for n in names {
@@ -64,13 +24,6 @@ async fn caches(env: &Env, op: &Operator, names: &[&str], replicas: i32) {
     for n in names {
         env.wait_for(n, InstancePhase::Active, SOURCE, op).await;
     }
-}
-
-fn job<'a>(r: &'a UpgradeRequest, target: &str) -> &'a baton::crd::TargetJob {
-    r.status
-        .as_ref()
-        .and_then(|s| s.jobs.iter().find(|j| j.target == target))
-        .unwrap_or_else(|| panic!("no job for {target}: {:#?}", r.status))
 }
 
 #[tokio::test(flavor = "multi_thread")]

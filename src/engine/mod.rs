@@ -16,6 +16,7 @@
 //! on the member it has confirmed as the one primary.
 
 pub mod position;
+pub mod postgres;
 pub mod redis;
 
 use std::fmt;
@@ -209,6 +210,8 @@ impl EngineError {
 pub struct MemberTemplate<'a> {
     /// The instance's topology ConfigMap (see [`topology_env`]).
     pub topology: &'a str,
+    /// The instance's Secret holding the keys of [`Engine::generated_secret_keys`].
+    pub credentials: &'a str,
 }
 
 /// The ConfigMap key naming the primary's pod.
@@ -265,9 +268,18 @@ pub trait Engine: Send + Sync + fmt::Debug {
     /// The port members listen on (clients, peers and probes).
     fn port(&self) -> u16;
 
+    /// The name of the member's database container (what an image change patches).
+    fn container_name(&self) -> &'static str;
+
     /// A member's database container, without image and resources (the caller sets them). It
     /// boots fenced, following the topology ConfigMap's primary where the engine can.
     fn container(&self, m: &MemberTemplate<'_>) -> Container;
+
+    /// The keys of the instance's credentials Secret that Baton generates (random, once) when
+    /// the Secret does not exist, for example a replication role's password.
+    fn generated_secret_keys(&self) -> &'static [&'static str] {
+        &[]
+    }
 
     /// Reads back a position this engine printed (`Display` of its [`Position`]).
     fn parse_position(&self, text: &str) -> Result<Position, ParsePositionError>;
@@ -322,8 +334,10 @@ pub trait Engine: Send + Sync + fmt::Debug {
 /// The engine of a datastore.
 pub fn for_datastore(ds: Datastore) -> Result<&'static dyn Engine, EngineError> {
     static REDIS: redis::Redis = redis::Redis;
+    static POSTGRES: postgres::Postgres = postgres::Postgres;
     match ds {
         Datastore::Redis => Ok(&REDIS),
+        Datastore::Postgresql => Ok(&POSTGRES),
         other => Err(EngineError::Unsupported {
             datastore: other,
             what: "engine in this version of Baton",
@@ -361,12 +375,11 @@ mod tests {
     }
 
     #[test]
-    fn redis_has_an_engine_and_the_others_say_they_have_none_yet() {
-        assert_eq!(
-            for_datastore(Datastore::Redis).unwrap().datastore(),
-            Datastore::Redis
-        );
-        let e = for_datastore(Datastore::Postgresql).unwrap_err();
-        assert!(e.to_string().contains("postgresql"), "{e}");
+    fn redis_and_postgresql_have_engines_and_the_others_say_they_have_none_yet() {
+        for ds in [Datastore::Redis, Datastore::Postgresql] {
+            assert_eq!(for_datastore(ds).unwrap().datastore(), ds);
+        }
+        let e = for_datastore(Datastore::Mariadb).unwrap_err();
+        assert!(e.to_string().contains("mariadb"), "{e}");
     }
 }

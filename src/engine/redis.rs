@@ -248,6 +248,10 @@ impl Engine for Redis {
         PORT
     }
 
+    fn container_name(&self) -> &'static str {
+        "redis"
+    }
+
     /// AOF persistence (so a member restarted on an older version starts empty and resyncs
     /// instead of failing on a newer snapshot format), the pod's own address announced to the
     /// primary, and the fence from the first instant.
@@ -267,7 +271,7 @@ impl Engine for Redis {
             "1000000",
         ];
         Container {
-            name: "redis".into(),
+            name: self.container_name().into(),
             command: Some(vec![
                 "sh".into(),
                 "-c".into(),
@@ -444,6 +448,7 @@ mod tests {
     fn every_member_boots_fenced_and_following_the_recorded_primary() {
         let c = Redis.container(&MemberTemplate {
             topology: "db-topology",
+            credentials: "db-credentials",
         });
         let args = c.args.clone().unwrap();
         let fence = args

@@ -1,6 +1,7 @@
 //! `make demo`: against the local environment (`make up`: control plane, local node, operator),
 //! create a 3-member Redis 6.2.14 instance, write to it under a steady client load, upgrade it
 //! to 7.0.15 by editing its spec, show the progress as it happens, and end with a summary.
+//! `make demo-postgres` (`demo postgresql`) does the same with PostgreSQL 16.13 → 16.14.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -14,7 +15,31 @@ use baton::crd::DatabaseInstance;
 use baton_testkit::workload::{self, Route};
 
 const NS: &str = "baton-demo";
-const NAME: &str = "sessions";
+
+/// What the demo upgrades: the datastore, its display name, the instance's name, and the
+/// versions from and to.
+struct Flavor {
+    ds: workload::Datastore,
+    label: &'static str,
+    name: &'static str,
+    from: &'static str,
+    to: &'static str,
+}
+
+const REDIS: Flavor = Flavor {
+    ds: workload::Datastore::Redis,
+    label: "Redis",
+    name: "sessions",
+    from: "6.2.14",
+    to: "7.0.15",
+};
+const POSTGRES: Flavor = Flavor {
+    ds: workload::Datastore::Postgresql,
+    label: "PostgreSQL",
+    name: "orders",
+    from: "16.13",
+    to: "16.14",
+};
 
 fn row(i: &DatabaseInstance) -> String {
     let s = i.status.clone().unwrap_or_default();
@@ -53,6 +78,12 @@ fn row(i: &DatabaseInstance) -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let f = match std::env::args().nth(1).as_deref() {
+        None | Some("redis") => REDIS,
+        Some("postgresql") => POSTGRES,
+        Some(other) => anyhow::bail!("unknown datastore {other}: redis or postgresql"),
+    };
+    let (name, from, to) = (f.name, f.from, f.to);
     let client = Client::try_default().await?;
     workload::apply_catalog(&client, workload::EXAMPLE_CATALOG).await?;
     let namespaces = Api::<Namespace>::all(client.clone());
@@ -66,10 +97,13 @@ async fn main() -> anyhow::Result<()> {
     let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": NS}}))?;
     namespaces.create(&PostParams::default(), &ns).await?;
 
-    println!("== creating a 3-member Redis 6.2.14 instance ({NS}/{NAME})");
+    println!(
+        "== creating a 3-member {} {from} instance ({NS}/{name})",
+        f.label
+    );
     let t0 = Instant::now();
-    workload::create_redis(&client, NS, NAME, 3, "6.2.14").await?;
-    workload::wait_active(&client, NS, NAME, "6.2.14", Duration::from_secs(180))
+    workload::create(&client, NS, name, f.ds, 3, from).await?;
+    workload::wait_active(&client, NS, name, from, Duration::from_secs(180))
         .await
         .ok_or_else(|| anyhow::anyhow!("the instance never became Active"))?;
     println!("Active after {:.1}s", t0.elapsed().as_secs_f64());
@@ -79,7 +113,8 @@ async fn main() -> anyhow::Result<()> {
     let writer = tokio::spawn(workload::write_until(
         client.clone(),
         NS.into(),
-        NAME.into(),
+        name.into(),
+        f.ds,
         "demo",
         Route::FollowLabel,
         Duration::from_millis(250),
@@ -87,25 +122,25 @@ async fn main() -> anyhow::Result<()> {
     ));
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    println!("== upgrading to 7.0.15: spec.datastore.version 6.2.14 → 7.0.15");
+    println!("== upgrading to {to}: spec.datastore.version {from} → {to}");
     println!(
         "{:<10} {:<6} {:<8} {:<10} {:<12} MEMBERS (* primary)",
         "NAME", "TYPE", "VERSION", "STATUS", "PRIMARY"
     );
     let instances = Api::<DatabaseInstance>::namespaced(client.clone(), NS);
     let started = Instant::now();
-    workload::set_version(&client, NS, NAME, "7.0.15").await?;
+    workload::set_version(&client, NS, name, to).await?;
     let mut last = String::new();
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let i = instances.get(NAME).await?;
+        let i = instances.get(name).await?;
         let line = row(&i);
         if line != last {
             println!("[{:>5.1}s] {line}", started.elapsed().as_secs_f64());
             last = line;
         }
         let s = i.status.clone().unwrap_or_default();
-        if s.version.as_deref() == Some("7.0.15")
+        if s.version.as_deref() == Some(to)
             && s.upgrade.is_none()
             && s.phase == Some(baton::crd::InstancePhase::Active)
         {
@@ -124,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
 
     println!("== summary");
     let pods = Api::<Pod>::namespaced(client.clone(), NS)
-        .list(&ListParams::default().labels(&format!("baton.dev/instance={NAME}")))
+        .list(&ListParams::default().labels(&format!("baton.dev/instance={name}")))
         .await?;
     let mut versions = BTreeMap::new();
     for p in pods {
@@ -133,7 +168,7 @@ async fn main() -> anyhow::Result<()> {
             .as_ref()
             .and_then(|s| s.pod_ip.clone())
             .unwrap_or_default();
-        let v = workload::server_version(ip.parse()?)
+        let v = workload::server_version(f.ds, ip.parse()?)
             .await
             .unwrap_or_else(|| "unreachable".into());
         let role = p
@@ -144,12 +179,14 @@ async fn main() -> anyhow::Result<()> {
         versions.insert(p.name_any(), format!("{v} ({role})"));
     }
     for (pod, v) in &versions {
-        println!("  {pod}: Redis {v}, as the server reports");
+        println!("  {pod}: {} {v}, as the server reports", f.label);
     }
-    let primary = workload::primary_address(&client, NS, NAME)
+    let primary = workload::primary_address(&client, NS, name)
         .await
         .ok_or_else(|| anyhow::anyhow!("no primary"))?;
-    let lost = workload::missing(primary, &report).await?;
+    let lost = workload::missing(f.ds, primary, &report)
+        .await
+        .map_err(anyhow::Error::msg)?;
     println!("  keys verified:                {}", report.acked.len());
     println!("  acknowledged writes lost:     {}", lost.len());
     println!("  write errors (retried):       {}", report.errors);
@@ -167,8 +204,8 @@ async fn main() -> anyhow::Result<()> {
     );
     anyhow::ensure!(lost.is_empty(), "acknowledged writes were lost");
     anyhow::ensure!(
-        versions.values().all(|v| v.starts_with("7.0.15")),
-        "not every member runs 7.0.15"
+        versions.values().all(|v| v.starts_with(to)),
+        "not every member runs {to}"
     );
     Ok(())
 }

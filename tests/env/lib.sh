@@ -7,6 +7,14 @@ export GOTOOLCHAIN=local
 # Built binaries and Go caches live outside the repo so a fresh clone reuses them.
 BATON_CACHE=${BATON_CACHE:-$HOME/.cache/baton}
 BIN_DIR="$BATON_CACHE/bin"
+# Database servers that run as a non-root user (PostgreSQL refuses root) live where that user
+# can reach them: not under a home directory, which is often private.
+BATON_SERVERS=${BATON_SERVERS:-/var/cache/baton/servers}
+export BATON_SERVERS
+# The podnet shim is preloaded into those non-root processes too: it lives beside them (a
+# library the process cannot read is silently not preloaded, and the pod would bind every
+# address).
+PODNET="$(dirname "$BATON_SERVERS")/lib/libbaton-podnet.so"
 # Runtime state (certificates, etcd data, logs, pids) of the running environment.
 BATON_RUN=${BATON_RUN:-$BATON_CACHE/run}
 log() { printf '[baton-env] %s\n' "$*" >&2; }

@@ -9,9 +9,9 @@ pidfile="$BATON_RUN/pids/baton-node.pid"
 cargo build -q -p baton-node
 if ! { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }; then
   log "starting the local node agent (log: $BATON_RUN/logs/baton-node.log)"
-  BATON_CACHE="$BATON_CACHE" BATON_REPO="$REPO_DIR" KUBECONFIG="$KUBECONFIG_OUT" \
+  BATON_CACHE="$BATON_CACHE" BATON_SERVERS="$BATON_SERVERS" BATON_REPO="$REPO_DIR" KUBECONFIG="$KUBECONFIG_OUT" \
     setsid target/debug/baton-node --images tests/env/images.yaml --state-dir "$BATON_RUN/node" \
-    --podnet "$BATON_CACHE/lib/libbaton-podnet.so" >"$BATON_RUN/logs/baton-node.log" 2>&1 </dev/null &
+    --podnet "$PODNET" >"$BATON_RUN/logs/baton-node.log" 2>&1 </dev/null &
   echo $! >"$pidfile"
 fi
 "$BIN_DIR/kubectl" --kubeconfig "$KUBECONFIG_OUT" wait --for=condition=Ready node/baton-local --timeout=60s >/dev/null

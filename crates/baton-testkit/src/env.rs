@@ -14,7 +14,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use baton::crd::{DatabaseInstance, DatastoreVersion, InstancePhase};
+use baton::crd::{DatabaseInstance, DatastoreVersion, InstancePhase, RequestPhase, UpgradeRequest};
 
 use crate::harness::*;
 use crate::workload::{self, Route};
@@ -22,6 +22,40 @@ use crate::workload::{self, Route};
 pub const LONG: Duration = Duration::from_secs(180);
 pub const SOURCE: &str = "6.2.14";
 pub const TARGET: &str = "7.0.15";
+/// The PostgreSQL minor pair the tests upgrade between.
+pub const PG_SOURCE: &str = "16.13";
+pub const PG_TARGET: &str = "16.14";
+
+/// The spec fields of a PostgreSQL instance on `version` (merged into `Env::create`'s spec).
+pub fn postgres(version: &str) -> Value {
+    json!({"datastore": {"type": "postgresql", "version": version}})
+}
+
+/// A datastore and the version pair its suites upgrade between.
+#[derive(Debug, Clone, Copy)]
+pub struct Flavor {
+    pub datastore: workload::Datastore,
+    pub source: &'static str,
+    pub target: &'static str,
+}
+
+pub const REDIS: Flavor = Flavor {
+    datastore: workload::Datastore::Redis,
+    source: SOURCE,
+    target: TARGET,
+};
+pub const POSTGRES: Flavor = Flavor {
+    datastore: workload::Datastore::Postgresql,
+    source: PG_SOURCE,
+    target: PG_TARGET,
+};
+
+impl Flavor {
+    /// The spec fields of an instance of this flavor on its source version.
+    pub fn spec(&self) -> Value {
+        json!({"datastore": {"type": self.datastore, "version": self.source}})
+    }
+}
 
 /// Applies the example catalog (Redis 6.2.14 and 7.0.15 with the 6 → 7 edge), idempotently.
 pub async fn ensure_catalog(client: &Client) {
@@ -73,7 +107,8 @@ impl Env {
     }
 
     /// A fresh namespace with an operator of its own (identity `prefix`), and instance `name`
-    /// of `replicas` members (`extra` spec fields) Active on [`SOURCE`].
+    /// of `replicas` members (`extra` spec fields) Active on [`SOURCE`] (or on the datastore
+    /// and version `extra` names).
     pub async fn with_active(
         prefix: &str,
         name: &str,
@@ -82,8 +117,14 @@ impl Env {
     ) -> (Env, Operator) {
         let env = Env::new(prefix).await;
         let op = env.operator(prefix, "");
+        // The version `extra` names (a PostgreSQL instance), else Redis's source version.
+        let version = extra["datastore"]["version"]
+            .as_str()
+            .unwrap_or(SOURCE)
+            .to_string();
         env.create(name, replicas, extra).await;
-        env.wait_for(name, InstancePhase::Active, SOURCE, &op).await;
+        env.wait_for(name, InstancePhase::Active, &version, &op)
+            .await;
         (env, op)
     }
 
@@ -218,24 +259,26 @@ impl Env {
             .collect()
     }
 
+    /// The datastore instance `name` runs.
+    pub async fn datastore(&self, name: &str) -> workload::Datastore {
+        self.instances
+            .get(name)
+            .await
+            .expect("instance")
+            .spec
+            .datastore
+            .type_
+    }
+
     /// The version each member's server reports, by pod name.
     pub async fn server_versions(&self, name: &str) -> BTreeMap<String, String> {
+        let ds = self.datastore(name).await;
         let mut out = BTreeMap::new();
         for (n, p) in self.member_pods(name).await {
             let ip = p.status.and_then(|s| s.pod_ip).expect("pod ip");
-            let mut c = redis::Client::open(format!("redis://{ip}:6379/"))
-                .expect("url")
-                .get_multiplexed_async_connection()
+            let v = workload::server_version(ds, ip.parse().expect("pod ip"))
                 .await
-                .expect("connect");
-            let info: String = redis::cmd("INFO")
-                .arg("server")
-                .query_async(&mut c)
-                .await
-                .expect("INFO");
-            let v = baton::engine::redis::info_field(&info, "redis_version")
-                .unwrap_or_default()
-                .to_string();
+                .unwrap_or_else(|| panic!("{n} ({ip}) did not report its version"));
             out.insert(n, v);
         }
         out
@@ -292,10 +335,18 @@ impl Env {
                 stop.clone(),
             );
             async move {
+                let ds = Api::<DatabaseInstance>::namespaced(client.clone(), &ns)
+                    .get(&name)
+                    .await
+                    .expect("instance")
+                    .spec
+                    .datastore
+                    .type_;
                 workload::write_until(
                     client,
                     ns,
                     name,
+                    ds,
                     &writer,
                     route,
                     Duration::from_millis(250),
@@ -369,11 +420,14 @@ pub fn image(p: &Pod) -> String {
 pub async fn assert_nothing_lost(env: &Env, name: &str, reports: &[&workload::Report]) {
     let total: usize = reports.iter().map(|r| r.acked.len()).sum();
     assert!(total > 50, "the writers barely wrote: {reports:?}");
+    let ds = env.datastore(name).await;
     let members = workload::member_addresses(&env.client, &env.ns, name).await;
     let primary = env.primary_ip(name).await;
     for report in reports {
         assert_eq!(workload::distinct(&report.acked), report.acked.len());
-        let lost = workload::missing(primary, report).await.expect("read back");
+        let lost = workload::missing(ds, primary, report)
+            .await
+            .expect("read back");
         assert!(
             lost.is_empty(),
             "writer {}: {} acknowledged writes lost on the primary: {}",
@@ -385,7 +439,7 @@ pub async fn assert_nothing_lost(env: &Env, name: &str, reports: &[&workload::Re
     for (pod, ip) in &members {
         let caught_up = eventually(Duration::from_secs(30), || async {
             for report in reports {
-                if !workload::missing(*ip, report).await.ok()?.is_empty() {
+                if !workload::missing(ds, *ip, report).await.ok()?.is_empty() {
                     return None;
                 }
             }
@@ -397,4 +451,58 @@ pub async fn assert_nothing_lost(env: &Env, name: &str, reports: &[&workload::Re
             "member {pod} is missing acknowledged writes"
         );
     }
+}
+
+/// The UpgradeRequests of the test's namespace.
+pub fn requests(env: &Env) -> Api<UpgradeRequest> {
+    Api::namespaced(env.client.clone(), &env.ns)
+}
+
+/// Waits until the request reaches `phase`; panics with its status and the operator's log.
+pub async fn wait_request(
+    env: &Env,
+    name: &str,
+    phase: RequestPhase,
+    op: &Operator,
+) -> UpgradeRequest {
+    let api = requests(env);
+    let found = eventually(LONG, || async {
+        let r = api.get(name).await.ok()?;
+        (r.status.as_ref()?.phase == Some(phase)).then_some(r)
+    })
+    .await;
+    match found {
+        Some(r) => r,
+        None => {
+            let status = api
+                .get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|r| r.status);
+            panic!(
+                "request {name} never reached {phase:?}; status: {status:#?}\noperator log tail:\n{}",
+                tail(&op.logs(), 30)
+            )
+        }
+    }
+}
+
+pub async fn set_action(env: &Env, name: &str, action: &str) {
+    requests(env)
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"action": action}})),
+        )
+        .await
+        .expect("patch action");
+}
+
+/// The request's job for `target`; panics with the request's status if there is none.
+pub fn job<'a>(r: &'a UpgradeRequest, target: &str) -> &'a baton::crd::TargetJob {
+    r.status
+        .as_ref()
+        .and_then(|s| s.jobs.iter().find(|j| j.target == target))
+        .unwrap_or_else(|| panic!("no job for {target}: {:#?}", r.status))
 }

@@ -41,7 +41,7 @@ pub struct Safety {
 }
 
 impl Safety {
-    pub fn watch(env: &Env, name: &str) -> Safety {
+    pub fn watch(env: &Env, name: &str, ds: baton::crd::Datastore) -> Safety {
         let stop = CancellationToken::new();
         let worst = Arc::new(Mutex::new(Worst::default()));
         let (pods, sel, s, w) = (
@@ -50,7 +50,7 @@ impl Safety {
             stop.clone(),
             worst.clone(),
         );
-        let engine = baton::engine::for_datastore(baton::crd::Datastore::Redis).expect("engine");
+        let engine = baton::engine::for_datastore(ds).expect("engine");
         tokio::spawn(async move {
             while !s.is_cancelled() {
                 if let Ok(list) = pods.list(&ListParams::default().labels(&sel)).await {
@@ -203,6 +203,7 @@ pub struct Scenario<'a> {
     writers: Vec<(CancellationToken, tokio::task::JoinHandle<Report>)>,
     safety: Option<Safety>,
     pub first_primary: IpAddr,
+    pub datastore: baton::crd::Datastore,
 }
 
 impl<'a> Scenario<'a> {
@@ -220,6 +221,7 @@ impl<'a> Scenario<'a> {
             .await;
         drop(steady);
         let first_primary = env.primary_ip(name).await;
+        let datastore = env.datastore(name).await;
         let writers = vec![
             env.writer_with(name, "label", Route::FollowLabel),
             env.writer_with(name, "pinned", Route::Pinned(first_primary)),
@@ -232,11 +234,12 @@ impl<'a> Scenario<'a> {
             ),
         ];
         Scenario {
-            safety: Some(Safety::watch(env, name)),
+            safety: Some(Safety::watch(env, name, datastore)),
             env,
             name: name.into(),
             writers,
             first_primary,
+            datastore,
         }
     }
 
@@ -244,7 +247,7 @@ impl<'a> Scenario<'a> {
         self.env
             .patch_spec(
                 &self.name,
-                json!({"datastore": {"type": "redis", "version": version}}),
+                json!({"datastore": {"type": self.datastore, "version": version}}),
             )
             .await;
     }
@@ -297,10 +300,10 @@ impl<'a> Scenario<'a> {
         let primary = env.primary_ip(&name).await;
         let writable = eventually(Duration::from_secs(30), || async {
             let members = workload::member_addresses(&env.client, &env.ns, &name).await;
-            let engine = baton::engine::for_datastore(baton::crd::Datastore::Redis).ok()?;
+            let engine = baton::engine::for_datastore(self.datastore).ok()?;
             let mut w = BTreeMap::new();
             for (pod, ip) in members {
-                let t = Target::new(Endpoint::new(ip.to_string(), 6379));
+                let t = Target::new(Endpoint::new(ip.to_string(), engine.port()));
                 if engine.probe(&t).await.ok()?.writable() {
                     w.insert(pod, ip);
                 }

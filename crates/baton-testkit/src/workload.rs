@@ -9,12 +9,16 @@
 //!   Service's endpoints trail a label change in a real cluster);
 //! - [`Route::Pinned`] keeps reconnecting to one address (a pooled connection pinned to an old
 //!   primary's address).
+//!
+//! A write is a Redis `SET` or, on PostgreSQL, an autocommit `INSERT` into `baton_w` of the
+//! `postgres` database (acknowledged = committed); [`Conn`] hides which.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use baton::controller::database_instance::children::{LABEL_INSTANCE, LABEL_ROLE, ROLE_PRIMARY};
+pub use baton::crd::Datastore;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, ListParams};
@@ -103,12 +107,122 @@ pub async fn member_addresses(
         .collect()
 }
 
-pub async fn connect(ip: IpAddr) -> Option<MultiplexedConnection> {
-    let c = redis::Client::open(redis::ConnectionAddr::Tcp(ip.to_string(), 6379)).ok()?;
-    tokio::time::timeout(Duration::from_secs(2), c.get_multiplexed_async_connection())
-        .await
-        .ok()?
-        .ok()
+/// A client connection to one member, of whichever datastore it runs.
+pub enum Conn {
+    Redis(MultiplexedConnection),
+    Postgres(tokio_postgres::Client),
+}
+
+/// The PostgreSQL table the writers write to (in the `postgres` database).
+const PG_TABLE: &str = "baton_w";
+
+/// Connects to the member at `ip` as a client would (2 s timeout).
+pub async fn connect(ds: Datastore, ip: IpAddr) -> Option<Conn> {
+    let timeout = Duration::from_secs(2);
+    match ds {
+        Datastore::Postgresql => {
+            let mut cfg = tokio_postgres::Config::new();
+            cfg.host(ip.to_string())
+                .port(baton::engine::postgres::PORT)
+                .user("postgres")
+                .dbname("postgres")
+                .connect_timeout(timeout);
+            let (c, conn) = tokio::time::timeout(timeout, cfg.connect(tokio_postgres::NoTls))
+                .await
+                .ok()?
+                .ok()?;
+            tokio::spawn(conn);
+            Some(Conn::Postgres(c))
+        }
+        _ => {
+            let c = redis::Client::open(redis::ConnectionAddr::Tcp(ip.to_string(), 6379)).ok()?;
+            tokio::time::timeout(timeout, c.get_multiplexed_async_connection())
+                .await
+                .ok()?
+                .ok()
+                .map(Conn::Redis)
+        }
+    }
+}
+
+impl Conn {
+    /// Writes `key` = `n` and waits for the acknowledgement (a committed transaction).
+    pub async fn write(&mut self, key: &str, n: u64) -> Result<(), String> {
+        match self {
+            Conn::Redis(c) => redis::cmd("SET")
+                .arg(key)
+                .arg(n)
+                .query_async::<()>(c)
+                .await
+                .map_err(|e| e.to_string()),
+            Conn::Postgres(c) => {
+                let insert = format!("INSERT INTO {PG_TABLE} (k, v) VALUES ($1, $2)");
+                let first = c.execute(&insert, &[&key, &(n as i64)]).await;
+                match first {
+                    Ok(_) => Ok(()),
+                    Err(e)
+                        if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) =>
+                    {
+                        // The first write of a new instance creates the table (racing writers
+                        // may collide on it: that is an error, and the writer retries).
+                        let create = format!(
+                            "CREATE TABLE IF NOT EXISTS {PG_TABLE} (k text PRIMARY KEY, v bigint NOT NULL)"
+                        );
+                        c.batch_execute(&create).await.map_err(|e| e.to_string())?;
+                        c.execute(&insert, &[&key, &(n as i64)])
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        }
+    }
+
+    /// The values stored under `keys` (None where a key is absent).
+    pub async fn read(&mut self, keys: &[String]) -> Result<Vec<Option<u64>>, String> {
+        match self {
+            Conn::Redis(c) => redis::cmd("MGET")
+                .arg(keys)
+                .query_async(c)
+                .await
+                .map_err(|e| e.to_string()),
+            Conn::Postgres(c) => {
+                let sql = format!("SELECT k, v FROM {PG_TABLE} WHERE k = ANY($1)");
+                let rows = match c.query(&sql, &[&keys]).await {
+                    Ok(rows) => rows,
+                    // No table: nothing was ever written here.
+                    Err(e)
+                        if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) =>
+                    {
+                        vec![]
+                    }
+                    Err(e) => return Err(e.to_string()),
+                };
+                let found: BTreeMap<String, i64> =
+                    rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+                Ok(keys
+                    .iter()
+                    .map(|k| found.get(k).map(|v| *v as u64))
+                    .collect())
+            }
+        }
+    }
+
+    /// The version the server itself reports.
+    pub async fn server_version(&mut self) -> Option<String> {
+        match self {
+            Conn::Redis(c) => {
+                let info: String = redis::cmd("INFO").arg("server").query_async(c).await.ok()?;
+                baton::engine::redis::info_field(&info, "redis_version").map(str::to_string)
+            }
+            Conn::Postgres(c) => {
+                let v: String = c.query_one("SHOW server_version", &[]).await.ok()?.get(0);
+                v.split_whitespace().next().map(str::to_string)
+            }
+        }
+    }
 }
 
 /// The label's history, for a trailing view of it.
@@ -144,10 +258,12 @@ impl Trail {
 
 /// Writes `w:<writer>:<n>` along `route` until `stop`; a gap longer than `outage` between
 /// acknowledgements is recorded.
+#[allow(clippy::too_many_arguments)]
 pub async fn write_until(
     client: Client,
     ns: String,
     instance: String,
+    ds: Datastore,
     writer: &str,
     route: Route,
     outage: Duration,
@@ -159,7 +275,7 @@ pub async fn write_until(
     };
     let start = Instant::now();
     let mut last_ack = Instant::now();
-    let mut conn: Option<(IpAddr, MultiplexedConnection)> = None;
+    let mut conn: Option<(IpAddr, Conn)> = None;
     let mut trail = Trail {
         seen: VecDeque::new(),
         last_poll: None,
@@ -173,7 +289,7 @@ pub async fn write_until(
                 Route::Pinned(ip) => Some(*ip),
             };
             conn = match ip {
-                Some(ip) => connect(ip).await.map(|c| (ip, c)),
+                Some(ip) => connect(ds, ip).await.map(|c| (ip, c)),
                 None => None,
             };
             if conn.is_none() {
@@ -186,11 +302,8 @@ pub async fn write_until(
         };
         n += 1;
         r.attempted += 1;
-        let res: Result<Result<(), redis::RedisError>, _> = tokio::time::timeout(
-            Duration::from_secs(2),
-            redis::cmd("SET").arg(r.key(n)).arg(n).query_async(c),
-        )
-        .await;
+        let key = r.key(n);
+        let res = tokio::time::timeout(Duration::from_secs(2), c.write(&key, n)).await;
         match res {
             Ok(Ok(())) => {
                 let now = Instant::now();
@@ -203,7 +316,7 @@ pub async fn write_until(
                 r.acked.push(Ack { seq: n, by: *ip });
             }
             _ => {
-                // Fenced (NOREPLICAS), demoted (READONLY) or gone: find the primary again.
+                // Fenced, demoted (read-only) or gone: find the primary again.
                 r.errors += 1;
                 conn = None;
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -215,14 +328,14 @@ pub async fn write_until(
 }
 
 /// The acknowledged writes of `report` missing from the server at `ip`.
-pub async fn missing(ip: IpAddr, report: &Report) -> Result<Vec<Ack>, redis::RedisError> {
-    let mut c = connect(ip)
+pub async fn missing(ds: Datastore, ip: IpAddr, report: &Report) -> Result<Vec<Ack>, String> {
+    let mut c = connect(ds, ip)
         .await
-        .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "cannot connect")))?;
+        .ok_or_else(|| format!("cannot connect to {ip}"))?;
     let mut lost = Vec::new();
     for chunk in report.acked.chunks(500) {
         let keys: Vec<String> = chunk.iter().map(|a| report.key(a.seq)).collect();
-        let values: Vec<Option<u64>> = redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
+        let values = c.read(&keys).await?;
         lost.extend(
             chunk
                 .iter()
@@ -334,18 +447,19 @@ pub async fn apply_catalog(client: &Client, yaml: &str) -> Result<(), kube::Erro
     Ok(())
 }
 
-/// Creates a Redis instance of `replicas` members on `version`.
-pub async fn create_redis(
+/// Creates an instance of `ds` with `replicas` members on `version`.
+pub async fn create(
     client: &Client,
     ns: &str,
     name: &str,
+    ds: Datastore,
     replicas: i32,
     version: &str,
 ) -> Result<(), kube::Error> {
     let obj: baton::crd::DatabaseInstance = serde_json::from_value(serde_json::json!({
         "apiVersion": "baton.dev/v1alpha1", "kind": "DatabaseInstance",
         "metadata": {"name": name},
-        "spec": {"datastore": {"type": "redis", "version": version}, "replicas": replicas},
+        "spec": {"datastore": {"type": ds, "version": version}, "replicas": replicas},
     }))
     .map_err(|e| kube::Error::Service(Box::new(e)))?;
     Api::<baton::crd::DatabaseInstance>::namespaced(client.clone(), ns)
@@ -393,13 +507,7 @@ pub async fn wait_active(
     None
 }
 
-/// The version a Redis server itself reports.
-pub async fn server_version(ip: IpAddr) -> Option<String> {
-    let mut c = connect(ip).await?;
-    let info: String = redis::cmd("INFO")
-        .arg("server")
-        .query_async(&mut c)
-        .await
-        .ok()?;
-    baton::engine::redis::info_field(&info, "redis_version").map(str::to_string)
+/// The version a server itself reports.
+pub async fn server_version(ds: Datastore, ip: IpAddr) -> Option<String> {
+    connect(ds, ip).await?.server_version().await
 }

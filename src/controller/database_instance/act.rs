@@ -2,7 +2,7 @@
 //! record. Every act is idempotent; each API write and database command passes a named
 //! failpoint right after it took effect (the crash-anywhere harness stops the operator there).
 
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
@@ -129,13 +129,11 @@ pub async fn run(
             version,
             image,
         } => {
-            let container = engine
-                .container(&crate::engine::MemberTemplate { topology: "" })
-                .name;
+            let container = engine.container_name();
             pods.patch(
                 member,
                 &PatchParams::default(),
-                &Patch::Strategic(&children::version_patch(&container, image, version)),
+                &Patch::Strategic(&children::version_patch(container, image, version)),
             )
             .await
             .map_err(kube_err("changing a member's image"))?;
@@ -234,6 +232,19 @@ async fn apply_children(
     }
     let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns);
     apply(&pdbs, &children::pdb(inst), "applying the PDB").await?;
+    let keys = engine.generated_secret_keys();
+    if !keys.is_empty() {
+        // Created once, never applied: its values are in use by the members.
+        let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
+        match secrets
+            .create(&PostParams::default(), &children::credentials(inst, keys))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(kube_err("creating the credentials Secret")(e)),
+        }
+    }
     failpoint::passed("api:children").await;
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
     for p in new {

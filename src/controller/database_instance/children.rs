@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
-    Pod, PodSpec, Service, ServicePort, ServiceSpec, Volume, VolumeResourceRequirements,
+    Pod, PodSpec, Secret, Service, ServicePort, ServiceSpec, Volume, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -43,6 +43,29 @@ pub fn claim_name(pod: &str) -> String {
 
 pub fn topology_name(inst: &DatabaseInstance) -> String {
     format!("{}-topology", inst.name_any())
+}
+
+/// The Secret of generated credentials (for example PostgreSQL's replication password).
+pub fn credentials_name(inst: &DatabaseInstance) -> String {
+    format!("{}-credentials", inst.name_any())
+}
+
+/// The credentials Secret with a fresh random value for each of `keys`. Created once, never
+/// applied again: a rewrite would change passwords the members already use.
+pub fn credentials(inst: &DatabaseInstance, keys: &[&str]) -> Secret {
+    use rand::Rng;
+    let value = || -> String {
+        rand::rng()
+            .sample_iter(rand::distr::Alphanumeric)
+            .take(32)
+            .map(char::from)
+            .collect()
+    };
+    Secret {
+        metadata: meta(inst, credentials_name(inst)),
+        string_data: Some(keys.iter().map(|k| (k.to_string(), value())).collect()),
+        ..Default::default()
+    }
 }
 
 fn labels(inst: &DatabaseInstance) -> BTreeMap<String, String> {
@@ -108,8 +131,10 @@ pub fn pod(
     primary: bool,
 ) -> Pod {
     let topology = topology_name(inst);
+    let credentials = credentials_name(inst);
     let mut container = engine.container(&MemberTemplate {
         topology: &topology,
+        credentials: &credentials,
     });
     container.image = Some(image.into());
     container.resources = inst.spec.members.resources.clone();
@@ -242,6 +267,8 @@ pub struct Owned {
     pub services: Vec<Service>,
     pub pdb: Option<PodDisruptionBudget>,
     pub topology: Option<ConfigMap>,
+    /// Whether the credentials Secret exists (only read when the engine generates keys).
+    pub credentials: bool,
 }
 
 /// Whether an owned object is missing or differs from what Baton declares, in the fields
@@ -282,7 +309,8 @@ pub fn drifted(inst: &DatabaseInstance, engine: &dyn Engine, owned: &Owned) -> b
         want.as_ref().map(|s| (&s.max_unavailable, &s.selector))
             != have.as_ref().map(|s| (&s.max_unavailable, &s.selector))
     });
-    claims_missing || service_drift || pdb_drift || owned.topology.is_none()
+    let credentials_missing = !engine.generated_secret_keys().is_empty() && !owned.credentials;
+    claims_missing || service_drift || pdb_drift || owned.topology.is_none() || credentials_missing
 }
 
 /// The member that the primary label and the topology ConfigMap both name, with the right
@@ -345,6 +373,7 @@ mod tests {
             services: services(&i, engine),
             pdb: Some(pdb(&i)),
             topology: Some(topology(&i, &Topology::default())),
+            credentials: false,
         };
         // What the API server adds is not drift.
         owned.services[0].spec.as_mut().unwrap().cluster_ip = Some("10.0.0.7".into());

@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 
 use futures::future::join_all;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::ListParams;
+use kube::core::PartialObjectMeta;
 use kube::{Api, ResourceExt};
 
 use super::children::{self, ANNOTATION_VERSION, LABEL_INSTANCE, Owned};
@@ -83,7 +84,7 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
         .into_iter()
         .map(|p| (p.name_any(), p))
         .collect();
-    let owned = read_owned(ctx, ns, &o.inst, status.upgrade.is_some()).await?;
+    let owned = read_owned(ctx, ns, &o.inst, engine, status.upgrade.is_some()).await?;
     if status.upgrade.is_none() {
         o.children_drifted = children::drifted(&o.inst, engine, &owned);
     }
@@ -135,6 +136,7 @@ async fn read_owned(
     ctx: &Context,
     ns: &str,
     inst: &DatabaseInstance,
+    engine: &dyn Engine,
     upgrading: bool,
 ) -> Result<Owned> {
     let client = ctx.client.clone();
@@ -163,15 +165,23 @@ async fn read_owned(
         .await
         .map_err(Error::kube("listing the instance's services"))?
         .items;
-    let pdb = Api::<PodDisruptionBudget>::namespaced(client, ns)
+    let pdb = Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
         .get_opt(&inst.name_any())
         .await
         .map_err(Error::kube("reading the PodDisruptionBudget"))?;
+    // Only whether it exists: its values are the members' business.
+    let credentials = !engine.generated_secret_keys().is_empty()
+        && Api::<PartialObjectMeta<Secret>>::namespaced(client, ns)
+            .get_metadata_opt(&children::credentials_name(inst))
+            .await
+            .map_err(Error::kube("reading the credentials Secret"))?
+            .is_some();
     Ok(Owned {
         claims,
         services,
         pdb,
         topology,
+        credentials,
     })
 }
 

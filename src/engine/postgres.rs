@@ -1,0 +1,678 @@
+//! The PostgreSQL engine: physical streaming replication, probed and driven over SQL.
+//!
+//! **Fenced by construction.** Every member starts in recovery (its boot script writes
+//! `standby.signal` at every start), so a restarted member — the primary included — cannot take
+//! a write. A member in recovery that follows nobody (no `primary_conninfo`) is the recorded
+//! primary waiting for Baton: it reports itself a fenced primary, and unfencing it is
+//! `pg_promote()` once Baton has confirmed it is the only candidate.
+//!
+//! **The switchover fence.** `default_transaction_read_only` can be undone by any session, so
+//! the fence is stronger: every application database refuses connections (`ALLOW_CONNECTIONS
+//! false` binds superusers too), every client session is terminated, and then the server is
+//! stopped cleanly (`pg_ctl stop -m fast`, through `COPY … TO PROGRAM`). Its boot script starts
+//! it again at once in recovery, following nobody, without a container restart. The clean stop
+//! is what makes the position exact: the shutdown checkpoint is the last record the server
+//! writes and the standbys receive it before the server exits, so no standby can hold WAL the
+//! chosen candidate lacks (a fenced server left running still writes background records, and a
+//! standby that received one the candidate did not could not follow the new timeline). The
+//! databases fenced are listed in a table of Baton's own database (`baton.public.fenced`, never
+//! fenced), so the fence is data: it replicates, and a standby promoted from a fenced primary is
+//! fenced too until Baton unfences it.
+//!
+//! **Repointing** is online (`ALTER SYSTEM SET primary_conninfo` and a reload, PG 13+) for a
+//! server in recovery; a fenced primary still out of recovery is first stopped into it. A member
+//! that may have led on a timeline the primary left is rewound (`pg_rewind`) by its boot script
+//! at its next start, onto the primary the topology ConfigMap names.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, Probe as K8sProbe,
+    SecretKeySelector, VolumeMount,
+};
+use tokio_postgres::{Client, NoTls};
+
+use super::{
+    Endpoint, Engine, EngineError, MemberTemplate, ParsePositionError, Position, Probe, Role,
+    Strategy, Target, topology_env,
+};
+use crate::crd::Datastore;
+use crate::version::Version;
+
+/// Port every PostgreSQL member listens on.
+pub const PORT: u16 = 5432;
+/// Baton's own database: never fenced, holds the list of fenced databases.
+pub const ADMIN_DB: &str = "baton";
+/// The role Baton connects as (trusted on the pod network until credentials land).
+pub const ADMIN_USER: &str = "postgres";
+/// The Secret key of the replication role's password.
+pub const REPLICATION_PASSWORD: &str = "replication-password";
+const TIMEOUT: Duration = Duration::from_secs(3);
+/// Where the claim is mounted; the data directory is a subdirectory of it (so the mount
+/// point's own files never sit in PGDATA).
+const DATA: &str = "/var/lib/postgresql/data";
+
+/// The member's start: initialise (member 0) or clone (the others), then always start in
+/// recovery, following the recorded primary unless this member is it or is quarantined.
+const BOOT: &str = r#"set -eu
+D=/var/lib/postgresql/data
+export PGDATA="$D/pgdata" PGPASSFILE="$D/pgpass"
+umask 077
+printf '*:*:*:replicator:%s\n' "$BATON_REPLICATION_PASSWORD" > "$PGPASSFILE"
+me=$POD_NAME primary=${BATON_PRIMARY_POD:-} host=${BATON_PRIMARY_HOST:-}
+follow=yes
+case " ${BATON_QUARANTINED:-} " in *" $me "*) follow=no ;; esac
+[ "$primary" = "$me" ] && follow=no
+conninfo="host=$host port=5432 user=replicator passfile=$PGPASSFILE application_name=$me"
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+  rm -rf "$PGDATA"
+  if [ "$primary" = "$me" ]; then
+    initdb -D "$PGDATA" -U postgres -E UTF8 -k --auth-local=trust --auth-host=trust >/dev/null
+    pg_ctl -D "$PGDATA" -w -o "-c listen_addresses='' -c unix_socket_directories=$D" start >/dev/null
+    psql -qX -h "$D" -U postgres -d postgres -v ON_ERROR_STOP=1 -v pw="$BATON_REPLICATION_PASSWORD" <<'SQL'
+CREATE ROLE replicator WITH REPLICATION LOGIN PASSWORD :'pw';
+CREATE DATABASE baton;
+SQL
+    # What pg_rewind reads, granted in the database it connects to (grants are per database).
+    psql -qX -h "$D" -U postgres -d baton -v ON_ERROR_STOP=1 <<'SQL'
+CREATE TABLE fenced (datname name PRIMARY KEY);
+GRANT EXECUTE ON FUNCTION pg_ls_dir(text, boolean, boolean), pg_stat_file(text, boolean),
+  pg_read_binary_file(text), pg_read_binary_file(text, bigint, bigint, boolean) TO replicator;
+SQL
+    pg_ctl -D "$PGDATA" -w stop -m fast >/dev/null
+    cat > "$PGDATA/pg_hba.conf" <<'HBA'
+local all all trust
+host replication replicator all scram-sha-256
+host all replicator all scram-sha-256
+host all all all trust
+HBA
+  elif [ "$follow" = yes ] && [ -n "$host" ]; then
+    # Clone a primary that has left recovery: a backup taken from the recorded primary while
+    # it still waits in recovery is void once it is promoted.
+    n=0
+    until [ "$(psql -qAtX -h "$host" -U replicator -d baton -c 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ]; do
+      n=$((n + 1))
+      [ "$n" -lt 120 ] || { echo "baton: $host never left recovery; nothing to clone" >&2; exit 1; }
+      sleep 1
+    done
+    pg_basebackup -h "$host" -p 5432 -U replicator -D "$PGDATA" -X stream -c fast -w
+    cloned=yes
+  else
+    echo "baton: no data yet and no primary to clone from; waiting for the topology" >&2
+    exit 1
+  fi
+fi
+if [ "$follow" = yes ] && [ -n "$host" ] && [ -z "${cloned:-}" ]; then
+  # A member that may have led on a timeline the primary left is rewound onto it (a no-op when
+  # it did not). pg_rewind needs a clean shutdown: a primary that crashed recovers alone first.
+  # A standby that crashed ("in archive recovery") never led: it just resumes streaming.
+  state=$(pg_controldata "$PGDATA" | sed -n 's/^Database cluster state: *//p')
+  case "$state" in
+    "in production") postgres --single -D "$PGDATA" postgres </dev/null >/dev/null; rewind=yes ;;
+    "shut down"|"shut down in recovery") rewind=yes ;;
+    *) rewind=no ;;
+  esac
+  if [ "$rewind" = yes ]; then
+    pg_rewind -D "$PGDATA" --source-server="$conninfo dbname=baton" >/dev/null
+  fi
+fi
+touch "$PGDATA/standby.signal"
+sed -i '/^primary_conninfo/d' "$PGDATA/postgresql.auto.conf"
+if [ "$follow" = yes ] && [ -n "$host" ]; then
+  printf "primary_conninfo = '%s'\n" "$conninfo" >> "$PGDATA/postgresql.auto.conf"
+fi
+# The server runs under this script. A clean stop nobody asked the container for is Baton's
+# fence: the server starts again at once in recovery following nobody (the recorded primary
+# waiting for Baton) and the container keeps running. The container's stop signal is passed
+# on as a fast shutdown.
+stopping=
+trap 'stopping=yes; kill -INT "$pid" 2>/dev/null' TERM INT
+while :; do
+  postgres -D "$PGDATA" -c listen_addresses='*' -c port=5432 -c unix_socket_directories="$D" \
+    -c wal_level=replica -c hot_standby=on -c max_wal_senders=10 -c wal_keep_size=512MB \
+    -c recovery_target_timeline=latest -c hot_standby_feedback=on \
+    -c wal_retrieve_retry_interval=200ms "$@" &
+  pid=$!
+  rc=0
+  wait "$pid" || rc=$?
+  while kill -0 "$pid" 2>/dev/null; do wait "$pid" || rc=$?; done
+  if [ -n "$stopping" ] || [ "$rc" -ne 0 ]; then exit "$rc"; fi
+  echo "baton: the server was stopped cleanly (a fence); starting it again in recovery" >&2
+  touch "$PGDATA/standby.signal"
+  sed -i '/^primary_conninfo/d' "$PGDATA/postgresql.auto.conf"
+done"#;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Postgres;
+
+async fn connect(t: &Target) -> Result<Client, EngineError> {
+    let endpoint = t.endpoint.to_string();
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&t.endpoint.host)
+        .port(t.endpoint.port)
+        .dbname(ADMIN_DB)
+        .user(ADMIN_USER)
+        .application_name("baton")
+        .connect_timeout(TIMEOUT);
+    if let Some(c) = &t.credentials {
+        if let Some(u) = &c.username {
+            cfg.user(u);
+        }
+        cfg.password(&c.password);
+    }
+    match tokio::time::timeout(TIMEOUT, cfg.connect(NoTls)).await {
+        Ok(Ok((client, conn))) => {
+            tokio::spawn(conn);
+            Ok(client)
+        }
+        Ok(Err(e)) => Err(EngineError::Unreachable {
+            endpoint,
+            source: Box::new(e),
+        }),
+        Err(_) => Err(EngineError::Timeout {
+            endpoint,
+            command: "connect",
+        }),
+    }
+}
+
+async fn run(c: &Client, t: &Target, command: &'static str, sql: &str) -> Result<(), EngineError> {
+    match tokio::time::timeout(TIMEOUT * 20, c.batch_execute(sql)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(EngineError::Command {
+            endpoint: t.endpoint.to_string(),
+            command,
+            source: Box::new(e),
+        }),
+        Err(_) => Err(EngineError::Timeout {
+            endpoint: t.endpoint.to_string(),
+            command,
+        }),
+    }
+}
+
+/// What one probe query returns, before it is read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Row {
+    pub server_version: String,
+    pub in_recovery: bool,
+    /// `pg_current_wal_lsn()` of a primary, `pg_last_wal_replay_lsn()` of a server in recovery.
+    pub lsn: Option<String>,
+    pub received_lsn: Option<String>,
+    pub primary_conninfo: String,
+    pub receiver_status: Option<String>,
+    pub sender_host: Option<String>,
+    /// Databases Baton fenced (the rows of `baton.public.fenced`).
+    pub fenced: i64,
+}
+
+const PROBE: &str = "SELECT current_setting('server_version'), pg_is_in_recovery(), \
+     CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text ELSE pg_current_wal_lsn()::text END, \
+     pg_last_wal_receive_lsn()::text, current_setting('primary_conninfo'), \
+     (SELECT status FROM pg_stat_wal_receiver), (SELECT sender_host FROM pg_stat_wal_receiver), \
+     (SELECT count(*) FROM fenced)";
+
+/// The value of `key` in a libpq connection string (`host=10.0.0.3 port=5432 …`).
+fn conninfo_value<'a>(conninfo: &'a str, key: &str) -> Option<&'a str> {
+    conninfo
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .map(|v| v.trim_matches('\''))
+        .filter(|v| !v.is_empty())
+}
+
+/// Reads a probe row: a primary (fenced when Baton fenced its databases), a standby following
+/// its `primary_conninfo` host, or — in recovery, following nobody — the recorded primary
+/// waiting to be promoted, which counts as a fenced primary.
+pub fn parse_probe(endpoint: &Endpoint, row: &Row) -> Result<Probe, EngineError> {
+    let bad = |what| EngineError::Unreadable {
+        endpoint: endpoint.to_string(),
+        what,
+    };
+    let version = row
+        .server_version
+        .split_whitespace()
+        .next()
+        .ok_or(bad("server_version"))?
+        .to_string();
+    let lsn = |s: &Option<String>| s.as_deref().map(Position::parse_lsn).transpose();
+    let position = lsn(&row.lsn)
+        .map_err(|_| bad("LSN"))?
+        .unwrap_or(Position::Lsn(0));
+    let upstream = conninfo_value(&row.primary_conninfo, "host");
+    let (role, fenced, following, streaming, received) = match (row.in_recovery, upstream) {
+        (false, _) => (Role::Primary, row.fenced > 0, None, false, None),
+        (true, None) => (Role::Primary, true, None, false, None),
+        (true, Some(host)) => (
+            Role::Standby,
+            true,
+            Some(row.sender_host.clone().unwrap_or_else(|| host.to_string())),
+            row.receiver_status.as_deref() == Some("streaming"),
+            lsn(&row.received_lsn).map_err(|_| bad("received LSN"))?,
+        ),
+    };
+    Ok(Probe {
+        role,
+        version,
+        position,
+        received,
+        following,
+        streaming,
+        fenced,
+    })
+}
+
+/// The SQL that fences every application database: recorded first (so the record is in the
+/// same WAL the candidate must reach), then closed, then its sessions ended.
+const FENCE: &str = "INSERT INTO fenced SELECT datname FROM pg_database \
+     WHERE datallowconn AND datname NOT IN ('template0', 'baton') ON CONFLICT DO NOTHING; \
+     DO $$ DECLARE d name; BEGIN \
+       FOR d IN SELECT f.datname FROM fenced f JOIN pg_database p ON p.datname = f.datname WHERE p.datallowconn LOOP \
+         EXECUTE format('ALTER DATABASE %I ALLOW_CONNECTIONS false', d); \
+       END LOOP; END $$; \
+     SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+     WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
+       AND datname IS DISTINCT FROM 'baton';";
+
+/// The SQL that lifts the fence: exactly the databases Baton fenced.
+const UNFENCE: &str = "DO $$ DECLARE d name; BEGIN \
+       FOR d IN SELECT datname FROM fenced LOOP \
+         EXECUTE format('ALTER DATABASE %I ALLOW_CONNECTIONS true', d); \
+       END LOOP; END $$; \
+     DELETE FROM fenced;";
+
+/// Promotes a server in recovery and waits for it (a no-op on a primary: idempotent).
+const PROMOTE: &str =
+    "DO $$ BEGIN IF pg_is_in_recovery() THEN PERFORM pg_promote(true, 60); END IF; END $$;";
+
+/// A libpq string literal for SQL (`'…'` with quotes doubled).
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Stops the server cleanly; its boot script starts it again at once in recovery, following
+/// nobody. Returns a connection to it once it is back in recovery.
+async fn stop_into_recovery(c: Client, t: &Target) -> Result<Client, EngineError> {
+    let stop = "COPY (SELECT 1) TO PROGRAM 'pg_ctl stop -D \"$PGDATA\" -m fast -W'";
+    if let Err(e) = c.batch_execute(stop).await
+        && !e.is_closed()
+        && e.code() != Some(&tokio_postgres::error::SqlState::ADMIN_SHUTDOWN)
+    {
+        return Err(EngineError::Command {
+            endpoint: t.endpoint.to_string(),
+            command: "pg_ctl stop",
+            source: Box::new(e),
+        });
+    }
+    drop(c);
+    let deadline = tokio::time::Instant::now() + TIMEOUT * 10;
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Ok(c) = connect(t).await
+            && let Ok(r) = c.query_one("SELECT pg_is_in_recovery()", &[]).await
+            && r.get::<_, bool>(0)
+        {
+            return Ok(c);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(EngineError::Timeout {
+                endpoint: t.endpoint.to_string(),
+                command: "restart in recovery",
+            });
+        }
+    }
+}
+
+/// The connection string a standby follows `primary` with (the password comes from the
+/// passfile the boot script writes from the Secret: it never passes through Baton).
+pub fn conninfo(primary: &Endpoint, application_name: &str) -> String {
+    format!(
+        "host={} port={} user=replicator passfile={DATA}/pgpass application_name={application_name}",
+        primary.host, primary.port
+    )
+}
+
+impl Postgres {
+    async fn probe_on(&self, c: &Client, t: &Target) -> Result<Probe, EngineError> {
+        let rows = tokio::time::timeout(TIMEOUT, c.query(PROBE, &[]))
+            .await
+            .map_err(|_| EngineError::Timeout {
+                endpoint: t.endpoint.to_string(),
+                command: "probe",
+            })?
+            .map_err(|e| EngineError::Command {
+                endpoint: t.endpoint.to_string(),
+                command: "probe",
+                source: Box::new(e),
+            })?;
+        let r = rows.first().ok_or(EngineError::Unreadable {
+            endpoint: t.endpoint.to_string(),
+            what: "probe row",
+        })?;
+        let row = Row {
+            server_version: r.try_get(0).unwrap_or_default(),
+            in_recovery: r.try_get(1).unwrap_or(true),
+            lsn: r.try_get(2).unwrap_or_default(),
+            received_lsn: r.try_get(3).unwrap_or_default(),
+            primary_conninfo: r.try_get(4).unwrap_or_default(),
+            receiver_status: r.try_get(5).unwrap_or_default(),
+            sender_host: r.try_get(6).unwrap_or_default(),
+            fenced: r.try_get(7).unwrap_or_default(),
+        };
+        parse_probe(&t.endpoint, &row)
+    }
+}
+
+#[async_trait]
+impl Engine for Postgres {
+    fn datastore(&self) -> Datastore {
+        Datastore::Postgresql
+    }
+
+    fn port(&self) -> u16 {
+        PORT
+    }
+
+    fn container_name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn generated_secret_keys(&self) -> &'static [&'static str] {
+        &[REPLICATION_PASSWORD]
+    }
+
+    fn container(&self, m: &MemberTemplate<'_>) -> Container {
+        let mut env = topology_env(m.topology);
+        env.push(EnvVar {
+            name: "BATON_REPLICATION_PASSWORD".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: m.credentials.into(),
+                    key: REPLICATION_PASSWORD.into(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        env.push(EnvVar {
+            name: "PGDATA".into(),
+            value: Some(format!("{DATA}/pgdata")),
+            ..Default::default()
+        });
+        Container {
+            name: self.container_name().into(),
+            command: Some(vec![
+                "sh".into(),
+                "-c".into(),
+                BOOT.into(),
+                "postgres-member".into(),
+            ]),
+            env: Some(env),
+            ports: Some(vec![ContainerPort {
+                name: Some("postgresql".into()),
+                container_port: PORT as i32,
+                ..Default::default()
+            }]),
+            readiness_probe: Some(K8sProbe {
+                exec: Some(ExecAction {
+                    command: Some(vec![
+                        "pg_isready".into(),
+                        "-q".into(),
+                        // The socket: the probe needs no network view of the pod.
+                        "-h".into(),
+                        DATA.into(),
+                        "-U".into(),
+                        ADMIN_USER.into(),
+                        "-p".into(),
+                        PORT.to_string(),
+                        "-d".into(),
+                        ADMIN_DB.into(),
+                    ]),
+                }),
+                period_seconds: Some(1),
+                timeout_seconds: Some(3),
+                failure_threshold: Some(3),
+                ..Default::default()
+            }),
+            volume_mounts: Some(vec![VolumeMount {
+                name: "data".into(),
+                mount_path: DATA.into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }
+    }
+
+    fn parse_position(&self, text: &str) -> Result<Position, ParsePositionError> {
+        Position::parse_lsn(text)
+    }
+
+    /// Minor versions share one data format (rolling); a major needs `pg_upgrade` (offline).
+    fn strategy(&self, from: &Version, to: &Version) -> Strategy {
+        if from.major() == to.major() {
+            Strategy::Rolling
+        } else {
+            Strategy::Offline
+        }
+    }
+
+    async fn probe(&self, t: &Target) -> Result<Probe, EngineError> {
+        let c = connect(t).await?;
+        self.probe_on(&c, t).await
+    }
+
+    async fn fence(&self, t: &Target) -> Result<(), EngineError> {
+        let c = connect(t).await?;
+        // A server in recovery takes no write: it is fenced already.
+        let in_recovery: bool = c
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .map(|r| r.get(0))
+            .map_err(|e| EngineError::Command {
+                endpoint: t.endpoint.to_string(),
+                command: "pg_is_in_recovery",
+                source: Box::new(e),
+            })?;
+        if !in_recovery {
+            // Closed first (the list replicates, so a standby promoted from here is fenced
+            // too), then stopped cleanly: a clean shutdown streams every WAL record, the
+            // shutdown checkpoint included, to the standbys, and the server writes nothing
+            // after it. No standby can then hold WAL the candidate lacks, and the position at
+            // which writes stopped is the restarted server's own replay position.
+            run(&c, t, "fence", FENCE).await?;
+            stop_into_recovery(c, t).await?;
+        }
+        crate::failpoint::passed("db:fence").await;
+        Ok(())
+    }
+
+    async fn unfence(&self, t: &Target) -> Result<(), EngineError> {
+        let c = connect(t).await?;
+        let p = self.probe_on(&c, t).await?;
+        if p.role != Role::Primary {
+            return Err(EngineError::Refused {
+                endpoint: t.endpoint.to_string(),
+                act: "unfence",
+                why: "the server follows another member".into(),
+            });
+        }
+        // The recorded primary waiting in recovery: promoting it is what lets writes in.
+        run(&c, t, "pg_promote", PROMOTE).await?;
+        run(&c, t, "unfence", UNFENCE).await?;
+        crate::failpoint::passed("db:unfence").await;
+        Ok(())
+    }
+
+    async fn promote(&self, t: &Target, at_least: Option<&Position>) -> Result<(), EngineError> {
+        let c = connect(t).await?;
+        let p = self.probe_on(&c, t).await?;
+        if let Some(goal) = at_least
+            && (!p.position.reached(goal) || (p.role == Role::Standby && !p.streaming))
+        {
+            return Err(EngineError::Refused {
+                endpoint: t.endpoint.to_string(),
+                act: "promote",
+                why: format!("it has replayed {} and does not hold {goal}", p.position),
+            });
+        }
+        // Promoted, it keeps the fenced primary's fence (the list replicated with the data).
+        run(&c, t, "pg_promote", PROMOTE).await?;
+        crate::failpoint::passed("db:promote").await;
+        Ok(())
+    }
+
+    async fn repoint(&self, t: &Target, primary: &Endpoint) -> Result<(), EngineError> {
+        let c = connect(t).await?;
+        let p = self.probe_on(&c, t).await?;
+        if p.writable() {
+            return Err(EngineError::Refused {
+                endpoint: t.endpoint.to_string(),
+                act: "repoint",
+                why: "it is a primary that accepts writes; a resync would throw them away".into(),
+            });
+        }
+        let in_recovery: bool = c
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(true);
+        // A fenced primary follows only from recovery: stopped cleanly, it starts again there.
+        let c = if in_recovery {
+            c
+        } else {
+            stop_into_recovery(c, t).await?
+        };
+        let name = t.endpoint.host.replace(['.', ':'], "_");
+        // Each alone: ALTER SYSTEM refuses to run inside a multi-statement transaction.
+        let sql = format!(
+            "ALTER SYSTEM SET primary_conninfo = {}",
+            literal(&conninfo(primary, &name))
+        );
+        run(&c, t, "ALTER SYSTEM", &sql).await?;
+        run(&c, t, "pg_reload_conf", "SELECT pg_reload_conf()").await?;
+        crate::failpoint::passed("db:repoint").await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep() -> Endpoint {
+        Endpoint::new("127.2.0.2", PORT)
+    }
+
+    fn row() -> Row {
+        Row {
+            server_version: "16.13".into(),
+            in_recovery: false,
+            lsn: Some("0/3000060".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_primary_is_fenced_only_while_baton_fenced_its_databases() {
+        let p = parse_probe(&ep(), &row()).unwrap();
+        assert_eq!(
+            (p.role, p.version.as_str(), p.fenced),
+            (Role::Primary, "16.13", false)
+        );
+        assert!(p.writable());
+        assert_eq!(p.position, Position::parse_lsn("0/3000060").unwrap());
+        let fenced = parse_probe(&ep(), &Row { fenced: 3, ..row() }).unwrap();
+        assert!(fenced.fenced && !fenced.writable());
+    }
+
+    #[test]
+    fn a_member_in_recovery_following_nobody_is_the_primary_waiting_to_be_promoted() {
+        let r = Row {
+            in_recovery: true,
+            primary_conninfo: String::new(),
+            ..row()
+        };
+        let p = parse_probe(&ep(), &r).unwrap();
+        assert_eq!(p.role, Role::Primary);
+        assert!(
+            p.fenced && !p.writable(),
+            "recovery is a fence nobody can lift but Baton"
+        );
+    }
+
+    #[test]
+    fn a_standby_reports_its_upstream_its_stream_and_both_positions() {
+        let r = Row {
+            in_recovery: true,
+            lsn: Some("0/2FFF000".into()),
+            received_lsn: Some("0/3000000".into()),
+            primary_conninfo:
+                "host=127.2.0.4 port=5432 user=replicator passfile=/x application_name=db-1".into(),
+            receiver_status: Some("streaming".into()),
+            sender_host: Some("127.2.0.4".into()),
+            ..row()
+        };
+        let p = parse_probe(&ep(), &r).unwrap();
+        assert_eq!(p.role, Role::Standby);
+        assert_eq!(p.following.as_deref(), Some("127.2.0.4"));
+        assert!(p.streaming);
+        assert_eq!(p.received, Some(Position::parse_lsn("0/3000000").unwrap()));
+        let lost = parse_probe(
+            &ep(),
+            &Row {
+                receiver_status: None,
+                sender_host: None,
+                ..r
+            },
+        )
+        .unwrap();
+        assert!(!lost.streaming, "no WAL receiver: not streaming");
+        assert_eq!(
+            lost.following.as_deref(),
+            Some("127.2.0.4"),
+            "still configured to follow it"
+        );
+    }
+
+    #[test]
+    fn the_replication_password_never_passes_through_baton() {
+        let c = conninfo(&Endpoint::new("fd00::3", PORT), "db-1");
+        assert!(
+            c.starts_with("host=fd00::3 port=5432 user=replicator passfile="),
+            "{c}"
+        );
+        assert!(!c.contains("password"), "{c}");
+        assert_eq!(literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn minors_roll_and_majors_need_an_offline_upgrade() {
+        let v = |s: &str| s.parse::<Version>().unwrap();
+        assert_eq!(
+            Postgres.strategy(&v("16.13"), &v("16.14")),
+            Strategy::Rolling
+        );
+        assert_eq!(
+            Postgres.strategy(&v("15.19"), &v("16.14")),
+            Strategy::Offline
+        );
+    }
+
+    #[test]
+    fn every_member_boots_in_recovery_following_the_recorded_primary() {
+        assert!(BOOT.contains("touch \"$PGDATA/standby.signal\""));
+        assert!(BOOT.contains("pg_rewind"));
+        let c = Postgres.container(&MemberTemplate {
+            topology: "db-topology",
+            credentials: "db-credentials",
+        });
+        let env = serde_json::to_string(&c.env).unwrap();
+        assert!(
+            env.contains("db-credentials") && env.contains(REPLICATION_PASSWORD),
+            "{env}"
+        );
+        assert!(!env.contains("\"value\":\"s3cr"), "no literal secret");
+    }
+}

