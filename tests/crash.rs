@@ -304,14 +304,17 @@ async fn dropped_watches_and_connections_mid_upgrade_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_an_operator_killed_at_each_switchover_stage_finishes_it_and_loses_nothing() {
     let points: Vec<String> = [
+        // db-0 is the first primary; db-1 the candidate (both standbys hold the fenced
+        // position, and ties go by name); db-2 and db-0 are repointed.
         "api:status:Switchover:Fencing#1",
-        "db:fence#1",
+        "db:fence@0#1",
         "api:status:Switchover:Promoting#1",
-        "db:promote#1",
+        "db:promote@1#1",
         "api:status:Switchover:Repointing#1",
-        "db:repoint#1",
+        "db:repoint@2#1",
+        "db:repoint@0#1",
         "api:status:Switchover:Unfencing#1",
-        "db:unfence#1",
+        "db:unfence@1#1",
     ]
     .iter()
     .map(|p| p.to_string())

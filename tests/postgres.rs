@@ -12,6 +12,7 @@ use kube::api::{Api, Patch, PatchParams};
 use baton::crd::{DatastoreVersion, InstancePhase, RequestPhase, UpgradeRequest, UpgradeResult};
 use baton_testkit::env::*;
 use baton_testkit::faults::Scenario;
+use baton_testkit::workload;
 use baton_testkit::*;
 
 /// A rolling minor upgrade under a client that follows the primary label, one pinned to the
@@ -345,5 +346,110 @@ async fn a_batch_over_redis_and_postgresql_instances_succeeds_four_of_four() {
     for (n, f) in all {
         env.assert_all_run(n, f.target).await;
     }
+    delete_namespace(&env.client, &env.ns).await;
+}
+
+/// Connects to database `db` of the member at `ip` as the superuser.
+async fn sql(
+    ip: std::net::IpAddr,
+    db: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (c, conn) = tokio_postgres::Config::new()
+        .host(ip.to_string())
+        .port(5432)
+        .user("postgres")
+        .dbname(db)
+        .connect_timeout(Duration::from_secs(3))
+        .connect(tokio_postgres::NoTls)
+        .await?;
+    tokio::spawn(conn);
+    Ok(c)
+}
+
+/// A standby promoted behind Baton's back, which then took a write (a database only it has):
+/// Baton fences it, quarantines it, keeps its data, and an upgrade waits until a person
+/// decides; deleting the member's claim is that decision.
+#[tokio::test]
+async fn a_second_writer_is_fenced_and_quarantined_and_keeps_its_writes_until_a_person_decides() {
+    let (env, op) = Env::with_active("pg-second-writer", "db", 3, postgres(PG_SOURCE)).await;
+    let ips = workload::member_addresses(&env.client, &env.ns, "db").await;
+    let stray = ips["db-2"];
+    let c = sql(stray, "postgres").await.expect("connect db-2");
+    c.batch_execute("SELECT pg_promote(true, 30)")
+        .await
+        .expect("promote db-2");
+    c.batch_execute("CREATE DATABASE only_on_db_2")
+        .await
+        .expect("a write on db-2");
+
+    let quarantined = eventually(Duration::from_secs(60), || async {
+        let s = env.instances.get("db").await.ok()?.status?;
+        s.quarantine.iter().any(|q| q.member == "db-2").then_some(s)
+    })
+    .await
+    .unwrap_or_else(|| panic!("db-2 was never quarantined:\n{}", tail(&op.logs(), 30)));
+    let degraded = quarantined
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .expect("Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "SecondPrimary")
+    );
+    // Fenced: no client gets in to write. Not resynced: what it took is still there.
+    let fenced = eventually(Duration::from_secs(30), || async {
+        match sql(stray, "postgres").await {
+            Err(_) => Some(()),
+            Ok(c) => c
+                .batch_execute("CREATE TABLE t (x int)")
+                .await
+                .err()
+                .map(|_| ()),
+        }
+    })
+    .await;
+    assert!(fenced.is_some(), "db-2 still takes writes");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let kept = sql(stray, "baton")
+        .await
+        .expect("Baton's database on db-2")
+        .query_opt(
+            "SELECT 1 FROM pg_database WHERE datname = 'only_on_db_2'",
+            &[],
+        )
+        .await
+        .expect("read pg_database");
+    assert!(kept.is_some(), "db-2's write was thrown away");
+
+    env.patch_spec("db", postgres(PG_TARGET)).await;
+    let waits = eventually(Duration::from_secs(30), || async {
+        let s = env.instances.get("db").await.ok()?.status?;
+        s.conditions
+            .into_iter()
+            .find(|c| c.type_ == "VersionApplied" && c.message.contains("db-2 is quarantined"))
+    })
+    .await;
+    assert!(waits.is_some(), "the upgrade did not wait");
+
+    // The decision: discard db-2's data. Baton rebuilds it as a standby, then upgrades.
+    for args in [
+        vec!["delete", "pvc", "data-db-2", "-n", &env.ns, "--wait=false"],
+        vec!["delete", "pod", "db-2", "-n", &env.ns],
+    ] {
+        let (ok, _, err) = run_tool("kubectl", &args, None);
+        assert!(ok, "{err}");
+    }
+    env.wait_for("db", InstancePhase::Active, PG_TARGET, &op)
+        .await;
+    let s = env
+        .instances
+        .get("db")
+        .await
+        .expect("get")
+        .status
+        .expect("status");
+    assert!(s.quarantine.is_empty(), "{:?}", s.quarantine);
+    env.assert_all_run("db", PG_TARGET).await;
     delete_namespace(&env.client, &env.ns).await;
 }
