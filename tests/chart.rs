@@ -295,6 +295,29 @@ async fn operator_runs_with_exactly_the_charts_rbac() {
         "the instance never became Active under the chart's RBAC:\n{}",
         op.logs()
     );
+    // A single PostgreSQL too: its generated credentials Secret is created and checked with
+    // the chart's Secrets grant (get, create; list stays refused, below).
+    let pg = "apiVersion: baton.dev/v1alpha1\nkind: DatabaseInstance\nmetadata:\n  name: pg\nspec:\n  datastore: {type: postgresql, version: \"16.13\"}\n  replicas: 1\n";
+    let (ok, _, err) = run_tool("kubectl", &["apply", "-n", &ns, "-f", "-"], Some(pg));
+    assert!(ok, "{err}");
+    let active = eventually(Duration::from_secs(120), || async {
+        let st = instances.get("pg").await.ok()?.status?;
+        (st.phase == Some(baton::crd::InstancePhase::Active)).then_some(())
+    })
+    .await;
+    assert!(
+        active.is_some(),
+        "the PostgreSQL instance never became Active under the chart's RBAC:\n{}",
+        op.logs()
+    );
+    assert!(
+        Api::<Secret>::namespaced(client.clone(), &ns)
+            .get_opt("pg-credentials")
+            .await
+            .expect("read Secret")
+            .is_some(),
+        "no generated credentials Secret"
+    );
     // And the request controller: finalizer, claim through the instance's status, summary.
     let request = "apiVersion: baton.dev/v1alpha1\nkind: UpgradeRequest\nmetadata:\n  name: cache-to-7\nspec:\n  targets:\n    instances: [cache]\n  targetVersion: \"7.0.15\"\n";
     let (ok, _, err) = run_tool("kubectl", &["apply", "-n", &ns, "-f", "-"], Some(request));
