@@ -159,8 +159,8 @@ async fn bench(
     let mut lost_total = 0usize;
     for run in 0..runs {
         let name = format!("{}{run}", f.ds);
-        workload::create(&client, &ns, &name, f.ds, 3, f.source).await?;
-        workload::wait_active(&client, &ns, &name, f.source, Duration::from_secs(180))
+        workload::create(client, &ns, &name, f.ds, 3, f.source).await?;
+        workload::wait_active(client, &ns, &name, f.source, Duration::from_secs(180))
             .await
             .ok_or_else(|| anyhow::anyhow!("{name} never became Active"))?;
         let stop = CancellationToken::new();
@@ -178,7 +178,7 @@ async fn bench(
         // pooled connection would be (off by default: it doubles the load, and figures compare
         // with runs that had one client).
         let pinned = if pinned_client {
-            let first = workload::primary_address(&client, &ns, &name)
+            let first = workload::primary_address(client, &ns, &name)
                 .await
                 .ok_or_else(|| anyhow::anyhow!("no primary"))?;
             Some(tokio::spawn(workload::write_until(
@@ -214,9 +214,9 @@ async fn bench(
                 .create(&PostParams::default(), &req)
                 .await?;
         } else {
-            workload::set_version(&client, &ns, &name, f.target).await?;
+            workload::set_version(client, &ns, &name, f.target).await?;
         }
-        workload::wait_active(&client, &ns, &name, f.target, Duration::from_secs(300))
+        workload::wait_active(client, &ns, &name, f.target, Duration::from_secs(300))
             .await
             .ok_or_else(|| anyhow::anyhow!("{name} never finished its upgrade"))?;
         let total = t0.elapsed();
@@ -233,7 +233,7 @@ async fn bench(
             .filter_map(|t| Some(t.caught_up? - t.patched?))
             .sum();
         let overhead = total.saturating_sub(members);
-        let primary = workload::primary_address(&client, &ns, &name)
+        let primary = workload::primary_address(client, &ns, &name)
             .await
             .ok_or_else(|| anyhow::anyhow!("no primary"))?;
         let lost = workload::missing(f.ds, primary, &report)

@@ -4,11 +4,12 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use serde_json::json;
 
-use baton::crd::{DatabaseInstance, DatastoreVersion, InstancePhase};
+use baton::crd::{DatabaseInstance, InstancePhase};
 use baton_testkit::env::*;
+use baton_testkit::scenarios;
 use baton_testkit::workload::Route;
 use baton_testkit::*;
 
@@ -182,28 +183,7 @@ async fn a_second_writer_is_fenced_and_quarantined_and_keeps_its_writes_until_a_
         .await
         .expect("a write");
 
-    let quarantined = eventually(Duration::from_secs(60), || async {
-        let s = env.instances.get("db").await.ok()?.status?;
-        s.quarantine.iter().any(|q| q.member == "db-2").then_some(s)
-    })
-    .await
-    .unwrap_or_else(|| panic!("db-2 was never quarantined:\n{}", tail(&op.logs(), 30)));
-    let degraded = quarantined
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Degraded")
-        .expect("Degraded");
-    assert_eq!(
-        (degraded.status.as_str(), degraded.reason.as_str()),
-        ("True", "SecondPrimary")
-    );
-    assert!(degraded.message.contains("db-2"), "{}", degraded.message);
-    assert!(
-        env.events("db")
-            .await
-            .iter()
-            .any(|(r, n)| r == "SecondPrimary" && n.contains("db-2"))
-    );
+    scenarios::wait_quarantined(&env, &op, "db-2").await;
     // Fenced: a write is refused. Not repointed: its own write is still there.
     let refused: Result<(), _> = redis::cmd("SET")
         .arg("k")
@@ -218,182 +198,18 @@ async fn a_second_writer_is_fenced_and_quarantined_and_keeps_its_writes_until_a_
         .await
         .expect("read");
     assert_eq!(kept.as_deref(), Some("1"), "its write was thrown away");
-    // An upgrade waits for a person.
-    env.patch_spec(
-        "db",
-        json!({"datastore": {"type": "redis", "version": TARGET}}),
-    )
-    .await;
-    let waits = eventually(Duration::from_secs(30), || async {
-        let s = env.instances.get("db").await.ok()?.status?;
-        s.conditions
-            .into_iter()
-            .find(|c| c.type_ == "VersionApplied" && c.message.contains("db-2 is quarantined"))
-    })
-    .await;
-    assert!(waits.is_some(), "the upgrade did not wait");
-    assert!(
-        env.instances
-            .get("db")
-            .await
-            .expect("get")
-            .status
-            .expect("status")
-            .upgrade
-            .is_none()
-    );
-
-    // The decision: discard db-2's data. Its claim and pod go; Baton rebuilds it as a standby.
-    for args in [
-        vec!["delete", "pvc", "data-db-2", "-n", &env.ns, "--wait=false"],
-        vec!["delete", "pod", "db-2", "-n", &env.ns],
-    ] {
-        let (ok, _, err) = run_tool("kubectl", &args, None);
-        assert!(ok, "{err}");
-    }
-    env.wait_for("db", InstancePhase::Active, TARGET, &op).await;
-    let s = env
-        .instances
-        .get("db")
-        .await
-        .expect("get")
-        .status
-        .expect("status");
-    assert!(s.quarantine.is_empty(), "{:?}", s.quarantine);
-    env.assert_all_run("db", TARGET).await;
+    scenarios::upgrade_waits_until_the_quarantine_is_released(&env, &op, REDIS, "db-2").await;
     delete_namespace(&env.client, &env.ns).await;
 }
 
 #[tokio::test]
 async fn second_switch_ends_on_the_original_primary() {
-    let (env, op) = Env::with_active(
-        "second",
-        "db",
-        3,
-        json!({"upgradePolicy": {"secondSwitch": true}}),
-    )
-    .await;
-    let (stop, writes) = env.writer("db");
-    env.patch_spec(
-        "db",
-        json!({"datastore": {"type": "redis", "version": TARGET}}),
-    )
-    .await;
-    let inst = env.wait_for("db", InstancePhase::Active, TARGET, &op).await;
-    stop.cancel();
-    let report = writes.await.expect("writer");
-    assert_eq!(inst.status.and_then(|s| s.primary).as_deref(), Some("db-0"));
-    let pods = env.member_pods("db").await;
-    assert_eq!(
-        pods["db-0"]
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("baton.dev/role"))
-            .map(String::as_str),
-        Some("primary")
-    );
-    env.assert_all_run("db", TARGET).await;
-    let switches = env
-        .events("db")
-        .await
-        .iter()
-        .filter(|(r, _)| r == "SwitchoverCompleted")
-        .count();
-    assert_eq!(switches, 2, "a switchover away and one back");
-    assert_nothing_lost(&env, "db", &[&report]).await;
-    delete_namespace(&env.client, &env.ns).await;
+    scenarios::second_switch_returns_the_role(REDIS, "second").await;
 }
 
 #[tokio::test]
 async fn a_standby_that_cannot_start_halts_the_upgrade_and_reverting_recovers() {
-    let env = Env::new("broken").await;
-    // A catalog version whose image the node cannot run.
-    let broken: DatastoreVersion = serde_json::from_value(json!({
-        "apiVersion": "baton.dev/v1alpha1", "kind": "DatastoreVersion",
-        "metadata": {"name": "redis-7.0.16-broken"},
-        "spec": {"datastore": "redis", "version": "7.0.16", "image": "redis:7.0.16-not-mapped",
-                 "upgradeFrom": [{"datastore": "redis", "minVersion": "6.0", "maxVersion": "6"}]}
-    }))
-    .expect("dsv");
-    Api::<DatastoreVersion>::all(env.client.clone())
-        .patch(
-            "redis-7.0.16-broken",
-            &PatchParams::apply("baton-tests").force(),
-            &Patch::Apply(&broken),
-        )
-        .await
-        .expect("apply broken version");
-    let op = env.operator("broken", "");
-    env.create(
-        "db",
-        3,
-        json!({"upgradePolicy": {"stepTimeoutSeconds": 10}}),
-    )
-    .await;
-    env.wait_for("db", InstancePhase::Active, SOURCE, &op).await;
-    env.patch_spec(
-        "db",
-        json!({"datastore": {"type": "redis", "version": "7.0.16"}}),
-    )
-    .await;
-
-    let failed = eventually(LONG, || async {
-        let i = env.instances.get("db").await.ok()?;
-        (i.status.as_ref()?.phase == Some(InstancePhase::Error)).then_some(i)
-    })
-    .await
-    .unwrap_or_else(|| panic!("the upgrade never failed:\n{}", tail(&op.logs(), 30)));
-    let status = failed.status.expect("status");
-    let failure = status
-        .upgrade
-        .as_ref()
-        .and_then(|u| u.failure.clone())
-        .expect("failure");
-    assert!(
-        failure.contains("db-1") && failure.contains("ErrImagePull"),
-        "{failure}"
-    );
-    assert!(failure.contains("primary db-0 is untouched"), "{failure}");
-    let degraded = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Degraded")
-        .expect("Degraded");
-    assert_eq!(
-        (degraded.status.as_str(), degraded.reason.as_str()),
-        ("True", "UpgradeFailed")
-    );
-    assert!(
-        env.events("db")
-            .await
-            .iter()
-            .any(|(r, n)| r == "UpgradeFailed" && n.contains("db-1"))
-    );
-    let pods = env.member_pods("db").await;
-    assert_eq!(
-        image(&pods["db-0"]),
-        "redis:6.2.14",
-        "the primary was touched"
-    );
-    assert_eq!(
-        image(&pods["db-2"]),
-        "redis:6.2.14",
-        "the next standby was touched"
-    );
-    assert_eq!(status.primary.as_deref(), Some("db-0"));
-
-    // Setting the spec back returns the broken member to the source version.
-    env.patch_spec(
-        "db",
-        json!({"datastore": {"type": "redis", "version": SOURCE}}),
-    )
-    .await;
-    env.wait_for("db", InstancePhase::Active, SOURCE, &op).await;
-    let pods = env.member_pods("db").await;
-    assert!(pods.values().all(|p| image(p) == "redis:6.2.14"));
-    env.assert_all_run("db", SOURCE).await;
-    delete_namespace(&env.client, &env.ns).await;
+    scenarios::broken_standby_halts_and_reverting_recovers(REDIS, "broken").await;
 }
 
 #[tokio::test]

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 
-use baton::crd::{DatastoreVersion, InstancePhase, RequestPhase, UpgradeRequest, UpgradeResult};
+use baton::crd::{InstancePhase, RequestPhase, UpgradeRequest, UpgradeResult};
 use baton_testkit::env::*;
 use baton_testkit::faults::Scenario;
+use baton_testkit::scenarios;
 use baton_testkit::workload;
 use baton_testkit::*;
 
@@ -60,29 +61,7 @@ async fn three_members_roll_a_minor_under_committing_clients_and_lose_nothing() 
 /// `secondSwitch`: after the old primary is upgraded the role goes back to it.
 #[tokio::test]
 async fn second_switch_returns_the_role_to_the_original_primary() {
-    let mut spec = postgres(PG_SOURCE);
-    spec["upgradePolicy"] = json!({"secondSwitch": true});
-    let (env, op) = Env::with_active("pg-second", "db", 3, spec).await;
-    let (stop, writes) = env.writer("db");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    env.patch_spec("db", postgres(PG_TARGET)).await;
-    let inst = env
-        .wait_for("db", InstancePhase::Active, PG_TARGET, &op)
-        .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.cancel();
-    let report = writes.await.expect("writer");
-    assert_eq!(inst.status.and_then(|s| s.primary).as_deref(), Some("db-0"));
-    env.assert_all_run("db", PG_TARGET).await;
-    let switches = env
-        .events("db")
-        .await
-        .iter()
-        .filter(|(r, _)| r == "SwitchoverCompleted")
-        .count();
-    assert_eq!(switches, 2, "a switchover away and one back");
-    assert_nothing_lost(&env, "db", &[&report]).await;
-    delete_namespace(&env.client, &env.ns).await;
+    scenarios::second_switch_returns_the_role(POSTGRES, "pg-second").await;
 }
 
 /// The example as a user applies it: members clone from member 0, the replication password is
@@ -138,68 +117,7 @@ async fn the_example_comes_up_with_a_generated_replication_secret_and_positions_
 /// primary untouched; setting the spec back returns every member to the source version.
 #[tokio::test]
 async fn a_standby_that_cannot_start_halts_the_upgrade_and_reverting_recovers() {
-    let env = Env::new("pg-broken").await;
-    let broken: DatastoreVersion = serde_json::from_value(json!({
-        "apiVersion": "baton.dev/v1alpha1", "kind": "DatastoreVersion",
-        "metadata": {"name": "postgresql-16.99-broken"},
-        "spec": {"datastore": "postgresql", "version": "16.99", "image": "postgres:16.99-not-mapped"}
-    }))
-    .expect("dsv");
-    Api::<DatastoreVersion>::all(env.client.clone())
-        .patch(
-            "postgresql-16.99-broken",
-            &PatchParams::apply("baton-tests").force(),
-            &Patch::Apply(&broken),
-        )
-        .await
-        .expect("apply broken version");
-    let op = env.operator("pg-broken", "");
-    let mut spec = postgres(PG_SOURCE);
-    spec["upgradePolicy"] = json!({"stepTimeoutSeconds": 10});
-    env.create("db", 3, spec).await;
-    env.wait_for("db", InstancePhase::Active, PG_SOURCE, &op)
-        .await;
-    let (stop, writes) = env.writer("db");
-    env.patch_spec("db", postgres("16.99")).await;
-    let failed = eventually(LONG, || async {
-        let i = env.instances.get("db").await.ok()?;
-        (i.status.as_ref()?.phase == Some(InstancePhase::Error)).then_some(i)
-    })
-    .await
-    .unwrap_or_else(|| panic!("the upgrade never failed:\n{}", tail(&op.logs(), 30)));
-    let status = failed.status.expect("status");
-    let failure = status
-        .upgrade
-        .as_ref()
-        .and_then(|u| u.failure.clone())
-        .expect("failure");
-    assert!(
-        failure.contains("db-1") && failure.contains("ErrImagePull"),
-        "{failure}"
-    );
-    assert!(failure.contains("primary db-0 is untouched"), "{failure}");
-    let pods = env.member_pods("db").await;
-    assert_eq!(
-        image(&pods["db-0"]),
-        "postgres:16.13",
-        "the primary was touched"
-    );
-    assert_eq!(
-        image(&pods["db-2"]),
-        "postgres:16.13",
-        "the next standby was touched"
-    );
-
-    env.patch_spec("db", postgres(PG_SOURCE)).await;
-    env.wait_for("db", InstancePhase::Active, PG_SOURCE, &op)
-        .await;
-    stop.cancel();
-    let report = writes.await.expect("writer");
-    let pods = env.member_pods("db").await;
-    assert!(pods.values().all(|p| image(p) == "postgres:16.13"));
-    env.assert_all_run("db", PG_SOURCE).await;
-    assert_nothing_lost(&env, "db", &[&report]).await;
-    delete_namespace(&env.client, &env.ns).await;
+    scenarios::broken_standby_halts_and_reverting_recovers(POSTGRES, "pg-broken").await;
 }
 
 /// What PostgreSQL cannot do yet, or was never asked to: refused with a message, nothing
@@ -382,21 +300,7 @@ async fn a_second_writer_is_fenced_and_quarantined_and_keeps_its_writes_until_a_
         .await
         .expect("a write on db-2");
 
-    let quarantined = eventually(Duration::from_secs(60), || async {
-        let s = env.instances.get("db").await.ok()?.status?;
-        s.quarantine.iter().any(|q| q.member == "db-2").then_some(s)
-    })
-    .await
-    .unwrap_or_else(|| panic!("db-2 was never quarantined:\n{}", tail(&op.logs(), 30)));
-    let degraded = quarantined
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Degraded")
-        .expect("Degraded");
-    assert_eq!(
-        (degraded.status.as_str(), degraded.reason.as_str()),
-        ("True", "SecondPrimary")
-    );
+    scenarios::wait_quarantined(&env, &op, "db-2").await;
     // Fenced: no client gets in to write. Not resynced: what it took is still there.
     let fenced = eventually(Duration::from_secs(30), || async {
         match sql(stray, "postgres").await {
@@ -422,34 +326,6 @@ async fn a_second_writer_is_fenced_and_quarantined_and_keeps_its_writes_until_a_
         .expect("read pg_database");
     assert!(kept.is_some(), "db-2's write was thrown away");
 
-    env.patch_spec("db", postgres(PG_TARGET)).await;
-    let waits = eventually(Duration::from_secs(30), || async {
-        let s = env.instances.get("db").await.ok()?.status?;
-        s.conditions
-            .into_iter()
-            .find(|c| c.type_ == "VersionApplied" && c.message.contains("db-2 is quarantined"))
-    })
-    .await;
-    assert!(waits.is_some(), "the upgrade did not wait");
-
-    // The decision: discard db-2's data. Baton rebuilds it as a standby, then upgrades.
-    for args in [
-        vec!["delete", "pvc", "data-db-2", "-n", &env.ns, "--wait=false"],
-        vec!["delete", "pod", "db-2", "-n", &env.ns],
-    ] {
-        let (ok, _, err) = run_tool("kubectl", &args, None);
-        assert!(ok, "{err}");
-    }
-    env.wait_for("db", InstancePhase::Active, PG_TARGET, &op)
-        .await;
-    let s = env
-        .instances
-        .get("db")
-        .await
-        .expect("get")
-        .status
-        .expect("status");
-    assert!(s.quarantine.is_empty(), "{:?}", s.quarantine);
-    env.assert_all_run("db", PG_TARGET).await;
+    scenarios::upgrade_waits_until_the_quarantine_is_released(&env, &op, POSTGRES, "db-2").await;
     delete_namespace(&env.client, &env.ns).await;
 }

@@ -35,25 +35,38 @@ pub fn postgres(version: &str) -> Value {
 #[derive(Debug, Clone, Copy)]
 pub struct Flavor {
     pub datastore: workload::Datastore,
+    /// The image name the catalog uses (`<image>:<version>`).
+    pub image: &'static str,
     pub source: &'static str,
     pub target: &'static str,
+    /// A version the tests add to the catalog with an image the node cannot run.
+    pub broken: &'static str,
 }
 
 pub const REDIS: Flavor = Flavor {
     datastore: workload::Datastore::Redis,
+    image: "redis",
     source: SOURCE,
     target: TARGET,
+    broken: "7.0.16",
 };
 pub const POSTGRES: Flavor = Flavor {
     datastore: workload::Datastore::Postgresql,
+    image: "postgres",
     source: PG_SOURCE,
     target: PG_TARGET,
+    broken: "16.99",
 };
 
 impl Flavor {
     /// The spec fields of an instance of this flavor on its source version.
     pub fn spec(&self) -> Value {
-        json!({"datastore": {"type": self.datastore, "version": self.source}})
+        self.at(self.source)
+    }
+
+    /// The spec fields naming this flavor's datastore on `version`.
+    pub fn at(&self, version: &str) -> Value {
+        json!({"datastore": {"type": self.datastore, "version": version}})
     }
 }
 

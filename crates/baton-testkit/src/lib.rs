@@ -9,6 +9,7 @@
 pub mod env;
 pub mod faults;
 pub mod harness;
+pub mod scenarios;
 pub mod workload;
 
 pub use harness::*;

@@ -1,0 +1,210 @@
+//! End-to-end scenarios every engine gets, written once over a [`Flavor`]: the Redis and the
+//! PostgreSQL suites call the same code, so a promise checked for one datastore is checked the
+//! same way for the next.
+
+use std::time::Duration;
+
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+
+use baton::crd::{DatastoreVersion, InstancePhase};
+
+use crate::env::*;
+use crate::harness::*;
+
+/// `secondSwitch`: after the old primary is upgraded the role goes back to it, through a
+/// second switchover, with nothing lost under a label-following writer.
+pub async fn second_switch_returns_the_role(f: Flavor, prefix: &str) {
+    let mut spec = f.spec();
+    spec["upgradePolicy"] = json!({"secondSwitch": true});
+    let (env, op) = Env::with_active(prefix, "db", 3, spec).await;
+    let (stop, writes) = env.writer("db");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.patch_spec("db", f.at(f.target)).await;
+    let inst = env
+        .wait_for("db", InstancePhase::Active, f.target, &op)
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    let report = writes.await.expect("writer");
+    assert_eq!(inst.status.and_then(|s| s.primary).as_deref(), Some("db-0"));
+    let pods = env.member_pods("db").await;
+    assert_eq!(
+        pods["db-0"]
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("baton.dev/role"))
+            .map(String::as_str),
+        Some("primary")
+    );
+    env.assert_all_run("db", f.target).await;
+    let switches = env
+        .events("db")
+        .await
+        .iter()
+        .filter(|(r, _)| r == "SwitchoverCompleted")
+        .count();
+    assert_eq!(switches, 2, "a switchover away and one back");
+    assert_nothing_lost(&env, "db", &[&report]).await;
+    delete_namespace(&env.client, &env.ns).await;
+}
+
+/// A standby whose new image cannot start: phase Error naming it and the node's reason, the
+/// primary and the next standby untouched, a Degraded condition and an Event; setting the spec
+/// back returns every member to the source version, with nothing lost under a writer.
+pub async fn broken_standby_halts_and_reverting_recovers(f: Flavor, prefix: &str) {
+    let env = Env::new(prefix).await;
+    let broken_name = format!("{}-{}-broken", f.datastore, f.broken);
+    let major = f.source.split('.').next().unwrap_or_default();
+    // A catalog version whose image the node cannot run (an edge from the source's major, in
+    // case the broken version is a major step).
+    let broken: DatastoreVersion = serde_json::from_value(json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "DatastoreVersion",
+        "metadata": {"name": broken_name},
+        "spec": {"datastore": f.datastore, "version": f.broken,
+                 "image": format!("{}:{}-not-mapped", f.image, f.broken),
+                 "upgradeFrom": [{"datastore": f.datastore, "minVersion": format!("{major}.0"), "maxVersion": major}]}
+    }))
+    .expect("dsv");
+    Api::<DatastoreVersion>::all(env.client.clone())
+        .patch(
+            &broken_name,
+            &PatchParams::apply("baton-tests").force(),
+            &Patch::Apply(&broken),
+        )
+        .await
+        .expect("apply broken version");
+    let op = env.operator(prefix, "");
+    let mut spec = f.spec();
+    spec["upgradePolicy"] = json!({"stepTimeoutSeconds": 10});
+    env.create("db", 3, spec).await;
+    env.wait_for("db", InstancePhase::Active, f.source, &op)
+        .await;
+    let (stop, writes) = env.writer("db");
+    env.patch_spec("db", f.at(f.broken)).await;
+
+    let failed = eventually(LONG, || async {
+        let i = env.instances.get("db").await.ok()?;
+        (i.status.as_ref()?.phase == Some(InstancePhase::Error)).then_some(i)
+    })
+    .await
+    .unwrap_or_else(|| panic!("the upgrade never failed:\n{}", tail(&op.logs(), 30)));
+    let status = failed.status.expect("status");
+    let failure = status
+        .upgrade
+        .as_ref()
+        .and_then(|u| u.failure.clone())
+        .expect("failure");
+    assert!(
+        failure.contains("db-1") && failure.contains("ErrImagePull"),
+        "{failure}"
+    );
+    assert!(failure.contains("primary db-0 is untouched"), "{failure}");
+    assert_degraded(&status, "UpgradeFailed", "db-1");
+    assert!(
+        env.events("db")
+            .await
+            .iter()
+            .any(|(r, n)| r == "UpgradeFailed" && n.contains("db-1"))
+    );
+    let source_image = format!("{}:{}", f.image, f.source);
+    let pods = env.member_pods("db").await;
+    assert_eq!(
+        image(&pods["db-0"]),
+        source_image,
+        "the primary was touched"
+    );
+    assert_eq!(
+        image(&pods["db-2"]),
+        source_image,
+        "the next standby was touched"
+    );
+    assert_eq!(status.primary.as_deref(), Some("db-0"));
+
+    // Setting the spec back returns the broken member to the source version.
+    env.patch_spec("db", f.at(f.source)).await;
+    env.wait_for("db", InstancePhase::Active, f.source, &op)
+        .await;
+    stop.cancel();
+    let report = writes.await.expect("writer");
+    let pods = env.member_pods("db").await;
+    assert!(pods.values().all(|p| image(p) == source_image));
+    env.assert_all_run("db", f.source).await;
+    assert_nothing_lost(&env, "db", &[&report]).await;
+    delete_namespace(&env.client, &env.ns).await;
+}
+
+/// Waits until `member` of instance `db` is quarantined as a second writer, with the Degraded
+/// condition and the Event naming it.
+pub async fn wait_quarantined(env: &Env, op: &Operator, member: &str) {
+    let quarantined = eventually(Duration::from_secs(60), || async {
+        let s = env.instances.get("db").await.ok()?.status?;
+        s.quarantine.iter().any(|q| q.member == member).then_some(s)
+    })
+    .await
+    .unwrap_or_else(|| panic!("{member} was never quarantined:\n{}", tail(&op.logs(), 30)));
+    assert_degraded(&quarantined, "SecondPrimary", member);
+    assert!(
+        env.events("db")
+            .await
+            .iter()
+            .any(|(r, n)| r == "SecondPrimary" && n.contains(member))
+    );
+}
+
+/// With `member` quarantined: an upgrade to the flavor's target waits for a person; deleting
+/// the member's claim and pod is that decision, after which Baton rebuilds the member as a
+/// standby and the upgrade runs to the end.
+pub async fn upgrade_waits_until_the_quarantine_is_released(
+    env: &Env,
+    op: &Operator,
+    f: Flavor,
+    member: &str,
+) {
+    env.patch_spec("db", f.at(f.target)).await;
+    let waits = eventually(Duration::from_secs(30), || async {
+        let s = env.instances.get("db").await.ok()?.status?;
+        s.conditions.into_iter().find(|c| {
+            c.type_ == "VersionApplied" && c.message.contains(&format!("{member} is quarantined"))
+        })
+    })
+    .await;
+    assert!(waits.is_some(), "the upgrade did not wait");
+    let status = env.instances.get("db").await.expect("get").status;
+    assert!(status.expect("status").upgrade.is_none());
+
+    let claim = format!("data-{member}");
+    for args in [
+        vec!["delete", "pvc", &claim, "-n", &env.ns, "--wait=false"],
+        vec!["delete", "pod", member, "-n", &env.ns],
+    ] {
+        let (ok, _, err) = run_tool("kubectl", &args, None);
+        assert!(ok, "{err}");
+    }
+    env.wait_for("db", InstancePhase::Active, f.target, op)
+        .await;
+    let s = env
+        .instances
+        .get("db")
+        .await
+        .expect("get")
+        .status
+        .expect("status");
+    assert!(s.quarantine.is_empty(), "{:?}", s.quarantine);
+    env.assert_all_run("db", f.target).await;
+}
+
+/// `Degraded=True` for `reason`, naming `member`.
+fn assert_degraded(status: &baton::crd::DatabaseInstanceStatus, reason: &str, member: &str) {
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .expect("Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", reason)
+    );
+    assert!(degraded.message.contains(member), "{}", degraded.message);
+}
