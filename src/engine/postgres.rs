@@ -295,18 +295,20 @@ fn literal(s: &str) -> String {
 /// nobody. Returns a connection to it once it is back in recovery.
 async fn stop_into_recovery(c: Client, t: &Target) -> Result<Client, EngineError> {
     let stop = "COPY (SELECT 1) TO PROGRAM 'pg_ctl stop -D \"$PGDATA\" -m fast -W'";
-    if let Err(e) = c.batch_execute(stop).await
-        && !e.is_closed()
-        && e.code() != Some(&tokio_postgres::error::SqlState::ADMIN_SHUTDOWN)
-    {
-        return Err(EngineError::Command {
+    // The shutdown ends this session (and may kill `pg_ctl` itself, a child of the session):
+    // an error here is expected, and only the server coming back in recovery says the stop
+    // happened. The error is kept for the message in case it never does.
+    let stop_error = c.batch_execute(stop).await.err().and_then(|e| {
+        (e.as_db_error().is_some()
+            && e.code() != Some(&tokio_postgres::error::SqlState::ADMIN_SHUTDOWN))
+        .then(|| EngineError::Command {
             endpoint: t.endpoint.to_string(),
             command: "pg_ctl stop",
             source: Box::new(e),
-        });
-    }
+        })
+    });
     drop(c);
-    let deadline = tokio::time::Instant::now() + TIMEOUT * 10;
+    let deadline = tokio::time::Instant::now() + TIMEOUT * 5;
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
         if let Ok(c) = connect(t).await
@@ -316,10 +318,10 @@ async fn stop_into_recovery(c: Client, t: &Target) -> Result<Client, EngineError
             return Ok(c);
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(EngineError::Timeout {
+            return Err(stop_error.unwrap_or(EngineError::Timeout {
                 endpoint: t.endpoint.to_string(),
                 command: "restart in recovery",
-            });
+            }));
         }
     }
 }
