@@ -329,3 +329,11 @@ async fn a_second_writer_is_fenced_and_quarantined_and_keeps_its_writes_until_a_
     scenarios::upgrade_waits_until_the_quarantine_is_released(&env, &op, POSTGRES, "db-2").await;
     delete_namespace(&env.client, &env.ns).await;
 }
+
+/// `InPlace`: both members restarted together on 16.14 (an outage the job announces); the
+/// primary, back in recovery after its restart, is promoted again by Baton; nothing committed
+/// is lost.
+#[tokio::test]
+async fn in_place_restarts_every_member_together() {
+    scenarios::in_place_restarts_every_member_together(POSTGRES, "pg-inplace", None).await;
+}

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use baton::crd::{DatastoreVersion, InstancePhase, RequestPhase, UpgradeRequest, UpgradeResult};
 use baton_testkit::env::*;
+use baton_testkit::scenarios;
 use baton_testkit::*;
 
 /// Creates instances labelled tier=cache (the batch example's selector) and waits until Active.
@@ -612,54 +613,12 @@ async fn max_concurrent_two_never_runs_three_at_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn in_place_restarts_every_member_together_and_says_it_is_an_outage() {
-    let (env, op) = Env::with_active("ur-inplace", "cache", 2, json!({})).await;
-    let (stop, writes) = env.writer("cache");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    env.apply_example("upgrade-in-place.yaml");
-    let r = wait_request(&env, "cache-in-place", RequestPhase::Succeeded, &op).await;
-    env.wait_for("cache", InstancePhase::Active, TARGET, &op)
-        .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.cancel();
-    let report = writes.await.expect("writer");
-    let events = env.events("cache").await;
-    let restarting: Vec<usize> = events
-        .iter()
-        .enumerate()
-        .filter(|(_, (r, _))| r == "MemberRestarting")
-        .map(|(i, _)| i)
-        .collect();
-    assert_eq!(restarting.len(), 2, "{events:#?}");
-    // Together: both restarts belong to one step (a rolling upgrade completes a step between).
-    assert!(
-        events[restarting[0]..restarting[1]]
-            .iter()
-            .all(|(r, _)| r != "StepCompleted"),
-        "{events:#?}"
-    );
-    assert!(
-        env.restarts("cache").await.values().all(|c| *c == 1),
-        "every member restarted once"
-    );
-    let started = env
-        .events(&r.metadata.name.clone().expect("name"))
-        .await
-        .into_iter()
-        .find(|(reason, _)| reason == "TargetStarted")
-        .expect("TargetStarted event");
-    assert!(started.1.contains("unavailable"), "{started:?}");
-    // No switchover: the primary stays, and nothing acknowledged is lost.
-    let st = env
-        .instances
-        .get("cache")
-        .await
-        .expect("get")
-        .status
-        .expect("status");
-    assert_eq!(st.primary.as_deref(), Some("cache-0"));
-    env.assert_all_run("cache", TARGET).await;
-    assert_nothing_lost(&env, "cache", &[&report]).await;
-    delete_namespace(&env.client, &env.ns).await;
+    scenarios::in_place_restarts_every_member_together(
+        REDIS,
+        "ur-inplace",
+        Some("upgrade-in-place.yaml"),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

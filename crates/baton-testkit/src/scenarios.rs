@@ -212,3 +212,83 @@ async fn wait_event(env: &Env, reason: &str, member: &str) {
     .await;
     assert!(event.is_some(), "no {reason} Event naming {member}");
 }
+
+/// An `InPlace` request: every member of a 2-member instance `cache` restarted together on the
+/// target (one step, no switchover, the request's job says it is an outage), the primary stays,
+/// nothing acknowledged lost. `example` is the request file of examples/ to apply (named
+/// `cache-in-place`); without one the same request is created for the flavor's target.
+pub async fn in_place_restarts_every_member_together(
+    f: Flavor,
+    prefix: &str,
+    example: Option<&str>,
+) {
+    let (env, op) = Env::with_active(prefix, "cache", 2, f.spec()).await;
+    let before = env.restarts("cache").await;
+    let (stop, writes) = env.writer("cache");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    match example {
+        Some(file) => env.apply_example(file),
+        None => {
+            let req: baton::crd::UpgradeRequest = serde_json::from_value(json!({
+                "apiVersion": "baton.dev/v1alpha1", "kind": "UpgradeRequest",
+                "metadata": {"name": "cache-in-place"},
+                "spec": {"targets": {"instances": ["cache"]}, "targetVersion": f.target, "type": "InPlace"},
+            }))
+            .expect("request");
+            requests(&env)
+                .create(&Default::default(), &req)
+                .await
+                .expect("create request");
+        }
+    }
+    let r = wait_request(
+        &env,
+        "cache-in-place",
+        baton::crd::RequestPhase::Succeeded,
+        &op,
+    )
+    .await;
+    env.wait_for("cache", InstancePhase::Active, f.target, &op)
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    let report = writes.await.expect("writer");
+    let events = env.events("cache").await;
+    let restarting: Vec<usize> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, (r, _))| r == "MemberRestarting")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(restarting.len(), 2, "{events:#?}");
+    // Together: both restarts belong to one step (a rolling upgrade completes a step between).
+    assert!(
+        events[restarting[0]..restarting[1]]
+            .iter()
+            .all(|(r, _)| r != "StepCompleted"),
+        "{events:#?}"
+    );
+    let after = env.restarts("cache").await;
+    assert!(
+        after.iter().all(|(m, c)| *c == before[m] + 1),
+        "every member restarted once: {before:?} → {after:?}"
+    );
+    let started = env
+        .events(&r.metadata.name.clone().expect("name"))
+        .await
+        .into_iter()
+        .find(|(reason, _)| reason == "TargetStarted")
+        .expect("TargetStarted event");
+    assert!(started.1.contains("unavailable"), "{started:?}");
+    let st = env
+        .instances
+        .get("cache")
+        .await
+        .expect("get")
+        .status
+        .expect("status");
+    assert_eq!(st.primary.as_deref(), Some("cache-0"));
+    env.assert_all_run("cache", f.target).await;
+    assert_nothing_lost(&env, "cache", &[&report]).await;
+    delete_namespace(&env.client, &env.ns).await;
+}
