@@ -24,13 +24,13 @@ fn every_point() -> bool {
 }
 
 /// The side effects of a clean upgrade, in the order the operator performed them.
-async fn traced_points() -> Vec<String> {
-    let env = Env::new("trace").await;
-    let sc = Scenario::prepare(&env, "db", SOURCE, json!({})).await;
+async fn traced_points(f: Flavor) -> Vec<String> {
+    let env = Env::new(&format!("trace{}", f.datastore)).await;
+    let sc = Scenario::prepare(&env, "db", f.source, f.spec()).await;
     let trace = env.dir.join("trace.txt");
     let op = env.operator_with("tracer", &[("BATON_TRACE", trace.to_str().expect("path"))]);
-    sc.set_version(TARGET).await;
-    let out = sc.finish(&op, TARGET).await;
+    sc.set_version(f.target).await;
+    let out = sc.finish(&op, f.target).await;
     assert!(out.result.is_ok(), "the clean run failed: {:?}", out.result);
     drop(op);
     let text = std::fs::read_to_string(&trace).expect("trace");
@@ -136,7 +136,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_operator_killed_after_any_side_effect_of_an_upgrade_finishes_it_and_loses_nothing() {
-    let points = traced_points().await;
+    let points = traced_points(REDIS).await;
     let chosen = sample(&points);
     println!(
         "crash points: {} enumerated from a clean upgrade ({} database commands), {} chosen{}",
@@ -307,24 +307,30 @@ async fn dropped_watches_and_connections_mid_upgrade_lose_nothing() {
 /// PostgreSQL: the operator killed right after it recorded each switchover stage (the intent,
 /// before the act) and right after each database command of the switchover; a new operator
 /// finishes with exactly one writable primary and every committed row on every member.
+/// `make crash-test` runs every point of a traced PostgreSQL upgrade instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_an_operator_killed_at_each_switchover_stage_finishes_it_and_loses_nothing() {
-    let points: Vec<String> = [
-        // db-0 is the first primary; db-1 the candidate (both standbys hold the fenced
-        // position, and ties go by name); db-2 and db-0 are repointed.
-        "api:status:Switchover:Fencing#1",
-        "db:fence@0#1",
-        "api:status:Switchover:Promoting#1",
-        "db:promote@1#1",
-        "api:status:Switchover:Repointing#1",
-        "db:repoint@2#1",
-        "db:repoint@0#1",
-        "api:status:Switchover:Unfencing#1",
-        "db:unfence@1#1",
-    ]
-    .iter()
-    .map(|p| p.to_string())
-    .collect();
+    let points: Vec<String> = if every_point() {
+        traced_points(POSTGRES).await
+    } else {
+        [
+            // db-0 is the first primary; db-1 the candidate (both standbys hold the fenced
+            // position, and ties go by name); db-2 and db-0 are repointed.
+            "api:status:Switchover:Fencing#1",
+            "db:fence@0#1",
+            "api:status:Switchover:Promoting#1",
+            "db:promote@1#1",
+            "api:status:Switchover:Repointing#1",
+            "db:repoint@2#1",
+            "db:repoint@0#1",
+            "api:status:Switchover:Unfencing#1",
+            "db:unfence@1#1",
+        ]
+        .iter()
+        .map(|p| p.to_string())
+        .collect()
+    };
+    println!("PostgreSQL crash points: {}", points.len());
     let results = run_all(points, 3, |i, p| crash_at(POSTGRES, i, p)).await;
     report_points(&results);
 }
