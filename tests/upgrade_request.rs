@@ -441,13 +441,7 @@ async fn refused_paths_fail_their_target_and_touch_nothing() {
         image(&env.member_pods("cache").await["cache-0"]),
         "redis:7.0.15"
     );
-    let st = env
-        .instances
-        .get("cache")
-        .await
-        .expect("get")
-        .status
-        .expect("status");
+    let st = env.status("cache").await;
     assert!(st.upgrade.is_none() && st.last_upgrade.is_none(), "{st:#?}");
     delete_namespace(&env.client, &env.ns).await;
 }

@@ -272,6 +272,16 @@ impl Env {
             .collect()
     }
 
+    /// The instance's status as the API server has it now.
+    pub async fn status(&self, name: &str) -> baton::crd::DatabaseInstanceStatus {
+        self.instances
+            .get(name)
+            .await
+            .expect("get instance")
+            .status
+            .unwrap_or_else(|| panic!("{name} has no status"))
+    }
+
     /// The datastore instance `name` runs.
     pub async fn datastore(&self, name: &str) -> workload::Datastore {
         self.instances

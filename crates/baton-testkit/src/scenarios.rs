@@ -161,8 +161,7 @@ pub async fn upgrade_waits_until_the_quarantine_is_released(
     })
     .await;
     assert!(waits.is_some(), "the upgrade did not wait");
-    let status = env.instances.get("db").await.expect("get").status;
-    assert!(status.expect("status").upgrade.is_none());
+    assert!(env.status("db").await.upgrade.is_none());
 
     let claim = format!("data-{member}");
     for args in [
@@ -174,13 +173,7 @@ pub async fn upgrade_waits_until_the_quarantine_is_released(
     }
     env.wait_for("db", InstancePhase::Active, f.target, op)
         .await;
-    let s = env
-        .instances
-        .get("db")
-        .await
-        .expect("get")
-        .status
-        .expect("status");
+    let s = env.status("db").await;
     assert!(s.quarantine.is_empty(), "{:?}", s.quarantine);
     env.assert_all_run("db", f.target).await;
 }
@@ -280,14 +273,10 @@ pub async fn in_place_restarts_every_member_together(
         .find(|(reason, _)| reason == "TargetStarted")
         .expect("TargetStarted event");
     assert!(started.1.contains("unavailable"), "{started:?}");
-    let st = env
-        .instances
-        .get("cache")
-        .await
-        .expect("get")
-        .status
-        .expect("status");
-    assert_eq!(st.primary.as_deref(), Some("cache-0"));
+    assert_eq!(
+        env.status("cache").await.primary.as_deref(),
+        Some("cache-0")
+    );
     env.assert_all_run("cache", f.target).await;
     assert_nothing_lost(&env, "cache", &[&report]).await;
     delete_namespace(&env.client, &env.ns).await;
