@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Stops everything up.sh started (by pid, each process group), and removes etcd's tmpfs data.
+# Stops everything up.sh started (by pid, each process group), and removes etcd's tmpfs data and
+# the local node's volumes.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 APISERVER_PORT=${BATON_APISERVER_PORT:-16443}
@@ -30,4 +31,7 @@ for f in /proc/[0-9]*/environ; do
   fi
 done
 rm -rf "$ETCD_DATA"
+# The members' volumes belong to claims that went with etcd's data: without this, every run
+# would leave its databases' files behind (gigabytes after a few test runs).
+rm -rf "$BATON_RUN/node"
 log "local environment stopped"
