@@ -282,20 +282,23 @@ const UNFENCE: &str = "DO $$ DECLARE d name; BEGIN \
        END LOOP; END $$; \
      DELETE FROM fenced;";
 
+/// Whether the server is in recovery (a standby, or a member waiting to be promoted).
+async fn in_recovery(c: &Client, t: &Target) -> Result<bool, EngineError> {
+    c.query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .map(|r| r.get::<_, bool>(0))
+        .map_err(|e| EngineError::Command {
+            endpoint: t.endpoint.to_string(),
+            command: "pg_is_in_recovery",
+            source: Box::new(e),
+        })
+}
+
 /// Promotes a server in recovery and waits until it has left recovery (a no-op on a primary:
 /// idempotent). Polled from here every 10 ms: `pg_promote(true)` polls in 100 ms ticks, which
 /// the clients' write gap would pay.
 async fn promote_now(c: &Client, t: &Target) -> Result<(), EngineError> {
-    let in_recovery = || async {
-        c.query_one("SELECT pg_is_in_recovery()", &[])
-            .await
-            .map(|r| r.get::<_, bool>(0))
-            .map_err(|e| EngineError::Command {
-                endpoint: t.endpoint.to_string(),
-                command: "pg_is_in_recovery",
-                source: Box::new(e),
-            })
-    };
+    let in_recovery = || in_recovery(c, t);
     if !in_recovery().await? {
         return Ok(());
     }
@@ -339,8 +342,7 @@ async fn stop_into_recovery(c: Client, t: &Target) -> Result<Client, EngineError
     loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
         if let Ok(c) = connect(t).await
-            && let Ok(r) = c.query_one("SELECT pg_is_in_recovery()", &[]).await
-            && r.get::<_, bool>(0)
+            && in_recovery(&c, t).await.unwrap_or(false)
         {
             return Ok(c);
         }
@@ -495,16 +497,7 @@ impl Engine for Postgres {
     async fn fence(&self, t: &Target) -> Result<(), EngineError> {
         let c = connect(t).await?;
         // A server in recovery takes no write: it is fenced already.
-        let in_recovery: bool = c
-            .query_one("SELECT pg_is_in_recovery()", &[])
-            .await
-            .map(|r| r.get(0))
-            .map_err(|e| EngineError::Command {
-                endpoint: t.endpoint.to_string(),
-                command: "pg_is_in_recovery",
-                source: Box::new(e),
-            })?;
-        if !in_recovery {
+        if !in_recovery(&c, t).await? {
             // Closed first (the list replicates, so a standby promoted from here is fenced
             // too), then stopped cleanly: a clean shutdown streams every WAL record, the
             // shutdown checkpoint included, to the standbys, and the server writes nothing
@@ -562,13 +555,8 @@ impl Engine for Postgres {
                 why: "it is a primary that accepts writes; a resync would throw them away".into(),
             });
         }
-        let in_recovery: bool = c
-            .query_one("SELECT pg_is_in_recovery()", &[])
-            .await
-            .map(|r| r.get(0))
-            .unwrap_or(true);
         // A fenced primary follows only from recovery: stopped cleanly, it starts again there.
-        let c = if in_recovery {
+        let c = if in_recovery(&c, t).await? {
             c
         } else {
             stop_into_recovery(c, t).await?
