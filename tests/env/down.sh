@@ -32,6 +32,7 @@ for f in /proc/[0-9]*/environ; do
 done
 rm -rf "$ETCD_DATA"
 # The members' volumes belong to claims that went with etcd's data: without this, every run
-# would leave its databases' files behind (gigabytes after a few test runs).
-rm -rf "$BATON_RUN/node"
+# would leave its databases' files behind (gigabytes after a few test runs). The containers'
+# logs stay for a failed run to be read.
+rm -rf "$BATON_RUN/node/volumes" "$BATON_RUN/node/pods"
 log "local environment stopped"
