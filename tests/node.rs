@@ -534,6 +534,11 @@ async fn a_stopped_agent_leaves_nothing_running() {
     let node = format!("stop-{:06x}", rand::random::<u32>() & 0xffffff);
     let cache = std::env::var("BATON_CACHE")
         .unwrap_or_else(|_| format!("{}/.cache/baton", std::env::var("HOME").expect("HOME")));
+    // Where setup.sh puts what non-root servers must read (lib.sh's BATON_SERVERS' parent).
+    let shared = std::env::var("BATON_SERVERS")
+        .ok()
+        .and_then(|s| Some(std::path::Path::new(&s).parent()?.display().to_string()))
+        .unwrap_or_else(|| "/var/cache/baton".into());
     let log = std::fs::File::create(dir.path().join("agent.log")).expect("log");
     let mut agent = tokio::process::Command::new(node_bin())
         .args([
@@ -549,9 +554,10 @@ async fn a_stopped_agent_leaves_nothing_running() {
         .arg("--state-dir")
         .arg(dir.path().join("state"))
         .arg("--podnet")
-        .arg(format!("{cache}/lib/libbaton-podnet.so"))
+        .arg(format!("{shared}/lib/libbaton-podnet.so"))
         .env("KUBECONFIG", kubeconfig_path())
         .env("BATON_CACHE", &cache)
+        .env("BATON_IMAGES", format!("{shared}/images"))
         .env("BATON_REPO", repo())
         .stderr(log)
         .kill_on_drop(true)

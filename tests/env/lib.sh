@@ -15,6 +15,10 @@ export BATON_SERVERS
 # library the process cannot read is silently not preloaded, and the pod would bind every
 # address).
 PODNET="$(dirname "$BATON_SERVERS")/lib/libbaton-podnet.so"
+# The images' entrypoint shims (tests/env/images) are copied there as well: a clone under a
+# private directory (mktemp -d) is unreadable by the postgres user.
+BATON_IMAGES="$(dirname "$BATON_SERVERS")/images"
+export BATON_IMAGES
 # Runtime state (certificates, etcd data, logs, pids) of the running environment.
 BATON_RUN=${BATON_RUN:-$BATON_CACHE/run}
 log() { printf '[baton-env] %s\n' "$*" >&2; }

@@ -62,6 +62,12 @@ if [ ! -f "$PODNET" ] || [ "$REPO_DIR/crates/baton-node/podnet.c" -nt "$PODNET" 
   chmod a+rx "$(dirname "$PODNET")" "$PODNET"
 fi
 
+# The images' entrypoint shims, refreshed whenever the repo's copy differs.
+if ! diff -rq "$REPO_DIR/tests/env/images" "$BATON_IMAGES" >/dev/null 2>&1; then
+  rm -rf "$BATON_IMAGES.partial" && cp -r "$REPO_DIR/tests/env/images" "$BATON_IMAGES.partial"
+  chmod -R a+rX "$BATON_IMAGES.partial" && rm -rf "$BATON_IMAGES" && mv "$BATON_IMAGES.partial" "$BATON_IMAGES"
+fi
+
 command -v go >/dev/null || { log "Go is required to build the control plane"; exit 1; }
 command -v cargo >/dev/null || { log "Rust (cargo) is required"; exit 1; }
 if command -v rustup >/dev/null; then
