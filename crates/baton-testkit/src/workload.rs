@@ -11,7 +11,9 @@
 //!   primary's address).
 //!
 //! A write is a Redis `SET` or, on PostgreSQL, an autocommit `INSERT` into `baton_w` of the
-//! `postgres` database (acknowledged = committed); [`Conn`] hides which.
+//! `postgres` database, or on MariaDB into `app.baton_w` as the account `app` (acknowledged =
+//! committed); [`Conn`] hides which. The MariaDB account holds `ALL PRIVILEGES` on purpose:
+//! such an account writes through `read_only`, so the suites prove Baton's fence stops it.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
@@ -111,6 +113,56 @@ pub async fn member_addresses(
 pub enum Conn {
     Redis(MultiplexedConnection),
     Postgres(tokio_postgres::Client),
+    /// As the application account `app`.
+    MariaDb(mysql_async::Conn),
+    /// As Baton's account, on a member where `app` does not exist yet: reads only.
+    MariaDbReader(mysql_async::Conn),
+}
+
+/// The MariaDB application account and table.
+const MY_USER: &str = "app";
+const MY_TABLE: &str = "app.baton_w";
+
+async fn mariadb(ip: IpAddr, user: &str, timeout: Duration) -> Result<mysql_async::Conn, String> {
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(ip.to_string())
+        .tcp_port(baton::engine::mysql::PORT)
+        .user(Some(user))
+        .pass((user == MY_USER).then_some(MY_USER))
+        .prefer_socket(false);
+    match tokio::time::timeout(timeout, mysql_async::Conn::new(opts)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("connect timed out".into()),
+    }
+}
+
+/// Connects as `app`; where the account does not exist yet, makes it (with the table) on a
+/// writable primary through Baton's account, or returns a read-only connection elsewhere.
+async fn connect_mariadb(ip: IpAddr, timeout: Duration) -> Option<Conn> {
+    use mysql_async::prelude::Queryable;
+    match mariadb(ip, MY_USER, timeout).await {
+        Ok(c) => return Some(Conn::MariaDb(c)),
+        Err(e) if !e.contains("Access denied") => return None,
+        Err(_) => {}
+    }
+    let mut admin = mariadb(ip, baton::engine::mysql::ADMIN_USER, timeout)
+        .await
+        .ok()?;
+    let read_only: Option<i64> = admin.query_first("SELECT @@read_only").await.ok()?;
+    let replica: Vec<mysql_async::Row> = admin.query("SHOW SLAVE STATUS").await.ok()?;
+    if read_only == Some(0) && replica.is_empty() {
+        admin
+            .query_drop(format!(
+                "CREATE USER IF NOT EXISTS {MY_USER}@'%' IDENTIFIED BY '{MY_USER}'; \
+                 GRANT ALL PRIVILEGES ON *.* TO {MY_USER}@'%'; \
+                 CREATE DATABASE IF NOT EXISTS app; \
+                 CREATE TABLE IF NOT EXISTS {MY_TABLE} (k VARCHAR(64) PRIMARY KEY, v BIGINT NOT NULL)"
+            ))
+            .await
+            .ok()?;
+        return mariadb(ip, MY_USER, timeout).await.ok().map(Conn::MariaDb);
+    }
+    Some(Conn::MariaDbReader(admin))
 }
 
 /// The PostgreSQL table the writers write to (in the `postgres` database).
@@ -134,7 +186,8 @@ pub async fn connect(ds: Datastore, ip: IpAddr) -> Option<Conn> {
             tokio::spawn(conn);
             Some(Conn::Postgres(c))
         }
-        _ => {
+        Datastore::Mariadb | Datastore::Mysql => connect_mariadb(ip, timeout).await,
+        Datastore::Redis => {
             let c = redis::Client::open(redis::ConnectionAddr::Tcp(ip.to_string(), 6379)).ok()?;
             tokio::time::timeout(timeout, c.get_multiplexed_async_connection())
                 .await
@@ -177,6 +230,16 @@ impl Conn {
                     Err(e) => Err(e.to_string()),
                 }
             }
+            Conn::MariaDb(c) => {
+                use mysql_async::prelude::Queryable;
+                c.exec_drop(
+                    format!("INSERT INTO {MY_TABLE} (k, v) VALUES (?, ?)"),
+                    (key, n as i64),
+                )
+                .await
+                .map_err(|e| e.to_string())
+            }
+            Conn::MariaDbReader(_) => Err(format!("the account {MY_USER} does not exist here")),
         }
     }
 
@@ -207,6 +270,27 @@ impl Conn {
                     .map(|k| found.get(k).map(|v| *v as u64))
                     .collect())
             }
+            Conn::MariaDb(c) | Conn::MariaDbReader(c) => {
+                use mysql_async::prelude::Queryable;
+                if keys.is_empty() {
+                    return Ok(vec![]);
+                }
+                let marks = vec!["?"; keys.len()].join(",");
+                let sql = format!("SELECT k, v FROM {MY_TABLE} WHERE k IN ({marks})");
+                let rows: Vec<(String, i64)> = match c.exec(sql, keys.to_vec()).await {
+                    Ok(rows) => rows,
+                    // No table (or no database): nothing was ever written here.
+                    Err(mysql_async::Error::Server(e)) if e.code == 1146 || e.code == 1049 => {
+                        vec![]
+                    }
+                    Err(e) => return Err(e.to_string()),
+                };
+                let found: BTreeMap<String, i64> = rows.into_iter().collect();
+                Ok(keys
+                    .iter()
+                    .map(|k| found.get(k).map(|v| *v as u64))
+                    .collect())
+            }
         }
     }
 
@@ -220,6 +304,11 @@ impl Conn {
             Conn::Postgres(c) => {
                 let v: String = c.query_one("SHOW server_version", &[]).await.ok()?.get(0);
                 v.split_whitespace().next().map(str::to_string)
+            }
+            Conn::MariaDb(c) | Conn::MariaDbReader(c) => {
+                use mysql_async::prelude::Queryable;
+                let v: String = c.query_first("SELECT @@version").await.ok()??;
+                v.split('-').next().map(str::to_string)
             }
         }
     }

@@ -8,14 +8,19 @@ if [ "$1" = mariadbd ] || [ "$1" = mysqld ]; then
   shift
   datadir=/var/lib/mysql
   sock="$datadir/mysqld.sock"
+  # The binaries' own tree (a package unpacked elsewhere than /usr), and root only as root.
+  B=$(dirname "$(dirname "$(command -v mariadbd)")")
+  msgs=$B/share/mysql; [ -f "$msgs/english/errmsg.sys" ] || msgs=$B/share
+  base="--basedir=$B --lc-messages-dir=$msgs"
+  user=; [ "$(id -u)" = 0 ] && user=--user=root
   if [ ! -d "$datadir/mysql" ]; then
     if [ -z "${MARIADB_ROOT_PASSWORD:-}" ]; then
       echo "error: MARIADB_ROOT_PASSWORD is not set (the mariadb image requires it)" >&2
       exit 1
     fi
-    mariadb-install-db --no-defaults --datadir="$datadir" --auth-root-authentication-method=normal \
+    mariadb-install-db --no-defaults --basedir="$B" --datadir="$datadir" --auth-root-authentication-method=normal \
       --skip-test-db >/dev/null
-    mariadbd --no-defaults --datadir="$datadir" --socket="$sock" --skip-networking --user=root &
+    mariadbd --no-defaults $base --datadir="$datadir" --socket="$sock" --skip-networking $user &
     pid=$!
     for _ in $(seq 1 100); do
       mariadb --no-defaults --socket="$sock" -uroot -e 'select 1' >/dev/null 2>&1 && break
@@ -30,7 +35,7 @@ SQL
     kill "$pid"
     wait "$pid" || true
   fi
-  exec mariadbd --no-defaults --datadir="$datadir" --socket="$sock" --bind-address=0.0.0.0 \
-    --port=3306 --user=root "$@"
+  exec mariadbd --no-defaults $base --datadir="$datadir" --socket="$sock" --bind-address=0.0.0.0 \
+    --port=3306 $user "$@"
 fi
 exec "$@"

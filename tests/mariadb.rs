@@ -1,0 +1,325 @@
+//! MariaDB end to end: the real control plane, the local node and real MariaDB 10.11.18 and
+//! 10.11.19 servers (Debian's packages, unpacked). Each test runs its own operator in its own
+//! namespace; writers commit one autocommit INSERT at a time as an account holding `ALL
+//! PRIVILEGES` (which `read_only` alone does not stop), and count a write only once its commit
+//! returned.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use serde_json::json;
+
+use baton::crd::{InstancePhase, RequestPhase, UpgradeRequest, UpgradeResult};
+use baton_testkit::env::*;
+use baton_testkit::faults::Scenario;
+use baton_testkit::scenarios;
+use baton_testkit::workload;
+use baton_testkit::*;
+
+/// A connection to the member at `ip` as `user` (Baton's own account has no password on the
+/// pod network yet; `app` is the workload's).
+async fn my(ip: IpAddr, user: &str) -> Result<mysql_async::Conn, mysql_async::Error> {
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(ip.to_string())
+        .tcp_port(3306)
+        .user(Some(user))
+        .pass((user == "app").then_some("app"))
+        .prefer_socket(false);
+    mysql_async::Conn::new(opts).await
+}
+
+/// A rolling minor upgrade under a client that follows the primary label, one pinned to the
+/// first primary's address and one trailing the label by a second: replicas first, a guarded
+/// switchover, the old primary last; never two writable members, at most one not Ready, every
+/// committed row on every member.
+#[tokio::test]
+async fn three_members_roll_a_minor_under_committing_clients_and_lose_nothing() {
+    let env = Env::new("my-roll").await;
+    let sc = Scenario::prepare(&env, "db", MARIADB_SOURCE, MARIADB.spec()).await;
+    env.assert_all_run("db", MARIADB_SOURCE).await;
+    let first = sc.first_primary;
+    let op = env.operator("my-roll", "");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sc.set_version(MARIADB_TARGET).await;
+    let out = sc.finish(&op, MARIADB_TARGET).await;
+    assert_eq!(out.result, Ok(()));
+    env.assert_all_run("db", MARIADB_TARGET).await;
+    assert_ne!(env.primary_ip("db").await, first, "the primary role moved");
+    let restarts: Vec<String> = env
+        .events("db")
+        .await
+        .into_iter()
+        .filter(|(r, _)| r == "MemberRestarting")
+        .map(|(_, n)| n.split(' ').next().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        restarts,
+        ["db-1", "db-2", "db-0"],
+        "replicas first, the old primary last"
+    );
+    // mariadb-upgrade ran on every member as part of its start: the system tables are marked
+    // with the new version.
+    for (name, ip) in workload::member_addresses(&env.client, &env.ns, "db").await {
+        let mut c = my(ip, "baton").await.expect("connect");
+        let replicating: Vec<mysql_async::Row> =
+            c.query("SHOW SLAVE STATUS").await.expect("status");
+        let primary = env.primary_ip("db").await == ip;
+        assert_eq!(replicating.is_empty(), primary, "{name}: replication state");
+    }
+    for r in &out.reports {
+        println!(
+            "{}: {} committed ({:?}), {} refused, longest gap {:?}",
+            r.writer,
+            r.acked.len(),
+            r.acked_by(),
+            r.errors,
+            r.longest_gap
+        );
+    }
+    delete_namespace(&env.client, &env.ns).await;
+}
+
+/// `secondSwitch`: after the old primary is upgraded the role goes back to it.
+#[tokio::test]
+async fn second_switch_returns_the_role_to_the_original_primary() {
+    scenarios::second_switch_returns_the_role(MARIADB, "my-second").await;
+}
+
+#[tokio::test]
+async fn a_replica_that_cannot_start_halts_the_upgrade_and_reverting_recovers() {
+    scenarios::broken_standby_halts_and_reverting_recovers(MARIADB, "my-broken").await;
+}
+
+/// The fence closes the gap `read_only` leaves: while the primary is fenced, the privileged
+/// application account can neither connect nor keep a session; the replication password is
+/// in the generated Secret and nowhere in status. The example comes up as written.
+#[tokio::test]
+async fn the_example_comes_up_and_the_fence_stops_a_privileged_account() {
+    let env = Env::new("my-example").await;
+    let op = env.operator("my-example", "");
+    env.apply_example("mariadb-ha.yaml");
+    let inst = env
+        .wait_for("shop", InstancePhase::Active, MARIADB_SOURCE, &op)
+        .await;
+    env.assert_all_run("shop", MARIADB_SOURCE).await;
+    let s = inst.status.clone().expect("status");
+    assert_eq!(s.members.len(), 3);
+    let secret =
+        kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(env.client.clone(), &env.ns)
+            .get("shop-credentials")
+            .await
+            .expect("the generated Secret");
+    let password = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("replication-password"))
+        .map(|b| String::from_utf8_lossy(&b.0).to_string())
+        .expect("replication-password");
+    assert!(password.len() >= 32);
+    let status = serde_json::to_string(&inst.status).expect("status");
+    assert!(!status.contains(&password), "the password is in status");
+
+    // The workload's account exists once a client wrote through the primary.
+    let (stop, writes) = env.writer("shop");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.cancel();
+    let report = writes.await.expect("writer");
+    assert!(!report.acked.is_empty(), "no write was committed");
+    let primary = env.primary_ip("shop").await;
+    let mut app = my(primary, "app").await.expect("app connects");
+    app.query_drop("SELECT 1").await.expect("a live session");
+    // Fence it the way a switchover does, through the engine.
+    let engine = baton::engine::for_datastore(baton::crd::Datastore::Mariadb).expect("engine");
+    let target =
+        baton::engine::Target::new(baton::engine::Endpoint::new(primary.to_string(), 3306));
+    engine.fence(&target).await.expect("fence");
+    assert!(
+        app.query_drop("INSERT INTO app.baton_w VALUES ('after-fence', 1)")
+            .await
+            .is_err(),
+        "the privileged session survived the fence"
+    );
+    let again = my(primary, "app").await;
+    assert!(
+        again.is_err(),
+        "a privileged account connected to a fenced primary"
+    );
+    let p = engine.probe(&target).await.expect("probe");
+    assert!(p.fenced && !p.writable(), "{p:?}");
+    engine.unfence(&target).await.expect("unfence");
+    let mut app = my(primary, "app")
+        .await
+        .expect("app connects after the unfence");
+    app.query_drop("INSERT INTO app.baton_w VALUES ('after-unfence', 1)")
+        .await
+        .expect("writes again");
+    assert_nothing_lost(&env, "shop", &[&report]).await;
+    assert!(
+        !op.logs().contains(&password),
+        "the password is in the operator's log"
+    );
+    for (_, note) in env.events("shop").await {
+        assert!(!note.contains(&password), "the password is in an Event");
+    }
+    delete_namespace(&env.client, &env.ns).await;
+}
+
+/// Replicas that cannot execute the fenced position before `fenceTimeoutSeconds` (their SQL
+/// threads stopped while the operator is about to fence): the fence is undone, the primary is
+/// unchanged and takes writes again, and the failure names why.
+#[tokio::test]
+async fn a_candidate_that_cannot_catch_up_in_time_undoes_the_fence() {
+    let env = Env::new("my-undo").await;
+    let mut spec = MARIADB.spec();
+    spec["upgradePolicy"] = json!({"fenceTimeoutSeconds": 5});
+    let sc = Scenario::prepare(&env, "db", MARIADB_SOURCE, spec).await;
+    let first = sc.first_primary;
+    // The operator holds for 4 s right after it recorded the Fencing stage, before fencing.
+    let op = env.operator_with(
+        "my-undo",
+        &[("BATON_HOLD_AT", "api:status:Switchover:Fencing#1:4000")],
+    );
+    sc.set_version(MARIADB_TARGET).await;
+    let fencing = eventually(LONG, || async {
+        let st = env.instances.get("db").await.ok()?.status?;
+        st.upgrade?.switchover.map(|_| ())
+    })
+    .await;
+    assert!(
+        fencing.is_some(),
+        "no switchover began:\n{}",
+        tail(&op.logs(), 30)
+    );
+    let ips = workload::member_addresses(&env.client, &env.ns, "db").await;
+    for (name, ip) in &ips {
+        if *ip != first {
+            let mut c = my(*ip, "baton").await.expect("connect");
+            c.query_drop("STOP SLAVE SQL_THREAD")
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+    let failed = eventually(LONG, || async {
+        let st = env.instances.get("db").await.ok()?.status?;
+        (st.phase == Some(InstancePhase::Error)).then_some(st)
+    })
+    .await;
+    assert!(
+        failed.is_some(),
+        "the step never failed:\n{}",
+        tail(&op.logs(), 40)
+    );
+    // The replicas resume, so every member can be checked for every committed write.
+    for (name, ip) in &ips {
+        if *ip != first {
+            let mut c = my(*ip, "baton").await.expect("connect");
+            c.query_drop("START SLAVE SQL_THREAD")
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+    assert!(
+        env.events("db")
+            .await
+            .iter()
+            .any(|(r, _)| r == "SwitchoverUndone"),
+        "no SwitchoverUndone event"
+    );
+    assert_eq!(env.primary_ip("db").await, first, "the primary moved");
+    let mut app = my(first, "app").await.expect("the primary takes clients");
+    app.query_drop("INSERT INTO app.baton_w VALUES ('after-undo', 1)")
+        .await
+        .expect("the primary takes writes again");
+    // Nothing lost on any member, never two writable, the labelled primary the one writable.
+    let out = sc.finish(&op, MARIADB_TARGET).await;
+    let why = out.result.expect_err("the step failed");
+    assert!(
+        why.contains("no upgraded standby reached") && why.contains("undone"),
+        "{why}"
+    );
+    delete_namespace(&env.client, &env.ns).await;
+}
+
+/// Upgrade → AwaitingCommit → Rollback: the replicas go to 10.11.19 and come back to
+/// 10.11.18, the primary never moves, nothing committed is lost.
+#[tokio::test]
+async fn upgrade_then_rollback_returns_every_member_to_the_old_minor() {
+    let env = Env::new("my-rollback").await;
+    let op = env.operator("my-rollback", "");
+    env.apply_example("mariadb-ha.yaml");
+    env.wait_for("shop", InstancePhase::Active, MARIADB_SOURCE, &op)
+        .await;
+    let (stop, writes) = env.writer("shop");
+    env.apply_example("mariadb-canary.yaml");
+    let r = wait_request(&env, "shop-canary", RequestPhase::AwaitingCommit, &op).await;
+    assert_eq!(job(&r, "shop").phase, RequestPhase::AwaitingCommit);
+    let versions = env.server_versions("shop").await;
+    assert_eq!(
+        versions["shop-0"], MARIADB_SOURCE,
+        "the primary waits on the old minor"
+    );
+    assert!(
+        versions["shop-1"] == MARIADB_TARGET && versions["shop-2"] == MARIADB_TARGET,
+        "{versions:?}"
+    );
+    set_action(&env, "shop-canary", "Rollback").await;
+    wait_request(&env, "shop-canary", RequestPhase::RolledBack, &op).await;
+    let inst = env
+        .wait_for("shop", InstancePhase::Active, MARIADB_SOURCE, &op)
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    let report = writes.await.expect("writer");
+    env.assert_all_run("shop", MARIADB_SOURCE).await;
+    let st = inst.status.expect("status");
+    assert_eq!(
+        st.primary.as_deref(),
+        Some("shop-0"),
+        "the primary never moved"
+    );
+    assert_eq!(
+        st.last_upgrade.map(|l| l.result),
+        Some(UpgradeResult::RolledBack)
+    );
+    assert_nothing_lost(&env, "shop", &[&report]).await;
+    delete_namespace(&env.client, &env.ns).await;
+}
+
+/// One request over two Redis and two MariaDB instances (a label selector, no target version:
+/// each goes to its datastore's catalog default) → Succeeded 4/0.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_over_redis_and_mariadb_instances_succeeds_four_of_four() {
+    let env = Env::new("my-batch").await;
+    let op = env.operator("my-batch", "");
+    let all = [
+        ("r1", REDIS),
+        ("r2", REDIS),
+        ("m1", MARIADB),
+        ("m2", MARIADB),
+    ];
+    for (n, f) in all {
+        env.create(n, 2, f.spec()).await;
+        env.label(n, "fleet", "mixed").await;
+    }
+    for (n, f) in all {
+        env.wait_for(n, InstancePhase::Active, f.source, &op).await;
+    }
+    let req: UpgradeRequest = serde_json::from_value(json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "UpgradeRequest",
+        "metadata": {"name": "fleet"},
+        "spec": {"targets": {"selector": {"matchLabels": {"fleet": "mixed"}}}, "maxConcurrent": 2},
+    }))
+    .expect("request");
+    requests(&env)
+        .create(&Default::default(), &req)
+        .await
+        .expect("create request");
+    let r = wait_request(&env, "fleet", RequestPhase::Succeeded, &op).await;
+    let s = r.status.expect("status");
+    assert_eq!((s.succeeded, s.failed), (4, 0), "{:#?}", s.jobs);
+    for (n, f) in all {
+        env.assert_all_run(n, f.target).await;
+    }
+    delete_namespace(&env.client, &env.ns).await;
+}
