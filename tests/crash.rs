@@ -304,14 +304,13 @@ async fn dropped_watches_and_connections_mid_upgrade_lose_nothing() {
     delete_namespace(&env.client, &env.ns).await;
 }
 
-/// PostgreSQL: the operator killed right after it recorded each switchover stage (the intent,
-/// before the act) and right after each database command of the switchover; a new operator
-/// finishes with exactly one writable primary and every committed row on every member.
-/// `make crash-test` runs every point of a traced PostgreSQL upgrade instead.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_an_operator_killed_at_each_switchover_stage_finishes_it_and_loses_nothing() {
+/// The operator killed right after it recorded each switchover stage (the intent, before the
+/// act) and right after each database command of the switchover; a new operator finishes with
+/// exactly one writable primary and every committed row on every member. `make crash-test`
+/// runs every point of a traced upgrade instead.
+async fn killed_at_each_switchover_stage(f: Flavor) {
     let points: Vec<String> = if every_point() {
-        traced_points(POSTGRES).await
+        traced_points(f).await
     } else {
         [
             // db-0 is the first primary; db-1 the candidate (both standbys hold the fenced
@@ -330,9 +329,27 @@ async fn postgres_an_operator_killed_at_each_switchover_stage_finishes_it_and_lo
         .map(|p| p.to_string())
         .collect()
     };
-    println!("PostgreSQL crash points: {}", points.len());
-    let results = run_all(points, 3, |i, p| crash_at(POSTGRES, i, p)).await;
+    println!("{} crash points: {}", f.datastore, points.len());
+    let results = run_all(points, 3, move |i, p| crash_at(f, i, p)).await;
     report_points(&results);
+}
+
+/// PostgreSQL: the operator killed at each switchover stage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_an_operator_killed_at_each_switchover_stage_finishes_it_and_loses_nothing() {
+    killed_at_each_switchover_stage(POSTGRES).await;
+}
+
+/// MariaDB: the operator killed at each switchover stage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mariadb_an_operator_killed_at_each_switchover_stage_finishes_it_and_loses_nothing() {
+    killed_at_each_switchover_stage(MARIADB).await;
+}
+
+/// MariaDB: a member's server SIGKILLed at each switchover stage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mariadb_a_member_killed_at_each_switchover_stage_loses_nothing() {
+    members_killed_at_each_stage(MARIADB).await;
 }
 
 /// PostgreSQL: a member's server SIGKILLed at each switchover stage.
