@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help test crash-test demo demo-postgres bench up down crds lint control-plane
+.PHONY: help test crash-test demo demo-postgres demo-mariadb bench up down crds lint control-plane
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -19,6 +19,9 @@ demo: ## Start the local environment and upgrade a 3-member Redis 6.2.14 → 7.0
 
 demo-postgres: ## The same demo with a 3-member PostgreSQL 16.13 → 16.14 under committing clients
 	@bash tests/env/demo.sh postgresql
+
+demo-mariadb: ## The same demo with a 3-member MariaDB 10.11.18 → 10.11.19 under committing clients
+	@bash tests/env/demo.sh mariadb
 
 bench: ## N upgrades under load (BATON_BENCH_UPGRADES, default 20): write gaps, times, overhead
 	@bash tests/env/setup.sh && bash tests/env/up.sh >/dev/null && bash tests/env/node.sh

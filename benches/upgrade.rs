@@ -1,6 +1,8 @@
 //! `make bench`: N rolling upgrades (default 20; `BATON_BENCH_UPGRADES`) of a 3-member Redis
-//! instance, 6.2.14 → 7.0.15, then as many of a 3-member PostgreSQL instance, 16.13 → 16.14
-//! (`BATON_BENCH_DATASTORES=redis`, `postgresql`, or both, the default), each under a client that writes continuously and follows the
+//! instance, 6.2.14 → 7.0.15, then as many of a 3-member PostgreSQL instance, 16.13 → 16.14, and
+//! of a 3-member MariaDB instance, 10.11.18 → 10.11.19 (`BATON_BENCH_DATASTORES=redis`,
+//! `postgresql`, `mariadb`, a comma-separated list; all by default), each under a client that
+//! writes continuously and follows the
 //! primary label as a real client would (with `BATON_BENCH_PINNED=1`, beside one pinned to the
 //! first primary's address, as a pooled connection is). Prints, per run and in summary: the
 //! label client's observed
@@ -31,7 +33,7 @@ struct Flavor {
     target: &'static str,
 }
 
-const FLAVORS: [Flavor; 2] = [
+const FLAVORS: [Flavor; 3] = [
     Flavor {
         ds: workload::Datastore::Redis,
         label: "Redis",
@@ -43,6 +45,12 @@ const FLAVORS: [Flavor; 2] = [
         label: "PostgreSQL",
         source: "16.13",
         target: "16.14",
+    },
+    Flavor {
+        ds: workload::Datastore::Mariadb,
+        label: "MariaDB",
+        source: "10.11.18",
+        target: "10.11.19",
     },
 ];
 
@@ -108,6 +116,7 @@ async fn watch_members(
                             pr.streaming
                                 && primary.as_ref().is_some_and(|at| {
                                     matches!(pr.position.behind(at), Some(Lag::Bytes(n)) if n < 1024)
+                                        || matches!(pr.position.behind(at), Some(Lag::Transactions(n)) if n < 10)
                                 })
                         }
                         Role::Primary => !pr.fenced,

@@ -323,3 +323,50 @@ async fn a_batch_over_redis_and_mariadb_instances_succeeds_four_of_four() {
     }
     delete_namespace(&env.client, &env.ns).await;
 }
+
+/// A replica made a primary behind Baton's back, which then took a write (a database only it
+/// has): Baton fences it, quarantines it, keeps its data, and an upgrade waits until a person
+/// decides; deleting the member's claim is that decision.
+#[tokio::test]
+async fn a_second_writer_is_fenced_and_quarantined_and_keeps_its_writes_until_a_person_decides() {
+    let (env, op) = Env::with_active("my-second-writer", "db", 3, MARIADB.spec()).await;
+    let ips = workload::member_addresses(&env.client, &env.ns, "db").await;
+    let stray = ips["db-2"];
+    let mut c = my(stray, "baton").await.expect("connect db-2");
+    c.query_drop("STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = OFF")
+        .await
+        .expect("make db-2 a primary");
+    c.query_drop("CREATE DATABASE only_on_db_2")
+        .await
+        .expect("a write on db-2");
+    drop(c);
+
+    scenarios::wait_quarantined(&env, &op, "db-2").await;
+    let p = baton::engine::for_datastore(baton::crd::Datastore::Mariadb)
+        .expect("engine")
+        .probe(&baton::engine::Target::new(baton::engine::Endpoint::new(
+            stray.to_string(),
+            3306,
+        )))
+        .await
+        .expect("probe db-2");
+    assert!(p.fenced && !p.writable(), "db-2 still takes writes: {p:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let kept: Option<String> = my(stray, "baton")
+        .await
+        .expect("connect db-2")
+        .query_first("SELECT schema_name FROM information_schema.schemata WHERE schema_name = 'only_on_db_2'")
+        .await
+        .expect("read the schemata");
+    assert!(kept.is_some(), "db-2's write was thrown away");
+
+    scenarios::upgrade_waits_until_the_quarantine_is_released(&env, &op, MARIADB, "db-2").await;
+    delete_namespace(&env.client, &env.ns).await;
+}
+
+/// `InPlace`: both members restarted together on 10.11.19 (an outage the job announces); the
+/// primary, read-only after its restart, is unfenced again by Baton; nothing committed is lost.
+#[tokio::test]
+async fn in_place_restarts_every_member_together() {
+    scenarios::in_place_restarts_every_member_together(MARIADB, "my-inplace", None).await;
+}

@@ -1,7 +1,8 @@
 //! `make demo`: against the local environment (`make up`: control plane, local node, operator),
 //! create a 3-member Redis 6.2.14 instance, write to it under a steady client load, upgrade it
 //! to 7.0.15 by editing its spec, show the progress as it happens, and end with a summary.
-//! `make demo-postgres` (`demo postgresql`) does the same with PostgreSQL 16.13 → 16.14.
+//! `make demo-postgres` (`demo postgresql`) does the same with PostgreSQL 16.13 → 16.14, and
+//! `make demo-mariadb` (`demo mariadb`) with MariaDB 10.11.18 → 10.11.19.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -39,6 +40,14 @@ const POSTGRES: Flavor = Flavor {
     name: "orders",
     from: "16.13",
     to: "16.14",
+};
+
+const MARIADB: Flavor = Flavor {
+    ds: workload::Datastore::Mariadb,
+    label: "MariaDB",
+    name: "shop",
+    from: "10.11.18",
+    to: "10.11.19",
 };
 
 fn row(i: &DatabaseInstance) -> String {
@@ -81,7 +90,8 @@ async fn main() -> anyhow::Result<()> {
     let f = match std::env::args().nth(1).as_deref() {
         None | Some("redis") => REDIS,
         Some("postgresql") => POSTGRES,
-        Some(other) => anyhow::bail!("unknown datastore {other}: redis or postgresql"),
+        Some("mariadb") => MARIADB,
+        Some(other) => anyhow::bail!("unknown datastore {other}: redis, postgresql or mariadb"),
     };
     let (name, from, to) = (f.name, f.from, f.to);
     let client = Client::try_default().await?;
