@@ -21,7 +21,7 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
-use baton::engine::{Endpoint, Lag, Role, Target};
+use baton::engine::{Lag, Role};
 use baton_testkit::workload::{self, Route};
 
 /// One datastore's upgrade under measurement.
@@ -66,6 +66,7 @@ async fn watch_members(
     ns: String,
     name: String,
     f: Flavor,
+    auth: workload::Auth,
     stop: CancellationToken,
 ) -> BTreeMap<String, MemberTimes> {
     let target = f.target;
@@ -82,8 +83,12 @@ async fn watch_members(
         let now = Instant::now();
         let mut probes = BTreeMap::new();
         for p in &list.items {
-            if let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.clone()) {
-                let t = Target::new(Endpoint::new(ip, engine.port()));
+            if let Some(ip) = p
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.as_deref()?.parse().ok())
+            {
+                let t = auth.target(ip, engine.port());
                 probes.insert(p.name_any(), engine.probe(&t).await.ok());
             }
         }
@@ -208,6 +213,7 @@ async fn bench(
             ns.clone(),
             name.clone(),
             f,
+            workload::wait_auth(client, &ns, &name).await,
             stop.clone(),
         ));
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -158,7 +158,10 @@ async fn a_second_writer_is_fenced_and_quarantined_and_keeps_its_writes_until_a_
     let (env, op) = Env::with_active("second-writer", "db", 3, json!({})).await;
     let ips = baton_testkit::workload::member_addresses(&env.client, &env.ns, "db").await;
     let stray = ips["db-2"];
-    let mut c = redis::Client::open(format!("redis://{stray}:6379/"))
+    // As Baton's own account: only it may run REPLICAOF and CONFIG (the application account
+    // has no @admin commands).
+    let admin = env.auth("db").await.admin_password;
+    let mut c = redis::Client::open(format!("redis://baton:{admin}@{stray}:6379/"))
         .expect("url")
         .get_multiplexed_async_connection()
         .await

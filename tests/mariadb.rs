@@ -17,16 +17,29 @@ use baton_testkit::scenarios;
 use baton_testkit::workload;
 use baton_testkit::*;
 
-/// A connection to the member at `ip` as `user` (Baton's own account has no password on the
-/// pod network yet; `app` is the workload's).
-async fn my(ip: IpAddr, user: &str) -> Result<mysql_async::Conn, mysql_async::Error> {
+/// A connection to the member at `ip` as `user` with `password`.
+async fn login(
+    ip: IpAddr,
+    user: &str,
+    password: &str,
+) -> Result<mysql_async::Conn, mysql_async::Error> {
     let opts = mysql_async::OptsBuilder::default()
         .ip_or_hostname(ip.to_string())
         .tcp_port(3306)
         .user(Some(user))
-        .pass((user == "app").then_some("app"))
+        .pass(Some(password))
         .prefer_socket(false);
     mysql_async::Conn::new(opts).await
+}
+
+/// As Baton's own account (its password from the instance's Secret).
+async fn admin(ip: IpAddr, auth: &workload::Auth) -> Result<mysql_async::Conn, mysql_async::Error> {
+    login(ip, "baton", &auth.admin_password).await
+}
+
+/// As the workload's writer account (`ALL PRIVILEGES`: `read_only` alone does not stop it).
+async fn writer(ip: IpAddr) -> Result<mysql_async::Conn, mysql_async::Error> {
+    login(ip, "writer", "writer").await
 }
 
 /// A rolling minor upgrade under a client that follows the primary label, one pinned to the
@@ -39,6 +52,7 @@ async fn three_members_roll_a_minor_under_committing_clients_and_lose_nothing() 
     let sc = Scenario::prepare(&env, "db", MARIADB_SOURCE, MARIADB.spec()).await;
     env.assert_all_run("db", MARIADB_SOURCE).await;
     let first = sc.first_primary;
+    let auth = sc.auth.clone();
     let op = env.operator("my-roll", "");
     tokio::time::sleep(Duration::from_millis(500)).await;
     sc.set_version(MARIADB_TARGET).await;
@@ -61,7 +75,7 @@ async fn three_members_roll_a_minor_under_committing_clients_and_lose_nothing() 
     // mariadb-upgrade ran on every member as part of its start: the system tables are marked
     // with the new version.
     for (name, ip) in workload::member_addresses(&env.client, &env.ns, "db").await {
-        let mut c = my(ip, "baton").await.expect("connect");
+        let mut c = admin(ip, &auth).await.expect("connect");
         let replicating: Vec<mysql_async::Row> =
             c.query("SHOW SLAVE STATUS").await.expect("status");
         let primary = env.primary_ip("db").await == ip;
@@ -91,11 +105,13 @@ async fn a_replica_that_cannot_start_halts_the_upgrade_and_reverting_recovers() 
     scenarios::broken_standby_halts_and_reverting_recovers(MARIADB, "my-broken").await;
 }
 
-/// The fence closes the gap `read_only` leaves: while the primary is fenced, the privileged
-/// application account can neither connect nor keep a session; the replication password is
-/// in the generated Secret and nowhere in status. The example comes up as written.
+/// Closed by default, and the fence closes the gap `read_only` leaves. The example comes up as
+/// written; a client without credentials, or with a wrong password, is refused; the Secret's
+/// application account writes on the primary and reads on a replica; while the primary is
+/// fenced a privileged account can neither connect nor keep a session; no generated password
+/// is in status, Events or the operator's log.
 #[tokio::test]
-async fn the_example_comes_up_and_the_fence_stops_a_privileged_account() {
+async fn the_example_comes_up_closed_and_the_fence_stops_a_privileged_account() {
     let env = Env::new("my-example").await;
     let op = env.operator("my-example", "");
     env.apply_example("mariadb-ha.yaml");
@@ -105,63 +121,76 @@ async fn the_example_comes_up_and_the_fence_stops_a_privileged_account() {
     env.assert_all_run("shop", MARIADB_SOURCE).await;
     let s = inst.status.clone().expect("status");
     assert_eq!(s.members.len(), 3);
-    let secret =
-        kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(env.client.clone(), &env.ns)
-            .get("shop-credentials")
-            .await
-            .expect("the generated Secret");
-    let password = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get("replication-password"))
-        .map(|b| String::from_utf8_lossy(&b.0).to_string())
-        .expect("replication-password");
-    assert!(password.len() >= 32);
-    let status = serde_json::to_string(&inst.status).expect("status");
-    assert!(!status.contains(&password), "the password is in status");
+    let auth = env.auth("shop").await;
+    assert_eq!(auth.user, "app");
+    let primary = env.primary_ip("shop").await;
+    let replica = workload::member_addresses(&env.client, &env.ns, "shop")
+        .await
+        .into_values()
+        .find(|ip| *ip != primary)
+        .expect("a replica");
 
-    // The workload's account exists once a client wrote through the primary.
+    for (user, password) in [("root", ""), ("app", ""), ("app", "wrong"), ("baton", "")] {
+        assert!(
+            login(primary, user, password).await.is_err(),
+            "{user} with password {password:?} was let in"
+        );
+    }
+    let mut app = login(primary, &auth.user, &auth.password)
+        .await
+        .expect("the Secret's account logs in");
+    app.query_drop("CREATE DATABASE IF NOT EXISTS shop; CREATE TABLE shop.t (x INT PRIMARY KEY); INSERT INTO shop.t VALUES (1)")
+        .await
+        .expect("and writes on the primary");
+    let read = eventually(Duration::from_secs(10), || async {
+        let mut c = login(replica, &auth.user, &auth.password).await.ok()?;
+        c.query_first::<i64, _>("SELECT x FROM shop.t").await.ok()?
+    })
+    .await;
+    assert_eq!(read, Some(1), "the Secret's account reads on a replica");
+    assert!(
+        login(replica, &auth.user, &auth.password)
+            .await
+            .expect("login")
+            .query_drop("INSERT INTO shop.t VALUES (2)")
+            .await
+            .is_err(),
+        "a replica took a write"
+    );
+
+    // The workload's privileged account exists once a client wrote through the primary.
     let (stop, writes) = env.writer("shop");
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.cancel();
     let report = writes.await.expect("writer");
     assert!(!report.acked.is_empty(), "no write was committed");
-    let primary = env.primary_ip("shop").await;
-    let mut app = my(primary, "app").await.expect("app connects");
-    app.query_drop("SELECT 1").await.expect("a live session");
+    let mut w = writer(primary).await.expect("the writer connects");
+    w.query_drop("SELECT 1").await.expect("a live session");
     // Fence it the way a switchover does, through the engine.
     let engine = baton::engine::for_datastore(baton::crd::Datastore::Mariadb).expect("engine");
-    let target =
-        baton::engine::Target::new(baton::engine::Endpoint::new(primary.to_string(), 3306));
+    let target = auth.target(primary, 3306);
     engine.fence(&target).await.expect("fence");
     assert!(
-        app.query_drop("INSERT INTO app.baton_w VALUES ('after-fence', 1)")
+        w.query_drop("INSERT INTO app.baton_w VALUES ('after-fence', 1)")
             .await
             .is_err(),
         "the privileged session survived the fence"
     );
-    let again = my(primary, "app").await;
     assert!(
-        again.is_err(),
+        writer(primary).await.is_err(),
         "a privileged account connected to a fenced primary"
     );
     let p = engine.probe(&target).await.expect("probe");
     assert!(p.fenced && !p.writable(), "{p:?}");
     engine.unfence(&target).await.expect("unfence");
-    let mut app = my(primary, "app")
+    let mut w = writer(primary)
         .await
-        .expect("app connects after the unfence");
-    app.query_drop("INSERT INTO app.baton_w VALUES ('after-unfence', 1)")
+        .expect("the writer connects after the unfence");
+    w.query_drop("INSERT INTO app.baton_w VALUES ('after-unfence', 1)")
         .await
         .expect("writes again");
     assert_nothing_lost(&env, "shop", &[&report]).await;
-    assert!(
-        !op.logs().contains(&password),
-        "the password is in the operator's log"
-    );
-    for (_, note) in env.events("shop").await {
-        assert!(!note.contains(&password), "the password is in an Event");
-    }
+    assert_secrets_kept(&env, &op, "shop", &inst).await;
     delete_namespace(&env.client, &env.ns).await;
 }
 
@@ -175,6 +204,7 @@ async fn a_candidate_that_cannot_catch_up_in_time_undoes_the_fence() {
     spec["upgradePolicy"] = json!({"fenceTimeoutSeconds": 5});
     let sc = Scenario::prepare(&env, "db", MARIADB_SOURCE, spec).await;
     let first = sc.first_primary;
+    let auth = sc.auth.clone();
     // The operator holds for 4 s right after it recorded the Fencing stage, before fencing.
     let op = env.operator_with(
         "my-undo",
@@ -194,7 +224,7 @@ async fn a_candidate_that_cannot_catch_up_in_time_undoes_the_fence() {
     let ips = workload::member_addresses(&env.client, &env.ns, "db").await;
     for (name, ip) in &ips {
         if *ip != first {
-            let mut c = my(*ip, "baton").await.expect("connect");
+            let mut c = admin(*ip, &auth).await.expect("connect");
             c.query_drop("STOP SLAVE SQL_THREAD")
                 .await
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -213,7 +243,7 @@ async fn a_candidate_that_cannot_catch_up_in_time_undoes_the_fence() {
     // The replicas resume, so every member can be checked for every committed write.
     for (name, ip) in &ips {
         if *ip != first {
-            let mut c = my(*ip, "baton").await.expect("connect");
+            let mut c = admin(*ip, &auth).await.expect("connect");
             c.query_drop("START SLAVE SQL_THREAD")
                 .await
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -227,7 +257,7 @@ async fn a_candidate_that_cannot_catch_up_in_time_undoes_the_fence() {
         "no SwitchoverUndone event"
     );
     assert_eq!(env.primary_ip("db").await, first, "the primary moved");
-    let mut app = my(first, "app").await.expect("the primary takes clients");
+    let mut app = writer(first).await.expect("the primary takes clients");
     app.query_drop("INSERT INTO app.baton_w VALUES ('after-undo', 1)")
         .await
         .expect("the primary takes writes again");
@@ -332,7 +362,8 @@ async fn a_second_writer_is_fenced_and_quarantined_and_keeps_its_writes_until_a_
     let (env, op) = Env::with_active("my-second-writer", "db", 3, MARIADB.spec()).await;
     let ips = workload::member_addresses(&env.client, &env.ns, "db").await;
     let stray = ips["db-2"];
-    let mut c = my(stray, "baton").await.expect("connect db-2");
+    let auth = env.auth("db").await;
+    let mut c = admin(stray, &auth).await.expect("connect db-2");
     c.query_drop("STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = OFF")
         .await
         .expect("make db-2 a primary");
@@ -344,15 +375,12 @@ async fn a_second_writer_is_fenced_and_quarantined_and_keeps_its_writes_until_a_
     scenarios::wait_quarantined(&env, &op, "db-2").await;
     let p = baton::engine::for_datastore(baton::crd::Datastore::Mariadb)
         .expect("engine")
-        .probe(&baton::engine::Target::new(baton::engine::Endpoint::new(
-            stray.to_string(),
-            3306,
-        )))
+        .probe(&auth.target(stray, 3306))
         .await
         .expect("probe db-2");
     assert!(p.fenced && !p.writable(), "db-2 still takes writes: {p:?}");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let kept: Option<String> = my(stray, "baton")
+    let kept: Option<String> = admin(stray, &auth)
         .await
         .expect("connect db-2")
         .query_first("SELECT schema_name FROM information_schema.schemata WHERE schema_name = 'only_on_db_2'")

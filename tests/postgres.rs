@@ -267,15 +267,17 @@ async fn a_batch_over_redis_and_postgresql_instances_succeeds_four_of_four() {
     delete_namespace(&env.client, &env.ns).await;
 }
 
-/// Connects to database `db` of the member at `ip` as the superuser.
+/// Connects to database `db` of the member at `ip` as Baton's superuser account.
 async fn sql(
     ip: std::net::IpAddr,
     db: &str,
+    auth: &workload::Auth,
 ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (c, conn) = tokio_postgres::Config::new()
         .host(ip.to_string())
         .port(5432)
-        .user("postgres")
+        .user("baton")
+        .password(&auth.admin_password)
         .dbname(db)
         .connect_timeout(Duration::from_secs(3))
         .connect(tokio_postgres::NoTls)
@@ -292,7 +294,8 @@ async fn a_second_writer_is_fenced_and_quarantined_and_keeps_its_writes_until_a_
     let (env, op) = Env::with_active("pg-second-writer", "db", 3, postgres(PG_SOURCE)).await;
     let ips = workload::member_addresses(&env.client, &env.ns, "db").await;
     let stray = ips["db-2"];
-    let c = sql(stray, "postgres").await.expect("connect db-2");
+    let auth = env.auth("db").await;
+    let c = sql(stray, "postgres", &auth).await.expect("connect db-2");
     c.batch_execute("SELECT pg_promote(true, 30)")
         .await
         .expect("promote db-2");
@@ -303,7 +306,7 @@ async fn a_second_writer_is_fenced_and_quarantined_and_keeps_its_writes_until_a_
     scenarios::wait_quarantined(&env, &op, "db-2").await;
     // Fenced: no client gets in to write. Not resynced: what it took is still there.
     let fenced = eventually(Duration::from_secs(30), || async {
-        match sql(stray, "postgres").await {
+        match sql(stray, "postgres", &auth).await {
             Err(_) => Some(()),
             Ok(c) => c
                 .batch_execute("CREATE TABLE t (x int)")
@@ -315,7 +318,7 @@ async fn a_second_writer_is_fenced_and_quarantined_and_keeps_its_writes_until_a_
     .await;
     assert!(fenced.is_some(), "db-2 still takes writes");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let kept = sql(stray, "baton")
+    let kept = sql(stray, "baton", &auth)
         .await
         .expect("Baton's database on db-2")
         .query_opt(

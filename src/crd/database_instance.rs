@@ -66,6 +66,24 @@ pub struct DatabaseInstanceSpec {
     /// repair) until it is set back to false; status still reports what is observed.
     #[serde(default)]
     pub paused: bool,
+
+    /// The Secret holding the instance's credentials. Omit it and Baton generates
+    /// `<instance>-credentials` (once; it is never rewritten). A Secret named here must hold
+    /// every key the datastore needs — `username` and `password` (the application account),
+    /// `admin-password` (the account Baton itself connects as, `baton`) and
+    /// `replication-password` (the account standbys replicate with) — or nothing is started
+    /// and the `CredentialsReady` condition names the missing key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<CredentialsRef>,
+}
+
+/// Where an instance's credentials are.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsRef {
+    /// The name of a Secret in the instance's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
 }
 
 fn default_replicas() -> i32 {
@@ -112,7 +130,7 @@ pub struct MemberStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<String>,
     /// For a standby, what it has received but not necessarily applied, where the datastore
-    /// tells the two apart (PostgreSQL).
+    /// tells the two apart (PostgreSQL, MariaDB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub received_position: Option<String>,
     /// For a standby, how far behind the primary it is in bytes of the replication stream

@@ -17,9 +17,9 @@ pub use common::{
     UpgradePolicy, VERSION_PATTERN, Weekday,
 };
 pub use database_instance::{
-    DatabaseInstance, DatabaseInstanceSpec, DatabaseInstanceStatus, InstancePhase, MemberRole,
-    MemberStatus, QuarantinedMember, StepKind, SwitchoverStage, SwitchoverState, UpgradeInFlight,
-    UpgradeOutcome, UpgradeResult, UpgradeStep,
+    CredentialsRef, DatabaseInstance, DatabaseInstanceSpec, DatabaseInstanceStatus, InstancePhase,
+    MemberRole, MemberStatus, QuarantinedMember, StepKind, SwitchoverStage, SwitchoverState,
+    UpgradeInFlight, UpgradeOutcome, UpgradeResult, UpgradeStep,
 };
 pub use datastore_version::{
     DatastoreVersion, DatastoreVersionSpec, DatastoreVersionStatus, UpgradeEdge,

@@ -26,6 +26,7 @@ use std::net::IpAddr;
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{
     ConfigMapKeySelector, Container, EnvVar, EnvVarSource, ObjectFieldSelector, Pod,
+    SecretKeySelector,
 };
 
 pub use position::{Lag, ParsePositionError, Position};
@@ -206,12 +207,52 @@ impl EngineError {
     }
 }
 
+/// Secret key: the application account's name.
+pub const USERNAME: &str = "username";
+/// Secret key: the application account's password.
+pub const PASSWORD: &str = "password";
+/// Secret key: the password of the account Baton connects as.
+pub const ADMIN_PASSWORD: &str = "admin-password";
+/// Secret key: the replication account's password.
+pub const REPLICATION_PASSWORD: &str = "replication-password";
+/// The account Baton connects as, on every engine.
+pub const ADMIN_USER: &str = "baton";
+/// The application account's name in a Secret Baton generates.
+pub const DEFAULT_APP_USER: &str = "app";
+
+/// The environment every member's container reads its credentials from (Secret key
+/// references, never values): `BATON_APP_USER`, `BATON_APP_PASSWORD`,
+/// `BATON_ADMIN_PASSWORD`, and `BATON_REPLICATION_PASSWORD` where the engine has that key.
+pub fn credentials_env(secret: &str, keys: &[&str]) -> Vec<EnvVar> {
+    keys.iter()
+        .map(|k| {
+            let name = match *k {
+                USERNAME => "BATON_APP_USER".to_string(),
+                PASSWORD => "BATON_APP_PASSWORD".to_string(),
+                other => format!("BATON_{}", other.replace('-', "_").to_ascii_uppercase()),
+            };
+            EnvVar {
+                name,
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: secret.into(),
+                        key: k.to_string(),
+                        optional: Some(false),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
 /// What an engine needs to build a member's container.
 #[derive(Debug, Clone, Copy)]
 pub struct MemberTemplate<'a> {
     /// The instance's topology ConfigMap (see [`topology_env`]).
     pub topology: &'a str,
-    /// The instance's Secret holding the keys of [`Engine::generated_secret_keys`].
+    /// The instance's Secret holding the keys of [`Engine::credential_keys`].
     pub credentials: &'a str,
 }
 
@@ -276,10 +317,17 @@ pub trait Engine: Send + Sync + fmt::Debug {
     /// boots fenced, following the topology ConfigMap's primary where the engine can.
     fn container(&self, m: &MemberTemplate<'_>) -> Container;
 
-    /// The keys of the instance's credentials Secret that Baton generates (random, once) when
-    /// the Secret does not exist, for example a replication role's password.
-    fn generated_secret_keys(&self) -> &'static [&'static str] {
-        &[]
+    /// The account Baton connects as (its password is the Secret's [`ADMIN_PASSWORD`]).
+    fn admin_user(&self) -> &'static str {
+        ADMIN_USER
+    }
+
+    /// The keys of the instance's credentials Secret that the members and Baton read: by
+    /// default the application account and Baton's own; engines that replicate with a login
+    /// add [`REPLICATION_PASSWORD`]. Baton generates them (random, once; `username` is
+    /// [`DEFAULT_APP_USER`]) when the instance names no Secret of its own.
+    fn credential_keys(&self) -> &'static [&'static str] {
+        &[USERNAME, PASSWORD, ADMIN_PASSWORD]
     }
 
     /// Reads back a position this engine printed (`Display` of its [`Position`]).

@@ -39,8 +39,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, Probe as K8sProbe,
-    SecretKeySelector, VolumeMount,
+    Container, ContainerPort, ExecAction, Probe as K8sProbe, VolumeMount,
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, Row};
@@ -54,12 +53,11 @@ use crate::version::Version;
 
 /// Port every member listens on.
 pub const PORT: u16 = 3306;
-/// The account Baton connects as (no password on the pod network until credentials land).
-pub const ADMIN_USER: &str = "baton";
+/// The account Baton connects as (its password is the Secret's `admin-password`).
+pub use super::ADMIN_USER;
 /// The replication account.
 pub const REPLICATION_USER: &str = "replicator";
-/// The Secret key of the replication account's password.
-pub const REPLICATION_PASSWORD: &str = "replication-password";
+use super::REPLICATION_PASSWORD;
 const TIMEOUT: Duration = Duration::from_secs(3);
 /// Where the claim is mounted: the data directory, socket and readiness mark live under it.
 const DATA: &str = "/var/lib/mysql";
@@ -263,7 +261,10 @@ pub fn read_grants(grants: &[String]) -> (bool, Vec<String>) {
 /// replication stopped (applied in parallel, in commit order: one applier thread cannot keep up
 /// with a primary that group-commits many clients), make the member-local accounts (never logged: each member makes its
 /// own), run `mariadb-upgrade` (the new binaries' system tables; its failure fails the start),
-/// then follow the recorded primary unless this member is it or is quarantined.
+/// then follow the recorded primary unless this member is it or is quarantined. Every password
+/// comes from the Secret through the environment and is set again at each start (a rotated
+/// Secret takes effect at the member's next restart); the application account gets every
+/// privilege on data but none that writes through `read_only`.
 const BOOT: &str = r#"set -eu
 D=/var/lib/mysql
 DATADIR=$D/data S=$D/mysqld.sock
@@ -304,7 +305,9 @@ until sql -e 'SELECT 1' >/dev/null 2>&1; do
   sleep 0.1
 done
 fail() { echo "baton: $*" >&2; kill -TERM "$pid"; wait "$pid" || true; exit 1; }
-pw=$(printf '%s' "$BATON_REPLICATION_PASSWORD" | sed -e 's/\\/\\\\/g' -e "s/'/''/g")
+lit() { printf '%s' "$1" | sed -e 's/\\/\\\\/g' -e "s/'/''/g"; }
+pw=$(lit "$BATON_REPLICATION_PASSWORD") admin=$(lit "$BATON_ADMIN_PASSWORD")
+app=$(lit "$BATON_APP_USER") apppw=$(lit "$BATON_APP_PASSWORD")
 sql <<SQL || fail "setting up the member's own accounts failed"
 SET sql_log_bin = 0;
 DELETE FROM mysql.global_priv WHERE User = 'root' AND Host <> 'localhost';
@@ -313,11 +316,17 @@ CREATE DATABASE IF NOT EXISTS baton;
 CREATE TABLE IF NOT EXISTS baton.fenced (user VARCHAR(128) NOT NULL, host VARCHAR(255) NOT NULL, PRIMARY KEY (user, host));
 CREATE TABLE IF NOT EXISTS baton.replication (id INT PRIMARY KEY, password TEXT NOT NULL);
 REPLACE INTO baton.replication VALUES (1, '$pw');
-CREATE USER IF NOT EXISTS baton@'%';
+CREATE USER IF NOT EXISTS baton@'%' IDENTIFIED BY '$admin';
+ALTER USER baton@'%' IDENTIFIED BY '$admin';
 GRANT ALL PRIVILEGES ON *.* TO baton@'%' WITH GRANT OPTION;
 CREATE USER IF NOT EXISTS replicator@'%' IDENTIFIED BY '$pw';
 ALTER USER replicator@'%' IDENTIFIED BY '$pw';
 GRANT REPLICATION SLAVE ON *.* TO replicator@'%';
+CREATE USER IF NOT EXISTS '$app'@'%' IDENTIFIED BY '$apppw';
+ALTER USER '$app'@'%' IDENTIFIED BY '$apppw';
+GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, INDEX, ALTER, CREATE TEMPORARY TABLES,
+  LOCK TABLES, EXECUTE, CREATE VIEW, SHOW VIEW, CREATE ROUTINE, ALTER ROUTINE, EVENT, TRIGGER,
+  REFERENCES ON *.* TO '$app'@'%';
 SQL
 if command -v mariadb-upgrade >/dev/null; then
   mariadb-upgrade --no-defaults -S "$S" -u root --silent >/dev/null || fail "mariadb-upgrade failed"
@@ -677,24 +686,21 @@ impl Engine for MySqlFamily {
         }
     }
 
-    fn generated_secret_keys(&self) -> &'static [&'static str] {
-        &[REPLICATION_PASSWORD]
+    fn credential_keys(&self) -> &'static [&'static str] {
+        &[
+            super::USERNAME,
+            super::PASSWORD,
+            super::ADMIN_PASSWORD,
+            REPLICATION_PASSWORD,
+        ]
     }
 
     fn container(&self, m: &MemberTemplate<'_>) -> Container {
         let mut env = topology_env(m.topology);
-        env.push(EnvVar {
-            name: "BATON_REPLICATION_PASSWORD".into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: m.credentials.into(),
-                    key: REPLICATION_PASSWORD.into(),
-                    optional: Some(false),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        env.extend(super::credentials_env(
+            m.credentials,
+            self.credential_keys(),
+        ));
         Container {
             name: self.container_name().into(),
             command: Some(vec![
@@ -1068,6 +1074,13 @@ mod tests {
         });
         let env = serde_json::to_string(&c.env).unwrap();
         assert!(env.contains("db-credentials") && env.contains(REPLICATION_PASSWORD));
+        for k in [
+            "BATON_ADMIN_PASSWORD",
+            "BATON_APP_USER",
+            "BATON_APP_PASSWORD",
+        ] {
+            assert!(env.contains(k), "{k} in {env}");
+        }
         assert_eq!(c.name, "mariadb");
     }
 }

@@ -28,8 +28,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, Probe as K8sProbe,
-    SecretKeySelector, VolumeMount,
+    Container, ContainerPort, EnvVar, ExecAction, Probe as K8sProbe, VolumeMount,
 };
 use tokio_postgres::{Client, NoTls};
 
@@ -44,10 +43,11 @@ use crate::version::Version;
 pub const PORT: u16 = 5432;
 /// Baton's own database: never fenced, holds the list of fenced databases.
 pub const ADMIN_DB: &str = "baton";
-/// The role Baton connects as (trusted on the pod network until credentials land).
-pub const ADMIN_USER: &str = "postgres";
-/// The Secret key of the replication role's password.
-pub const REPLICATION_PASSWORD: &str = "replication-password";
+/// The role Baton connects as (a superuser; its password is the Secret's `admin-password`).
+pub use super::ADMIN_USER;
+/// The bootstrap superuser: reachable only over the member's own socket.
+pub const LOCAL_SUPERUSER: &str = "postgres";
+use super::REPLICATION_PASSWORD;
 const TIMEOUT: Duration = Duration::from_secs(3);
 /// Where the claim is mounted; the data directory is a subdirectory of it (so the mount
 /// point's own files never sit in PGDATA).
@@ -70,9 +70,13 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   if [ "$primary" = "$me" ]; then
     initdb -D "$PGDATA" -U postgres -E UTF8 -k --auth-local=trust --auth-host=trust >/dev/null
     pg_ctl -D "$PGDATA" -w -o "-c listen_addresses='' -c unix_socket_directories=$D" start >/dev/null
-    psql -qX -h "$D" -U postgres -d postgres -v ON_ERROR_STOP=1 -v pw="$BATON_REPLICATION_PASSWORD" <<'SQL'
+    psql -qX -h "$D" -U postgres -d postgres -v ON_ERROR_STOP=1 -v pw="$BATON_REPLICATION_PASSWORD" \
+      -v admin="$BATON_ADMIN_PASSWORD" -v app="$BATON_APP_USER" -v apppw="$BATON_APP_PASSWORD" <<'SQL'
 CREATE ROLE replicator WITH REPLICATION LOGIN PASSWORD :'pw';
+CREATE ROLE baton WITH SUPERUSER LOGIN PASSWORD :'admin';
+CREATE ROLE :"app" WITH LOGIN PASSWORD :'apppw';
 CREATE DATABASE baton;
+CREATE DATABASE :"app" OWNER :"app";
 SQL
     # What pg_rewind reads, granted in the database it connects to (grants are per database).
     psql -qX -h "$D" -U postgres -d baton -v ON_ERROR_STOP=1 <<'SQL'
@@ -81,11 +85,11 @@ GRANT EXECUTE ON FUNCTION pg_ls_dir(text, boolean, boolean), pg_stat_file(text, 
   pg_read_binary_file(text), pg_read_binary_file(text, bigint, bigint, boolean) TO replicator;
 SQL
     pg_ctl -D "$PGDATA" -w stop -m fast >/dev/null
+    # Over the network every role needs its password; the socket (inside the pod) is trusted.
     cat > "$PGDATA/pg_hba.conf" <<'HBA'
 local all all trust
 host replication replicator all scram-sha-256
-host all replicator all scram-sha-256
-host all all all trust
+host all all all scram-sha-256
 HBA
   elif [ "$follow" = yes ] && [ -n "$host" ]; then
     # Clone a primary that has left recovery: a backup taken from the recorded primary while
@@ -409,24 +413,21 @@ impl Engine for Postgres {
         "postgres"
     }
 
-    fn generated_secret_keys(&self) -> &'static [&'static str] {
-        &[REPLICATION_PASSWORD]
+    fn credential_keys(&self) -> &'static [&'static str] {
+        &[
+            super::USERNAME,
+            super::PASSWORD,
+            super::ADMIN_PASSWORD,
+            REPLICATION_PASSWORD,
+        ]
     }
 
     fn container(&self, m: &MemberTemplate<'_>) -> Container {
         let mut env = topology_env(m.topology);
-        env.push(EnvVar {
-            name: "BATON_REPLICATION_PASSWORD".into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: m.credentials.into(),
-                    key: REPLICATION_PASSWORD.into(),
-                    optional: Some(false),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        env.extend(super::credentials_env(
+            m.credentials,
+            self.credential_keys(),
+        ));
         env.push(EnvVar {
             name: "PGDATA".into(),
             value: Some(format!("{DATA}/pgdata")),
@@ -455,7 +456,7 @@ impl Engine for Postgres {
                         "-h".into(),
                         DATA.into(),
                         "-U".into(),
-                        ADMIN_USER.into(),
+                        LOCAL_SUPERUSER.into(),
                         "-p".into(),
                         PORT.to_string(),
                         "-d".into(),

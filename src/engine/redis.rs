@@ -34,11 +34,23 @@ const FENCE_REPLICAS: i64 = 1_000_000;
 const TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Boots `redis-server` through the image's entrypoint, following the recorded primary unless
-/// this member is it. The fence is in the arguments (`$@`), so it applies either way.
-/// Boots `redis-server` through the image's entrypoint, following the recorded primary unless
 /// this member is it or is quarantined. The fence is in the arguments (`$@`), so it applies
-/// either way.
-const BOOT: &str = r#"follow=yes
+/// either way. Closed by default: the `default` user is off; the ACL file (written at every
+/// start from the Secret, so a rotated password applies at the next restart) has Baton's
+/// `baton`, the `replicator` the replicas authenticate as (`masteruser`/`masterauth`), and the
+/// application account, which can do anything but `@admin` commands (it cannot lift the fence
+/// or repoint a member). The passwords reach the server through files the script writes, not
+/// through its arguments.
+const BOOT: &str = r#"umask 077
+{
+  echo "user default off"
+  echo "user baton on >$BATON_ADMIN_PASSWORD ~* &* +@all"
+  echo "user replicator on >$BATON_REPLICATION_PASSWORD +psync +sync +replconf +ping"
+  echo "user $BATON_APP_USER on >$BATON_APP_PASSWORD ~* &* +@all -@admin"
+} > /data/users.acl
+printf 'aclfile /data/users.acl\nmasteruser replicator\nmasterauth %s\n' "$BATON_REPLICATION_PASSWORD" > /data/auth.conf
+set -- "$@" --include /data/auth.conf
+follow=yes
 case " $BATON_QUARANTINED " in *" $POD_NAME "*) follow=no ;; esac
 if [ "$follow" = yes ] && [ -n "$BATON_PRIMARY_HOST" ] && [ -n "$BATON_PRIMARY_POD" ] && [ "$BATON_PRIMARY_POD" != "$POD_NAME" ]; then
   set -- "$@" --replicaof "$BATON_PRIMARY_HOST" 6379
@@ -252,6 +264,15 @@ impl Engine for Redis {
         "redis"
     }
 
+    fn credential_keys(&self) -> &'static [&'static str] {
+        &[
+            super::USERNAME,
+            super::PASSWORD,
+            super::ADMIN_PASSWORD,
+            super::REPLICATION_PASSWORD,
+        ]
+    }
+
     /// AOF persistence (so a member restarted on an older version starts empty and resyncs
     /// instead of failing on a newer snapshot format), the pod's own address announced to the
     /// primary, and the fence from the first instant.
@@ -279,7 +300,11 @@ impl Engine for Redis {
                 "redis-member".into(),
             ]),
             args: Some(args.iter().map(|s| s.to_string()).collect()),
-            env: Some(topology_env(m.topology)),
+            env: Some({
+                let mut env = topology_env(m.topology);
+                env.extend(super::credentials_env(m.credentials, self.credential_keys()));
+                env
+            }),
             ports: Some(vec![ContainerPort {
                 name: Some("redis".into()),
                 container_port: PORT as i32,
@@ -290,7 +315,7 @@ impl Engine for Redis {
                     command: Some(vec![
                         "sh".into(),
                         "-c".into(),
-                        "redis-cli ping | grep -q PONG".into(),
+                        "REDISCLI_AUTH=\"$BATON_ADMIN_PASSWORD\" redis-cli --user baton ping | grep -q PONG".into(),
                     ]),
                 }),
                 period_seconds: Some(1),
@@ -468,8 +493,14 @@ mod tests {
             "BATON_PRIMARY_POD",
             "BATON_PRIMARY_HOST",
             "BATON_QUARANTINED",
+            "BATON_ADMIN_PASSWORD",
+            "BATON_REPLICATION_PASSWORD",
+            "BATON_APP_USER",
+            "BATON_APP_PASSWORD",
         ] {
             assert!(env.iter().any(|e| e == name), "{name} in {env:?}");
         }
+        assert!(command.contains("user default off"), "closed by default");
+        assert!(command.contains("--include /data/auth.conf"));
     }
 }

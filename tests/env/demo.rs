@@ -178,7 +178,7 @@ async fn main() -> anyhow::Result<()> {
             .as_ref()
             .and_then(|s| s.pod_ip.clone())
             .unwrap_or_default();
-        let v = workload::server_version(f.ds, ip.parse()?)
+        let v = workload::server_version(f.ds, ip.parse()?, &report.auth)
             .await
             .unwrap_or_else(|| "unreachable".into());
         let role = p

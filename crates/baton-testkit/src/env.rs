@@ -304,13 +304,19 @@ impl Env {
             .type_
     }
 
+    /// The instance's logins, from its credentials Secret.
+    pub async fn auth(&self, name: &str) -> workload::Auth {
+        workload::wait_auth(&self.client, &self.ns, name).await
+    }
+
     /// The version each member's server reports, by pod name.
     pub async fn server_versions(&self, name: &str) -> BTreeMap<String, String> {
         let ds = self.datastore(name).await;
+        let auth = self.auth(name).await;
         let mut out = BTreeMap::new();
         for (n, p) in self.member_pods(name).await {
             let ip = p.status.and_then(|s| s.pod_ip).expect("pod ip");
-            let v = workload::server_version(ds, ip.parse().expect("pod ip"))
+            let v = workload::server_version(ds, ip.parse().expect("pod ip"), &auth)
                 .await
                 .unwrap_or_else(|| panic!("{n} ({ip}) did not report its version"));
             out.insert(n, v);
@@ -447,6 +453,42 @@ pub fn image(p: &Pod) -> String {
         .and_then(|s| s.containers.first())
         .and_then(|c| c.image.clone())
         .unwrap_or_default()
+}
+
+/// Checks that none of the instance's passwords (every value of its credentials Secret but the
+/// user name) appears in its status, its Events or the operator's log.
+pub async fn assert_secrets_kept(env: &Env, op: &Operator, name: &str, inst: &DatabaseInstance) {
+    let secret_name = baton::controller::database_instance::children::credentials_name(inst);
+    let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(env.client.clone(), &env.ns)
+        .get(&secret_name)
+        .await
+        .expect("the credentials Secret");
+    let passwords: Vec<(String, String)> = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k != baton::engine::USERNAME)
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+        .collect();
+    assert!(!passwords.is_empty(), "{secret_name} holds no password");
+    let status = serde_json::to_string(&env.instances.get(name).await.expect("instance").status)
+        .expect("status");
+    let logs = op.logs();
+    let events = env.events(name).await;
+    for (key, pw) in &passwords {
+        assert!(pw.len() >= 8, "{key} is too short to scan for");
+        assert!(!status.contains(pw.as_str()), "{key} is in the status");
+        assert!(
+            !logs.contains(pw.as_str()),
+            "{key} is in the operator's log"
+        );
+        for (reason, note) in &events {
+            assert!(
+                !note.contains(pw.as_str()),
+                "{key} is in the Event {reason}"
+            );
+        }
+    }
 }
 
 /// Checks that every acknowledged write of every report is on the primary and, once caught up,

@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton::crd::InstancePhase;
-use baton::engine::{Endpoint, Target};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use serde_json::json;
@@ -41,7 +40,7 @@ pub struct Safety {
 }
 
 impl Safety {
-    pub fn watch(env: &Env, name: &str, ds: baton::crd::Datastore) -> Safety {
+    pub fn watch(env: &Env, name: &str, ds: baton::crd::Datastore, auth: workload::Auth) -> Safety {
         let stop = CancellationToken::new();
         let worst = Arc::new(Mutex::new(Worst::default()));
         let (pods, sel, s, w) = (
@@ -64,7 +63,10 @@ impl Safety {
                         let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
                             continue;
                         };
-                        let t = Target::new(Endpoint::new(ip, engine.port()));
+                        let Ok(ip) = ip.parse() else {
+                            continue;
+                        };
+                        let t = auth.target(ip, engine.port());
                         if engine.probe(&t).await.is_ok_and(|pr| pr.writable()) {
                             writable.push(name);
                         }
@@ -204,6 +206,7 @@ pub struct Scenario<'a> {
     safety: Option<Safety>,
     pub first_primary: IpAddr,
     pub datastore: baton::crd::Datastore,
+    pub auth: workload::Auth,
 }
 
 impl<'a> Scenario<'a> {
@@ -222,6 +225,7 @@ impl<'a> Scenario<'a> {
         drop(steady);
         let first_primary = env.primary_ip(name).await;
         let datastore = env.datastore(name).await;
+        let auth = env.auth(name).await;
         let writers = vec![
             env.writer_with(name, "label", Route::FollowLabel),
             env.writer_with(name, "pinned", Route::Pinned(first_primary)),
@@ -234,7 +238,8 @@ impl<'a> Scenario<'a> {
             ),
         ];
         Scenario {
-            safety: Some(Safety::watch(env, name, datastore)),
+            safety: Some(Safety::watch(env, name, datastore, auth.clone())),
+            auth,
             env,
             name: name.into(),
             writers,
@@ -303,7 +308,7 @@ impl<'a> Scenario<'a> {
             let engine = baton::engine::for_datastore(self.datastore).ok()?;
             let mut w = BTreeMap::new();
             for (pod, ip) in members {
-                let t = Target::new(Endpoint::new(ip.to_string(), engine.port()));
+                let t = self.auth.target(ip, engine.port());
                 if engine.probe(&t).await.ok()?.writable() {
                     w.insert(pod, ip);
                 }

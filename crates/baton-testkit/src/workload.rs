@@ -57,6 +57,81 @@ pub struct Report {
     pub gaps: Vec<Duration>,
     pub longest_gap: Duration,
     pub elapsed: Duration,
+    /// The instance's logins, for reading the writes back.
+    pub auth: Auth,
+}
+
+/// A client's logins for one instance, read from its credentials Secret as an application
+/// would get them. `Debug` hides the passwords.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Auth {
+    pub user: String,
+    pub password: String,
+    /// Baton's own account (`baton`): what the checks read every member with.
+    pub admin_password: String,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Auth {
+    /// Baton's login, for engine probes.
+    pub fn admin(&self) -> baton::engine::Credentials {
+        baton::engine::Credentials {
+            username: Some(baton::engine::ADMIN_USER.into()),
+            password: self.admin_password.clone(),
+        }
+    }
+
+    /// A target reached with Baton's login.
+    pub fn target(&self, ip: IpAddr, port: u16) -> baton::engine::Target {
+        baton::engine::Target {
+            endpoint: baton::engine::Endpoint::new(ip.to_string(), port),
+            credentials: Some(self.admin()),
+        }
+    }
+}
+
+/// The logins of `instance`, from the Secret its spec names or the one Baton generated (None
+/// until it exists).
+pub async fn auth(client: &Client, ns: &str, instance: &str) -> Option<Auth> {
+    let inst = Api::<baton::crd::DatabaseInstance>::namespaced(client.clone(), ns)
+        .get(instance)
+        .await
+        .ok()?;
+    let name = baton::controller::database_instance::children::credentials_name(&inst);
+    let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns)
+        .get(&name)
+        .await
+        .ok()?;
+    let get = |k: &str| -> Option<String> {
+        String::from_utf8(secret.data.as_ref()?.get(k)?.0.clone()).ok()
+    };
+    Some(Auth {
+        user: get(baton::engine::USERNAME)?,
+        password: get(baton::engine::PASSWORD)?,
+        admin_password: get(baton::engine::ADMIN_PASSWORD)?,
+    })
+}
+
+/// Waits (up to a minute) for the logins of `instance`.
+pub async fn wait_auth(client: &Client, ns: &str, instance: &str) -> Auth {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(a) = auth(client, ns, instance).await {
+            return a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{ns}/{instance} has no credentials Secret"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 impl Report {
@@ -119,16 +194,22 @@ pub enum Conn {
     MariaDbReader(mysql_async::Conn),
 }
 
-/// The MariaDB application account and table.
-const MY_USER: &str = "app";
+/// The MariaDB writer account (made by the workload, with `ALL PRIVILEGES`: an account
+/// `read_only` alone does not stop, so the suites prove Baton's fence does) and table.
+const MY_USER: &str = "writer";
 const MY_TABLE: &str = "app.baton_w";
 
-async fn mariadb(ip: IpAddr, user: &str, timeout: Duration) -> Result<mysql_async::Conn, String> {
+async fn mariadb(
+    ip: IpAddr,
+    user: &str,
+    password: &str,
+    timeout: Duration,
+) -> Result<mysql_async::Conn, String> {
     let opts = mysql_async::OptsBuilder::default()
         .ip_or_hostname(ip.to_string())
         .tcp_port(baton::engine::mysql::PORT)
         .user(Some(user))
-        .pass((user == MY_USER).then_some(MY_USER))
+        .pass(Some(password))
         .prefer_socket(false);
     match tokio::time::timeout(timeout, mysql_async::Conn::new(opts)).await {
         Ok(r) => r.map_err(|e| e.to_string()),
@@ -136,16 +217,16 @@ async fn mariadb(ip: IpAddr, user: &str, timeout: Duration) -> Result<mysql_asyn
     }
 }
 
-/// Connects as `app`; where the account does not exist yet, makes it (with the table) on a
-/// writable primary through Baton's account, or returns a read-only connection elsewhere.
-async fn connect_mariadb(ip: IpAddr, timeout: Duration) -> Option<Conn> {
+/// Connects as the writer account; where it does not exist yet, makes it (with the table) on
+/// a writable primary through Baton's account, or returns a read-only connection elsewhere.
+async fn connect_mariadb(ip: IpAddr, auth: &Auth, timeout: Duration) -> Option<Conn> {
     use mysql_async::prelude::Queryable;
-    match mariadb(ip, MY_USER, timeout).await {
+    match mariadb(ip, MY_USER, MY_USER, timeout).await {
         Ok(c) => return Some(Conn::MariaDb(c)),
         Err(e) if !e.contains("Access denied") => return None,
         Err(_) => {}
     }
-    let mut admin = mariadb(ip, baton::engine::mysql::ADMIN_USER, timeout)
+    let mut admin = mariadb(ip, baton::engine::ADMIN_USER, &auth.admin_password, timeout)
         .await
         .ok()?;
     let read_only: Option<i64> = admin.query_first("SELECT @@read_only").await.ok()?;
@@ -160,7 +241,10 @@ async fn connect_mariadb(ip: IpAddr, timeout: Duration) -> Option<Conn> {
             ))
             .await
             .ok()?;
-        return mariadb(ip, MY_USER, timeout).await.ok().map(Conn::MariaDb);
+        return mariadb(ip, MY_USER, MY_USER, timeout)
+            .await
+            .ok()
+            .map(Conn::MariaDb);
     }
     Some(Conn::MariaDbReader(admin))
 }
@@ -168,16 +252,33 @@ async fn connect_mariadb(ip: IpAddr, timeout: Duration) -> Option<Conn> {
 /// The PostgreSQL table the writers write to (in the `postgres` database).
 const PG_TABLE: &str = "baton_w";
 
-/// Connects to the member at `ip` as a client would (2 s timeout).
-pub async fn connect(ds: Datastore, ip: IpAddr) -> Option<Conn> {
+/// Connects to the member at `ip` as a client would, with the Secret's application account
+/// (2 s timeout).
+pub async fn connect(ds: Datastore, ip: IpAddr, auth: &Auth) -> Option<Conn> {
+    connect_as(ds, ip, auth, false).await
+}
+
+/// Connects as Baton's account, which reads every member (the checks).
+pub async fn connect_admin(ds: Datastore, ip: IpAddr, auth: &Auth) -> Option<Conn> {
+    connect_as(ds, ip, auth, true).await
+}
+
+async fn connect_as(ds: Datastore, ip: IpAddr, auth: &Auth, admin: bool) -> Option<Conn> {
     let timeout = Duration::from_secs(2);
+    let (user, password) = if admin {
+        (baton::engine::ADMIN_USER, auth.admin_password.as_str())
+    } else {
+        (auth.user.as_str(), auth.password.as_str())
+    };
     match ds {
         Datastore::Postgresql => {
             let mut cfg = tokio_postgres::Config::new();
+            // The application account's own database, where the writes go.
             cfg.host(ip.to_string())
                 .port(baton::engine::postgres::PORT)
-                .user("postgres")
-                .dbname("postgres")
+                .user(user)
+                .password(password)
+                .dbname(&auth.user)
                 .connect_timeout(timeout);
             let (c, conn) = tokio::time::timeout(timeout, cfg.connect(tokio_postgres::NoTls))
                 .await
@@ -186,9 +287,22 @@ pub async fn connect(ds: Datastore, ip: IpAddr) -> Option<Conn> {
             tokio::spawn(conn);
             Some(Conn::Postgres(c))
         }
-        Datastore::Mariadb | Datastore::Mysql => connect_mariadb(ip, timeout).await,
+        Datastore::Mariadb | Datastore::Mysql if admin => mariadb(ip, user, password, timeout)
+            .await
+            .ok()
+            .map(Conn::MariaDbReader),
+        Datastore::Mariadb | Datastore::Mysql => connect_mariadb(ip, auth, timeout).await,
         Datastore::Redis => {
-            let c = redis::Client::open(redis::ConnectionAddr::Tcp(ip.to_string(), 6379)).ok()?;
+            use redis::IntoConnectionInfo;
+            let info = redis::ConnectionAddr::Tcp(ip.to_string(), 6379)
+                .into_connection_info()
+                .ok()?
+                .set_redis_settings(
+                    redis::RedisConnectionInfo::default()
+                        .set_username(user)
+                        .set_password(password),
+                );
+            let c = redis::Client::open(info).ok()?;
             tokio::time::timeout(timeout, c.get_multiplexed_async_connection())
                 .await
                 .ok()?
@@ -360,6 +474,7 @@ pub async fn write_until(
 ) -> Report {
     let mut r = Report {
         writer: writer.into(),
+        auth: wait_auth(&client, &ns, &instance).await,
         ..Default::default()
     };
     let start = Instant::now();
@@ -378,7 +493,7 @@ pub async fn write_until(
                 Route::Pinned(ip) => Some(*ip),
             };
             conn = match ip {
-                Some(ip) => connect(ds, ip).await.map(|c| (ip, c)),
+                Some(ip) => connect(ds, ip, &r.auth).await.map(|c| (ip, c)),
                 None => None,
             };
             if conn.is_none() {
@@ -418,7 +533,7 @@ pub async fn write_until(
 
 /// The acknowledged writes of `report` missing from the server at `ip`.
 pub async fn missing(ds: Datastore, ip: IpAddr, report: &Report) -> Result<Vec<Ack>, String> {
-    let mut c = connect(ds, ip)
+    let mut c = connect_admin(ds, ip, &report.auth)
         .await
         .ok_or_else(|| format!("cannot connect to {ip}"))?;
     let mut lost = Vec::new();
@@ -597,6 +712,6 @@ pub async fn wait_active(
 }
 
 /// The version a server itself reports.
-pub async fn server_version(ds: Datastore, ip: IpAddr) -> Option<String> {
-    connect(ds, ip).await?.server_version().await
+pub async fn server_version(ds: Datastore, ip: IpAddr, auth: &Auth) -> Option<String> {
+    connect_admin(ds, ip, auth).await?.server_version().await
 }

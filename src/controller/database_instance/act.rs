@@ -3,6 +3,7 @@
 //! failpoint right after it took effect (the crash-anywhere harness stops the operator there).
 
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
@@ -68,11 +69,12 @@ fn member<'a>(o: &'a Observation, name: &str) -> Result<&'a Member, ActError> {
 
 fn target(o: &Observation, name: &str) -> Result<Target, ActError> {
     let m = member(o, name)?;
-    Ok(Target::new(m.endpoint.clone().ok_or_else(|| {
-        ActError::NoAddress {
+    Ok(Target {
+        endpoint: m.endpoint.clone().ok_or_else(|| ActError::NoAddress {
             member: name.into(),
-        }
-    })?))
+        })?,
+        credentials: o.admin.clone(),
+    })
 }
 
 async fn apply<K>(api: &Api<K>, obj: &K, action: &'static str) -> Result<(), ActError>
@@ -232,8 +234,12 @@ async fn apply_children(
     }
     let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns);
     apply(&pdbs, &children::pdb(inst), "applying the PDB").await?;
-    let keys = engine.generated_secret_keys();
-    if !keys.is_empty() {
+    // The operator's own namespace: in a cluster, the service account's.
+    let np = children::network_policy(inst, engine, client.default_namespace());
+    let nps = Api::<NetworkPolicy>::namespaced(client.clone(), &ns);
+    apply(&nps, &np, "applying the NetworkPolicy").await?;
+    if inst.spec.credentials.is_none() {
+        let keys = engine.credential_keys();
         // Created once, never applied: its values are in use by the members.
         let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
         match secrets

@@ -11,6 +11,10 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
     Pod, PodSpec, Secret, Service, ServicePort, ServiceSpec, Volume, VolumeResourceRequirements,
 };
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -45,9 +49,12 @@ pub fn topology_name(inst: &DatabaseInstance) -> String {
     format!("{}-topology", inst.name_any())
 }
 
-/// The Secret of generated credentials (for example PostgreSQL's replication password).
+/// The instance's credentials Secret: the one its spec names, or the one Baton generates.
 pub fn credentials_name(inst: &DatabaseInstance) -> String {
-    format!("{}-credentials", inst.name_any())
+    match &inst.spec.credentials {
+        Some(c) => c.secret_name.clone(),
+        None => format!("{}-credentials", inst.name_any()),
+    }
 }
 
 /// The credentials Secret with a fresh random value for each of `keys`. Created once, never
@@ -61,9 +68,17 @@ pub fn credentials(inst: &DatabaseInstance, keys: &[&str]) -> Secret {
             .map(char::from)
             .collect()
     };
+    let entry = |k: &&str| {
+        let v = if *k == crate::engine::USERNAME {
+            crate::engine::DEFAULT_APP_USER.to_string()
+        } else {
+            value()
+        };
+        (k.to_string(), v)
+    };
     Secret {
         metadata: meta(inst, credentials_name(inst)),
-        string_data: Some(keys.iter().map(|k| (k.to_string(), value())).collect()),
+        string_data: Some(keys.iter().map(entry).collect()),
         ..Default::default()
     }
 }
@@ -222,6 +237,64 @@ pub fn pdb(inst: &DatabaseInstance) -> PodDisruptionBudget {
     }
 }
 
+/// The label a client pod carries (value: the instance's name) to be let through the
+/// instance's NetworkPolicy.
+pub const LABEL_CLIENT: &str = "baton.dev/client";
+
+/// Least access around the members: only the instance's own members (replication), pods in
+/// its namespace labelled `baton.dev/client: <instance>`, and the operator's pods (label
+/// `app.kubernetes.io/name: baton` in `operator_namespace`) reach the database port.
+/// Enforcement is the cluster network plugin's.
+pub fn network_policy(
+    inst: &DatabaseInstance,
+    engine: &dyn Engine,
+    operator_namespace: &str,
+) -> NetworkPolicy {
+    let pods = |labels: BTreeMap<String, String>| LabelSelector {
+        match_labels: Some(labels),
+        ..Default::default()
+    };
+    NetworkPolicy {
+        metadata: meta(inst, inst.name_any()),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(pods(selector(inst, None))),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                ports: Some(vec![NetworkPolicyPort {
+                    port: Some(IntOrString::Int(engine.port() as i32)),
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                }]),
+                from: Some(vec![
+                    NetworkPolicyPeer {
+                        pod_selector: Some(pods(selector(inst, None))),
+                        ..Default::default()
+                    },
+                    NetworkPolicyPeer {
+                        pod_selector: Some(pods(BTreeMap::from([(
+                            LABEL_CLIENT.to_string(),
+                            inst.name_any(),
+                        )]))),
+                        ..Default::default()
+                    },
+                    NetworkPolicyPeer {
+                        namespace_selector: Some(pods(BTreeMap::from([(
+                            "kubernetes.io/metadata.name".to_string(),
+                            operator_namespace.to_string(),
+                        )]))),
+                        pod_selector: Some(pods(BTreeMap::from([(
+                            "app.kubernetes.io/name".to_string(),
+                            "baton".to_string(),
+                        )]))),
+                        ..Default::default()
+                    },
+                ]),
+            }]),
+            ..Default::default()
+        }),
+    }
+}
+
 /// What the topology ConfigMap says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Topology {
@@ -267,8 +340,10 @@ pub struct Owned {
     pub services: Vec<Service>,
     pub pdb: Option<PodDisruptionBudget>,
     pub topology: Option<ConfigMap>,
-    /// Whether the credentials Secret exists (only read when the engine generates keys).
+    /// Whether the credentials Secret exists.
     pub credentials: bool,
+    /// Whether the instance's NetworkPolicy exists.
+    pub network_policy: bool,
 }
 
 /// Whether an owned object is missing or differs from what Baton declares, in the fields
@@ -309,8 +384,14 @@ pub fn drifted(inst: &DatabaseInstance, engine: &dyn Engine, owned: &Owned) -> b
         want.as_ref().map(|s| (&s.max_unavailable, &s.selector))
             != have.as_ref().map(|s| (&s.max_unavailable, &s.selector))
     });
-    let credentials_missing = !engine.generated_secret_keys().is_empty() && !owned.credentials;
-    claims_missing || service_drift || pdb_drift || owned.topology.is_none() || credentials_missing
+    // Only a generated Secret is Baton's to create.
+    let credentials_missing = inst.spec.credentials.is_none() && !owned.credentials;
+    claims_missing
+        || service_drift
+        || pdb_drift
+        || owned.topology.is_none()
+        || credentials_missing
+        || !owned.network_policy
 }
 
 /// The member that the primary label and the topology ConfigMap both name, with the right
@@ -373,7 +454,8 @@ mod tests {
             services: services(&i, engine),
             pdb: Some(pdb(&i)),
             topology: Some(topology(&i, &Topology::default())),
-            credentials: false,
+            credentials: true,
+            network_policy: true,
         };
         // What the API server adds is not drift.
         owned.services[0].spec.as_mut().unwrap().cluster_ip = Some("10.0.0.7".into());
@@ -384,6 +466,36 @@ mod tests {
         owned.services = services(&i, engine);
         owned.claims.pop();
         assert!(drifted(&i, engine, &owned), "a claim deleted");
+        owned.claims = member_names(&i).iter().map(|m| claim(&i, m)).collect();
+        owned.credentials = false;
+        assert!(drifted(&i, engine, &owned), "the generated Secret deleted");
+        owned.credentials = true;
+        owned.network_policy = false;
+        assert!(drifted(&i, engine, &owned), "the NetworkPolicy deleted");
+    }
+
+    #[test]
+    fn the_network_policy_lets_in_members_labelled_clients_and_the_operator_only() {
+        let i = inst();
+        let engine = for_datastore(crate::crd::Datastore::Redis).unwrap();
+        let np = network_policy(&i, engine, "baton-system");
+        let spec = np.spec.unwrap();
+        assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]));
+        let rule = &spec.ingress.unwrap()[0];
+        assert_eq!(
+            rule.ports.as_ref().unwrap()[0].port,
+            Some(IntOrString::Int(6379))
+        );
+        let from = serde_json::to_string(&rule.from).unwrap();
+        assert!(
+            from.contains(&format!("\"{LABEL_CLIENT}\":\"db\"")),
+            "{from}"
+        );
+        assert!(
+            from.contains("\"kubernetes.io/metadata.name\":\"baton-system\""),
+            "{from}"
+        );
+        assert_eq!(rule.from.as_ref().unwrap().len(), 3, "nothing else");
     }
 
     #[test]

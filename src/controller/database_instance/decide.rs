@@ -85,6 +85,16 @@ pub fn decide(o: &Observation) -> Decision {
         d.s.message = Some(why.clone());
         return d.done(Act::None, Wake::Idle);
     }
+    if let Some(why) = &o.credentials_problem {
+        // Nothing is started or touched: members could not log in, nor could Baton.
+        d.cond("CredentialsReady", false, "CredentialsInvalid", why.clone());
+        if d.s.version.is_none() {
+            d.s.phase = Some(InstancePhase::Error);
+        }
+        d.s.message = Some(why.clone());
+        return d.done(Act::None, Wake::Idle);
+    }
+    d.cond("CredentialsReady", true, "Ready", String::new());
     let running = d.s.version.clone();
     let base = running
         .clone()

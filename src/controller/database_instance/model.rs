@@ -281,4 +281,10 @@ pub struct Observation {
     pub window_open: bool,
     /// The last act of this instance failed with this, in this operator process.
     pub last_act_error: Option<String>,
+    /// The login Baton uses on the members, read from the credentials Secret this pass (never
+    /// printed: `Credentials` hides its password).
+    pub admin: Option<crate::engine::Credentials>,
+    /// Why the instance's credentials cannot be used (a Secret named in the spec that is
+    /// missing or lacks a key): nothing is started or touched until it is fixed.
+    pub credentials_problem: Option<String>,
 }

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::ListParams;
-use kube::core::PartialObjectMeta;
 use kube::{Api, ResourceExt};
 
 use super::children::{self, ANNOTATION_VERSION, LABEL_INSTANCE, Owned};
@@ -62,6 +62,8 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
             .as_ref()
             .is_none_or(|w| window::is_open(ctx.clock.now(), w)),
         last_act_error: ctx.act_error(&format!("{ns}/{name}")),
+        admin: None,
+        credentials_problem: None,
         inst,
     };
     let engine = match engine::for_datastore(o.inst.spec.datastore.type_) {
@@ -84,11 +86,17 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
         .into_iter()
         .map(|p| (p.name_any(), p))
         .collect();
-    let owned = read_owned(ctx, ns, &o.inst, engine, status.upgrade.is_some()).await?;
+    let (admin, secret_exists) = read_credentials(ctx, ns, &o.inst, engine).await?;
+    match admin {
+        Ok(a) => o.admin = a,
+        Err(why) => o.credentials_problem = Some(why),
+    }
+    let mut owned = read_owned(ctx, ns, &o.inst, status.upgrade.is_some()).await?;
+    owned.credentials = secret_exists;
     if status.upgrade.is_none() {
         o.children_drifted = children::drifted(&o.inst, engine, &owned);
     }
-    o.members = probe_all(ctx, engine, &names, &pods, &owned.claims).await;
+    o.members = probe_all(ctx, engine, o.admin.as_ref(), &names, &pods, &owned.claims).await;
     let quarantined: Vec<String> = status.quarantine.iter().map(|q| q.member.clone()).collect();
     let members = &o.members;
     o.published = children::published(
@@ -136,7 +144,6 @@ async fn read_owned(
     ctx: &Context,
     ns: &str,
     inst: &DatabaseInstance,
-    engine: &dyn Engine,
     upgrading: bool,
 ) -> Result<Owned> {
     let client = ctx.client.clone();
@@ -169,20 +176,75 @@ async fn read_owned(
         .get_opt(&inst.name_any())
         .await
         .map_err(Error::kube("reading the PodDisruptionBudget"))?;
-    // Only whether it exists: its values are the members' business.
-    let credentials = !engine.generated_secret_keys().is_empty()
-        && Api::<PartialObjectMeta<Secret>>::namespaced(client, ns)
-            .get_metadata_opt(&children::credentials_name(inst))
-            .await
-            .map_err(Error::kube("reading the credentials Secret"))?
-            .is_some();
+    let network_policy = Api::<NetworkPolicy>::namespaced(ctx.client.clone(), ns)
+        .get_opt(&inst.name_any())
+        .await
+        .map_err(Error::kube("reading the NetworkPolicy"))?
+        .is_some();
     Ok(Owned {
         claims,
         services,
         pdb,
         topology,
-        credentials,
+        credentials: false,
+        network_policy,
     })
+}
+
+/// Reads the credentials Secret at every pass (a rotated password is used at once): Baton's
+/// own login, or why the Secret cannot be used, and whether it exists. A generated Secret not
+/// created yet is no problem (the children step creates it); a Secret the spec names must
+/// exist and hold every key.
+async fn read_credentials(
+    ctx: &Context,
+    ns: &str,
+    inst: &DatabaseInstance,
+    engine: &dyn Engine,
+) -> Result<(
+    std::result::Result<Option<engine::Credentials>, String>,
+    bool,
+)> {
+    let name = children::credentials_name(inst);
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .get_opt(&name)
+        .await
+        .map_err(Error::kube("reading the credentials Secret"))?;
+    let given = inst.spec.credentials.is_some();
+    let Some(secret) = secret else {
+        return Ok((
+            if given {
+                Err(format!(
+                    "the Secret {name} named in spec.credentials.secretName does not exist"
+                ))
+            } else {
+                Ok(None)
+            },
+            false,
+        ));
+    };
+    let value = |k: &str| -> Option<String> {
+        let data = secret.data.as_ref()?.get(k)?;
+        let v = String::from_utf8(data.0.clone()).ok()?;
+        (!v.is_empty()).then_some(v)
+    };
+    if let Some(k) = engine.credential_keys().iter().find(|k| value(k).is_none()) {
+        return Ok((
+            Err(format!(
+                "the Secret {name} has no key {k:?} (or it is empty); it needs {}",
+                engine.credential_keys().join(", ")
+            )),
+            true,
+        ));
+    }
+    Ok((
+        Ok(
+            value(engine::ADMIN_PASSWORD).map(|password| engine::Credentials {
+                username: Some(engine.admin_user().to_string()),
+                password,
+            }),
+        ),
+        true,
+    ))
 }
 
 fn pod_ready(p: &Pod) -> bool {
@@ -228,6 +290,7 @@ fn image_current(p: &Pod) -> bool {
 async fn probe_all(
     ctx: &Context,
     engine: &'static dyn Engine,
+    admin: Option<&engine::Credentials>,
     names: &[String],
     pods: &BTreeMap<String, Pod>,
     claims: &[PersistentVolumeClaim],
@@ -239,7 +302,13 @@ async fn probe_all(
             .filter(|ip| !ip.is_empty())
             .map(|ip| Endpoint::new(ip, engine.port()));
         let (probe, probe_error) = match &endpoint {
-            Some(e) => match engine.probe(&Target::new(e.clone())).await {
+            Some(e) => match engine
+                .probe(&Target {
+                    endpoint: e.clone(),
+                    credentials: admin.cloned(),
+                })
+                .await
+            {
                 Ok(p) => (Some(p), None),
                 Err(err) => {
                     ctx.metrics

@@ -74,6 +74,8 @@ fn obs(spec_version: &str, status: serde_json::Value) -> Observation {
         fence_goal: None,
         window_open: true,
         last_act_error: None,
+        admin: None,
+        credentials_problem: None,
     }
 }
 
@@ -477,4 +479,19 @@ fn only_positions_and_lag_count_as_volatile() {
         !differs_only_in_volatile(&a, &a),
         "no change is no volatile change"
     );
+}
+
+#[test]
+fn a_named_secret_without_a_key_starts_nothing_and_says_which_key() {
+    let mut o = obs(SRC, json!({}));
+    o.credentials_problem = Some("the Secret mine has no key \"admin-password\"".into());
+    let d = decide(&o);
+    assert_eq!(d.act, Act::None, "nothing is started");
+    assert_eq!(d.status.phase, Some(InstancePhase::Error));
+    let c = condition(&d, "CredentialsReady");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "CredentialsInvalid")
+    );
+    assert!(c.message.contains("admin-password"), "{}", c.message);
 }

@@ -1,0 +1,245 @@
+//! Closed by default: every instance Baton creates requires credentials, from a Secret Baton
+//! generates or one the user names; the operator reads them at connect time and never shows
+//! them. (MariaDB's own checks are in tests/mariadb.rs: the example test.)
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+
+use baton::crd::InstancePhase;
+use baton_testkit::env::*;
+use baton_testkit::workload;
+use baton_testkit::*;
+
+async fn redis_conn(
+    ip: std::net::IpAddr,
+    user: Option<(&str, &str)>,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let url = match user {
+        Some((u, p)) => format!("redis://{u}:{p}@{ip}:6379/"),
+        None => format!("redis://{ip}:6379/"),
+    };
+    redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await
+}
+
+/// Redis: the `default` user is off, so a client without credentials is refused; the Secret's
+/// application account reads and writes but cannot run `@admin` commands (it cannot lift the
+/// fence); replicas authenticate and replicate; no password is shown anywhere.
+#[tokio::test]
+async fn redis_refuses_a_client_without_credentials_and_serves_the_secrets_account() {
+    let (env, op) = Env::with_active("cred-redis", "db", 2, json!({})).await;
+    let auth = env.auth("db").await;
+    assert_eq!(auth.user, "app");
+    let primary = env.primary_ip("db").await;
+    match redis_conn(primary, None).await {
+        Err(_) => {}
+        Ok(mut c) => {
+            let r: redis::RedisResult<()> = redis::cmd("SET")
+                .arg("k")
+                .arg("v")
+                .query_async(&mut c)
+                .await;
+            let e = r.expect_err("an unauthenticated client wrote");
+            assert!(e.to_string().contains("NOAUTH"), "{e}");
+        }
+    }
+    assert!(
+        redis_conn(primary, Some(("app", "wrong"))).await.is_err(),
+        "a wrong password was accepted"
+    );
+    let mut c = redis_conn(primary, Some((&auth.user, &auth.password)))
+        .await
+        .expect("the Secret's account logs in");
+    let _: () = redis::cmd("SET")
+        .arg("cred-k")
+        .arg("1")
+        .query_async(&mut c)
+        .await
+        .expect("writes");
+    let lift: redis::RedisResult<()> = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("min-replicas-to-write")
+        .arg("0")
+        .query_async(&mut c)
+        .await;
+    assert!(
+        lift.is_err(),
+        "the application account ran an @admin command"
+    );
+    // The standby replicated it: it authenticated as the replicator.
+    let standby = workload::member_addresses(&env.client, &env.ns, "db")
+        .await
+        .into_values()
+        .find(|ip| *ip != primary)
+        .expect("a standby");
+    let got = eventually(Duration::from_secs(10), || async {
+        let mut c = redis_conn(standby, Some((&auth.user, &auth.password)))
+            .await
+            .ok()?;
+        redis::cmd("GET")
+            .arg("cred-k")
+            .query_async::<Option<String>>(&mut c)
+            .await
+            .ok()?
+    })
+    .await;
+    assert_eq!(got.as_deref(), Some("1"), "the standby did not replicate");
+    // Least access around the members: the object is right (the local node enforces none).
+    let np = Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(
+        env.client.clone(),
+        &env.ns,
+    )
+    .get("db")
+    .await
+    .expect("the instance's NetworkPolicy");
+    let spec = serde_json::to_value(np.spec).expect("spec");
+    assert_eq!(
+        spec["podSelector"]["matchLabels"]["baton.dev/instance"],
+        "db"
+    );
+    assert_eq!(spec["policyTypes"], json!(["Ingress"]));
+    assert_eq!(spec["ingress"][0]["ports"][0]["port"], 6379);
+    let from = spec["ingress"][0]["from"].as_array().expect("from").clone();
+    assert_eq!(from.len(), 3, "{from:?}");
+    assert_eq!(
+        from[1]["podSelector"]["matchLabels"]["baton.dev/client"],
+        "db"
+    );
+    assert_eq!(
+        from[2]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "baton"
+    );
+    let inst = env.instances.get("db").await.expect("instance");
+    assert_secrets_kept(&env, &op, "db", &inst).await;
+    delete_namespace(&env.client, &env.ns).await;
+}
+
+/// PostgreSQL: over the network every role needs its password (no trust); the Secret's
+/// application account owns a database of its name and works there.
+#[tokio::test]
+async fn postgresql_refuses_a_client_without_credentials_and_serves_the_secrets_account() {
+    let (env, op) = Env::with_active("cred-pg", "db", 2, postgres(PG_SOURCE)).await;
+    let auth = env.auth("db").await;
+    let primary = env.primary_ip("db").await;
+    let pg = |user: String, password: Option<String>, db: String| async move {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host(primary.to_string())
+            .port(5432)
+            .user(&user)
+            .dbname(&db)
+            .connect_timeout(Duration::from_secs(3));
+        if let Some(p) = &password {
+            cfg.password(p);
+        }
+        let (c, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        Ok::<_, tokio_postgres::Error>(c)
+    };
+    for (user, pw) in [
+        ("postgres", None),
+        ("baton", None),
+        ("app", None),
+        ("app", Some("wrong")),
+        ("replicator", None),
+    ] {
+        assert!(
+            pg(user.into(), pw.map(str::to_string), "postgres".into())
+                .await
+                .is_err(),
+            "{user} with password {pw:?} was let in"
+        );
+    }
+    let c = pg(
+        auth.user.clone(),
+        Some(auth.password.clone()),
+        auth.user.clone(),
+    )
+    .await
+    .expect("the Secret's account logs in to its database");
+    c.batch_execute("CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
+        .await
+        .expect("and writes there");
+    let inst = env.instances.get("db").await.expect("instance");
+    assert_secrets_kept(&env, &op, "db", &inst).await;
+    delete_namespace(&env.client, &env.ns).await;
+}
+
+/// A Secret the user names: without a key, nothing is started and the CredentialsReady
+/// condition names the key; once the key is there, the instance comes up with the user's
+/// passwords (Baton generates no Secret of its own).
+#[tokio::test]
+async fn a_named_secret_missing_a_key_starts_nothing_until_the_key_is_added() {
+    let env = Env::new("cred-named").await;
+    let op = env.operator("cred-named", "");
+    let secrets = Api::<Secret>::namespaced(env.client.clone(), &env.ns);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "mine"},
+        "stringData": {
+            "username": "shopper",
+            "password": "a-password-of-the-users-own",
+            "replication-password": "the-users-replication-password",
+        },
+    }))
+    .expect("secret");
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create the Secret");
+    env.create("db", 2, json!({"credentials": {"secretName": "mine"}}))
+        .await;
+    let cond = eventually(Duration::from_secs(30), || async {
+        let st = env.instances.get("db").await.ok()?.status?;
+        st.conditions
+            .into_iter()
+            .find(|c| c.type_ == "CredentialsReady" && c.status == "False")
+    })
+    .await
+    .unwrap_or_else(|| panic!("no CredentialsReady=False:\n{}", tail(&op.logs(), 20)));
+    assert!(
+        cond.message.contains("\"admin-password\"") && cond.message.contains("mine"),
+        "{}",
+        cond.message
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pods = Api::<Pod>::namespaced(env.client.clone(), &env.ns)
+        .list(&ListParams::default().labels("baton.dev/instance=db"))
+        .await
+        .expect("pods");
+    assert!(pods.items.is_empty(), "members were started");
+    assert!(
+        secrets
+            .get_opt("db-credentials")
+            .await
+            .expect("get")
+            .is_none(),
+        "Baton generated a Secret of its own"
+    );
+
+    secrets
+        .patch(
+            "mine",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"stringData": {"admin-password": "the-users-password-for-baton"}}),
+            ),
+        )
+        .await
+        .expect("add the key");
+    let inst = env.wait_for("db", InstancePhase::Active, SOURCE, &op).await;
+    let primary = env.primary_ip("db").await;
+    let mut c = redis_conn(primary, Some(("shopper", "a-password-of-the-users-own")))
+        .await
+        .expect("the user's own account logs in");
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query_async(&mut c)
+        .await
+        .expect("writes");
+    assert_secrets_kept(&env, &op, "db", &inst).await;
+    delete_namespace(&env.client, &env.ns).await;
+}
