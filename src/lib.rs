@@ -14,5 +14,6 @@ pub mod metrics;
 pub mod operator;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
 pub mod version;
 pub mod window;

@@ -360,6 +360,30 @@ async fn operator_runs_with_exactly_the_charts_rbac() {
             .await
             .map(|_| ())
     ));
+    // Secrets: read by name and created, never changed, deleted or listed; NetworkPolicies
+    // applied, never deleted.
+    assert!(forbidden(
+        Api::<Secret>::namespaced(sa.clone(), &ns)
+            .delete("anything", &DeleteParams::default())
+            .await
+            .map(|_| ())
+    ));
+    assert!(forbidden(
+        Api::<Secret>::namespaced(sa.clone(), &ns)
+            .patch(
+                "anything",
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"data": {}}))
+            )
+            .await
+            .map(|_| ())
+    ));
+    assert!(forbidden(
+        Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(sa.clone(), &ns)
+            .delete("anything", &DeleteParams::default())
+            .await
+            .map(|_| ())
+    ));
     assert!(forbidden(
         Api::<Lease>::namespaced(sa.clone(), "default")
             .get("baton-leader")

@@ -340,3 +340,162 @@ async fn a_second_writer_is_fenced_and_quarantined_and_keeps_its_writes_until_a_
 async fn in_place_restarts_every_member_together() {
     scenarios::in_place_restarts_every_member_together(POSTGRES, "pg-inplace", None).await;
 }
+
+/// A CA and a server certificate for the names `db`, `db-headless` (not the pods' addresses:
+/// Baton verifies the chain, as libpq's `verify-ca` does), made with the openssl CLI, as
+/// `(ca.crt, tls.crt, tls.key)`.
+fn certificates(dir: &std::path::Path) -> (String, String, String) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:db,DNS:db-headless\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext");
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=baton-test-ca",
+    ]);
+    run(&[
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "tls.key", "-out", "tls.csr", "-subj",
+        "/CN=db",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "tls.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "tls.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect("read");
+    (read("ca.crt"), read("tls.crt"), read("tls.key"))
+}
+
+/// `spec.tls`: members serve and replicate over TLS only. A 16.13 → 16.14 upgrade under
+/// committing clients that verify the CA loses nothing; a plain-text client and a client
+/// trusting another CA are refused; Redis, which Baton cannot run with TLS yet, says so in a
+/// condition and starts nothing.
+#[tokio::test]
+async fn tls_members_upgrade_under_verifying_clients_and_refuse_plain_text() {
+    let env = Env::new("pg-tls").await;
+    let (ca, crt, key) = certificates(env.dir.as_path());
+    let other = tempfile::tempdir().expect("tempdir");
+    let (other_ca, _, _) = certificates(other.path());
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "db-tls"},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": crt, "tls.key": key, "ca.crt": ca},
+    }))
+    .expect("secret");
+    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(env.client.clone(), &env.ns)
+        .create(&Default::default(), &secret)
+        .await
+        .expect("create the TLS Secret");
+    let mut spec = postgres(PG_SOURCE);
+    spec["tls"] = json!({"secretName": "db-tls"});
+    let sc = Scenario::prepare(&env, "db", PG_SOURCE, spec).await;
+    assert!(sc.auth.ca.is_some(), "the test clients verify the CA");
+    let primary = sc.first_primary;
+    let auth = sc.auth.clone();
+
+    // Plain text: refused by pg_hba. Another CA: refused by the client's verification.
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(primary.to_string())
+        .port(5432)
+        .user(&auth.user)
+        .password(&auth.password)
+        .dbname(&auth.user)
+        .connect_timeout(Duration::from_secs(3));
+    let plain = cfg.connect(tokio_postgres::NoTls).await;
+    let e = plain.err().expect("a plain-text client was let in");
+    let why = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| e.to_string());
+    assert!(why.contains("no encryption"), "{why}");
+    let mut wrong = cfg.clone();
+    wrong.ssl_mode(tokio_postgres::config::SslMode::Require);
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
+        baton::tls::client_config(other_ca.as_bytes()).expect("config"),
+    );
+    assert!(
+        wrong.connect(tls).await.is_err(),
+        "a client trusting another CA connected"
+    );
+
+    let op = env.operator("pg-tls", "");
+    sc.set_version(PG_TARGET).await;
+    let out = sc.finish(&op, PG_TARGET).await;
+    assert_eq!(out.result, Ok(()));
+    env.assert_all_run("db", PG_TARGET).await;
+    let st = env
+        .instances
+        .get("db")
+        .await
+        .expect("db")
+        .status
+        .expect("status");
+    assert!(
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "TLSReady" && c.status == "True"),
+        "{:?}",
+        st.conditions
+    );
+    for r in &out.reports {
+        println!(
+            "{} over TLS: {} committed, longest gap {:?}",
+            r.writer,
+            r.acked.len(),
+            r.longest_gap
+        );
+    }
+
+    // A datastore whose members Baton cannot run with TLS: a condition, nothing started.
+    env.create("cache", 1, json!({"tls": {"secretName": "db-tls"}}))
+        .await;
+    let cond = eventually(Duration::from_secs(30), || async {
+        let st = env.instances.get("cache").await.ok()?.status?;
+        st.conditions
+            .into_iter()
+            .find(|c| c.type_ == "TLSReady" && c.status == "False")
+    })
+    .await
+    .expect("a TLSReady=False condition");
+    assert!(cond.message.contains("redis"), "{}", cond.message);
+    let pods = env.member_pods("cache").await;
+    assert!(pods.is_empty(), "members were started: {:?}", pods.keys());
+    delete_namespace(&env.client, &env.ns).await;
+}

@@ -75,6 +75,25 @@ pub struct DatabaseInstanceSpec {
     /// and the `CredentialsReady` condition names the missing key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<CredentialsRef>,
+
+    /// Serve TLS: a Secret in the instance's namespace with `tls.crt`, `tls.key` and `ca.crt`
+    /// (what cert-manager writes). Members serve and replicate over TLS only (plain-text
+    /// clients are refused) and Baton connects verifying the chain against `ca.crt`. Set it
+    /// when the instance is created (members are created with it). A datastore whose members
+    /// Baton cannot run with TLS yet, or a Secret missing a key, starts nothing and says so in
+    /// the `TLSReady` condition. PostgreSQL only in this version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsRef>,
+}
+
+/// Where an instance's TLS certificate is.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsRef {
+    /// The name of a Secret in the instance's namespace (type `kubernetes.io/tls`, with
+    /// `ca.crt`).
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
 }
 
 /// Where an instance's credentials are.

@@ -96,6 +96,9 @@ impl fmt::Debug for Credentials {
 pub struct Target {
     pub endpoint: Endpoint,
     pub credentials: Option<Credentials>,
+    /// The instance's CA (PEM) when its members serve TLS: the engine then connects over TLS
+    /// only, verifying the server's chain against it.
+    pub ca: Option<Vec<u8>>,
 }
 
 impl Target {
@@ -103,6 +106,7 @@ impl Target {
         Target {
             endpoint,
             credentials: None,
+            ca: None,
         }
     }
 }
@@ -254,7 +258,17 @@ pub struct MemberTemplate<'a> {
     pub topology: &'a str,
     /// The instance's Secret holding the keys of [`Engine::credential_keys`].
     pub credentials: &'a str,
+    /// The instance's TLS Secret (`tls.crt`, `tls.key`, `ca.crt`), when it serves TLS; the
+    /// pod mounts it at [`TLS_DIR`].
+    pub tls: Option<&'a str>,
 }
+
+/// Where a member's TLS Secret is mounted.
+pub const TLS_DIR: &str = "/etc/baton/tls";
+/// The name of the pod volume holding the TLS Secret.
+pub const TLS_VOLUME: &str = "tls";
+/// The keys a TLS Secret must hold (what cert-manager writes).
+pub const TLS_KEYS: [&str; 3] = ["tls.crt", "tls.key", "ca.crt"];
 
 /// The ConfigMap key naming the primary's pod.
 pub const TOPOLOGY_PRIMARY_POD: &str = "primaryPod";
@@ -316,6 +330,11 @@ pub trait Engine: Send + Sync + fmt::Debug {
     /// A member's database container, without image and resources (the caller sets them). It
     /// boots fenced, following the topology ConfigMap's primary where the engine can.
     fn container(&self, m: &MemberTemplate<'_>) -> Container;
+
+    /// Whether Baton can run this datastore's members with TLS (`spec.tls`).
+    fn supports_tls(&self) -> bool {
+        false
+    }
 
     /// The account Baton connects as (its password is the Secret's [`ADMIN_PASSWORD`]).
     fn admin_user(&self) -> &'static str {

@@ -1071,6 +1071,7 @@ mod tests {
         let c = MARIADB.container(&MemberTemplate {
             topology: "db-topology",
             credentials: "db-credentials",
+            tls: None,
         });
         let env = serde_json::to_string(&c.env).unwrap();
         assert!(env.contains("db-credentials") && env.contains(REPLICATION_PASSWORD));

@@ -61,10 +61,21 @@ export PGDATA="$D/pgdata" PGPASSFILE="$D/pgpass"
 umask 077
 printf '*:*:*:replicator:%s\n' "$BATON_REPLICATION_PASSWORD" > "$PGPASSFILE"
 me=$POD_NAME primary=${BATON_PRIMARY_POD:-} host=${BATON_PRIMARY_HOST:-}
+# TLS when the pod mounts a certificate: the server serves it, replication verifies the chain,
+# and pg_hba (written below at every start) refuses every plain-text connection.
+tls= ssl=
+if [ -f /etc/baton/tls/tls.crt ]; then
+  mkdir -p "$D/tls"
+  cp /etc/baton/tls/tls.crt /etc/baton/tls/tls.key /etc/baton/tls/ca.crt "$D/tls/"
+  chmod 600 "$D/tls/tls.key"
+  tls="-c ssl=on -c ssl_cert_file=$D/tls/tls.crt -c ssl_key_file=$D/tls/tls.key -c ssl_ca_file=$D/tls/ca.crt"
+  ssl=" sslmode=verify-ca sslrootcert=$D/tls/ca.crt"
+  export PGSSLMODE=verify-ca PGSSLROOTCERT="$D/tls/ca.crt"
+fi
 follow=yes
 case " ${BATON_QUARANTINED:-} " in *" $me "*) follow=no ;; esac
 [ "$primary" = "$me" ] && follow=no
-conninfo="host=$host port=5432 user=replicator passfile=$PGPASSFILE application_name=$me"
+conninfo="host=$host port=5432 user=replicator passfile=$PGPASSFILE application_name=$me$ssl"
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
   rm -rf "$PGDATA"
   if [ "$primary" = "$me" ]; then
@@ -85,12 +96,6 @@ GRANT EXECUTE ON FUNCTION pg_ls_dir(text, boolean, boolean), pg_stat_file(text, 
   pg_read_binary_file(text), pg_read_binary_file(text, bigint, bigint, boolean) TO replicator;
 SQL
     pg_ctl -D "$PGDATA" -w stop -m fast >/dev/null
-    # Over the network every role needs its password; the socket (inside the pod) is trusted.
-    cat > "$PGDATA/pg_hba.conf" <<'HBA'
-local all all trust
-host replication replicator all scram-sha-256
-host all all all scram-sha-256
-HBA
   elif [ "$follow" = yes ] && [ -n "$host" ]; then
     # Clone a primary that has left recovery: a backup taken from the recorded primary while
     # it still waits in recovery is void once it is promoted.
@@ -121,6 +126,23 @@ if [ "$follow" = yes ] && [ -n "$host" ] && [ -z "${cloned:-}" ]; then
     pg_rewind -D "$PGDATA" --source-server="$conninfo dbname=baton" >/dev/null
   fi
 fi
+# Over the network every role needs its password (and, with TLS, an encrypted connection);
+# the socket, inside the pod, is trusted.
+if [ -n "$tls" ]; then
+  cat > "$PGDATA/pg_hba.conf" <<'HBA'
+local all all trust
+hostnossl all all all reject
+hostnossl replication all all reject
+hostssl replication replicator all scram-sha-256
+hostssl all all all scram-sha-256
+HBA
+else
+  cat > "$PGDATA/pg_hba.conf" <<'HBA'
+local all all trust
+host replication replicator all scram-sha-256
+host all all all scram-sha-256
+HBA
+fi
 touch "$PGDATA/standby.signal"
 sed -i '/^primary_conninfo/d' "$PGDATA/postgresql.auto.conf"
 if [ "$follow" = yes ] && [ -n "$host" ]; then
@@ -136,7 +158,7 @@ while :; do
   postgres -D "$PGDATA" -c listen_addresses='*' -c port=5432 -c unix_socket_directories="$D" \
     -c wal_level=replica -c hot_standby=on -c max_wal_senders=10 -c wal_keep_size=256MB \
     -c recovery_target_timeline=latest -c hot_standby_feedback=on \
-    -c wal_retrieve_retry_interval=200ms "$@" &
+    -c wal_retrieve_retry_interval=200ms $tls "$@" &
   pid=$!
   rc=0
   wait "$pid" || rc=$?
@@ -165,11 +187,35 @@ async fn connect(t: &Target) -> Result<Client, EngineError> {
         }
         cfg.password(&c.password);
     }
-    match tokio::time::timeout(TIMEOUT, cfg.connect(NoTls)).await {
-        Ok(Ok((client, conn))) => {
-            tokio::spawn(conn);
-            Ok(client)
+    let connected = match &t.ca {
+        // TLS only, verifying the chain against the instance's CA.
+        Some(ca) => {
+            let config = crate::tls::client_config(ca).map_err(|e| EngineError::Unreachable {
+                endpoint: endpoint.clone(),
+                source: Box::new(e),
+            })?;
+            cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(config);
+            tokio::time::timeout(TIMEOUT, cfg.connect(tls))
+                .await
+                .map(|r| {
+                    r.map(|(client, conn)| {
+                        tokio::spawn(conn);
+                        client
+                    })
+                })
         }
+        None => tokio::time::timeout(TIMEOUT, cfg.connect(NoTls))
+            .await
+            .map(|r| {
+                r.map(|(client, conn)| {
+                    tokio::spawn(conn);
+                    client
+                })
+            }),
+    };
+    match connected {
+        Ok(Ok(client)) => Ok(client),
         Ok(Err(e)) => Err(EngineError::Unreachable {
             endpoint,
             source: Box::new(e),
@@ -361,9 +407,14 @@ async fn stop_into_recovery(c: Client, t: &Target) -> Result<Client, EngineError
 
 /// The connection string a standby follows `primary` with (the password comes from the
 /// passfile the boot script writes from the Secret: it never passes through Baton).
-pub fn conninfo(primary: &Endpoint, application_name: &str) -> String {
+pub fn conninfo(primary: &Endpoint, application_name: &str, tls: bool) -> String {
+    let ssl = if tls {
+        format!(" sslmode=verify-ca sslrootcert={DATA}/tls/ca.crt")
+    } else {
+        String::new()
+    };
     format!(
-        "host={} port={} user=replicator passfile={DATA}/pgpass application_name={application_name}",
+        "host={} port={} user=replicator passfile={DATA}/pgpass application_name={application_name}{ssl}",
         primary.host, primary.port
     )
 }
@@ -411,6 +462,10 @@ impl Engine for Postgres {
 
     fn container_name(&self) -> &'static str {
         "postgres"
+    }
+
+    fn supports_tls(&self) -> bool {
+        true
     }
 
     fn credential_keys(&self) -> &'static [&'static str] {
@@ -468,11 +523,20 @@ impl Engine for Postgres {
                 failure_threshold: Some(3),
                 ..Default::default()
             }),
-            volume_mounts: Some(vec![VolumeMount {
-                name: "data".into(),
-                mount_path: DATA.into(),
-                ..Default::default()
-            }]),
+            volume_mounts: Some(
+                std::iter::once(VolumeMount {
+                    name: "data".into(),
+                    mount_path: DATA.into(),
+                    ..Default::default()
+                })
+                .chain(m.tls.map(|_| VolumeMount {
+                    name: super::TLS_VOLUME.into(),
+                    mount_path: super::TLS_DIR.into(),
+                    read_only: Some(true),
+                    ..Default::default()
+                }))
+                .collect(),
+            ),
             ..Default::default()
         }
     }
@@ -566,7 +630,7 @@ impl Engine for Postgres {
         // Each alone: ALTER SYSTEM refuses to run inside a multi-statement transaction.
         let sql = format!(
             "ALTER SYSTEM SET primary_conninfo = {}",
-            literal(&conninfo(primary, &name))
+            literal(&conninfo(primary, &name, t.ca.is_some()))
         );
         run(&c, t, "ALTER SYSTEM", &sql).await?;
         run(&c, t, "pg_reload_conf", "SELECT pg_reload_conf()").await?;
@@ -656,7 +720,11 @@ mod tests {
 
     #[test]
     fn the_replication_password_never_passes_through_baton() {
-        let c = conninfo(&Endpoint::new("fd00::3", PORT), "db-1");
+        let c = conninfo(&Endpoint::new("fd00::3", PORT), "db-1", false);
+        assert!(
+            conninfo(&Endpoint::new("fd00::3", PORT), "db-1", true)
+                .ends_with(" sslmode=verify-ca sslrootcert=/var/lib/postgresql/data/tls/ca.crt")
+        );
         assert!(
             c.starts_with("host=fd00::3 port=5432 user=replicator passfile="),
             "{c}"
@@ -685,6 +753,7 @@ mod tests {
         let c = Postgres.container(&MemberTemplate {
             topology: "db-topology",
             credentials: "db-credentials",
+            tls: None,
         });
         let env = serde_json::to_string(&c.env).unwrap();
         assert!(

@@ -474,6 +474,7 @@ mod tests {
         let c = Redis.container(&MemberTemplate {
             topology: "db-topology",
             credentials: "db-credentials",
+            tls: None,
         });
         let args = c.args.clone().unwrap();
         let fence = args

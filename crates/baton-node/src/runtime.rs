@@ -67,8 +67,11 @@ pub fn mount_script(l: &Launch) -> String {
         s.push_str(&format!("mkdir -p {0}; cd {0}\n", quote(wd)));
     }
     match &l.user {
+        // HOME is the user's own, as a container runtime sets it (libpq, for one, reads files
+        // under it and fails on a home it cannot enter), unless the pod set it.
         Some(u) => s.push_str(&format!(
-            "exec setpriv --reuid={0} --regid={0} --init-groups -- \"$@\"\n",
+            "[ -n \"${{HOME:-}}\" ] || HOME=$(getent passwd {0} | cut -d: -f6); export HOME=${{HOME:-/}}\n\
+             exec setpriv --reuid={0} --regid={0} --init-groups -- \"$@\"\n",
             quote(u)
         )),
         None => s.push_str("exec \"$@\"\n"),

@@ -580,7 +580,15 @@ async fn launch(
         .or_insert_with(|| runtime::container_path(&spec.path));
     env.entry("HOSTNAME".into())
         .or_insert_with(|| pod.name_any());
-    env.entry("HOME".into()).or_insert_with(|| "/root".into());
+    // A non-root image user gets its own home at launch (see runtime::mount_script).
+    if spec.user.is_none()
+        && c.security_context
+            .as_ref()
+            .and_then(|s| s.run_as_user)
+            .is_none()
+    {
+        env.entry("HOME".into()).or_insert_with(|| "/root".into());
+    }
     env.insert("BATON_POD_IP".into(), ip.to_string());
     env.insert("BATON_NODE".into(), ctx.marker.clone());
     if let Some(lib) = &ctx.podnet {

@@ -69,6 +69,9 @@ pub struct Auth {
     pub password: String,
     /// Baton's own account (`baton`): what the checks read every member with.
     pub admin_password: String,
+    /// The instance's CA (PEM) when it serves TLS: clients then connect over TLS only,
+    /// verifying the server's chain against it.
+    pub ca: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -93,6 +96,7 @@ impl Auth {
         baton::engine::Target {
             endpoint: baton::engine::Endpoint::new(ip.to_string(), port),
             credentials: Some(self.admin()),
+            ca: self.ca.clone(),
         }
     }
 }
@@ -112,10 +116,24 @@ pub async fn auth(client: &Client, ns: &str, instance: &str) -> Option<Auth> {
     let get = |k: &str| -> Option<String> {
         String::from_utf8(secret.data.as_ref()?.get(k)?.0.clone()).ok()
     };
+    let ca = match &inst.spec.tls {
+        Some(t) => Some(
+            Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns)
+                .get(&t.secret_name)
+                .await
+                .ok()?
+                .data?
+                .get("ca.crt")?
+                .0
+                .clone(),
+        ),
+        None => None,
+    };
     Some(Auth {
         user: get(baton::engine::USERNAME)?,
         password: get(baton::engine::PASSWORD)?,
         admin_password: get(baton::engine::ADMIN_PASSWORD)?,
+        ca,
     })
 }
 
@@ -280,11 +298,29 @@ async fn connect_as(ds: Datastore, ip: IpAddr, auth: &Auth, admin: bool) -> Opti
                 .password(password)
                 .dbname(&auth.user)
                 .connect_timeout(timeout);
-            let (c, conn) = tokio::time::timeout(timeout, cfg.connect(tokio_postgres::NoTls))
-                .await
-                .ok()?
-                .ok()?;
-            tokio::spawn(conn);
+            let c = match &auth.ca {
+                Some(ca) => {
+                    cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
+                    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
+                        baton::tls::client_config(ca).ok()?,
+                    );
+                    let (c, conn) = tokio::time::timeout(timeout, cfg.connect(tls))
+                        .await
+                        .ok()?
+                        .ok()?;
+                    tokio::spawn(conn);
+                    c
+                }
+                None => {
+                    let (c, conn) =
+                        tokio::time::timeout(timeout, cfg.connect(tokio_postgres::NoTls))
+                            .await
+                            .ok()?
+                            .ok()?;
+                    tokio::spawn(conn);
+                    c
+                }
+            };
             Some(Conn::Postgres(c))
         }
         Datastore::Mariadb | Datastore::Mysql if admin => mariadb(ip, user, password, timeout)

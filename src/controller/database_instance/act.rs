@@ -74,6 +74,7 @@ fn target(o: &Observation, name: &str) -> Result<Target, ActError> {
             member: name.into(),
         })?,
         credentials: o.admin.clone(),
+        ca: o.ca.clone(),
     })
 }
 

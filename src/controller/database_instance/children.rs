@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
-    Pod, PodSpec, Secret, Service, ServicePort, ServiceSpec, Volume, VolumeResourceRequirements,
+    Pod, PodSpec, Secret, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -147,9 +148,11 @@ pub fn pod(
 ) -> Pod {
     let topology = topology_name(inst);
     let credentials = credentials_name(inst);
+    let tls = inst.spec.tls.as_ref().map(|t| t.secret_name.as_str());
     let mut container = engine.container(&MemberTemplate {
         topology: &topology,
         credentials: &credentials,
+        tls,
     });
     container.image = Some(image.into());
     container.resources = inst.spec.members.resources.clone();
@@ -166,14 +169,28 @@ pub fn pod(
         metadata,
         spec: Some(PodSpec {
             containers: vec![container],
-            volumes: Some(vec![Volume {
-                name: "data".into(),
-                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: claim_name(name),
-                    read_only: None,
-                }),
-                ..Default::default()
-            }]),
+            volumes: Some(
+                std::iter::once(Volume {
+                    name: "data".into(),
+                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                        claim_name: claim_name(name),
+                        read_only: None,
+                    }),
+                    ..Default::default()
+                })
+                .chain(tls.map(|secret| Volume {
+                    name: crate::engine::TLS_VOLUME.into(),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(secret.into()),
+                        // Readable by the server's non-root user, which copies the key to a
+                        // private file at start.
+                        default_mode: Some(0o444),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }))
+                .collect(),
+            ),
             termination_grace_period_seconds: Some(30),
             ..Default::default()
         }),

@@ -95,6 +95,17 @@ pub fn decide(o: &Observation) -> Decision {
         return d.done(Act::None, Wake::Idle);
     }
     d.cond("CredentialsReady", true, "Ready", String::new());
+    if let Some(why) = &o.tls_problem {
+        d.cond("TLSReady", false, "TLSUnavailable", why.clone());
+        if d.s.version.is_none() {
+            d.s.phase = Some(InstancePhase::Error);
+        }
+        d.s.message = Some(why.clone());
+        return d.done(Act::None, Wake::Idle);
+    }
+    if o.ca.is_some() {
+        d.cond("TLSReady", true, "Serving", "members serve TLS only".into());
+    }
     let running = d.s.version.clone();
     let base = running
         .clone()

@@ -287,4 +287,9 @@ pub struct Observation {
     /// Why the instance's credentials cannot be used (a Secret named in the spec that is
     /// missing or lacks a key): nothing is started or touched until it is fixed.
     pub credentials_problem: Option<String>,
+    /// The instance's CA (PEM), when `spec.tls` names a usable Secret.
+    pub ca: Option<Vec<u8>>,
+    /// Why `spec.tls` cannot be honoured (the datastore has no TLS in Baton yet, or the Secret
+    /// is missing or lacks a key): nothing is started or touched until it is fixed.
+    pub tls_problem: Option<String>,
 }

@@ -64,6 +64,8 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
         last_act_error: ctx.act_error(&format!("{ns}/{name}")),
         admin: None,
         credentials_problem: None,
+        ca: None,
+        tls_problem: None,
         inst,
     };
     let engine = match engine::for_datastore(o.inst.spec.datastore.type_) {
@@ -91,12 +93,21 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
         Ok(a) => o.admin = a,
         Err(why) => o.credentials_problem = Some(why),
     }
+    match read_tls(ctx, ns, &o.inst, engine).await? {
+        Ok(ca) => o.ca = ca,
+        Err(why) => o.tls_problem = Some(why),
+    }
     let mut owned = read_owned(ctx, ns, &o.inst, status.upgrade.is_some()).await?;
     owned.credentials = secret_exists;
     if status.upgrade.is_none() {
         o.children_drifted = children::drifted(&o.inst, engine, &owned);
     }
-    o.members = probe_all(ctx, engine, o.admin.as_ref(), &names, &pods, &owned.claims).await;
+    let login = Target {
+        endpoint: Endpoint::new("", 0),
+        credentials: o.admin.clone(),
+        ca: o.ca.clone(),
+    };
+    o.members = probe_all(ctx, engine, &login, &names, &pods, &owned.claims).await;
     let quarantined: Vec<String> = status.quarantine.iter().map(|q| q.member.clone()).collect();
     let members = &o.members;
     o.published = children::published(
@@ -189,6 +200,49 @@ async fn read_owned(
         credentials: false,
         network_policy,
     })
+}
+
+/// Reads the TLS Secret `spec.tls` names, at every pass: the CA Baton verifies members
+/// against, or why TLS cannot be honoured.
+async fn read_tls(
+    ctx: &Context,
+    ns: &str,
+    inst: &DatabaseInstance,
+    engine: &dyn Engine,
+) -> Result<std::result::Result<Option<Vec<u8>>, String>> {
+    let Some(tls) = &inst.spec.tls else {
+        return Ok(Ok(None));
+    };
+    if !engine.supports_tls() {
+        return Ok(Err(format!(
+            "Baton cannot run {} members with TLS yet; remove spec.tls or choose a datastore that has it (postgresql)",
+            engine.datastore()
+        )));
+    }
+    let name = &tls.secret_name;
+    let Some(secret) = Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(Error::kube("reading the TLS Secret"))?
+    else {
+        return Ok(Err(format!(
+            "the Secret {name} named in spec.tls.secretName does not exist"
+        )));
+    };
+    let data = secret.data.unwrap_or_default();
+    if let Some(k) = engine::TLS_KEYS
+        .iter()
+        .find(|k| data.get(**k).is_none_or(|v| v.0.is_empty()))
+    {
+        return Ok(Err(format!(
+            "the Secret {name} has no key {k:?}; a TLS Secret needs tls.crt, tls.key and ca.crt"
+        )));
+    }
+    let ca = data.get("ca.crt").map(|v| v.0.clone()).unwrap_or_default();
+    if let Err(e) = crate::tls::client_config(&ca) {
+        return Ok(Err(format!("the Secret {name}: {e}")));
+    }
+    Ok(Ok(Some(ca)))
 }
 
 /// Reads the credentials Secret at every pass (a rotated password is used at once): Baton's
@@ -290,7 +344,7 @@ fn image_current(p: &Pod) -> bool {
 async fn probe_all(
     ctx: &Context,
     engine: &'static dyn Engine,
-    admin: Option<&engine::Credentials>,
+    login: &Target,
     names: &[String],
     pods: &BTreeMap<String, Pod>,
     claims: &[PersistentVolumeClaim],
@@ -305,7 +359,7 @@ async fn probe_all(
             Some(e) => match engine
                 .probe(&Target {
                     endpoint: e.clone(),
-                    credentials: admin.cloned(),
+                    ..login.clone()
                 })
                 .await
             {

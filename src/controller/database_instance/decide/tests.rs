@@ -76,6 +76,8 @@ fn obs(spec_version: &str, status: serde_json::Value) -> Observation {
         last_act_error: None,
         admin: None,
         credentials_problem: None,
+        ca: None,
+        tls_problem: None,
     }
 }
 
