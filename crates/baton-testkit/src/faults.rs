@@ -321,6 +321,9 @@ impl<'a> Scenario<'a> {
             "{name}: the labelled primary is not the one writable member"
         );
         assert_nothing_lost(env, &name, &reports.iter().collect::<Vec<_>>()).await;
+        // And no password of the instance surfaced in its status, Events or this operator's log.
+        let inst = env.instances.get(&name).await.expect("instance");
+        crate::env::assert_secrets_kept(env, op, &name, &inst).await;
         Outcome {
             result,
             worst,
