@@ -10,7 +10,7 @@ use std::time::Duration;
 use mysql_async::prelude::Queryable;
 use serde_json::json;
 
-use baton::crd::{InstancePhase, RequestPhase, UpgradeRequest, UpgradeResult};
+use baton::crd::InstancePhase;
 use baton_testkit::env::*;
 use baton_testkit::faults::Scenario;
 use baton_testkit::scenarios;
@@ -275,83 +275,20 @@ async fn a_candidate_that_cannot_catch_up_in_time_undoes_the_fence() {
 /// 10.11.18, the primary never moves, nothing committed is lost.
 #[tokio::test]
 async fn upgrade_then_rollback_returns_every_member_to_the_old_minor() {
-    let env = Env::new("my-rollback").await;
-    let op = env.operator("my-rollback", "");
-    env.apply_example("mariadb-ha.yaml");
-    env.wait_for("shop", InstancePhase::Active, MARIADB_SOURCE, &op)
-        .await;
-    let (stop, writes) = env.writer("shop");
-    env.apply_example("mariadb-canary.yaml");
-    let r = wait_request(&env, "shop-canary", RequestPhase::AwaitingCommit, &op).await;
-    assert_eq!(job(&r, "shop").phase, RequestPhase::AwaitingCommit);
-    let versions = env.server_versions("shop").await;
-    assert_eq!(
-        versions["shop-0"], MARIADB_SOURCE,
-        "the primary waits on the old minor"
-    );
-    assert!(
-        versions["shop-1"] == MARIADB_TARGET && versions["shop-2"] == MARIADB_TARGET,
-        "{versions:?}"
-    );
-    set_action(&env, "shop-canary", "Rollback").await;
-    wait_request(&env, "shop-canary", RequestPhase::RolledBack, &op).await;
-    let inst = env
-        .wait_for("shop", InstancePhase::Active, MARIADB_SOURCE, &op)
-        .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.cancel();
-    let report = writes.await.expect("writer");
-    env.assert_all_run("shop", MARIADB_SOURCE).await;
-    let st = inst.status.expect("status");
-    assert_eq!(
-        st.primary.as_deref(),
-        Some("shop-0"),
-        "the primary never moved"
-    );
-    assert_eq!(
-        st.last_upgrade.map(|l| l.result),
-        Some(UpgradeResult::RolledBack)
-    );
-    assert_nothing_lost(&env, "shop", &[&report]).await;
-    delete_namespace(&env.client, &env.ns).await;
+    scenarios::upgrade_then_rollback_returns_every_member(
+        MARIADB,
+        "my-rollback",
+        ("mariadb-ha.yaml", "shop"),
+        ("mariadb-canary.yaml", "shop-canary"),
+    )
+    .await;
 }
 
 /// One request over two Redis and two MariaDB instances (a label selector, no target version:
 /// each goes to its datastore's catalog default) → Succeeded 4/0.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_over_redis_and_mariadb_instances_succeeds_four_of_four() {
-    let env = Env::new("my-batch").await;
-    let op = env.operator("my-batch", "");
-    let all = [
-        ("r1", REDIS),
-        ("r2", REDIS),
-        ("m1", MARIADB),
-        ("m2", MARIADB),
-    ];
-    for (n, f) in all {
-        env.create(n, 2, f.spec()).await;
-        env.label(n, "fleet", "mixed").await;
-    }
-    for (n, f) in all {
-        env.wait_for(n, InstancePhase::Active, f.source, &op).await;
-    }
-    let req: UpgradeRequest = serde_json::from_value(json!({
-        "apiVersion": "baton.dev/v1alpha1", "kind": "UpgradeRequest",
-        "metadata": {"name": "fleet"},
-        "spec": {"targets": {"selector": {"matchLabels": {"fleet": "mixed"}}}, "maxConcurrent": 2},
-    }))
-    .expect("request");
-    requests(&env)
-        .create(&Default::default(), &req)
-        .await
-        .expect("create request");
-    let r = wait_request(&env, "fleet", RequestPhase::Succeeded, &op).await;
-    let s = r.status.expect("status");
-    assert_eq!((s.succeeded, s.failed), (4, 0), "{:#?}", s.jobs);
-    for (n, f) in all {
-        env.assert_all_run(n, f.target).await;
-    }
-    delete_namespace(&env.client, &env.ns).await;
+    scenarios::a_batch_beside_redis_succeeds_four_of_four(MARIADB, "my-batch").await;
 }
 
 /// A replica made a primary behind Baton's back, which then took a write (a database only it

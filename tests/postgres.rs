@@ -9,7 +9,7 @@ use serde_json::json;
 
 use kube::api::{Patch, PatchParams};
 
-use baton::crd::{InstancePhase, RequestPhase, UpgradeRequest, UpgradeResult};
+use baton::crd::InstancePhase;
 use baton_testkit::env::*;
 use baton_testkit::faults::Scenario;
 use baton_testkit::scenarios;
@@ -188,83 +188,20 @@ async fn a_major_step_an_unknown_version_and_a_type_change_are_refused() {
 /// primary never moves, nothing committed is lost.
 #[tokio::test]
 async fn upgrade_then_rollback_returns_every_member_to_the_old_minor() {
-    let env = Env::new("pg-rollback").await;
-    let op = env.operator("pg-rollback", "");
-    env.apply_example("postgres-ha.yaml");
-    env.wait_for("orders", InstancePhase::Active, PG_SOURCE, &op)
-        .await;
-    let (stop, writes) = env.writer("orders");
-    env.apply_example("postgres-canary.yaml");
-    let r = wait_request(&env, "orders-canary", RequestPhase::AwaitingCommit, &op).await;
-    assert_eq!(job(&r, "orders").phase, RequestPhase::AwaitingCommit);
-    let versions = env.server_versions("orders").await;
-    assert_eq!(
-        versions["orders-0"], PG_SOURCE,
-        "the primary waits on the old minor"
-    );
-    assert!(
-        versions["orders-1"] == PG_TARGET && versions["orders-2"] == PG_TARGET,
-        "{versions:?}"
-    );
-    set_action(&env, "orders-canary", "Rollback").await;
-    wait_request(&env, "orders-canary", RequestPhase::RolledBack, &op).await;
-    let inst = env
-        .wait_for("orders", InstancePhase::Active, PG_SOURCE, &op)
-        .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.cancel();
-    let report = writes.await.expect("writer");
-    env.assert_all_run("orders", PG_SOURCE).await;
-    let st = inst.status.expect("status");
-    assert_eq!(
-        st.primary.as_deref(),
-        Some("orders-0"),
-        "the primary never moved"
-    );
-    assert_eq!(
-        st.last_upgrade.map(|l| l.result),
-        Some(UpgradeResult::RolledBack)
-    );
-    assert_nothing_lost(&env, "orders", &[&report]).await;
-    delete_namespace(&env.client, &env.ns).await;
+    scenarios::upgrade_then_rollback_returns_every_member(
+        POSTGRES,
+        "pg-rollback",
+        ("postgres-ha.yaml", "orders"),
+        ("postgres-canary.yaml", "orders-canary"),
+    )
+    .await;
 }
 
 /// One request over two Redis and two PostgreSQL instances (a label selector, no target
 /// version: each goes to its datastore's catalog default) → Succeeded 4/0.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_over_redis_and_postgresql_instances_succeeds_four_of_four() {
-    let env = Env::new("pg-batch").await;
-    let op = env.operator("pg-batch", "");
-    let all = [
-        ("r1", REDIS),
-        ("r2", REDIS),
-        ("p1", POSTGRES),
-        ("p2", POSTGRES),
-    ];
-    for (n, f) in all {
-        env.create(n, 2, f.spec()).await;
-        env.label(n, "fleet", "mixed").await;
-    }
-    for (n, f) in all {
-        env.wait_for(n, InstancePhase::Active, f.source, &op).await;
-    }
-    let req: UpgradeRequest = serde_json::from_value(json!({
-        "apiVersion": "baton.dev/v1alpha1", "kind": "UpgradeRequest",
-        "metadata": {"name": "fleet"},
-        "spec": {"targets": {"selector": {"matchLabels": {"fleet": "mixed"}}}, "maxConcurrent": 2},
-    }))
-    .expect("request");
-    requests(&env)
-        .create(&Default::default(), &req)
-        .await
-        .expect("create request");
-    let r = wait_request(&env, "fleet", RequestPhase::Succeeded, &op).await;
-    let s = r.status.expect("status");
-    assert_eq!((s.succeeded, s.failed), (4, 0), "{:#?}", s.jobs);
-    for (n, f) in all {
-        env.assert_all_run(n, f.target).await;
-    }
-    delete_namespace(&env.client, &env.ns).await;
+    scenarios::a_batch_beside_redis_succeeds_four_of_four(POSTGRES, "pg-batch").await;
 }
 
 /// Connects to database `db` of the member at `ip` as Baton's superuser account.

@@ -25,8 +25,8 @@ use std::net::IpAddr;
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{
-    ConfigMapKeySelector, Container, EnvVar, EnvVarSource, ObjectFieldSelector, Pod,
-    SecretKeySelector,
+    ConfigMapKeySelector, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction,
+    ObjectFieldSelector, Pod, Probe as K8sProbe, SecretKeySelector, VolumeMount,
 };
 
 pub use position::{Lag, ParsePositionError, Position};
@@ -219,6 +219,9 @@ pub const PASSWORD: &str = "password";
 pub const ADMIN_PASSWORD: &str = "admin-password";
 /// Secret key: the replication account's password.
 pub const REPLICATION_PASSWORD: &str = "replication-password";
+/// The keys of an engine whose standbys replicate with a login of their own.
+pub const KEYS_WITH_REPLICATION: &[&str] =
+    &[USERNAME, PASSWORD, ADMIN_PASSWORD, REPLICATION_PASSWORD];
 /// The account Baton connects as, on every engine.
 pub const ADMIN_USER: &str = "baton";
 /// The application account's name in a Secret Baton generates.
@@ -249,6 +252,63 @@ pub fn credentials_env(secret: &str, keys: &[&str]) -> Vec<EnvVar> {
             }
         })
         .collect()
+}
+
+/// A member's database container as every engine builds it: `sh -c <boot>` with the topology
+/// and credentials environment, one named port, a shell readiness command checked every
+/// second, the claim at `data`, and the TLS Secret at [`TLS_DIR`] when the instance has one.
+/// The engine adds what is its own (arguments, extra environment).
+#[allow(clippy::too_many_arguments)]
+pub fn member_container(
+    m: &MemberTemplate<'_>,
+    name: &str,
+    boot: &str,
+    credential_keys: &[&str],
+    port: (&str, u16),
+    ready: String,
+    data: &str,
+) -> Container {
+    let mut env = topology_env(m.topology);
+    env.extend(credentials_env(m.credentials, credential_keys));
+    let mut mounts = vec![VolumeMount {
+        name: "data".into(),
+        mount_path: data.into(),
+        ..Default::default()
+    }];
+    if m.tls.is_some() {
+        mounts.push(VolumeMount {
+            name: TLS_VOLUME.into(),
+            mount_path: TLS_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    Container {
+        name: name.into(),
+        command: Some(vec![
+            "sh".into(),
+            "-c".into(),
+            boot.into(),
+            format!("{name}-member"),
+        ]),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some(port.0.into()),
+            container_port: port.1 as i32,
+            ..Default::default()
+        }]),
+        readiness_probe: Some(K8sProbe {
+            exec: Some(ExecAction {
+                command: Some(vec!["sh".into(), "-c".into(), ready]),
+            }),
+            period_seconds: Some(1),
+            timeout_seconds: Some(3),
+            failure_threshold: Some(3),
+            ..Default::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    }
 }
 
 /// What an engine needs to build a member's container.

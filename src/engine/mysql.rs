@@ -38,15 +38,13 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, ExecAction, Probe as K8sProbe, VolumeMount,
-};
+use k8s_openapi::api::core::v1::Container;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, Row};
 
 use super::{
     Endpoint, Engine, EngineError, MemberTemplate, ParsePositionError, Position, Probe, Role,
-    Strategy, Target, topology_env,
+    Strategy, Target,
 };
 use crate::crd::Datastore;
 use crate::version::Version;
@@ -57,7 +55,6 @@ pub const PORT: u16 = 3306;
 pub use super::ADMIN_USER;
 /// The replication account.
 pub const REPLICATION_USER: &str = "replicator";
-use super::REPLICATION_PASSWORD;
 const TIMEOUT: Duration = Duration::from_secs(3);
 /// Where the claim is mounted: the data directory, socket and readiness mark live under it.
 const DATA: &str = "/var/lib/mysql";
@@ -434,17 +431,12 @@ async fn rows(
     }
 }
 
-/// A column as text (NULL and absent read as None).
+/// A column as text, by name (NULL and absent read as None).
 fn text(r: &Row, col: &str) -> Option<String> {
-    let i = r.columns_ref().iter().position(|c| c.name_str() == col)?;
-    r.as_ref(i).and_then(|v| match v {
-        mysql_async::Value::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        mysql_async::Value::Int(n) => Some(n.to_string()),
-        mysql_async::Value::UInt(n) => Some(n.to_string()),
-        _ => None,
-    })
+    text_at(r, r.columns_ref().iter().position(|c| c.name_str() == col)?)
 }
 
+/// A column as text, by position.
 fn text_at(r: &Row, i: usize) -> Option<String> {
     r.as_ref(i).and_then(|v| match v {
         mysql_async::Value::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
@@ -687,58 +679,23 @@ impl Engine for MySqlFamily {
     }
 
     fn credential_keys(&self) -> &'static [&'static str] {
-        &[
-            super::USERNAME,
-            super::PASSWORD,
-            super::ADMIN_PASSWORD,
-            REPLICATION_PASSWORD,
-        ]
+        super::KEYS_WITH_REPLICATION
     }
 
     fn container(&self, m: &MemberTemplate<'_>) -> Container {
-        let mut env = topology_env(m.topology);
-        env.extend(super::credentials_env(
-            m.credentials,
+        super::member_container(
+            m,
+            self.container_name(),
+            BOOT,
             self.credential_keys(),
-        ));
-        Container {
-            name: self.container_name().into(),
-            command: Some(vec![
-                "sh".into(),
-                "-c".into(),
-                BOOT.into(),
-                "mariadb-member".into(),
-            ]),
-            env: Some(env),
-            ports: Some(vec![ContainerPort {
-                name: Some("mysql".into()),
-                container_port: PORT as i32,
-                ..Default::default()
-            }]),
-            readiness_probe: Some(K8sProbe {
-                exec: Some(ExecAction {
-                    command: Some(vec![
-                        "sh".into(),
-                        "-c".into(),
-                        // Ready once the boot script has set the member up (and the server
-                        // answers on its socket: no network view of the pod needed).
-                        format!(
-                            "test -f {DATA}/ready && mariadb-admin --no-defaults -S {DATA}/mysqld.sock -u root ping >/dev/null"
-                        ),
-                    ]),
-                }),
-                period_seconds: Some(1),
-                timeout_seconds: Some(3),
-                failure_threshold: Some(3),
-                ..Default::default()
-            }),
-            volume_mounts: Some(vec![VolumeMount {
-                name: "data".into(),
-                mount_path: DATA.into(),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }
+            ("mysql", PORT),
+            // Ready once the boot script has set the member up (and the server answers on its
+            // socket: no network view of the pod needed).
+            format!(
+                "test -f {DATA}/ready && mariadb-admin --no-defaults -S {DATA}/mysqld.sock -u root ping >/dev/null"
+            ),
+            DATA,
+        )
     }
 
     fn parse_position(&self, text: &str) -> Result<Position, ParsePositionError> {
@@ -1074,7 +1031,9 @@ mod tests {
             tls: None,
         });
         let env = serde_json::to_string(&c.env).unwrap();
-        assert!(env.contains("db-credentials") && env.contains(REPLICATION_PASSWORD));
+        assert!(
+            env.contains("db-credentials") && env.contains(crate::engine::REPLICATION_PASSWORD)
+        );
         for k in [
             "BATON_ADMIN_PASSWORD",
             "BATON_APP_USER",

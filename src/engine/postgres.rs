@@ -27,14 +27,12 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, ExecAction, Probe as K8sProbe, VolumeMount,
-};
+use k8s_openapi::api::core::v1::{Container, EnvVar};
 use tokio_postgres::{Client, NoTls};
 
 use super::{
     Endpoint, Engine, EngineError, MemberTemplate, ParsePositionError, Position, Probe, Role,
-    Strategy, Target, topology_env,
+    Strategy, Target,
 };
 use crate::crd::Datastore;
 use crate::version::Version;
@@ -47,7 +45,6 @@ pub const ADMIN_DB: &str = "baton";
 pub use super::ADMIN_USER;
 /// The bootstrap superuser: reachable only over the member's own socket.
 pub const LOCAL_SUPERUSER: &str = "postgres";
-use super::REPLICATION_PASSWORD;
 const TIMEOUT: Duration = Duration::from_secs(3);
 /// Where the claim is mounted; the data directory is a subdirectory of it (so the mount
 /// point's own files never sit in PGDATA).
@@ -469,76 +466,26 @@ impl Engine for Postgres {
     }
 
     fn credential_keys(&self) -> &'static [&'static str] {
-        &[
-            super::USERNAME,
-            super::PASSWORD,
-            super::ADMIN_PASSWORD,
-            REPLICATION_PASSWORD,
-        ]
+        super::KEYS_WITH_REPLICATION
     }
 
     fn container(&self, m: &MemberTemplate<'_>) -> Container {
-        let mut env = topology_env(m.topology);
-        env.extend(super::credentials_env(
-            m.credentials,
+        let mut c = super::member_container(
+            m,
+            self.container_name(),
+            BOOT,
             self.credential_keys(),
-        ));
-        env.push(EnvVar {
+            ("postgresql", PORT),
+            // Over the socket: the probe needs no network view of the pod.
+            format!("pg_isready -q -h {DATA} -U {LOCAL_SUPERUSER} -p {PORT} -d {ADMIN_DB}"),
+            DATA,
+        );
+        c.env.get_or_insert_default().push(EnvVar {
             name: "PGDATA".into(),
             value: Some(format!("{DATA}/pgdata")),
             ..Default::default()
         });
-        Container {
-            name: self.container_name().into(),
-            command: Some(vec![
-                "sh".into(),
-                "-c".into(),
-                BOOT.into(),
-                "postgres-member".into(),
-            ]),
-            env: Some(env),
-            ports: Some(vec![ContainerPort {
-                name: Some("postgresql".into()),
-                container_port: PORT as i32,
-                ..Default::default()
-            }]),
-            readiness_probe: Some(K8sProbe {
-                exec: Some(ExecAction {
-                    command: Some(vec![
-                        "pg_isready".into(),
-                        "-q".into(),
-                        // The socket: the probe needs no network view of the pod.
-                        "-h".into(),
-                        DATA.into(),
-                        "-U".into(),
-                        LOCAL_SUPERUSER.into(),
-                        "-p".into(),
-                        PORT.to_string(),
-                        "-d".into(),
-                        ADMIN_DB.into(),
-                    ]),
-                }),
-                period_seconds: Some(1),
-                timeout_seconds: Some(3),
-                failure_threshold: Some(3),
-                ..Default::default()
-            }),
-            volume_mounts: Some(
-                std::iter::once(VolumeMount {
-                    name: "data".into(),
-                    mount_path: DATA.into(),
-                    ..Default::default()
-                })
-                .chain(m.tls.map(|_| VolumeMount {
-                    name: super::TLS_VOLUME.into(),
-                    mount_path: super::TLS_DIR.into(),
-                    read_only: Some(true),
-                    ..Default::default()
-                }))
-                .collect(),
-            ),
-            ..Default::default()
-        }
+        c
     }
 
     fn parse_position(&self, text: &str) -> Result<Position, ParsePositionError> {
@@ -757,7 +704,7 @@ mod tests {
         });
         let env = serde_json::to_string(&c.env).unwrap();
         assert!(
-            env.contains("db-credentials") && env.contains(REPLICATION_PASSWORD),
+            env.contains("db-credentials") && env.contains(crate::engine::REPLICATION_PASSWORD),
             "{env}"
         );
         assert!(!env.contains("\"value\":\"s3cr"), "no literal secret");

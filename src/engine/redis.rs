@@ -15,15 +15,13 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, ExecAction, Probe as K8sProbe, VolumeMount,
-};
+use k8s_openapi::api::core::v1::Container;
 use redis::aio::MultiplexedConnection;
 use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 
 use super::{
     Endpoint, Engine, EngineError, MemberTemplate, ParsePositionError, Position, Probe, Role,
-    Target, topology_env,
+    Target,
 };
 use crate::crd::Datastore;
 
@@ -265,12 +263,7 @@ impl Engine for Redis {
     }
 
     fn credential_keys(&self) -> &'static [&'static str] {
-        &[
-            super::USERNAME,
-            super::PASSWORD,
-            super::ADMIN_PASSWORD,
-            super::REPLICATION_PASSWORD,
-        ]
+        super::KEYS_WITH_REPLICATION
     }
 
     /// AOF persistence (so a member restarted on an older version starts empty and resyncs
@@ -291,45 +284,18 @@ impl Engine for Redis {
             "--min-replicas-to-write",
             "1000000",
         ];
-        Container {
-            name: self.container_name().into(),
-            command: Some(vec![
-                "sh".into(),
-                "-c".into(),
-                BOOT.into(),
-                "redis-member".into(),
-            ]),
-            args: Some(args.iter().map(|s| s.to_string()).collect()),
-            env: Some({
-                let mut env = topology_env(m.topology);
-                env.extend(super::credentials_env(m.credentials, self.credential_keys()));
-                env
-            }),
-            ports: Some(vec![ContainerPort {
-                name: Some("redis".into()),
-                container_port: PORT as i32,
-                ..Default::default()
-            }]),
-            readiness_probe: Some(K8sProbe {
-                exec: Some(ExecAction {
-                    command: Some(vec![
-                        "sh".into(),
-                        "-c".into(),
-                        "REDISCLI_AUTH=\"$BATON_ADMIN_PASSWORD\" redis-cli --user baton ping | grep -q PONG".into(),
-                    ]),
-                }),
-                period_seconds: Some(1),
-                timeout_seconds: Some(3),
-                failure_threshold: Some(3),
-                ..Default::default()
-            }),
-            volume_mounts: Some(vec![VolumeMount {
-                name: "data".into(),
-                mount_path: "/data".into(),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }
+        let mut c = super::member_container(
+            m,
+            self.container_name(),
+            BOOT,
+            self.credential_keys(),
+            ("redis", PORT),
+            "REDISCLI_AUTH=\"$BATON_ADMIN_PASSWORD\" redis-cli --user baton ping | grep -q PONG"
+                .into(),
+            "/data",
+        );
+        c.args = Some(args.iter().map(|s| s.to_string()).collect());
+        c
     }
 
     fn parse_position(&self, text: &str) -> Result<Position, ParsePositionError> {

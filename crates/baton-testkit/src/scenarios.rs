@@ -281,3 +281,89 @@ pub async fn in_place_restarts_every_member_together(
     assert_nothing_lost(&env, "cache", &[&report]).await;
     delete_namespace(&env.client, &env.ns).await;
 }
+
+/// Upgrade → AwaitingCommit → Rollback through the flavor's examples (an instance `instance`
+/// of three members on the source, and a canary request `request` to the target): the
+/// standbys go to the target and come back, the primary never moves, nothing committed is
+/// lost.
+pub async fn upgrade_then_rollback_returns_every_member(
+    f: Flavor,
+    prefix: &str,
+    (example, instance): (&str, &str),
+    (canary, request): (&str, &str),
+) {
+    let env = Env::new(prefix).await;
+    let op = env.operator(prefix, "");
+    env.apply_example(example);
+    env.wait_for(instance, InstancePhase::Active, f.source, &op)
+        .await;
+    let (stop, writes) = env.writer(instance);
+    env.apply_example(canary);
+    let r = wait_request(&env, request, baton::crd::RequestPhase::AwaitingCommit, &op).await;
+    assert_eq!(
+        job(&r, instance).phase,
+        baton::crd::RequestPhase::AwaitingCommit
+    );
+    let versions = env.server_versions(instance).await;
+    let first = format!("{instance}-0");
+    for (pod, v) in &versions {
+        let want = if *pod == first { f.source } else { f.target };
+        assert_eq!(
+            v, want,
+            "the primary waits on the source, the standbys on the target: {versions:?}"
+        );
+    }
+    set_action(&env, request, "Rollback").await;
+    wait_request(&env, request, baton::crd::RequestPhase::RolledBack, &op).await;
+    let inst = env
+        .wait_for(instance, InstancePhase::Active, f.source, &op)
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    let report = writes.await.expect("writer");
+    env.assert_all_run(instance, f.source).await;
+    let st = inst.status.expect("status");
+    assert_eq!(
+        st.primary.as_deref(),
+        Some(first.as_str()),
+        "the primary never moved"
+    );
+    assert_eq!(
+        st.last_upgrade.map(|l| l.result),
+        Some(baton::crd::UpgradeResult::RolledBack)
+    );
+    assert_nothing_lost(&env, instance, &[&report]).await;
+    delete_namespace(&env.client, &env.ns).await;
+}
+
+/// One request over two Redis instances and two of the flavor's (a label selector, no target
+/// version: each goes to its datastore's catalog default) → Succeeded 4/0.
+pub async fn a_batch_beside_redis_succeeds_four_of_four(f: Flavor, prefix: &str) {
+    let env = Env::new(prefix).await;
+    let op = env.operator(prefix, "");
+    let all = [("r1", REDIS), ("r2", REDIS), ("m1", f), ("m2", f)];
+    for (n, fl) in all {
+        env.create(n, 2, fl.spec()).await;
+        env.label(n, "fleet", "mixed").await;
+    }
+    for (n, fl) in all {
+        env.wait_for(n, InstancePhase::Active, fl.source, &op).await;
+    }
+    let req: baton::crd::UpgradeRequest = serde_json::from_value(json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "UpgradeRequest",
+        "metadata": {"name": "fleet"},
+        "spec": {"targets": {"selector": {"matchLabels": {"fleet": "mixed"}}}, "maxConcurrent": 2},
+    }))
+    .expect("request");
+    requests(&env)
+        .create(&Default::default(), &req)
+        .await
+        .expect("create request");
+    let r = wait_request(&env, "fleet", baton::crd::RequestPhase::Succeeded, &op).await;
+    let s = r.status.expect("status");
+    assert_eq!((s.succeeded, s.failed), (4, 0), "{:#?}", s.jobs);
+    for (n, fl) in all {
+        env.assert_all_run(n, fl.target).await;
+    }
+    delete_namespace(&env.client, &env.ns).await;
+}
