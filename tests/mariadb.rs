@@ -72,10 +72,24 @@ async fn three_members_roll_a_minor_under_committing_clients_and_lose_nothing() 
         ["db-1", "db-2", "db-0"],
         "replicas first, the old primary last"
     );
-    // mariadb-upgrade ran on every member as part of its start: the system tables are marked
-    // with the new version.
+    // mariadb-upgrade ran on every member as part of its start: it marks the data directory
+    // with the version whose system tables it checked (within one series it leaves the mark of
+    // the first check: a patch release changes no system table). Only the primary has no source.
     for (name, ip) in workload::member_addresses(&env.client, &env.ns, "db").await {
         let mut c = admin(ip, &auth).await.expect("connect");
+        let marked: Option<Option<String>> = c
+            .query_first("SELECT CAST(LOAD_FILE(CONCAT(@@datadir, 'mysql_upgrade_info')) AS CHAR)")
+            .await
+            .expect("read the upgrade mark");
+        let marked = marked.flatten().unwrap_or_default();
+        let series = MARIADB_TARGET
+            .rsplit_once('.')
+            .map(|(s, _)| s)
+            .unwrap_or_default();
+        assert!(
+            marked.starts_with(&format!("{series}.")),
+            "{name}: mariadb-upgrade left {marked:?}"
+        );
         let replicating: Vec<mysql_async::Row> =
             c.query("SHOW SLAVE STATUS").await.expect("status");
         let primary = env.primary_ip("db").await == ip;

@@ -401,14 +401,13 @@ pub trait Engine: Send + Sync + fmt::Debug {
         ADMIN_USER
     }
 
-    /// The keys of the instance's credentials Secret that the members and Baton read: by
-    /// default the application account and Baton's own; engines that replicate with a login
-    /// add [`REPLICATION_PASSWORD`]. Baton generates them (random, once; `username` is
+    /// The keys of the instance's credentials Secret that the members and Baton read: the
+    /// application account, Baton's own, and the replication account (every engine so far
+    /// replicates with a login). Baton generates them (random, once; `username` is
     /// [`DEFAULT_APP_USER`]) when the instance names no Secret of its own.
     fn credential_keys(&self) -> &'static [&'static str] {
-        &[USERNAME, PASSWORD, ADMIN_PASSWORD]
+        KEYS_WITH_REPLICATION
     }
-
     /// Reads back a position this engine printed (`Display` of its [`Position`]).
     fn parse_position(&self, text: &str) -> Result<Position, ParsePositionError>;
 

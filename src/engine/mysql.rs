@@ -391,14 +391,14 @@ async fn connect(t: &Target) -> Result<Conn, EngineError> {
     }
 }
 
-async fn run(
-    c: &mut Conn,
+/// One statement with the engine's deadline, its failure named by `command`.
+async fn timed<T>(
     t: &Target,
     command: &'static str,
-    sql: &str,
-) -> Result<(), EngineError> {
-    match tokio::time::timeout(TIMEOUT * 10, c.query_drop(sql)).await {
-        Ok(Ok(())) => Ok(()),
+    work: impl std::future::Future<Output = Result<T, mysql_async::Error>>,
+) -> Result<T, EngineError> {
+    match tokio::time::timeout(TIMEOUT * 10, work).await {
+        Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(EngineError::Command {
             endpoint: t.endpoint.to_string(),
             command,
@@ -411,24 +411,22 @@ async fn run(
     }
 }
 
+async fn run(
+    c: &mut Conn,
+    t: &Target,
+    command: &'static str,
+    sql: &str,
+) -> Result<(), EngineError> {
+    timed(t, command, c.query_drop(sql)).await
+}
+
 async fn rows(
     c: &mut Conn,
     t: &Target,
     command: &'static str,
     sql: &str,
 ) -> Result<Vec<Row>, EngineError> {
-    match tokio::time::timeout(TIMEOUT * 10, c.query::<Row, _>(sql)).await {
-        Ok(Ok(r)) => Ok(r),
-        Ok(Err(e)) => Err(EngineError::Command {
-            endpoint: t.endpoint.to_string(),
-            command,
-            source: Box::new(e),
-        }),
-        Err(_) => Err(EngineError::Timeout {
-            endpoint: t.endpoint.to_string(),
-            command,
-        }),
-    }
+    timed(t, command, c.query::<Row, _>(sql)).await
 }
 
 /// A column as text, by name (NULL and absent read as None).
@@ -676,10 +674,6 @@ impl Engine for MySqlFamily {
             Dialect::MariaDb => "mariadb",
             Dialect::MySql => "mysql",
         }
-    }
-
-    fn credential_keys(&self) -> &'static [&'static str] {
-        super::KEYS_WITH_REPLICATION
     }
 
     fn container(&self, m: &MemberTemplate<'_>) -> Container {

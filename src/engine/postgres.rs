@@ -465,10 +465,6 @@ impl Engine for Postgres {
         true
     }
 
-    fn credential_keys(&self) -> &'static [&'static str] {
-        super::KEYS_WITH_REPLICATION
-    }
-
     fn container(&self, m: &MemberTemplate<'_>) -> Container {
         let mut c = super::member_container(
             m,

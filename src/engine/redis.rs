@@ -262,10 +262,6 @@ impl Engine for Redis {
         "redis"
     }
 
-    fn credential_keys(&self) -> &'static [&'static str] {
-        super::KEYS_WITH_REPLICATION
-    }
-
     /// AOF persistence (so a member restarted on an older version starts empty and resyncs
     /// instead of failing on a newer snapshot format), the pod's own address announced to the
     /// primary, and the fence from the first instant.
