@@ -318,6 +318,19 @@ async fn operator_runs_with_exactly_the_charts_rbac() {
             .is_some(),
         "no generated credentials Secret"
     );
+    let copy = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get_opt("pg-credentials-applied")
+        .await
+        .expect("read Secret");
+    let original = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get("pg-credentials")
+        .await
+        .expect("read Secret");
+    assert_eq!(
+        copy.and_then(|c| c.data),
+        original.data,
+        "the applied copy holds the generated values"
+    );
     // And the request controller: finalizer, claim through the instance's status, summary.
     let request = "apiVersion: baton.dev/v1alpha1\nkind: UpgradeRequest\nmetadata:\n  name: cache-to-7\nspec:\n  targets:\n    instances: [cache]\n  targetVersion: \"7.0.15\"\n";
     let (ok, _, err) = run_tool("kubectl", &["apply", "-n", &ns, "-f", "-"], Some(request));
@@ -360,8 +373,8 @@ async fn operator_runs_with_exactly_the_charts_rbac() {
             .await
             .map(|_| ())
     ));
-    // Secrets: read by name and created, never changed, deleted or listed; NetworkPolicies
-    // applied, never deleted.
+    // Secrets: read by name, created and patched (the applied copy), never replaced, deleted
+    // or listed; NetworkPolicies applied, never deleted.
     assert!(forbidden(
         Api::<Secret>::namespaced(sa.clone(), &ns)
             .delete("anything", &DeleteParams::default())
@@ -370,11 +383,7 @@ async fn operator_runs_with_exactly_the_charts_rbac() {
     ));
     assert!(forbidden(
         Api::<Secret>::namespaced(sa.clone(), &ns)
-            .patch(
-                "anything",
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"data": {}}))
-            )
+            .replace("anything", &Default::default(), &Secret::default())
             .await
             .map(|_| ())
     ));

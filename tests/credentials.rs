@@ -243,3 +243,190 @@ async fn a_named_secret_missing_a_key_starts_nothing_until_the_key_is_added() {
     assert_secrets_kept(&env, &op, "db", &inst).await;
     delete_namespace(&env.client, &env.ns).await;
 }
+
+/// Whether `user`/`password` logs in to the member at `ip` (the application account into its
+/// own database, on PostgreSQL).
+async fn logs_in(
+    ds: workload::Datastore,
+    ip: std::net::IpAddr,
+    user: &str,
+    password: &str,
+) -> bool {
+    let timeout = Duration::from_secs(3);
+    match ds {
+        workload::Datastore::Redis => redis_conn(ip, Some((user, password))).await.is_ok(),
+        workload::Datastore::Postgresql => {
+            let mut cfg = tokio_postgres::Config::new();
+            let db = if user == "baton" { "baton" } else { user };
+            cfg.host(ip.to_string())
+                .port(5432)
+                .user(user)
+                .password(password)
+                .dbname(db)
+                .connect_timeout(timeout);
+            match cfg.connect(tokio_postgres::NoTls).await {
+                Ok((_c, conn)) => {
+                    tokio::spawn(conn);
+                    true
+                }
+                Err(_) => false,
+            }
+        }
+        workload::Datastore::Mariadb | workload::Datastore::Mysql => {
+            let opts = mysql_async::OptsBuilder::default()
+                .ip_or_hostname(ip.to_string())
+                .tcp_port(3306)
+                .user(Some(user))
+                .pass(Some(password))
+                .prefer_socket(false);
+            matches!(
+                tokio::time::timeout(timeout, mysql_async::Conn::new(opts)).await,
+                Ok(Ok(_))
+            )
+        }
+    }
+}
+
+/// Writes `key` on the primary with `auth` and waits until the standby has it.
+async fn replicated(env: &Env, f: Flavor, auth: &workload::Auth, key: &str, n: u64) {
+    let primary = env.primary_ip("db").await;
+    let mut c = workload::connect(f.datastore, primary, auth)
+        .await
+        .expect("a client connects to the primary with the Secret's credentials");
+    c.write(key, n).await.expect("the primary takes a write");
+    let standby = workload::member_addresses(&env.client, &env.ns, "db")
+        .await
+        .into_values()
+        .find(|ip| *ip != primary)
+        .expect("a standby");
+    let got = eventually(Duration::from_secs(30), || async {
+        let mut c = workload::connect_admin(f.datastore, standby, auth).await?;
+        c.read(&[key.to_string()]).await.ok()?.first().copied()?
+    })
+    .await;
+    assert_eq!(got, Some(n), "the standby does not have {key}");
+}
+
+/// A password change, the way a platform team rotates one: edit the Secret. Baton sets every
+/// changed password on every member online (no restart), then records them as applied; the old
+/// passwords stop working, the new ones work, replication keeps authenticating — also after
+/// the primary restarts, when the standby logs in again and the restarted member boots with
+/// the applied copy.
+async fn a_changed_secret_is_applied_online(prefix: &str, f: Flavor) {
+    let (env, op) = Env::with_active(prefix, "db", 2, f.spec()).await;
+    let old = env.auth("db").await;
+    replicated(&env, f, &old, "before", 1).await;
+    let restarts = env.restarts("db").await;
+    let secrets = Api::<Secret>::namespaced(env.client.clone(), &env.ns);
+    secrets
+        .patch(
+            "db-credentials",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"stringData": {
+                "password": "rotated-app-password",
+                "admin-password": "rotated-admin-password",
+                "replication-password": "rotated-replication-password",
+            }})),
+        )
+        .await
+        .expect("change the Secret");
+    // Looked at within the health interval; a touch of the instance makes it now.
+    env.label("db", "rotated", "1").await;
+    let applied = eventually(Duration::from_secs(90), || async {
+        let want = secrets.get("db-credentials").await.ok()?.data?;
+        let have = secrets.get("db-credentials-applied").await.ok()?.data?;
+        let st = env.instances.get("db").await.ok()?.status?;
+        let ready = st
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "CredentialsReady" && c.reason == "Ready");
+        (want == have && ready).then_some(())
+    })
+    .await;
+    assert!(
+        applied.is_some(),
+        "the changed Secret was never applied: {:#?}\n{}",
+        env.status("db").await.conditions,
+        tail(&op.logs(), 30)
+    );
+    assert_eq!(env.restarts("db").await, restarts, "no member restarted");
+    let new = env.auth("db").await;
+    assert_eq!(new.password, "rotated-app-password");
+    for ip in workload::member_addresses(&env.client, &env.ns, "db")
+        .await
+        .into_values()
+    {
+        assert!(
+            !logs_in(f.datastore, ip, &old.user, &old.password).await,
+            "{ip}: the old application password still works"
+        );
+        assert!(
+            !logs_in(f.datastore, ip, "baton", &old.admin_password).await,
+            "{ip}: Baton's old password still works"
+        );
+        assert!(
+            logs_in(f.datastore, ip, &new.user, &new.password).await,
+            "{ip}: the new application password is refused"
+        );
+        assert!(
+            logs_in(f.datastore, ip, "baton", &new.admin_password).await,
+            "{ip}: Baton's new password is refused"
+        );
+    }
+    replicated(&env, f, &new, "after", 2).await;
+    assert!(
+        env.events("db")
+            .await
+            .iter()
+            .any(|(reason, _)| reason == "PasswordsChanging"),
+        "no PasswordsChanging Event"
+    );
+    // The primary restarts: it boots with the applied copy, Baton logs in with the new
+    // password, and the standby authenticates to it with the new replication password.
+    let primary = env.status("db").await.primary.expect("a primary");
+    let uid = env.member_pods("db").await[&primary].metadata.uid.clone();
+    env.pods
+        .delete(&primary, &Default::default())
+        .await
+        .expect("delete the primary's pod");
+    let back = eventually(Duration::from_secs(120), || async {
+        let st = env.instances.get("db").await.ok()?.status?;
+        let ready = st.phase == Some(InstancePhase::Active)
+            && st.members.iter().all(|m| m.ready && m.error.is_none())
+            && st
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+        let pods = env.member_pods("db").await;
+        let fresh = pods
+            .get(&primary)
+            .is_some_and(|p| p.metadata.uid.is_some() && p.metadata.uid != uid);
+        (ready && fresh).then_some(())
+    })
+    .await;
+    assert!(
+        back.is_some(),
+        "the instance did not come back after its primary restarted: {:#?}\n{}",
+        env.status("db").await,
+        tail(&op.logs(), 30)
+    );
+    replicated(&env, f, &new, "after-restart", 3).await;
+    let inst = env.instances.get("db").await.expect("instance");
+    assert_secrets_kept(&env, &op, "db", &inst).await;
+    delete_namespace(&env.client, &env.ns).await;
+}
+
+#[tokio::test]
+async fn redis_passwords_change_online_when_the_secret_changes() {
+    a_changed_secret_is_applied_online("rot-redis", REDIS).await;
+}
+
+#[tokio::test]
+async fn postgresql_passwords_change_online_when_the_secret_changes() {
+    a_changed_secret_is_applied_online("rot-pg", POSTGRES).await;
+}
+
+#[tokio::test]
+async fn mariadb_passwords_change_online_when_the_secret_changes() {
+    a_changed_secret_is_applied_online("rot-maria", MARIADB).await;
+}

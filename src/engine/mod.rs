@@ -20,6 +20,7 @@ pub mod position;
 pub mod postgres;
 pub mod redis;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -91,11 +92,41 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// The passwords of an instance's accounts, by Secret key ([`USERNAME`], [`PASSWORD`],
+/// [`ADMIN_PASSWORD`], [`REPLICATION_PASSWORD`]). Never printed: `Debug` names the keys only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Accounts(pub BTreeMap<String, String>);
+
+impl Accounts {
+    /// The value of `key`, or "" when the Secret lacks it (the engine's keys are checked
+    /// before any act uses them).
+    pub fn get(&self, key: &str) -> &str {
+        self.0.get(key).map(String::as_str).unwrap_or_default()
+    }
+
+    /// Baton's own login among them.
+    pub fn admin(&self, engine: &dyn Engine) -> Credentials {
+        Credentials {
+            username: Some(engine.admin_user().to_string()),
+            password: self.get(ADMIN_PASSWORD).to_string(),
+        }
+    }
+}
+
+impl fmt::Debug for Accounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
 /// A member as an engine reaches it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub endpoint: Endpoint,
     pub credentials: Option<Credentials>,
+    /// A second login tried when the first is refused: while a changed Secret is being applied,
+    /// a member answers either to the passwords it ran with or to the new ones.
+    pub fallback: Option<Credentials>,
     /// The instance's CA (PEM) when its members serve TLS: the engine then connects over TLS
     /// only, verifying the server's chain against it.
     pub ca: Option<Vec<u8>>,
@@ -106,7 +137,29 @@ impl Target {
         Target {
             endpoint,
             credentials: None,
+            fallback: None,
             ca: None,
+        }
+    }
+
+    /// Connects with `connect`, with the fallback login when the first one fails.
+    pub async fn login<C, F, Fut>(&self, connect: F) -> Result<C, EngineError>
+    where
+        F: Fn(Target) -> Fut,
+        Fut: std::future::Future<Output = Result<C, EngineError>>,
+    {
+        match (connect(self.clone()).await, &self.fallback) {
+            (Ok(c), _) => Ok(c),
+            (Err(e @ EngineError::Timeout { .. }), _) | (Err(e), None) => Err(e),
+            (Err(e), Some(other)) if Some(other) == self.credentials.as_ref() => Err(e),
+            (Err(_), Some(other)) => {
+                connect(Target {
+                    credentials: Some(other.clone()),
+                    fallback: None,
+                    ..self.clone()
+                })
+                .await
+            }
         }
     }
 }
@@ -447,6 +500,11 @@ pub trait Engine: Send + Sync + fmt::Debug {
     /// Makes the member follow `primary`. Refuses a member that accepts writes (its writes
     /// would be thrown away by the resync).
     async fn repoint(&self, t: &Target, primary: &Endpoint) -> Result<(), EngineError>;
+
+    /// Makes the member's accounts answer to `to` (a changed credentials Secret), online:
+    /// Baton's, the application account's and the replication account's passwords, and the
+    /// password the member itself replicates with. Idempotent; called on every member.
+    async fn set_passwords(&self, t: &Target, to: &Accounts) -> Result<(), EngineError>;
 
     /// The datastore's own switchover handshake, sent to the candidate
     /// ([`SwitchoverProtocol::Native`] only).

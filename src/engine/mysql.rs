@@ -43,8 +43,8 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, Row};
 
 use super::{
-    Endpoint, Engine, EngineError, MemberTemplate, ParsePositionError, Position, Probe, Role,
-    Strategy, Target,
+    ADMIN_PASSWORD, Accounts, Endpoint, Engine, EngineError, MemberTemplate, PASSWORD,
+    ParsePositionError, Position, Probe, REPLICATION_PASSWORD, Role, Strategy, Target, USERNAME,
 };
 use crate::crd::Datastore;
 use crate::version::Version;
@@ -181,6 +181,60 @@ impl Dialect {
                 "DEALLOCATE PREPARE change_source".into(),
             ],
         }
+    }
+
+    /// Runs the statement the SQL expression `expr` evaluates to (built inside the server, so
+    /// values in session variables never appear in statement text).
+    pub fn dynamic(self, expr: &str) -> Vec<String> {
+        match self {
+            Dialect::MariaDb => vec![format!("EXECUTE IMMEDIATE {expr}")],
+            Dialect::MySql => vec![
+                format!("SET @baton_stmt = {expr}"),
+                "PREPARE baton_stmt FROM @baton_stmt".into(),
+                "EXECUTE baton_stmt".into(),
+                "DEALLOCATE PREPARE baton_stmt".into(),
+            ],
+        }
+    }
+
+    /// The statements that give the member's accounts the passwords in the session variables
+    /// `@admin`, `@pw` (replication), `@app`/`@apppw`, member-locally (accounts are made per
+    /// member, never through the binary log), and keep `@pw` for the next `CHANGE MASTER`.
+    pub fn set_passwords(self) -> Vec<String> {
+        let mut out = vec![
+            "SET sql_log_bin = 0".to_string(),
+            "REPLACE INTO baton.replication VALUES (1, @pw)".into(),
+        ];
+        for (account, var) in [
+            (quote(&format!("{ADMIN_USER}@'%'")), "@admin"),
+            (quote(&format!("{REPLICATION_USER}@'%'")), "@pw"),
+            (format!("QUOTE(@app), {}", quote("@'%'")), "@apppw"),
+        ] {
+            out.extend(self.dynamic(&format!(
+                "CONCAT('ALTER USER ', {account}, ' IDENTIFIED BY ', QUOTE({var}))"
+            )));
+        }
+        out
+    }
+
+    /// The statements that make a configured replica use `@pw` from its next connection on.
+    pub fn set_source_password(self) -> Vec<String> {
+        let (stop, change, start) = match self {
+            Dialect::MariaDb => (
+                "STOP SLAVE",
+                "CHANGE MASTER TO MASTER_PASSWORD=",
+                "START SLAVE",
+            ),
+            Dialect::MySql => (
+                "STOP REPLICA",
+                "CHANGE REPLICATION SOURCE TO SOURCE_PASSWORD=",
+                "START REPLICA",
+            ),
+        };
+        let mut out = vec![stop.to_string()];
+        out.extend(self.dynamic(&format!("CONCAT('{change}', QUOTE(@pw))")));
+        out.push(start.into());
+        out
     }
 
     /// Reads a position this dialect's server printed.
@@ -364,6 +418,10 @@ pub const MYSQL: MySqlFamily = MySqlFamily {
 };
 
 async fn connect(t: &Target) -> Result<Conn, EngineError> {
+    t.login(|t| async move { connect_once(&t).await }).await
+}
+
+async fn connect_once(t: &Target) -> Result<Conn, EngineError> {
     let endpoint = t.endpoint.to_string();
     let (user, password) = match &t.credentials {
         Some(c) => (
@@ -803,6 +861,39 @@ impl Engine for MySqlFamily {
         }
         let _ = c.disconnect().await;
         crate::failpoint::passed("db:promote").await;
+        Ok(())
+    }
+
+    /// Member-local accounts, so every member is changed on its own; a replica also restarts
+    /// its replication threads with the new password (they resume where they stopped).
+    async fn set_passwords(&self, t: &Target, to: &Accounts) -> Result<(), EngineError> {
+        let d = self.dialect;
+        let mut c = connect(t).await?;
+        timed(
+            t,
+            "passwords",
+            c.exec_drop(
+                "SET @admin = ?, @pw = ?, @app = ?, @apppw = ?",
+                (
+                    to.get(ADMIN_PASSWORD),
+                    to.get(REPLICATION_PASSWORD),
+                    to.get(USERNAME),
+                    to.get(PASSWORD),
+                ),
+            ),
+        )
+        .await?;
+        for sql in d.set_passwords() {
+            run(&mut c, t, "set passwords", &sql).await?;
+        }
+        let replica: Vec<Row> = timed(t, "replica status", c.query(d.replica_status())).await?;
+        if !replica.is_empty() {
+            for sql in d.set_source_password() {
+                run(&mut c, t, "replication password", &sql).await?;
+            }
+        }
+        let _ = c.disconnect().await;
+        crate::failpoint::passed("db:set-passwords").await;
         Ok(())
     }
 

@@ -31,8 +31,8 @@ use k8s_openapi::api::core::v1::{Container, EnvVar};
 use tokio_postgres::{Client, NoTls};
 
 use super::{
-    Endpoint, Engine, EngineError, MemberTemplate, ParsePositionError, Position, Probe, Role,
-    Strategy, Target,
+    ADMIN_PASSWORD, Accounts, Endpoint, Engine, EngineError, MemberTemplate, PASSWORD,
+    ParsePositionError, Position, Probe, REPLICATION_PASSWORD, Role, Strategy, Target, USERNAME,
 };
 use crate::crd::Datastore;
 use crate::version::Version;
@@ -170,6 +170,10 @@ done"#;
 pub struct Postgres;
 
 async fn connect(t: &Target) -> Result<Client, EngineError> {
+    t.login(|t| async move { connect_once(&t).await }).await
+}
+
+async fn connect_once(t: &Target) -> Result<Client, EngineError> {
     let endpoint = t.endpoint.to_string();
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(&t.endpoint.host)
@@ -550,6 +554,64 @@ impl Engine for Postgres {
         // Promoted, it keeps the fenced primary's fence (the list replicated with the data).
         promote_now(&c, t).await?;
         crate::failpoint::passed("db:promote").await;
+        Ok(())
+    }
+
+    /// Roles replicate, so their passwords change on the primary only, as SCRAM verifiers
+    /// computed here (the clear text never reaches the server, nor its log). The password a
+    /// member replicates with lives in its own `pgpass` file, rewritten on every member (a
+    /// server in recovery can write files through `COPY … TO PROGRAM`; the value travels as a
+    /// bind parameter, never in statement text).
+    async fn set_passwords(&self, t: &Target, to: &Accounts) -> Result<(), EngineError> {
+        let c = connect(t).await?;
+        if !in_recovery(&c, t).await? {
+            let ident = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+            let sql: String = [
+                (ADMIN_USER, to.get(ADMIN_PASSWORD)),
+                ("replicator", to.get(REPLICATION_PASSWORD)),
+                (to.get(USERNAME), to.get(PASSWORD)),
+            ]
+            .iter()
+            .map(|(role, pw)| {
+                format!(
+                    "ALTER ROLE {} PASSWORD '{}';",
+                    ident(role),
+                    postgres_protocol::password::scram_sha_256(pw.as_bytes())
+                )
+            })
+            .collect();
+            run(&c, t, "ALTER ROLE … PASSWORD", &sql).await?;
+        }
+        let pgpass = format!("{DATA}/pgpass");
+        let copy = format!(
+            "COPY (SELECT '*:*:*:replicator:' || replace(replace(current_setting('baton.replication'),              '\\', '\\\\'), ':', '\\:')) TO PROGRAM 'umask 077 && cat > {pgpass}.new && mv {pgpass}.new {pgpass}'              WITH (FORMAT csv, DELIMITER E'\\x1f', QUOTE E'\\x1e')"
+        );
+        let write = async {
+            c.execute(
+                "SELECT set_config('baton.replication', $1, false)",
+                &[&to.get(REPLICATION_PASSWORD)],
+            )
+            .await?;
+            c.batch_execute(&copy).await?;
+            c.batch_execute("RESET baton.replication").await
+        };
+        match tokio::time::timeout(TIMEOUT * 5, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(EngineError::Command {
+                    endpoint: t.endpoint.to_string(),
+                    command: "writing pgpass",
+                    source: Box::new(e),
+                });
+            }
+            Err(_) => {
+                return Err(EngineError::Timeout {
+                    endpoint: t.endpoint.to_string(),
+                    command: "writing pgpass",
+                });
+            }
+        }
+        crate::failpoint::passed("db:set-passwords").await;
         Ok(())
     }
 

@@ -20,8 +20,8 @@ use redis::aio::MultiplexedConnection;
 use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 
 use super::{
-    Endpoint, Engine, EngineError, MemberTemplate, ParsePositionError, Position, Probe, Role,
-    Target,
+    ADMIN_PASSWORD, ADMIN_USER, Accounts, Endpoint, Engine, EngineError, MemberTemplate, PASSWORD,
+    ParsePositionError, Position, Probe, REPLICATION_PASSWORD, Role, Target, USERNAME,
 };
 use crate::crd::Datastore;
 
@@ -30,6 +30,8 @@ pub const PORT: u16 = 6379;
 /// The fence: more replicas than any instance has.
 const FENCE_REPLICAS: i64 = 1_000_000;
 const TIMEOUT: Duration = Duration::from_secs(3);
+/// The account replicas authenticate to their primary as (`masteruser`).
+const REPLICATION_USER: &str = "replicator";
 
 /// Boots `redis-server` through the image's entrypoint, following the recorded primary unless
 /// this member is it or is quarantined. The fence is in the arguments (`$@`), so it applies
@@ -38,10 +40,13 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 /// `baton`, the `replicator` the replicas authenticate as (`masteruser`/`masterauth`), and the
 /// application account, which can do anything but `@admin` commands (it cannot lift the fence
 /// or repoint a member). The passwords reach the server through files the script writes, not
-/// through its arguments.
+/// through its arguments. The readiness command logs in as `ready`, which has no password and
+/// may only `PING`: a password Baton changed online must not fail the check of a container
+/// whose environment still holds the one it started with.
 const BOOT: &str = r#"umask 077
 {
   echo "user default off"
+  echo "user ready on nopass -@all +ping"
   echo "user baton on >$BATON_ADMIN_PASSWORD ~* &* +@all"
   echo "user replicator on >$BATON_REPLICATION_PASSWORD +psync +sync +replconf +ping"
   echo "user $BATON_APP_USER on >$BATON_APP_PASSWORD ~* &* +@all -@admin"
@@ -59,6 +64,10 @@ exec docker-entrypoint.sh redis-server "$@""#;
 pub struct Redis;
 
 async fn connect(t: &Target) -> Result<MultiplexedConnection, EngineError> {
+    t.login(|t| async move { connect_once(&t).await }).await
+}
+
+async fn connect_once(t: &Target) -> Result<MultiplexedConnection, EngineError> {
     let endpoint = t.endpoint.to_string();
     let unreachable = |e: redis::RedisError| EngineError::Unreachable {
         endpoint: endpoint.clone(),
@@ -286,8 +295,7 @@ impl Engine for Redis {
             BOOT,
             self.credential_keys(),
             ("redis", PORT),
-            "REDISCLI_AUTH=\"$BATON_ADMIN_PASSWORD\" redis-cli --user baton ping | grep -q PONG"
-                .into(),
+            "REDISCLI_AUTH=- redis-cli --no-auth-warning --user ready ping | grep -q PONG".into(),
             "/data",
         );
         c.args = Some(args.iter().map(|s| s.to_string()).collect());
@@ -349,6 +357,43 @@ impl Engine for Redis {
         )
         .await?;
         crate::failpoint::passed("db:promote").await;
+        Ok(())
+    }
+
+    /// Per member (ACLs are not replicated): each account's password replaced, and the
+    /// password this member replicates with. Links already up stay up (authentication happens
+    /// at connect); a link that reconnects uses the new pair on both sides.
+    async fn set_passwords(&self, t: &Target, to: &Accounts) -> Result<(), EngineError> {
+        let mut c = connect(t).await?;
+        let accounts = [
+            (ADMIN_USER, to.get(ADMIN_PASSWORD)),
+            (REPLICATION_USER, to.get(REPLICATION_PASSWORD)),
+            (to.get(USERNAME), to.get(PASSWORD)),
+        ];
+        for (user, password) in accounts {
+            run::<String>(
+                &mut c,
+                t,
+                "ACL SETUSER",
+                redis::cmd("ACL")
+                    .arg("SETUSER")
+                    .arg(user)
+                    .arg("resetpass")
+                    .arg(format!(">{password}")),
+            )
+            .await?;
+        }
+        run::<String>(
+            &mut c,
+            t,
+            "CONFIG SET masterauth",
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("masterauth")
+                .arg(to.get(REPLICATION_PASSWORD)),
+        )
+        .await?;
+        crate::failpoint::passed("db:set-passwords").await;
         Ok(())
     }
 

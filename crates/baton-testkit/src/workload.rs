@@ -96,6 +96,7 @@ impl Auth {
         baton::engine::Target {
             endpoint: baton::engine::Endpoint::new(ip.to_string(), port),
             credentials: Some(self.admin()),
+            fallback: None,
             ca: self.ca.clone(),
         }
     }

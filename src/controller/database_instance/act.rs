@@ -74,6 +74,7 @@ fn target(o: &Observation, name: &str) -> Result<Target, ActError> {
             member: name.into(),
         })?,
         credentials: o.admin.clone(),
+        fallback: o.admin_fallback.clone(),
         ca: o.ca.clone(),
     })
 }
@@ -166,7 +167,41 @@ pub async fn run(
             .await
             .map_err(engine_err("failover", member)),
         Act::Publish { primary } => publish(client, o, status, primary).await,
+        Act::SetPasswords { members } => set_passwords(client, o, engine, members).await,
     }
+}
+
+/// The changed credentials Secret applied to every member online, then recorded in the applied
+/// copy (which members read when they start). Stopped anywhere, it is simply done again: each
+/// member answers to the old or the new login, and setting a password twice is harmless.
+async fn set_passwords(
+    client: &kube::Client,
+    o: &Observation,
+    engine: &dyn Engine,
+    members: &[String],
+) -> Result<(), ActError> {
+    let Some(to) = &o.credentials_changed else {
+        return Ok(());
+    };
+    for m in members {
+        failpoint::scoped(m, engine.set_passwords(&target(o, m)?, to))
+            .await
+            .map_err(|source| ActError::Engine {
+                act: "set passwords",
+                member: m.clone(),
+                source,
+            })?;
+    }
+    let secrets =
+        Api::<Secret>::namespaced(client.clone(), &o.inst.namespace().unwrap_or_default());
+    apply(
+        &secrets,
+        &children::applied_credentials(&o.inst, to),
+        "recording the applied credentials",
+    )
+    .await?;
+    failpoint::passed("api:credentials-applied").await;
+    Ok(())
 }
 
 fn member_endpoint(o: &Observation, name: &str) -> Result<crate::engine::Endpoint, ActError> {
@@ -239,19 +274,7 @@ async fn apply_children(
     let np = children::network_policy(inst, engine, client.default_namespace());
     let nps = Api::<NetworkPolicy>::namespaced(client.clone(), &ns);
     apply(&nps, &np, "applying the NetworkPolicy").await?;
-    if inst.spec.credentials.is_none() {
-        let keys = engine.credential_keys();
-        // Created once, never applied: its values are in use by the members.
-        let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
-        match secrets
-            .create(&PostParams::default(), &children::credentials(inst, keys))
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(kube_err("creating the credentials Secret")(e)),
-        }
-    }
+    ensure_credentials(client, o, engine).await?;
     failpoint::passed("api:children").await;
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
     for p in new {
@@ -263,4 +286,62 @@ async fn apply_children(
         }
     }
     Ok(())
+}
+
+/// The credentials Secret (when Baton generates it) and its applied copy, before any pod reads
+/// them. A generated Secret that was deleted comes back with the values the members run with.
+async fn ensure_credentials(
+    client: &kube::Client,
+    o: &Observation,
+    engine: &dyn Engine,
+) -> Result<(), ActError> {
+    let inst = &o.inst;
+    let secrets = Api::<Secret>::namespaced(client.clone(), &inst.namespace().unwrap_or_default());
+    let mut values = o.credentials_unapplied.clone();
+    if inst.spec.credentials.is_none() && values.is_none() && o.admin.is_none() {
+        // Neither the Secret nor its copy: a new instance.
+        let fresh = children::generated_values(engine.credential_keys());
+        let secret = children::credentials(inst, &fresh);
+        match secrets.create(&PostParams::default(), &secret).await {
+            Ok(_) => values = Some(fresh),
+            // Made since this pass looked: the next pass copies what it holds.
+            Err(kube::Error::Api(s)) if s.code == 409 => return Ok(()),
+            Err(e) => return Err(kube_err("creating the credentials Secret")(e)),
+        }
+    }
+    if inst.spec.credentials.is_none() && o.admin.is_some() && values.is_none() {
+        // The generated Secret was deleted: restored from what the members run with.
+        if let Some(applied) = secrets
+            .get_opt(&children::applied_credentials_name(inst))
+            .await
+            .map_err(kube_err("reading the applied credentials"))?
+        {
+            let mut restored = children::credentials(inst, &Default::default());
+            restored.string_data = None;
+            restored.data = applied.data;
+            create(&secrets, &restored, "restoring the credentials Secret").await?;
+        }
+    }
+    if let Some(v) = values {
+        // Created once; afterwards only a completed change of passwords rewrites it.
+        create(
+            &secrets,
+            &children::applied_credentials(inst, &v),
+            "creating the applied credentials",
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Creates `obj`; one that exists already is left as it is.
+async fn create<K>(api: &Api<K>, obj: &K, action: &'static str) -> Result<(), ActError>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(kube_err(action)(e)),
+    }
 }

@@ -58,9 +58,31 @@ pub fn credentials_name(inst: &DatabaseInstance) -> String {
     }
 }
 
-/// The credentials Secret with a fresh random value for each of `keys`. Created once, never
-/// applied again: a rewrite would change passwords the members already use.
-pub fn credentials(inst: &DatabaseInstance, keys: &[&str]) -> Secret {
+/// Baton's copy of the credentials the members run with (their pods read it): the Secret's
+/// values once Baton has applied them to every member. A changed Secret is applied online and
+/// then copied here, so a member restarted at any point boots with what the others have.
+pub fn applied_credentials_name(inst: &DatabaseInstance) -> String {
+    format!("{}-credentials-applied", inst.name_any())
+}
+
+/// The applied copy holding `values`.
+pub fn applied_credentials(inst: &DatabaseInstance, values: &crate::engine::Accounts) -> Secret {
+    Secret {
+        metadata: meta(inst, applied_credentials_name(inst)),
+        data: Some(
+            values
+                .0
+                .iter()
+                .map(|(k, v)| (k.clone(), k8s_openapi::ByteString(v.clone().into_bytes())))
+                .collect(),
+        ),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    }
+}
+
+/// A fresh random value for each of `keys` (`username`: [`crate::engine::DEFAULT_APP_USER`]).
+pub fn generated_values(keys: &[&str]) -> crate::engine::Accounts {
     use rand::Rng;
     let value = || -> String {
         rand::rng()
@@ -77,9 +99,15 @@ pub fn credentials(inst: &DatabaseInstance, keys: &[&str]) -> Secret {
         };
         (k.to_string(), v)
     };
+    crate::engine::Accounts(keys.iter().map(entry).collect())
+}
+
+/// The generated credentials Secret holding `values`. Created, never applied again: a change
+/// to it is the user's (and Baton applies it to the members).
+pub fn credentials(inst: &DatabaseInstance, values: &crate::engine::Accounts) -> Secret {
     Secret {
         metadata: meta(inst, credentials_name(inst)),
-        string_data: Some(keys.iter().map(entry).collect()),
+        string_data: Some(values.0.clone()),
         ..Default::default()
     }
 }
@@ -147,7 +175,7 @@ pub fn pod(
     primary: bool,
 ) -> Pod {
     let topology = topology_name(inst);
-    let credentials = credentials_name(inst);
+    let credentials = applied_credentials_name(inst);
     let tls = inst.spec.tls.as_ref().map(|t| t.secret_name.as_str());
     let mut container = engine.container(&MemberTemplate {
         topology: &topology,
@@ -359,6 +387,8 @@ pub struct Owned {
     pub topology: Option<ConfigMap>,
     /// Whether the credentials Secret exists.
     pub credentials: bool,
+    /// Whether the applied copy of the credentials exists.
+    pub applied_credentials: bool,
     /// Whether the instance's NetworkPolicy exists.
     pub network_policy: bool,
 }
@@ -402,7 +432,8 @@ pub fn drifted(inst: &DatabaseInstance, engine: &dyn Engine, owned: &Owned) -> b
             != have.as_ref().map(|s| (&s.max_unavailable, &s.selector))
     });
     // Only a generated Secret is Baton's to create.
-    let credentials_missing = inst.spec.credentials.is_none() && !owned.credentials;
+    let credentials_missing =
+        (inst.spec.credentials.is_none() && !owned.credentials) || !owned.applied_credentials;
     claims_missing
         || service_drift
         || pdb_drift
@@ -472,6 +503,7 @@ mod tests {
             pdb: Some(pdb(&i)),
             topology: Some(topology(&i, &Topology::default())),
             credentials: true,
+            applied_credentials: true,
             network_policy: true,
         };
         // What the API server adds is not drift.

@@ -94,7 +94,16 @@ pub fn decide(o: &Observation) -> Decision {
         d.s.message = Some(why.clone());
         return d.done(Act::None, Wake::Idle);
     }
-    d.cond("CredentialsReady", true, "Ready", String::new());
+    match (&o.credentials_change_refused, &o.credentials_changed) {
+        (Some(why), _) => d.cond("CredentialsReady", false, "ChangeRefused", why.clone()),
+        (None, Some(_)) => d.cond(
+            "CredentialsReady",
+            true,
+            "Changing",
+            "the credentials Secret changed: Baton sets the new passwords on every member, online, once all are Ready and no upgrade is in flight".into(),
+        ),
+        (None, None) => d.cond("CredentialsReady", true, "Ready", String::new()),
+    }
     if let Some(why) = &o.tls_problem {
         d.cond("TLSReady", false, "TLSUnavailable", why.clone());
         if d.s.version.is_none() {
@@ -379,6 +388,17 @@ fn steady(mut d: Draft, primary: &str, base: &str) -> Decision {
     d.cond("Progressing", false, "Idle", String::new());
     if d.s.quarantine.is_empty() {
         d.cond("Degraded", false, "NoFailure", String::new());
+    }
+    if o.credentials_changed.is_some() {
+        // Every member that answers; one that does not (quarantined and down) boots with the
+        // applied copy later, which then holds the new passwords.
+        let members = o
+            .members
+            .iter()
+            .filter(|m| m.probe.is_some())
+            .map(|m| m.name.clone())
+            .collect();
+        return d.done(Act::SetPasswords { members }, Wake::Now);
     }
     start_or_refuse(d, primary, &version, &v)
 }

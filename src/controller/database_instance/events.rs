@@ -30,7 +30,8 @@ fn warning(reason: &'static str, message: String) -> Note {
 }
 
 /// Condition reasons that are worth a Warning the moment they appear.
-const WARN_REASONS: [&str; 8] = [
+const WARN_REASONS: [&str; 9] = [
+    "ChangeRefused",
     "DatastoreUnsupported",
     "VersionNotInCatalog",
     "VersionInactive",
@@ -158,6 +159,15 @@ pub fn notes(old: &DatabaseInstanceStatus, new: &DatabaseInstanceStatus, act: &A
         out.push(normal(
             "MemberRestarting",
             format!("{member} → {version} ({image})"),
+        ));
+    }
+    if let Act::SetPasswords { members } = act {
+        out.push(normal(
+            "PasswordsChanging",
+            format!(
+                "setting the credentials Secret's passwords on {}",
+                members.join(", ")
+            ),
         ));
     }
     out

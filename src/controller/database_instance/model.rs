@@ -203,6 +203,9 @@ pub enum Act {
     Failover { member: String },
     /// Point the primary label and the topology ConfigMap at `primary`.
     Publish { primary: String },
+    /// Give every one of `members` the credentials Secret's passwords, then record them as
+    /// applied.
+    SetPasswords { members: Vec<String> },
 }
 
 impl Act {
@@ -217,6 +220,7 @@ impl Act {
             | Act::Promote { member, .. }
             | Act::Failover { member } => Some(member),
             Act::Publish { primary } => Some(primary),
+            Act::SetPasswords { .. } => None,
         }
     }
 
@@ -232,6 +236,7 @@ impl Act {
             Act::Promote { .. } => "promote",
             Act::Failover { .. } => "failover",
             Act::Publish { .. } => "publish",
+            Act::SetPasswords { .. } => "set-passwords",
         }
     }
 }
@@ -281,9 +286,20 @@ pub struct Observation {
     pub window_open: bool,
     /// The last act of this instance failed with this, in this operator process.
     pub last_act_error: Option<String>,
-    /// The login Baton uses on the members, read from the credentials Secret this pass (never
-    /// printed: `Credentials` hides its password).
+    /// The login Baton uses on the members: from the applied copy of the credentials (what the
+    /// members run with), read this pass (never printed: `Credentials` hides its password).
     pub admin: Option<crate::engine::Credentials>,
+    /// The credentials Secret's login, when it differs from `admin` (a changed Secret being
+    /// applied): tried where `admin` is refused.
+    pub admin_fallback: Option<crate::engine::Credentials>,
+    /// The credentials Secret's values, when they differ from the applied copy: what the
+    /// members are to be changed to.
+    pub credentials_changed: Option<crate::engine::Accounts>,
+    /// The credentials Secret's values, when its applied copy does not exist yet.
+    pub credentials_unapplied: Option<crate::engine::Accounts>,
+    /// Why a changed credentials Secret is not applied (the members keep running with the
+    /// applied copy).
+    pub credentials_change_refused: Option<String>,
     /// Why the instance's credentials cannot be used (a Secret named in the spec that is
     /// missing or lacks a key): nothing is started or touched until it is fixed.
     pub credentials_problem: Option<String>,

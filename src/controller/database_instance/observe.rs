@@ -63,6 +63,10 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
             .is_none_or(|w| window::is_open(ctx.clock.now(), w)),
         last_act_error: ctx.act_error(&format!("{ns}/{name}")),
         admin: None,
+        admin_fallback: None,
+        credentials_changed: None,
+        credentials_unapplied: None,
+        credentials_change_refused: None,
         credentials_problem: None,
         ca: None,
         tls_problem: None,
@@ -88,23 +92,23 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
         .into_iter()
         .map(|p| (p.name_any(), p))
         .collect();
-    let (admin, secret_exists) = read_credentials(ctx, ns, &o.inst, engine).await?;
-    match admin {
-        Ok(a) => o.admin = a,
-        Err(why) => o.credentials_problem = Some(why),
-    }
+    let seen = read_credentials(ctx, ns, &o.inst, engine).await?;
+    let (secret_exists, applied_exists) = (seen.exists, seen.applied.is_some());
+    settle_credentials(&mut o, engine, seen);
     match read_tls(ctx, ns, &o.inst, engine).await? {
         Ok(ca) => o.ca = ca,
         Err(why) => o.tls_problem = Some(why),
     }
     let mut owned = read_owned(ctx, ns, &o.inst, status.upgrade.is_some()).await?;
     owned.credentials = secret_exists;
+    owned.applied_credentials = applied_exists;
     if status.upgrade.is_none() {
         o.children_drifted = children::drifted(&o.inst, engine, &owned);
     }
     let login = Target {
         endpoint: Endpoint::new("", 0),
         credentials: o.admin.clone(),
+        fallback: o.admin_fallback.clone(),
         ca: o.ca.clone(),
     };
     o.members = probe_all(ctx, engine, &login, &names, &pods, &owned.claims).await;
@@ -198,6 +202,7 @@ async fn read_owned(
         pdb,
         topology,
         credentials: false,
+        applied_credentials: false,
         network_policy,
     })
 }
@@ -245,60 +250,124 @@ async fn read_tls(
     Ok(Ok(Some(ca)))
 }
 
-/// Reads the credentials Secret at every pass (a rotated password is used at once): Baton's
-/// own login, or why the Secret cannot be used, and whether it exists. A generated Secret not
+/// The credentials as this pass found them.
+struct SeenCredentials {
+    /// The credentials Secret's values, or why they cannot be used.
+    wanted: std::result::Result<Option<engine::Accounts>, String>,
+    /// Whether the credentials Secret exists.
+    exists: bool,
+    /// The applied copy: what the members run with.
+    applied: Option<engine::Accounts>,
+}
+
+/// A key–value Secret's data as text, for the keys an engine reads.
+fn secret_values(secret: &Secret, keys: &[&str]) -> BTreeMap<String, String> {
+    keys.iter()
+        .filter_map(|k| {
+            let v = secret.data.as_ref()?.get(*k)?;
+            let v = String::from_utf8(v.0.clone()).ok()?;
+            (!v.is_empty()).then(|| (k.to_string(), v))
+        })
+        .collect()
+}
+
+/// Reads the credentials Secret and its applied copy at every pass. A generated Secret not
 /// created yet is no problem (the children step creates it); a Secret the spec names must
-/// exist and hold every key.
+/// exist and hold every key, each without whitespace or control characters (they end up in
+/// server configuration files one line per account).
 async fn read_credentials(
     ctx: &Context,
     ns: &str,
     inst: &DatabaseInstance,
     engine: &dyn Engine,
-) -> Result<(
-    std::result::Result<Option<engine::Credentials>, String>,
-    bool,
-)> {
+) -> Result<SeenCredentials> {
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), ns);
+    let keys = engine.credential_keys();
+    let applied = secrets
+        .get_opt(&children::applied_credentials_name(inst))
+        .await
+        .map_err(Error::kube("reading the applied credentials"))?
+        .map(|s| engine::Accounts(secret_values(&s, keys)));
     let name = children::credentials_name(inst);
-    let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns)
+    let Some(secret) = secrets
         .get_opt(&name)
         .await
-        .map_err(Error::kube("reading the credentials Secret"))?;
-    let given = inst.spec.credentials.is_some();
-    let Some(secret) = secret else {
-        return Ok((
-            if given {
-                Err(format!(
-                    "the Secret {name} named in spec.credentials.secretName does not exist"
-                ))
-            } else {
-                Ok(None)
-            },
-            false,
-        ));
-    };
-    let value = |k: &str| -> Option<String> {
-        let data = secret.data.as_ref()?.get(k)?;
-        let v = String::from_utf8(data.0.clone()).ok()?;
-        (!v.is_empty()).then_some(v)
-    };
-    if let Some(k) = engine.credential_keys().iter().find(|k| value(k).is_none()) {
-        return Ok((
+        .map_err(Error::kube("reading the credentials Secret"))?
+    else {
+        let wanted = if inst.spec.credentials.is_some() {
             Err(format!(
-                "the Secret {name} has no key {k:?} (or it is empty); it needs {}",
-                engine.credential_keys().join(", ")
-            )),
-            true,
-        ));
+                "the Secret {name} named in spec.credentials.secretName does not exist"
+            ))
+        } else {
+            Ok(None)
+        };
+        return Ok(SeenCredentials {
+            wanted,
+            exists: false,
+            applied,
+        });
+    };
+    let values = secret_values(&secret, keys);
+    let problem = if let Some(k) = keys.iter().find(|k| !values.contains_key(**k)) {
+        Some(format!(
+            "the Secret {name} has no key {k:?} (or it is empty); it needs {}",
+            keys.join(", ")
+        ))
+    } else {
+        values
+            .iter()
+            .find(|(_, v)| v.chars().any(|c| c.is_whitespace() || c.is_control()))
+            .map(|(k, _)| {
+                format!(
+                    "the Secret {name}: the value of {k:?} has whitespace or a control character; use printable characters without spaces"
+                )
+            })
+    };
+    Ok(SeenCredentials {
+        wanted: match problem {
+            Some(why) => Err(why),
+            None => Ok(Some(engine::Accounts(values))),
+        },
+        exists: true,
+        applied,
+    })
+}
+
+/// What the pass logs in with, and what it is to apply: the members run with the applied copy;
+/// a Secret that differs from it is applied (its login tried where the copy's is refused). A
+/// Secret that cannot be used stops nothing once a copy exists — the members keep the copy.
+fn settle_credentials(o: &mut Observation, engine: &dyn Engine, seen: SeenCredentials) {
+    let name = children::credentials_name(&o.inst);
+    match (seen.wanted, seen.applied) {
+        (Err(why), None) => o.credentials_problem = Some(why),
+        (Err(why), Some(applied)) => {
+            o.admin = Some(applied.admin(engine));
+            o.credentials_change_refused = Some(format!(
+                "{why}; the members keep the credentials they run with"
+            ));
+        }
+        (Ok(Some(wanted)), None) => {
+            o.admin = Some(wanted.admin(engine));
+            o.credentials_unapplied = Some(wanted);
+        }
+        (Ok(None), None) => {}
+        (Ok(wanted), Some(applied)) => {
+            o.admin = Some(applied.admin(engine));
+            let Some(wanted) = wanted.filter(|w| *w != applied) else {
+                return;
+            };
+            let (was, now) = (applied.get(engine::USERNAME), wanted.get(engine::USERNAME));
+            if was != now {
+                o.credentials_change_refused = Some(format!(
+                    "the Secret {name} renames the application account {was} to {now}, which Baton does not do; set username back to {was} (passwords may change)"
+                ));
+                return;
+            }
+            let login = wanted.admin(engine);
+            o.admin_fallback = (o.admin.as_ref() != Some(&login)).then_some(login);
+            o.credentials_changed = Some(wanted);
+        }
     }
-    Ok((
-        Ok(
-            value(engine::ADMIN_PASSWORD).map(|password| engine::Credentials {
-                username: Some(engine.admin_user().to_string()),
-                password,
-            }),
-        ),
-        true,
-    ))
 }
 
 fn pod_ready(p: &Pod) -> bool {

@@ -75,6 +75,10 @@ fn obs(spec_version: &str, status: serde_json::Value) -> Observation {
         window_open: true,
         last_act_error: None,
         admin: None,
+        admin_fallback: None,
+        credentials_changed: None,
+        credentials_unapplied: None,
+        credentials_change_refused: None,
         credentials_problem: None,
         ca: None,
         tls_problem: None,
@@ -496,4 +500,64 @@ fn a_named_secret_without_a_key_starts_nothing_and_says_which_key() {
         ("False", "CredentialsInvalid")
     );
     assert!(c.message.contains("admin-password"), "{}", c.message);
+}
+
+fn changed_accounts() -> crate::engine::Accounts {
+    crate::engine::Accounts(
+        [
+            ("username", "app"),
+            ("password", "new"),
+            ("admin-password", "new2"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    )
+}
+
+#[test]
+fn a_changed_secret_is_set_on_every_member_of_a_settled_instance_before_any_upgrade() {
+    let mut o = obs(DST, active());
+    o.credentials_changed = Some(changed_accounts());
+    let d = decide(&o);
+    assert_eq!(
+        d.act,
+        Act::SetPasswords {
+            members: vec!["db-0".into(), "db-1".into(), "db-2".into()]
+        }
+    );
+    assert!(d.status.upgrade.is_none(), "the upgrade starts after");
+    let c = condition(&d, "CredentialsReady");
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Changing"));
+}
+
+#[test]
+fn a_changed_secret_waits_for_the_upgrade_in_flight_and_for_every_member() {
+    let mut o = obs(SRC, active());
+    o.credentials_changed = Some(changed_accounts());
+    o.members[2].probe = None;
+    o.members[2].ready = false;
+    assert_eq!(decide(&o).act, Act::None, "a member is not Ready");
+    let mut o = obs(DST, active());
+    o.credentials_changed = Some(changed_accounts());
+    let started = decide(&obs(DST, active())).status;
+    o.inst.status = Some(started);
+    assert!(
+        !matches!(decide(&o).act, Act::SetPasswords { .. }),
+        "no passwords change under an upgrade"
+    );
+}
+
+#[test]
+fn an_unusable_change_keeps_the_members_as_they_run_and_says_why() {
+    let mut o = obs(SRC, active());
+    o.credentials_change_refused = Some("the Secret renames the application account".into());
+    let d = decide(&o);
+    assert_eq!(d.act, Act::None);
+    assert_eq!(d.status.phase, Some(InstancePhase::Active), "nothing stops");
+    let c = condition(&d, "CredentialsReady");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "ChangeRefused")
+    );
 }
