@@ -4,7 +4,7 @@
 //! list. That is libpq's `sslmode=verify-ca`: a server without a certificate signed by the CA
 //! is refused, and so is a plain-text one.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -23,9 +23,27 @@ pub enum TlsError {
     Invalid(String),
 }
 
+/// The certificate a server serves (its leaf), as seen by the last handshake of a
+/// configuration from [`client_config_seeing`].
+pub type Seen = Arc<Mutex<Option<Vec<u8>>>>;
+
+/// The first certificate of a PEM bundle (a `tls.crt`: the leaf, then its chain), as DER.
+pub fn leaf(pem: &[u8]) -> Option<Vec<u8>> {
+    CertificateDer::pem_slice_iter(pem)
+        .next()?
+        .ok()
+        .map(|c| c.as_ref().to_vec())
+}
+
 /// A client configuration that trusts exactly the certificates in `ca_pem` and checks the chain
 /// but not the name (see the module).
 pub fn client_config(ca_pem: &[u8]) -> Result<ClientConfig, TlsError> {
+    client_config_seeing(ca_pem).map(|(c, _)| c)
+}
+
+/// [`client_config`], also keeping the leaf certificate of a chain that verified: whether a
+/// member serves the certificate its TLS Secret holds now.
+pub fn client_config_seeing(ca_pem: &[u8]) -> Result<(ClientConfig, Seen), TlsError> {
     let mut roots = RootCertStore::empty();
     let mut n = 0;
     for cert in CertificateDer::pem_slice_iter(ca_pem) {
@@ -38,6 +56,7 @@ pub fn client_config(ca_pem: &[u8]) -> Result<ClientConfig, TlsError> {
     if n == 0 {
         return Err(TlsError::NoCertificate);
     }
+    let seen: Seen = Arc::default();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
@@ -46,16 +65,16 @@ pub fn client_config(ca_pem: &[u8]) -> Result<ClientConfig, TlsError> {
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Invalid(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ChainOnly(chain)))
+        .with_custom_certificate_verifier(Arc::new(ChainOnly(chain, seen.clone())))
         .with_no_client_auth();
-    Ok(config)
+    Ok((config, seen))
 }
 
 /// The web PKI verifier, with a certificate valid for another name accepted: webpki checks the
 /// chain (signatures, validity, CA constraints, usage) before the name, so that error is only
 /// ever returned for a chain that verified.
 #[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
+struct ChainOnly(Arc<WebPkiServerVerifier>, Seen);
 
 impl ServerCertVerifier for ChainOnly {
     fn verify_server_cert(
@@ -66,15 +85,24 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        let verdict = match self.0.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
             other => other,
+        };
+        if verdict.is_ok()
+            && let Ok(mut seen) = self.1.lock()
+        {
+            *seen = Some(end_entity.as_ref().to_vec());
         }
+        verdict
     }
 
     fn verify_tls12_signature(

@@ -280,20 +280,9 @@ async fn in_place_restarts_every_member_together() {
 
 /// A CA and a server certificate for the names `db`, `db-headless` (not the pods' addresses:
 /// Baton verifies the chain, as libpq's `verify-ca` does), made with the openssl CLI, as
-/// `(ca.crt, tls.crt, tls.key)`.
+/// `(ca.crt, tls.crt, tls.key)`, in `dir`.
 fn certificates(dir: &std::path::Path) -> (String, String, String) {
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = |args: &[&str]| openssl(dir, args);
     std::fs::write(
         dir.join("ext.cnf"),
         "subjectAltName=DNS:db,DNS:db-headless\nbasicConstraints=CA:FALSE\n\
@@ -315,6 +304,27 @@ fn certificates(dir: &std::path::Path) -> (String, String, String) {
         "-subj",
         "/CN=baton-test-ca",
     ]);
+    let (crt, key) = issue(dir);
+    let ca = std::fs::read_to_string(dir.join("ca.crt")).expect("read");
+    (ca, crt, key)
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A new server key and certificate from the CA in `dir` (what a renewal writes).
+fn issue(dir: &std::path::Path) -> (String, String) {
+    let run = |args: &[&str]| openssl(dir, args);
     run(&[
         "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "tls.key", "-out", "tls.csr", "-subj",
         "/CN=db",
@@ -337,12 +347,13 @@ fn certificates(dir: &std::path::Path) -> (String, String, String) {
         "ext.cnf",
     ]);
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect("read");
-    (read("ca.crt"), read("tls.crt"), read("tls.key"))
+    (read("tls.crt"), read("tls.key"))
 }
 
 /// `spec.tls`: members serve and replicate over TLS only. A 16.13 → 16.14 upgrade under
 /// committing clients that verify the CA loses nothing; a plain-text client and a client
-/// trusting another CA are refused; Redis, which Baton cannot run with TLS yet, says so in a
+/// trusting another CA are refused; a renewed certificate is served by every member without a
+/// restart; Redis, which Baton cannot run with TLS yet, says so in a
 /// condition and starts nothing.
 #[tokio::test]
 async fn tls_members_upgrade_under_verifying_clients_and_refuse_plain_text() {
@@ -419,6 +430,64 @@ async fn tls_members_upgrade_under_verifying_clients_and_refuse_plain_text() {
             r.longest_gap
         );
     }
+
+    // The certificate is renewed (what cert-manager does before expiry): every member serves
+    // the new one without a restart, and replication keeps verifying.
+    let restarts = env.restarts("db").await;
+    let (crt2, key2) = issue(env.dir.as_path());
+    assert_ne!(crt2, crt);
+    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(env.client.clone(), &env.ns)
+        .patch(
+            "db-tls",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"stringData": {"tls.crt": crt2, "tls.key": key2}})),
+        )
+        .await
+        .expect("renew the certificate");
+    env.label("db", "renewed", "1").await;
+    let want = baton::tls::leaf(crt2.as_bytes()).expect("leaf");
+    let members = workload::member_addresses(&env.client, &env.ns, "db").await;
+    let serving = eventually(Duration::from_secs(60), || async {
+        for ip in members.values() {
+            let (config, seen) = baton::tls::client_config_seeing(ca.as_bytes()).expect("config");
+            let mut c = cfg.clone();
+            c.host(ip.to_string())
+                .ssl_mode(tokio_postgres::config::SslMode::Require);
+            let (_client, conn) = c
+                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+                .await
+                .ok()?;
+            drop(conn);
+            if seen.lock().ok()?.as_deref() != Some(want.as_slice()) {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    assert!(
+        serving.is_some(),
+        "not every member serves the renewed certificate: {:#?}\n{}",
+        env.status("db").await.conditions,
+        tail(&op.logs(), 20)
+    );
+    assert_eq!(env.restarts("db").await, restarts, "a member restarted");
+    let renewed = eventually(Duration::from_secs(30), || async {
+        let st = env.instances.get("db").await.ok()?.status?;
+        let ready = st.members.iter().all(|m| m.ready)
+            && st
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "TLSReady" && c.reason == "Serving");
+        ready.then_some(())
+    })
+    .await;
+    assert!(renewed.is_some(), "{:#?}", env.status("db").await);
+    let now = env.primary_ip("db").await;
+    let mut c = workload::connect(workload::Datastore::Postgresql, now, &auth)
+        .await
+        .expect("a verifying client connects after the renewal");
+    c.write("renewed", 1).await.expect("and writes");
 
     // A datastore whose members Baton cannot run with TLS: a condition, nothing started.
     env.create("cache", 1, json!({"tls": {"secretName": "db-tls"}}))

@@ -130,6 +130,9 @@ pub struct Target {
     /// The instance's CA (PEM) when its members serve TLS: the engine then connects over TLS
     /// only, verifying the server's chain against it.
     pub ca: Option<Vec<u8>>,
+    /// The certificate the member is to serve (the TLS Secret's `tls.crt`, PEM): a probe says
+    /// whether the server still serves another one.
+    pub cert: Option<Vec<u8>>,
 }
 
 impl Target {
@@ -139,6 +142,7 @@ impl Target {
             credentials: None,
             fallback: None,
             ca: None,
+            cert: None,
         }
     }
 
@@ -181,6 +185,9 @@ pub struct Probe {
     pub streaming: bool,
     /// Writes are fenced: no client can write to this member.
     pub fenced: bool,
+    /// The server serves a certificate other than the TLS Secret's (it has not loaded a
+    /// changed Secret yet).
+    pub stale_certificate: bool,
 }
 
 impl Probe {
@@ -500,6 +507,15 @@ pub trait Engine: Send + Sync + fmt::Debug {
     /// Makes the member follow `primary`. Refuses a member that accepts writes (its writes
     /// would be thrown away by the resync).
     async fn repoint(&self, t: &Target, primary: &Endpoint) -> Result<(), EngineError>;
+
+    /// Makes the server serve the TLS files its pod has mounted now (a changed TLS Secret),
+    /// online where the engine can reload them.
+    async fn reload_tls(&self, _t: &Target) -> Result<(), EngineError> {
+        Err(EngineError::Unsupported {
+            datastore: self.datastore(),
+            what: "TLS",
+        })
+    }
 
     /// Makes the member's accounts answer to `to` (a changed credentials Secret), online:
     /// Baton's, the application account's and the replication account's passwords, and the

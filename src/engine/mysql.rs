@@ -550,6 +550,7 @@ pub fn parse_probe(
             following: None,
             streaming: false,
             fenced,
+            stale_certificate: false,
         },
         Some(host) => Probe {
             role: Role::Standby,
@@ -564,6 +565,7 @@ pub fn parse_probe(
             following: Some(host.to_string()),
             streaming: o.io_running && o.sql_running,
             fenced,
+            stale_certificate: false,
         },
     })
 }

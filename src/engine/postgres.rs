@@ -170,10 +170,15 @@ done"#;
 pub struct Postgres;
 
 async fn connect(t: &Target) -> Result<Client, EngineError> {
+    Ok(connect_seeing(t).await?.0)
+}
+
+/// Connects, with whether the server serves a certificate other than `t.cert`.
+async fn connect_seeing(t: &Target) -> Result<(Client, bool), EngineError> {
     t.login(|t| async move { connect_once(&t).await }).await
 }
 
-async fn connect_once(t: &Target) -> Result<Client, EngineError> {
+async fn connect_once(t: &Target) -> Result<(Client, bool), EngineError> {
     let endpoint = t.endpoint.to_string();
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(&t.endpoint.host)
@@ -191,18 +196,21 @@ async fn connect_once(t: &Target) -> Result<Client, EngineError> {
     let connected = match &t.ca {
         // TLS only, verifying the chain against the instance's CA.
         Some(ca) => {
-            let config = crate::tls::client_config(ca).map_err(|e| EngineError::Unreachable {
-                endpoint: endpoint.clone(),
-                source: Box::new(e),
-            })?;
+            let (config, seen) =
+                crate::tls::client_config_seeing(ca).map_err(|e| EngineError::Unreachable {
+                    endpoint: endpoint.clone(),
+                    source: Box::new(e),
+                })?;
             cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
             let tls = tokio_postgres_rustls::MakeRustlsConnect::new(config);
+            let want = t.cert.as_deref().and_then(crate::tls::leaf);
             tokio::time::timeout(TIMEOUT, cfg.connect(tls))
                 .await
                 .map(|r| {
                     r.map(|(client, conn)| {
                         tokio::spawn(conn);
-                        client
+                        let served = seen.lock().ok().and_then(|s| s.clone());
+                        (client, want.is_some() && served != want)
                     })
                 })
         }
@@ -211,7 +219,7 @@ async fn connect_once(t: &Target) -> Result<Client, EngineError> {
             .map(|r| {
                 r.map(|(client, conn)| {
                     tokio::spawn(conn);
-                    client
+                    (client, false)
                 })
             }),
     };
@@ -311,6 +319,7 @@ pub fn parse_probe(endpoint: &Endpoint, row: &Row) -> Result<Probe, EngineError>
         following,
         streaming,
         fenced,
+        stale_certificate: false,
     })
 }
 
@@ -502,8 +511,57 @@ impl Engine for Postgres {
     }
 
     async fn probe(&self, t: &Target) -> Result<Probe, EngineError> {
+        let (c, stale_certificate) = connect_seeing(t).await?;
+        let p = self.probe_on(&c, t).await?;
+        Ok(Probe {
+            stale_certificate,
+            ..p
+        })
+    }
+
+    /// The server reads its certificate from copies in its data directory (the key must be
+    /// the server's own, mode 0600): the mounted files are copied again, and the server
+    /// reloads them (`pg_reload_conf`; PostgreSQL reloads its SSL files on SIGHUP). Sessions
+    /// open keep the certificate they began with; new ones get the new one.
+    async fn reload_tls(&self, t: &Target) -> Result<(), EngineError> {
         let c = connect(t).await?;
-        self.probe_on(&c, t).await
+        // Until the node has updated the mounted files there is nothing new to load.
+        let mounted = format!("{}/tls.crt", super::TLS_DIR);
+        let current = match tokio::time::timeout(
+            TIMEOUT,
+            c.query_one(
+                "SELECT pg_read_binary_file($1) = $2",
+                &[&mounted, &t.cert.as_deref().unwrap_or_default()],
+            ),
+        )
+        .await
+        {
+            Ok(Ok(row)) => row.get::<_, bool>(0),
+            Ok(Err(e)) => {
+                return Err(EngineError::Command {
+                    endpoint: t.endpoint.to_string(),
+                    command: "reading the mounted certificate",
+                    source: Box::new(e),
+                });
+            }
+            Err(_) => {
+                return Err(EngineError::Timeout {
+                    endpoint: t.endpoint.to_string(),
+                    command: "reading the mounted certificate",
+                });
+            }
+        };
+        if !current {
+            return Ok(());
+        }
+        let copy = format!(
+            "COPY (SELECT 1) TO PROGRAM 'cp {dir}/tls.crt {dir}/tls.key {dir}/ca.crt {DATA}/tls/ && chmod 600 {DATA}/tls/tls.key'; \
+             SELECT pg_reload_conf()",
+            dir = super::TLS_DIR
+        );
+        run(&c, t, "reloading TLS", &copy).await?;
+        crate::failpoint::passed("db:reload-tls").await;
+        Ok(())
     }
 
     async fn fence(&self, t: &Target) -> Result<(), EngineError> {

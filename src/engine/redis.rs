@@ -185,6 +185,7 @@ pub fn parse_probe(
         following,
         streaming,
         fenced: fence_setting >= FENCE_REPLICAS,
+        stale_certificate: false,
     })
 }
 

@@ -72,6 +72,65 @@ pub async fn prepare(
     Ok(out)
 }
 
+/// Brings the files of the pod's Secret and ConfigMap volumes up to date, as the kubelet does
+/// on its sync: a changed file is replaced whole (written aside, then renamed over), so a
+/// reader never sees half of it. Sources that are gone leave their files as they were.
+pub async fn refresh(client: &Client, state: &Path, pod: &Pod) -> Result<(), VolumeError> {
+    let ns = pod.namespace().unwrap_or_default();
+    let pod_dir = pod_dir(state, pod);
+    let volumes: &[Volume] = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_deref())
+        .unwrap_or_default();
+    for v in volumes {
+        let (source, name, items) = if let Some(cm) = &v.config_map {
+            (Source::ConfigMap, cm.name.clone(), cm.items.as_deref())
+        } else if let Some(sec) = &v.secret {
+            (
+                Source::Secret,
+                sec.secret_name.clone().unwrap_or_default(),
+                sec.items.as_deref(),
+            )
+        } else {
+            continue;
+        };
+        let Some(data) = source_data(client, &ns, source, &name).await? else {
+            continue;
+        };
+        let dir = pod_dir.join("files").join(&v.name);
+        for (rel, bytes) in files_of(data, items) {
+            let p = dir.join(&rel);
+            if !super::runtime::is_within(&dir, &p)
+                || std::fs::read(&p).is_ok_and(|have| have == bytes)
+            {
+                continue;
+            }
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let aside = p.with_extension("baton-new");
+            std::fs::write(&aside, bytes)?;
+            std::fs::rename(&aside, &p)?;
+        }
+    }
+    Ok(())
+}
+
+/// The files a volume of `data` holds: every key, or the `items` it names.
+fn files_of(
+    data: BTreeMap<String, Vec<u8>>,
+    items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
+) -> Vec<(String, Vec<u8>)> {
+    match items {
+        Some(items) => items
+            .iter()
+            .filter_map(|i| data.get(&i.key).map(|d| (i.path.clone(), d.clone())))
+            .collect(),
+        None => data.into_iter().collect(),
+    }
+}
+
 /// A key–value source of files and environment.
 #[derive(Clone, Copy, Debug)]
 pub enum Source {
@@ -150,14 +209,7 @@ fn write_files(
         std::fs::remove_dir_all(dir)?;
     }
     std::fs::create_dir_all(dir)?;
-    let files: Vec<(String, Vec<u8>)> = match items {
-        Some(items) => items
-            .iter()
-            .filter_map(|i| data.get(&i.key).map(|d| (i.path.clone(), d.clone())))
-            .collect(),
-        None => data.into_iter().collect(),
-    };
-    for (rel, bytes) in files {
+    for (rel, bytes) in files_of(data, items) {
         let p = dir.join(&rel);
         if !super::runtime::is_within(dir, &p) {
             continue;

@@ -104,6 +104,10 @@ impl Rt {
     }
 }
 
+/// How often a running pod's Secret and ConfigMap files are brought up to date (the kubelet
+/// takes up to its sync period plus its cache's TTL; a few seconds keeps the tests short).
+const REFRESH: Duration = Duration::from_secs(3);
+
 fn now() -> Time {
     Time(jiff::Timestamp::now())
 }
@@ -150,6 +154,7 @@ pub async fn run(
     let mut written: Option<Value> = None;
     let mut transitions: BTreeMap<&'static str, (bool, Time)> = BTreeMap::new();
     info!(pod = %format!("{ns}/{name}"), %ip, "pod assigned");
+    let mut last_refresh = Instant::now();
 
     loop {
         let pod = pod_rx.borrow().clone();
@@ -198,6 +203,12 @@ pub async fn run(
                         };
                     }
                 }
+            }
+        }
+        if volumes.is_some() && last_refresh.elapsed() >= REFRESH {
+            last_refresh = Instant::now();
+            if let Err(e) = volumes::refresh(&ctx.client, &ctx.state, &pod).await {
+                warn!(pod = %format!("{ns}/{name}"), error = %e, "refreshing Secret and ConfigMap files failed");
             }
         }
         if let Some(vols) = &volumes {

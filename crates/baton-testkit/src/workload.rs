@@ -98,6 +98,7 @@ impl Auth {
             credentials: Some(self.admin()),
             fallback: None,
             ca: self.ca.clone(),
+            cert: None,
         }
     }
 }

@@ -76,6 +76,7 @@ fn target(o: &Observation, name: &str) -> Result<Target, ActError> {
         credentials: o.admin.clone(),
         fallback: o.admin_fallback.clone(),
         ca: o.ca.clone(),
+        cert: o.cert.clone(),
     })
 }
 
@@ -168,6 +169,14 @@ pub async fn run(
             .map_err(engine_err("failover", member)),
         Act::Publish { primary } => publish(client, o, status, primary).await,
         Act::SetPasswords { members } => set_passwords(client, o, engine, members).await,
+        Act::ReloadTls { members } => {
+            for m in members {
+                failpoint::scoped(m, engine.reload_tls(&target(o, m)?))
+                    .await
+                    .map_err(engine_err("reload TLS", m))?;
+            }
+            Ok(())
+        }
     }
 }
 

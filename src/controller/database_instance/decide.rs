@@ -400,6 +400,27 @@ fn steady(mut d: Draft, primary: &str, base: &str) -> Decision {
             .collect();
         return d.done(Act::SetPasswords { members }, Wake::Now);
     }
+    let stale: Vec<String> = o
+        .members
+        .iter()
+        .filter(|m| m.probe.as_ref().is_some_and(|p| p.stale_certificate))
+        .map(|m| m.name.clone())
+        .collect();
+    if !stale.is_empty() {
+        // Online: the server reloads once its pod's files hold the new certificate (the node
+        // updates mounted Secrets on its own schedule); until then each pass looks again.
+        d.cond(
+            "TLSReady",
+            true,
+            "Reloading",
+            format!(
+                "{} {} a certificate other than the TLS Secret's; reloading once the mounted files are updated",
+                stale.join(", "),
+                if stale.len() == 1 { "serves" } else { "serve" }
+            ),
+        );
+        return d.done(Act::ReloadTls { members: stale }, Wake::Poll);
+    }
     start_or_refuse(d, primary, &version, &v)
 }
 

@@ -203,6 +203,8 @@ pub enum Act {
     Failover { member: String },
     /// Point the primary label and the topology ConfigMap at `primary`.
     Publish { primary: String },
+    /// Make each of `members` load the TLS files its pod has mounted (a changed TLS Secret).
+    ReloadTls { members: Vec<String> },
     /// Give every one of `members` the credentials Secret's passwords, then record them as
     /// applied.
     SetPasswords { members: Vec<String> },
@@ -220,7 +222,7 @@ impl Act {
             | Act::Promote { member, .. }
             | Act::Failover { member } => Some(member),
             Act::Publish { primary } => Some(primary),
-            Act::SetPasswords { .. } => None,
+            Act::SetPasswords { .. } | Act::ReloadTls { .. } => None,
         }
     }
 
@@ -237,6 +239,7 @@ impl Act {
             Act::Failover { .. } => "failover",
             Act::Publish { .. } => "publish",
             Act::SetPasswords { .. } => "set-passwords",
+            Act::ReloadTls { .. } => "reload-tls",
         }
     }
 }
@@ -305,6 +308,8 @@ pub struct Observation {
     pub credentials_problem: Option<String>,
     /// The instance's CA (PEM), when `spec.tls` names a usable Secret.
     pub ca: Option<Vec<u8>>,
+    /// The certificate the members are to serve (`tls.crt`, PEM), with `ca`.
+    pub cert: Option<Vec<u8>>,
     /// Why `spec.tls` cannot be honoured (the datastore has no TLS in Baton yet, or the Secret
     /// is missing or lacks a key): nothing is started or touched until it is fixed.
     pub tls_problem: Option<String>,

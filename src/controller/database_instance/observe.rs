@@ -69,6 +69,7 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
         credentials_change_refused: None,
         credentials_problem: None,
         ca: None,
+        cert: None,
         tls_problem: None,
         inst,
     };
@@ -96,7 +97,8 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
     let (secret_exists, applied_exists) = (seen.exists, seen.applied.is_some());
     settle_credentials(&mut o, engine, seen);
     match read_tls(ctx, ns, &o.inst, engine).await? {
-        Ok(ca) => o.ca = ca,
+        Ok(Some((ca, cert))) => (o.ca, o.cert) = (Some(ca), Some(cert)),
+        Ok(None) => {}
         Err(why) => o.tls_problem = Some(why),
     }
     let mut owned = read_owned(ctx, ns, &o.inst, status.upgrade.is_some()).await?;
@@ -110,6 +112,7 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
         credentials: o.admin.clone(),
         fallback: o.admin_fallback.clone(),
         ca: o.ca.clone(),
+        cert: o.cert.clone(),
     };
     o.members = probe_all(ctx, engine, &login, &names, &pods, &owned.claims).await;
     let quarantined: Vec<String> = status.quarantine.iter().map(|q| q.member.clone()).collect();
@@ -208,13 +211,13 @@ async fn read_owned(
 }
 
 /// Reads the TLS Secret `spec.tls` names, at every pass: the CA Baton verifies members
-/// against, or why TLS cannot be honoured.
+/// against and the certificate they are to serve, or why TLS cannot be honoured.
 async fn read_tls(
     ctx: &Context,
     ns: &str,
     inst: &DatabaseInstance,
     engine: &dyn Engine,
-) -> Result<std::result::Result<Option<Vec<u8>>, String>> {
+) -> Result<std::result::Result<Option<(Vec<u8>, Vec<u8>)>, String>> {
     let Some(tls) = &inst.spec.tls else {
         return Ok(Ok(None));
     };
@@ -247,7 +250,13 @@ async fn read_tls(
     if let Err(e) = crate::tls::client_config(&ca) {
         return Ok(Err(format!("the Secret {name}: {e}")));
     }
-    Ok(Ok(Some(ca)))
+    let cert = data.get("tls.crt").map(|v| v.0.clone()).unwrap_or_default();
+    if crate::tls::leaf(&cert).is_none() {
+        return Ok(Err(format!(
+            "the Secret {name}: tls.crt holds no PEM certificate"
+        )));
+    }
+    Ok(Ok(Some((ca, cert))))
 }
 
 /// The credentials as this pass found them.

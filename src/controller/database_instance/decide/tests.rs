@@ -44,6 +44,7 @@ fn members() -> Vec<Member> {
                 following: (i != 0).then(|| host(0)),
                 streaming: i != 0,
                 fenced: i != 0,
+                stale_certificate: false,
             }),
             image_current: true,
             claim_uid: Some(format!("claim-{i}")),
@@ -81,6 +82,7 @@ fn obs(spec_version: &str, status: serde_json::Value) -> Observation {
         credentials_change_refused: None,
         credentials_problem: None,
         ca: None,
+        cert: None,
         tls_problem: None,
     }
 }

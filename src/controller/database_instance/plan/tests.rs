@@ -30,6 +30,7 @@ fn members() -> Vec<Member> {
                 following: (i != 0).then(|| host(0)),
                 streaming: i != 0,
                 fenced: i != 0,
+                stale_certificate: false,
             }),
             image_current: true,
             ..Default::default()
