@@ -28,7 +28,7 @@ async fn redis_conn(
 
 /// Redis: the `default` user is off, so a client without credentials is refused; the Secret's
 /// application account reads and writes but cannot run `@admin` commands (it cannot lift the
-/// fence); replicas authenticate and replicate; no password is shown anywhere.
+/// fence); Baton's account cannot touch a key; replicas authenticate and replicate; no password is shown anywhere.
 #[tokio::test]
 async fn redis_refuses_a_client_without_credentials_and_serves_the_secrets_account() {
     let (env, op) = Env::with_active("cred-redis", "db", 2, json!({})).await;
@@ -70,6 +70,20 @@ async fn redis_refuses_a_client_without_credentials_and_serves_the_secrets_accou
         lift.is_err(),
         "the application account ran an @admin command"
     );
+    // Baton's own account runs the commands Baton sends and touches no data.
+    let mut b = redis_conn(primary, Some(("baton", &auth.admin_password)))
+        .await
+        .expect("Baton's account logs in");
+    let read: redis::RedisResult<Option<String>> =
+        redis::cmd("GET").arg("cred-k").query_async(&mut b).await;
+    let e = read.expect_err("Baton's account read a key");
+    assert!(e.to_string().to_lowercase().contains("noperm"), "{e}");
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(&mut b)
+        .await
+        .expect("Baton's account reads INFO");
+    assert!(info.contains("role:master"), "{info}");
     // The standby replicated it: it authenticated as the replicator.
     let standby = workload::member_addresses(&env.client, &env.ns, "db")
         .await

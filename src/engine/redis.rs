@@ -36,9 +36,10 @@ const REPLICATION_USER: &str = "replicator";
 /// Boots `redis-server` through the image's entrypoint, following the recorded primary unless
 /// this member is it or is quarantined. The fence is in the arguments (`$@`), so it applies
 /// either way. Closed by default: the `default` user is off; the ACL file (written at every
-/// start from the Secret, so a rotated password applies at the next restart) has Baton's
-/// `baton`, the `replicator` the replicas authenticate as (`masteruser`/`masterauth`), and the
-/// application account, which can do anything but `@admin` commands (it cannot lift the fence
+/// start from the Secret Baton keeps of what the members run with) has Baton's `baton` — the
+/// commands Baton sends and nothing else: no key, no channel, no data command — the
+/// `replicator` the replicas authenticate as (`masteruser`/`masterauth`), and the application
+/// account, which can do anything but `@admin` commands (it cannot lift the fence
 /// or repoint a member). The passwords reach the server through files the script writes, not
 /// through its arguments. The readiness command logs in as `ready`, which has no password and
 /// may only `PING`: a password Baton changed online must not fail the check of a container
@@ -47,7 +48,7 @@ const BOOT: &str = r#"umask 077
 {
   echo "user default off"
   echo "user ready on nopass -@all +ping"
-  echo "user baton on >$BATON_ADMIN_PASSWORD ~* &* +@all"
+  echo "user baton on >$BATON_ADMIN_PASSWORD resetkeys resetchannels -@all +ping +info +config|get +config|set +replicaof +acl|setuser"
   echo "user replicator on >$BATON_REPLICATION_PASSWORD +psync +sync +replconf +ping"
   echo "user $BATON_APP_USER on >$BATON_APP_PASSWORD ~* &* +@all -@admin"
 } > /data/users.acl
