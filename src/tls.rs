@@ -70,6 +70,29 @@ pub fn client_config_seeing(ca_pem: &[u8]) -> Result<(ClientConfig, Seen), TlsEr
     Ok((config, seen))
 }
 
+/// A TLS stream to `host:port` verified against `ca_pem` (chain, not name), with the leaf
+/// certificate the server served.
+pub async fn connect(
+    host: &str,
+    port: u16,
+    ca_pem: &[u8],
+) -> std::io::Result<(
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    Option<Vec<u8>>,
+)> {
+    let (config, seen) = client_config_seeing(ca_pem).map_err(std::io::Error::other)?;
+    let name = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ServerName::IpAddress(ip.into()),
+        Err(_) => ServerName::try_from(host.to_string()).map_err(std::io::Error::other)?,
+    };
+    let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    let leaf = seen.lock().ok().and_then(|s| s.clone());
+    Ok((stream, leaf))
+}
+
 /// The web PKI verifier, with a certificate valid for another name accepted: webpki checks the
 /// chain (signatures, validity, CA constraints, usage) before the name, so that error is only
 /// ever returned for a chain that verified.

@@ -444,3 +444,148 @@ async fn postgresql_passwords_change_online_when_the_secret_changes() {
 async fn mariadb_passwords_change_online_when_the_secret_changes() {
     a_changed_secret_is_applied_online("rot-maria", MARIADB).await;
 }
+
+/// Redis with `spec.tls` (the 7.0.15 build has TLS): members serve TLS only (no plain-text
+/// port) and replicate over it; a hotfix roll under clients that verify the CA loses nothing;
+/// a renewed certificate is served without a restart; the 6.2.14 build, which has no TLS, is
+/// not started without it and the instance says so.
+#[tokio::test]
+async fn redis_tls_members_roll_under_verifying_clients_and_a_build_without_tls_says_so() {
+    use baton_testkit::certs::{certificates, issue};
+    use baton_testkit::faults::Scenario;
+    let env = Env::new("redis-tls").await;
+    let (ca, crt, key) = certificates(env.dir.as_path());
+    let secrets = Api::<Secret>::namespaced(env.client.clone(), &env.ns);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "db-tls"},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": crt, "tls.key": key, "ca.crt": ca},
+    }))
+    .expect("secret");
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create the TLS Secret");
+    let hotfix: baton::crd::DatastoreVersion = serde_json::from_value(json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "DatastoreVersion",
+        "metadata": {"name": "redis-7.0.15-hotfix1"},
+        "spec": {"datastore": "redis", "version": "7.0.15-hotfix1", "image": "redis:7.0.15-hotfix1"},
+    }))
+    .expect("catalog entry");
+    match Api::<baton::crd::DatastoreVersion>::all(env.client.clone())
+        .create(&PostParams::default(), &hotfix)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("catalog entry: {e}"),
+    }
+    let spec = json!({
+        "datastore": {"type": "redis", "version": TARGET},
+        "tls": {"secretName": "db-tls"},
+    });
+    let sc = Scenario::prepare(&env, "db", TARGET, spec).await;
+    assert!(sc.auth.ca.is_some(), "the test clients verify the CA");
+    let primary = sc.first_primary;
+    let auth = sc.auth.clone();
+    // Plain text: nothing listens for it. Another CA: refused by the client's verification.
+    assert!(
+        redis_conn(primary, Some((&auth.user, &auth.password)))
+            .await
+            .is_err(),
+        "a plain-text client connected"
+    );
+    let other = tempfile::tempdir().expect("tempdir");
+    let (other_ca, _, _) = certificates(other.path());
+    assert!(
+        baton::tls::connect(&primary.to_string(), 6379, other_ca.as_bytes())
+            .await
+            .is_err(),
+        "a client trusting another CA connected"
+    );
+
+    let op = env.operator("redis-tls", "");
+    sc.set_version("7.0.15-hotfix1").await;
+    let out = sc.finish(&op, "7.0.15-hotfix1").await;
+    assert_eq!(out.result, Ok(()));
+    for r in &out.reports {
+        println!(
+            "{} over TLS: {} committed, longest gap {:?}",
+            r.writer,
+            r.acked.len(),
+            r.longest_gap
+        );
+    }
+
+    // Renewed: every member serves the new certificate, none restarted.
+    let restarts = env.restarts("db").await;
+    let (crt2, key2) = issue(env.dir.as_path());
+    secrets
+        .patch(
+            "db-tls",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"stringData": {"tls.crt": crt2, "tls.key": key2}})),
+        )
+        .await
+        .expect("renew the certificate");
+    env.label("db", "renewed", "1").await;
+    let want = baton::tls::leaf(crt2.as_bytes()).expect("leaf");
+    let members = workload::member_addresses(&env.client, &env.ns, "db").await;
+    let serving = eventually(Duration::from_secs(60), || async {
+        for ip in members.values() {
+            let (_, served) = baton::tls::connect(&ip.to_string(), 6379, ca.as_bytes())
+                .await
+                .ok()?;
+            if served.as_deref() != Some(want.as_slice()) {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    assert!(
+        serving.is_some(),
+        "not every member serves the renewed certificate: {:#?}\n{}",
+        env.status("db").await.conditions,
+        tail(&op.logs(), 20)
+    );
+    assert_eq!(env.restarts("db").await, restarts, "a member restarted");
+    let now = env.primary_ip("db").await;
+    let mut c = workload::connect(workload::Datastore::Redis, now, &auth)
+        .await
+        .expect("a verifying client connects after the renewal");
+    c.write("renewed", 1).await.expect("and writes");
+
+    // The 6.2.14 build has no TLS: its member is not started without it, and the instance
+    // says so.
+    env.create(
+        "old",
+        1,
+        json!({"datastore": {"type": "redis", "version": SOURCE}, "tls": {"secretName": "db-tls"}}),
+    )
+    .await;
+    let cond = eventually(Duration::from_secs(60), || async {
+        let st = env.instances.get("old").await.ok()?.status?;
+        st.conditions
+            .into_iter()
+            .find(|c| c.type_ == "TLSReady" && c.status == "False")
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "no TLSReady=False for a build without TLS:\n{}",
+            tail(&op.logs(), 20)
+        )
+    });
+    assert!(cond.message.contains("has no TLS"), "{}", cond.message);
+    let pods = env.member_pods("old").await;
+    assert!(
+        pods.values().all(|p| !p
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.ready))),
+        "a member without TLS became Ready"
+    );
+    delete_namespace(&env.client, &env.ns).await;
+}

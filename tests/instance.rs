@@ -179,6 +179,16 @@ async fn a_second_writer_is_fenced_and_quarantined_and_keeps_its_writes_until_a_
         .query_async(&mut c)
         .await
         .expect("unfence");
+    // The writes, as the application (Baton's account touches no key).
+    let auth = env.auth("db").await;
+    let mut c = redis::Client::open(format!(
+        "redis://{}:{}@{stray}:6379/",
+        auth.user, auth.password
+    ))
+    .expect("url")
+    .get_multiplexed_async_connection()
+    .await
+    .expect("connect db-2 as the application");
     let _: () = redis::cmd("SET")
         .arg("only-on-db-2")
         .arg("1")

@@ -10,6 +10,7 @@ use serde_json::json;
 use kube::api::{Patch, PatchParams};
 
 use baton::crd::InstancePhase;
+use baton_testkit::certs::{certificates, issue};
 use baton_testkit::env::*;
 use baton_testkit::faults::Scenario;
 use baton_testkit::scenarios;
@@ -278,83 +279,11 @@ async fn in_place_restarts_every_member_together() {
     scenarios::in_place_restarts_every_member_together(POSTGRES, "pg-inplace", None).await;
 }
 
-/// A CA and a server certificate for the names `db`, `db-headless` (not the pods' addresses:
-/// Baton verifies the chain, as libpq's `verify-ca` does), made with the openssl CLI, as
-/// `(ca.crt, tls.crt, tls.key)`, in `dir`.
-fn certificates(dir: &std::path::Path) -> (String, String, String) {
-    let run = |args: &[&str]| openssl(dir, args);
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=DNS:db,DNS:db-headless\nbasicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("ext");
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=baton-test-ca",
-    ]);
-    let (crt, key) = issue(dir);
-    let ca = std::fs::read_to_string(dir.join("ca.crt")).expect("read");
-    (ca, crt, key)
-}
-
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A new server key and certificate from the CA in `dir` (what a renewal writes).
-fn issue(dir: &std::path::Path) -> (String, String) {
-    let run = |args: &[&str]| openssl(dir, args);
-    run(&[
-        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "tls.key", "-out", "tls.csr", "-subj",
-        "/CN=db",
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "tls.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "tls.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ]);
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect("read");
-    (read("tls.crt"), read("tls.key"))
-}
-
 /// `spec.tls`: members serve and replicate over TLS only. A 16.13 → 16.14 upgrade under
 /// committing clients that verify the CA loses nothing; a plain-text client and a client
 /// trusting another CA are refused; a renewed certificate is served by every member without a
-/// restart; Redis, which Baton cannot run with TLS yet, says so in a
-/// condition and starts nothing.
+/// restart; MariaDB, which Baton cannot run with TLS yet, says so in a condition and starts
+/// nothing.
 #[tokio::test]
 async fn tls_members_upgrade_under_verifying_clients_and_refuse_plain_text() {
     let env = Env::new("pg-tls").await;
@@ -490,8 +419,12 @@ async fn tls_members_upgrade_under_verifying_clients_and_refuse_plain_text() {
     c.write("renewed", 1).await.expect("and writes");
 
     // A datastore whose members Baton cannot run with TLS: a condition, nothing started.
-    env.create("cache", 1, json!({"tls": {"secretName": "db-tls"}}))
-        .await;
+    env.create(
+        "cache",
+        1,
+        json!({"datastore": {"type": "mariadb", "version": MARIADB_SOURCE}, "tls": {"secretName": "db-tls"}}),
+    )
+    .await;
     let cond = eventually(Duration::from_secs(30), || async {
         let st = env.instances.get("cache").await.ok()?.status?;
         st.conditions
@@ -500,7 +433,7 @@ async fn tls_members_upgrade_under_verifying_clients_and_refuse_plain_text() {
     })
     .await
     .expect("a TLSReady=False condition");
-    assert!(cond.message.contains("redis"), "{}", cond.message);
+    assert!(cond.message.contains("mariadb"), "{}", cond.message);
     let pods = env.member_pods("cache").await;
     assert!(pods.is_empty(), "members were started: {:?}", pods.keys());
     delete_namespace(&env.client, &env.ns).await;

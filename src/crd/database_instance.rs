@@ -68,20 +68,23 @@ pub struct DatabaseInstanceSpec {
     pub paused: bool,
 
     /// The Secret holding the instance's credentials. Omit it and Baton generates
-    /// `<instance>-credentials` (once; it is never rewritten). A Secret named here must hold
+    /// `<instance>-credentials` (once; Baton never rewrites it). A Secret named here must hold
     /// every key the datastore needs — `username` and `password` (the application account),
     /// `admin-password` (the account Baton itself connects as, `baton`) and
     /// `replication-password` (the account standbys replicate with) — or nothing is started
-    /// and the `CredentialsReady` condition names the missing key.
+    /// and the `CredentialsReady` condition names the missing key. Edit a password in the
+    /// Secret to rotate it: Baton sets it on every member online and records what the members
+    /// run with in `<instance>-credentials-applied`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<CredentialsRef>,
 
     /// Serve TLS: a Secret in the instance's namespace with `tls.crt`, `tls.key` and `ca.crt`
     /// (what cert-manager writes). Members serve and replicate over TLS only (plain-text
     /// clients are refused) and Baton connects verifying the chain against `ca.crt`. Set it
-    /// when the instance is created (members are created with it). A datastore whose members
-    /// Baton cannot run with TLS yet, or a Secret missing a key, starts nothing and says so in
-    /// the `TLSReady` condition. PostgreSQL only in this version.
+    /// when the instance is created (members are created with it). A renewed certificate is
+    /// loaded by the members online. A datastore whose members Baton cannot run with TLS yet
+    /// (MariaDB), a server build without TLS, or a Secret missing a key, starts nothing and
+    /// says so in the `TLSReady` condition. PostgreSQL and Redis in this version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsRef>,
 }

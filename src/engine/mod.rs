@@ -357,6 +357,8 @@ pub fn member_container(
             container_port: port.1 as i32,
             ..Default::default()
         }]),
+        // A boot script that gives up says why on its last line ("baton: …").
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         readiness_probe: Some(K8sProbe {
             exec: Some(ExecAction {
                 command: Some(vec!["sh".into(), "-c".into(), ready]),
@@ -385,6 +387,8 @@ pub struct MemberTemplate<'a> {
 
 /// Where a member's TLS Secret is mounted.
 pub const TLS_DIR: &str = "/etc/baton/tls";
+/// What a member's boot script prints when the server build it found has no TLS.
+pub const NO_TLS: &str = "has no TLS";
 /// The name of the pod volume holding the TLS Secret.
 pub const TLS_VOLUME: &str = "tls";
 /// The keys a TLS Secret must hold (what cert-manager writes).

@@ -1057,6 +1057,38 @@ mod tests {
     }
 
     #[test]
+    fn new_passwords_are_set_member_locally_from_session_variables_only() {
+        for d in [Dialect::MariaDb, Dialect::MySql] {
+            let sql = d.set_passwords().join("\n");
+            assert!(sql.starts_with("SET sql_log_bin = 0"), "{sql}");
+            for var in [
+                "QUOTE(@admin)",
+                "QUOTE(@pw)",
+                "QUOTE(@app)",
+                "QUOTE(@apppw)",
+            ] {
+                assert!(sql.contains(var), "{var} missing: {sql}");
+            }
+            assert!(
+                sql.contains(
+                    "CONCAT('ALTER USER ', 'baton@''%''', ' IDENTIFIED BY ', QUOTE(@admin))"
+                ),
+                "{sql}"
+            );
+            let source = d.set_source_password().join("\n");
+            assert!(source.contains("QUOTE(@pw)"), "{source}");
+        }
+        assert_eq!(
+            Dialect::MariaDb.set_source_password(),
+            vec![
+                "STOP SLAVE".to_string(),
+                "EXECUTE IMMEDIATE CONCAT('CHANGE MASTER TO MASTER_PASSWORD=', QUOTE(@pw))".into(),
+                "START SLAVE".into(),
+            ]
+        );
+    }
+
+    #[test]
     fn repointing_mariadb_starts_from_what_the_member_logged_and_keeps_the_password_inside() {
         let d = Dialect::MariaDb;
         assert_eq!(

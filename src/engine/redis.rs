@@ -54,6 +54,18 @@ const BOOT: &str = r#"umask 077
 } > /data/users.acl
 printf 'aclfile /data/users.acl\nmasteruser replicator\nmasterauth %s\n' "$BATON_REPLICATION_PASSWORD" > /data/auth.conf
 set -- "$@" --include /data/auth.conf
+# TLS when the pod mounts a certificate: TLS only (no plain-text port), replication over it
+# verifying the chain. A build without TLS refuses the directive; say so rather than serve
+# plain text.
+if [ -f /etc/baton/tls/tls.crt ]; then
+  if redis-server --port 0 --tls-port 1 --tls-cert-file /nonexistent 2>&1 | grep -q 'Bad directive'; then
+    echo "baton: this redis-server build has no TLS; remove spec.tls or use an image built with TLS" >&2
+    exit 1
+  fi
+  set -- "$@" --port 0 --tls-port 6379 --tls-replication yes --tls-auth-clients no \
+    --tls-cert-file /etc/baton/tls/tls.crt --tls-key-file /etc/baton/tls/tls.key \
+    --tls-ca-cert-file /etc/baton/tls/ca.crt
+fi
 follow=yes
 case " $BATON_QUARANTINED " in *" $POD_NAME "*) follow=no ;; esac
 if [ "$follow" = yes ] && [ -n "$BATON_PRIMARY_HOST" ] && [ -n "$BATON_PRIMARY_POD" ] && [ "$BATON_PRIMARY_POD" != "$POD_NAME" ]; then
@@ -65,15 +77,22 @@ exec docker-entrypoint.sh redis-server "$@""#;
 pub struct Redis;
 
 async fn connect(t: &Target) -> Result<MultiplexedConnection, EngineError> {
+    Ok(connect_seeing(t).await?.0)
+}
+
+/// Connects, with whether the server serves a certificate other than `t.cert`.
+async fn connect_seeing(t: &Target) -> Result<(MultiplexedConnection, bool), EngineError> {
     t.login(|t| async move { connect_once(&t).await }).await
 }
 
-async fn connect_once(t: &Target) -> Result<MultiplexedConnection, EngineError> {
+async fn connect_once(t: &Target) -> Result<(MultiplexedConnection, bool), EngineError> {
     let endpoint = t.endpoint.to_string();
-    let unreachable = |e: redis::RedisError| EngineError::Unreachable {
-        endpoint: endpoint.clone(),
+    let ep = endpoint.clone();
+    let unreachable = move |e: redis::RedisError| EngineError::Unreachable {
+        endpoint: ep.clone(),
         source: Box::new(e),
     };
+    let unreachable = &unreachable;
     let mut settings = RedisConnectionInfo::default();
     if let Some(c) = &t.credentials {
         if let Some(u) = &c.username {
@@ -81,14 +100,40 @@ async fn connect_once(t: &Target) -> Result<MultiplexedConnection, EngineError> 
         }
         settings = settings.set_password(&c.password);
     }
-    let info = ConnectionAddr::Tcp(t.endpoint.host.clone(), t.endpoint.port)
-        .into_connection_info()
-        .map_err(unreachable)?
-        .set_redis_settings(settings);
-    let client = redis::Client::open(info).map_err(unreachable)?;
-    match tokio::time::timeout(TIMEOUT, client.get_multiplexed_async_connection()).await {
-        Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(unreachable(e)),
+    let connecting = async move {
+        match &t.ca {
+            // TLS only, the chain verified against the instance's CA (see crate::tls).
+            Some(ca) => {
+                let (stream, served) = crate::tls::connect(&t.endpoint.host, t.endpoint.port, ca)
+                    .await
+                    .map_err(|e| unreachable(e.into()))?;
+                let (c, driver) = MultiplexedConnection::new_with_config(
+                    &settings,
+                    stream,
+                    redis::AsyncConnectionConfig::default(),
+                )
+                .await
+                .map_err(unreachable)?;
+                tokio::spawn(driver);
+                let want = t.cert.as_deref().and_then(crate::tls::leaf);
+                Ok((c, want.is_some() && served != want))
+            }
+            None => {
+                let info = ConnectionAddr::Tcp(t.endpoint.host.clone(), t.endpoint.port)
+                    .into_connection_info()
+                    .map_err(unreachable)?
+                    .set_redis_settings(settings.clone());
+                let client = redis::Client::open(info).map_err(unreachable)?;
+                let c = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(unreachable)?;
+                Ok((c, false))
+            }
+        }
+    };
+    match tokio::time::timeout(TIMEOUT, connecting).await {
+        Ok(r) => r,
         Err(_) => Err(EngineError::Timeout {
             endpoint,
             command: "connect",
@@ -297,7 +342,9 @@ impl Engine for Redis {
             BOOT,
             self.credential_keys(),
             ("redis", PORT),
-            "REDISCLI_AUTH=- redis-cli --no-auth-warning --user ready ping | grep -q PONG".into(),
+            "tls=; [ -f /etc/baton/tls/ca.crt ] && tls='--tls --cacert /etc/baton/tls/ca.crt'; \
+             REDISCLI_AUTH=- redis-cli $tls --no-auth-warning --user ready ping | grep -q PONG"
+                .into(),
             "/data",
         );
         c.args = Some(args.iter().map(|s| s.to_string()).collect());
@@ -309,8 +356,39 @@ impl Engine for Redis {
     }
 
     async fn probe(&self, t: &Target) -> Result<Probe, EngineError> {
+        let (mut c, stale_certificate) = connect_seeing(t).await?;
+        let p = self.probe_on(&mut c, t).await?;
+        Ok(Probe {
+            stale_certificate,
+            ..p
+        })
+    }
+
+    fn supports_tls(&self) -> bool {
+        true
+    }
+
+    /// Setting the TLS files (to the same paths) makes Redis load them again: new connections
+    /// get the new certificate, open ones keep theirs.
+    async fn reload_tls(&self, t: &Target) -> Result<(), EngineError> {
         let mut c = connect(t).await?;
-        self.probe_on(&mut c, t).await
+        let file = |f: &str| format!("{}/{f}", super::TLS_DIR);
+        run::<String>(
+            &mut c,
+            t,
+            "CONFIG SET tls-*",
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("tls-cert-file")
+                .arg(file("tls.crt"))
+                .arg("tls-key-file")
+                .arg(file("tls.key"))
+                .arg("tls-ca-cert-file")
+                .arg(file("ca.crt")),
+        )
+        .await?;
+        crate::failpoint::passed("db:reload-tls").await;
+        Ok(())
     }
 
     async fn fence(&self, t: &Target) -> Result<(), EngineError> {

@@ -38,6 +38,9 @@ pub enum Stop {
 struct Terminated {
     exit_code: i32,
     reason: &'static str,
+    /// With `terminationMessagePolicy: FallbackToLogsOnError`, the end of the log of a
+    /// container that failed (the kubelet's last 80 lines, at most 2 KiB).
+    message: Option<String>,
     started: Option<Time>,
     finished: Time,
 }
@@ -107,6 +110,28 @@ impl Rt {
 /// How often a running pod's Secret and ConfigMap files are brought up to date (the kubelet
 /// takes up to its sync period plus its cache's TTL; a few seconds keeps the tests short).
 const REFRESH: Duration = Duration::from_secs(3);
+
+/// Where a container's output goes (what `kubectl logs` would show).
+fn log_path(state: &std::path::Path, pod: &Pod, container: &str) -> PathBuf {
+    state
+        .join("logs")
+        .join(format!(
+            "{}_{}_{}",
+            pod.namespace().unwrap_or_default(),
+            pod.name_any(),
+            pod.metadata.uid.as_deref().unwrap_or_default()
+        ))
+        .join(format!("{container}.log"))
+}
+
+/// The last 80 lines of a log, at most 2 KiB of them, as the kubelet's fallback message.
+fn log_tail(path: &std::path::Path) -> Option<String> {
+    let bytes = std::fs::read(path).ok()?;
+    let text = String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(2048)..]).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+    (!tail.is_empty()).then_some(tail)
+}
 
 fn now() -> Time {
     Time(jiff::Timestamp::now())
@@ -301,9 +326,14 @@ async fn supervise(
             runtime::signal(pid, "KILL", true);
         }
         let code = status.code().unwrap_or(137);
+        let message = (code != 0
+            && c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError"))
+        .then(|| log_tail(&log_path(&ctx.state, pod, &c.name)))
+        .flatten();
         let t = Terminated {
             exit_code: code,
             reason: if code == 0 { "Completed" } else { "Error" },
+            message,
             started: rt.started_at.clone(),
             finished: now(),
         };
@@ -346,6 +376,7 @@ async fn supervise(
         if let Some(mut child) = rt.child.take() {
             let code = runtime::stop(&mut child, grace).await.unwrap_or(137);
             rt.last = Some(Terminated {
+                message: None,
                 exit_code: code,
                 reason: if liveness_failed {
                     "Error"
@@ -666,15 +697,7 @@ async fn launch(
                 .status();
         }
     }
-    let log = ctx
-        .state
-        .join("logs")
-        .join(format!(
-            "{ns}_{}_{}",
-            pod.name_any(),
-            pod.metadata.uid.as_deref().unwrap_or_default()
-        ))
-        .join(format!("{}.log", c.name));
+    let log = log_path(&ctx.state, pod, &c.name);
     let launch = Launch {
         argv: argv(spec, &command, &args),
         env,
@@ -737,7 +760,7 @@ fn build_status(
         condition("ContainersReady", all_ready),
         condition("Ready", all_ready),
     ];
-    let terminated = |t: &Terminated| json!({"terminated": {"exitCode": t.exit_code, "reason": t.reason, "startedAt": t.started, "finishedAt": t.finished}});
+    let terminated = |t: &Terminated| json!({"terminated": {"exitCode": t.exit_code, "reason": t.reason, "message": t.message, "startedAt": t.started, "finishedAt": t.finished}});
     let statuses: Vec<Value> = containers(pod)
         .iter()
         .filter_map(|c| rts.iter().find(|r| r.name == c.name))
@@ -775,4 +798,23 @@ fn build_status(
         "startTime": start_time,
         "containerStatuses": statuses,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_containers_message_is_the_end_of_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.log");
+        assert_eq!(log_tail(&p), None, "no log, no message");
+        let mut text: String = (0..200).map(|i| format!("line {i}\n")).collect();
+        text.push_str("baton: this build has no TLS\n");
+        std::fs::write(&p, text).unwrap();
+        let m = log_tail(&p).unwrap();
+        assert!(m.ends_with("baton: this build has no TLS"), "{m}");
+        assert!(m.lines().count() <= 80 && m.len() <= 2048);
+        assert!(!m.contains("line 0\n"));
+    }
 }

@@ -333,14 +333,29 @@ async fn connect_as(ds: Datastore, ip: IpAddr, auth: &Auth, admin: bool) -> Opti
         Datastore::Mariadb | Datastore::Mysql => connect_mariadb(ip, auth, timeout).await,
         Datastore::Redis => {
             use redis::IntoConnectionInfo;
+            let settings = redis::RedisConnectionInfo::default()
+                .set_username(user)
+                .set_password(password);
+            if let Some(ca) = &auth.ca {
+                // TLS only, verifying the chain against the instance's CA.
+                let connecting = async {
+                    let (stream, _) = baton::tls::connect(&ip.to_string(), 6379, ca).await.ok()?;
+                    let (c, driver) = MultiplexedConnection::new_with_config(
+                        &settings,
+                        stream,
+                        redis::AsyncConnectionConfig::default(),
+                    )
+                    .await
+                    .ok()?;
+                    tokio::spawn(driver);
+                    Some(Conn::Redis(c))
+                };
+                return tokio::time::timeout(timeout, connecting).await.ok()?;
+            }
             let info = redis::ConnectionAddr::Tcp(ip.to_string(), 6379)
                 .into_connection_info()
                 .ok()?
-                .set_redis_settings(
-                    redis::RedisConnectionInfo::default()
-                        .set_username(user)
-                        .set_password(password),
-                );
+                .set_redis_settings(settings);
             let c = redis::Client::open(info).ok()?;
             tokio::time::timeout(timeout, c.get_multiplexed_async_connection())
                 .await

@@ -112,7 +112,17 @@ pub fn decide(o: &Observation) -> Decision {
         d.s.message = Some(why.clone());
         return d.done(Act::None, Wake::Idle);
     }
-    if o.ca.is_some() {
+    let no_tls = o.members.iter().find_map(|m| {
+        m.waiting
+            .as_deref()
+            .filter(|w| o.ca.is_some() && w.contains(crate::engine::NO_TLS))
+            .map(|w| format!("member {}: {w}", m.name))
+    });
+    if let Some(why) = no_tls {
+        // The member's image cannot serve TLS; it is not started without it.
+        d.cond("TLSReady", false, "TLSUnavailable", why.clone());
+        d.s.message = Some(why);
+    } else if o.ca.is_some() {
         d.cond("TLSReady", true, "Serving", "members serve TLS only".into());
     }
     let running = d.s.version.clone();

@@ -30,7 +30,8 @@ fn warning(reason: &'static str, message: String) -> Note {
 }
 
 /// Condition reasons that are worth a Warning the moment they appear.
-const WARN_REASONS: [&str; 9] = [
+const WARN_REASONS: [&str; 10] = [
+    "TLSUnavailable",
     "ChangeRefused",
     "DatastoreUnsupported",
     "VersionNotInCatalog",

@@ -223,7 +223,7 @@ async fn read_tls(
     };
     if !engine.supports_tls() {
         return Ok(Err(format!(
-            "Baton cannot run {} members with TLS yet; remove spec.tls or choose a datastore that has it (postgresql)",
+            "Baton cannot run {} members with TLS yet; remove spec.tls or choose a datastore that has it (postgresql, redis)",
             engine.datastore()
         )));
     }
@@ -386,23 +386,30 @@ fn pod_ready(p: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// Why the pod's first container is waiting, as the node reports it.
+/// Why the pod's first container is waiting, as the node reports it, with what its boot script
+/// said when it last gave up (a `baton: …` line of its termination message).
 fn waiting(p: &Pod) -> Option<String> {
-    let w = p
-        .status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
-        .first()?
-        .state
-        .as_ref()?
-        .waiting
-        .clone()?;
-    Some(format!(
-        "{}: {}",
-        w.reason.unwrap_or_default(),
-        w.message.unwrap_or_default()
-    ))
+    let c = p.status.as_ref()?.container_statuses.as_ref()?.first()?;
+    let w = c.state.as_ref()?.waiting.clone()?;
+    let gave_up = c
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .and_then(|t| t.message.as_deref())
+        .and_then(|m| m.lines().rev().find(|l| l.starts_with("baton: ")));
+    Some(match gave_up {
+        Some(line) => format!(
+            "{}: {} ({})",
+            w.reason.unwrap_or_default(),
+            w.message.unwrap_or_default(),
+            line
+        ),
+        None => format!(
+            "{}: {}",
+            w.reason.unwrap_or_default(),
+            w.message.unwrap_or_default()
+        ),
+    })
 }
 
 /// The node runs the image the pod's spec names, and it is ready.

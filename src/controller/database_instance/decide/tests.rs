@@ -563,3 +563,40 @@ fn an_unusable_change_keeps_the_members_as_they_run_and_says_why() {
         ("False", "ChangeRefused")
     );
 }
+
+#[test]
+fn a_member_serving_an_old_certificate_is_reloaded_and_the_condition_says_so() {
+    let mut o = obs(SRC, active());
+    o.ca = Some(b"ca".to_vec());
+    o.members[1].probe.as_mut().unwrap().stale_certificate = true;
+    let d = decide(&o);
+    assert_eq!(
+        d.act,
+        Act::ReloadTls {
+            members: vec!["db-1".into()]
+        }
+    );
+    let c = condition(&d, "TLSReady");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "Reloading")
+    );
+    assert!(c.message.contains("db-1"), "{}", c.message);
+}
+
+#[test]
+fn a_build_without_tls_is_a_condition_not_a_plain_text_member() {
+    let mut o = obs(SRC, json!({}));
+    o.ca = Some(b"ca".to_vec());
+    o.members[0].waiting = Some(
+        "CrashLoopBackOff: back-off 2s (baton: this redis-server build has no TLS; remove spec.tls)"
+            .into(),
+    );
+    let d = decide(&o);
+    let c = condition(&d, "TLSReady");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "TLSUnavailable")
+    );
+    assert!(c.message.contains("db-0"), "{}", c.message);
+}
