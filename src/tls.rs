@@ -35,6 +35,54 @@ pub fn leaf(pem: &[u8]) -> Option<Vec<u8>> {
         .map(|c| c.as_ref().to_vec())
 }
 
+/// The validity of the first certificate of a PEM bundle, in seconds since the epoch:
+/// `(not_before, not_after)`.
+pub fn validity(pem: &[u8]) -> Option<(i64, i64)> {
+    validity_der(&leaf(pem)?)
+}
+
+/// [`validity`] of one DER certificate.
+pub fn validity_der(der: &[u8]) -> Option<(i64, i64)> {
+    use x509_cert::der::Decode;
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    let v = &cert.tbs_certificate.validity;
+    Some((
+        v.not_before.to_unix_duration().as_secs() as i64,
+        v.not_after.to_unix_duration().as_secs() as i64,
+    ))
+}
+
+/// The first DNS name the first certificate of a PEM bundle is issued for (its subject
+/// alternative names): the name a client that cannot skip the name check verifies a member
+/// against, when it reaches the member by address.
+pub fn dns_name(pem: &[u8]) -> Option<String> {
+    use x509_cert::der::Decode;
+    use x509_cert::ext::pkix::SubjectAltName;
+    use x509_cert::ext::pkix::name::GeneralName;
+    let cert = x509_cert::Certificate::from_der(&leaf(pem)?).ok()?;
+    let (_, san) = cert
+        .tbs_certificate
+        .get::<SubjectAltName>()
+        .ok()
+        .flatten()?;
+    san.0.into_iter().find_map(|n| match n {
+        GeneralName::DnsName(name) => Some(name.to_string()),
+        _ => None,
+    })
+}
+
+/// A date as OpenSSL prints one (`Dec  3 11:40:00 2026 GMT`), in seconds since the epoch.
+pub fn parse_openssl_date(text: &str) -> Option<i64> {
+    let parts: Vec<&str> = text.split_whitespace().collect();
+    let [month, day, time, year, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    let normal = format!("{month} {day:0>2} {year} {time} +0000");
+    jiff::Timestamp::strptime("%b %d %Y %H:%M:%S %z", &normal)
+        .ok()
+        .map(|t| t.as_second())
+}
+
 /// A client configuration that trusts exactly the certificates in `ca_pem` and checks the chain
 /// but not the name (see the module).
 pub fn client_config(ca_pem: &[u8]) -> Result<ClientConfig, TlsError> {
@@ -156,11 +204,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn openssl_dates_read_as_seconds() {
+        assert_eq!(
+            parse_openssl_date("Jan  1 00:00:00 2027 GMT"),
+            Some(1_798_761_600)
+        );
+        assert_eq!(
+            parse_openssl_date("Dec 13 11:40:05 2026 GMT"),
+            Some(1_797_162_005)
+        );
+        assert_eq!(parse_openssl_date(""), None);
+        assert_eq!(parse_openssl_date("Dec 13 11:40:05 2026 CET"), None);
+    }
+
+    #[test]
     fn a_ca_without_a_certificate_is_refused_with_a_reason() {
         assert!(matches!(client_config(b""), Err(TlsError::NoCertificate)));
         assert!(
             client_config(b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
                 .is_err()
         );
+    }
+
+    /// A self-signed certificate made once with the openssl CLI: an address first, then two DNS
+    /// names, valid Dec 1 2026 14:34:20 GMT for 100 years.
+    const FIXTURE: &[u8] = include_bytes!("testdata/san.pem");
+
+    #[test]
+    fn the_first_dns_name_and_the_validity_read_from_a_certificate() {
+        assert_eq!(dns_name(FIXTURE).as_deref(), Some("db.example"));
+        let (from, until) = validity(FIXTURE).expect("validity");
+        assert_eq!(Some(from), parse_openssl_date("Dec  1 14:34:20 2026 GMT"));
+        assert_eq!(Some(until), parse_openssl_date("Nov  7 14:34:20 2126 GMT"));
+        assert_eq!(dns_name(b"not a certificate"), None);
     }
 }

@@ -451,21 +451,10 @@ async fn mariadb_passwords_change_online_when_the_secret_changes() {
 /// not started without it and the instance says so.
 #[tokio::test]
 async fn redis_tls_members_roll_under_verifying_clients_and_a_build_without_tls_says_so() {
-    use baton_testkit::certs::{certificates, issue};
+    use baton_testkit::certs;
     use baton_testkit::faults::Scenario;
     let env = Env::new("redis-tls").await;
-    let (ca, crt, key) = certificates(env.dir.as_path());
-    let secrets = Api::<Secret>::namespaced(env.client.clone(), &env.ns);
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "db-tls"},
-        "type": "kubernetes.io/tls",
-        "stringData": {"tls.crt": crt, "tls.key": key, "ca.crt": ca},
-    }))
-    .expect("secret");
-    secrets
-        .create(&PostParams::default(), &secret)
-        .await
-        .expect("create the TLS Secret");
+    certs::tls_secret(&env, "db-tls").await;
     let hotfix: baton::crd::DatastoreVersion = serde_json::from_value(json!({
         "apiVersion": "baton.dev/v1alpha1", "kind": "DatastoreVersion",
         "metadata": {"name": "redis-7.0.15-hotfix1"},
@@ -496,7 +485,7 @@ async fn redis_tls_members_roll_under_verifying_clients_and_a_build_without_tls_
         "a plain-text client connected"
     );
     let other = tempfile::tempdir().expect("tempdir");
-    let (other_ca, _, _) = certificates(other.path());
+    let (other_ca, _, _) = certs::certificates(other.path());
     assert!(
         baton::tls::connect(&primary.to_string(), 6379, other_ca.as_bytes())
             .await
@@ -517,44 +506,7 @@ async fn redis_tls_members_roll_under_verifying_clients_and_a_build_without_tls_
         );
     }
 
-    // Renewed: every member serves the new certificate, none restarted.
-    let restarts = env.restarts("db").await;
-    let (crt2, key2) = issue(env.dir.as_path());
-    secrets
-        .patch(
-            "db-tls",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(json!({"stringData": {"tls.crt": crt2, "tls.key": key2}})),
-        )
-        .await
-        .expect("renew the certificate");
-    env.label("db", "renewed", "1").await;
-    let want = baton::tls::leaf(crt2.as_bytes()).expect("leaf");
-    let members = workload::member_addresses(&env.client, &env.ns, "db").await;
-    let serving = eventually(Duration::from_secs(60), || async {
-        for ip in members.values() {
-            let (_, served) = baton::tls::connect(&ip.to_string(), 6379, ca.as_bytes())
-                .await
-                .ok()?;
-            if served.as_deref() != Some(want.as_slice()) {
-                return None;
-            }
-        }
-        Some(())
-    })
-    .await;
-    assert!(
-        serving.is_some(),
-        "not every member serves the renewed certificate: {:#?}\n{}",
-        env.status("db").await.conditions,
-        tail(&op.logs(), 20)
-    );
-    assert_eq!(env.restarts("db").await, restarts, "a member restarted");
-    let now = env.primary_ip("db").await;
-    let mut c = workload::connect(workload::Datastore::Redis, now, &auth)
-        .await
-        .expect("a verifying client connects after the renewal");
-    c.write("renewed", 1).await.expect("and writes");
+    certs::renewed_certificate_is_served_online(&env, &op, "db", "db-tls").await;
 
     // The 6.2.14 build has no TLS: its member is not started without it, and the instance
     // says so.

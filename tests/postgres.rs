@@ -10,7 +10,7 @@ use serde_json::json;
 use kube::api::{Patch, PatchParams};
 
 use baton::crd::InstancePhase;
-use baton_testkit::certs::{certificates, issue};
+use baton_testkit::certs;
 use baton_testkit::env::*;
 use baton_testkit::faults::Scenario;
 use baton_testkit::scenarios;
@@ -282,24 +282,13 @@ async fn in_place_restarts_every_member_together() {
 /// `spec.tls`: members serve and replicate over TLS only. A 16.13 → 16.14 upgrade under
 /// committing clients that verify the CA loses nothing; a plain-text client and a client
 /// trusting another CA are refused; a renewed certificate is served by every member without a
-/// restart; MariaDB, which Baton cannot run with TLS yet, says so in a condition and starts
-/// nothing.
+/// restart.
 #[tokio::test]
 async fn tls_members_upgrade_under_verifying_clients_and_refuse_plain_text() {
     let env = Env::new("pg-tls").await;
-    let (ca, crt, key) = certificates(env.dir.as_path());
+    certs::tls_secret(&env, "db-tls").await;
     let other = tempfile::tempdir().expect("tempdir");
-    let (other_ca, _, _) = certificates(other.path());
-    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
-        "metadata": {"name": "db-tls"},
-        "type": "kubernetes.io/tls",
-        "stringData": {"tls.crt": crt, "tls.key": key, "ca.crt": ca},
-    }))
-    .expect("secret");
-    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(env.client.clone(), &env.ns)
-        .create(&Default::default(), &secret)
-        .await
-        .expect("create the TLS Secret");
+    let (other_ca, _, _) = certs::certificates(other.path());
     let mut spec = postgres(PG_SOURCE);
     spec["tls"] = json!({"secretName": "db-tls"});
     let sc = Scenario::prepare(&env, "db", PG_SOURCE, spec).await;
@@ -360,81 +349,8 @@ async fn tls_members_upgrade_under_verifying_clients_and_refuse_plain_text() {
         );
     }
 
-    // The certificate is renewed (what cert-manager does before expiry): every member serves
-    // the new one without a restart, and replication keeps verifying.
-    let restarts = env.restarts("db").await;
-    let (crt2, key2) = issue(env.dir.as_path());
-    assert_ne!(crt2, crt);
-    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(env.client.clone(), &env.ns)
-        .patch(
-            "db-tls",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(json!({"stringData": {"tls.crt": crt2, "tls.key": key2}})),
-        )
-        .await
-        .expect("renew the certificate");
-    env.label("db", "renewed", "1").await;
-    let want = baton::tls::leaf(crt2.as_bytes()).expect("leaf");
-    let members = workload::member_addresses(&env.client, &env.ns, "db").await;
-    let serving = eventually(Duration::from_secs(60), || async {
-        for ip in members.values() {
-            let (config, seen) = baton::tls::client_config_seeing(ca.as_bytes()).expect("config");
-            let mut c = cfg.clone();
-            c.host(ip.to_string())
-                .ssl_mode(tokio_postgres::config::SslMode::Require);
-            let (_client, conn) = c
-                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(config))
-                .await
-                .ok()?;
-            drop(conn);
-            if seen.lock().ok()?.as_deref() != Some(want.as_slice()) {
-                return None;
-            }
-        }
-        Some(())
-    })
-    .await;
-    assert!(
-        serving.is_some(),
-        "not every member serves the renewed certificate: {:#?}\n{}",
-        env.status("db").await.conditions,
-        tail(&op.logs(), 20)
-    );
-    assert_eq!(env.restarts("db").await, restarts, "a member restarted");
-    let renewed = eventually(Duration::from_secs(30), || async {
-        let st = env.instances.get("db").await.ok()?.status?;
-        let ready = st.members.iter().all(|m| m.ready)
-            && st
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "TLSReady" && c.reason == "Serving");
-        ready.then_some(())
-    })
-    .await;
-    assert!(renewed.is_some(), "{:#?}", env.status("db").await);
-    let now = env.primary_ip("db").await;
-    let mut c = workload::connect(workload::Datastore::Postgresql, now, &auth)
-        .await
-        .expect("a verifying client connects after the renewal");
-    c.write("renewed", 1).await.expect("and writes");
+    // Renewed (what cert-manager does before expiry): served online, replication verifies.
+    certs::renewed_certificate_is_served_online(&env, &op, "db", "db-tls").await;
 
-    // A datastore whose members Baton cannot run with TLS: a condition, nothing started.
-    env.create(
-        "cache",
-        1,
-        json!({"datastore": {"type": "mariadb", "version": MARIADB_SOURCE}, "tls": {"secretName": "db-tls"}}),
-    )
-    .await;
-    let cond = eventually(Duration::from_secs(30), || async {
-        let st = env.instances.get("cache").await.ok()?.status?;
-        st.conditions
-            .into_iter()
-            .find(|c| c.type_ == "TLSReady" && c.status == "False")
-    })
-    .await
-    .expect("a TLSReady=False condition");
-    assert!(cond.message.contains("mariadb"), "{}", cond.message);
-    let pods = env.member_pods("cache").await;
-    assert!(pods.is_empty(), "members were started: {:?}", pods.keys());
     delete_namespace(&env.client, &env.ns).await;
 }

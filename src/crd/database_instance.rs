@@ -82,9 +82,10 @@ pub struct DatabaseInstanceSpec {
     /// (what cert-manager writes). Members serve and replicate over TLS only (plain-text
     /// clients are refused) and Baton connects verifying the chain against `ca.crt`. Set it
     /// when the instance is created (members are created with it). A renewed certificate is
-    /// loaded by the members online. A datastore whose members Baton cannot run with TLS yet
-    /// (MariaDB), a server build without TLS, or a Secret missing a key, starts nothing and
-    /// says so in the `TLSReady` condition. PostgreSQL and Redis in this version.
+    /// loaded by the members online. A server build without TLS (Redis 6.2.14 here) or a
+    /// Secret missing a key starts nothing and says so in the `TLSReady` condition. MariaDB
+    /// clients that cannot skip the name check (Baton's) verify a member against the first DNS
+    /// name of `tls.crt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsRef>,
 }

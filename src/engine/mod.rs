@@ -455,11 +455,6 @@ pub trait Engine: Send + Sync + fmt::Debug {
     /// boots fenced, following the topology ConfigMap's primary where the engine can.
     fn container(&self, m: &MemberTemplate<'_>) -> Container;
 
-    /// Whether Baton can run this datastore's members with TLS (`spec.tls`).
-    fn supports_tls(&self) -> bool {
-        false
-    }
-
     /// The account Baton connects as (its password is the Secret's [`ADMIN_PASSWORD`]).
     fn admin_user(&self) -> &'static str {
         ADMIN_USER

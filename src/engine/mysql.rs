@@ -165,7 +165,9 @@ impl Dialect {
             Dialect::MariaDb => vec![format!(
                 "EXECUTE IMMEDIATE CONCAT('CHANGE MASTER TO MASTER_HOST=', QUOTE({host}), \
                  ', MASTER_PORT={}, MASTER_USER=''{REPLICATION_USER}'', MASTER_PASSWORD=', \
-                 QUOTE(@pw), ', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1')",
+                 QUOTE(@pw), ', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1', \
+                 IF(IFNULL(@@ssl_ca, '') <> '', CONCAT(', MASTER_SSL=1, \
+                 MASTER_SSL_VERIFY_SERVER_CERT=0, MASTER_SSL_CA=', QUOTE(@@ssl_ca)), ''))",
                 primary.port
             )],
             Dialect::MySql => vec![
@@ -173,7 +175,9 @@ impl Dialect {
                     "SET @change = CONCAT('CHANGE REPLICATION SOURCE TO SOURCE_HOST=', \
                      QUOTE({host}), ', SOURCE_PORT={}, SOURCE_USER=''{REPLICATION_USER}'', \
                      SOURCE_PASSWORD=', QUOTE(@pw), ', SOURCE_AUTO_POSITION=1, \
-                     SOURCE_CONNECT_RETRY=1, GET_SOURCE_PUBLIC_KEY=1')",
+                     SOURCE_CONNECT_RETRY=1, GET_SOURCE_PUBLIC_KEY=1', \
+                     IF(IFNULL(@@ssl_ca, '') <> '', CONCAT(', SOURCE_SSL=1, \
+                     SOURCE_SSL_CA=', QUOTE(@@ssl_ca)), ''))",
                     primary.port
                 ),
                 "PREPARE change_source FROM @change".into(),
@@ -338,6 +342,12 @@ if [ ! -d "$DATADIR/mysql" ]; then
   mariadb-install-db --no-defaults --basedir="$B" --datadir="$DATADIR" --tmpdir="$D/tmp" \
     --auth-root-authentication-method=normal --skip-test-db --skip-name-resolve >/dev/null
 fi
+# TLS when the pod mounts a certificate: every network connection must use it (the socket,
+# inside the pod, need not), and replication verifies the chain against the CA.
+if [ -f /etc/baton/tls/tls.crt ]; then
+  set -- "$@" --ssl-cert=/etc/baton/tls/tls.crt --ssl-key=/etc/baton/tls/tls.key \
+    --ssl-ca=/etc/baton/tls/ca.crt --require-secure-transport=ON
+fi
 stopping=
 trap 'stopping=yes; [ -z "${pid:-}" ] || kill -TERM "$pid" 2>/dev/null' TERM INT
 mariadbd --no-defaults --basedir="$B" --lc-messages-dir="$msgs" --plugin-dir="$plugins" \
@@ -387,7 +397,7 @@ if [ "$follow" = yes ]; then
 STOP SLAVE;
 SET GLOBAL gtid_slave_pos = @@gtid_binlog_pos;
 SELECT password INTO @pw FROM baton.replication WHERE id = 1;
-EXECUTE IMMEDIATE CONCAT('CHANGE MASTER TO MASTER_HOST=', QUOTE('$host'), ', MASTER_PORT=3306, MASTER_USER=''replicator'', MASTER_PASSWORD=', QUOTE(@pw), ', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1');
+EXECUTE IMMEDIATE CONCAT('CHANGE MASTER TO MASTER_HOST=', QUOTE('$host'), ', MASTER_PORT=3306, MASTER_USER=''replicator'', MASTER_PASSWORD=', QUOTE(@pw), ', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1', IF(IFNULL(@@ssl_ca, '') <> '', CONCAT(', MASTER_SSL=1, MASTER_SSL_VERIFY_SERVER_CERT=0, MASTER_SSL_CA=', QUOTE(@@ssl_ca)), ''));
 START SLAVE;
 SQL
 else
@@ -435,7 +445,11 @@ async fn connect_once(t: &Target) -> Result<Conn, EngineError> {
         .tcp_port(t.endpoint.port)
         .user(Some(user))
         .pass(password)
-        .prefer_socket(false);
+        .prefer_socket(false)
+        .ssl_opts(
+            t.ca.clone()
+                .map(|ca| tls_opts(ca, t.cert.as_deref().and_then(crate::tls::dns_name))),
+        );
     match tokio::time::timeout(TIMEOUT, Conn::new(opts)).await {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(EngineError::Unreachable {
@@ -447,6 +461,36 @@ async fn connect_once(t: &Target) -> Result<Conn, EngineError> {
             command: "connect",
         }),
     }
+}
+
+/// TLS verifying the chain against the instance's CA and the certificate against `name`, a
+/// name the Secret's certificate is issued for: members are reached by pod address, which
+/// their certificates do not list, and mysql_async cannot check the chain alone (its
+/// skip-domain option misses the error rustls returns). Without a name the address is checked.
+pub fn tls_opts(ca: Vec<u8>, name: Option<String>) -> mysql_async::SslOpts {
+    mysql_async::SslOpts::default()
+        .with_root_certs(vec![ca.into()])
+        .with_danger_tls_hostname_override(name)
+}
+
+/// Whether the server serves a certificate other than `cert` (PEM) on this session. The server
+/// shows its certificate's validity, not the certificate: a renewed one has another.
+async fn serves_another(c: &mut Conn, t: &Target, cert: &[u8]) -> Result<bool, EngineError> {
+    let rows: Vec<(String, String)> = timed(
+        t,
+        "TLS status",
+        c.query(
+            "SHOW SESSION STATUS WHERE Variable_name IN ('Ssl_server_not_before', 'Ssl_server_not_after')",
+        ),
+    )
+    .await?;
+    let date = |name: &str| {
+        rows.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| crate::tls::parse_openssl_date(v))
+    };
+    let served = date("Ssl_server_not_before").zip(date("Ssl_server_not_after"));
+    Ok(served.is_some() && served != crate::tls::validity(cert))
 }
 
 /// One statement with the engine's deadline, its failure named by `command`.
@@ -765,10 +809,35 @@ impl Engine for MySqlFamily {
 
     async fn probe(&self, t: &Target) -> Result<Probe, EngineError> {
         let mut c = connect(t).await?;
-        let p = self.probe_on(&mut c, t).await;
+        let mut p = self.probe_on(&mut c, t).await;
+        if let (Ok(probe), Some(cert)) = (&mut p, &t.cert) {
+            probe.stale_certificate = serves_another(&mut c, t, cert).await?;
+        }
         // A session dropped without a goodbye is logged by the server as aborted.
         let _ = c.disconnect().await;
         p
+    }
+
+    /// `FLUSH SSL` loads the certificate files again (new connections get the new one), once
+    /// the mounted file holds the Secret's certificate (read by the server: `LOAD_FILE`).
+    async fn reload_tls(&self, t: &Target) -> Result<(), EngineError> {
+        let mut c = connect(t).await?;
+        let mounted = format!("{}/tls.crt", super::TLS_DIR);
+        let current: Option<Option<i64>> = timed(
+            t,
+            "reading the mounted certificate",
+            c.exec_first(
+                "SELECT LOAD_FILE(?) = ?",
+                (mounted, t.cert.clone().unwrap_or_default()),
+            ),
+        )
+        .await?;
+        if current.flatten() == Some(1) {
+            run(&mut c, t, "FLUSH SSL", "FLUSH SSL").await?;
+        }
+        let _ = c.disconnect().await;
+        crate::failpoint::passed("db:reload-tls").await;
+        Ok(())
     }
 
     async fn fence(&self, t: &Target) -> Result<(), EngineError> {

@@ -474,10 +474,6 @@ impl Engine for Postgres {
         "postgres"
     }
 
-    fn supports_tls(&self) -> bool {
-        true
-    }
-
     fn container(&self, m: &MemberTemplate<'_>) -> Container {
         let mut c = super::member_container(
             m,

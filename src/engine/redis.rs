@@ -364,10 +364,6 @@ impl Engine for Redis {
         })
     }
 
-    fn supports_tls(&self) -> bool {
-        true
-    }
-
     /// Setting the TLS files (to the same paths) makes Redis load them again: new connections
     /// get the new certificate, open ones keep theirs.
     async fn reload_tls(&self, t: &Target) -> Result<(), EngineError> {

@@ -1,10 +1,13 @@
 //! Certificates for the TLS suites, made with the openssl CLI: a CA, and server certificates it
-//! issues for the names `db`, `db-headless` (never the pods' addresses: Baton and the members
-//! verify the chain, as libpq's `verify-ca` does).
+//! issues for the names `db`, `db-headless` (never the pods' addresses, as a certificate for a
+//! Service's names is: Baton and the members verify the chain, as libpq's `verify-ca` does, and
+//! MariaDB clients the name [`NAME`]).
 
-/// A CA and a server certificate for the names `db`, `db-headless` (not the pods' addresses:
-/// Baton verifies the chain, as libpq's `verify-ca` does), made with the openssl CLI, as
-/// `(ca.crt, tls.crt, tls.key)`, in `dir`.
+/// The first name the test certificates are issued for.
+pub const NAME: &str = "db";
+
+/// A CA and a server certificate for the names `db`, `db-headless` (not the pods' addresses),
+/// made with the openssl CLI, as `(ca.crt, tls.crt, tls.key)`, in `dir`.
 pub fn certificates(dir: &std::path::Path) -> (String, String, String) {
     let run = |args: &[&str]| openssl(dir, args);
     std::fs::write(
@@ -72,4 +75,124 @@ pub fn issue(dir: &std::path::Path) -> (String, String) {
     ]);
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect("read");
     (read("tls.crt"), read("tls.key"))
+}
+
+/// Creates the TLS Secret `name` (type `kubernetes.io/tls`, with `ca.crt`) from a new CA made in
+/// the environment's directory; returns the CA.
+pub async fn tls_secret(env: &crate::env::Env, name: &str) -> String {
+    let (ca, crt, key) = certificates(env.dir.as_path());
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": crt, "tls.key": key, "ca.crt": ca},
+    }))
+    .expect("secret");
+    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(env.client.clone(), &env.ns)
+        .create(&Default::default(), &secret)
+        .await
+        .expect("create the TLS Secret");
+    ca
+}
+
+/// The validity (`not_before`, `not_after`) of the certificate the member at `ip` serves, as a
+/// client verifying the chain against `auth.ca` sees it.
+pub async fn served(
+    ds: crate::workload::Datastore,
+    ip: std::net::IpAddr,
+    auth: &crate::workload::Auth,
+) -> Option<(i64, i64)> {
+    use crate::workload::Datastore;
+    let ca = auth.ca.as_deref()?;
+    let der_validity = |der: Vec<u8>| baton::tls::validity_der(&der);
+    match ds {
+        Datastore::Redis => {
+            let (_, leaf) = baton::tls::connect(&ip.to_string(), 6379, ca).await.ok()?;
+            der_validity(leaf?)
+        }
+        Datastore::Postgresql => {
+            let (config, seen) = baton::tls::client_config_seeing(ca).ok()?;
+            let mut cfg = tokio_postgres::Config::new();
+            cfg.host(ip.to_string())
+                .port(5432)
+                .user(&auth.user)
+                .password(&auth.password)
+                .dbname(&auth.user)
+                .ssl_mode(tokio_postgres::config::SslMode::Require)
+                .connect_timeout(std::time::Duration::from_secs(3));
+            let (_c, conn) = cfg
+                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+                .await
+                .ok()?;
+            drop(conn);
+            let leaf = seen.lock().ok()?.clone()?;
+            der_validity(leaf)
+        }
+        Datastore::Mariadb | Datastore::Mysql => {
+            use mysql_async::prelude::Queryable;
+            let mut c = crate::workload::connect_admin(ds, ip, auth).await?;
+            let crate::workload::Conn::MariaDbReader(c) = &mut c else {
+                return None;
+            };
+            let rows: Vec<(String, String)> = c
+                .query("SHOW SESSION STATUS LIKE 'Ssl_server_not_%'")
+                .await
+                .ok()?;
+            let date = |n: &str| {
+                rows.iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                    .and_then(|(_, v)| baton::tls::parse_openssl_date(v))
+            };
+            date("Ssl_server_not_before").zip(date("Ssl_server_not_after"))
+        }
+    }
+}
+
+/// The certificate of the TLS Secret `secret` is renewed (a new key and certificate from the
+/// same CA, as cert-manager writes them before expiry): every member of `instance` serves the
+/// new one within a minute with no restart, and a verifying client then writes.
+pub async fn renewed_certificate_is_served_online(
+    env: &crate::env::Env,
+    op: &crate::Operator,
+    instance: &str,
+    secret: &str,
+) {
+    let ds = env.datastore(instance).await;
+    let auth = env.auth(instance).await;
+    let restarts = env.restarts(instance).await;
+    let (crt, key) = issue(env.dir.as_path());
+    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(env.client.clone(), &env.ns)
+        .patch(
+            secret,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                serde_json::json!({"stringData": {"tls.crt": crt, "tls.key": key}}),
+            ),
+        )
+        .await
+        .expect("renew the certificate");
+    // Looked at within the health interval; a touch of the instance makes it now.
+    env.label(instance, "renewed", "1").await;
+    let want = baton::tls::validity(crt.as_bytes()).expect("validity");
+    let members = crate::workload::member_addresses(&env.client, &env.ns, instance).await;
+    let all = crate::eventually(std::time::Duration::from_secs(60), || async {
+        for ip in members.values() {
+            if served(ds, *ip, &auth).await? != want {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    assert!(
+        all.is_some(),
+        "not every member serves the renewed certificate: {:#?}\n{}",
+        env.status(instance).await.conditions,
+        crate::env::tail(&op.logs(), 20)
+    );
+    assert_eq!(env.restarts(instance).await, restarts, "a member restarted");
+    let primary = env.primary_ip(instance).await;
+    let mut c = crate::workload::connect(ds, primary, &auth)
+        .await
+        .expect("a verifying client connects after the renewal");
+    c.write("renewed", 1).await.expect("and writes");
 }

@@ -72,6 +72,8 @@ pub struct Auth {
     /// The instance's CA (PEM) when it serves TLS: clients then connect over TLS only,
     /// verifying the server's chain against it.
     pub ca: Option<Vec<u8>>,
+    /// The instance's certificate (`tls.crt`): MariaDB clients verify members against its name.
+    pub cert: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -98,7 +100,7 @@ impl Auth {
             credentials: Some(self.admin()),
             fallback: None,
             ca: self.ca.clone(),
-            cert: None,
+            cert: self.cert.clone(),
         }
     }
 }
@@ -118,24 +120,27 @@ pub async fn auth(client: &Client, ns: &str, instance: &str) -> Option<Auth> {
     let get = |k: &str| -> Option<String> {
         String::from_utf8(secret.data.as_ref()?.get(k)?.0.clone()).ok()
     };
-    let ca = match &inst.spec.tls {
+    let tls = match &inst.spec.tls {
         Some(t) => Some(
             Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns)
                 .get(&t.secret_name)
                 .await
                 .ok()?
-                .data?
-                .get("ca.crt")?
-                .0
-                .clone(),
+                .data?,
         ),
         None => None,
     };
+    let tls_file = |k: &str| -> Option<Vec<u8>> { Some(tls.as_ref()?.get(k)?.0.clone()) };
+    let (ca, cert) = (tls_file("ca.crt"), tls_file("tls.crt"));
+    if tls.is_some() && ca.is_none() {
+        return None;
+    }
     Some(Auth {
         user: get(baton::engine::USERNAME)?,
         password: get(baton::engine::PASSWORD)?,
         admin_password: get(baton::engine::ADMIN_PASSWORD)?,
         ca,
+        cert,
     })
 }
 
@@ -221,8 +226,8 @@ const MY_TABLE: &str = "app.baton_w";
 
 async fn mariadb(
     ip: IpAddr,
-    user: &str,
-    password: &str,
+    (user, password): (&str, &str),
+    ca: Option<&Vec<u8>>,
     timeout: Duration,
 ) -> Result<mysql_async::Conn, String> {
     let opts = mysql_async::OptsBuilder::default()
@@ -230,7 +235,13 @@ async fn mariadb(
         .tcp_port(baton::engine::mysql::PORT)
         .user(Some(user))
         .pass(Some(password))
-        .prefer_socket(false);
+        .prefer_socket(false)
+        // Verifies the name the test certificates are issued for, as a client reaching the
+        // Service by name does.
+        .ssl_opts(
+            ca.cloned()
+                .map(|ca| baton::engine::mysql::tls_opts(ca, Some(crate::certs::NAME.into()))),
+        );
     match tokio::time::timeout(timeout, mysql_async::Conn::new(opts)).await {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(_) => Err("connect timed out".into()),
@@ -241,14 +252,14 @@ async fn mariadb(
 /// a writable primary through Baton's account, or returns a read-only connection elsewhere.
 async fn connect_mariadb(ip: IpAddr, auth: &Auth, timeout: Duration) -> Option<Conn> {
     use mysql_async::prelude::Queryable;
-    match mariadb(ip, MY_USER, MY_USER, timeout).await {
+    let ca = auth.ca.as_ref();
+    match mariadb(ip, (MY_USER, MY_USER), ca, timeout).await {
         Ok(c) => return Some(Conn::MariaDb(c)),
         Err(e) if !e.contains("Access denied") => return None,
         Err(_) => {}
     }
-    let mut admin = mariadb(ip, baton::engine::ADMIN_USER, &auth.admin_password, timeout)
-        .await
-        .ok()?;
+    let login = (baton::engine::ADMIN_USER, auth.admin_password.as_str());
+    let mut admin = mariadb(ip, login, ca, timeout).await.ok()?;
     let read_only: Option<i64> = admin.query_first("SELECT @@read_only").await.ok()?;
     let replica: Vec<mysql_async::Row> = admin.query("SHOW SLAVE STATUS").await.ok()?;
     if read_only == Some(0) && replica.is_empty() {
@@ -261,7 +272,7 @@ async fn connect_mariadb(ip: IpAddr, auth: &Auth, timeout: Duration) -> Option<C
             ))
             .await
             .ok()?;
-        return mariadb(ip, MY_USER, MY_USER, timeout)
+        return mariadb(ip, (MY_USER, MY_USER), ca, timeout)
             .await
             .ok()
             .map(Conn::MariaDb);
@@ -326,10 +337,12 @@ async fn connect_as(ds: Datastore, ip: IpAddr, auth: &Auth, admin: bool) -> Opti
             };
             Some(Conn::Postgres(c))
         }
-        Datastore::Mariadb | Datastore::Mysql if admin => mariadb(ip, user, password, timeout)
-            .await
-            .ok()
-            .map(Conn::MariaDbReader),
+        Datastore::Mariadb | Datastore::Mysql if admin => {
+            mariadb(ip, (user, password), auth.ca.as_ref(), timeout)
+                .await
+                .ok()
+                .map(Conn::MariaDbReader)
+        }
         Datastore::Mariadb | Datastore::Mysql => connect_mariadb(ip, auth, timeout).await,
         Datastore::Redis => {
             use redis::IntoConnectionInfo;

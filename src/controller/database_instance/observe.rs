@@ -96,7 +96,7 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
     let seen = read_credentials(ctx, ns, &o.inst, engine).await?;
     let (secret_exists, applied_exists) = (seen.exists, seen.applied.is_some());
     settle_credentials(&mut o, engine, seen);
-    match read_tls(ctx, ns, &o.inst, engine).await? {
+    match read_tls(ctx, ns, &o.inst).await? {
         Ok(Some((ca, cert))) => (o.ca, o.cert) = (Some(ca), Some(cert)),
         Ok(None) => {}
         Err(why) => o.tls_problem = Some(why),
@@ -216,17 +216,10 @@ async fn read_tls(
     ctx: &Context,
     ns: &str,
     inst: &DatabaseInstance,
-    engine: &dyn Engine,
 ) -> Result<std::result::Result<Option<(Vec<u8>, Vec<u8>)>, String>> {
     let Some(tls) = &inst.spec.tls else {
         return Ok(Ok(None));
     };
-    if !engine.supports_tls() {
-        return Ok(Err(format!(
-            "Baton cannot run {} members with TLS yet; remove spec.tls or choose a datastore that has it (postgresql, redis)",
-            engine.datastore()
-        )));
-    }
     let name = &tls.secret_name;
     let Some(secret) = Api::<Secret>::namespaced(ctx.client.clone(), ns)
         .get_opt(name)
