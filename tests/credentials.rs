@@ -287,16 +287,9 @@ async fn logs_in(
             }
         }
         workload::Datastore::Mariadb | workload::Datastore::Mysql => {
-            let opts = mysql_async::OptsBuilder::default()
-                .ip_or_hostname(ip.to_string())
-                .tcp_port(3306)
-                .user(Some(user))
-                .pass(Some(password))
-                .prefer_socket(false);
-            matches!(
-                tokio::time::timeout(timeout, mysql_async::Conn::new(opts)).await,
-                Ok(Ok(_))
-            )
+            workload::mariadb_login(ip, (user, password), None, timeout)
+                .await
+                .is_ok()
         }
     }
 }
@@ -498,12 +491,7 @@ async fn redis_tls_members_roll_under_verifying_clients_and_a_build_without_tls_
     let out = sc.finish(&op, "7.0.15-hotfix1").await;
     assert_eq!(out.result, Ok(()));
     for r in &out.reports {
-        println!(
-            "{} over TLS: {} committed, longest gap {:?}",
-            r.writer,
-            r.acked.len(),
-            r.longest_gap
-        );
+        println!("over TLS, {r}");
     }
 
     certs::renewed_certificate_is_served_online(&env, &op, "db", "db-tls").await;

@@ -17,28 +17,18 @@ use baton_testkit::scenarios;
 use baton_testkit::workload;
 use baton_testkit::*;
 
-/// A connection to the member at `ip` as `user` with `password`.
-async fn login(
-    ip: IpAddr,
-    user: &str,
-    password: &str,
-) -> Result<mysql_async::Conn, mysql_async::Error> {
-    let opts = mysql_async::OptsBuilder::default()
-        .ip_or_hostname(ip.to_string())
-        .tcp_port(3306)
-        .user(Some(user))
-        .pass(Some(password))
-        .prefer_socket(false);
-    mysql_async::Conn::new(opts).await
+/// A plain-text connection to the member at `ip` as `user` with `password`.
+async fn login(ip: IpAddr, user: &str, password: &str) -> Result<mysql_async::Conn, String> {
+    workload::mariadb_login(ip, (user, password), None, Duration::from_secs(10)).await
 }
 
 /// As Baton's own account (its password from the instance's Secret).
-async fn admin(ip: IpAddr, auth: &workload::Auth) -> Result<mysql_async::Conn, mysql_async::Error> {
+async fn admin(ip: IpAddr, auth: &workload::Auth) -> Result<mysql_async::Conn, String> {
     login(ip, "baton", &auth.admin_password).await
 }
 
 /// As the workload's writer account (`ALL PRIVILEGES`: `read_only` alone does not stop it).
-async fn writer(ip: IpAddr) -> Result<mysql_async::Conn, mysql_async::Error> {
+async fn writer(ip: IpAddr) -> Result<mysql_async::Conn, String> {
     login(ip, "writer", "writer").await
 }
 
@@ -96,14 +86,7 @@ async fn three_members_roll_a_minor_under_committing_clients_and_lose_nothing() 
         assert_eq!(replicating.is_empty(), primary, "{name}: replication state");
     }
     for r in &out.reports {
-        println!(
-            "{}: {} committed ({:?}), {} refused, longest gap {:?}",
-            r.writer,
-            r.acked.len(),
-            r.acked_by(),
-            r.errors,
-            r.longest_gap
-        );
+        println!("{r}");
     }
     delete_namespace(&env.client, &env.ns).await;
 }
@@ -371,34 +354,17 @@ async fn tls_members_roll_under_verifying_clients_and_refuse_plain_text() {
     // MariaDB answers a plain-text login under require_secure_transport as a wrong password;
     // the same login over TLS is let in, so the transport is what was refused.
     assert!(plain.to_string().contains("Access denied"), "{plain}");
-    let over_tls = mysql_async::OptsBuilder::default()
-        .ip_or_hostname(primary.to_string())
-        .tcp_port(3306)
-        .user(Some("baton"))
-        .pass(Some(auth.admin_password.clone()))
-        .prefer_socket(false)
-        .ssl_opts(Some(baton::engine::mysql::tls_opts(
-            auth.ca.clone().expect("ca"),
-            Some(certs::NAME.into()),
-        )));
-    mysql_async::Conn::new(over_tls)
+    let timeout = Duration::from_secs(10);
+    let admin_login = ("baton", auth.admin_password.as_str());
+    workload::mariadb_login(primary, admin_login, auth.ca.as_ref(), timeout)
         .await
         .expect("the same login over TLS");
     let other = tempfile::tempdir().expect("tempdir");
     let (other_ca, _, _) = certs::certificates(other.path());
-    let opts = mysql_async::OptsBuilder::default()
-        .ip_or_hostname(primary.to_string())
-        .tcp_port(3306)
-        .user(Some("baton"))
-        .pass(Some(auth.admin_password.clone()))
-        .prefer_socket(false)
-        .ssl_opts(Some(baton::engine::mysql::tls_opts(
-            other_ca.into_bytes(),
-            Some(certs::NAME.into()),
-        )));
-    let refused = mysql_async::Conn::new(opts)
-        .await
-        .expect_err("a client trusting another CA connected");
+    let refused =
+        workload::mariadb_login(primary, admin_login, Some(&other_ca.into_bytes()), timeout)
+            .await
+            .expect_err("a client trusting another CA connected");
     // The other CA has the same subject, so the chain fails on its signature.
     assert!(
         refused.to_string().contains("invalid peer certificate"),
@@ -410,12 +376,7 @@ async fn tls_members_roll_under_verifying_clients_and_refuse_plain_text() {
     let out = sc.finish(&op, MARIADB_TARGET).await;
     assert_eq!(out.result, Ok(()));
     for r in &out.reports {
-        println!(
-            "{} over TLS: {} committed, longest gap {:?}",
-            r.writer,
-            r.acked.len(),
-            r.longest_gap
-        );
+        println!("over TLS, {r}");
     }
     certs::renewed_certificate_is_served_online(&env, &op, "db", "db-tls").await;
     delete_namespace(&env.client, &env.ns).await;

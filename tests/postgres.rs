@@ -47,14 +47,7 @@ async fn three_members_roll_a_minor_under_committing_clients_and_lose_nothing() 
         "standbys first, the old primary last"
     );
     for r in &out.reports {
-        println!(
-            "{}: {} committed ({:?}), {} refused, longest gap {:?}",
-            r.writer,
-            r.acked.len(),
-            r.acked_by(),
-            r.errors,
-            r.longest_gap
-        );
+        println!("{r}");
     }
     delete_namespace(&env.client, &env.ns).await;
 }
@@ -341,12 +334,7 @@ async fn tls_members_upgrade_under_verifying_clients_and_refuse_plain_text() {
         st.conditions
     );
     for r in &out.reports {
-        println!(
-            "{} over TLS: {} committed, longest gap {:?}",
-            r.writer,
-            r.acked.len(),
-            r.longest_gap
-        );
+        println!("over TLS, {r}");
     }
 
     // Renewed (what cert-manager does before expiry): served online, replication verifies.

@@ -37,33 +37,16 @@ pub async fn prepare(
     let ns = pod.namespace().unwrap_or_default();
     let pod_dir = pod_dir(state, pod);
     let mut out = BTreeMap::new();
-    let volumes: &[Volume] = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.volumes.as_deref())
-        .unwrap_or_default();
-    for v in volumes {
+    for v in volumes_of(pod) {
         let path = if let Some(pvc) = &v.persistent_volume_claim {
             claim_dir(client, state, &ns, &pvc.claim_name).await?
         } else if v.empty_dir.is_some() {
             let d = pod_dir.join("empty").join(&v.name);
             std::fs::create_dir_all(&d)?;
             d
-        } else if let Some(cm) = &v.config_map {
-            let data = required(client, &ns, Source::ConfigMap, &cm.name, cm.optional).await?;
-            write_files(
-                &pod_dir.join("files").join(&v.name),
-                data,
-                cm.items.as_deref(),
-            )?
-        } else if let Some(sec) = &v.secret {
-            let name = sec.secret_name.clone().unwrap_or_default();
-            let data = required(client, &ns, Source::Secret, &name, sec.optional).await?;
-            write_files(
-                &pod_dir.join("files").join(&v.name),
-                data,
-                sec.items.as_deref(),
-            )?
+        } else if let Some(f) = FileSource::of(v) {
+            let data = required(client, &ns, f.source, &f.name, f.optional).await?;
+            write_files(&pod_dir.join("files").join(&v.name), data, f.items)?
         } else {
             return Err(VolumeError::Unsupported(v.name.clone()));
         };
@@ -78,28 +61,15 @@ pub async fn prepare(
 pub async fn refresh(client: &Client, state: &Path, pod: &Pod) -> Result<(), VolumeError> {
     let ns = pod.namespace().unwrap_or_default();
     let pod_dir = pod_dir(state, pod);
-    let volumes: &[Volume] = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.volumes.as_deref())
-        .unwrap_or_default();
-    for v in volumes {
-        let (source, name, items) = if let Some(cm) = &v.config_map {
-            (Source::ConfigMap, cm.name.clone(), cm.items.as_deref())
-        } else if let Some(sec) = &v.secret {
-            (
-                Source::Secret,
-                sec.secret_name.clone().unwrap_or_default(),
-                sec.items.as_deref(),
-            )
-        } else {
+    for v in volumes_of(pod) {
+        let Some(f) = FileSource::of(v) else {
             continue;
         };
-        let Some(data) = source_data(client, &ns, source, &name).await? else {
+        let Some(data) = source_data(client, &ns, f.source, &f.name).await? else {
             continue;
         };
         let dir = pod_dir.join("files").join(&v.name);
-        for (rel, bytes) in files_of(data, items) {
+        for (rel, bytes) in files_of(data, f.items) {
             let p = dir.join(&rel);
             if !super::runtime::is_within(&dir, &p)
                 || std::fs::read(&p).is_ok_and(|have| have == bytes)
@@ -115,6 +85,41 @@ pub async fn refresh(client: &Client, state: &Path, pod: &Pod) -> Result<(), Vol
         }
     }
     Ok(())
+}
+
+fn volumes_of(pod: &Pod) -> &[Volume] {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_deref())
+        .unwrap_or_default()
+}
+
+/// A volume whose files come from a Secret or a ConfigMap.
+struct FileSource<'a> {
+    source: Source,
+    name: String,
+    items: Option<&'a [k8s_openapi::api::core::v1::KeyToPath]>,
+    optional: Option<bool>,
+}
+
+impl<'a> FileSource<'a> {
+    fn of(v: &'a Volume) -> Option<Self> {
+        if let Some(cm) = &v.config_map {
+            Some(FileSource {
+                source: Source::ConfigMap,
+                name: cm.name.clone(),
+                items: cm.items.as_deref(),
+                optional: cm.optional,
+            })
+        } else {
+            v.secret.as_ref().map(|sec| FileSource {
+                source: Source::Secret,
+                name: sec.secret_name.clone().unwrap_or_default(),
+                items: sec.items.as_deref(),
+                optional: sec.optional,
+            })
+        }
+    }
 }
 
 /// The files a volume of `data` holds: every key, or the `items` it names.

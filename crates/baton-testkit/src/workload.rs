@@ -159,6 +159,21 @@ pub async fn wait_auth(client: &Client, ns: &str, instance: &str) -> Auth {
     }
 }
 
+/// One line for a test's output: what the writer committed, where, and its longest outage.
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} committed ({:?}), {} refused, longest gap {:?}",
+            self.writer,
+            self.acked.len(),
+            self.acked_by(),
+            self.errors,
+            self.longest_gap
+        )
+    }
+}
+
 impl Report {
     pub fn key(&self, seq: u64) -> String {
         format!("w:{}:{seq}", self.writer)
@@ -224,7 +239,8 @@ pub enum Conn {
 const MY_USER: &str = "writer";
 const MY_TABLE: &str = "app.baton_w";
 
-async fn mariadb(
+/// A MariaDB login at `ip`; over TLS trusting `ca` when one is given.
+pub async fn mariadb_login(
     ip: IpAddr,
     (user, password): (&str, &str),
     ca: Option<&Vec<u8>>,
@@ -253,13 +269,13 @@ async fn mariadb(
 async fn connect_mariadb(ip: IpAddr, auth: &Auth, timeout: Duration) -> Option<Conn> {
     use mysql_async::prelude::Queryable;
     let ca = auth.ca.as_ref();
-    match mariadb(ip, (MY_USER, MY_USER), ca, timeout).await {
+    match mariadb_login(ip, (MY_USER, MY_USER), ca, timeout).await {
         Ok(c) => return Some(Conn::MariaDb(c)),
         Err(e) if !e.contains("Access denied") => return None,
         Err(_) => {}
     }
     let login = (baton::engine::ADMIN_USER, auth.admin_password.as_str());
-    let mut admin = mariadb(ip, login, ca, timeout).await.ok()?;
+    let mut admin = mariadb_login(ip, login, ca, timeout).await.ok()?;
     let read_only: Option<i64> = admin.query_first("SELECT @@read_only").await.ok()?;
     let replica: Vec<mysql_async::Row> = admin.query("SHOW SLAVE STATUS").await.ok()?;
     if read_only == Some(0) && replica.is_empty() {
@@ -272,7 +288,7 @@ async fn connect_mariadb(ip: IpAddr, auth: &Auth, timeout: Duration) -> Option<C
             ))
             .await
             .ok()?;
-        return mariadb(ip, (MY_USER, MY_USER), ca, timeout)
+        return mariadb_login(ip, (MY_USER, MY_USER), ca, timeout)
             .await
             .ok()
             .map(Conn::MariaDb);
@@ -338,7 +354,7 @@ async fn connect_as(ds: Datastore, ip: IpAddr, auth: &Auth, admin: bool) -> Opti
             Some(Conn::Postgres(c))
         }
         Datastore::Mariadb | Datastore::Mysql if admin => {
-            mariadb(ip, (user, password), auth.ca.as_ref(), timeout)
+            mariadb_login(ip, (user, password), auth.ca.as_ref(), timeout)
                 .await
                 .ok()
                 .map(Conn::MariaDbReader)
