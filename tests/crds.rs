@@ -527,6 +527,28 @@ async fn invalid_resources_are_rejected_with_a_message_naming_the_field() {
     .await;
     assert_names(&m, &["spec.datastore.type", "datastore type is immutable"]);
 
+    // A cluster's shard count is fixed (resharding is not supported).
+    api_for(&client, "Cluster", &ns)
+        .create(
+            &PostParams::default(),
+            &object(
+                "Cluster",
+                "sharded",
+                json!({"datastore": redis("7.0.15"), "shards": 3}),
+            ),
+        )
+        .await
+        .expect("valid cluster");
+    let m = update_refused(
+        &client,
+        &ns,
+        "Cluster",
+        "sharded",
+        json!({"spec": {"shards": 4}}),
+    )
+    .await;
+    assert_names(&m, &["spec.shards", "resharding is not supported"]);
+
     // kubectl shows the same messages to a person applying a bad file.
     let bad = "apiVersion: baton.dev/v1alpha1\nkind: DatabaseInstance\nmetadata:\n  name: k\nspec:\n  datastore: {type: redis, version: \"7.0.15\"}\n  replicas: 0\n";
     let (ok, _, err) = run_tool("kubectl", &["apply", "-n", &ns, "-f", "-"], Some(bad));

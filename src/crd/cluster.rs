@@ -38,8 +38,9 @@ pub struct ClusterSpec {
     /// The datastore type and the desired version of every shard.
     pub datastore: DatastoreRef,
 
-    /// The number of shards (1 to 64).
+    /// The number of shards (1 to 64). Fixed at creation: resharding is not supported yet.
     #[schemars(range(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("shards cannot change after creation: resharding is not supported yet; create a new Cluster and move the data"))]
     pub shards: i32,
 
     /// Members per shard: a primary and `replicasPerShard - 1` standbys (1 to 9). Default 2.
