@@ -9,7 +9,10 @@
 //!   while the operator is in the middle of a stage.
 //!
 //! Points are `api:<what>` or `db:<command>`, with `@<ordinal>` for the member they touch
-//! (from [`scoped`]). Unset, each hook costs one check of an empty setting.
+//! (from [`scoped`]). `@*` matches any member and counts the point's passes on all members:
+//! which standby becomes the candidate depends on which one a probe found further along, so
+//! "the first unfence" is `db:unfence@*#1`, whoever the candidate is. Unset, each hook costs
+//! one check of an empty setting.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -69,6 +72,12 @@ pub async fn scoped<F: Future>(member: &str, f: F) -> F::Output {
     MEMBER.scope(ordinal, f).await
 }
 
+/// Whether `want` (`point#n`) names this pass: under the point's own name and count, or
+/// under its any-member name (`base@*`) and the count of passes on all members.
+fn hits(want: &(String, u32), this: (&str, u32), any: Option<(&str, u32)>) -> bool {
+    *want == (this.0.to_string(), this.1) || any.is_some_and(|(p, n)| *want == (p.to_string(), n))
+}
+
 /// Marks that the side effect `point` just took effect.
 pub async fn passed(point: &str) {
     let s = settings();
@@ -79,26 +88,29 @@ pub async fn passed(point: &str) {
         Ok(m) if !point.contains('@') => format!("{point}@{m}"),
         _ => point.to_string(),
     };
-    let n = {
+    let any = point.split_once('@').map(|(base, _)| format!("{base}@*"));
+    let (n, n_any) = {
         let mut seen = s.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let n = seen.entry(point.clone()).or_insert(0);
-        *n += 1;
-        *n
+        let mut count = |k: &str| {
+            let n = seen.entry(k.to_string()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        (count(&point), any.as_deref().map(&mut count))
     };
+    let is = |want: &(String, u32)| hits(want, (&point, n), any.as_deref().zip(n_any));
     if let Some(f) = &s.trace {
         let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
         let _ = writeln!(f, "{point}#{n}");
     }
-    if let Some(((p, at), pause)) = &s.hold
-        && *p == point
-        && *at == n
+    if let Some((at, pause)) = &s.hold
+        && is(at)
     {
         eprintln!("baton: holding {} ms at {point}#{n}", pause.as_millis());
         tokio::time::sleep(*pause).await;
     }
-    if let Some((p, at)) = &s.crash
-        && *p == point
-        && *at == n
+    if let Some(at) = &s.crash
+        && is(at)
     {
         eprintln!("baton: crash point {point}#{n}; SIGKILL");
         // A real SIGKILL: no destructor, no flush, no goodbye to the API server.
@@ -111,7 +123,30 @@ pub async fn passed(point: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::occurrence;
+    use super::{hits, occurrence};
+
+    #[test]
+    fn any_member_counts_passes_on_all_members() {
+        let want = occurrence("db:unfence@*#1");
+        // The candidate is db-2 this time: its first unfence is the first on any member.
+        assert!(hits(&want, ("db:unfence@2", 1), Some(("db:unfence@*", 1))));
+        assert!(!hits(&want, ("db:unfence@2", 2), Some(("db:unfence@*", 2))));
+        let second = occurrence("db:repoint@*#2");
+        assert!(!hits(
+            &second,
+            ("db:repoint@2", 1),
+            Some(("db:repoint@*", 1))
+        ));
+        assert!(hits(
+            &second,
+            ("db:repoint@0", 1),
+            Some(("db:repoint@*", 2))
+        ));
+        // A named member still means that member.
+        let named = occurrence("db:fence@0#1");
+        assert!(hits(&named, ("db:fence@0", 1), Some(("db:fence@*", 1))));
+        assert!(!hits(&named, ("db:fence@1", 1), Some(("db:fence@*", 1))));
+    }
 
     #[test]
     fn a_point_names_its_occurrence_or_means_the_first() {
