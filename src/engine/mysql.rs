@@ -320,6 +320,13 @@ pub fn read_grants(grants: &[String]) -> (bool, Vec<String>) {
 /// comes from the Secret through the environment and is set again at each start (a rotated
 /// Secret takes effect at the member's next restart); the application account gets every
 /// privilege on data but none that writes through `read_only`.
+/// The boot script with the statement that follows the recorded primary (`$host`, a shell
+/// variable of the script) built by the same code the operator repoints with.
+fn boot_script() -> String {
+    let follow = Dialect::MariaDb.change_source(&Endpoint::new("$host", PORT));
+    BOOT.replace("@CHANGE_MASTER@", &follow.join(";\n"))
+}
+
 const BOOT: &str = r#"set -eu
 D=/var/lib/mysql
 DATADIR=$D/data S=$D/mysqld.sock
@@ -397,7 +404,7 @@ if [ "$follow" = yes ]; then
 STOP SLAVE;
 SET GLOBAL gtid_slave_pos = @@gtid_binlog_pos;
 SELECT password INTO @pw FROM baton.replication WHERE id = 1;
-EXECUTE IMMEDIATE CONCAT('CHANGE MASTER TO MASTER_HOST=', QUOTE('$host'), ', MASTER_PORT=3306, MASTER_USER=''replicator'', MASTER_PASSWORD=', QUOTE(@pw), ', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1', IF(IFNULL(@@ssl_ca, '') <> '', CONCAT(', MASTER_SSL=1, MASTER_SSL_VERIFY_SERVER_CERT=0, MASTER_SSL_CA=', QUOTE(@@ssl_ca)), ''));
+@CHANGE_MASTER@;
 START SLAVE;
 SQL
 else
@@ -784,7 +791,7 @@ impl Engine for MySqlFamily {
         super::member_container(
             m,
             self.container_name(),
-            BOOT,
+            &boot_script(),
             self.credential_keys(),
             ("mysql", PORT),
             // Ready once the boot script has set the member up (and the server answers on its
@@ -1213,6 +1220,11 @@ mod tests {
         assert!(BOOT.contains("--gtid-strict-mode=ON") && BOOT.contains("--log-slave-updates"));
         assert!(BOOT.contains("mariadb-upgrade"));
         assert!(BOOT.contains("SET sql_log_bin = 0"));
+        // The script follows the primary with the operator's own statement, TLS clause included.
+        let script = boot_script();
+        assert!(!script.contains("@CHANGE_MASTER@"));
+        assert!(script.contains("QUOTE('$host'), ', MASTER_PORT=3306"));
+        assert!(script.contains("MASTER_SSL_CA=', QUOTE(@@ssl_ca)"));
         let c = MARIADB.container(&MemberTemplate {
             topology: "db-topology",
             credentials: "db-credentials",
