@@ -19,6 +19,7 @@ pub mod mysql;
 pub mod position;
 pub mod postgres;
 pub mod redis;
+pub mod redis_cluster;
 
 use std::collections::BTreeMap;
 use std::fmt;

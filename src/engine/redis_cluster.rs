@@ -1,0 +1,454 @@
+//! Redis Cluster as its nodes see it, parsed from `CLUSTER NODES`, and the checks Baton makes
+//! on it (see "Redis Cluster" in `docs/design.md`): how the 16384 slots are split over the
+//! shards at formation, the health gate between upgrade steps, and the confirmation of a
+//! graceful `CLUSTER FAILOVER`.
+//!
+//! Nothing here trusts one node or one reply: gossip converges over seconds, and right after a
+//! failover's OK another node can still list the old master as a master (without its slots).
+//! So the gate and the confirmation take every node's own view and require all of them to
+//! agree.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// The number of hash slots in every Redis Cluster.
+pub const SLOTS: u16 = 16384;
+
+/// An inclusive range of slots.
+pub type SlotRange = (u16, u16);
+
+/// One line of `CLUSTER NODES`: a node as the reporting node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub id: String,
+    /// `ip:port` of the client port (the `@cport` and `,hostname` parts dropped).
+    pub addr: String,
+    pub myself: bool,
+    pub master: bool,
+    /// The replica's master, `None` for a master.
+    pub master_id: Option<String>,
+    /// Flags that mean the reporter cannot count on this node: `fail`, `fail?`, `handshake`,
+    /// `noaddr`.
+    pub trouble: Vec<String>,
+    pub config_epoch: u64,
+    pub connected: bool,
+    pub slots: Vec<SlotRange>,
+    /// Open slots, listed only on the reporter's own line: `(slot, other node id)`.
+    pub migrating: Vec<(u16, String)>,
+    pub importing: Vec<(u16, String)>,
+}
+
+/// What one node reports with `CLUSTER NODES`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    pub nodes: Vec<Node>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unreadable CLUSTER NODES line {line:?}: {why}")]
+pub struct ParseError {
+    pub line: String,
+    pub why: &'static str,
+}
+
+fn slot(s: &str) -> Option<u16> {
+    s.parse().ok().filter(|n| *n < SLOTS)
+}
+
+impl Node {
+    fn parse(line: &str) -> Result<Node, ParseError> {
+        let err = |why| ParseError {
+            line: line.to_string(),
+            why,
+        };
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 8 {
+            return Err(err("fewer than 8 fields"));
+        }
+        let addr = f[1]
+            .split(['@', ','])
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let flags: Vec<&str> = f[2].split(',').collect();
+        let (mut slots, mut migrating, mut importing) = (vec![], vec![], vec![]);
+        for s in &f[8..] {
+            if let Some(open) = s.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+                let (to, list) = match (open.split_once("->-"), open.split_once("-<-")) {
+                    (Some((n, id)), _) => ((n, id), &mut migrating),
+                    (_, Some((n, id))) => ((n, id), &mut importing),
+                    _ => return Err(err("an open slot neither migrating nor importing")),
+                };
+                list.push((
+                    slot(to.0).ok_or_else(|| err("a bad slot"))?,
+                    to.1.to_string(),
+                ));
+                continue;
+            }
+            let (a, b) = s.split_once('-').unwrap_or((s, s));
+            match (slot(a), slot(b)) {
+                (Some(a), Some(b)) if a <= b => slots.push((a, b)),
+                _ => return Err(err("a bad slot range")),
+            }
+        }
+        Ok(Node {
+            id: f[0].to_string(),
+            addr,
+            myself: flags.contains(&"myself"),
+            master: flags.contains(&"master"),
+            master_id: (f[3] != "-").then(|| f[3].to_string()),
+            trouble: flags
+                .iter()
+                .filter(|fl| matches!(**fl, "fail" | "fail?" | "handshake" | "noaddr"))
+                .map(|fl| fl.to_string())
+                .collect(),
+            config_epoch: f[6].parse().map_err(|_| err("a bad config epoch"))?,
+            connected: f[7] == "connected",
+            slots,
+            migrating,
+            importing,
+        })
+    }
+}
+
+impl View {
+    pub fn parse(text: &str) -> Result<View, ParseError> {
+        let nodes = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(Node::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(View { nodes })
+    }
+
+    /// The reporting node's own line.
+    pub fn myself(&self) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.myself)
+    }
+
+    pub fn node(&self, id: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    fn reporter(&self) -> String {
+        self.myself().map_or("a node".into(), |n| n.addr.clone())
+    }
+
+    /// Each master that serves slots, with its slot ranges, sorted.
+    pub fn owners(&self) -> BTreeMap<String, Vec<SlotRange>> {
+        self.nodes
+            .iter()
+            .filter(|n| n.master && !n.slots.is_empty())
+            .map(|n| {
+                let mut r = n.slots.clone();
+                r.sort();
+                (n.id.clone(), r)
+            })
+            .collect()
+    }
+
+    /// How many slots no master in this view serves.
+    pub fn uncovered(&self) -> u32 {
+        let mut covered = vec![false; SLOTS as usize];
+        for n in self.nodes.iter().filter(|n| n.master) {
+            for &(a, b) in &n.slots {
+                covered[a as usize..=b as usize].fill(true);
+            }
+        }
+        covered.iter().filter(|c| !**c).count() as u32
+    }
+}
+
+/// `shards` contiguous ranges covering every slot, sizes differing by at most one (the first
+/// shards take the remainder).
+pub fn split_slots(shards: u16) -> Vec<SlotRange> {
+    let shards = shards.clamp(1, SLOTS);
+    let (each, extra) = (SLOTS / shards, SLOTS % shards);
+    let mut start = 0u16;
+    (0..shards)
+        .map(|i| {
+            let len = each + u16::from(i < extra);
+            let r = (start, start + len - 1);
+            start += len;
+            r
+        })
+        .collect()
+}
+
+/// Why the cluster is not fit for the next upgrade step, worded for status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unhealthy {
+    NoViews,
+    Unreadable {
+        reporter: String,
+    },
+    Trouble {
+        reporter: String,
+        node: String,
+        flags: Vec<String>,
+    },
+    Uncovered {
+        reporter: String,
+        slots: u32,
+    },
+    OpenSlot {
+        reporter: String,
+        slot: u16,
+        migrating: bool,
+    },
+    Disagree {
+        a: String,
+        b: String,
+    },
+}
+
+impl fmt::Display for Unhealthy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unhealthy::NoViews => write!(f, "no node answered CLUSTER NODES"),
+            Unhealthy::Unreadable { reporter } => {
+                write!(f, "{reporter} does not list itself in CLUSTER NODES")
+            }
+            Unhealthy::Trouble {
+                reporter,
+                node,
+                flags,
+            } => write!(f, "{reporter} sees {node} as {}", flags.join(",")),
+            Unhealthy::Uncovered { reporter, slots } => {
+                write!(f, "{reporter} sees {slots} slots served by no master")
+            }
+            Unhealthy::OpenSlot {
+                reporter,
+                slot,
+                migrating,
+            } => write!(
+                f,
+                "slot {slot} is {} on {reporter}",
+                if *migrating { "migrating" } else { "importing" }
+            ),
+            Unhealthy::Disagree { a, b } => {
+                write!(f, "{a} and {b} disagree on which master serves which slots")
+            }
+        }
+    }
+}
+
+/// The gate between upgrade steps, over every node's own view: each lists itself, sees no
+/// node failing, handshaking or without an address, sees every slot served, has no slot open
+/// (migrating or importing), and all agree on which master serves which slots.
+pub fn health(views: &[View]) -> Result<(), Unhealthy> {
+    let first = views.first().ok_or(Unhealthy::NoViews)?;
+    for v in views {
+        let me = v.myself().ok_or_else(|| Unhealthy::Unreadable {
+            reporter: v.reporter(),
+        })?;
+        if let Some(n) = v.nodes.iter().find(|n| !n.trouble.is_empty()) {
+            return Err(Unhealthy::Trouble {
+                reporter: me.addr.clone(),
+                node: n.addr.clone(),
+                flags: n.trouble.clone(),
+            });
+        }
+        let uncovered = v.uncovered();
+        if uncovered > 0 {
+            return Err(Unhealthy::Uncovered {
+                reporter: me.addr.clone(),
+                slots: uncovered,
+            });
+        }
+        let open = me.migrating.first().map(|(s, _)| (*s, true));
+        if let Some((slot, migrating)) = open.or(me.importing.first().map(|(s, _)| (*s, false))) {
+            return Err(Unhealthy::OpenSlot {
+                reporter: me.addr.clone(),
+                slot,
+                migrating,
+            });
+        }
+        if v.owners() != first.owners() {
+            return Err(Unhealthy::Disagree {
+                a: first.reporter(),
+                b: me.addr.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether a graceful failover of `old` to `new` took effect everywhere: in every node's view
+/// `new` is a master serving exactly `slots` with a config epoch above `old_epoch` (the old
+/// master's, recorded before the failover), and `old` is a replica of `new`. `Err` says what
+/// is still missing, for status while waiting.
+pub fn failover_done(
+    views: &[View],
+    new: &str,
+    old: &str,
+    slots: &[SlotRange],
+    old_epoch: u64,
+) -> Result<(), String> {
+    if views.is_empty() {
+        return Err("no node answered CLUSTER NODES".into());
+    }
+    let mut want = slots.to_vec();
+    want.sort();
+    for v in views {
+        let who = v.reporter();
+        let n = v
+            .node(new)
+            .ok_or_else(|| format!("{who} does not know {new}"))?;
+        let mut have = n.slots.clone();
+        have.sort();
+        if !n.master || have != want {
+            return Err(format!(
+                "{who} does not see {} serving the shard's slots yet",
+                n.addr
+            ));
+        }
+        if n.config_epoch <= old_epoch {
+            return Err(format!(
+                "{who} sees {} at config epoch {}, not above the old master's {old_epoch}",
+                n.addr, n.config_epoch
+            ));
+        }
+        let o = v
+            .node(old)
+            .ok_or_else(|| format!("{who} does not know {old}"))?;
+        if o.master || o.master_id.as_deref() != Some(new) {
+            return Err(format!(
+                "{who} does not see {} replicating {} yet",
+                o.addr, n.addr
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    macro_rules! fixture {
+        ($name:literal) => {
+            View::parse(include_str!(concat!(
+                "../testdata/redis-cluster/",
+                $name,
+                ".txt"
+            )))
+            .expect($name)
+        };
+    }
+
+    const M7001: &str = "b440a7ede41e04438b61ccc76f223493ee5af3f9";
+    const M7004: &str = "cf2c6ac1feb820257443970ca2fd669993fb39bb";
+
+    fn failed_over() -> Vec<View> {
+        vec![
+            fixture!("failed-over-7001"),
+            fixture!("failed-over-7002"),
+            fixture!("failed-over-7003"),
+            fixture!("failed-over-7004"),
+            fixture!("failed-over-7005"),
+            fixture!("failed-over-7006"),
+        ]
+    }
+
+    #[test]
+    fn slots_split_evenly_and_cover_everything() {
+        assert_eq!(split_slots(3), [(0, 5461), (5462, 10922), (10923, 16383)]);
+        assert_eq!(split_slots(1), [(0, 16383)]);
+        for shards in [2, 5, 7, 16, 100] {
+            let r = split_slots(shards);
+            assert_eq!(r.len(), shards as usize);
+            assert_eq!(r[0].0, 0);
+            assert_eq!(r.last().map(|r| r.1), Some(SLOTS - 1));
+            assert!(r.windows(2).all(|w| w[1].0 == w[0].1 + 1));
+            let sizes: Vec<u16> = r.iter().map(|(a, b)| b - a + 1).collect();
+            assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1);
+        }
+    }
+
+    #[test]
+    fn parses_what_real_servers_print() {
+        let v = fixture!("formed-7001");
+        assert_eq!(v.nodes.len(), 6);
+        let me = v.myself().expect("myself");
+        assert_eq!(
+            (me.id.as_str(), me.addr.as_str()),
+            (M7001, "127.0.0.1:7001")
+        );
+        assert!(me.master && me.connected && me.trouble.is_empty());
+        assert_eq!((me.slots.clone(), me.config_epoch), (vec![(0, 5460)], 1));
+        let r = v.node(M7004).expect("7004");
+        assert!(!r.master);
+        assert_eq!(r.master_id.as_deref(), Some(M7001));
+        assert_eq!(v.owners().len(), 3);
+        assert_eq!(v.uncovered(), 0);
+        // 7.0 adds `,hostname` to the address.
+        let v7 = fixture!("v7-two-shards-7011");
+        assert_eq!(v7.myself().map(|n| n.addr.as_str()), Some("127.0.0.1:7011"));
+        assert_eq!(v7.owners().len(), 2);
+        assert!(View::parse("abc 127.0.0.1:1@2 master - 0 0 x connected 0-99999").is_err());
+        assert!(View::parse("abc 127.0.0.1:1@2 master -").is_err());
+    }
+
+    #[test]
+    fn a_formed_cluster_passes_the_gate() {
+        assert_eq!(
+            health(&[fixture!("formed-7001"), fixture!("formed-7004")]),
+            Ok(())
+        );
+        assert_eq!(health(&failed_over()), Ok(()));
+        assert_eq!(health(&[]), Err(Unhealthy::NoViews));
+    }
+
+    #[test]
+    fn the_gate_names_what_is_wrong() {
+        let failing = health(&[fixture!("replica-down-7001")]).unwrap_err();
+        assert_eq!(
+            failing.to_string(),
+            "127.0.0.1:7001 sees 127.0.0.1:7006 as fail"
+        );
+        let migrating = health(&[fixture!("migrating-7002")]).unwrap_err();
+        assert_eq!(
+            migrating.to_string(),
+            "slot 5461 is migrating on 127.0.0.1:7002"
+        );
+        let importing = health(&[fixture!("importing-7003")]).unwrap_err();
+        assert_eq!(
+            importing.to_string(),
+            "slot 5461 is importing on 127.0.0.1:7003"
+        );
+        // Before and after a failover: the views disagree on who serves 0-5460.
+        let mixed = health(&[fixture!("formed-7001"), fixture!("failed-over-7002")]).unwrap_err();
+        assert!(matches!(mixed, Unhealthy::Disagree { .. }), "{mixed}");
+        // Slots served by nobody.
+        let mut v = fixture!("formed-7001");
+        v.nodes.iter_mut().find(|n| n.myself).expect("me").slots = vec![(0, 99)];
+        assert_eq!(
+            health(&[v]).unwrap_err().to_string(),
+            "127.0.0.1:7001 sees 5361 slots served by no master"
+        );
+    }
+
+    #[test]
+    fn a_failover_is_done_only_when_every_node_sees_it() {
+        assert_eq!(
+            failover_done(&failed_over(), M7004, M7001, &[(0, 5460)], 1),
+            Ok(())
+        );
+        // Right after the OK, 7002 still lists 7001 as a master (without slots).
+        let mut early = failed_over();
+        early[1] = fixture!("failing-over-7002");
+        let why = failover_done(&early, M7004, M7001, &[(0, 5460)], 1).unwrap_err();
+        assert_eq!(
+            why,
+            "127.0.0.1:7002 does not see 127.0.0.1:7001 replicating 127.0.0.1:7004 yet"
+        );
+        // Before the failover.
+        let before = [fixture!("formed-7001"), fixture!("formed-7004")];
+        assert!(failover_done(&before, M7004, M7001, &[(0, 5460)], 1).is_err());
+        // The epoch must have moved past the old master's.
+        let stale = failover_done(&failed_over(), M7004, M7001, &[(0, 5460)], 6).unwrap_err();
+        assert!(stale.contains("config epoch 6"), "{stale}");
+        assert!(failover_done(&[], M7004, M7001, &[(0, 5460)], 1).is_err());
+    }
+}
