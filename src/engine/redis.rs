@@ -76,7 +76,7 @@ exec docker-entrypoint.sh redis-server "$@""#;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Redis;
 
-async fn connect(t: &Target) -> Result<MultiplexedConnection, EngineError> {
+pub(crate) async fn connect(t: &Target) -> Result<MultiplexedConnection, EngineError> {
     Ok(connect_seeing(t).await?.0)
 }
 
@@ -141,7 +141,7 @@ async fn connect_once(t: &Target) -> Result<(MultiplexedConnection, bool), Engin
     }
 }
 
-async fn run<T: redis::FromRedisValue>(
+pub(crate) async fn run<T: redis::FromRedisValue>(
     c: &mut MultiplexedConnection,
     t: &Target,
     command: &'static str,

@@ -11,6 +11,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use super::redis::{connect, run};
+use super::{EngineError, Target};
+
 /// The number of hash slots in every Redis Cluster.
 pub const SLOTS: u16 = 16384;
 
@@ -38,10 +41,12 @@ pub struct Node {
     pub importing: Vec<(u16, String)>,
 }
 
-/// What one node reports with `CLUSTER NODES`.
+/// What one node reports with `CLUSTER NODES` (and `cluster_state` from `CLUSTER INFO`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct View {
     pub nodes: Vec<Node>,
+    /// Whether the node serves queries (`cluster_state:ok`); `None` when not asked.
+    pub state_ok: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -118,7 +123,10 @@ impl View {
             .filter(|l| !l.trim().is_empty())
             .map(Node::parse)
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(View { nodes })
+        Ok(View {
+            nodes,
+            state_ok: None,
+        })
     }
 
     /// The reporting node's own line.
@@ -191,6 +199,9 @@ pub enum Unhealthy {
         reporter: String,
         slots: u32,
     },
+    StateFail {
+        reporter: String,
+    },
     OpenSlot {
         reporter: String,
         slot: u16,
@@ -217,6 +228,9 @@ impl fmt::Display for Unhealthy {
             Unhealthy::Uncovered { reporter, slots } => {
                 write!(f, "{reporter} sees {slots} slots served by no master")
             }
+            Unhealthy::StateFail { reporter } => {
+                write!(f, "{reporter} reports cluster_state:fail")
+            }
             Unhealthy::OpenSlot {
                 reporter,
                 slot,
@@ -234,8 +248,9 @@ impl fmt::Display for Unhealthy {
 }
 
 /// The gate between upgrade steps, over every node's own view: each lists itself, sees no
-/// node failing, handshaking or without an address, sees every slot served, has no slot open
-/// (migrating or importing), and all agree on which master serves which slots.
+/// node failing, handshaking or without an address, sees every slot served, reports
+/// `cluster_state:ok` (when asked), has no slot open (migrating or importing), and all agree
+/// on which master serves which slots.
 pub fn health(views: &[View]) -> Result<(), Unhealthy> {
     let first = views.first().ok_or(Unhealthy::NoViews)?;
     for v in views {
@@ -254,6 +269,11 @@ pub fn health(views: &[View]) -> Result<(), Unhealthy> {
             return Err(Unhealthy::Uncovered {
                 reporter: me.addr.clone(),
                 slots: uncovered,
+            });
+        }
+        if v.state_ok == Some(false) {
+            return Err(Unhealthy::StateFail {
+                reporter: me.addr.clone(),
             });
         }
         let open = me.migrating.first().map(|(s, _)| (*s, true));
@@ -319,6 +339,257 @@ pub fn failover_done(
             ));
         }
     }
+    Ok(())
+}
+
+/// One shard as the operator lays it out: the `ip:port` of the member that is to serve the
+/// shard's slots, and of those that are to replicate it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shard {
+    pub primary: String,
+    pub replicas: Vec<String>,
+}
+
+/// The next thing to do to form the cluster, decided from what the nodes report (so an
+/// operator that died half-way picks up where the cluster is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Formation {
+    /// `CLUSTER MEET` sent to `on`, naming `peer`.
+    Meet {
+        on: String,
+        peer: String,
+    },
+    /// `CLUSTER ADDSLOTS` on the shard's primary: the ranges of its share it does not serve.
+    AddSlots {
+        on: String,
+        ranges: Vec<SlotRange>,
+    },
+    /// `CLUSTER REPLICATE` on a replica, naming its primary's node id.
+    Replicate {
+        on: String,
+        master: String,
+    },
+    /// Gossip has not converged yet.
+    Wait(String),
+    Formed,
+    /// The nodes were formed otherwise (a slot of this shard served by another, a member
+    /// meant to replicate that serves slots): Baton does not undo what it did not do.
+    Conflict(String),
+}
+
+/// Ranges of `want` not covered by `have`.
+fn missing(want: SlotRange, have: &[SlotRange]) -> Vec<SlotRange> {
+    let mut out = vec![];
+    let mut start = None;
+    for s in want.0..=want.1 {
+        let held = have.iter().any(|&(a, b)| a <= s && s <= b);
+        match (held, start) {
+            (false, None) => start = Some(s),
+            (true, Some(a)) => {
+                out.push((a, s - 1));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(a) = start {
+        out.push((a, want.1));
+    }
+    out
+}
+
+/// The next formation step for `shards` (slots split with [`split_slots`] in their order),
+/// given each member's view keyed by the address in `shards`. Every member first meets the
+/// first primary; once every view lists every node, each primary takes its share of slots and
+/// each replica replicates its primary; formed means [`health`] passes with every view seeing
+/// each replica under its primary.
+pub fn next_formation_step(shards: &[Shard], views: &BTreeMap<String, View>) -> Formation {
+    let all: Vec<&String> = shards
+        .iter()
+        .flat_map(|s| std::iter::once(&s.primary).chain(&s.replicas))
+        .collect();
+    let Some(first) = all.first() else {
+        return Formation::Conflict("a cluster needs at least one shard".into());
+    };
+    let mut ids = BTreeMap::new();
+    for a in &all {
+        match views.get(*a).and_then(View::myself) {
+            Some(me) => ids.insert(a.as_str(), me.id.as_str()),
+            None => return Formation::Wait(format!("{a} has not answered CLUSTER NODES")),
+        };
+    }
+    let id = |a: &str| ids[a].to_string();
+    let view = |a: &str| &views[a];
+    // Until the handshake completes, the peer is listed under a random id at its address.
+    let knows_first = |a: &&String| {
+        let v = view(a);
+        v.node(&id(first)).is_some() || v.nodes.iter().any(|n| n.addr == **first)
+    };
+    if let Some(a) = all[1..].iter().find(|a| !knows_first(a)) {
+        return Formation::Meet {
+            on: a.to_string(),
+            peer: first.to_string(),
+        };
+    }
+    for a in &all {
+        let v = view(a);
+        let known = ids.values().filter(|i| v.node(i).is_some()).count();
+        if known < all.len() || v.nodes.iter().any(|n| !n.trouble.is_empty()) {
+            return Formation::Wait(format!(
+                "{a} knows {known} of {} nodes, all without trouble flags",
+                all.len()
+            ));
+        }
+    }
+    for (shard, range) in shards.iter().zip(split_slots(shards.len() as u16)) {
+        let v = view(&shard.primary);
+        let me = v.myself().expect("answered");
+        if !me.master {
+            return Formation::Conflict(format!(
+                "{} is to serve slots {}-{} but replicates another node",
+                shard.primary, range.0, range.1
+            ));
+        }
+        if let Some((slot, other)) = v
+            .nodes
+            .iter()
+            .filter(|n| !n.myself)
+            .flat_map(|n| n.slots.iter().map(move |r| (r, n)))
+            .find(|((a, b), _)| *a <= range.1 && range.0 <= *b)
+            .map(|(r, n)| (r.0.max(range.0), &n.addr))
+        {
+            return Formation::Conflict(format!(
+                "slot {slot}, meant for {}, is served by {other}",
+                shard.primary
+            ));
+        }
+        let ranges = missing(range, &me.slots);
+        if !ranges.is_empty() {
+            return Formation::AddSlots {
+                on: shard.primary.clone(),
+                ranges,
+            };
+        }
+    }
+    for shard in shards {
+        let master = id(&shard.primary);
+        for r in &shard.replicas {
+            let me = view(r).myself().expect("answered");
+            if me.master_id.as_deref() == Some(master.as_str()) {
+                continue;
+            }
+            if !me.slots.is_empty() {
+                return Formation::Conflict(format!(
+                    "{r} is to replicate {} but serves slots",
+                    shard.primary
+                ));
+            }
+            return Formation::Replicate {
+                on: r.clone(),
+                master,
+            };
+        }
+    }
+    if let Err(why) = health(&all.iter().map(|a| view(a).clone()).collect::<Vec<_>>()) {
+        return Formation::Wait(why.to_string());
+    }
+    for shard in shards {
+        let master = id(&shard.primary);
+        for r in &shard.replicas {
+            let rid = id(r);
+            if let Some(a) = all.iter().find(|a| {
+                view(a).node(&rid).and_then(|n| n.master_id.as_deref()) != Some(master.as_str())
+            }) {
+                return Formation::Wait(format!(
+                    "{a} does not see {r} replicating {} yet",
+                    shard.primary
+                ));
+            }
+        }
+    }
+    Formation::Formed
+}
+
+/// What one node reports with `CLUSTER NODES` and `CLUSTER INFO`.
+pub async fn view(t: &Target) -> Result<View, EngineError> {
+    let mut c = connect(t).await?;
+    let text: String = run(
+        &mut c,
+        t,
+        "CLUSTER NODES",
+        redis::cmd("CLUSTER").arg("NODES"),
+    )
+    .await?;
+    let info: String = run(&mut c, t, "CLUSTER INFO", redis::cmd("CLUSTER").arg("INFO")).await?;
+    let mut v = View::parse(&text).map_err(|_| EngineError::Unreadable {
+        endpoint: t.endpoint.to_string(),
+        what: "CLUSTER NODES",
+    })?;
+    v.state_ok = super::redis::info_field(&info, "cluster_state").map(|s| s == "ok");
+    Ok(v)
+}
+
+fn host_port(addr: &str) -> (&str, u16) {
+    let (h, p) = addr.rsplit_once(':').unwrap_or((addr, "0"));
+    (h.trim_matches(['[', ']']), p.parse().unwrap_or(0))
+}
+
+/// Carries out a formation step on the member it names (`targets` by the addresses in the
+/// step). `Wait`, `Formed` and `Conflict` do nothing.
+pub async fn form(step: &Formation, targets: &BTreeMap<String, Target>) -> Result<(), EngineError> {
+    let (on, cmd, name) = match step {
+        Formation::Meet { on, peer } => {
+            let (h, p) = host_port(peer);
+            (
+                on,
+                redis::cmd("CLUSTER").arg("MEET").arg(h).arg(p).clone(),
+                "CLUSTER MEET",
+            )
+        }
+        Formation::AddSlots { on, ranges } => {
+            // ADDSLOTSRANGE is 7.0 only; a list of slots works on every version.
+            let mut c = redis::cmd("CLUSTER");
+            c.arg("ADDSLOTS");
+            for &(a, b) in ranges {
+                c.arg((a..=b).collect::<Vec<u16>>());
+            }
+            (on, c, "CLUSTER ADDSLOTS")
+        }
+        Formation::Replicate { on, master } => (
+            on,
+            redis::cmd("CLUSTER").arg("REPLICATE").arg(master).clone(),
+            "CLUSTER REPLICATE",
+        ),
+        Formation::Wait(_) | Formation::Formed | Formation::Conflict(_) => return Ok(()),
+    };
+    let t = targets.get(on).ok_or_else(|| EngineError::Refused {
+        endpoint: on.clone(),
+        act: "form the cluster",
+        why: "it is not a member of this cluster".into(),
+    })?;
+    let mut c = connect(t).await?;
+    run::<String>(&mut c, t, name, &cmd).await?;
+    crate::failpoint::passed(&format!(
+        "db:cluster-{}",
+        name.rsplit(' ').next().unwrap_or(name).to_lowercase()
+    ))
+    .await;
+    Ok(())
+}
+
+/// A graceful `CLUSTER FAILOVER` on a replica: the master stops taking writes, the replica
+/// catches up with it and takes its slots (never FORCE or TAKEOVER, which skip that). The OK
+/// only means the handshake started: [`failover_done`] over every view confirms it.
+pub async fn failover(replica: &Target) -> Result<(), EngineError> {
+    let mut c = connect(replica).await?;
+    run::<String>(
+        &mut c,
+        replica,
+        "CLUSTER FAILOVER",
+        redis::cmd("CLUSTER").arg("FAILOVER"),
+    )
+    .await?;
+    crate::failpoint::passed("db:cluster-failover").await;
     Ok(())
 }
 
@@ -450,5 +721,101 @@ mod tests {
         let stale = failover_done(&failed_over(), M7004, M7001, &[(0, 5460)], 6).unwrap_err();
         assert!(stale.contains("config epoch 6"), "{stale}");
         assert!(failover_done(&[], M7004, M7001, &[(0, 5460)], 1).is_err());
+    }
+
+    fn shard(primary: u16, replicas: &[u16]) -> Shard {
+        Shard {
+            primary: format!("127.0.0.1:{primary}"),
+            replicas: replicas.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
+        }
+    }
+
+    fn keyed(views: Vec<(u16, View)>) -> BTreeMap<String, View> {
+        views
+            .into_iter()
+            .map(|(p, v)| (format!("127.0.0.1:{p}"), v))
+            .collect()
+    }
+
+    #[test]
+    fn missing_ranges_are_what_a_node_does_not_serve() {
+        assert_eq!(missing((0, 10), &[(3, 5)]), [(0, 2), (6, 10)]);
+        assert_eq!(missing((0, 10), &[(0, 10)]), []);
+        assert_eq!(missing((5, 9), &[]), [(5, 9)]);
+    }
+
+    #[test]
+    fn formation_starts_by_meeting_the_first_primary() {
+        // Fresh nodes list only themselves, without their own address yet.
+        let fresh = |port: u16| {
+            let text = include_str!("../testdata/redis-cluster/fresh-7021.txt")
+                .replace("e49c97ca", &format!("{port:08}"))
+                .replace("7021", &port.to_string());
+            (port, View::parse(&text).expect("fresh"))
+        };
+        let shards = [shard(7001, &[7004]), shard(7002, &[7005])];
+        let views = keyed([7001, 7004, 7002, 7005].map(fresh).to_vec());
+        assert_eq!(
+            next_formation_step(&shards, &views),
+            Formation::Meet {
+                on: "127.0.0.1:7004".into(),
+                peer: "127.0.0.1:7001".into()
+            }
+        );
+        let mut partial = views.clone();
+        partial.remove("127.0.0.1:7005");
+        assert!(matches!(
+            next_formation_step(&shards, &partial),
+            Formation::Wait(w) if w.contains("7005 has not answered")
+        ));
+    }
+
+    #[test]
+    fn a_formed_cluster_is_formed_and_one_formed_otherwise_is_a_conflict() {
+        let two = keyed(vec![
+            (7011, fixture!("v7-two-shards-7011")),
+            (7012, fixture!("v7-two-shards-7012")),
+            (7013, fixture!("v7-two-shards-7013")),
+        ]);
+        let shards = [shard(7011, &[7013]), shard(7012, &[])];
+        assert_eq!(next_formation_step(&shards, &two), Formation::Formed);
+        // Laid out the other way round, nothing is undone.
+        let swapped = [shard(7012, &[7013]), shard(7011, &[])];
+        assert_eq!(
+            next_formation_step(&swapped, &two),
+            Formation::Conflict(
+                "slot 0, meant for 127.0.0.1:7012, is served by 127.0.0.1:7011".into()
+            )
+        );
+        // The six nodes after 7004 took 7001's slots: 7001 is no longer a master.
+        let six = keyed(
+            [7001, 7002, 7003, 7004, 7005, 7006]
+                .into_iter()
+                .zip(failed_over())
+                .collect(),
+        );
+        let planned = [
+            shard(7001, &[7004]),
+            shard(7002, &[7005]),
+            shard(7003, &[7006]),
+        ];
+        assert_eq!(
+            next_formation_step(&planned, &six),
+            Formation::Conflict(
+                "127.0.0.1:7001 is to serve slots 0-5461 but replicates another node".into()
+            )
+        );
+        // As they stand now, the even split still differs by one slot (5461).
+        let now = [
+            shard(7004, &[7001]),
+            shard(7002, &[7005]),
+            shard(7003, &[7006]),
+        ];
+        assert_eq!(
+            next_formation_step(&now, &six),
+            Formation::Conflict(
+                "slot 5461, meant for 127.0.0.1:7004, is served by 127.0.0.1:7002".into()
+            )
+        );
     }
 }

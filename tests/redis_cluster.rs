@@ -1,0 +1,261 @@
+//! Redis Cluster's engine part on real servers: six pods of Redis 6.2.14 with
+//! `cluster-enabled yes` on the local node, formed into three shards of two by Baton's
+//! formation steps (decided from what the nodes report, one step at a time), then a graceful
+//! `CLUSTER FAILOVER` under a cluster-aware client (following MOVED) writing all the while:
+//! confirmed only once every node sees it, and every acknowledged write readable afterwards.
+//! (The Cluster controller that drives this is not built yet; see docs/design.md.)
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::PostParams;
+use serde_json::json;
+
+use baton::engine::redis_cluster::{self as rc, Formation, Shard, View};
+use baton::engine::{Endpoint, Target};
+use baton_testkit::env::*;
+use baton_testkit::*;
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+fn node_pod(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"app": "cluster"}},
+        "spec": {
+            "terminationGracePeriodSeconds": 5,
+            "containers": [{
+                "name": "redis",
+                "image": "redis:6.2.14",
+                "args": ["--port", "6379", "--cluster-enabled", "yes",
+                         "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000",
+                         "--cluster-announce-ip", "$(POD_IP)", "--appendonly", "yes"],
+                "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+                "ports": [{"name": "redis", "containerPort": 6379}],
+                "readinessProbe": {"exec": {"command": ["redis-cli", "ping"]}, "periodSeconds": 1},
+            }]
+        }
+    }))
+    .expect("pod")
+}
+
+async fn views(targets: &BTreeMap<String, Target>) -> BTreeMap<String, View> {
+    let mut out = BTreeMap::new();
+    for (a, t) in targets {
+        if let Ok(v) = rc::view(t).await {
+            out.insert(a.clone(), v);
+        }
+    }
+    out
+}
+
+/// Forms the cluster the way the operator will: observe, take one step, observe again.
+async fn form(shards: &[Shard], targets: &BTreeMap<String, Target>) -> Vec<Formation> {
+    let mut steps = vec![];
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let step = rc::next_formation_step(shards, &views(targets).await);
+        match &step {
+            Formation::Formed => return steps,
+            Formation::Conflict(why) => panic!("conflict forming a fresh cluster: {why}"),
+            Formation::Wait(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            act => {
+                rc::form(act, targets).await.expect("formation step");
+                steps.push(step.clone());
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not formed; last step {step:?}; steps so far: {steps:#?}"
+        );
+    }
+}
+
+async fn cluster_info(t: &Target) -> String {
+    let c = redis::Client::open(format!("redis://{}/", t.endpoint)).expect("url");
+    let mut c = c.get_multiplexed_async_connection().await.expect("connect");
+    redis::cmd("CLUSTER")
+        .arg("INFO")
+        .query_async(&mut c)
+        .await
+        .expect("CLUSTER INFO")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_shards_form_and_a_graceful_failover_loses_no_acknowledged_write() {
+    let env = Env::new("rcluster").await;
+    let names: Vec<String> = (0..6).map(|i| format!("node-{i}")).collect();
+    for n in &names {
+        env.pods
+            .create(&PostParams::default(), &node_pod(n))
+            .await
+            .expect("create pod");
+    }
+    let mut addr = BTreeMap::new();
+    for n in &names {
+        let ip = eventually(TIMEOUT, || async {
+            let p = env.pods.get(n).await.ok()?;
+            let s = p.status?;
+            let ready = s
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            ready.then_some(s.pod_ip?)
+        })
+        .await
+        .unwrap_or_else(|| panic!("{n} never became Ready"));
+        addr.insert(n.clone(), format!("{ip}:6379"));
+    }
+    let targets: BTreeMap<String, Target> = addr
+        .values()
+        .map(|a| {
+            let (h, p) = a.rsplit_once(':').expect("ip:port");
+            (
+                a.clone(),
+                Target::new(Endpoint::new(h, p.parse().expect("port"))),
+            )
+        })
+        .collect();
+    // node-0..2 serve the slots, node-3..5 replicate them.
+    let shards: Vec<Shard> = (0..3)
+        .map(|i| Shard {
+            primary: addr[&names[i]].clone(),
+            replicas: vec![addr[&names[i + 3]].clone()],
+        })
+        .collect();
+
+    let steps = form(&shards, &targets).await;
+    let count = |f: fn(&Formation) -> bool| steps.iter().filter(|s| f(s)).count();
+    println!(
+        "formed in {} steps: {} meet, {} addslots, {} replicate",
+        steps.len(),
+        count(|s| matches!(s, Formation::Meet { .. })),
+        count(|s| matches!(s, Formation::AddSlots { .. })),
+        count(|s| matches!(s, Formation::Replicate { .. }))
+    );
+    assert_eq!(
+        count(|s| matches!(s, Formation::AddSlots { .. })),
+        3,
+        "{steps:#?}"
+    );
+    assert_eq!(
+        count(|s| matches!(s, Formation::Replicate { .. })),
+        3,
+        "{steps:#?}"
+    );
+    for t in targets.values() {
+        let info = cluster_info(t).await;
+        assert!(info.contains("cluster_state:ok"), "{}: {info}", t.endpoint);
+        assert!(info.contains("cluster_slots_assigned:16384"), "{info}");
+        assert!(info.contains("cluster_size:3"), "{info}");
+    }
+    // Forming again finds nothing to do.
+    assert_eq!(
+        rc::next_formation_step(&shards, &views(&targets).await),
+        Formation::Formed
+    );
+
+    // A client that follows MOVED writes all the while.
+    let nodes: Vec<String> = addr.values().map(|a| format!("redis://{a}/")).collect();
+    let client = redis::cluster::ClusterClient::builder(nodes.clone())
+        .retries(20)
+        .build()
+        .expect("cluster client");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let (client, stop) = (client.clone(), stop.clone());
+        async move {
+            let mut c = client
+                .get_async_connection()
+                .await
+                .expect("cluster connection");
+            let (mut acked, mut failed) = (vec![], 0u32);
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let r: redis::RedisResult<()> = redis::cmd("SET")
+                    .arg(format!("k{i}"))
+                    .arg(i)
+                    .query_async(&mut c)
+                    .await;
+                match r {
+                    Ok(()) => acked.push(i),
+                    Err(_) => failed += 1,
+                }
+                i += 1;
+            }
+            (acked, failed)
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let (old, new) = (&shards[0].primary, &shards[0].replicas[0]);
+    let before = views(&targets).await;
+    let old_node = before[old].myself().expect("myself").clone();
+    let new_id = before[new].myself().expect("myself").id.clone();
+    rc::failover(&targets[new]).await.expect("CLUSTER FAILOVER");
+    let confirmed = eventually(TIMEOUT, || async {
+        let v: Vec<View> = views(&targets).await.into_values().collect();
+        (v.len() == 6)
+            .then(|| {
+                rc::failover_done(
+                    &v,
+                    &new_id,
+                    &old_node.id,
+                    &old_node.slots,
+                    old_node.config_epoch,
+                )
+            })
+            .and_then(Result::ok)
+    })
+    .await;
+    assert!(
+        confirmed.is_some(),
+        "the failover was never seen by every node"
+    );
+    let healthy = eventually(TIMEOUT, || async {
+        let v: Vec<View> = views(&targets).await.into_values().collect();
+        rc::health(&v).ok()
+    })
+    .await;
+    assert!(
+        healthy.is_some(),
+        "the cluster never passed the gate after the failover"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acked, failed) = writer.await.expect("writer");
+
+    let mut c = client
+        .get_async_connection()
+        .await
+        .expect("cluster connection");
+    let mut lost = vec![];
+    for i in &acked {
+        let v: Option<u64> = redis::cmd("GET")
+            .arg(format!("k{i}"))
+            .query_async(&mut c)
+            .await
+            .expect("GET");
+        if v != Some(*i) {
+            lost.push(*i);
+        }
+    }
+    println!(
+        "failover {old} -> {new}: {} writes acknowledged, {failed} refused, {} lost",
+        acked.len(),
+        lost.len()
+    );
+    assert!(
+        acked.len() > 100,
+        "the writer hardly wrote ({})",
+        acked.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes lost: {:?}",
+        &lost[..lost.len().min(20)]
+    );
+    delete_namespace(&env.client, &env.ns).await;
+}
