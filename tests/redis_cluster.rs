@@ -1,8 +1,9 @@
-//! Redis Cluster's engine part on real servers: six pods of Redis 6.2.14 with
-//! `cluster-enabled yes` on the local node, formed into three shards of two by Baton's
-//! formation steps (decided from what the nodes report, one step at a time), then a graceful
-//! `CLUSTER FAILOVER` under a cluster-aware client (following MOVED) writing all the while:
-//! confirmed only once every node sees it, and every acknowledged write readable afterwards.
+//! Redis Cluster's engine part on real servers: six pods with `cluster-enabled yes` on the
+//! local node (Redis 6.2.14, and 7.0.15 for shard 0's replica), formed into three shards of two
+//! by Baton's formation steps (decided from what the nodes report, one step at a time), then a
+//! graceful `CLUSTER FAILOVER` from the 6.2.14 master to the 7.0.15 replica under a
+//! cluster-aware client (following MOVED) writing all the while: confirmed only once every node
+//! sees it, and every acknowledged write readable afterwards.
 //! (The Cluster controller that drives this is not built yet; see docs/design.md.)
 
 use std::collections::BTreeMap;
@@ -21,14 +22,14 @@ use baton_testkit::*;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-fn node_pod(name: &str) -> Pod {
+fn node_pod(name: &str, image: &str) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"app": "cluster"}},
         "spec": {
             "terminationGracePeriodSeconds": 5,
             "containers": [{
                 "name": "redis",
-                "image": "redis:6.2.14",
+                "image": image,
                 "args": ["--port", "6379", "--cluster-enabled", "yes",
                          "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000",
                          "--cluster-announce-ip", "$(POD_IP)", "--appendonly", "yes"],
@@ -73,23 +74,38 @@ async fn form(shards: &[Shard], targets: &BTreeMap<String, Target>) -> Vec<Forma
     }
 }
 
-async fn cluster_info(t: &Target) -> String {
+async fn ask(t: &Target, cmd: &redis::Cmd) -> String {
     let c = redis::Client::open(format!("redis://{}/", t.endpoint)).expect("url");
     let mut c = c.get_multiplexed_async_connection().await.expect("connect");
-    redis::cmd("CLUSTER")
-        .arg("INFO")
-        .query_async(&mut c)
-        .await
-        .expect("CLUSTER INFO")
+    cmd.query_async(&mut c).await.expect("command")
+}
+
+async fn cluster_info(t: &Target) -> String {
+    ask(t, redis::cmd("CLUSTER").arg("INFO")).await
+}
+
+/// The version the server itself reports.
+async fn server_version(t: &Target) -> String {
+    let info = ask(t, redis::cmd("INFO").arg("server")).await;
+    baton::engine::redis::info_field(&info, "redis_version")
+        .expect("redis_version")
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_shards_form_and_a_graceful_failover_loses_no_acknowledged_write() {
     let env = Env::new("rcluster").await;
     let names: Vec<String> = (0..6).map(|i| format!("node-{i}")).collect();
+    // node-3, shard 0's replica, already runs the upgrade's target: the failover hands the
+    // shard from a 6.2.14 master to a 7.0.15 replica, as a rolling upgrade does.
     for n in &names {
+        let image = if n == "node-3" {
+            "redis:7.0.15"
+        } else {
+            "redis:6.2.14"
+        };
         env.pods
-            .create(&PostParams::default(), &node_pod(n))
+            .create(&PostParams::default(), &node_pod(n, image))
             .await
             .expect("create pod");
     }
@@ -172,6 +188,7 @@ async fn three_shards_form_and_a_graceful_failover_loses_no_acknowledged_write()
                 .await
                 .expect("cluster connection");
             let (mut acked, mut failed) = (vec![], 0u32);
+            let (mut last, mut gap) = (std::time::Instant::now(), Duration::ZERO);
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let r: redis::RedisResult<()> = redis::cmd("SET")
@@ -180,17 +197,23 @@ async fn three_shards_form_and_a_graceful_failover_loses_no_acknowledged_write()
                     .query_async(&mut c)
                     .await;
                 match r {
-                    Ok(()) => acked.push(i),
+                    Ok(()) => {
+                        acked.push(i);
+                        gap = gap.max(last.elapsed());
+                        last = std::time::Instant::now();
+                    }
                     Err(_) => failed += 1,
                 }
                 i += 1;
             }
-            (acked, failed)
+            (acked, failed, gap)
         }
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let (old, new) = (&shards[0].primary, &shards[0].replicas[0]);
+    assert_eq!(server_version(&targets[old]).await, "6.2.14");
+    assert_eq!(server_version(&targets[new]).await, "7.0.15");
     let before = views(&targets).await;
     let old_node = before[old].myself().expect("myself").clone();
     let new_id = before[new].myself().expect("myself").id.clone();
@@ -225,7 +248,7 @@ async fn three_shards_form_and_a_graceful_failover_loses_no_acknowledged_write()
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
-    let (acked, failed) = writer.await.expect("writer");
+    let (acked, failed, gap) = writer.await.expect("writer");
 
     let mut c = client
         .get_async_connection()
@@ -243,9 +266,11 @@ async fn three_shards_form_and_a_graceful_failover_loses_no_acknowledged_write()
         }
     }
     println!(
-        "failover {old} -> {new}: {} writes acknowledged, {failed} refused, {} lost",
+        "failover {old} -> {new}: {} writes acknowledged, {failed} refused, {} lost, \
+         longest time between two acknowledged writes {} ms",
         acked.len(),
-        lost.len()
+        lost.len(),
+        gap.as_millis()
     );
     assert!(
         acked.len() > 100,
