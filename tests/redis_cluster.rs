@@ -109,7 +109,7 @@ async fn three_shards_form_and_a_graceful_failover_loses_no_acknowledged_write()
             .await
             .expect("create pod");
     }
-    let mut addr = BTreeMap::new();
+    let (mut addr, mut targets) = (BTreeMap::new(), BTreeMap::new());
     for n in &names {
         let ip = eventually(TIMEOUT, || async {
             let p = env.pods.get(n).await.ok()?;
@@ -122,18 +122,10 @@ async fn three_shards_form_and_a_graceful_failover_loses_no_acknowledged_write()
         })
         .await
         .unwrap_or_else(|| panic!("{n} never became Ready"));
-        addr.insert(n.clone(), format!("{ip}:6379"));
+        let t = Target::new(Endpoint::new(ip, 6379));
+        addr.insert(n.clone(), t.endpoint.to_string());
+        targets.insert(t.endpoint.to_string(), t);
     }
-    let targets: BTreeMap<String, Target> = addr
-        .values()
-        .map(|a| {
-            let (h, p) = a.rsplit_once(':').expect("ip:port");
-            (
-                a.clone(),
-                Target::new(Endpoint::new(h, p.parse().expect("port"))),
-            )
-        })
-        .collect();
     // node-0..2 serve the slots, node-3..5 replicate them.
     let shards: Vec<Shard> = (0..3)
         .map(|i| Shard {

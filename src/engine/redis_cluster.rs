@@ -529,22 +529,22 @@ pub async fn view(t: &Target) -> Result<View, EngineError> {
     Ok(v)
 }
 
-fn host_port(addr: &str) -> (&str, u16) {
-    let (h, p) = addr.rsplit_once(':').unwrap_or((addr, "0"));
-    (h.trim_matches(['[', ']']), p.parse().unwrap_or(0))
-}
-
 /// Carries out a formation step on the member it names (`targets` by the addresses in the
 /// step). `Wait`, `Formed` and `Conflict` do nothing.
 pub async fn form(step: &Formation, targets: &BTreeMap<String, Target>) -> Result<(), EngineError> {
-    let (on, cmd, name) = match step {
+    let member = |a: &String| {
+        targets.get(a).ok_or_else(|| EngineError::Refused {
+            endpoint: a.clone(),
+            act: "form the cluster",
+            why: "it is not a member of this cluster".into(),
+        })
+    };
+    let (on, cmd, name, point) = match step {
         Formation::Meet { on, peer } => {
-            let (h, p) = host_port(peer);
-            (
-                on,
-                redis::cmd("CLUSTER").arg("MEET").arg(h).arg(p).clone(),
-                "CLUSTER MEET",
-            )
+            let peer = &member(peer)?.endpoint;
+            let mut c = redis::cmd("CLUSTER");
+            c.arg("MEET").arg(&peer.host).arg(peer.port);
+            (on, c, "CLUSTER MEET", "db:cluster-meet")
         }
         Formation::AddSlots { on, ranges } => {
             // ADDSLOTSRANGE is 7.0 only; a list of slots works on every version.
@@ -553,27 +553,19 @@ pub async fn form(step: &Formation, targets: &BTreeMap<String, Target>) -> Resul
             for &(a, b) in ranges {
                 c.arg((a..=b).collect::<Vec<u16>>());
             }
-            (on, c, "CLUSTER ADDSLOTS")
+            (on, c, "CLUSTER ADDSLOTS", "db:cluster-addslots")
         }
-        Formation::Replicate { on, master } => (
-            on,
-            redis::cmd("CLUSTER").arg("REPLICATE").arg(master).clone(),
-            "CLUSTER REPLICATE",
-        ),
+        Formation::Replicate { on, master } => {
+            let mut c = redis::cmd("CLUSTER");
+            c.arg("REPLICATE").arg(master);
+            (on, c, "CLUSTER REPLICATE", "db:cluster-replicate")
+        }
         Formation::Wait(_) | Formation::Formed | Formation::Conflict(_) => return Ok(()),
     };
-    let t = targets.get(on).ok_or_else(|| EngineError::Refused {
-        endpoint: on.clone(),
-        act: "form the cluster",
-        why: "it is not a member of this cluster".into(),
-    })?;
+    let t = member(on)?;
     let mut c = connect(t).await?;
     run::<String>(&mut c, t, name, &cmd).await?;
-    crate::failpoint::passed(&format!(
-        "db:cluster-{}",
-        name.rsplit(' ').next().unwrap_or(name).to_lowercase()
-    ))
-    .await;
+    crate::failpoint::passed(point).await;
     Ok(())
 }
 
