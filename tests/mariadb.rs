@@ -246,13 +246,7 @@ async fn a_candidate_that_cannot_catch_up_in_time_undoes_the_fence() {
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
         }
     }
-    assert!(
-        env.events("db")
-            .await
-            .iter()
-            .any(|(r, _)| r == "SwitchoverUndone"),
-        "no SwitchoverUndone event"
-    );
+    env.wait_event("db", "SwitchoverUndone", "").await;
     assert_eq!(env.primary_ip("db").await, first, "the primary moved");
     let mut app = writer(first).await.expect("the primary takes clients");
     app.query_drop("INSERT INTO app.baton_w VALUES ('after-undo', 1)")

@@ -349,6 +349,23 @@ impl Env {
             .collect()
     }
 
+    /// Waits up to 15 s for an Event about instance `name` with `reason` whose note contains
+    /// `naming` ("" for any): Events follow the status write that records what they report.
+    pub async fn wait_event(&self, name: &str, reason: &str, naming: &str) {
+        let event = eventually(Duration::from_secs(15), || async {
+            self.events(name)
+                .await
+                .iter()
+                .any(|(r, n)| r == reason && n.contains(naming))
+                .then_some(())
+        })
+        .await;
+        assert!(
+            event.is_some(),
+            "no {reason} Event about {name} naming {naming:?}"
+        );
+    }
+
     /// Starts a client that writes to the primary, following its label, until the returned
     /// token is cancelled.
     pub fn writer(

@@ -102,7 +102,7 @@ pub async fn broken_standby_halts_and_reverting_recovers(f: Flavor, prefix: &str
     );
     assert!(failure.contains("primary db-0 is untouched"), "{failure}");
     assert_degraded(&status, "UpgradeFailed", "db-1");
-    wait_event(&env, "UpgradeFailed", "db-1").await;
+    env.wait_event("db", "UpgradeFailed", "db-1").await;
     let source_image = format!("{}:{}", f.image, f.source);
     let pods = env.member_pods("db").await;
     assert_eq!(
@@ -140,7 +140,7 @@ pub async fn wait_quarantined(env: &Env, op: &Operator, member: &str) {
     .await
     .unwrap_or_else(|| panic!("{member} was never quarantined:\n{}", tail(&op.logs(), 30)));
     assert_degraded(&quarantined, "SecondPrimary", member);
-    wait_event(env, "SecondPrimary", member).await;
+    env.wait_event("db", "SecondPrimary", member).await;
 }
 
 /// With `member` quarantined: an upgrade to the flavor's target waits for a person; deleting
@@ -190,20 +190,6 @@ fn assert_degraded(status: &baton::crd::DatabaseInstanceStatus, reason: &str, me
         ("True", reason)
     );
     assert!(degraded.message.contains(member), "{}", degraded.message);
-}
-
-/// Waits for an Event about instance `db` with `reason` naming `member` (Events follow the
-/// status write that records what they report).
-async fn wait_event(env: &Env, reason: &str, member: &str) {
-    let event = eventually(Duration::from_secs(15), || async {
-        env.events("db")
-            .await
-            .iter()
-            .any(|(r, n)| r == reason && n.contains(member))
-            .then_some(())
-    })
-    .await;
-    assert!(event.is_some(), "no {reason} Event naming {member}");
 }
 
 /// An `InPlace` request: every member of a 2-member instance `cache` restarted together on the
