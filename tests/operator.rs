@@ -121,7 +121,9 @@ async fn logs_are_structured_json_when_asked() {
         "{}",
         op.logs()
     );
-    op.terminate(Duration::from_secs(30)).await.expect("exit");
+    if op.terminate(Duration::from_secs(30)).await.is_none() {
+        panic!("no exit within 30 s of SIGTERM:\n{}", op.logs());
+    }
     let logs = op.logs();
     let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(!lines.is_empty());
