@@ -31,6 +31,16 @@ async fn two_replicas_elect_one_leader_and_hand_over_on_sigterm() {
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
 
+    // A catalog entry of the test's own, so the leader has something to reconcile (and count)
+    // whatever else the control plane holds.
+    let dsv_name = format!("leader-{ns}");
+    let dsv = format!(
+        "apiVersion: baton.dev/v1alpha1\nkind: DatastoreVersion\nmetadata:\n  name: {dsv_name}\nspec:\n  datastore: mysql\n  version: \"4.{}\"\n  image: mysql:4\n",
+        rand::random::<u16>()
+    );
+    let (ok, _, err) = run_tool("kubectl", &["apply", "-f", "-"], Some(&dsv));
+    assert!(ok, "{err}");
+
     let mut a = Operator::start(&kubeconfig, dir.path(), "replica-a", &args);
     let mut b = Operator::start(&kubeconfig, dir.path(), "replica-b", &args);
     for op in [&a, &b] {
@@ -63,17 +73,21 @@ async fn two_replicas_elect_one_leader_and_hand_over_on_sigterm() {
             "both or neither replica leads"
         );
     }
-    let (code, body) = if leading == "replica-a" { &a } else { &b }
-        .get("/metrics")
-        .await
-        .expect("metrics");
-    assert_eq!(code, 200);
-    for metric in [
-        "baton_leader 1",
-        "baton_reconciles_total{controller=\"datastoreversion\"}",
-    ] {
-        assert!(body.contains(metric), "{metric} not in /metrics:\n{body}");
-    }
+    // The leader reconciled the catalog entry (within a few seconds of leading).
+    let leader_op = if leading == "replica-a" { &a } else { &b };
+    let counted = eventually(Duration::from_secs(15), || async {
+        let (code, body) = leader_op.get("/metrics").await?;
+        (code == 200
+            && body.contains("baton_leader 1")
+            && body.contains("baton_reconciles_total{controller=\"datastoreversion\"}"))
+        .then_some(())
+    })
+    .await;
+    assert!(
+        counted.is_some(),
+        "no leader metric or datastoreversion reconciles in /metrics:\n{:?}",
+        leader_op.get("/metrics").await
+    );
     let (code, body) = if leading == "replica-a" { &b } else { &a }
         .get("/readyz")
         .await
@@ -102,6 +116,7 @@ async fn two_replicas_elect_one_leader_and_hand_over_on_sigterm() {
         "standby never took over:\n{}",
         standby.logs()
     );
+    let _ = run_tool("kubectl", &["delete", "datastoreversion", &dsv_name], None);
     delete_namespace(&client, &ns).await;
 }
 
@@ -136,4 +151,35 @@ async fn logs_are_structured_json_when_asked() {
         );
     }
     assert!(logs.contains("SIGTERM: shutting down"), "{logs}");
+}
+
+/// SIGTERM that lands while the controllers still make their first list (a rollout that
+/// replaces a pod at once, a crash-looping pod) must still end the process: kube-runtime's
+/// graceful shutdown alone waited forever there.
+#[tokio::test]
+async fn sigterm_right_after_start_exits() {
+    let client = admin().await;
+    install_crds(&client).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    for round in 0..5 {
+        let mut op = Operator::start(
+            &kubeconfig_path(),
+            dir.path(),
+            &format!("early-stop-{round}"),
+            &["--no-leader-election", "--namespace=early-stop-only"],
+        );
+        // Poll tighter than `wait_ready` so the signal lands inside the first list.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while !matches!(op.get("/readyz").await, Some((200, _))) {
+            assert!(tokio::time::Instant::now() < deadline, "{}", op.logs());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        match op.terminate(Duration::from_secs(30)).await {
+            Some(status) => assert!(status.success(), "{status}:\n{}", op.logs()),
+            None => panic!(
+                "round {round}: no exit within 30 s of SIGTERM:\n{}",
+                op.logs()
+            ),
+        }
+    }
 }

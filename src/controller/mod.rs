@@ -21,7 +21,7 @@ use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::Controller;
 use kube::runtime::WatchStreamExt;
@@ -58,8 +58,13 @@ pub async fn run_all(ctx: Arc<Context>, shutdown: CancellationToken) {
                 }
             }
         });
-        if ctx.catalog.wait_until_ready().await.is_err() {
-            warn!("the catalog store never became ready");
+        tokio::select! {
+            ready = ctx.catalog.wait_until_ready() => {
+                if ready.is_err() && !shutdown.is_cancelled() {
+                    warn!("the catalog store never became ready");
+                }
+            }
+            _ = shutdown.cancelled() => return,
         }
     }
     tokio::join!(
@@ -148,12 +153,32 @@ async fn drive<K, F, Fut>(
         warn!(kind = name, object = %object_key(obj.as_ref()), error = %chain(err), "reconcile failed");
         ctx.backoffs.failed(&object_key(obj.as_ref()))
     };
-    controller
-        .graceful_shutdown_on(shutdown.cancelled_owned())
+    let store = controller.store();
+    let run = controller
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(observed, error_policy, ctx)
-        .for_each(|_| async {})
-        .await;
+        .for_each(|_| async {});
+    let mut run = std::pin::pin!(run);
+    tokio::select! {
+        _ = &mut run => return,
+        _ = shutdown.cancelled() => {}
+    }
+    // kube-runtime holds reconciles until the controller's first list, and its graceful shutdown
+    // stops that list: stopped before it, the controller would wait forever. Nothing can be in
+    // flight then, so stop at once.
+    if !matches!(store.wait_until_ready().now_or_never(), Some(Ok(()))) {
+        return;
+    }
+    // Let in-flight reconciles finish (every step is safe to cut, as a crash would), but within
+    // the pod's termination grace period so the lease is released before SIGKILL.
+    if tokio::time::timeout(SHUTDOWN_GRACE, run).await.is_err() {
+        warn!(kind = name, grace = ?SHUTDOWN_GRACE, "reconciles still running at shutdown; stopping them");
+    }
 }
+
+/// How long in-flight reconciles get to finish after SIGTERM; below the chart's 30 s
+/// `terminationGracePeriodSeconds`, leaving time to release the leader lease.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Writes `status` of `obj` by server-side apply as Baton's field manager. With `guarded`, the
 /// write carries the resourceVersion `obj` was read at, so it lands only if nothing changed
