@@ -347,6 +347,28 @@ async fn operator_runs_with_exactly_the_charts_rbac() {
         op.logs()
     );
 
+    // And the Cluster controller: its shard, Secret and NetworkPolicy, the formation and its
+    // status, on the smallest real Redis Cluster (one shard of one node).
+    let cluster = "apiVersion: baton.dev/v1alpha1\nkind: Cluster\nmetadata:\n  name: tiny\nspec:\n  datastore: {type: redis, version: \"7.0.15\"}\n  shards: 1\n  replicasPerShard: 1\n";
+    let (ok, _, err) = run_tool("kubectl", &["apply", "-n", &ns, "-f", "-"], Some(cluster));
+    assert!(ok, "{err}");
+    let clusters = Api::<baton::crd::Cluster>::namespaced(client.clone(), &ns);
+    let ready = eventually(Duration::from_secs(120), || async {
+        let st = clusters.get("tiny").await.ok()?.status?;
+        let ready = st
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        (ready && st.shards.len() == 1 && st.shards[0].slots == ["0-16383"]).then_some(())
+    })
+    .await;
+    assert!(
+        ready.is_some(),
+        "the Cluster never became Ready under the chart's RBAC: {:#?}\n{}",
+        clusters.get("tiny").await.ok().and_then(|c| c.status),
+        op.logs()
+    );
+
     // Verbs the chart does not grant are refused for the operator's identity.
     let sa_dvs = Api::<DatastoreVersion>::all(sa.clone());
     let forbidden =

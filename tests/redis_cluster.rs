@@ -4,7 +4,9 @@
 //! graceful `CLUSTER FAILOVER` from the 6.2.14 master to the 7.0.15 replica under a
 //! cluster-aware client (following MOVED) writing all the while: confirmed only once every node
 //! sees it, and every acknowledged write readable afterwards.
-//! (The Cluster controller that drives this is not built yet; see docs/design.md.)
+//! Then the same through the Cluster kind: `kubectl`-style create of a 3 × 2 Cluster, with the
+//! operator killed right after its second `CLUSTER ADDSLOTS` and a new one finishing the
+//! formation from what the nodes report.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -74,8 +76,21 @@ async fn form(shards: &[Shard], targets: &BTreeMap<String, Target>) -> Vec<Forma
     }
 }
 
+/// Sends `cmd` to one node, logged in as `t.credentials` when it has some.
 async fn ask(t: &Target, cmd: &redis::Cmd) -> String {
-    let c = redis::Client::open(format!("redis://{}/", t.endpoint)).expect("url");
+    use redis::IntoConnectionInfo;
+    let mut info = format!("redis://{}/", t.endpoint)
+        .into_connection_info()
+        .expect("url");
+    if let Some(c) = &t.credentials {
+        let login = info
+            .redis_settings()
+            .clone()
+            .set_username(c.username.clone().unwrap_or_default())
+            .set_password(c.password.clone());
+        info = info.set_redis_settings(login);
+    }
+    let c = redis::Client::open(info).expect("client");
     let mut c = c.get_multiplexed_async_connection().await.expect("connect");
     cmd.query_async(&mut c).await.expect("command")
 }
@@ -274,5 +289,140 @@ async fn three_shards_form_and_a_graceful_failover_loses_no_acknowledged_write()
         "acknowledged writes lost: {:?}",
         &lost[..lost.len().min(20)]
     );
+    delete_namespace(&env.client, &env.ns).await;
+}
+
+/// The `ip:port` of every member of `cluster`, by pod name.
+async fn cluster_members(env: &Env, cluster: &str) -> BTreeMap<String, String> {
+    env.pods
+        .list(&kube::api::ListParams::default().labels(&format!("baton.dev/cluster={cluster}")))
+        .await
+        .expect("pods")
+        .items
+        .into_iter()
+        .filter_map(|p| {
+            let ip = p.status.as_ref()?.pod_ip.clone()?;
+            Some((p.metadata.name.clone()?, format!("{ip}:6379")))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_forms_three_shards_even_when_the_operator_dies_half_way() {
+    use baton::crd::{Cluster, ClusterTask};
+    let env = Env::new("dbcluster").await;
+    let clusters: kube::Api<Cluster> = kube::Api::namespaced(env.client.clone(), &env.ns);
+    let cluster: Cluster = serde_json::from_value(json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "Cluster",
+        "metadata": {"name": "events"},
+        "spec": {"datastore": {"type": "redis", "version": "6.2.14"}, "shards": 3, "replicasPerShard": 2},
+    }))
+    .expect("cluster");
+    // Killed right after the second shard took its slots: the cluster is half formed.
+    let mut first = env.operator("dbcluster-1", "db:cluster-addslots#2");
+    clusters
+        .create(&PostParams::default(), &cluster)
+        .await
+        .expect("create cluster");
+    let died = tokio::time::timeout(Duration::from_secs(240), first.child.wait()).await;
+    assert!(
+        died.is_ok(),
+        "the operator never reached its second ADDSLOTS:\n{}",
+        first.logs()
+    );
+    let op = env.operator("dbcluster-2", "");
+    let formed = eventually(Duration::from_secs(180), || async {
+        let s = clusters.get("events").await.ok()?.status?;
+        let ready = s
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        (ready && s.task == Some(ClusterTask::None)).then_some(s)
+    })
+    .await;
+    let Some(status) = formed else {
+        panic!(
+            "the cluster never became Ready: {:#?}\n{}",
+            clusters.get("events").await.ok().and_then(|c| c.status),
+            op.logs()
+        );
+    };
+
+    // Status names each shard as the nodes see it: a master, one replica, a third of the slots.
+    assert_eq!(status.shards.len(), 3, "{status:#?}");
+    assert_eq!(status.version.as_deref(), Some("6.2.14"));
+    let mut slots = 0u32;
+    for (n, shard) in status.shards.iter().enumerate() {
+        assert_eq!(shard.instance, format!("events-shard-{n}"));
+        assert!(
+            shard.primary.is_some() && shard.replicas.len() == 1,
+            "{shard:#?}"
+        );
+        assert_eq!(shard.versions.len(), 2, "{shard:#?}");
+        assert!(shard.versions.values().all(|v| v == "6.2.14"), "{shard:#?}");
+        for r in &shard.slots {
+            let (a, b) = r.split_once('-').unwrap_or((r, r));
+            slots += b.parse::<u32>().unwrap() - a.parse::<u32>().unwrap() + 1;
+        }
+    }
+    assert_eq!(slots, 16384, "{status:#?}");
+    env.wait_event("events", "ClusterFormed", "3 shards").await;
+
+    // Every node says the same, and the application account (from the Cluster's Secret)
+    // reads and writes every slot through a client that follows MOVED.
+    let auth = workload::wait_auth(&env.client, &env.ns, "events-shard-0").await;
+    let members = cluster_members(&env, "events").await;
+    assert_eq!(members.len(), 6, "{members:?}");
+    let app = Some(baton::engine::Credentials {
+        username: Some(auth.user.clone()),
+        password: auth.password.clone(),
+    });
+    for (pod, a) in &members {
+        let (host, _) = a.split_once(':').unwrap();
+        let t = Target {
+            credentials: app.clone(),
+            ..Target::new(Endpoint::new(host, 6379))
+        };
+        let info = cluster_info(&t).await;
+        for want in [
+            "cluster_state:ok",
+            "cluster_slots_assigned:16384",
+            "cluster_size:3",
+        ] {
+            assert!(info.contains(want), "{pod}: {info}");
+        }
+    }
+    let nodes: Vec<String> = members.values().map(|a| format!("redis://{a}/")).collect();
+    let client = redis::cluster::ClusterClient::builder(nodes)
+        .username(auth.user.clone())
+        .password(auth.password.clone())
+        .retries(10)
+        .build()
+        .expect("cluster client");
+    let mut c = client
+        .get_async_connection()
+        .await
+        .expect("cluster connection");
+    for i in 0..1000u32 {
+        let () = redis::cmd("SET")
+            .arg(format!("key{i}"))
+            .arg(i)
+            .query_async(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("SET key{i}: {e}"));
+    }
+    for i in 0..1000u32 {
+        let v: Option<u32> = redis::cmd("GET")
+            .arg(format!("key{i}"))
+            .query_async(&mut c)
+            .await
+            .expect("GET");
+        assert_eq!(v, Some(i));
+    }
+    // The shards are Active DatabaseInstances that never repointed a member themselves.
+    for n in 0..3 {
+        let s = env.status(&format!("events-shard-{n}")).await;
+        assert_eq!(s.phase, Some(baton::crd::InstancePhase::Active), "{s:#?}");
+    }
     delete_namespace(&env.client, &env.ns).await;
 }

@@ -5,15 +5,15 @@
 //! - `database_instance`: runs each instance's members, keeps replication converged, and rolls
 //!   upgrades through them (standbys first, switchover, primary last).
 //! - `upgrade_request`: runs upgrade jobs over instances by steering their `status.upgrade`.
-//! - `cluster`: watches its kind; its reconciler is filled in by the cluster work (today it
-//!   only observes).
+//! - `cluster`: runs a Redis Cluster over one DatabaseInstance per shard: forms it, lifts each
+//!   master's fence once every node agrees, and reports the shards (upgrades not built yet).
 
+pub mod cluster;
 pub mod context;
 pub mod database_instance;
 pub mod datastore_version;
 pub mod requeue;
 pub mod upgrade_request;
-pub mod watch_only;
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -84,8 +84,11 @@ pub async fn run_all(ctx: Arc<Context>, shutdown: CancellationToken) {
         ),
         drive(
             "cluster",
-            Controller::new(scoped::<Cluster>(&client, &ctx), Default::default()),
-            watch_only::reconcile::<Cluster>,
+            cluster::controller(
+                scoped::<Cluster>(&client, &ctx),
+                scoped::<DatabaseInstance>(&client, &ctx),
+            ),
+            cluster::reconcile,
             ctx.clone(),
             shutdown.clone(),
         ),

@@ -92,11 +92,35 @@ pub struct ClusterStatus {
     /// The version every shard runs (while upgrading, the source version).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
-    /// The DatabaseInstance name of each shard, in shard order.
+    /// What Baton is waiting for or why it stopped, in a sentence; empty when all is well.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Each shard as every node of the cluster agrees it is, in shard order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub shard_instances: Vec<String>,
-    /// Standard conditions: `Ready`, `Progressing`, `Degraded`.
+    pub shards: Vec<ShardStatus>,
+    /// Standard conditions: `Ready` (every slot served, every node agreeing), `Formed` (the
+    /// cluster was formed: from then on Baton never forms it again), `VersionApplied`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Conditions,
+}
+
+/// One shard of a Cluster.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardStatus {
+    /// The DatabaseInstance that runs the shard's members (`<cluster>-shard-<n>`).
+    pub instance: String,
+    /// The pod serving the shard's slots (its master).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    /// The pods replicating the master.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<String>,
+    /// The slot ranges the master serves, for example `0-5460`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slots: Vec<String>,
+    /// The version each member's server reports, by pod name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub versions: std::collections::BTreeMap<String, String>,
 }

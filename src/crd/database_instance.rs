@@ -109,6 +109,24 @@ pub struct CredentialsRef {
     pub secret_name: String,
 }
 
+impl DatabaseInstance {
+    /// The Cluster this instance is a shard of: the one that controls it (its controller
+    /// owner reference). A shard's members run in cluster mode and their roles are the
+    /// Cluster's to change, never the instance's.
+    pub fn cluster_owner(&self) -> Option<&str> {
+        self.metadata
+            .owner_references
+            .as_ref()?
+            .iter()
+            .find(|o| {
+                o.controller == Some(true)
+                    && o.kind == "Cluster"
+                    && o.api_version.starts_with("baton.dev/")
+            })
+            .map(|o| o.name.as_str())
+    }
+}
+
 fn default_replicas() -> i32 {
     1
 }

@@ -11,7 +11,7 @@ pub mod database_instance;
 pub mod datastore_version;
 pub mod upgrade_request;
 
-pub use cluster::{Cluster, ClusterSpec, ClusterStatus, ClusterTask};
+pub use cluster::{Cluster, ClusterSpec, ClusterStatus, ClusterTask, ShardStatus};
 pub use common::{
     Datastore, DatastoreRef, MaintenanceWindow, MemberResources, PrimaryUpdateMethod, StorageSpec,
     UpgradePolicy, VERSION_PATTERN, Weekday,

@@ -384,6 +384,9 @@ pub struct MemberTemplate<'a> {
     /// The instance's TLS Secret (`tls.crt`, `tls.key`, `ca.crt`), when it serves TLS; the
     /// pod mounts it at [`TLS_DIR`].
     pub tls: Option<&'a str>,
+    /// The member is a node of a sharded cluster (Redis Cluster): it boots in cluster mode and
+    /// never follows a primary by itself; the Cluster forms and repoints it.
+    pub cluster: bool,
 }
 
 /// Where a member's TLS Secret is mounted.

@@ -1229,6 +1229,7 @@ mod tests {
             topology: "db-topology",
             credentials: "db-credentials",
             tls: None,
+            cluster: false,
         });
         let env = serde_json::to_string(&c.env).unwrap();
         assert!(

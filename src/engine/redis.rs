@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::Container;
+use k8s_openapi::api::core::v1::{Container, EnvVar};
 use redis::aio::MultiplexedConnection;
 use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 
@@ -40,17 +40,23 @@ const REPLICATION_USER: &str = "replicator";
 /// commands Baton sends and nothing else: no key, no channel, no data command — the
 /// `replicator` the replicas authenticate as (`masteruser`/`masterauth`), and the application
 /// account, which can do anything but `@admin` commands (it cannot lift the fence
-/// or repoint a member). The passwords reach the server through files the script writes, not
+/// or repoint a member). In cluster mode (`BATON_CLUSTER` set) `baton` may also send the
+/// `CLUSTER` subcommands that form the cluster and fail a shard over, the application account
+/// the ones a cluster client reads the slot map with (Redis 6.2 files every `CLUSTER`
+/// subcommand under `@admin`), and the member never gets
+/// `--replicaof`. The passwords reach the server through files the script writes, not
 /// through its arguments. The readiness command logs in as `ready`, which has no password and
 /// may only `PING`: a password Baton changed online must not fail the check of a container
 /// whose environment still holds the one it started with.
 const BOOT: &str = r#"umask 077
+CLUSTER_ACL='+cluster|nodes +cluster|info +cluster|myid +cluster|meet +cluster|addslots +cluster|replicate +cluster|failover'
+APP_CLUSTER_ACL='+cluster|slots +cluster|shards +cluster|nodes +cluster|info +cluster|myid +cluster|keyslot'
 {
   echo "user default off"
   echo "user ready on nopass -@all +ping"
-  echo "user baton on >$BATON_ADMIN_PASSWORD resetkeys resetchannels -@all +ping +info +config|get +config|set +replicaof +acl|setuser"
+  echo "user baton on >$BATON_ADMIN_PASSWORD resetkeys resetchannels -@all +ping +info +config|get +config|set +replicaof +acl|setuser${BATON_CLUSTER:+ $CLUSTER_ACL}"
   echo "user replicator on >$BATON_REPLICATION_PASSWORD +psync +sync +replconf +ping"
-  echo "user $BATON_APP_USER on >$BATON_APP_PASSWORD ~* &* +@all -@admin"
+  echo "user $BATON_APP_USER on >$BATON_APP_PASSWORD ~* &* +@all -@admin${BATON_CLUSTER:+ $APP_CLUSTER_ACL}"
 } > /data/users.acl
 printf 'aclfile /data/users.acl\nmasteruser replicator\nmasterauth %s\n' "$BATON_REPLICATION_PASSWORD" > /data/auth.conf
 set -- "$@" --include /data/auth.conf
@@ -68,6 +74,8 @@ if [ -f /etc/baton/tls/tls.crt ]; then
 fi
 follow=yes
 case " $BATON_QUARANTINED " in *" $POD_NAME "*) follow=no ;; esac
+# A cluster node finds its master in its own nodes.conf; Redis refuses replicaof in cluster mode.
+[ -n "$BATON_CLUSTER" ] && follow=no
 if [ "$follow" = yes ] && [ -n "$BATON_PRIMARY_HOST" ] && [ -n "$BATON_PRIMARY_POD" ] && [ "$BATON_PRIMARY_POD" != "$POD_NAME" ]; then
   set -- "$@" --replicaof "$BATON_PRIMARY_HOST" 6379
 fi
@@ -347,7 +355,31 @@ impl Engine for Redis {
                 .into(),
             "/data",
         );
-        c.args = Some(args.iter().map(|s| s.to_string()).collect());
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        if m.cluster {
+            // nodes.conf on the claim: a restarted node keeps its id and epochs, and a master
+            // failed over while it was down rejoins as a replica on its own. The fence above
+            // still holds it until the Cluster has seen every node agree it leads its shard.
+            args.extend(
+                [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "/data/nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                    "--cluster-announce-ip",
+                    "$(POD_IP)",
+                ]
+                .map(String::from),
+            );
+            c.env.get_or_insert_default().push(EnvVar {
+                name: "BATON_CLUSTER".into(),
+                value: Some("yes".into()),
+                ..Default::default()
+            });
+        }
+        c.args = Some(args);
         c
     }
 
@@ -553,11 +585,52 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_member_boots_in_cluster_mode_fenced_and_following_nobody_by_itself() {
+        let c = Redis.container(&MemberTemplate {
+            topology: "c-shard-0-topology",
+            credentials: "c-shard-0-credentials",
+            tls: None,
+            cluster: true,
+        });
+        let args = c.args.clone().unwrap().join(" ");
+        for want in [
+            "--cluster-enabled yes",
+            "--cluster-config-file /data/nodes.conf",
+            "--cluster-announce-ip $(POD_IP)",
+            "--min-replicas-to-write 1000000",
+        ] {
+            assert!(args.contains(want), "{args}");
+        }
+        let env = c.env.unwrap();
+        assert!(env.iter().any(|e| e.name == "BATON_CLUSTER"));
+        let script = c.command.unwrap().join(" ");
+        assert!(
+            script.contains(r#"[ -n "$BATON_CLUSTER" ] && follow=no"#),
+            "{script}"
+        );
+        assert!(script.contains("+cluster|failover"), "{script}");
+        // Outside a cluster: no cluster mode, and no BATON_CLUSTER (which grants `baton` the
+        // CLUSTER subcommands and stops the member following the recorded primary).
+        let plain = Redis.container(&MemberTemplate {
+            cluster: false,
+            ..MemberTemplate {
+                topology: "t",
+                credentials: "c",
+                tls: None,
+                cluster: true,
+            }
+        });
+        assert!(!plain.args.unwrap().join(" ").contains("cluster-enabled"));
+        assert!(!plain.env.unwrap().iter().any(|e| e.name == "BATON_CLUSTER"));
+    }
+
+    #[test]
     fn every_member_boots_fenced_and_following_the_recorded_primary() {
         let c = Redis.container(&MemberTemplate {
             topology: "db-topology",
             credentials: "db-credentials",
             tls: None,
+            cluster: false,
         });
         let args = c.args.clone().unwrap();
         let fence = args

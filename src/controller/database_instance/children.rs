@@ -29,6 +29,8 @@ use crate::engine::{
 
 pub const LABEL_INSTANCE: &str = "baton.dev/instance";
 pub const LABEL_ROLE: &str = "baton.dev/role";
+/// On every object of a Cluster's shards: the Cluster's name.
+pub const LABEL_CLUSTER: &str = "baton.dev/cluster";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "baton";
 pub const ANNOTATION_VERSION: &str = "baton.dev/version";
@@ -113,6 +115,7 @@ pub fn credentials(inst: &DatabaseInstance, values: &crate::engine::Accounts) ->
 }
 
 fn labels(inst: &DatabaseInstance) -> BTreeMap<String, String> {
+    let cluster = inst.cluster_owner().map(|c| (LABEL_CLUSTER, c.to_string()));
     [
         (
             "app.kubernetes.io/name",
@@ -123,6 +126,7 @@ fn labels(inst: &DatabaseInstance) -> BTreeMap<String, String> {
         (LABEL_INSTANCE, inst.name_any()),
     ]
     .into_iter()
+    .chain(cluster)
     .map(|(k, v)| (k.to_string(), v))
     .collect()
 }
@@ -181,6 +185,7 @@ pub fn pod(
         topology: &topology,
         credentials: &credentials,
         tls,
+        cluster: inst.cluster_owner().is_some(),
     });
     container.image = Some(image.into());
     container.resources = inst.spec.members.resources.clone();

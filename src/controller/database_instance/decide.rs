@@ -172,6 +172,9 @@ pub fn decide(o: &Observation) -> Decision {
         d.s.phase.get_or_insert(InstancePhase::Building);
         return d.done(Act::ApplyChildren { pods }, Wake::Poll);
     }
+    if o.inst.cluster_owner().is_some() {
+        return cluster_shard(d, &base);
+    }
     if let Some(stray) = o.members.iter().find(|m| m.name != primary && m.writable()) {
         return second_writer(d, stray, &primary);
     }
@@ -432,6 +435,56 @@ fn steady(mut d: Draft, primary: &str, base: &str) -> Decision {
         return d.done(Act::ReloadTls { members: stale }, Wake::Poll);
     }
     start_or_refuse(d, primary, &version, &v)
+}
+
+/// A Cluster's shard. Its members' roles are the Cluster's to change (formation,
+/// `CLUSTER REPLICATE`, a graceful `CLUSTER FAILOVER`, the fence), because only every node's
+/// view of the cluster can say which node leads: the instance runs its members and reports
+/// them, and never promotes, repoints, unfences or upgrades one by itself.
+fn cluster_shard(mut d: Draft, base: &str) -> Decision {
+    let o = d.o;
+    // Before formation every node is a master without slots; the shard's primary is then the
+    // one it was laid out with. After it, the one member that is a master leads.
+    let masters: Vec<&Member> = o.members.iter().filter(|m| m.is_primary()).collect();
+    if let [leader] = masters.as_slice() {
+        d.s.primary = Some(leader.name.clone());
+        d.s.members = member_statuses(o, &leader.name);
+    }
+    let up = o.members.iter().all(|m| m.ready && m.probe.is_some());
+    let versions: std::collections::BTreeSet<&str> = o
+        .members
+        .iter()
+        .filter_map(|m| m.probe.as_ref().map(|p| p.version.as_str()))
+        .collect();
+    if !up {
+        if d.s.phase != Some(InstancePhase::Active) {
+            d.s.phase = Some(InstancePhase::Building);
+        }
+        d.s.message = Some("waiting for every member of the shard to be Ready".into());
+        d.cond(
+            "Ready",
+            false,
+            "MembersNotReady",
+            "not every member is Ready".into(),
+        );
+        return d.done(Act::None, Wake::Poll);
+    }
+    d.s.version = Some(match versions.iter().next() {
+        Some(v) if versions.len() == 1 => v.to_string(),
+        _ => base.to_string(),
+    });
+    d.s.phase = Some(InstancePhase::Active);
+    d.s.message = Some(format!(
+        "a shard of Cluster {}: the Cluster drives its roles and upgrades",
+        o.inst.cluster_owner().unwrap_or_default()
+    ));
+    d.cond(
+        "Ready",
+        true,
+        "MembersReady",
+        format!("{} members running", o.members.len()),
+    );
+    d.done(Act::None, Wake::Idle)
 }
 
 /// The act that brings the members back to one writable primary that every other member

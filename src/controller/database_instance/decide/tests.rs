@@ -600,3 +600,45 @@ fn a_build_without_tls_is_a_condition_not_a_plain_text_member() {
     );
     assert!(c.message.contains("db-0"), "{}", c.message);
 }
+
+/// `o`'s instance made a shard of Cluster `events`.
+fn shard_of_cluster(mut o: Observation) -> Observation {
+    o.inst.metadata.owner_references = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "baton.dev/v1alpha1".into(),
+            kind: "Cluster".into(),
+            name: "events".into(),
+            uid: "u".into(),
+            controller: Some(true),
+            ..Default::default()
+        },
+    ]);
+    o
+}
+
+#[test]
+fn a_cluster_shard_never_repoints_promotes_or_upgrades_a_member_itself() {
+    // Before formation every node of a Redis Cluster is a master of its own.
+    let mut o = shard_of_cluster(obs(DST, active()));
+    for m in &mut o.members {
+        let p = m.probe.as_mut().unwrap();
+        (p.role, p.following, p.streaming, p.fenced) = (Role::Primary, None, false, true);
+    }
+    let d = decide(&o);
+    assert_eq!(d.act, Act::None, "{:#?}", d.status);
+    assert!(d.status.upgrade.is_none(), "the Cluster drives upgrades");
+    assert_eq!(d.status.phase, Some(InstancePhase::Active));
+    assert_eq!(d.status.primary.as_deref(), Some("db-0"));
+    // After a CLUSTER FAILOVER the one master is reported as the shard's primary.
+    let mut o = shard_of_cluster(obs(SRC, active()));
+    for (i, m) in o.members.iter_mut().enumerate() {
+        m.probe.as_mut().unwrap().role = if i == 2 { Role::Primary } else { Role::Standby };
+    }
+    let d = decide(&o);
+    assert_eq!(d.act, Act::None);
+    assert_eq!(d.status.primary.as_deref(), Some("db-2"));
+    // Its members still start when missing.
+    let mut o = shard_of_cluster(obs(SRC, active()));
+    o.members[1].exists = false;
+    assert!(matches!(decide(&o).act, Act::ApplyChildren { .. }));
+}

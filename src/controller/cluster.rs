@@ -1,0 +1,721 @@
+//! The Cluster controller (Redis Cluster). A Cluster owns one DatabaseInstance per shard
+//! (`<cluster>-shard-<n>`), which runs the shard's members in cluster mode and reports them;
+//! the Cluster owns what only the whole cluster can decide: it forms the cluster once every
+//! member runs (one step per pass, decided from every node's own `CLUSTER NODES`, so an
+//! operator killed half-way picks up where the nodes are), lifts the boot fence of each master
+//! only once every node agrees it leads its shard, and reports each shard as the nodes see it.
+//!
+//! Not built yet: the shard-by-shard upgrade (a changed version is reported, never acted on).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::{Api, Resource, ResourceExt};
+use tracing::{info, warn};
+
+use super::database_instance::children::{
+    self, LABEL_CLIENT, LABEL_CLUSTER, LABEL_MANAGED_BY, MANAGED_BY,
+};
+use super::{Context, FIELD_MANAGER};
+use crate::crd::{
+    Cluster, ClusterStatus, ClusterTask, CredentialsRef, DatabaseInstance, DatabaseInstanceSpec,
+    DatastoreRef, ShardStatus,
+};
+use crate::crd::{Datastore, MemberResources};
+use crate::engine::redis_cluster::{self as rc, Formation, Shard, View};
+use crate::engine::{self, Accounts, Credentials, Endpoint, Engine, Target};
+use crate::error::{Error, Result};
+use crate::status::{self, Desired};
+
+/// The cluster bus port of a Redis node: its client port + 10000.
+const BUS_PORT: i32 = 16379;
+
+pub fn controller(clusters: Api<Cluster>, instances: Api<DatabaseInstance>) -> Controller<Cluster> {
+    Controller::new(clusters, Default::default()).owns(instances, Default::default())
+}
+
+/// The name of shard `n`'s DatabaseInstance.
+pub fn shard_name(cluster: &str, n: i32) -> String {
+    format!("{cluster}-shard-{n}")
+}
+
+/// The Secret every node of the cluster authenticates with: a cluster-aware client logs in to
+/// every node with one account, so all shards share it.
+pub fn credentials_name(cluster: &str) -> String {
+    format!("{cluster}-credentials")
+}
+
+pub async fn reconcile(cached: Arc<Cluster>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = cached.namespace().unwrap_or_default();
+    let api = Api::<Cluster>::namespaced(ctx.client.clone(), &ns);
+    // A fresh read: the watch cache can trail this controller's own last status write.
+    let Some(cluster) = api
+        .get_opt(&cached.name_any())
+        .await
+        .map_err(Error::kube("reading the Cluster"))?
+    else {
+        return Ok(Action::await_change());
+    };
+    let before = cluster.status.clone().unwrap_or_default();
+    let mut pass = Pass {
+        s: before.clone(),
+        generation: cluster.metadata.generation,
+        now: ctx.now(),
+    };
+    pass.s.observed_generation = cluster.metadata.generation;
+    let action = run(&ctx, &cluster, &mut pass).await;
+    if pass.s != before {
+        super::apply_status(&api, &cluster, &pass.s, false, "writing Cluster status").await?;
+    }
+    let formed_now = |s: &ClusterStatus| {
+        status::find(&s.conditions, "Formed").is_some_and(|c| c.status == "True")
+    };
+    if formed_now(&pass.s) && !formed_now(&before) {
+        let note = format!(
+            "{} shards serve all {} slots",
+            pass.s.shards.len(),
+            rc::SLOTS
+        );
+        info!(cluster = %cluster.name_any(), "{note}");
+        publish(&ctx, &cluster, EventType::Normal, "ClusterFormed", note).await;
+    }
+    action
+}
+
+struct Pass {
+    s: ClusterStatus,
+    generation: Option<i64>,
+    now: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+}
+
+impl Pass {
+    fn cond(&mut self, type_: &str, ok: bool, reason: &str, message: String) {
+        self.s.conditions = status::merge(
+            &self.s.conditions,
+            Desired {
+                type_,
+                status: ok,
+                reason,
+                message,
+            },
+            self.generation,
+            self.now.clone(),
+        );
+    }
+
+    /// Not ready for `why`: said in `message` and the `Ready` condition.
+    fn waiting(&mut self, reason: &str, why: String) {
+        self.s.message = Some(why.clone());
+        self.cond("Ready", false, reason, why);
+    }
+
+    fn formed(&self) -> bool {
+        status::find(&self.s.conditions, "Formed").is_some_and(|c| c.status == "True")
+    }
+}
+
+async fn run(ctx: &Context, cluster: &Cluster, p: &mut Pass) -> Result<Action> {
+    let spec = &cluster.spec;
+    if spec.paused {
+        p.s.message = Some("paused: Baton touches nothing until spec.paused is false".into());
+        return Ok(Action::await_change());
+    }
+    if spec.datastore.type_ != Datastore::Redis {
+        p.waiting(
+            "DatastoreUnsupported",
+            format!(
+                "a Cluster of {} is not supported: Baton runs Redis Cluster (datastore.type: redis); for one {} database use a DatabaseInstance",
+                spec.datastore.type_, spec.datastore.type_
+            ),
+        );
+        return Ok(Action::await_change());
+    }
+    let engine = engine::for_datastore(Datastore::Redis).map_err(|_| Error::MissingField {
+        kind: "Cluster",
+        field: "a Redis engine",
+    })?;
+    // The shards stay on the version they were created with until the upgrade is built.
+    let version =
+        p.s.version
+            .clone()
+            .unwrap_or_else(|| spec.datastore.version.clone());
+    if crate::catalog::find(&ctx.catalog(), Datastore::Redis, &version).is_none() {
+        p.waiting(
+            "VersionNotInCatalog",
+            format!(
+                "redis {version} is not in the DatastoreVersion catalog; add it or choose a listed version"
+            ),
+        );
+        return Ok(Action::await_change());
+    }
+    if spec.datastore.version != version {
+        p.cond(
+            "VersionApplied",
+            false,
+            "UpgradeNotBuilt",
+            format!(
+                "the Cluster runs redis {version}; upgrading a Cluster is not built yet, so {} is not applied (set it back to {version})",
+                spec.datastore.version
+            ),
+        );
+    } else {
+        p.cond(
+            "VersionApplied",
+            true,
+            "Applied",
+            format!("every shard is on redis {version}"),
+        );
+    }
+    if p.s.task.is_none() {
+        p.s.task = Some(ClusterTask::Building);
+    }
+
+    let ns = cluster.namespace().unwrap_or_default();
+    let accounts = ensure_credentials(ctx, cluster, engine).await?;
+    ensure_network_policy(ctx, cluster).await?;
+    let names: Vec<String> = (0..spec.shards.max(1))
+        .map(|n| shard_name(&cluster.name_any(), n))
+        .collect();
+    for name in &names {
+        ensure_shard(ctx, cluster, name, &version).await?;
+    }
+
+    // Every member's address, once its pod is Ready.
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={}", cluster.name_any())))
+        .await
+        .map_err(Error::kube("listing the Cluster's pods"))?;
+    let layout = Layout::of(&names, spec.replicas_per_shard, &pods.items);
+    if let Some(why) = &layout.missing {
+        p.waiting("MembersNotReady", why.clone());
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
+    let login = accounts.admin(engine);
+    let targets: BTreeMap<String, Target> = layout
+        .addr
+        .values()
+        .map(|a| (a.clone(), target(a, &login)))
+        .collect();
+    let mut views = BTreeMap::new();
+    for (a, t) in &targets {
+        match rc::view(t).await {
+            Ok(v) => {
+                views.insert(a.clone(), v);
+            }
+            Err(e) => warn!(node = %a, error = %e, "reading the node's view of the cluster failed"),
+        }
+    }
+
+    if !p.formed() {
+        let step = rc::next_formation_step(&layout.shards, &views);
+        match &step {
+            Formation::Formed => {
+                p.cond(
+                    "Formed",
+                    true,
+                    "Formed",
+                    format!("{} shards formed", names.len()),
+                );
+            }
+            Formation::Conflict(why) => {
+                p.waiting(
+                    "FormationConflict",
+                    format!("the nodes were formed otherwise and Baton does not undo that: {why}"),
+                );
+                return Ok(Action::requeue(Duration::from_secs(30)));
+            }
+            Formation::Wait(why) => {
+                p.waiting("Forming", format!("forming the cluster: {why}"));
+                return Ok(Action::requeue(Duration::from_millis(500)));
+            }
+            act => {
+                info!(cluster = %cluster.name_any(), step = ?act, "forming");
+                p.waiting("Forming", format!("forming the cluster: {}", describe(act)));
+                if let Err(e) = rc::form(act, &targets).await {
+                    warn!(error = %e, "a formation step failed");
+                    p.waiting("Forming", format!("forming the cluster: {e}"));
+                    return Ok(Action::requeue(Duration::from_secs(1)));
+                }
+                return Ok(Action::requeue(Duration::from_millis(100)));
+            }
+        }
+    }
+
+    // Formed: every node's view must agree before a master takes writes.
+    let all: Vec<View> = views.values().cloned().collect();
+    if views.len() < targets.len() {
+        p.waiting(
+            "NodesUnreachable",
+            format!(
+                "{} of {} nodes answered CLUSTER NODES",
+                views.len(),
+                targets.len()
+            ),
+        );
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
+    p.s.shards = shard_statuses(&names, &layout, &all);
+    if let Err(why) = rc::health(&all) {
+        p.waiting("Unhealthy", why.to_string());
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    let mut versions = BTreeSet::new();
+    for (shard, st) in names.iter().zip(p.s.shards.iter_mut()) {
+        for (pod, a) in layout.addr.iter().filter(|(pod, _)| owner(pod) == *shard) {
+            let t = &targets[a];
+            let probe = match engine.probe(t).await {
+                Ok(probe) => probe,
+                Err(e) => {
+                    let why = format!("probing {pod}: {e}");
+                    p.waiting("MembersNotReady", why);
+                    return Ok(Action::requeue(Duration::from_secs(1)));
+                }
+            };
+            versions.insert(probe.version.clone());
+            st.versions.insert(pod.clone(), probe.version.clone());
+            // The boot fence comes off a master only once every node agrees it leads.
+            if st.primary.as_deref() == Some(pod.as_str()) && probe.fenced {
+                info!(member = %pod, "unfencing the shard's master: every node agrees it leads");
+                if let Err(e) = engine.unfence(t).await {
+                    p.waiting("Unfencing", format!("unfencing {pod}: {e}"));
+                    return Ok(Action::requeue(Duration::from_secs(1)));
+                }
+            }
+        }
+    }
+    if let [only] = versions.iter().collect::<Vec<_>>().as_slice() {
+        p.s.version = Some(only.to_string());
+    }
+    p.s.task = Some(ClusterTask::None);
+    p.s.message = None;
+    p.cond(
+        "Ready",
+        true,
+        "ClusterOk",
+        format!(
+            "{} shards serve all {} slots; every node agrees",
+            names.len(),
+            rc::SLOTS
+        ),
+    );
+    Ok(super::requeue::health(ctx.health_interval))
+}
+
+fn target(addr: &str, login: &Credentials) -> Target {
+    let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "6379"));
+    Target {
+        credentials: Some(login.clone()),
+        ..Target::new(Endpoint::new(host, port.parse().unwrap_or(6379)))
+    }
+}
+
+fn describe(step: &Formation) -> String {
+    match step {
+        Formation::Meet { on, peer } => format!("{on} meets {peer}"),
+        Formation::AddSlots { on, ranges } => format!("{on} takes slots {}", ranges_text(ranges)),
+        Formation::Replicate { on, master } => format!("{on} replicates node {master}"),
+        Formation::Wait(why) | Formation::Conflict(why) => why.clone(),
+        Formation::Formed => "formed".into(),
+    }
+}
+
+fn ranges_text(ranges: &[rc::SlotRange]) -> String {
+    ranges
+        .iter()
+        .map(|(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The shard a member pod belongs to (`<cluster>-shard-<n>-<ordinal>` → `<cluster>-shard-<n>`).
+fn owner(pod: &str) -> &str {
+    pod.rsplit_once('-').map_or(pod, |(shard, _)| shard)
+}
+
+/// Where every member is and how the shards were laid out at creation: each shard's member 0
+/// serves its slots, the others replicate it.
+#[derive(Debug, Default)]
+struct Layout {
+    /// `ip:port` of every member, by pod name.
+    addr: BTreeMap<String, String>,
+    shards: Vec<Shard>,
+    /// Why the layout is not complete yet.
+    missing: Option<String>,
+}
+
+impl Layout {
+    fn of(shards: &[String], per_shard: i32, pods: &[Pod]) -> Layout {
+        let ready = |p: &Pod| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        };
+        let by_name: BTreeMap<String, &Pod> = pods.iter().map(|p| (p.name_any(), p)).collect();
+        let mut l = Layout::default();
+        let mut waiting = vec![];
+        for shard in shards {
+            let members: Vec<String> = (0..per_shard.max(1))
+                .map(|i| format!("{shard}-{i}"))
+                .collect();
+            for m in &members {
+                match by_name
+                    .get(m)
+                    .filter(|p| ready(p))
+                    .and_then(|p| p.status.as_ref().and_then(|s| s.pod_ip.clone()))
+                {
+                    Some(ip) => {
+                        l.addr
+                            .insert(m.clone(), format!("{ip}:{}", crate::engine::redis::PORT));
+                    }
+                    None => waiting.push(m.clone()),
+                }
+            }
+            if let Some((first, rest)) = members.split_first()
+                && let Some(primary) = l.addr.get(first)
+            {
+                l.shards.push(Shard {
+                    primary: primary.clone(),
+                    replicas: rest.iter().filter_map(|m| l.addr.get(m).cloned()).collect(),
+                });
+            }
+        }
+        if !waiting.is_empty() {
+            l.missing = Some(format!(
+                "waiting for {} of {} members to be Ready: {}",
+                waiting.len(),
+                shards.len() * per_shard.max(1) as usize,
+                waiting.join(", ")
+            ));
+        }
+        l
+    }
+}
+
+/// Each shard as every view agrees (the health gate has checked they do): its master, the
+/// replicas following it, and its slots. A pod whose node is unknown is left out.
+fn shard_statuses(shards: &[String], layout: &Layout, views: &[View]) -> Vec<ShardStatus> {
+    let Some(first) = views.first() else {
+        return shards
+            .iter()
+            .map(|s| ShardStatus {
+                instance: s.clone(),
+                ..Default::default()
+            })
+            .collect();
+    };
+    let pod_of = |addr: &str| {
+        layout
+            .addr
+            .iter()
+            .find(|(_, a)| a.as_str() == addr)
+            .map(|(p, _)| p.clone())
+    };
+    shards
+        .iter()
+        .map(|shard| {
+            let mut st = ShardStatus {
+                instance: shard.clone(),
+                ..Default::default()
+            };
+            let members: Vec<&rc::Node> = first
+                .nodes
+                .iter()
+                .filter(|n| pod_of(&n.addr).is_some_and(|p| owner(&p) == shard))
+                .collect();
+            if let Some(master) = members.iter().find(|n| n.master && !n.slots.is_empty()) {
+                st.primary = pod_of(&master.addr);
+                let mut slots = master.slots.clone();
+                slots.sort();
+                st.slots = slots
+                    .iter()
+                    .map(|r| ranges_text(std::slice::from_ref(r)))
+                    .collect();
+                st.replicas = members
+                    .iter()
+                    .filter(|n| n.master_id.as_deref() == Some(master.id.as_str()))
+                    .filter_map(|n| pod_of(&n.addr))
+                    .collect();
+            }
+            st
+        })
+        .collect()
+}
+
+/// The cluster's Secret: generated once (an existing one is never rewritten, so a user's
+/// rotation is theirs), owned by the Cluster.
+async fn ensure_credentials(
+    ctx: &Context,
+    cluster: &Cluster,
+    engine: &dyn Engine,
+) -> Result<Accounts> {
+    let ns = cluster.namespace().unwrap_or_default();
+    let api = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
+    let name = credentials_name(&cluster.name_any());
+    let keys = engine.credential_keys();
+    let read = |s: &Secret| {
+        Accounts(
+            keys.iter()
+                .filter_map(|k| {
+                    let v = s
+                        .data
+                        .as_ref()
+                        .and_then(|d| d.get(*k))
+                        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                        .or_else(|| s.string_data.as_ref().and_then(|d| d.get(*k).cloned()))?;
+                    Some((k.to_string(), v))
+                })
+                .collect(),
+        )
+    };
+    if let Some(s) = api
+        .get_opt(&name)
+        .await
+        .map_err(Error::kube("reading the Cluster's credentials"))?
+    {
+        return Ok(read(&s));
+    }
+    let values = children::generated_values(keys);
+    let secret = Secret {
+        metadata: meta(cluster, name.clone()),
+        string_data: Some(values.0.clone()),
+        ..Default::default()
+    };
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(values),
+        // Another pass created it first: use what it wrote.
+        Err(kube::Error::Api(s)) if s.code == 409 => api
+            .get(&name)
+            .await
+            .map(|s| read(&s))
+            .map_err(Error::kube("reading the Cluster's credentials")),
+        Err(e) => Err(Error::kube("creating the Cluster's credentials")(e)),
+    }
+}
+
+fn meta(cluster: &Cluster, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: cluster.namespace(),
+        labels: Some(BTreeMap::from([
+            (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+            (LABEL_CLUSTER.to_string(), cluster.name_any()),
+        ])),
+        owner_references: cluster.controller_owner_ref(&()).map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+/// Creates shard `name` if it does not exist. An existing shard is left as it is: its spec is
+/// the Cluster's to change only through an upgrade.
+async fn ensure_shard(ctx: &Context, cluster: &Cluster, name: &str, version: &str) -> Result<()> {
+    let ns = cluster.namespace().unwrap_or_default();
+    let api = Api::<DatabaseInstance>::namespaced(ctx.client.clone(), &ns);
+    if api
+        .get_opt(name)
+        .await
+        .map_err(Error::kube("reading a shard"))?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let spec = &cluster.spec;
+    let mut shard = DatabaseInstance::new(
+        name,
+        DatabaseInstanceSpec {
+            datastore: DatastoreRef {
+                type_: spec.datastore.type_,
+                version: version.to_string(),
+            },
+            replicas: spec.replicas_per_shard,
+            members: MemberResources {
+                storage: spec.members.storage.clone(),
+                resources: spec.members.resources.clone(),
+            },
+            maintenance_window: spec.maintenance_window.clone(),
+            upgrade_policy: spec.upgrade_policy.clone(),
+            paused: false,
+            credentials: Some(CredentialsRef {
+                secret_name: credentials_name(&cluster.name_any()),
+            }),
+            tls: None,
+        },
+    );
+    shard.metadata = meta(cluster, name.to_string());
+    match api.create(&PostParams::default(), &shard).await {
+        Ok(_) => {
+            info!(shard = %name, "created the shard");
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(Error::kube("creating a shard")(e)),
+    }
+}
+
+/// Lets the nodes of the cluster reach each other on the client and bus ports (each shard's
+/// own policy admits only its members), and clients labelled `baton.dev/client: <cluster>` the
+/// client port. Enforcement is the network plugin's.
+async fn ensure_network_policy(ctx: &Context, cluster: &Cluster) -> Result<()> {
+    let ns = cluster.namespace().unwrap_or_default();
+    let name = cluster.name_any();
+    let select = |k: &str| LabelSelector {
+        match_labels: Some(BTreeMap::from([(k.to_string(), name.clone())])),
+        ..Default::default()
+    };
+    let port = |p: i32| NetworkPolicyPort {
+        port: Some(IntOrString::Int(p)),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    };
+    let peer = |k: &str| NetworkPolicyPeer {
+        pod_selector: Some(select(k)),
+        ..Default::default()
+    };
+    let policy = NetworkPolicy {
+        metadata: meta(cluster, format!("{name}-cluster")),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(select(LABEL_CLUSTER)),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    ports: Some(vec![
+                        port(crate::engine::redis::PORT as i32),
+                        port(BUS_PORT),
+                    ]),
+                    from: Some(vec![peer(LABEL_CLUSTER)]),
+                },
+                NetworkPolicyIngressRule {
+                    ports: Some(vec![port(crate::engine::redis::PORT as i32)]),
+                    from: Some(vec![peer(LABEL_CLIENT)]),
+                },
+            ]),
+            ..Default::default()
+        }),
+    };
+    Api::<NetworkPolicy>::namespaced(ctx.client.clone(), &ns)
+        .patch(
+            &format!("{name}-cluster"),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&policy),
+        )
+        .await
+        .map_err(Error::kube("applying the Cluster's NetworkPolicy"))?;
+    Ok(())
+}
+
+async fn publish(ctx: &Context, cluster: &Cluster, type_: EventType, reason: &str, note: String) {
+    super::publish(ctx, &cluster.object_ref(&()), type_, reason, note).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(name: &str, ip: Option<&str>, ready: bool) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "status": {
+                "podIP": ip,
+                "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn members_are_laid_out_member_zero_first_and_a_missing_one_is_named() {
+        let shards = vec!["c-shard-0".to_string(), "c-shard-1".to_string()];
+        let pods = vec![
+            pod("c-shard-0-0", Some("127.2.0.1"), true),
+            pod("c-shard-0-1", Some("127.2.0.2"), true),
+            pod("c-shard-1-0", Some("127.2.0.3"), true),
+            pod("c-shard-1-1", Some("127.2.0.4"), true),
+        ];
+        let l = Layout::of(&shards, 2, &pods);
+        assert_eq!(l.missing, None);
+        assert_eq!(
+            l.shards,
+            vec![
+                Shard {
+                    primary: "127.2.0.1:6379".into(),
+                    replicas: vec!["127.2.0.2:6379".into()]
+                },
+                Shard {
+                    primary: "127.2.0.3:6379".into(),
+                    replicas: vec!["127.2.0.4:6379".into()]
+                },
+            ]
+        );
+        let l = Layout::of(&shards, 2, &pods[..3]);
+        assert!(
+            l.missing.as_deref().unwrap().contains("1 of 4")
+                && l.missing.unwrap().contains("c-shard-1-1"),
+        );
+        let mut not_ready = pods.clone();
+        not_ready[0] = pod("c-shard-0-0", Some("127.2.0.1"), false);
+        assert!(
+            Layout::of(&shards, 2, &not_ready)
+                .missing
+                .unwrap()
+                .contains("c-shard-0-0")
+        );
+    }
+
+    /// Shard n's members: 700(n+1) serves its slots at formation, 700(n+4) replicates it.
+    fn fixture_layout() -> (Vec<String>, Layout) {
+        let shards: Vec<String> = (0..3).map(|n| format!("c-shard-{n}")).collect();
+        let mut l = Layout::default();
+        for n in 0..3 {
+            for (i, port) in [(0, 7001 + n), (1, 7004 + n)] {
+                l.addr
+                    .insert(format!("c-shard-{n}-{i}"), format!("127.0.0.1:{port}"));
+            }
+        }
+        (shards, l)
+    }
+
+    #[test]
+    fn shards_are_reported_as_the_nodes_see_them_before_and_after_a_failover() {
+        let (shards, layout) = fixture_layout();
+        let formed =
+            View::parse(include_str!("../testdata/redis-cluster/formed-7001.txt")).unwrap();
+        let st = shard_statuses(&shards, &layout, &[formed]);
+        assert_eq!(st[0].primary.as_deref(), Some("c-shard-0-0"));
+        assert_eq!(st[0].replicas, vec!["c-shard-0-1".to_string()]);
+        assert_eq!(st[0].slots, vec!["0-5460".to_string()]);
+        assert_eq!(st[1].slots, vec!["5461-10922".to_string()]);
+        assert_eq!(st[2].primary.as_deref(), Some("c-shard-2-0"));
+        // 7004 took shard 0's slots with a CLUSTER FAILOVER; 7001 follows it.
+        let after = View::parse(include_str!(
+            "../testdata/redis-cluster/failed-over-7001.txt"
+        ))
+        .unwrap();
+        let st = shard_statuses(&shards, &layout, &[after]);
+        assert_eq!(st[0].primary.as_deref(), Some("c-shard-0-1"));
+        assert_eq!(st[0].replicas, vec!["c-shard-0-0".to_string()]);
+        assert_eq!(st[0].slots, vec!["0-5460".to_string()]);
+    }
+
+    #[test]
+    fn a_member_pod_names_its_shard() {
+        assert_eq!(owner("events-shard-12-1"), "events-shard-12");
+    }
+}
