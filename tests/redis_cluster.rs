@@ -4,9 +4,10 @@
 //! graceful `CLUSTER FAILOVER` from the 6.2.14 master to the 7.0.15 replica under a
 //! cluster-aware client (following MOVED) writing all the while: confirmed only once every node
 //! sees it, and every acknowledged write readable afterwards.
-//! Then the same through the Cluster kind: `kubectl`-style create of a 3 × 2 Cluster, with the
-//! operator killed right after its second `CLUSTER ADDSLOTS` and a new one finishing the
-//! formation from what the nodes report.
+//! Then the same through the Cluster kind: a 3 × 2 Cluster created with the operator killed
+//! right after its second `CLUSTER ADDSLOTS` (a new one finishes the formation from what the
+//! nodes report), then upgraded 6.2.14 → 7.0.15 shard by shard under a writing client, with
+//! the operator killed right after it recorded shard 1's failover intent.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::api::PostParams;
 use serde_json::json;
 
@@ -308,7 +310,7 @@ async fn cluster_members(env: &Env, cluster: &str) -> BTreeMap<String, String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_cluster_forms_three_shards_even_when_the_operator_dies_half_way() {
+async fn a_cluster_forms_and_upgrades_shard_by_shard_even_when_the_operator_dies() {
     use baton::crd::{Cluster, ClusterTask};
     let env = Env::new("dbcluster").await;
     let clusters: kube::Api<Cluster> = kube::Api::namespaced(env.client.clone(), &env.ns);
@@ -424,5 +426,159 @@ async fn a_cluster_forms_three_shards_even_when_the_operator_dies_half_way() {
         let s = env.status(&format!("events-shard-{n}")).await;
         assert_eq!(s.phase, Some(baton::crd::InstancePhase::Active), "{s:#?}");
     }
+
+    // The upgrade to 7.0.15, under a client writing across every slot all the while, with the
+    // operator killed right after it recorded shard 1's failover intent.
+    drop(op);
+    let op = env.operator("dbcluster-3", "api:cluster-status:failover-intent#2");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let (client, stop) = (client.clone(), stop.clone());
+        async move {
+            let mut c = client
+                .get_async_connection()
+                .await
+                .expect("cluster connection");
+            let (mut acked, mut refused) = (vec![], 0u32);
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let r: redis::RedisResult<()> = redis::cmd("SET")
+                    .arg(format!("u{i}"))
+                    .arg(i)
+                    .query_async(&mut c)
+                    .await;
+                match r {
+                    Ok(()) => acked.push(i),
+                    Err(_) => {
+                        refused += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                i += 1;
+            }
+            (acked, refused)
+        }
+    });
+    // Never more than one member of a shard down at once, sampled all along.
+    let sampler = tokio::spawn({
+        let (pods, stop) = (env.pods.clone(), stop.clone());
+        async move {
+            let mut worst = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(list) = pods
+                    .list(&kube::api::ListParams::default().labels("baton.dev/cluster=events"))
+                    .await
+                {
+                    let mut down: BTreeMap<String, usize> = BTreeMap::new();
+                    for p in list.items {
+                        let ready = p
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.conditions.as_ref())
+                            .is_some_and(|c| {
+                                c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                            });
+                        let shard = p
+                            .labels()
+                            .get("baton.dev/instance")
+                            .cloned()
+                            .unwrap_or_default();
+                        *down.entry(shard).or_default() += usize::from(!ready);
+                    }
+                    worst = worst.max(down.values().copied().max().unwrap_or(0));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            worst
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    clusters
+        .patch(
+            "events",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"datastore": {"version": "7.0.15"}}})),
+        )
+        .await
+        .expect("patch version");
+    let mut op = op;
+    let died = tokio::time::timeout(Duration::from_secs(300), op.child.wait()).await;
+    assert!(
+        died.is_ok(),
+        "the operator never recorded shard 1's failover: {:#?}\n{}",
+        clusters.get("events").await.ok().and_then(|c| c.status),
+        op.logs()
+    );
+    let op = env.operator("dbcluster-4", "");
+    let done = eventually(Duration::from_secs(300), || async {
+        let s = clusters.get("events").await.ok()?.status?;
+        (s.version.as_deref() == Some("7.0.15")
+            && s.task == Some(ClusterTask::None)
+            && s.upgrade.is_none())
+        .then_some(s)
+    })
+    .await;
+    let Some(status) = done else {
+        panic!(
+            "the upgrade never finished: {:#?}\n{}",
+            clusters.get("events").await.ok().and_then(|c| c.status),
+            op.logs()
+        );
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acked, refused) = writer.await.expect("writer");
+    let worst = sampler.await.expect("sampler");
+    for shard in &status.shards {
+        assert!(shard.versions.values().all(|v| v == "7.0.15"), "{shard:#?}");
+    }
+    for (pod, a) in cluster_members(&env, "events").await {
+        let (host, _) = a.split_once(':').unwrap();
+        let t = Target {
+            credentials: app.clone(),
+            ..Target::new(Endpoint::new(host, 6379))
+        };
+        assert_eq!(server_version(&t).await, "7.0.15", "{pod}");
+    }
+    let events: Vec<String> = env
+        .events("events")
+        .await
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    let failovers = events.iter().filter(|r| *r == "ShardFailedOver").count();
+    assert!(
+        failovers >= 3,
+        "one graceful failover per shard: {events:?}"
+    );
+    assert!(events.iter().any(|r| r == "UpgradeSucceeded"), "{events:?}");
+    let mut lost = vec![];
+    for i in &acked {
+        let v: Option<u64> = redis::cmd("GET")
+            .arg(format!("u{i}"))
+            .query_async(&mut c)
+            .await
+            .expect("GET");
+        if v != Some(*i) {
+            lost.push(*i);
+        }
+    }
+    println!(
+        "cluster upgrade 6.2.14 -> 7.0.15: {} writes acknowledged, {refused} refused, {} lost, \
+         at most {worst} member of a shard down at once",
+        acked.len(),
+        lost.len()
+    );
+    assert!(
+        acked.len() > 100,
+        "the writer hardly wrote ({})",
+        acked.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes lost: {:?}",
+        &lost[..lost.len().min(20)]
+    );
+    assert!(worst <= 1, "{worst} members of one shard were down at once");
     delete_namespace(&env.client, &env.ns).await;
 }

@@ -1,5 +1,6 @@
 //! Cluster: a sharded database, each shard an HA DatabaseInstance that the Cluster owns.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -95,6 +96,10 @@ pub struct ClusterStatus {
     /// What Baton is waiting for or why it stopped, in a sentence; empty when all is well.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The upgrade in flight (or stopped, with `failed`), recorded before each of its side
+    /// effects so that a restarted operator resumes it at the recorded step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<ClusterUpgrade>,
     /// Each shard as every node of the cluster agrees it is, in shard order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shards: Vec<ShardStatus>,
@@ -123,4 +128,65 @@ pub struct ShardStatus {
     /// The version each member's server reports, by pod name.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub versions: std::collections::BTreeMap<String, String>,
+}
+
+/// A Cluster's upgrade: shard by shard in order, and in each shard its replicas first, then a
+/// graceful `CLUSTER FAILOVER` to an upgraded replica, then the old master.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterUpgrade {
+    /// The version the cluster ran when the upgrade started.
+    pub source_version: String,
+    /// The version being rolled out.
+    pub target_version: String,
+    /// The shard being upgraded (0-based); the others are untouched meanwhile.
+    pub shard: i32,
+    /// `RestartReplicas`, `Failover` or `RestartOldMaster`.
+    pub stage: ShardStage,
+    /// The member being restarted on the target version, if one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    /// The failover in flight: recorded before `CLUSTER FAILOVER` is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverIntent>,
+    /// When the current step started; it fails after `upgradePolicy.stepTimeoutSeconds` (a
+    /// failover after `fenceTimeoutSeconds`).
+    pub step_started: Time,
+    /// When the upgrade started.
+    pub started: Time,
+    /// Why the upgrade stopped; set, Baton takes no further step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+}
+
+/// Where a shard's upgrade is.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShardStage {
+    RestartReplicas,
+    Failover,
+    RestartOldMaster,
+}
+
+/// What a failover is to achieve, read before it is sent: it is confirmed only when every
+/// node sees `candidate` serving exactly `slots` with a config epoch above `configEpoch`, and
+/// the old master replicating it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverIntent {
+    /// The old master's pod.
+    pub master: String,
+    /// The old master's node id.
+    pub master_id: String,
+    /// The old master's config epoch before the failover.
+    pub config_epoch: i64,
+    /// The slots it served (`a-b` ranges).
+    pub slots: Vec<String>,
+    /// The upgraded replica taking over: its pod.
+    pub candidate: String,
+    /// Its node id.
+    pub candidate_id: String,
+    /// `CLUSTER FAILOVER` was sent (false: recorded, not yet sent, so a restarted operator
+    /// sends it).
+    #[serde(default)]
+    pub sent: bool,
 }

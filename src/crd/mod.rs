@@ -11,7 +11,10 @@ pub mod database_instance;
 pub mod datastore_version;
 pub mod upgrade_request;
 
-pub use cluster::{Cluster, ClusterSpec, ClusterStatus, ClusterTask, ShardStatus};
+pub use cluster::{
+    Cluster, ClusterSpec, ClusterStatus, ClusterTask, ClusterUpgrade, FailoverIntent, ShardStage,
+    ShardStatus,
+};
 pub use common::{
     Datastore, DatastoreRef, MaintenanceWindow, MemberResources, PrimaryUpdateMethod, StorageSpec,
     UpgradePolicy, VERSION_PATTERN, Weekday,

@@ -406,7 +406,7 @@ fn waiting(p: &Pod) -> Option<String> {
 }
 
 /// The node runs the image the pod's spec names, and it is ready.
-fn image_current(p: &Pod) -> bool {
+pub(crate) fn image_current(p: &Pod) -> bool {
     let want = p
         .spec
         .as_ref()

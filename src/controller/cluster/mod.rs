@@ -5,7 +5,7 @@
 //! operator killed half-way picks up where the nodes are), lifts the boot fence of each master
 //! only once every node agrees it leads its shard, and reports each shard as the nodes see it.
 //!
-//! Not built yet: the shard-by-shard upgrade (a changed version is reported, never acted on).
+//! A changed `spec.datastore.version` is rolled out shard by shard (`upgrade`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -41,6 +41,8 @@ use crate::status::{self, Desired};
 /// The cluster bus port of a Redis node: its client port + 10000.
 const BUS_PORT: i32 = 16379;
 
+mod upgrade;
+
 pub fn controller(clusters: Api<Cluster>, instances: Api<DatabaseInstance>) -> Controller<Cluster> {
     Controller::new(clusters, Default::default()).owns(instances, Default::default())
 }
@@ -68,15 +70,23 @@ pub async fn reconcile(cached: Arc<Cluster>, ctx: Arc<Context>) -> Result<Action
         return Ok(Action::await_change());
     };
     let before = cluster.status.clone().unwrap_or_default();
+    let policy = &cluster.spec.upgrade_policy;
     let mut pass = Pass {
         s: before.clone(),
         generation: cluster.metadata.generation,
         now: ctx.now(),
+        events: vec![],
+        step_timeout: Duration::from_secs(policy.step_timeout_seconds.max(1) as u64),
+        fence_timeout: Duration::from_secs(policy.fence_timeout_seconds.max(1) as u64),
+        written: before.clone(),
     };
     pass.s.observed_generation = cluster.metadata.generation;
-    let action = run(&ctx, &cluster, &mut pass).await;
-    if pass.s != before {
+    let action = run(&ctx, &cluster, &api, &mut pass).await;
+    if pass.s != pass.written {
         super::apply_status(&api, &cluster, &pass.s, false, "writing Cluster status").await?;
+    }
+    for (t, reason, note) in std::mem::take(&mut pass.events) {
+        publish(&ctx, &cluster, t, reason, note).await;
     }
     let formed_now = |s: &ClusterStatus| {
         status::find(&s.conditions, "Formed").is_some_and(|c| c.status == "True")
@@ -97,6 +107,12 @@ struct Pass {
     s: ClusterStatus,
     generation: Option<i64>,
     now: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    /// Events to publish once the status that records them is written.
+    events: Vec<(EventType, &'static str, String)>,
+    step_timeout: Duration,
+    fence_timeout: Duration,
+    /// The status as last written (an act writes its intent before it runs).
+    written: ClusterStatus,
 }
 
 impl Pass {
@@ -114,10 +130,19 @@ impl Pass {
         );
     }
 
-    /// Not ready for `why`: said in `message` and the `Ready` condition.
+    /// Not ready for `why`: said in `message` and the `Ready` condition. An upgrade step that
+    /// has waited past its deadline stops the upgrade here, with `why` as the reason.
     fn waiting(&mut self, reason: &str, why: String) {
         self.s.message = Some(why.clone());
-        self.cond("Ready", false, reason, why);
+        self.cond("Ready", false, reason, why.clone());
+        upgrade::check_deadline(self, &why);
+    }
+
+    /// Writes the status now: the intent of the act that follows is on record before it runs.
+    async fn record(&mut self, api: &Api<Cluster>, cluster: &Cluster) -> Result<()> {
+        super::apply_status(api, cluster, &self.s, false, "writing Cluster status").await?;
+        self.written = self.s.clone();
+        Ok(())
     }
 
     fn formed(&self) -> bool {
@@ -125,7 +150,7 @@ impl Pass {
     }
 }
 
-async fn run(ctx: &Context, cluster: &Cluster, p: &mut Pass) -> Result<Action> {
+async fn run(ctx: &Context, cluster: &Cluster, api: &Api<Cluster>, p: &mut Pass) -> Result<Action> {
     let spec = &cluster.spec;
     if spec.paused {
         p.s.message = Some("paused: Baton touches nothing until spec.paused is false".into());
@@ -158,24 +183,6 @@ async fn run(ctx: &Context, cluster: &Cluster, p: &mut Pass) -> Result<Action> {
             ),
         );
         return Ok(Action::await_change());
-    }
-    if spec.datastore.version != version {
-        p.cond(
-            "VersionApplied",
-            false,
-            "UpgradeNotBuilt",
-            format!(
-                "the Cluster runs redis {version}; upgrading a Cluster is not built yet, so {} is not applied (set it back to {version})",
-                spec.datastore.version
-            ),
-        );
-    } else {
-        p.cond(
-            "VersionApplied",
-            true,
-            "Applied",
-            format!("every shard is on redis {version}"),
-        );
     }
     if p.s.task.is_none() {
         p.s.task = Some(ClusterTask::Building);
@@ -270,7 +277,7 @@ async fn run(ctx: &Context, cluster: &Cluster, p: &mut Pass) -> Result<Action> {
         p.waiting("Unhealthy", why.to_string());
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
-    let mut versions = BTreeSet::new();
+    let mut probes = BTreeMap::new();
     for (shard, st) in names.iter().zip(p.s.shards.iter_mut()) {
         for (pod, a) in layout.addr.iter().filter(|(pod, _)| owner(pod) == *shard) {
             let t = &targets[a];
@@ -282,7 +289,6 @@ async fn run(ctx: &Context, cluster: &Cluster, p: &mut Pass) -> Result<Action> {
                     return Ok(Action::requeue(Duration::from_secs(1)));
                 }
             };
-            versions.insert(probe.version.clone());
             st.versions.insert(pod.clone(), probe.version.clone());
             // The boot fence comes off a master only once every node agrees it leads.
             if st.primary.as_deref() == Some(pod.as_str()) && probe.fenced {
@@ -292,12 +298,15 @@ async fn run(ctx: &Context, cluster: &Cluster, p: &mut Pass) -> Result<Action> {
                     return Ok(Action::requeue(Duration::from_secs(1)));
                 }
             }
+            probes.insert(pod.clone(), probe);
         }
     }
-    if let [only] = versions.iter().collect::<Vec<_>>().as_slice() {
+    let versions: BTreeSet<&str> = probes.values().map(|p| p.version.as_str()).collect();
+    if p.s.upgrade.is_none()
+        && let [only] = versions.iter().collect::<Vec<_>>().as_slice()
+    {
         p.s.version = Some(only.to_string());
     }
-    p.s.task = Some(ClusterTask::None);
     p.s.message = None;
     p.cond(
         "Ready",
@@ -309,6 +318,18 @@ async fn run(ctx: &Context, cluster: &Cluster, p: &mut Pass) -> Result<Action> {
             rc::SLOTS
         ),
     );
+    let seen = upgrade::Seen {
+        names: &names,
+        layout: &layout,
+        targets: &targets,
+        views: &all,
+        probes: &probes,
+        catalog: ctx.catalog(),
+    };
+    if let Some(action) = upgrade::step(ctx, cluster, api, p, &seen).await? {
+        return Ok(action);
+    }
+    p.s.task = Some(ClusterTask::None);
     Ok(super::requeue::health(ctx.health_interval))
 }
 
@@ -355,6 +376,8 @@ fn owner(pod: &str) -> &str {
 struct Layout {
     /// `ip:port` of every member, by pod name.
     addr: BTreeMap<String, String>,
+    /// Every member's pod, Ready or not.
+    pods: BTreeMap<String, Pod>,
     shards: Vec<Shard>,
     /// Why the layout is not complete yet.
     missing: Option<String>,
@@ -369,7 +392,13 @@ impl Layout {
                 .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
         };
         let by_name: BTreeMap<String, &Pod> = pods.iter().map(|p| (p.name_any(), p)).collect();
-        let mut l = Layout::default();
+        let mut l = Layout {
+            pods: by_name
+                .iter()
+                .map(|(n, p)| (n.clone(), (*p).clone()))
+                .collect(),
+            ..Default::default()
+        };
         let mut waiting = vec![];
         for shard in shards {
             let members: Vec<String> = (0..per_shard.max(1))
@@ -696,7 +725,7 @@ mod tests {
     fn shards_are_reported_as_the_nodes_see_them_before_and_after_a_failover() {
         let (shards, layout) = fixture_layout();
         let formed =
-            View::parse(include_str!("../testdata/redis-cluster/formed-7001.txt")).unwrap();
+            View::parse(include_str!("../../testdata/redis-cluster/formed-7001.txt")).unwrap();
         let st = shard_statuses(&shards, &layout, &[formed]);
         assert_eq!(st[0].primary.as_deref(), Some("c-shard-0-0"));
         assert_eq!(st[0].replicas, vec!["c-shard-0-1".to_string()]);

@@ -1,0 +1,466 @@
+//! A Cluster's upgrade, one shard at a time and one member of it at a time: each replica is
+//! restarted on the target version and must rejoin (Ready, reporting the target, every node
+//! seeing it healthy) before the next; then a graceful `CLUSTER FAILOVER` hands the shard's
+//! slots to an upgraded replica, confirmed only when every node sees it (never by the
+//! command's OK); then the old master, now a replica, is restarted. Every step is recorded in
+//! `status.upgrade` before its side effect, so a restarted operator resumes it.
+//!
+//! Only a healthy cluster takes a step (the caller has passed the gate: every member Ready,
+//! every slot served, no node failing, every node agreeing on each shard's master).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, ResourceExt};
+use tracing::{info, warn};
+
+use super::{Layout, Pass, owner};
+use crate::controller::Context;
+use crate::controller::database_instance::children::{self, ANNOTATION_VERSION};
+use crate::controller::database_instance::observe::image_current;
+use crate::crd::{
+    Cluster, ClusterTask, ClusterUpgrade, Datastore, DatastoreVersion, FailoverIntent, ShardStage,
+};
+use crate::engine::redis_cluster::{self as rc, SlotRange, View};
+use crate::engine::{Probe, Target};
+use crate::error::{Error, Result};
+use crate::version::Version;
+
+/// What the pass observed, for the upgrade to decide from.
+pub(super) struct Seen<'a> {
+    pub names: &'a [String],
+    pub layout: &'a Layout,
+    pub targets: &'a BTreeMap<String, Target>,
+    pub views: &'a [View],
+    pub probes: &'a BTreeMap<String, Probe>,
+    pub catalog: Vec<DatastoreVersion>,
+}
+
+impl Seen<'_> {
+    /// The member runs `version` for real: its pod asks for it, the node runs that image, and
+    /// the server itself reports that release.
+    fn runs(&self, pod: &str, version: &str) -> bool {
+        let release = |v: &str| v.split('-').next().unwrap_or(v).parse::<Version>().ok();
+        let Some(p) = self.layout.pods.get(pod) else {
+            return false;
+        };
+        p.annotations().get(ANNOTATION_VERSION).map(String::as_str) == Some(version)
+            && image_current(p)
+            && self.probes.get(pod).is_some_and(|probe| {
+                match (release(&probe.version), release(version)) {
+                    (Some(a), Some(b)) => a.cmp_release(&b).is_eq(),
+                    _ => false,
+                }
+            })
+    }
+
+    fn members(&self, shard: usize) -> Vec<&String> {
+        let name = &self.names[shard];
+        self.layout
+            .addr
+            .keys()
+            .filter(|p| owner(p) == name.as_str())
+            .collect()
+    }
+
+    /// The node id, config epoch and slots of `pod` as the first view has them (the gate has
+    /// checked that every view agrees).
+    fn node(&self, pod: &str) -> Option<&rc::Node> {
+        let addr = self.layout.addr.get(pod)?;
+        self.views.first()?.nodes.iter().find(|n| &n.addr == addr)
+    }
+}
+
+/// Stops the upgrade in flight if its step has waited past its deadline; `why` is what it
+/// waited for.
+pub(super) fn check_deadline(p: &mut Pass, why: &str) {
+    let now = p.now.0;
+    let (step_timeout, fence_timeout) = (p.step_timeout, p.fence_timeout);
+    let Some(u) = p.s.upgrade.as_mut().filter(|u| u.failed.is_none()) else {
+        return;
+    };
+    let limit = if u.stage == ShardStage::Failover {
+        fence_timeout
+    } else {
+        step_timeout
+    };
+    let elapsed = Duration::try_from(now.duration_since(u.step_started.0)).unwrap_or_default();
+    if elapsed <= limit {
+        return;
+    }
+    let what = match (&u.stage, &u.member) {
+        (ShardStage::Failover, _) => "the failover".to_string(),
+        (_, Some(m)) => format!("restarting {m} on {}", u.target_version),
+        _ => "the step".to_string(),
+    };
+    let note = format!(
+        "shard {} of the upgrade to {}: {what} did not finish within {} s ({why}); the upgrade stopped and the shard's master was not touched by Baton after that",
+        u.shard,
+        u.target_version,
+        limit.as_secs()
+    );
+    warn!(reason = %note, "cluster upgrade stopped");
+    u.failed = Some(note.clone());
+    p.cond("Progressing", false, "UpgradeFailed", note.clone());
+    p.events.push((EventType::Warning, "UpgradeFailed", note));
+}
+
+/// Takes the next step of the upgrade (or starts or refuses one). `None`: nothing to do, the
+/// cluster is idle on its version.
+pub(super) async fn step(
+    ctx: &Context,
+    cluster: &Cluster,
+    api: &Api<Cluster>,
+    p: &mut Pass,
+    seen: &Seen<'_>,
+) -> Result<Option<Action>> {
+    let wanted = cluster.spec.datastore.version.clone();
+    let running = p.s.version.clone().unwrap_or_else(|| wanted.clone());
+    let Some(mut u) = p.s.upgrade.clone() else {
+        if wanted == running {
+            p.cond(
+                "VersionApplied",
+                true,
+                "Applied",
+                format!("every shard runs redis {running}"),
+            );
+            return Ok(None);
+        }
+        return start(cluster, p, seen, &running, &wanted).map(Some);
+    };
+    if let Some(why) = &u.failed {
+        if wanted == u.source_version {
+            // The user took the version back: the record goes (upgraded members stay on the
+            // target version; rolling them back is not built).
+            p.s.upgrade = None;
+            p.s.task = Some(ClusterTask::None);
+            p.cond("Progressing", false, "Idle", String::new());
+            return Ok(Some(Action::requeue(Duration::from_millis(100))));
+        }
+        p.s.message = Some(format!(
+            "the upgrade to {} stopped: {why}; set spec.datastore.version back to {} to clear it",
+            u.target_version, u.source_version
+        ));
+        p.s.task = Some(ClusterTask::UpgradingCluster);
+        return Ok(Some(Action::requeue(Duration::from_secs(30))));
+    }
+    p.s.task = Some(ClusterTask::UpgradingCluster);
+    let shard = u.shard.max(0) as usize;
+    let Some(master) = p.s.shards.get(shard).and_then(|s| s.primary.clone()) else {
+        p.waiting("Unhealthy", format!("shard {shard} has no master"));
+        return Ok(Some(Action::requeue(Duration::from_secs(1))));
+    };
+    let target = u.target_version.clone();
+    let image = match crate::catalog::find(&seen.catalog, Datastore::Redis, &target) {
+        Some(e) => e.spec.image.clone(),
+        None => {
+            p.waiting(
+                "VersionNotInCatalog",
+                format!("redis {target} left the catalog during the upgrade"),
+            );
+            return Ok(Some(Action::requeue(Duration::from_secs(5))));
+        }
+    };
+    match u.stage {
+        ShardStage::RestartReplicas | ShardStage::RestartOldMaster => {
+            // The member restarted last is back (the gate passed): on to the next.
+            let next = if u.stage == ShardStage::RestartReplicas {
+                seen.members(shard)
+                    .into_iter()
+                    .find(|m| **m != master && !seen.runs(m, &target))
+                    .cloned()
+            } else {
+                u.failover
+                    .as_ref()
+                    .map(|f| f.master.clone())
+                    .filter(|m| !seen.runs(m, &target))
+            };
+            let Some(member) = next else {
+                return advance(ctx, cluster, api, p, seen, u, &master).await;
+            };
+            if u.member.as_deref() == Some(member.as_str()) {
+                // Patched already; the node has not come back on the target yet.
+                p.s.message = Some(format!("waiting for {member} to run redis {target}"));
+                check_deadline(p, &format!("{member} does not run {target} yet"));
+                return Ok(Some(Action::requeue(Duration::from_secs(1))));
+            }
+            u.member = Some(member.clone());
+            u.step_started = p.now.clone();
+            p.s.upgrade = Some(u.clone());
+            p.s.message = Some(format!("restarting {member} on redis {target}"));
+            p.record(api, cluster).await?;
+            restart(ctx, cluster, &member, &image, &target).await?;
+            Ok(Some(Action::requeue(Duration::from_secs(1))))
+        }
+        ShardStage::Failover => failover(ctx, cluster, api, p, seen, u, &master).await,
+    }
+}
+
+/// Starts an upgrade to `wanted`, or says why it cannot run.
+fn start(
+    cluster: &Cluster,
+    p: &mut Pass,
+    seen: &Seen<'_>,
+    running: &str,
+    wanted: &str,
+) -> Result<Action> {
+    let refuse = |p: &mut Pass, reason: &str, why: String| {
+        p.cond("VersionApplied", false, reason, why);
+        Ok(Action::await_change())
+    };
+    let Some(entry) = crate::catalog::find(&seen.catalog, Datastore::Redis, wanted) else {
+        return refuse(
+            p,
+            "VersionNotInCatalog",
+            format!(
+                "redis {wanted} is not in the DatastoreVersion catalog; the Cluster stays on {running}"
+            ),
+        );
+    };
+    if let Err(e) = crate::catalog::check_path(Datastore::Redis, running, &entry.spec) {
+        return refuse(
+            p,
+            "UpgradeRefused",
+            format!("{e}; the Cluster stays on {running}"),
+        );
+    }
+    if cluster.spec.replicas_per_shard < 2 {
+        return refuse(
+            p,
+            "UpgradeRefused",
+            format!(
+                "a shard of one member cannot hand its slots to an upgraded replica, so upgrading it means an outage; Baton does not do that (set replicasPerShard to 2 or more in a new Cluster). The Cluster stays on {running}"
+            ),
+        );
+    }
+    let note = format!(
+        "upgrading {} shards from redis {running} to {wanted}, one shard at a time",
+        seen.names.len()
+    );
+    info!(cluster = %cluster.name_any(), "{note}");
+    p.s.upgrade = Some(ClusterUpgrade {
+        source_version: running.to_string(),
+        target_version: wanted.to_string(),
+        shard: 0,
+        stage: ShardStage::RestartReplicas,
+        member: None,
+        failover: None,
+        step_started: p.now.clone(),
+        started: p.now.clone(),
+        failed: None,
+    });
+    p.s.task = Some(ClusterTask::UpgradingCluster);
+    p.cond("VersionApplied", false, "Upgrading", note.clone());
+    p.cond("Progressing", true, "Upgrading", note.clone());
+    p.events.push((EventType::Normal, "UpgradeStarted", note));
+    Ok(Action::requeue(Duration::from_millis(100)))
+}
+
+/// The shard's current stage is done: on to its next stage, the next shard, or the end.
+async fn advance(
+    _ctx: &Context,
+    _cluster: &Cluster,
+    _api: &Api<Cluster>,
+    p: &mut Pass,
+    seen: &Seen<'_>,
+    mut u: ClusterUpgrade,
+    master: &str,
+) -> Result<Option<Action>> {
+    u.member = None;
+    u.step_started = p.now.clone();
+    match u.stage {
+        ShardStage::RestartReplicas => {
+            u.stage = ShardStage::Failover;
+            u.failover = None;
+        }
+        ShardStage::RestartOldMaster | ShardStage::Failover => {
+            let done = u.shard;
+            u.failover = None;
+            if (u.shard as usize) + 1 < seen.names.len() {
+                u.shard += 1;
+                u.stage = ShardStage::RestartReplicas;
+                p.events.push((
+                    EventType::Normal,
+                    "ShardUpgraded",
+                    format!(
+                        "shard {done} runs redis {} (master {master})",
+                        u.target_version
+                    ),
+                ));
+            } else {
+                let note = format!(
+                    "every shard runs redis {} (from {})",
+                    u.target_version, u.source_version
+                );
+                info!("{note}");
+                p.s.version = Some(u.target_version.clone());
+                p.s.upgrade = None;
+                p.s.task = Some(ClusterTask::None);
+                p.cond("VersionApplied", true, "Applied", note.clone());
+                p.cond("Progressing", false, "Idle", String::new());
+                p.events.push((EventType::Normal, "UpgradeSucceeded", note));
+                return Ok(Some(Action::requeue(Duration::from_millis(100))));
+            }
+        }
+    }
+    p.s.upgrade = Some(u);
+    Ok(Some(Action::requeue(Duration::from_millis(100))))
+}
+
+/// The failover stage: record the intent, send a graceful `CLUSTER FAILOVER` to an upgraded
+/// replica, and move on only when every node sees it done.
+async fn failover(
+    ctx: &Context,
+    cluster: &Cluster,
+    api: &Api<Cluster>,
+    p: &mut Pass,
+    seen: &Seen<'_>,
+    mut u: ClusterUpgrade,
+    master: &str,
+) -> Result<Option<Action>> {
+    let target = u.target_version.clone();
+    let Some(f) = u.failover.clone() else {
+        if seen.runs(master, &target) {
+            // Nothing left to hand over (an earlier pass finished it, or the master already
+            // ran the target).
+            return advance(ctx, cluster, api, p, seen, u, master).await;
+        }
+        let shard = &p.s.shards[u.shard as usize];
+        let candidate = shard.replicas.iter().find(|r| {
+            seen.runs(r, &target) && seen.probes.get(*r).is_some_and(|probe| probe.streaming)
+        });
+        let (Some(candidate), Some(old)) = (candidate.cloned(), seen.node(master)) else {
+            p.waiting(
+                "NoCandidate",
+                format!("no upgraded replica of {master} is streaming from it yet"),
+            );
+            return Ok(Some(Action::requeue(Duration::from_secs(1))));
+        };
+        let Some(new) = seen.node(&candidate) else {
+            p.waiting("NoCandidate", format!("no node id for {candidate}"));
+            return Ok(Some(Action::requeue(Duration::from_secs(1))));
+        };
+        let f = FailoverIntent {
+            master: master.to_string(),
+            master_id: old.id.clone(),
+            config_epoch: old.config_epoch as i64,
+            slots: old.slots.iter().map(|&(a, b)| format!("{a}-{b}")).collect(),
+            candidate: candidate.clone(),
+            candidate_id: new.id.clone(),
+            sent: false,
+        };
+        u.failover = Some(f.clone());
+        u.step_started = p.now.clone();
+        p.s.upgrade = Some(u.clone());
+        p.s.message = Some(format!(
+            "shard {}: handing {master}'s slots to {candidate} (CLUSTER FAILOVER)",
+            u.shard
+        ));
+        // The intent first: a restarted operator confirms or sends this failover, never
+        // another.
+        p.record(api, cluster).await?;
+        crate::failpoint::passed("api:cluster-status:failover-intent").await;
+        return send(ctx, cluster, api, p, seen, u, f).await;
+    };
+    let slots: Vec<SlotRange> = f.slots.iter().filter_map(|r| parse_range(r)).collect();
+    match rc::failover_done(
+        seen.views,
+        &f.candidate_id,
+        &f.master_id,
+        &slots,
+        f.config_epoch.max(0) as u64,
+    ) {
+        Ok(()) => {
+            let note = format!(
+                "shard {}: {} took {}'s slots with a graceful CLUSTER FAILOVER, confirmed by every node",
+                u.shard, f.candidate, f.master
+            );
+            info!("{note}");
+            p.events.push((EventType::Normal, "ShardFailedOver", note));
+            u.stage = ShardStage::RestartOldMaster;
+            u.member = None;
+            u.step_started = p.now.clone();
+            p.s.upgrade = Some(u);
+            Ok(Some(Action::requeue(Duration::from_millis(100))))
+        }
+        Err(why) if !f.sent => {
+            tracing::debug!(%why, "the failover was recorded but not sent");
+            send(ctx, cluster, api, p, seen, u, f).await
+        }
+        Err(why) => {
+            p.s.message = Some(format!(
+                "shard {}: failover not confirmed yet: {why}",
+                u.shard
+            ));
+            check_deadline(p, &why);
+            Ok(Some(Action::requeue(Duration::from_millis(200))))
+        }
+    }
+}
+
+async fn send(
+    _ctx: &Context,
+    cluster: &Cluster,
+    api: &Api<Cluster>,
+    p: &mut Pass,
+    seen: &Seen<'_>,
+    mut u: ClusterUpgrade,
+    mut f: FailoverIntent,
+) -> Result<Option<Action>> {
+    let t = seen
+        .layout
+        .addr
+        .get(&f.candidate)
+        .and_then(|a| seen.targets.get(a));
+    let Some(t) = t else {
+        p.waiting("NoCandidate", format!("{} has no address", f.candidate));
+        return Ok(Some(Action::requeue(Duration::from_secs(1))));
+    };
+    info!(candidate = %f.candidate, master = %f.master, "CLUSTER FAILOVER");
+    if let Err(e) = rc::failover(t).await {
+        p.waiting(
+            "FailoverRefused",
+            format!("CLUSTER FAILOVER on {}: {e}", f.candidate),
+        );
+        return Ok(Some(Action::requeue(Duration::from_secs(1))));
+    }
+    f.sent = true;
+    u.failover = Some(f);
+    p.s.upgrade = Some(u);
+    p.record(api, cluster).await?;
+    Ok(Some(Action::requeue(Duration::from_millis(200))))
+}
+
+fn parse_range(r: &str) -> Option<SlotRange> {
+    let (a, b) = r.split_once('-').unwrap_or((r, r));
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// Moves `member` to the target version in place: the node restarts on its claim with the
+/// same `nodes.conf`, so it rejoins as the same node.
+async fn restart(
+    ctx: &Context,
+    cluster: &Cluster,
+    member: &str,
+    image: &str,
+    version: &str,
+) -> Result<()> {
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
+    info!(
+        member,
+        version, "restarting the member on the target version"
+    );
+    pods.patch(
+        member,
+        &PatchParams::default(),
+        &Patch::Strategic(children::version_patch("redis", image, version)),
+    )
+    .await
+    .map_err(Error::kube("moving a member to the target version"))?;
+    crate::failpoint::passed(&format!("api:cluster-restart@{member}")).await;
+    Ok(())
+}
