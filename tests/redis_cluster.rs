@@ -17,7 +17,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::PostParams;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use baton::engine::redis_cluster::{self as rc, Formation, Shard, View};
 use baton::engine::{Endpoint, Target};
@@ -580,5 +580,128 @@ async fn a_cluster_forms_and_upgrades_shard_by_shard_even_when_the_operator_dies
         &lost[..lost.len().min(20)]
     );
     assert!(worst <= 1, "{worst} members of one shard were down at once");
+    delete_namespace(&env.client, &env.ns).await;
+}
+
+/// Waits up to `timeout` for Cluster `name`'s status to satisfy `done`.
+async fn wait_cluster(
+    clusters: &kube::Api<baton::crd::Cluster>,
+    name: &str,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&baton::crd::ClusterStatus) -> bool,
+    logs: impl Fn() -> String,
+) -> baton::crd::ClusterStatus {
+    let got = eventually(timeout, || async {
+        clusters.get(name).await.ok()?.status.filter(|s| done(s))
+    })
+    .await;
+    match got {
+        Some(s) => s,
+        None => panic!(
+            "{what} never happened: {:#?}\n{}",
+            clusters.get(name).await.ok().and_then(|c| c.status),
+            logs()
+        ),
+    }
+}
+
+fn ready(s: &baton::crd::ClusterStatus) -> bool {
+    s.conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True")
+        && s.task == Some(baton::crd::ClusterTask::None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_that_cannot_start_stops_the_cluster_upgrade_and_reverting_recovers() {
+    use baton::crd::Cluster;
+    let env = Env::new("dbcsick").await;
+    env.add_broken_version(REDIS).await;
+    let op = env.operator("dbcsick", "");
+    let clusters: kube::Api<Cluster> = kube::Api::namespaced(env.client.clone(), &env.ns);
+    let cluster: Cluster = serde_json::from_value(json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "Cluster",
+        "metadata": {"name": "sick"},
+        "spec": {"datastore": {"type": "redis", "version": "6.2.14"}, "shards": 2,
+                 "replicasPerShard": 2, "upgradePolicy": {"stepTimeoutSeconds": 10}},
+    }))
+    .expect("cluster");
+    clusters
+        .create(&PostParams::default(), &cluster)
+        .await
+        .expect("create cluster");
+    let logs = || op.logs();
+    let before = wait_cluster(&clusters, "sick", TIMEOUT, "formation", ready, logs).await;
+    let masters: Vec<Option<String>> = before.shards.iter().map(|s| s.primary.clone()).collect();
+
+    let to = |v: &str| json!({"spec": {"datastore": {"version": v}}});
+    let patch = |v: Value| {
+        let clusters = clusters.clone();
+        async move {
+            clusters
+                .patch(
+                    "sick",
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(v),
+                )
+                .await
+                .expect("patch version");
+        }
+    };
+    patch(to(REDIS.broken)).await;
+    let failed = wait_cluster(
+        &clusters,
+        "sick",
+        TIMEOUT,
+        "the upgrade's failure",
+        |s| s.upgrade.as_ref().is_some_and(|u| u.failed.is_some()),
+        logs,
+    )
+    .await;
+    let u = failed.upgrade.clone().expect("upgrade");
+    let why = u.failed.clone().unwrap_or_default();
+    assert!(
+        why.contains("sick-shard-0-1") && why.contains("10 s"),
+        "{why}"
+    );
+    assert_eq!(u.shard, 0, "{u:#?}");
+    env.wait_event("sick", "UpgradeFailed", "sick-shard-0-1")
+        .await;
+    // The master was never touched: it still serves its slots on the source version.
+    let auth = workload::wait_auth(&env.client, &env.ns, "sick-shard-0").await;
+    let members = cluster_members(&env, "sick").await;
+    let master = masters[0].clone().expect("shard 0 master");
+    let t = Target {
+        credentials: Some(baton::engine::Credentials {
+            username: Some(auth.user.clone()),
+            password: auth.password.clone(),
+        }),
+        ..Target::new(Endpoint::new(
+            members[&master].split(':').next().unwrap(),
+            6379,
+        ))
+    };
+    assert_eq!(server_version(&t).await, "6.2.14");
+    let role = ask(&t, redis::cmd("INFO").arg("replication")).await;
+    assert!(role.contains("role:master"), "{role}");
+
+    // Back to the source: the broken replica returns to it and the cluster is whole again.
+    patch(to(REDIS.source)).await;
+    let healed = wait_cluster(
+        &clusters,
+        "sick",
+        TIMEOUT,
+        "the revert",
+        |s| ready(s) && s.upgrade.is_none() && s.shards.iter().all(|sh| sh.versions.len() == 2),
+        logs,
+    )
+    .await;
+    for shard in &healed.shards {
+        assert!(shard.versions.values().all(|v| v == "6.2.14"), "{shard:#?}");
+    }
+    let after: Vec<Option<String>> = healed.shards.iter().map(|s| s.primary.clone()).collect();
+    assert_eq!(after, masters, "no shard changed master");
+    env.wait_event("sick", "UpgradeReverted", "6.2.14").await;
     delete_namespace(&env.client, &env.ns).await;
 }

@@ -157,6 +157,10 @@ pub struct ClusterUpgrade {
     /// Why the upgrade stopped; set, Baton takes no further step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed: Option<String>,
+    /// The version was set back to the source after a failure: the stopped shard's replicas
+    /// are being returned to it (`targetVersion` is then the source).
+    #[serde(default)]
+    pub reverting: bool,
 }
 
 /// Where a shard's upgrade is.

@@ -152,6 +152,29 @@ impl Env {
         (env, op)
     }
 
+    /// Adds `f.broken` to the catalog with an image the node cannot run (with an edge from the
+    /// source's major, in case the broken version is a major step).
+    pub async fn add_broken_version(&self, f: Flavor) {
+        let name = format!("{}-{}-broken", f.datastore, f.broken);
+        let major = f.source.split('.').next().unwrap_or_default();
+        let broken: DatastoreVersion = serde_json::from_value(json!({
+            "apiVersion": "baton.dev/v1alpha1", "kind": "DatastoreVersion",
+            "metadata": {"name": name},
+            "spec": {"datastore": f.datastore, "version": f.broken,
+                     "image": format!("{}:{}-not-mapped", f.image, f.broken),
+                     "upgradeFrom": [{"datastore": f.datastore, "minVersion": format!("{major}.0"), "maxVersion": major}]}
+        }))
+        .expect("dsv");
+        Api::<DatastoreVersion>::all(self.client.clone())
+            .patch(
+                &name,
+                &PatchParams::apply("baton-tests").force(),
+                &Patch::Apply(&broken),
+            )
+            .await
+            .expect("apply broken version");
+    }
+
     /// An operator limited to this namespace; `crash_at` names a failpoint where it is
     /// killed with SIGKILL (empty: none).
     pub fn operator(&self, id: &str, crash_at: &str) -> Operator {

@@ -4,10 +4,9 @@
 
 use std::time::Duration;
 
-use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
-use baton::crd::{DatastoreVersion, InstancePhase};
+use baton::crd::InstancePhase;
 
 use crate::env::*;
 use crate::harness::*;
@@ -55,26 +54,7 @@ pub async fn second_switch_returns_the_role(f: Flavor, prefix: &str) {
 /// back returns every member to the source version, with nothing lost under a writer.
 pub async fn broken_standby_halts_and_reverting_recovers(f: Flavor, prefix: &str) {
     let env = Env::new(prefix).await;
-    let broken_name = format!("{}-{}-broken", f.datastore, f.broken);
-    let major = f.source.split('.').next().unwrap_or_default();
-    // A catalog version whose image the node cannot run (an edge from the source's major, in
-    // case the broken version is a major step).
-    let broken: DatastoreVersion = serde_json::from_value(json!({
-        "apiVersion": "baton.dev/v1alpha1", "kind": "DatastoreVersion",
-        "metadata": {"name": broken_name},
-        "spec": {"datastore": f.datastore, "version": f.broken,
-                 "image": format!("{}:{}-not-mapped", f.image, f.broken),
-                 "upgradeFrom": [{"datastore": f.datastore, "minVersion": format!("{major}.0"), "maxVersion": major}]}
-    }))
-    .expect("dsv");
-    Api::<DatastoreVersion>::all(env.client.clone())
-        .patch(
-            &broken_name,
-            &PatchParams::apply("baton-tests").force(),
-            &Patch::Apply(&broken),
-        )
-        .await
-        .expect("apply broken version");
+    env.add_broken_version(f).await;
     let op = env.operator(prefix, "");
     let mut spec = f.spec();
     spec["upgradePolicy"] = json!({"stepTimeoutSeconds": 10});

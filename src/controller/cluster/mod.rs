@@ -204,6 +204,14 @@ async fn run(ctx: &Context, cluster: &Cluster, api: &Api<Cluster>, p: &mut Pass)
         .await
         .map_err(Error::kube("listing the Cluster's pods"))?;
     let layout = Layout::of(&names, spec.replicas_per_shard, &pods.items);
+    if let Some(action) = upgrade::stopped(cluster, p) {
+        return Ok(action);
+    }
+    if let Some(action) =
+        upgrade::revert_down_member(ctx, cluster, api, p, &layout, &ctx.catalog()).await?
+    {
+        return Ok(action);
+    }
     if let Some(why) = &layout.missing {
         p.waiting("MembersNotReady", why.clone());
         return Ok(Action::requeue(Duration::from_secs(2)));
@@ -734,7 +742,7 @@ mod tests {
         assert_eq!(st[2].primary.as_deref(), Some("c-shard-2-0"));
         // 7004 took shard 0's slots with a CLUSTER FAILOVER; 7001 follows it.
         let after = View::parse(include_str!(
-            "../testdata/redis-cluster/failed-over-7001.txt"
+            "../../testdata/redis-cluster/failed-over-7001.txt"
         ))
         .unwrap();
         let st = shard_statuses(&shards, &layout, &[after]);

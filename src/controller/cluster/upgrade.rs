@@ -121,7 +121,23 @@ pub(super) async fn step(
     let wanted = cluster.spec.datastore.version.clone();
     let running = p.s.version.clone().unwrap_or_else(|| wanted.clone());
     let Some(mut u) = p.s.upgrade.clone() else {
-        if wanted == running {
+        let versions: std::collections::BTreeSet<&str> =
+            seen.probes.values().map(|p| p.version.as_str()).collect();
+        if versions.len() > 1 {
+            // A shard left half-way by a withdrawn upgrade, or a member changed by hand.
+            p.cond(
+                "VersionApplied",
+                false,
+                "MixedVersions",
+                format!(
+                    "the members run different versions ({}); set spec.datastore.version to the newest to finish the upgrade",
+                    versions.into_iter().collect::<Vec<_>>().join(", ")
+                ),
+            );
+            if wanted == running {
+                return Ok(None);
+            }
+        } else if wanted == running {
             p.cond(
                 "VersionApplied",
                 true,
@@ -132,21 +148,8 @@ pub(super) async fn step(
         }
         return start(cluster, p, seen, &running, &wanted).map(Some);
     };
-    if let Some(why) = &u.failed {
-        if wanted == u.source_version {
-            // The user took the version back: the record goes (upgraded members stay on the
-            // target version; rolling them back is not built).
-            p.s.upgrade = None;
-            p.s.task = Some(ClusterTask::None);
-            p.cond("Progressing", false, "Idle", String::new());
-            return Ok(Some(Action::requeue(Duration::from_millis(100))));
-        }
-        p.s.message = Some(format!(
-            "the upgrade to {} stopped: {why}; set spec.datastore.version back to {} to clear it",
-            u.target_version, u.source_version
-        ));
-        p.s.task = Some(ClusterTask::UpgradingCluster);
-        return Ok(Some(Action::requeue(Duration::from_secs(30))));
+    if let Some(action) = stopped(cluster, p) {
+        return Ok(Some(action));
     }
     p.s.task = Some(ClusterTask::UpgradingCluster);
     let shard = u.shard.max(0) as usize;
@@ -252,6 +255,7 @@ fn start(
         step_started: p.now.clone(),
         started: p.now.clone(),
         failed: None,
+        reverting: false,
     });
     p.s.task = Some(ClusterTask::UpgradingCluster);
     p.cond("VersionApplied", false, "Upgrading", note.clone());
@@ -273,6 +277,18 @@ async fn advance(
     u.member = None;
     u.step_started = p.now.clone();
     match u.stage {
+        ShardStage::RestartReplicas if u.reverting => {
+            let note = format!(
+                "shard {} runs redis {} again; the upgrade is withdrawn",
+                u.shard, u.target_version
+            );
+            info!("{note}");
+            p.s.upgrade = None;
+            p.s.task = Some(ClusterTask::None);
+            p.cond("Progressing", false, "Reverted", note.clone());
+            p.events.push((EventType::Normal, "UpgradeReverted", note));
+            return Ok(Some(Action::requeue(Duration::from_millis(100))));
+        }
         ShardStage::RestartReplicas => {
             u.stage = ShardStage::Failover;
             u.failover = None;
@@ -463,4 +479,194 @@ async fn restart(
     .map_err(Error::kube("moving a member to the target version"))?;
     crate::failpoint::passed(&format!("api:cluster-restart@{member}")).await;
     Ok(())
+}
+
+/// While reverting, the member to return to the source may be the one that is down (its new
+/// image never started): it is restarted without the gate, which would wait for it forever,
+/// as long as every other member is Ready (still one member of the shard down at most).
+pub(super) async fn revert_down_member(
+    ctx: &Context,
+    cluster: &Cluster,
+    api: &Api<Cluster>,
+    p: &mut Pass,
+    layout: &Layout,
+    catalog: &[DatastoreVersion],
+) -> Result<Option<Action>> {
+    let Some(mut u) =
+        p.s.upgrade
+            .clone()
+            .filter(|u| u.reverting && u.failed.is_none())
+    else {
+        return Ok(None);
+    };
+    let ready = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    };
+    let version = |p: &Pod| p.annotations().get(ANNOTATION_VERSION).cloned();
+    let shard = super::shard_name(&cluster.name_any(), u.shard);
+    let down: Vec<&String> = layout
+        .pods
+        .iter()
+        .filter(|(_, p)| !ready(p))
+        .map(|(n, _)| n)
+        .collect();
+    let [member] = down.as_slice() else {
+        return Ok(None);
+    };
+    let pod = &layout.pods[*member];
+    if owner(member) != shard || version(pod).as_deref() == Some(u.target_version.as_str()) {
+        return Ok(None);
+    }
+    let Some(entry) = crate::catalog::find(catalog, Datastore::Redis, &u.target_version) else {
+        return Ok(None);
+    };
+    u.member = Some(member.to_string());
+    u.step_started = p.now.clone();
+    p.s.upgrade = Some(u.clone());
+    p.s.message = Some(format!("returning {member} to redis {}", u.target_version));
+    p.record(api, cluster).await?;
+    restart(ctx, cluster, member, &entry.spec.image, &u.target_version).await?;
+    Ok(Some(Action::requeue(Duration::from_secs(1))))
+}
+
+/// A stopped upgrade: it stays stopped, saying why, until the version is set back to the
+/// source, which returns the stopped shard's replicas to it. Runs before any gate (the member
+/// that stopped it is typically down). `None` when no upgrade is stopped.
+pub(super) fn stopped(cluster: &Cluster, p: &mut Pass) -> Option<Action> {
+    let wanted = &cluster.spec.datastore.version;
+    let mut u = p.s.upgrade.clone()?;
+    let why = u.failed.clone()?;
+    // The shard's master still runs the source unless it already failed over (a source
+    // replica cannot follow a newer master, so that shard is not reverted).
+    let revertible = u.stage != ShardStage::RestartOldMaster && !u.reverting;
+    if *wanted == u.source_version && revertible {
+        let note = format!(
+            "reverting: shard {}'s replicas return to redis {} (its master was never touched)",
+            u.shard, u.source_version
+        );
+        info!("{note}");
+        p.events
+            .push((EventType::Normal, "UpgradeReverting", note.clone()));
+        p.cond("Progressing", true, "Reverting", note);
+        u.target_version = u.source_version.clone();
+        (u.failed, u.reverting, u.stage) = (None, true, ShardStage::RestartReplicas);
+        (u.member, u.failover, u.step_started) = (None, None, p.now.clone());
+        p.s.upgrade = Some(u);
+        return Some(Action::requeue(Duration::from_millis(100)));
+    }
+    p.s.message = Some(if revertible {
+        format!(
+            "the upgrade to {} stopped: {why}; set spec.datastore.version back to {} to return the shard's replicas to it",
+            u.target_version, u.source_version
+        )
+    } else {
+        format!("the upgrade to {} stopped: {why}", u.target_version)
+    });
+    p.s.task = Some(ClusterTask::UpgradingCluster);
+    Some(Action::requeue(Duration::from_secs(30)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::ClusterStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn at(secs: i64) -> Time {
+        Time(jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    fn pass(now: i64, stage: ShardStage) -> Pass {
+        let s = ClusterStatus {
+            upgrade: Some(ClusterUpgrade {
+                source_version: "6.2.14".into(),
+                target_version: "7.0.15".into(),
+                shard: 1,
+                stage,
+                member: Some("c-shard-1-1".into()),
+                failover: None,
+                step_started: at(1000),
+                started: at(900),
+                failed: None,
+                reverting: false,
+            }),
+            ..Default::default()
+        };
+        Pass {
+            written: s.clone(),
+            s,
+            generation: Some(2),
+            now: at(now),
+            events: vec![],
+            step_timeout: Duration::from_secs(600),
+            fence_timeout: Duration::from_secs(60),
+        }
+    }
+
+    fn cluster(version: &str) -> Cluster {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "baton.dev/v1alpha1", "kind": "Cluster",
+            "metadata": {"name": "c", "namespace": "ns"},
+            "spec": {"datastore": {"type": "redis", "version": version}, "shards": 3},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_step_fails_at_its_own_deadline_and_a_failover_at_the_fence_timeout() {
+        let mut p = pass(1000 + 599, ShardStage::RestartReplicas);
+        check_deadline(&mut p, "not Ready");
+        assert!(p.s.upgrade.as_ref().unwrap().failed.is_none());
+        let mut p = pass(1000 + 601, ShardStage::RestartReplicas);
+        check_deadline(&mut p, "not Ready");
+        let why = p.s.upgrade.as_ref().unwrap().failed.clone().unwrap();
+        assert!(
+            why.contains("c-shard-1-1") && why.contains("600 s") && why.contains("not Ready"),
+            "{why}"
+        );
+        assert_eq!(p.events.len(), 1);
+        assert_eq!(p.events[0].1, "UpgradeFailed");
+        // A failover gets fenceTimeoutSeconds, not the step's ten minutes.
+        let mut p = pass(1000 + 61, ShardStage::Failover);
+        check_deadline(&mut p, "not confirmed");
+        assert!(
+            p.s.upgrade
+                .as_ref()
+                .unwrap()
+                .failed
+                .as_deref()
+                .unwrap()
+                .contains("the failover")
+        );
+        // Once failed, it is not failed again (one Event).
+        check_deadline(&mut p, "still");
+        assert_eq!(p.events.len(), 1);
+    }
+
+    #[test]
+    fn a_stopped_upgrade_waits_for_the_source_version_and_then_reverts_the_shards_replicas() {
+        let mut p = pass(2000, ShardStage::RestartReplicas);
+        check_deadline(&mut p, "not Ready");
+        assert!(stopped(&cluster("7.0.15"), &mut p).is_some());
+        let msg = p.s.message.clone().unwrap();
+        assert!(msg.contains("back to 6.2.14"), "{msg}");
+        assert!(stopped(&cluster("6.2.14"), &mut p).is_some());
+        let u = p.s.upgrade.clone().unwrap();
+        assert!(u.reverting && u.failed.is_none());
+        assert_eq!(
+            (u.target_version.as_str(), u.stage, u.shard),
+            ("6.2.14", ShardStage::RestartReplicas, 1)
+        );
+        // A shard that already failed over to the new version is not reverted.
+        let mut p = pass(2000, ShardStage::RestartOldMaster);
+        check_deadline(&mut p, "not Ready");
+        stopped(&cluster("6.2.14"), &mut p);
+        assert!(!p.s.upgrade.as_ref().unwrap().reverting);
+        // Nothing stopped: nothing to say.
+        let mut p = pass(1000, ShardStage::Failover);
+        assert!(stopped(&cluster("6.2.14"), &mut p).is_none());
+    }
 }
