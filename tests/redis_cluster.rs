@@ -427,10 +427,19 @@ async fn a_cluster_forms_and_upgrades_shard_by_shard_even_when_the_operator_dies
         assert_eq!(s.phase, Some(baton::crd::InstancePhase::Active), "{s:#?}");
     }
 
-    // The upgrade to 7.0.15, under a client writing across every slot all the while, with the
-    // operator killed right after it recorded shard 1's failover intent.
+    // The upgrade to 7.0.15, under a client writing across every slot all the while, with an
+    // operator killed right after it recorded a failover's intent and another right after it
+    // sent one, until every shard has been through both: each new operator resumes from
+    // status (and its first failover is the next one still to do).
     drop(op);
-    let op = env.operator("dbcluster-3", "api:cluster-status:failover-intent#2");
+    let crashes = [
+        "api:cluster-status:failover-intent#1",
+        "db:cluster-failover#1",
+        "api:cluster-status:failover-intent#1",
+        "db:cluster-failover#1",
+        "api:cluster-status:failover-intent#1",
+        "db:cluster-failover#1",
+    ];
     let stop = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn({
         let (client, stop) = (client.clone(), stop.clone());
@@ -501,15 +510,29 @@ async fn a_cluster_forms_and_upgrades_shard_by_shard_even_when_the_operator_dies
         )
         .await
         .expect("patch version");
-    let mut op = op;
-    let died = tokio::time::timeout(Duration::from_secs(300), op.child.wait()).await;
+    let mut killed = 0;
+    for (i, point) in crashes.iter().enumerate() {
+        let mut op = env.operator(&format!("dbcluster-crash-{i}"), point);
+        let died = tokio::time::timeout(Duration::from_secs(300), op.child.wait()).await;
+        let status = clusters.get("events").await.ok().and_then(|c| c.status);
+        if status
+            .as_ref()
+            .is_some_and(|s| s.upgrade.is_none() && s.version.as_deref() == Some("7.0.15"))
+        {
+            break;
+        }
+        assert!(
+            died.is_ok(),
+            "the operator never passed {point}: {status:#?}\n{}",
+            op.logs()
+        );
+        killed += 1;
+    }
     assert!(
-        died.is_ok(),
-        "the operator never recorded shard 1's failover: {:#?}\n{}",
-        clusters.get("events").await.ok().and_then(|c| c.status),
-        op.logs()
+        killed >= 5,
+        "only {killed} of the crash points were reached"
     );
-    let op = env.operator("dbcluster-4", "");
+    let op = env.operator("dbcluster-last", "");
     let done = eventually(Duration::from_secs(300), || async {
         let s = clusters.get("events").await.ok()?.status?;
         (s.version.as_deref() == Some("7.0.15")
@@ -564,8 +587,9 @@ async fn a_cluster_forms_and_upgrades_shard_by_shard_even_when_the_operator_dies
         }
     }
     println!(
-        "cluster upgrade 6.2.14 -> 7.0.15: {} writes acknowledged, {refused} refused, {} lost, \
-         at most {worst} member of a shard down at once",
+        "cluster upgrade 6.2.14 -> 7.0.15 ({killed} operators killed at failover points): {} \
+         writes acknowledged, {refused} refused, {} lost, at most {worst} member of a shard down \
+         at once",
         acked.len(),
         lost.len()
     );

@@ -403,7 +403,16 @@ async fn failover(
             p.s.upgrade = Some(u);
             Ok(Some(Action::requeue(Duration::from_millis(100))))
         }
-        Err(why) if !f.sent => {
+        // Recorded but not known to be sent (the operator died in between): send it, unless
+        // a node already sees the candidate leading (it was sent; a replica's FAILOVER sent
+        // to it now would be refused).
+        Err(why)
+            if !f.sent
+                && !seen
+                    .views
+                    .iter()
+                    .any(|v| v.node(&f.candidate_id).is_some_and(|n| n.master)) =>
+        {
             tracing::debug!(%why, "the failover was recorded but not sent");
             send(ctx, cluster, api, p, seen, u, f).await
         }
