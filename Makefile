@@ -23,7 +23,7 @@ demo-postgres: ## The same demo with a 3-member PostgreSQL 16.13 → 16.14 under
 demo-mariadb: ## The same demo with a 3-member MariaDB 10.11.18 → 10.11.19 under committing clients
 	@bash tests/env/demo.sh mariadb
 
-bench: ## N upgrades under load (BATON_BENCH_UPGRADES, default 20): write gaps, times, overhead
+bench: ## N upgrades under load (BATON_BENCH_UPGRADES, default 20; redis-cluster too): write gaps, times, overhead
 	@bash tests/env/setup.sh && bash tests/env/up.sh >/dev/null && bash tests/env/node.sh
 	cargo build -q --release -p baton --bin baton
 	BATON_BIN=$(CURDIR)/target/release/baton KUBECONFIG=$${BATON_CACHE:-$$HOME/.cache/baton}/run/kubeconfig \

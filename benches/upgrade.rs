@@ -10,7 +10,14 @@
 //! time (the baseline: what any rolling restart costs), the operator's overhead (total minus
 //! the members' time), and acknowledged writes lost. Runs alternate between the two ways in:
 //! the instance's spec (even runs) and an UpgradeRequest (odd runs), and the summary compares
-//! them. Not a test: it asserts nothing but that it could measure.
+//! them. Then (`redis-cluster` in `BATON_BENCH_DATASTORES`) `BATON_BENCH_CLUSTER_UPGRADES`
+//! (default 3) upgrades of a fresh 3 × 2 Redis Cluster, 6.2.14 → 7.0.15, under a client that
+//! follows `MOVED` and writes across every slot: the longest time between two acknowledged
+//! writes during the upgrade (each shard's failover stops writes to its slots; the client
+//! writes one key after another, so its longest gap is the longest any slot refused writes)
+//! against the same client's longest gap over as long a quiet period before it, the total
+//! upgrade time, and acknowledged writes lost. Not a test: it asserts nothing but that it
+//! could measure.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -358,9 +365,192 @@ async fn main() -> anyhow::Result<()> {
             println!();
         }
     }
+    if which.is_empty() || which.split(',').any(|w| w == "redis-cluster") {
+        let runs: usize = std::env::var("BATON_BENCH_CLUSTER_UPGRADES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3);
+        bench_cluster(&client, &ns, runs).await?;
+    }
     operator.kill().await.ok();
     let _ = Api::<Namespace>::all(client.clone())
         .delete(&ns, &Default::default())
         .await;
+    Ok(())
+}
+
+/// Polls Cluster `name` until `done` holds (up to `timeout`).
+async fn wait_cluster(
+    api: &Api<baton::crd::Cluster>,
+    name: &str,
+    timeout: Duration,
+    done: impl Fn(&baton::crd::ClusterStatus) -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(s) = api.get(name).await?.status
+            && done(&s)
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "cluster {name} timed out");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A writer over every slot through a client that follows MOVED: acknowledged sequence
+/// numbers, refusals, and the longest time between two acknowledged writes since
+/// [`ClusterWriter::take_gap`] was last called.
+struct ClusterWriter {
+    stop: CancellationToken,
+    gap: std::sync::Arc<std::sync::Mutex<Duration>>,
+    task: tokio::task::JoinHandle<(Vec<u64>, u64)>,
+}
+
+impl ClusterWriter {
+    fn start(client: redis::cluster::ClusterClient) -> ClusterWriter {
+        let stop = CancellationToken::new();
+        let gap = std::sync::Arc::new(std::sync::Mutex::new(Duration::ZERO));
+        let task = tokio::spawn({
+            let (stop, gap) = (stop.clone(), gap.clone());
+            async move {
+                let mut c = client
+                    .get_async_connection()
+                    .await
+                    .expect("cluster connection");
+                let (mut acked, mut refused, mut last, mut i) =
+                    (vec![], 0u64, Instant::now(), 0u64);
+                while !stop.is_cancelled() {
+                    let r: redis::RedisResult<()> = redis::cmd("SET")
+                        .arg(format!("b{i}"))
+                        .arg(i)
+                        .query_async(&mut c)
+                        .await;
+                    if r.is_ok() {
+                        acked.push(i);
+                        let mut g = gap.lock().unwrap_or_else(|p| p.into_inner());
+                        *g = (*g).max(last.elapsed());
+                        last = Instant::now();
+                    } else {
+                        refused += 1;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    i += 1;
+                }
+                (acked, refused)
+            }
+        });
+        ClusterWriter { stop, gap, task }
+    }
+
+    /// The longest gap since the last call, and a fresh start.
+    fn take_gap(&self) -> Duration {
+        std::mem::take(&mut *self.gap.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// `runs` upgrades of a fresh 3 × 2 Redis Cluster each, 6.2.14 → 7.0.15, under a writer.
+async fn bench_cluster(client: &Client, ns: &str, runs: usize) -> anyhow::Result<()> {
+    println!("Redis Cluster 3 shards × 2, 6.2.14 -> 7.0.15, {runs} upgrades");
+    let api = Api::<baton::crd::Cluster>::namespaced(client.clone(), ns);
+    let ready = |s: &baton::crd::ClusterStatus| {
+        s.task == Some(baton::crd::ClusterTask::None)
+            && s.upgrade.is_none()
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+    };
+    let (mut gaps, mut quiet_gaps, mut totals, mut lost_total) = (vec![], vec![], vec![], 0usize);
+    for run in 0..runs {
+        let name = format!("bench-{run}");
+        let cluster: baton::crd::Cluster = serde_json::from_value(serde_json::json!({
+            "apiVersion": "baton.dev/v1alpha1", "kind": "Cluster", "metadata": {"name": name},
+            "spec": {"datastore": {"type": "redis", "version": "6.2.14"}, "shards": 3, "replicasPerShard": 2},
+        }))?;
+        api.create(&PostParams::default(), &cluster).await?;
+        wait_cluster(&api, &name, Duration::from_secs(300), ready).await?;
+        let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns)
+            .get(&format!("{name}-credentials"))
+            .await?;
+        let key = |k: &str| -> anyhow::Result<String> {
+            let v = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(k))
+                .ok_or_else(|| anyhow::anyhow!("no {k}"))?;
+            Ok(String::from_utf8(v.0.clone())?)
+        };
+        let nodes: Vec<String> = Api::<Pod>::namespaced(client.clone(), ns)
+            .list(&ListParams::default().labels(&format!("baton.dev/cluster={name}")))
+            .await?
+            .items
+            .iter()
+            .filter_map(|p| {
+                Some(format!(
+                    "redis://{}:6379/",
+                    p.status.as_ref()?.pod_ip.as_ref()?
+                ))
+            })
+            .collect();
+        let cc = redis::cluster::ClusterClient::builder(nodes)
+            .username(key(baton::engine::USERNAME)?)
+            .password(key(baton::engine::PASSWORD)?)
+            .retries(20)
+            .build()?;
+        let writer = ClusterWriter::start(cc.clone());
+        let started = Instant::now();
+        // The baseline: the same client's longest gap over 20 s with nothing happening (after
+        // 5 s of warming up its connections).
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        writer.take_gap();
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let quiet = writer.take_gap();
+        let begun = Instant::now();
+        api.patch(
+            &name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                serde_json::json!({"spec": {"datastore": {"version": "7.0.15"}}}),
+            ),
+        )
+        .await?;
+        wait_cluster(&api, &name, Duration::from_secs(600), |s| {
+            ready(s) && s.version.as_deref() == Some("7.0.15")
+        })
+        .await?;
+        let total = begun.elapsed();
+        let gap = writer.take_gap();
+        writer.stop.cancel();
+        let (acked, refused) = writer.task.await?;
+        let mut c = cc.get_async_connection().await?;
+        let mut lost = 0;
+        for i in &acked {
+            let v: Option<u64> = redis::cmd("GET")
+                .arg(format!("b{i}"))
+                .query_async(&mut c)
+                .await?;
+            lost += usize::from(v != Some(*i));
+        }
+        println!(
+            "  run {run}: upgrade {:.1} s, longest write gap {:.0} ms (quiet baseline {:.0} ms, ×{:.1}), {} acknowledged, {refused} refused, {lost} lost ({:.0} s of writing)",
+            total.as_secs_f64(),
+            ms(gap),
+            ms(quiet),
+            ms(gap) / ms(quiet).max(1.0),
+            acked.len(),
+            started.elapsed().as_secs_f64()
+        );
+        gaps.push(ms(gap));
+        quiet_gaps.push(ms(quiet));
+        totals.push(total.as_secs_f64());
+        lost_total += lost;
+        api.delete(&name, &Default::default()).await?;
+    }
+    println!(
+        "  median: upgrade {:.1} s, longest write gap {:.0} ms vs quiet {:.0} ms; acknowledged writes lost in all runs: {lost_total}",
+        median(totals),
+        median(gaps),
+        median(quiet_gaps)
+    );
     Ok(())
 }

@@ -183,12 +183,18 @@ pub async fn renewed_certificate_is_served_online(
         Some(())
     })
     .await;
-    assert!(
-        all.is_some(),
-        "not every member serves the renewed certificate: {:#?}\n{}",
-        env.status(instance).await.conditions,
-        crate::env::tail(&op.logs(), 20)
-    );
+    if all.is_none() {
+        // What each member serves now (None: the check could not connect or read it).
+        let mut seen = vec![];
+        for (name, ip) in &members {
+            seen.push((name.clone(), served(ds, *ip, &auth).await));
+        }
+        panic!(
+            "not every member serves the renewed certificate (validity {want:?}); served: {seen:?}\n{:#?}\n{}",
+            env.status(instance).await.conditions,
+            crate::env::tail(&op.logs(), 20)
+        );
+    }
     assert_eq!(env.restarts(instance).await, restarts, "a member restarted");
     let primary = env.primary_ip(instance).await;
     let mut c = crate::workload::connect(ds, primary, &auth)
