@@ -109,6 +109,45 @@ async fn server_version(t: &Target) -> String {
         .to_string()
 }
 
+/// A client that follows MOVED writing `<prefix><n>` = n, one key after another across every
+/// slot, until `stop`: the acknowledged n, how many writes were refused (each retried after
+/// 20 ms), and the longest time between two acknowledged writes.
+fn spawn_writer(
+    client: redis::cluster::ClusterClient,
+    prefix: &'static str,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(Vec<u64>, u32, Duration)> {
+    tokio::spawn(async move {
+        let mut c = client
+            .get_async_connection()
+            .await
+            .expect("cluster connection");
+        let (mut acked, mut refused) = (vec![], 0u32);
+        let (mut last, mut gap) = (std::time::Instant::now(), Duration::ZERO);
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let r: redis::RedisResult<()> = redis::cmd("SET")
+                .arg(format!("{prefix}{i}"))
+                .arg(i)
+                .query_async(&mut c)
+                .await;
+            match r {
+                Ok(()) => {
+                    acked.push(i);
+                    gap = gap.max(last.elapsed());
+                    last = std::time::Instant::now();
+                }
+                Err(_) => {
+                    refused += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            i += 1;
+        }
+        (acked, refused, gap)
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_shards_form_and_a_graceful_failover_loses_no_acknowledged_write() {
     let env = Env::new("rcluster").await;
@@ -189,35 +228,7 @@ async fn three_shards_form_and_a_graceful_failover_loses_no_acknowledged_write()
         .build()
         .expect("cluster client");
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn({
-        let (client, stop) = (client.clone(), stop.clone());
-        async move {
-            let mut c = client
-                .get_async_connection()
-                .await
-                .expect("cluster connection");
-            let (mut acked, mut failed) = (vec![], 0u32);
-            let (mut last, mut gap) = (std::time::Instant::now(), Duration::ZERO);
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let r: redis::RedisResult<()> = redis::cmd("SET")
-                    .arg(format!("k{i}"))
-                    .arg(i)
-                    .query_async(&mut c)
-                    .await;
-                match r {
-                    Ok(()) => {
-                        acked.push(i);
-                        gap = gap.max(last.elapsed());
-                        last = std::time::Instant::now();
-                    }
-                    Err(_) => failed += 1,
-                }
-                i += 1;
-            }
-            (acked, failed, gap)
-        }
-    });
+    let writer = spawn_writer(client.clone(), "k", stop.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let (old, new) = (&shards[0].primary, &shards[0].replicas[0]);
@@ -441,38 +452,7 @@ async fn a_cluster_forms_and_upgrades_shard_by_shard_even_when_the_operator_dies
         "db:cluster-failover#1",
     ];
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn({
-        let (client, stop) = (client.clone(), stop.clone());
-        async move {
-            let mut c = client
-                .get_async_connection()
-                .await
-                .expect("cluster connection");
-            let (mut acked, mut refused) = (vec![], 0u32);
-            let (mut last, mut gap) = (std::time::Instant::now(), Duration::ZERO);
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let r: redis::RedisResult<()> = redis::cmd("SET")
-                    .arg(format!("u{i}"))
-                    .arg(i)
-                    .query_async(&mut c)
-                    .await;
-                match r {
-                    Ok(()) => {
-                        acked.push(i);
-                        gap = gap.max(last.elapsed());
-                        last = std::time::Instant::now();
-                    }
-                    Err(_) => {
-                        refused += 1;
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-                i += 1;
-            }
-            (acked, refused, gap)
-        }
-    });
+    let writer = spawn_writer(client.clone(), "u", stop.clone());
     // Never more than one member of a shard down at once, sampled all along.
     let sampler = tokio::spawn({
         let (pods, stop) = (env.pods.clone(), stop.clone());

@@ -27,6 +27,7 @@ use tracing::{info, warn};
 use super::database_instance::children::{
     self, LABEL_CLIENT, LABEL_CLUSTER, LABEL_MANAGED_BY, MANAGED_BY,
 };
+use super::database_instance::observe::{pod_ready, secret_values};
 use super::{Context, FIELD_MANAGER};
 use crate::crd::{
     Cluster, ClusterStatus, ClusterTask, CredentialsRef, DatabaseInstance, DatabaseInstanceSpec,
@@ -393,12 +394,6 @@ struct Layout {
 
 impl Layout {
     fn of(shards: &[String], per_shard: i32, pods: &[Pod]) -> Layout {
-        let ready = |p: &Pod| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        };
         let by_name: BTreeMap<String, &Pod> = pods.iter().map(|p| (p.name_any(), p)).collect();
         let mut l = Layout {
             pods: by_name
@@ -415,7 +410,7 @@ impl Layout {
             for m in &members {
                 match by_name
                     .get(m)
-                    .filter(|p| ready(p))
+                    .filter(|p| pod_ready(p))
                     .and_then(|p| p.status.as_ref().and_then(|s| s.pod_ip.clone()))
                 {
                     Some(ip) => {
@@ -507,21 +502,7 @@ async fn ensure_credentials(
     let api = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
     let name = credentials_name(&cluster.name_any());
     let keys = engine.credential_keys();
-    let read = |s: &Secret| {
-        Accounts(
-            keys.iter()
-                .filter_map(|k| {
-                    let v = s
-                        .data
-                        .as_ref()
-                        .and_then(|d| d.get(*k))
-                        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-                        .or_else(|| s.string_data.as_ref().and_then(|d| d.get(*k).cloned()))?;
-                    Some((k.to_string(), v))
-                })
-                .collect(),
-        )
-    };
+    let read = |s: &Secret| Accounts(secret_values(s, keys));
     if let Some(s) = api
         .get_opt(&name)
         .await

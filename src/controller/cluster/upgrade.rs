@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use super::{Layout, Pass, owner};
 use crate::controller::Context;
 use crate::controller::database_instance::children::{self, ANNOTATION_VERSION};
-use crate::controller::database_instance::observe::image_current;
+use crate::controller::database_instance::observe::{image_current, pod_ready};
 use crate::crd::{
     Cluster, ClusterTask, ClusterUpgrade, Datastore, DatastoreVersion, FailoverIntent, ShardStage,
 };
@@ -508,18 +508,12 @@ pub(super) async fn revert_down_member(
     else {
         return Ok(None);
     };
-    let ready = |p: &Pod| {
-        p.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-    };
     let version = |p: &Pod| p.annotations().get(ANNOTATION_VERSION).cloned();
     let shard = super::shard_name(&cluster.name_any(), u.shard);
     let down: Vec<&String> = layout
         .pods
         .iter()
-        .filter(|(_, p)| !ready(p))
+        .filter(|(_, p)| !pod_ready(p))
         .map(|(n, _)| n)
         .collect();
     let [member] = down.as_slice() else {

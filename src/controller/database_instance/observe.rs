@@ -263,7 +263,7 @@ struct SeenCredentials {
 }
 
 /// A key–value Secret's data as text, for the keys an engine reads.
-fn secret_values(secret: &Secret, keys: &[&str]) -> BTreeMap<String, String> {
+pub(crate) fn secret_values(secret: &Secret, keys: &[&str]) -> BTreeMap<String, String> {
     keys.iter()
         .filter_map(|k| {
             let v = secret.data.as_ref()?.get(*k)?;
@@ -372,7 +372,7 @@ fn settle_credentials(o: &mut Observation, engine: &dyn Engine, seen: SeenCreden
     }
 }
 
-fn pod_ready(p: &Pod) -> bool {
+pub(crate) fn pod_ready(p: &Pod) -> bool {
     p.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
