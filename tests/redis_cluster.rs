@@ -721,3 +721,222 @@ async fn a_replica_that_cannot_start_stops_the_cluster_upgrade_and_reverting_rec
     env.wait_event("sick", "UpgradeReverted", "6.2.14").await;
     delete_namespace(&env.client, &env.ns).await;
 }
+
+/// A cluster-aware client (following MOVED) of `cluster`'s members, logged in with the
+/// application account, and a connection of it.
+async fn cluster_client(
+    env: &Env,
+    cluster: &str,
+) -> (
+    redis::cluster::ClusterClient,
+    redis::cluster_async::ClusterConnection,
+) {
+    let auth = workload::wait_auth(&env.client, &env.ns, &format!("{cluster}-shard-0")).await;
+    let nodes: Vec<String> = cluster_members(env, cluster)
+        .await
+        .values()
+        .map(|a| format!("redis://{a}/"))
+        .collect();
+    let client = redis::cluster::ClusterClient::builder(nodes)
+        .username(auth.user.clone())
+        .password(auth.password.clone())
+        .retries(10)
+        .build()
+        .expect("cluster client");
+    let c = client
+        .get_async_connection()
+        .await
+        .expect("cluster connection");
+    (client, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upgrade_request_holds_rolls_back_and_then_upgrades_a_cluster_with_an_instance() {
+    use baton::crd::{Cluster, InstancePhase, RequestPhase, UpgradeRequest, UpgradeResult};
+    let env = Env::new("dbcreq").await;
+    let op = env.operator("dbcreq", "");
+    let clusters: kube::Api<Cluster> = kube::Api::namespaced(env.client.clone(), &env.ns);
+    let cluster: Cluster = serde_json::from_value(json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "Cluster",
+        "metadata": {"name": "events"},
+        "spec": {"datastore": {"type": "redis", "version": "6.2.14"}, "shards": 2, "replicasPerShard": 2},
+    }))
+    .expect("cluster");
+    clusters
+        .create(&PostParams::default(), &cluster)
+        .await
+        .expect("create cluster");
+    env.apply_example("redis-ha.yaml");
+    let logs = || op.logs();
+    let before = wait_cluster(&clusters, "events", TIMEOUT, "formation", ready, logs).await;
+    let masters: Vec<Option<String>> = before.shards.iter().map(|s| s.primary.clone()).collect();
+    env.wait_for("sessions", InstancePhase::Active, SOURCE, &op)
+        .await;
+    let versions = |s: &baton::crd::ClusterStatus| {
+        s.shards
+            .iter()
+            .map(|sh| {
+                let master = sh.primary.clone().unwrap_or_default();
+                let replicas: Vec<&String> = sh
+                    .versions
+                    .iter()
+                    .filter(|(p, _)| **p != master)
+                    .map(|(_, v)| v)
+                    .collect();
+                (
+                    sh.versions.get(&master).cloned(),
+                    replicas.len(),
+                    replicas.iter().all(|v| *v == "7.0.15"),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+
+    // A shard's member is no request's target on its own: the whole Cluster is.
+    let shard_req: UpgradeRequest = serde_json::from_value(json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "UpgradeRequest",
+        "metadata": {"name": "one-shard"},
+        "spec": {"targets": {"instances": ["events-shard-0"]}, "targetVersion": "7.0.15"},
+    }))
+    .expect("request");
+    requests(&env)
+        .create(&PostParams::default(), &shard_req)
+        .await
+        .expect("create");
+    let refused = wait_request(&env, "one-shard", RequestPhase::Failed, &op).await;
+    let msg = &job(&refused, "events-shard-0").message;
+    assert!(
+        msg.as_deref()
+            .unwrap_or_default()
+            .contains("shard of Cluster events"),
+        "{msg:?}"
+    );
+
+    // Action Upgrade: every shard's replicas move, no master is handed over, and the request
+    // waits in AwaitingCommit; Rollback returns them.
+    let canary: UpgradeRequest = serde_json::from_value(json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "UpgradeRequest",
+        "metadata": {"name": "events-canary"},
+        "spec": {"targets": {"clusters": ["events"]}, "targetVersion": "7.0.15", "action": "Upgrade"},
+    }))
+    .expect("request");
+    requests(&env)
+        .create(&PostParams::default(), &canary)
+        .await
+        .expect("create");
+    let held = wait_request(&env, "events-canary", RequestPhase::AwaitingCommit, &op).await;
+    let j = job(&held, "events");
+    assert_eq!(j.step.as_deref(), Some("AwaitingCommit"), "{j:?}");
+    let s = wait_cluster(
+        &clusters,
+        "events",
+        TIMEOUT,
+        "every replica on 7.0.15",
+        |s| versions(s).iter().all(|(_, n, all)| *n == 1 && *all),
+        logs,
+    )
+    .await;
+    for (master, _, _) in versions(&s) {
+        assert_eq!(master.as_deref(), Some("6.2.14"), "{s:#?}");
+    }
+    env.wait_event("events", "AwaitingCommit", "no master")
+        .await;
+    set_action(&env, "events-canary", "Rollback").await;
+    let back = wait_request(&env, "events-canary", RequestPhase::RolledBack, &op).await;
+    assert_eq!(job(&back, "events").phase, RequestPhase::RolledBack);
+    let s = wait_cluster(&clusters, "events", TIMEOUT, "the rollback", ready, logs).await;
+    for shard in &s.shards {
+        assert!(shard.versions.values().all(|v| v == "6.2.14"), "{shard:#?}");
+    }
+    let now: Vec<Option<String>> = s.shards.iter().map(|s| s.primary.clone()).collect();
+    assert_eq!(now, masters, "no shard changed master");
+    assert_eq!(
+        s.last_upgrade.as_ref().map(|l| l.result),
+        Some(UpgradeResult::RolledBack)
+    );
+
+    // The batch: the instance and the Cluster, two at a time, under writers to both.
+    let (client, mut c) = cluster_client(&env, "events").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(client.clone(), "b", stop.clone());
+    let (stop_inst, inst_writes) = env.writer("sessions");
+    env.apply_example("upgrade-fleet.yaml");
+    let done = wait_request(&env, "fleet-to-7", RequestPhase::Succeeded, &op).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    stop_inst.cancel();
+    let (acked, refused, gap) = writer.await.expect("writer");
+    let report = inst_writes.await.expect("writer");
+    let st = done.status.clone().expect("status");
+    assert_eq!((st.succeeded, st.failed), (2, 0), "{st:#?}");
+    assert_eq!(st.progress.as_deref(), Some("2/2"));
+    let j = job(&done, "events");
+    assert_eq!(j.kind, baton::crd::TargetKind::Cluster);
+    assert_eq!(
+        (j.source_version.as_deref(), j.target_version.as_deref()),
+        (Some("6.2.14"), Some("7.0.15"))
+    );
+    env.assert_all_run("sessions", TARGET).await;
+    assert_nothing_lost(&env, "sessions", &[&report]).await;
+    let s = clusters
+        .get("events")
+        .await
+        .expect("cluster")
+        .status
+        .expect("status");
+    assert_eq!(s.version.as_deref(), Some("7.0.15"));
+    for shard in &s.shards {
+        assert!(shard.versions.values().all(|v| v == "7.0.15"), "{shard:#?}");
+    }
+    let failovers = env
+        .events("events")
+        .await
+        .into_iter()
+        .filter(|(r, _)| r == "ShardFailedOver")
+        .count();
+    assert!(failovers >= 2, "one graceful failover per shard");
+    let mut lost = vec![];
+    for i in &acked {
+        let v: Option<u64> = redis::cmd("GET")
+            .arg(format!("b{i}"))
+            .query_async(&mut c)
+            .await
+            .expect("GET");
+        if v != Some(*i) {
+            lost.push(*i);
+        }
+    }
+    println!(
+        "request over an instance and a 2 x 2 cluster: cluster {} writes acknowledged, {refused} refused, {} lost, longest gap {} ms",
+        acked.len(),
+        lost.len(),
+        gap.as_millis()
+    );
+    assert!(acked.len() > 100, "the writer hardly wrote");
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes lost: {:?}",
+        &lost[..lost.len().min(20)]
+    );
+
+    // GitOps: the Cluster's spec was not rewritten, and the drift is explained.
+    let cond = eventually(Duration::from_secs(30), || async {
+        clusters
+            .get("events")
+            .await
+            .ok()?
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "VersionApplied" && c.message.contains("fleet-to-7"))
+    })
+    .await
+    .expect("VersionApplied explains the spec drift");
+    assert!(
+        cond.message
+            .contains("set spec.datastore.version to 7.0.15"),
+        "{}",
+        cond.message
+    );
+    delete_namespace(&env.client, &env.ns).await;
+}

@@ -97,6 +97,7 @@ pub async fn run_all(ctx: Arc<Context>, shutdown: CancellationToken) {
             upgrade_request::controller(
                 scoped::<UpgradeRequest>(&client, &ctx),
                 scoped::<DatabaseInstance>(&client, &ctx),
+                scoped::<Cluster>(&client, &ctx),
             ),
             upgrade_request::reconcile,
             ctx,
@@ -196,24 +197,46 @@ pub(crate) async fn apply_status<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
 {
+    let rv = if guarded {
+        obj.resource_version()
+    } else {
+        None
+    };
+    Ok(apply_status_at(api, &obj.name_any(), rv, status, action)
+        .await?
+        .is_some())
+}
+
+/// `apply_status` guarded by `rv` when given: the object as written, or None when the lock
+/// failed (a caller that writes several times in a pass guards each by the last write's).
+pub(crate) async fn apply_status_at<K>(
+    api: &Api<K>,
+    name: &str,
+    rv: Option<String>,
+    status: &impl serde::Serialize,
+    action: &'static str,
+) -> Result<Option<K>, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
     let mut patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
         "status": status,
     });
-    if guarded {
-        patch["metadata"] = serde_json::json!({"resourceVersion": obj.resource_version()});
+    if let Some(rv) = rv {
+        patch["metadata"] = serde_json::json!({"resourceVersion": rv});
     }
     match api
         .patch_status(
-            &obj.name_any(),
+            name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&patch),
         )
         .await
     {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Ok(written) => Ok(Some(written)),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
         Err(e) => Err(Error::kube(action)(e)),
     }
 }

@@ -6,6 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{Conditions, DatastoreRef, MaintenanceWindow, MemberResources, UpgradePolicy};
+use super::database_instance::UpgradeOutcome;
 
 /// The desired state of a sharded database: the datastore version, the number of shards and the
 /// members per shard.
@@ -100,6 +101,9 @@ pub struct ClusterStatus {
     /// effects so that a restarted operator resumes it at the recorded step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<ClusterUpgrade>,
+    /// How the last upgrade ended (an UpgradeRequest reads its job's outcome here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_upgrade: Option<UpgradeOutcome>,
     /// Each shard as every node of the cluster agrees it is, in shard order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shards: Vec<ShardStatus>,
@@ -141,7 +145,7 @@ pub struct ClusterUpgrade {
     pub target_version: String,
     /// The shard being upgraded (0-based); the others are untouched meanwhile.
     pub shard: i32,
-    /// `RestartReplicas`, `Failover` or `RestartOldMaster`.
+    /// `RestartReplicas`, `AwaitingCommit`, `Failover` or `RestartOldMaster`.
     pub stage: ShardStage,
     /// The member being restarted on the target version, if one is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -161,12 +165,79 @@ pub struct ClusterUpgrade {
     /// are being returned to it (`targetVersion` is then the source).
     #[serde(default)]
     pub reverting: bool,
+    /// The UpgradeRequest that owns this upgrade (`namespace/name`); empty when it follows
+    /// `spec.datastore.version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// The UpgradeRequest's job id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// Stop in `AwaitingCommit` once every shard's replicas run the target, before any
+    /// failover (the request's action `Upgrade`; `Commit` clears it).
+    #[serde(default)]
+    pub hold: bool,
+    /// Return every replica whose master still runs the source to it (action `Rollback`).
+    #[serde(default)]
+    pub rollback: bool,
+    /// Stop at the next step boundary: the shard in progress goes back to the source if its
+    /// master was not handed over yet, else it is finished (action `Cancel`).
+    #[serde(default)]
+    pub cancel: bool,
+    /// Why a request's upgrade is being returned to the source on its own (a step failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<String>,
+    /// Forward steps start only inside `spec.maintenanceWindow` (schedule `MaintenanceWindow`).
+    #[serde(default)]
+    pub window_only: bool,
+}
+
+impl ClusterUpgrade {
+    /// A new upgrade of every shard from `source` to `target`, starting at shard 0.
+    pub fn new(source: &str, target: &str, now: Time) -> Self {
+        ClusterUpgrade {
+            source_version: source.into(),
+            target_version: target.into(),
+            shard: 0,
+            stage: ShardStage::RestartReplicas,
+            member: None,
+            failover: None,
+            step_started: now.clone(),
+            started: now,
+            failed: None,
+            reverting: false,
+            request: None,
+            job: None,
+            hold: false,
+            rollback: false,
+            cancel: false,
+            aborted: None,
+            window_only: false,
+        }
+    }
+
+    /// The step in words, for an UpgradeRequest's job: `shard 1 RestartReplicas c-shard-1-1`.
+    pub fn describe(&self) -> String {
+        let mut out = if self.stage == ShardStage::AwaitingCommit {
+            "AwaitingCommit".to_string()
+        } else {
+            format!("shard {} {:?}", self.shard, self.stage)
+        };
+        if let Some(m) = &self.member {
+            out = format!("{out} {m}");
+        }
+        if self.reverting {
+            out = format!("{out} (reverting)");
+        }
+        out
+    }
 }
 
 /// Where a shard's upgrade is.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShardStage {
     RestartReplicas,
+    /// Every shard's replicas run the target and the request holds before any failover.
+    AwaitingCommit,
     Failover,
     RestartOldMaster,
 }

@@ -423,7 +423,7 @@ pub enum UpgradeResult {
     Failed,
 }
 
-/// The outcome of the last upgrade of an instance.
+/// The outcome of the last upgrade of an instance or a Cluster.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct UpgradeOutcome {

@@ -167,7 +167,9 @@ pub enum RequestPhase {
 }
 
 /// The kind of a target.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord,
+)]
 pub enum TargetKind {
     DatabaseInstance,
     Cluster,

@@ -80,11 +80,14 @@ pub async fn reconcile(cached: Arc<Cluster>, ctx: Arc<Context>) -> Result<Action
         step_timeout: Duration::from_secs(policy.step_timeout_seconds.max(1) as u64),
         fence_timeout: Duration::from_secs(policy.fence_timeout_seconds.max(1) as u64),
         written: before.clone(),
+        rv: cluster.resource_version(),
     };
     pass.s.observed_generation = cluster.metadata.generation;
     let action = run(&ctx, &cluster, &api, &mut pass).await;
-    if pass.s != pass.written {
-        super::apply_status(&api, &cluster, &pass.s, false, "writing Cluster status").await?;
+    if pass.s != pass.written && !pass.write(&api, &cluster).await? {
+        // The Cluster changed since this pass read it (an UpgradeRequest claimed or steered
+        // it): decide again from a fresh read, and publish nothing of this pass.
+        return Ok(Action::requeue(Duration::from_millis(100)));
     }
     for (t, reason, note) in std::mem::take(&mut pass.events) {
         publish(&ctx, &cluster, t, reason, note).await;
@@ -114,6 +117,8 @@ struct Pass {
     fence_timeout: Duration,
     /// The status as last written (an act writes its intent before it runs).
     written: ClusterStatus,
+    /// The resourceVersion every write is guarded by: the read's, then each write's own.
+    rv: Option<String>,
 }
 
 impl Pass {
@@ -140,10 +145,29 @@ impl Pass {
     }
 
     /// Writes the status now: the intent of the act that follows is on record before it runs.
-    async fn record(&mut self, api: &Api<Cluster>, cluster: &Cluster) -> Result<()> {
-        super::apply_status(api, cluster, &self.s, false, "writing Cluster status").await?;
+    /// False when the Cluster changed since it was read: the act must not run.
+    async fn record(&mut self, api: &Api<Cluster>, cluster: &Cluster) -> Result<bool> {
+        self.write(api, cluster).await
+    }
+
+    /// Writes the whole status by server-side apply, guarded by the resourceVersion this pass
+    /// last saw, so a pass never overwrites an UpgradeRequest's claim or steer it did not read.
+    async fn write(&mut self, api: &Api<Cluster>, cluster: &Cluster) -> Result<bool> {
+        let rv = self.rv.clone();
+        let written = super::apply_status_at(
+            api,
+            &cluster.name_any(),
+            rv,
+            &self.s,
+            "writing Cluster status",
+        )
+        .await?;
+        let Some(written) = written else {
+            return Ok(false);
+        };
+        self.rv = written.resource_version();
         self.written = self.s.clone();
-        Ok(())
+        Ok(true)
     }
 
     fn formed(&self) -> bool {

@@ -24,6 +24,7 @@ use crate::controller::database_instance::children::{self, ANNOTATION_VERSION};
 use crate::controller::database_instance::observe::{image_current, pod_ready};
 use crate::crd::{
     Cluster, ClusterTask, ClusterUpgrade, Datastore, DatastoreVersion, FailoverIntent, ShardStage,
+    UpgradeOutcome, UpgradeResult,
 };
 use crate::engine::redis_cluster::{self as rc, SlotRange, View};
 use crate::engine::{Probe, Target};
@@ -130,7 +131,7 @@ pub(super) async fn step(
                 false,
                 "MixedVersions",
                 format!(
-                    "the members run different versions ({}); set spec.datastore.version to the newest to finish the upgrade",
+                    "the members run different versions ({}); set spec.datastore.version to the newest (or run an UpgradeRequest to it) to finish the upgrade",
                     versions.into_iter().collect::<Vec<_>>().join(", ")
                 ),
             );
@@ -146,12 +147,36 @@ pub(super) async fn step(
             );
             return Ok(None);
         }
-        return start(cluster, p, seen, &running, &wanted).map(Some);
+        return Ok(start(cluster, p, seen, &running, &wanted));
     };
     if let Some(action) = stopped(cluster, p) {
         return Ok(Some(action));
     }
     p.s.task = Some(ClusterTask::UpgradingCluster);
+    // Rollback and Cancel take effect between steps, while no master was handed over in the
+    // shard in progress; otherwise that shard is finished first.
+    if (u.rollback || u.cancel)
+        && !u.reverting
+        && u.failover.is_none()
+        && u.stage != ShardStage::RestartOldMaster
+    {
+        let what = if u.rollback { "rollback" } else { "cancel" };
+        begin_revert(p, u, None, what);
+        return Ok(Some(Action::requeue(Duration::from_millis(100))));
+    }
+    if u.stage == ShardStage::AwaitingCommit {
+        if u.hold {
+            p.s.message = Some(format!(
+                "every shard's replicas run redis {}; the masters still run {}: set the UpgradeRequest's action to Commit or Rollback",
+                u.target_version, u.source_version
+            ));
+            return Ok(Some(Action::requeue(Duration::from_secs(2))));
+        }
+        info!(cluster = %cluster.name_any(), "committed: handing each shard over in turn");
+        (u.shard, u.stage, u.step_started) = (0, ShardStage::Failover, p.now.clone());
+        p.s.upgrade = Some(u);
+        return Ok(Some(Action::requeue(Duration::from_millis(100))));
+    }
     let shard = u.shard.max(0) as usize;
     let Some(master) = p.s.shards.get(shard).and_then(|s| s.primary.clone()) else {
         p.waiting("Unhealthy", format!("shard {shard} has no master"));
@@ -171,19 +196,23 @@ pub(super) async fn step(
     match u.stage {
         ShardStage::RestartReplicas | ShardStage::RestartOldMaster => {
             // The member restarted last is back (the gate passed): on to the next.
-            let next = if u.stage == ShardStage::RestartReplicas {
-                seen.members(shard)
-                    .into_iter()
-                    .find(|m| **m != master && !seen.runs(m, &target))
-                    .cloned()
-            } else {
+            let next = if u.stage == ShardStage::RestartOldMaster {
                 u.failover
                     .as_ref()
                     .map(|f| f.master.clone())
                     .filter(|m| !seen.runs(m, &target))
+            } else if u.reverting && !seen.runs(&master, &target) {
+                // Reverting: a shard whose master already runs the new version keeps its
+                // replicas on it (a replica cannot follow a newer master).
+                None
+            } else {
+                seen.members(shard)
+                    .into_iter()
+                    .find(|m| **m != master && !seen.runs(m, &target))
+                    .cloned()
             };
             let Some(member) = next else {
-                return advance(ctx, cluster, api, p, seen, u, &master).await;
+                return advance(p, seen, u, &master).map(Some);
             };
             if u.member.as_deref() == Some(member.as_str()) {
                 // Patched already; the node has not come back on the target yet.
@@ -191,29 +220,113 @@ pub(super) async fn step(
                 check_deadline(p, &format!("{member} does not run {target} yet"));
                 return Ok(Some(Action::requeue(Duration::from_secs(1))));
             }
+            if let Some(wait) = window_closed(cluster, p, &u, &format!("restarting {member}")) {
+                return Ok(Some(wait));
+            }
             u.member = Some(member.clone());
             u.step_started = p.now.clone();
             p.s.upgrade = Some(u.clone());
             p.s.message = Some(format!("restarting {member} on redis {target}"));
-            p.record(api, cluster).await?;
+            if !p.record(api, cluster).await? {
+                return Ok(Some(reread()));
+            }
             restart(ctx, cluster, &member, &image, &target).await?;
             Ok(Some(Action::requeue(Duration::from_secs(1))))
         }
-        ShardStage::Failover => failover(ctx, cluster, api, p, seen, u, &master).await,
+        ShardStage::Failover => failover(cluster, api, p, seen, u, &master).await,
+        ShardStage::AwaitingCommit => unreachable!("handled above"),
     }
 }
 
-/// Starts an upgrade to `wanted`, or says why it cannot run.
+/// With schedule MaintenanceWindow, a forward step (`what`) starts only while the Cluster's
+/// window is open: Some(wait) when it is closed.
+fn window_closed(
+    cluster: &Cluster,
+    p: &mut Pass,
+    u: &ClusterUpgrade,
+    what: &str,
+) -> Option<Action> {
+    let w = cluster.spec.maintenance_window.as_ref()?;
+    if !u.window_only || u.reverting || crate::window::is_open(p.now.0, w) {
+        return None;
+    }
+    let opens = crate::window::next_open(p.now.0, w);
+    p.s.message = Some(format!(
+        "the maintenance window is closed; {what} starts when it opens at {opens}"
+    ));
+    let wait = Duration::try_from(opens.duration_since(p.now.0)).unwrap_or_default();
+    Some(Action::requeue(
+        wait.clamp(Duration::from_secs(1), Duration::from_secs(30)),
+    ))
+}
+
+/// Turns the upgrade around: every replica whose master still runs the source returns to it,
+/// shard by shard. `aborted` is the failure that caused it (a request's upgrade goes back on
+/// its own); `what` names the cause in the Event.
+fn begin_revert(p: &mut Pass, mut u: ClusterUpgrade, aborted: Option<String>, what: &str) {
+    let note = format!(
+        "{what}: the replicas return to redis {} (no master was handed over in shard {})",
+        u.source_version, u.shard
+    );
+    info!("{note}");
+    p.events
+        .push((EventType::Normal, "UpgradeReverting", note.clone()));
+    p.cond("Progressing", true, "Reverting", note);
+    // After a hold every shard's replicas may have moved; otherwise only the shard in progress
+    // (the earlier ones were handed over and stay).
+    if u.rollback || u.hold || u.stage == ShardStage::AwaitingCommit {
+        u.shard = 0;
+    }
+    u.target_version = u.source_version.clone();
+    (u.failed, u.reverting, u.stage) = (None, true, ShardStage::RestartReplicas);
+    (u.member, u.failover, u.step_started) = (None, None, p.now.clone());
+    if aborted.is_some() {
+        u.aborted = aborted;
+    }
+    p.s.upgrade = Some(u);
+}
+
+/// The upgrade ended: its outcome on record (an UpgradeRequest reads it there), the cluster
+/// idle again.
+fn end(p: &mut Pass, u: &ClusterUpgrade, result: UpgradeResult, note: String) {
+    info!(?result, "{note}");
+    p.s.last_upgrade = Some(UpgradeOutcome {
+        request: u.request.clone(),
+        job: u.job.clone(),
+        source_version: u.source_version.clone(),
+        target_version: u.target_version.clone(),
+        result,
+        message: Some(note.clone()),
+        finish_time: Some(p.now.clone()),
+    });
+    if result == UpgradeResult::Succeeded {
+        p.s.version = Some(u.target_version.clone());
+        p.cond("VersionApplied", true, "Applied", note.clone());
+    }
+    p.s.upgrade = None;
+    p.s.task = Some(ClusterTask::None);
+    p.cond("Progressing", false, "Idle", String::new());
+    let (t, reason) = match result {
+        UpgradeResult::Succeeded => (EventType::Normal, "UpgradeSucceeded"),
+        UpgradeResult::Failed => (EventType::Warning, "UpgradeFailed"),
+        UpgradeResult::Cancelled => (EventType::Normal, "UpgradeCancelled"),
+        UpgradeResult::RolledBack => (EventType::Normal, "UpgradeReverted"),
+    };
+    p.events.push((t, reason, note));
+}
+
+/// Starts an upgrade to `wanted`, or says why it cannot run (None: the cluster stays idle and
+/// watched on its version).
 fn start(
     cluster: &Cluster,
     p: &mut Pass,
     seen: &Seen<'_>,
     running: &str,
     wanted: &str,
-) -> Result<Action> {
+) -> Option<Action> {
     let refuse = |p: &mut Pass, reason: &str, why: String| {
         p.cond("VersionApplied", false, reason, why);
-        Ok(Action::await_change())
+        None
     };
     let Some(entry) = crate::catalog::find(&seen.catalog, Datastore::Redis, wanted) else {
         return refuse(
@@ -225,11 +338,19 @@ fn start(
         );
     };
     if let Err(e) = crate::catalog::check_path(Datastore::Redis, running, &entry.spec) {
-        return refuse(
-            p,
-            "UpgradeRefused",
-            format!("{e}; the Cluster stays on {running}"),
-        );
+        // An UpgradeRequest moved the cluster past its spec: say so, and how to align Git.
+        let by_request =
+            p.s.last_upgrade
+                .as_ref()
+                .filter(|l| l.result == UpgradeResult::Succeeded && l.target_version == running)
+                .and_then(|l| l.request.clone());
+        let why = match (by_request, &e) {
+            (Some(r), crate::catalog::PathError::Downgrade { .. }) => format!(
+                "UpgradeRequest {r} upgraded the Cluster to {running}; spec version {wanted} is older and is not acted on — set spec.datastore.version to {running}"
+            ),
+            _ => format!("{e}; the Cluster stays on {running}"),
+        };
+        return refuse(p, "UpgradeRefused", why);
     }
     if cluster.spec.replicas_per_shard < 2 {
         return refuse(
@@ -245,92 +366,101 @@ fn start(
         seen.names.len()
     );
     info!(cluster = %cluster.name_any(), "{note}");
-    p.s.upgrade = Some(ClusterUpgrade {
-        source_version: running.to_string(),
-        target_version: wanted.to_string(),
-        shard: 0,
-        stage: ShardStage::RestartReplicas,
-        member: None,
-        failover: None,
-        step_started: p.now.clone(),
-        started: p.now.clone(),
-        failed: None,
-        reverting: false,
-    });
+    p.s.upgrade = Some(ClusterUpgrade::new(running, wanted, p.now.clone()));
     p.s.task = Some(ClusterTask::UpgradingCluster);
     p.cond("VersionApplied", false, "Upgrading", note.clone());
     p.cond("Progressing", true, "Upgrading", note.clone());
     p.events.push((EventType::Normal, "UpgradeStarted", note));
-    Ok(Action::requeue(Duration::from_millis(100)))
+    Some(Action::requeue(Duration::from_millis(100)))
 }
 
 /// The shard's current stage is done: on to its next stage, the next shard, or the end.
-async fn advance(
-    _ctx: &Context,
-    _cluster: &Cluster,
-    _api: &Api<Cluster>,
-    p: &mut Pass,
-    seen: &Seen<'_>,
-    mut u: ClusterUpgrade,
-    master: &str,
-) -> Result<Option<Action>> {
+fn advance(p: &mut Pass, seen: &Seen<'_>, mut u: ClusterUpgrade, master: &str) -> Result<Action> {
     u.member = None;
     u.step_started = p.now.clone();
+    let last = u.shard as usize + 1 >= seen.names.len();
+    let again = Action::requeue(Duration::from_millis(100));
     match u.stage {
-        ShardStage::RestartReplicas if u.reverting => {
-            let note = format!(
-                "shard {} runs redis {} again; the upgrade is withdrawn",
-                u.shard, u.target_version
-            );
-            info!("{note}");
-            p.s.upgrade = None;
-            p.s.task = Some(ClusterTask::None);
-            p.cond("Progressing", false, "Reverted", note.clone());
-            p.events.push((EventType::Normal, "UpgradeReverted", note));
-            return Ok(Some(Action::requeue(Duration::from_millis(100))));
+        ShardStage::RestartReplicas if u.reverting && last => {
+            let (result, note) = match (&u.aborted, u.cancel, u.rollback || u.request.is_none()) {
+                (Some(why), _, _) => (
+                    UpgradeResult::Failed,
+                    format!("{why}; the replicas are back on redis {}", u.source_version),
+                ),
+                (None, true, _) => (
+                    UpgradeResult::Cancelled,
+                    format!(
+                        "cancelled; the shard in progress is back on redis {}",
+                        u.source_version
+                    ),
+                ),
+                _ => (
+                    UpgradeResult::RolledBack,
+                    format!(
+                        "every replica whose master runs redis {0} runs {0} again; the upgrade is withdrawn",
+                        u.source_version
+                    ),
+                ),
+            };
+            end(p, &u, result, note);
+            return Ok(again);
+        }
+        // A hold upgrades every shard's replicas before any failover.
+        ShardStage::RestartReplicas if u.reverting || (u.hold && !last) => u.shard += 1,
+        ShardStage::RestartReplicas if u.hold => {
+            (u.shard, u.stage) = (0, ShardStage::AwaitingCommit);
+            p.events.push((
+                EventType::Normal,
+                "AwaitingCommit",
+                format!(
+                    "every shard's replicas run redis {}; no master was handed over",
+                    u.target_version
+                ),
+            ));
         }
         ShardStage::RestartReplicas => {
             u.stage = ShardStage::Failover;
             u.failover = None;
         }
+        ShardStage::AwaitingCommit => (u.shard, u.stage) = (0, ShardStage::Failover),
         ShardStage::RestartOldMaster | ShardStage::Failover => {
             let done = u.shard;
             u.failover = None;
-            if (u.shard as usize) + 1 < seen.names.len() {
-                u.shard += 1;
-                u.stage = ShardStage::RestartReplicas;
-                p.events.push((
-                    EventType::Normal,
-                    "ShardUpgraded",
-                    format!(
-                        "shard {done} runs redis {} (master {master})",
-                        u.target_version
-                    ),
-                ));
-            } else {
+            if last {
                 let note = format!(
                     "every shard runs redis {} (from {})",
                     u.target_version, u.source_version
                 );
-                info!("{note}");
-                p.s.version = Some(u.target_version.clone());
-                p.s.upgrade = None;
-                p.s.task = Some(ClusterTask::None);
-                p.cond("VersionApplied", true, "Applied", note.clone());
-                p.cond("Progressing", false, "Idle", String::new());
-                p.events.push((EventType::Normal, "UpgradeSucceeded", note));
-                return Ok(Some(Action::requeue(Duration::from_millis(100))));
+                end(p, &u, UpgradeResult::Succeeded, note);
+                return Ok(again);
             }
+            p.events.push((
+                EventType::Normal,
+                "ShardUpgraded",
+                format!(
+                    "shard {done} runs redis {} (master {master})",
+                    u.target_version
+                ),
+            ));
+            if u.cancel || u.rollback {
+                let note = format!(
+                    "cancelled after shard {done} was handed over: shards 0 to {done} run redis {}, the others {}",
+                    u.target_version, u.source_version
+                );
+                end(p, &u, UpgradeResult::Cancelled, note);
+                return Ok(again);
+            }
+            u.shard += 1;
+            u.stage = ShardStage::RestartReplicas;
         }
     }
     p.s.upgrade = Some(u);
-    Ok(Some(Action::requeue(Duration::from_millis(100))))
+    Ok(again)
 }
 
 /// The failover stage: record the intent, send a graceful `CLUSTER FAILOVER` to an upgraded
 /// replica, and move on only when every node sees it done.
 async fn failover(
-    ctx: &Context,
     cluster: &Cluster,
     api: &Api<Cluster>,
     p: &mut Pass,
@@ -343,7 +473,11 @@ async fn failover(
         if seen.runs(master, &target) {
             // Nothing left to hand over (an earlier pass finished it, or the master already
             // ran the target).
-            return advance(ctx, cluster, api, p, seen, u, master).await;
+            return advance(p, seen, u, master).map(Some);
+        }
+        if let Some(wait) = window_closed(cluster, p, &u, &format!("handing {master}'s slots over"))
+        {
+            return Ok(Some(wait));
         }
         let shard = &p.s.shards[u.shard as usize];
         let candidate = shard.replicas.iter().find(|r| {
@@ -378,9 +512,11 @@ async fn failover(
         ));
         // The intent first: a restarted operator confirms or sends this failover, never
         // another.
-        p.record(api, cluster).await?;
+        if !p.record(api, cluster).await? {
+            return Ok(Some(reread()));
+        }
         crate::failpoint::passed("api:cluster-status:failover-intent").await;
-        return send(ctx, cluster, api, p, seen, u, f).await;
+        return send(cluster, api, p, seen, u, f).await;
     };
     let slots: Vec<SlotRange> = f.slots.iter().filter_map(|r| parse_range(r)).collect();
     match rc::failover_done(
@@ -414,7 +550,7 @@ async fn failover(
                     .any(|v| v.node(&f.candidate_id).is_some_and(|n| n.master)) =>
         {
             tracing::debug!(%why, "the failover was recorded but not sent");
-            send(ctx, cluster, api, p, seen, u, f).await
+            send(cluster, api, p, seen, u, f).await
         }
         Err(why) => {
             p.s.message = Some(format!(
@@ -428,7 +564,6 @@ async fn failover(
 }
 
 async fn send(
-    _ctx: &Context,
     cluster: &Cluster,
     api: &Api<Cluster>,
     p: &mut Pass,
@@ -456,8 +591,14 @@ async fn send(
     f.sent = true;
     u.failover = Some(f);
     p.s.upgrade = Some(u);
+    // Lost to a concurrent write: the failover was sent, and the next pass confirms it (a node
+    // seeing the candidate lead keeps it from being sent twice).
     p.record(api, cluster).await?;
     Ok(Some(Action::requeue(Duration::from_millis(200))))
+}
+
+fn reread() -> Action {
+    Action::requeue(Duration::from_millis(100))
 }
 
 fn parse_range(r: &str) -> Option<SlotRange> {
@@ -492,7 +633,7 @@ async fn restart(
 
 /// While reverting, the member to return to the source may be the one that is down (its new
 /// image never started): it is restarted without the gate, which would wait for it forever,
-/// as long as every other member is Ready (still one member of the shard down at most).
+/// as long as every other member is Ready (still one member of the cluster down at most).
 pub(super) async fn revert_down_member(
     ctx: &Context,
     cluster: &Cluster,
@@ -509,7 +650,6 @@ pub(super) async fn revert_down_member(
         return Ok(None);
     };
     let version = |p: &Pod| p.annotations().get(ANNOTATION_VERSION).cloned();
-    let shard = super::shard_name(&cluster.name_any(), u.shard);
     let down: Vec<&String> = layout
         .pods
         .iter()
@@ -520,7 +660,9 @@ pub(super) async fn revert_down_member(
         return Ok(None);
     };
     let pod = &layout.pods[*member];
-    if owner(member) != shard || version(pod).as_deref() == Some(u.target_version.as_str()) {
+    // Only a member moved to the new version is down for the upgrade's sake (any shard: after
+    // a hold the revert starts at shard 0 while the failed member may be in a later one).
+    if version(pod).as_deref() == Some(u.target_version.as_str()) {
         return Ok(None);
     }
     let Some(entry) = crate::catalog::find(catalog, Datastore::Redis, &u.target_version) else {
@@ -530,35 +672,48 @@ pub(super) async fn revert_down_member(
     u.step_started = p.now.clone();
     p.s.upgrade = Some(u.clone());
     p.s.message = Some(format!("returning {member} to redis {}", u.target_version));
-    p.record(api, cluster).await?;
+    if !p.record(api, cluster).await? {
+        return Ok(Some(reread()));
+    }
     restart(ctx, cluster, member, &entry.spec.image, &u.target_version).await?;
     Ok(Some(Action::requeue(Duration::from_secs(1))))
 }
 
-/// A stopped upgrade: it stays stopped, saying why, until the version is set back to the
-/// source, which returns the stopped shard's replicas to it. Runs before any gate (the member
-/// that stopped it is typically down). `None` when no upgrade is stopped.
+/// A stopped upgrade. A request's goes back on its own while the shard's master still runs
+/// the source; a spec-driven one stays stopped, saying why, until the version is set back to
+/// the source. Either returns the replicas to it. Runs before any gate (the member that
+/// stopped it is typically down). `None` when no upgrade is stopped.
 pub(super) fn stopped(cluster: &Cluster, p: &mut Pass) -> Option<Action> {
     let wanted = &cluster.spec.datastore.version;
-    let mut u = p.s.upgrade.clone()?;
+    let u = p.s.upgrade.clone()?;
     let why = u.failed.clone()?;
     // The shard's master still runs the source unless it already failed over (a source
     // replica cannot follow a newer master, so that shard is not reverted).
     let revertible = u.stage != ShardStage::RestartOldMaster && !u.reverting;
-    if *wanted == u.source_version && revertible {
-        let note = format!(
-            "reverting: shard {}'s replicas return to redis {} (its master was never touched)",
-            u.shard, u.source_version
-        );
-        info!("{note}");
-        p.events
-            .push((EventType::Normal, "UpgradeReverting", note.clone()));
-        p.cond("Progressing", true, "Reverting", note);
-        u.target_version = u.source_version.clone();
-        (u.failed, u.reverting, u.stage) = (None, true, ShardStage::RestartReplicas);
-        (u.member, u.failover, u.step_started) = (None, None, p.now.clone());
-        p.s.upgrade = Some(u);
+    if revertible && (u.request.is_some() || *wanted == u.source_version) {
+        let what = if u.request.is_some() {
+            "the step failed"
+        } else {
+            "reverting"
+        };
+        begin_revert(p, u.clone(), u.request.as_ref().map(|_| why), what);
         return Some(Action::requeue(Duration::from_millis(100)));
+    }
+    if u.request.is_some() && p.s.last_upgrade.as_ref().map(|l| &l.job) != Some(&u.job) {
+        // Cannot go back: the request learns the outcome; the cluster waits for a person.
+        let note = format!(
+            "{why}; shard {}'s master already runs {}, so it cannot be returned: the member needs a person to start on it",
+            u.shard, u.target_version
+        );
+        p.s.last_upgrade = Some(UpgradeOutcome {
+            request: u.request.clone(),
+            job: u.job.clone(),
+            source_version: u.source_version.clone(),
+            target_version: u.target_version.clone(),
+            result: UpgradeResult::Failed,
+            message: Some(note),
+            finish_time: Some(p.now.clone()),
+        });
     }
     p.s.message = Some(if revertible {
         format!(
@@ -585,16 +740,11 @@ mod tests {
     fn pass(now: i64, stage: ShardStage) -> Pass {
         let s = ClusterStatus {
             upgrade: Some(ClusterUpgrade {
-                source_version: "6.2.14".into(),
-                target_version: "7.0.15".into(),
                 shard: 1,
                 stage,
                 member: Some("c-shard-1-1".into()),
-                failover: None,
                 step_started: at(1000),
-                started: at(900),
-                failed: None,
-                reverting: false,
+                ..ClusterUpgrade::new("6.2.14", "7.0.15", at(900))
             }),
             ..Default::default()
         };
@@ -606,6 +756,7 @@ mod tests {
             events: vec![],
             step_timeout: Duration::from_secs(600),
             fence_timeout: Duration::from_secs(60),
+            rv: None,
         }
     }
 
@@ -671,5 +822,97 @@ mod tests {
         // Nothing stopped: nothing to say.
         let mut p = pass(1000, ShardStage::Failover);
         assert!(stopped(&cluster("6.2.14"), &mut p).is_none());
+    }
+
+    fn seen_of<'a>(names: &'a [String], layout: &'a Layout) -> Seen<'a> {
+        static T: std::sync::OnceLock<BTreeMap<String, Target>> = std::sync::OnceLock::new();
+        static P: std::sync::OnceLock<BTreeMap<String, Probe>> = std::sync::OnceLock::new();
+        Seen {
+            names,
+            layout,
+            targets: T.get_or_init(BTreeMap::new),
+            views: &[],
+            probes: P.get_or_init(BTreeMap::new),
+            catalog: vec![],
+        }
+    }
+
+    #[test]
+    fn a_hold_moves_every_shards_replicas_before_any_failover_and_commit_starts_at_shard_0() {
+        let names: Vec<String> = (0..2).map(|n| format!("c-shard-{n}")).collect();
+        let layout = Layout::default();
+        let seen = seen_of(&names, &layout);
+        let mut p = pass(1000, ShardStage::RestartReplicas);
+        let mut u = p.s.upgrade.clone().unwrap();
+        (u.shard, u.hold) = (0, true);
+        advance(&mut p, &seen, u, "c-shard-0-0").unwrap();
+        let u = p.s.upgrade.clone().unwrap();
+        assert_eq!((u.shard, u.stage), (1, ShardStage::RestartReplicas));
+        advance(&mut p, &seen, u, "c-shard-1-0").unwrap();
+        let u = p.s.upgrade.clone().unwrap();
+        assert_eq!((u.shard, u.stage), (0, ShardStage::AwaitingCommit));
+        assert_eq!(p.events.last().unwrap().1, "AwaitingCommit");
+        // Without the hold, a shard's replicas are followed by its failover.
+        let mut p = pass(1000, ShardStage::RestartReplicas);
+        let u = p.s.upgrade.clone().unwrap();
+        advance(&mut p, &seen, u, "c-shard-1-0").unwrap();
+        assert_eq!(p.s.upgrade.as_ref().unwrap().stage, ShardStage::Failover);
+    }
+
+    #[test]
+    fn a_revert_ends_with_the_outcome_its_cause_names() {
+        let names: Vec<String> = (0..2).map(|n| format!("c-shard-{n}")).collect();
+        let layout = Layout::default();
+        let seen = seen_of(&names, &layout);
+        let ended = |rollback: bool, cancel: bool, aborted: Option<&str>| {
+            let mut p = pass(1000, ShardStage::RestartReplicas);
+            let mut u = p.s.upgrade.clone().unwrap();
+            u.request = Some("ns/r".into());
+            u.job = Some("j".into());
+            (u.rollback, u.cancel, u.aborted) = (rollback, cancel, aborted.map(String::from));
+            begin_revert(&mut p, u, None, "test");
+            let u = p.s.upgrade.clone().unwrap();
+            assert!(u.reverting && u.target_version == "6.2.14");
+            // A rollback goes over every shard from the first; otherwise the shard in progress.
+            assert_eq!(u.shard, if rollback { 0 } else { 1 });
+            let mut u = u;
+            u.shard = 1;
+            advance(&mut p, &seen, u, "c-shard-1-0").unwrap();
+            assert!(p.s.upgrade.is_none());
+            assert_eq!(p.s.task, Some(ClusterTask::None));
+            let last = p.s.last_upgrade.clone().unwrap();
+            assert_eq!(last.job.as_deref(), Some("j"));
+            (last.result, last.message.unwrap_or_default())
+        };
+        assert_eq!(ended(true, false, None).0, UpgradeResult::RolledBack);
+        assert_eq!(ended(false, true, None).0, UpgradeResult::Cancelled);
+        let (r, why) = ended(false, false, Some("c-shard-1-1 did not start"));
+        assert_eq!(r, UpgradeResult::Failed);
+        assert!(
+            why.contains("did not start") && why.contains("back on redis 6.2.14"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_requests_failed_step_goes_back_on_its_own_or_reports_that_it_cannot() {
+        let mut p = pass(2000, ShardStage::RestartReplicas);
+        p.s.upgrade.as_mut().unwrap().request = Some("ns/r".into());
+        check_deadline(&mut p, "not Ready");
+        // The spec still names the source (a request never rewrites it): not a revert signal.
+        assert!(stopped(&cluster("6.2.14"), &mut p).is_some());
+        let u = p.s.upgrade.clone().unwrap();
+        assert!(u.reverting && u.failed.is_none(), "{u:#?}");
+        assert!(u.aborted.as_deref().unwrap().contains("600 s"));
+        // Past the failover the shard cannot go back: the request learns it failed, once.
+        let mut p = pass(2000, ShardStage::RestartOldMaster);
+        let u = p.s.upgrade.as_mut().unwrap();
+        (u.request, u.job) = (Some("ns/r".into()), Some("j".into()));
+        check_deadline(&mut p, "not Ready");
+        stopped(&cluster("6.2.14"), &mut p);
+        let last = p.s.last_upgrade.clone().unwrap();
+        assert_eq!(last.result, UpgradeResult::Failed);
+        assert!(last.message.unwrap().contains("cannot be returned"));
+        assert!(p.s.upgrade.as_ref().unwrap().failed.is_some());
     }
 }

@@ -9,9 +9,9 @@ use jiff::Timestamp;
 
 use crate::catalog::{self, PathKind};
 use crate::crd::{
-    DatabaseInstance, Datastore, DatastoreVersion, InstancePhase, RequestPhase, Schedule,
-    TargetJob, TargetKind, UpgradeAction, UpgradeInFlight, UpgradeRequestSpec, UpgradeResult,
-    UpgradeType,
+    Cluster, ClusterTask, DatabaseInstance, Datastore, DatastoreVersion, InstancePhase,
+    RequestPhase, Schedule, TargetJob, TargetKind, UpgradeAction, UpgradeRequestSpec,
+    UpgradeResult, UpgradeType,
 };
 use crate::window;
 
@@ -68,6 +68,11 @@ pub fn validate(
             ),
         });
     }
+    if let Some(c) = inst.cluster_owner() {
+        return Err(format!(
+            "it is a shard of Cluster {c}, upgraded only with the whole cluster; list the Cluster under targets.clusters instead"
+        ));
+    }
     if inst.spec.paused {
         return Err("it is paused (spec.paused); unpause it to upgrade".into());
     }
@@ -87,7 +92,17 @@ pub fn validate(
                 .into(),
         );
     }
-    let from_ds = inst.spec.datastore.type_;
+    plan_for(spec, inst.spec.datastore.type_, source, catalog)
+}
+
+/// The path from `source` of datastore `from_ds` to the request's target, checked against the
+/// catalog and the request's type.
+fn plan_for(
+    spec: &UpgradeRequestSpec,
+    from_ds: Datastore,
+    source: String,
+    catalog: &[DatastoreVersion],
+) -> Result<Plan, String> {
     let to_ds = spec.datastore.unwrap_or(from_ds);
     let target = target_version(spec, catalog, to_ds)?;
     let Some(to) = catalog::find(catalog, to_ds, &target) else {
@@ -116,6 +131,61 @@ pub fn validate(
     })
 }
 
+/// Checks one Cluster before anything is touched; the message says what to fix.
+pub fn validate_cluster(
+    spec: &UpgradeRequestSpec,
+    c: &Cluster,
+    catalog: &[DatastoreVersion],
+) -> Result<Plan, String> {
+    let status = c.status.clone().unwrap_or_default();
+    if let Some(u) = &status.upgrade {
+        return Err(match &u.request {
+            Some(r) => format!(
+                "another UpgradeRequest ({r}) owns its upgrade to {} (step {}); wait for it to finish or cancel it",
+                u.target_version,
+                u.describe()
+            ),
+            None => format!(
+                "an upgrade to {} from its spec is in flight (step {}); wait for it to finish",
+                u.target_version,
+                u.describe()
+            ),
+        });
+    }
+    if c.spec.paused {
+        return Err("it is paused (spec.paused); unpause it to upgrade".into());
+    }
+    if spec.type_ == UpgradeType::InPlace {
+        return Err("a Cluster is upgraded shard by shard, each master handing its slots to an upgraded replica first; type InPlace (every member restarted together) is not offered for clusters: use type Rolling".into());
+    }
+    if c.spec.replicas_per_shard < 2 {
+        return Err("its shards have one member each, which cannot hand its slots to an upgraded replica: upgrading it means an outage, which Baton does not do (create the Cluster with replicasPerShard 2 or more)".into());
+    }
+    let ready =
+        crate::status::find(&status.conditions, "Ready").is_some_and(|c| c.status == "True");
+    if !ready || status.task != Some(ClusterTask::None) {
+        let why = status.message.map(|m| format!(": {m}")).unwrap_or_default();
+        return Err(format!(
+            "it is not Ready and idle{why}; only a Ready cluster with no task in progress is upgraded"
+        ));
+    }
+    let Some(source) = status.version.clone() else {
+        return Err("it has not reported a running version yet; wait until it is Ready".into());
+    };
+    if spec.schedule == Schedule::MaintenanceWindow && c.spec.maintenance_window.is_none() {
+        return Err(
+            "schedule MaintenanceWindow needs the Cluster's spec.maintenanceWindow; set one, or use schedule Immediate"
+                .into(),
+        );
+    }
+    if spec.datastore.is_some_and(|d| d != c.spec.datastore.type_) {
+        return Err(
+            "a Cluster's datastore cannot change; omit datastore for Cluster targets".into(),
+        );
+    }
+    plan_for(spec, c.spec.datastore.type_, source, catalog)
+}
+
 /// What becomes of a job that has not started.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
@@ -142,8 +212,10 @@ pub struct AdmitInput<'a> {
     pub now: Timestamp,
     pub namespace: &'a str,
     pub catalog: &'a [DatastoreVersion],
-    /// Each target read this pass (None: it does not exist).
+    /// Each instance target read this pass (None: it does not exist).
     pub targets: &'a BTreeMap<String, Option<DatabaseInstance>>,
+    /// Each Cluster target read this pass (None: it does not exist).
+    pub clusters: &'a BTreeMap<String, Option<Cluster>>,
 }
 
 /// Decides, in job order, what becomes of each job that has not started (Pending or
@@ -180,17 +252,25 @@ pub fn admit(jobs: &[TargetJob], a: &AdmitInput) -> Vec<(usize, Admission)> {
             out.push((i, Admission::Later));
             continue;
         }
-        let checked = match (job.kind, a.targets.get(&job.target).cloned().flatten()) {
-            (TargetKind::Cluster, _) => Err(
-                "Cluster targets are not upgraded by this version of Baton yet; list the cluster's instances instead".to_string(),
-            ),
-            (_, None) => Err(format!(
-                "DatabaseInstance {} does not exist in namespace {}",
+        let missing = |kind: &str| {
+            format!(
+                "{kind} {} does not exist in namespace {}",
                 job.target, a.namespace
-            )),
-            (_, Some(inst)) => validate(a.spec, &inst, a.catalog).map(|p| (inst, p)),
+            )
         };
-        let (inst, plan) = match checked {
+        let checked = match job.kind {
+            TargetKind::Cluster => match a.clusters.get(&job.target).cloned().flatten() {
+                None => Err(missing("Cluster")),
+                Some(c) => validate_cluster(a.spec, &c, a.catalog)
+                    .map(|p| (c.spec.maintenance_window.clone(), p)),
+            },
+            TargetKind::DatabaseInstance => match a.targets.get(&job.target).cloned().flatten() {
+                None => Err(missing("DatabaseInstance")),
+                Some(inst) => validate(a.spec, &inst, a.catalog)
+                    .map(|p| (inst.spec.maintenance_window.clone(), p)),
+            },
+        };
+        let (window, plan) = match checked {
             Ok(ok) => ok,
             Err(why) => {
                 failed += 1;
@@ -199,7 +279,7 @@ pub fn admit(jobs: &[TargetJob], a: &AdmitInput) -> Vec<(usize, Admission)> {
             }
         };
         if a.spec.schedule == Schedule::MaintenanceWindow
-            && let Some(w) = &inst.spec.maintenance_window
+            && let Some(w) = &window
             && !window::is_open(a.now, w)
         {
             let window = format!(
@@ -223,17 +303,22 @@ pub fn admit(jobs: &[TargetJob], a: &AdmitInput) -> Vec<(usize, Admission)> {
     out
 }
 
-/// The flags the request's action asks of a target's upgrade in flight. Commit lifts the hold;
-/// Rollback and Cancel are sticky (once asked, never taken back).
-pub fn desired_flags(
-    action: UpgradeAction,
-    deleting: bool,
-    u: &UpgradeInFlight,
-) -> (bool, bool, bool) {
-    let hold = u.hold && action == UpgradeAction::Upgrade;
-    let rollback = u.rollback || action == UpgradeAction::Rollback;
-    let cancel = u.cancel || action == UpgradeAction::Cancel || deleting;
-    (hold, rollback, cancel)
+/// A target's upgrade flags: `hold`, `rollback`, `cancel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flags {
+    pub hold: bool,
+    pub rollback: bool,
+    pub cancel: bool,
+}
+
+/// The flags the request's action asks of a target's upgrade in flight (`now`). Commit lifts
+/// the hold; Rollback and Cancel are sticky (once asked, never taken back).
+pub fn desired_flags(action: UpgradeAction, deleting: bool, now: Flags) -> Flags {
+    Flags {
+        hold: now.hold && action == UpgradeAction::Upgrade,
+        rollback: now.rollback || action == UpgradeAction::Rollback,
+        cancel: now.cancel || action == UpgradeAction::Cancel || deleting,
+    }
 }
 
 /// A job's phase from the target's recorded outcome.
@@ -326,7 +411,9 @@ pub fn summarize(jobs: &[TargetJob], action: UpgradeAction, deleting: bool) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{DatabaseInstanceStatus, DatastoreVersionSpec, TargetKind, UpgradeEdge};
+    use crate::crd::{
+        DatabaseInstanceStatus, DatastoreVersionSpec, TargetKind, UpgradeEdge, UpgradeInFlight,
+    };
     use serde_json::json;
 
     fn dv(ds: Datastore, v: &str, default: bool, edges: Vec<UpgradeEdge>) -> DatastoreVersion {
@@ -435,6 +522,8 @@ mod tests {
         );
     }
 
+    static NO_CLUSTERS: BTreeMap<String, Option<Cluster>> = BTreeMap::new();
+
     fn input<'a>(
         spec: &'a UpgradeRequestSpec,
         c: &'a [DatastoreVersion],
@@ -447,6 +536,7 @@ mod tests {
             namespace: "ns",
             catalog: c,
             targets,
+            clusters: &NO_CLUSTERS,
         }
     }
 
@@ -483,6 +573,68 @@ mod tests {
         spec.action = UpgradeAction::Cancel;
         let got = admit(&jobs, &input(&spec, &c, &targets));
         assert!(got.iter().all(|(_, a)| matches!(a, Admission::Cancel(_))));
+    }
+
+    fn ready_cluster(version: &str, per_shard: i32) -> Cluster {
+        serde_json::from_value(json!({
+            "apiVersion": "baton.dev/v1alpha1", "kind": "Cluster",
+            "metadata": {"name": "events", "namespace": "ns"},
+            "spec": {"datastore": {"type": "redis", "version": version}, "shards": 2,
+                     "replicasPerShard": per_shard},
+            "status": {"task": "None", "version": version, "conditions": [{
+                "type": "Ready", "status": "True", "reason": "ClusterOk", "message": "",
+                "lastTransitionTime": "2026-01-01T00:00:00Z"}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_cluster_is_checked_like_an_instance_and_its_shards_are_not_targets() {
+        let c = catalog();
+        let s = spec(Some("7.0.15"), "Rolling");
+        let plan = validate_cluster(&s, &ready_cluster("6.2.14", 2), &c).unwrap();
+        assert_eq!(
+            (plan.source.as_str(), plan.target.as_str()),
+            ("6.2.14", "7.0.15")
+        );
+        let err = |s: &UpgradeRequestSpec, cl: &Cluster| validate_cluster(s, cl, &c).unwrap_err();
+        assert!(err(&s, &ready_cluster("6.2.14", 1)).contains("one member each"));
+        assert!(
+            err(
+                &spec(Some("7.0.15"), "InPlace"),
+                &ready_cluster("6.2.14", 2)
+            )
+            .contains("use type Rolling")
+        );
+        assert!(
+            err(
+                &spec(Some("6.2.14"), "Rolling"),
+                &ready_cluster("7.0.15", 2)
+            )
+            .contains("downgrades are never performed")
+        );
+        let mut paused = ready_cluster("6.2.14", 2);
+        paused.spec.paused = true;
+        assert!(err(&s, &paused).contains("paused"));
+        let mut busy = ready_cluster("6.2.14", 2);
+        let mut u = crate::crd::ClusterUpgrade::new("6.2.14", "7.0.15", t0());
+        u.request = Some("ns/first".into());
+        busy.status.as_mut().unwrap().upgrade = Some(u);
+        assert!(err(&s, &busy).contains("another UpgradeRequest (ns/first)"));
+        let mut forming = ready_cluster("6.2.14", 2);
+        forming.status.as_mut().unwrap().task = Some(ClusterTask::Building);
+        assert!(err(&s, &forming).contains("not Ready and idle"));
+        // A shard's instance: the Cluster is the target.
+        let mut shard = instance("6.2.14", InstancePhase::Active);
+        shard.metadata.owner_references = Some(vec![
+            serde_json::from_value(json!({
+                "apiVersion": "baton.dev/v1alpha1", "kind": "Cluster", "name": "events",
+                "uid": "u1", "controller": true,
+            }))
+            .unwrap(),
+        ]);
+        let e = validate(&s, &shard, &c).unwrap_err();
+        assert!(e.contains("shard of Cluster events"), "{e}");
     }
 
     #[test]
@@ -609,25 +761,25 @@ mod tests {
 
     #[test]
     fn commit_lifts_the_hold_and_rollback_or_cancel_stick() {
-        let mut u = UpgradeInFlight::new("6.2.14", "7.0.15", "db-0", t0());
-        u.hold = true;
+        let f = |hold, rollback, cancel| Flags {
+            hold,
+            rollback,
+            cancel,
+        };
+        let held = f(true, false, false);
+        assert_eq!(desired_flags(UpgradeAction::Upgrade, false, held), held);
         assert_eq!(
-            desired_flags(UpgradeAction::Upgrade, false, &u),
-            (true, false, false)
+            desired_flags(UpgradeAction::Commit, false, held),
+            f(false, false, false)
         );
         assert_eq!(
-            desired_flags(UpgradeAction::Commit, false, &u),
-            (false, false, false)
+            desired_flags(UpgradeAction::Rollback, false, held),
+            f(false, true, false)
         );
         assert_eq!(
-            desired_flags(UpgradeAction::Rollback, false, &u),
-            (false, true, false)
+            desired_flags(UpgradeAction::Upgrade, true, held),
+            f(true, false, true)
         );
-        assert_eq!(
-            desired_flags(UpgradeAction::Upgrade, true, &u),
-            (true, false, true)
-        );
-        u.cancel = true;
-        assert!(desired_flags(UpgradeAction::Cancel, false, &u).2);
+        assert!(desired_flags(UpgradeAction::Upgrade, false, f(false, false, true)).cancel);
     }
 }

@@ -30,8 +30,9 @@ use tracing::info;
 
 use super::{Context, apply_status, database_instance, publish};
 use crate::crd::{
-    DatabaseInstance, InstancePhase, RequestPhase, Schedule, StepKind, TargetJob, TargetKind,
-    UpgradeAction, UpgradeInFlight, UpgradeRequest, UpgradeRequestStatus,
+    Cluster, ClusterStatus, ClusterTask, ClusterUpgrade, DatabaseInstance, InstancePhase,
+    RequestPhase, Schedule, ShardStage, StepKind, TargetJob, TargetKind, UpgradeAction,
+    UpgradeInFlight, UpgradeOutcome, UpgradeRequest, UpgradeRequestStatus,
 };
 use crate::error::{Error, Result};
 use crate::status::{self, Desired};
@@ -39,31 +40,47 @@ use crate::status::{self, Desired};
 /// Held while a request has targets to stop on deletion.
 pub const FINALIZER: &str = "baton.dev/upgrade-request";
 
-/// Builds the controller; a change to an instance wakes the requests that own or owned its
-/// upgrade.
+/// Builds the controller; a change to an instance or a Cluster wakes the requests that own or
+/// owned its upgrade.
 pub fn controller(
     requests: Api<UpgradeRequest>,
     instances: Api<DatabaseInstance>,
+    clusters: Api<Cluster>,
 ) -> Controller<UpgradeRequest> {
-    Controller::new(requests, Default::default()).watches(
-        instances,
-        Default::default(),
-        |inst: DatabaseInstance| {
+    Controller::new(requests, Default::default())
+        .watches(instances, Default::default(), |inst: DatabaseInstance| {
             let ns = inst.namespace().unwrap_or_default();
             let s = inst.status.unwrap_or_default();
-            [
-                s.upgrade.and_then(|u| u.request),
-                s.last_upgrade.and_then(|l| l.request),
-            ]
-            .into_iter()
-            .flatten()
-            .filter_map(|key| {
-                let (rns, name) = key.split_once('/')?;
-                (rns == ns).then(|| ObjectRef::new(name).within(rns))
-            })
-            .collect::<Vec<_>>()
-        },
-    )
+            owners(
+                &ns,
+                [
+                    s.upgrade.and_then(|u| u.request),
+                    s.last_upgrade.and_then(|l| l.request),
+                ],
+            )
+        })
+        .watches(clusters, Default::default(), |c: Cluster| {
+            let ns = c.namespace().unwrap_or_default();
+            let s = c.status.unwrap_or_default();
+            owners(
+                &ns,
+                [
+                    s.upgrade.and_then(|u| u.request),
+                    s.last_upgrade.and_then(|l| l.request),
+                ],
+            )
+        })
+}
+
+/// The requests (`namespace/name`) of this namespace among `keys`.
+fn owners(ns: &str, keys: [Option<String>; 2]) -> Vec<ObjectRef<UpgradeRequest>> {
+    keys.into_iter()
+        .flatten()
+        .filter_map(|key| {
+            let (rns, name) = key.split_once('/')?;
+            (rns == ns).then(|| ObjectRef::new(name).within(rns))
+        })
+        .collect()
 }
 
 pub async fn reconcile(cached: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result<Action> {
@@ -101,7 +118,7 @@ pub async fn reconcile(cached: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result
         publish_req(&ctx, &req, EventType::Normal, "Accepted", note).await;
     }
     // 2. Sync the started jobs with their instances (each target read once per pass).
-    let Some(read) = sync_started(&ctx, &req, &mut next, &instances, deleting).await? else {
+    let Some(read) = sync_started(&ctx, &req, &mut next, deleting).await? else {
         return Ok(reread());
     };
     // 3. Admit the waiting jobs (pure), then 4. claim the ones that start.
@@ -138,41 +155,184 @@ pub async fn reconcile(cached: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result
     })))
 }
 
-/// Brings every started job up to date with its instance. Returns each target read (None if
-/// it does not exist), or None when a write to an instance lost a race (re-read).
+/// Every target read this pass, by kind (None: it does not exist).
+#[derive(Default)]
+struct Read {
+    instances: BTreeMap<String, Option<DatabaseInstance>>,
+    clusters: BTreeMap<String, Option<Cluster>>,
+}
+
+/// Brings every started job up to date with its target. Returns each target read, or None
+/// when a write to a target lost a race (re-read).
 async fn sync_started(
     ctx: &Context,
     req: &UpgradeRequest,
     next: &mut UpgradeRequestStatus,
-    instances: &Api<DatabaseInstance>,
     deleting: bool,
-) -> Result<Option<BTreeMap<String, Option<DatabaseInstance>>>> {
-    let mut read = BTreeMap::new();
+) -> Result<Option<Read>> {
+    let ns = req.namespace().unwrap_or_default();
+    let instances = Api::<DatabaseInstance>::namespaced(ctx.client.clone(), &ns);
+    let clusters = Api::<Cluster>::namespaced(ctx.client.clone(), &ns);
+    let mut read = Read::default();
     for job in next.jobs.iter_mut().filter(|j| !jobs::is_terminal(j.phase)) {
-        if job.kind != TargetKind::DatabaseInstance {
-            continue;
-        }
-        let found = instances
-            .get_opt(&job.target)
-            .await
-            .map_err(Error::kube("reading a target instance"))?;
-        read.insert(job.target.clone(), found.clone());
-        let Some(inst) = found else {
+        let state = match job.kind {
+            TargetKind::DatabaseInstance => {
+                let found = instances
+                    .get_opt(&job.target)
+                    .await
+                    .map_err(Error::kube("reading a target instance"))?;
+                read.instances.insert(job.target.clone(), found.clone());
+                found.as_ref().map(instance_state)
+            }
+            TargetKind::Cluster => {
+                let found = clusters
+                    .get_opt(&job.target)
+                    .await
+                    .map_err(Error::kube("reading a target Cluster"))?;
+                read.clusters.insert(job.target.clone(), found.clone());
+                found.as_ref().map(cluster_state)
+            }
+        };
+        let Some(state) = state else {
             if jobs::is_started(job.phase) {
-                finish_job(
-                    job,
-                    RequestPhase::Failed,
-                    "the instance was deleted".into(),
-                    ctx,
-                );
+                let why = format!("the {:?} was deleted", job.kind);
+                finish_job(job, RequestPhase::Failed, why, ctx);
             }
             continue;
         };
-        if !sync_job(ctx, req, job, &inst, deleting).await? {
+        let Some(flags) = sync_job(ctx, req, job, &state, deleting).await else {
+            continue;
+        };
+        // The action asks something new of the target's upgrade: steer it, guarded.
+        let steered = match job.kind {
+            TargetKind::DatabaseInstance => {
+                let Some(Some(inst)) = read.instances.get(&job.target) else {
+                    continue;
+                };
+                let mut status = inst.status.clone().unwrap_or_default();
+                if let Some(w) = status.upgrade.as_mut() {
+                    (w.hold, w.rollback, w.cancel) = (flags.hold, flags.rollback, flags.cancel);
+                }
+                database_instance::write_status_guarded(ctx, inst, &status).await?
+            }
+            TargetKind::Cluster => {
+                let Some(Some(c)) = read.clusters.get(&job.target) else {
+                    continue;
+                };
+                let mut status = c.status.clone().unwrap_or_default();
+                if let Some(w) = status.upgrade.as_mut() {
+                    (w.hold, w.rollback, w.cancel) = (flags.hold, flags.rollback, flags.cancel);
+                }
+                write_cluster_guarded(ctx, c, &status).await?
+            }
+        };
+        if !steered {
             return Ok(None);
         }
+        let what = match flags {
+            jobs::Flags { cancel: true, .. } => "cancel: stop after the current step",
+            jobs::Flags { rollback: true, .. } => "rollback: standbys back to the source version",
+            _ => "commit: switch over and finish",
+        };
+        info!(target = %job.target, what, "steering the target's upgrade");
+        publish_req(
+            ctx,
+            req,
+            EventType::Normal,
+            "TargetSteered",
+            format!("{}: {what}", job.target),
+        )
+        .await;
     }
     Ok(Some(read))
+}
+
+/// Writes a Cluster's status only if it is unchanged since it was read (see
+/// `write_status_guarded`). False on conflict.
+async fn write_cluster_guarded(ctx: &Context, c: &Cluster, next: &ClusterStatus) -> Result<bool> {
+    let api = Api::<Cluster>::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
+    apply_status(&api, c, next, true, "writing Cluster status").await
+}
+
+/// What a job reads of its target, whatever its kind.
+struct TargetState {
+    /// The target's last finished upgrade.
+    last: Option<UpgradeOutcome>,
+    /// The upgrade in flight.
+    flight: Option<Flight>,
+}
+
+struct Flight {
+    job: Option<String>,
+    source: String,
+    target: String,
+    started: Option<Time>,
+    /// Held before the primary (masters) is touched, waiting for Commit or Rollback.
+    awaiting: bool,
+    step: String,
+    /// Why it goes back or stopped, if it does.
+    trouble: Option<String>,
+    /// The primary, or the masters, still on the source while awaiting.
+    awaiting_message: String,
+    flags: jobs::Flags,
+}
+
+fn instance_state(inst: &DatabaseInstance) -> TargetState {
+    let s = inst.status.clone().unwrap_or_default();
+    TargetState {
+        last: s.last_upgrade.clone(),
+        flight: s.upgrade.as_ref().map(|u| Flight {
+            job: u.job.clone(),
+            source: u.source_version.clone(),
+            target: u.target_version.clone(),
+            started: u.step_started.clone(),
+            awaiting: u.step.kind == StepKind::AwaitingCommit && u.hold,
+            step: u.describe(),
+            trouble: match (&u.aborted, &u.failure) {
+                (Some(why), _) => Some(format!("rolling back to {}: {why}", u.source_version)),
+                (None, f) => f.clone(),
+            },
+            awaiting_message: format!(
+                "the standbys run {}; the primary {} still runs {}: set action Commit or Rollback",
+                u.target_version,
+                s.primary.clone().unwrap_or_default(),
+                u.source_version
+            ),
+            flags: jobs::Flags {
+                hold: u.hold,
+                rollback: u.rollback,
+                cancel: u.cancel,
+            },
+        }),
+    }
+}
+
+fn cluster_state(c: &Cluster) -> TargetState {
+    let s = c.status.clone().unwrap_or_default();
+    TargetState {
+        last: s.last_upgrade.clone(),
+        flight: s.upgrade.as_ref().map(|u| Flight {
+            job: u.job.clone(),
+            source: u.source_version.clone(),
+            target: u.target_version.clone(),
+            started: Some(u.started.clone()),
+            awaiting: u.stage == ShardStage::AwaitingCommit && u.hold,
+            step: u.describe(),
+            trouble: match (&u.aborted, &u.failed) {
+                (Some(why), _) => Some(format!("rolling back to {}: {why}", u.source_version)),
+                (None, f) => f.clone(),
+            },
+            awaiting_message: format!(
+                "every shard's replicas run {}; the masters still run {}: set action Commit or Rollback",
+                u.target_version, u.source_version
+            ),
+            flags: jobs::Flags {
+                hold: u.hold,
+                rollback: u.rollback,
+                cancel: u.cancel,
+            },
+        }),
+    }
 }
 
 /// Applies `jobs::admit` to the waiting jobs: cancels, refusals (with an Event), schedules
@@ -182,7 +342,7 @@ async fn admit_and_claim(
     ctx: &Context,
     req: &UpgradeRequest,
     next: &mut UpgradeRequestStatus,
-    read: &BTreeMap<String, Option<DatabaseInstance>>,
+    read: &Read,
     deleting: bool,
 ) -> Result<Option<Option<Duration>>> {
     let ns = req.namespace().unwrap_or_default();
@@ -199,7 +359,8 @@ async fn admit_and_claim(
         now,
         namespace: &ns,
         catalog: &catalog,
-        targets: read,
+        targets: &read.instances,
+        clusters: &read.clusters,
     };
     let key = format!("{ns}/{}", req.name_any());
     let mut soonest: Option<Duration> = None;
@@ -232,12 +393,20 @@ async fn admit_and_claim(
             jobs::Admission::Start(plan) => {
                 job.source_version = Some(plan.source.clone());
                 job.target_version = Some(plan.target.clone());
-                let Some(Some(inst)) = read.get(&job.target) else {
-                    continue;
+                let claimed = match job.kind {
+                    TargetKind::DatabaseInstance => match read.instances.get(&job.target) {
+                        Some(Some(inst)) => claim(ctx, req, &key, job, inst, &plan).await?,
+                        _ => continue,
+                    },
+                    TargetKind::Cluster => match read.clusters.get(&job.target) {
+                        Some(Some(c)) => claim_cluster(ctx, req, &key, job, c, &plan).await?,
+                        _ => continue,
+                    },
                 };
-                if !claim(ctx, req, &key, job, inst, &plan).await? {
+                if !claimed {
                     return Ok(None);
                 }
+                started(ctx, req, job, &plan).await;
             }
         }
     }
@@ -421,9 +590,36 @@ async fn claim(
         "{} → {}: claimed by UpgradeRequest {key}",
         plan.source, plan.target
     ));
-    if !database_instance::write_status_guarded(ctx, inst, &status).await? {
-        return Ok(false);
-    }
+    database_instance::write_status_guarded(ctx, inst, &status).await
+}
+
+/// Claims Cluster `c` for `job`, as `claim` does an instance: its upgrade record, written only
+/// if the Cluster is unchanged since it was validated. False when it changed meanwhile.
+async fn claim_cluster(
+    ctx: &Context,
+    req: &UpgradeRequest,
+    key: &str,
+    job: &TargetJob,
+    c: &Cluster,
+    plan: &jobs::Plan,
+) -> Result<bool> {
+    let mut status = c.status.clone().unwrap_or_default();
+    let mut u = ClusterUpgrade::new(&plan.source, &plan.target, ctx.now());
+    u.request = Some(key.to_string());
+    u.job = Some(job.job_id.clone());
+    u.hold = req.spec.action == UpgradeAction::Upgrade;
+    u.window_only = req.spec.schedule == Schedule::MaintenanceWindow;
+    status.upgrade = Some(u);
+    status.task = Some(ClusterTask::UpgradingCluster);
+    status.message = Some(format!(
+        "{} → {}: claimed by UpgradeRequest {key}",
+        plan.source, plan.target
+    ));
+    write_cluster_guarded(ctx, c, &status).await
+}
+
+/// A claimed job is running: its start on record and in an Event.
+async fn started(ctx: &Context, req: &UpgradeRequest, job: &mut TargetJob, plan: &jobs::Plan) {
     job.phase = RequestPhase::Running;
     job.step = Some("PreCheck".into());
     job.start_time = Some(ctx.now());
@@ -444,41 +640,39 @@ async fn claim(
         ),
     )
     .await;
-    Ok(true)
 }
 
-/// Brings a job up to date with its instance and passes the request's action on to it. False
-/// when a write to the instance lost a race (re-read).
+/// Brings a job up to date with its target. Returns the flags to write when the request's
+/// action asks something new of the target's upgrade.
 async fn sync_job(
     ctx: &Context,
     req: &UpgradeRequest,
     job: &mut TargetJob,
-    inst: &DatabaseInstance,
+    t: &TargetState,
     deleting: bool,
-) -> Result<bool> {
-    let s = inst.status.clone().unwrap_or_default();
-    if let Some(last) = s
-        .last_upgrade
+) -> Option<jobs::Flags> {
+    if let Some(last) = t
+        .last
         .as_ref()
         .filter(|l| l.job.as_deref() == Some(job.job_id.as_str()))
     {
         let phase = jobs::finished_phase(last.result);
         let message = last.message.clone().unwrap_or_default();
-        let (t, reason) = match phase {
+        let (ty, reason) = match phase {
             RequestPhase::Succeeded => (EventType::Normal, "TargetSucceeded"),
             RequestPhase::Failed => (EventType::Warning, "TargetFailed"),
             RequestPhase::RolledBack => (EventType::Normal, "TargetRolledBack"),
             _ => (EventType::Normal, "TargetCancelled"),
         };
-        publish_req(ctx, req, t, reason, format!("{}: {message}", job.target)).await;
+        publish_req(ctx, req, ty, reason, format!("{}: {message}", job.target)).await;
         job.phase = phase;
         job.message = Some(message);
         job.step = None;
         job.finish_time = last.finish_time.clone().or_else(|| Some(ctx.now()));
-        return Ok(true);
+        return None;
     }
-    let Some(u) = s
-        .upgrade
+    let Some(u) = t
+        .flight
         .as_ref()
         .filter(|u| u.job.as_deref() == Some(job.job_id.as_str()))
     else {
@@ -486,62 +680,30 @@ async fn sync_job(
             finish_job(
                 job,
                 RequestPhase::Failed,
-                "the instance's upgrade record disappeared (was its status reset?)".into(),
+                "the target's upgrade record disappeared (was its status reset?)".into(),
                 ctx,
             );
         }
-        return Ok(true);
+        return None;
     };
     if job.start_time.is_none() {
-        job.start_time = u.step_started.clone();
-        job.source_version = Some(u.source_version.clone());
-        job.target_version = Some(u.target_version.clone());
+        job.start_time = u.started.clone();
+        job.source_version = Some(u.source.clone());
+        job.target_version = Some(u.target.clone());
     }
-    job.phase = if u.step.kind == StepKind::AwaitingCommit && u.hold {
+    job.phase = if u.awaiting {
         RequestPhase::AwaitingCommit
     } else {
         RequestPhase::Running
     };
-    job.step = Some(u.describe());
-    if let Some(why) = &u.aborted {
-        job.message = Some(format!("rolling back to {}: {why}", u.source_version));
-    } else if u.failure.is_some() {
-        job.message = u.failure.clone();
-    } else if job.phase == RequestPhase::AwaitingCommit {
-        job.message = Some(format!(
-            "the standbys run {}; the primary {} still runs {}: set action Commit or Rollback",
-            u.target_version,
-            s.primary.clone().unwrap_or_default(),
-            u.source_version
-        ));
+    job.step = Some(u.step.clone());
+    if let Some(why) = &u.trouble {
+        job.message = Some(why.clone());
+    } else if u.awaiting {
+        job.message = Some(u.awaiting_message.clone());
     }
-    let (hold, rollback, cancel) = jobs::desired_flags(req.spec.action, deleting, u);
-    if (hold, rollback, cancel) != (u.hold, u.rollback, u.cancel) {
-        let mut status = s.clone();
-        if let Some(w) = status.upgrade.as_mut() {
-            w.hold = hold;
-            w.rollback = rollback;
-            w.cancel = cancel;
-        }
-        if !database_instance::write_status_guarded(ctx, inst, &status).await? {
-            return Ok(false);
-        }
-        let what = match (hold, rollback, cancel) {
-            (_, _, true) => "cancel: stop after the current step",
-            (_, true, _) => "rollback: standbys back to the source version",
-            _ => "commit: switch over and finish",
-        };
-        info!(target = %job.target, what, "steering the target's upgrade");
-        publish_req(
-            ctx,
-            req,
-            EventType::Normal,
-            "TargetSteered",
-            format!("{}: {what}", job.target),
-        )
-        .await;
-    }
-    Ok(true)
+    let want = jobs::desired_flags(req.spec.action, deleting, u.flags);
+    (want != u.flags).then_some(want)
 }
 
 fn phase_reason(p: RequestPhase) -> &'static str {
