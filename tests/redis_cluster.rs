@@ -766,6 +766,17 @@ async fn an_upgrade_request_holds_rolls_back_and_then_upgrades_a_cluster_with_an
         .create(&PostParams::default(), &cluster)
         .await
         .expect("create cluster");
+    // A cluster of one shard of one member: no replica to hand its slots to.
+    let tiny: Cluster = serde_json::from_value(json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "Cluster",
+        "metadata": {"name": "tiny"},
+        "spec": {"datastore": {"type": "redis", "version": "6.2.14"}, "shards": 1, "replicasPerShard": 1},
+    }))
+    .expect("cluster");
+    clusters
+        .create(&PostParams::default(), &tiny)
+        .await
+        .expect("create tiny");
     env.apply_example("redis-ha.yaml");
     let logs = || op.logs();
     let before = wait_cluster(&clusters, "events", TIMEOUT, "formation", ready, logs).await;
@@ -938,5 +949,63 @@ async fn an_upgrade_request_holds_rolls_back_and_then_upgrades_a_cluster_with_an
         "{}",
         cond.message
     );
+
+    // The one-member cluster: its spec cannot move it (that would be an outage), and says how;
+    // a request of type InPlace restarts its member on the new version.
+    wait_cluster(&clusters, "tiny", TIMEOUT, "tiny's formation", ready, logs).await;
+    clusters
+        .patch(
+            "tiny",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"datastore": {"version": "7.0.15"}}})),
+        )
+        .await
+        .expect("patch tiny");
+    let refused = wait_cluster(
+        &clusters,
+        "tiny",
+        TIMEOUT,
+        "the refusal of tiny's spec upgrade",
+        |s| {
+            s.conditions.iter().any(|c| {
+                c.type_ == "VersionApplied" && c.status == "False" && c.message.contains("InPlace")
+            })
+        },
+        logs,
+    )
+    .await;
+    assert!(refused.upgrade.is_none() && refused.version.as_deref() == Some("6.2.14"));
+    let in_place: UpgradeRequest = serde_json::from_value(json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "UpgradeRequest",
+        "metadata": {"name": "tiny-in-place"},
+        "spec": {"targets": {"clusters": ["tiny"]}, "targetVersion": "7.0.15", "type": "InPlace",
+                 "action": "UpgradeAutoCommit"},
+    }))
+    .expect("request");
+    requests(&env)
+        .create(&PostParams::default(), &in_place)
+        .await
+        .expect("create");
+    wait_request(&env, "tiny-in-place", RequestPhase::Succeeded, &op).await;
+    let s = wait_cluster(
+        &clusters,
+        "tiny",
+        TIMEOUT,
+        "tiny on 7.0.15 and applied",
+        |s| {
+            ready(s)
+                && s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "VersionApplied" && c.status == "True")
+        },
+        logs,
+    )
+    .await;
+    assert_eq!(s.version.as_deref(), Some("7.0.15"));
+    assert!(
+        s.shards[0].versions.values().all(|v| v == "7.0.15"),
+        "{s:#?}"
+    );
+    assert_eq!(s.shards[0].slots, ["0-16383"]);
     delete_namespace(&env.client, &env.ns).await;
 }

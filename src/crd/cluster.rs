@@ -189,6 +189,10 @@ pub struct ClusterUpgrade {
     /// Forward steps start only inside `spec.maintenanceWindow` (schedule `MaintenanceWindow`).
     #[serde(default)]
     pub window_only: bool,
+    /// Type `InPlace` (shards of one member): each shard's only member is restarted on the new
+    /// version, its slots unavailable meanwhile; there is no replica to hand them to.
+    #[serde(default)]
+    pub in_place: bool,
 }
 
 impl ClusterUpgrade {
@@ -212,6 +216,7 @@ impl ClusterUpgrade {
             cancel: false,
             aborted: None,
             window_only: false,
+            in_place: false,
         }
     }
 

@@ -206,9 +206,10 @@ pub(super) async fn step(
                 // replicas on it (a replica cannot follow a newer master).
                 None
             } else {
+                // InPlace: the shard's only member is its master.
                 seen.members(shard)
                     .into_iter()
-                    .find(|m| **m != master && !seen.runs(m, &target))
+                    .find(|m| (u.in_place || **m != master) && !seen.runs(m, &target))
                     .cloned()
             };
             let Some(member) = next else {
@@ -357,7 +358,7 @@ fn start(
             p,
             "UpgradeRefused",
             format!(
-                "a shard of one member cannot hand its slots to an upgraded replica, so upgrading it means an outage; Baton does not do that (set replicasPerShard to 2 or more in a new Cluster). The Cluster stays on {running}"
+                "a shard of one member cannot hand its slots to an upgraded replica, so upgrading it means an outage of its slots: only an UpgradeRequest of type InPlace does that (it restarts each shard's only member on the new version), or create the Cluster with replicasPerShard 2 or more. The Cluster stays on {running}"
             ),
         );
     }
@@ -418,12 +419,13 @@ fn advance(p: &mut Pass, seen: &Seen<'_>, mut u: ClusterUpgrade, master: &str) -
                 ),
             ));
         }
-        ShardStage::RestartReplicas => {
+        ShardStage::RestartReplicas if !u.in_place => {
             u.stage = ShardStage::Failover;
             u.failover = None;
         }
         ShardStage::AwaitingCommit => (u.shard, u.stage) = (0, ShardStage::Failover),
-        ShardStage::RestartOldMaster | ShardStage::Failover => {
+        // The shard is done: its old master restarted, or (InPlace) its only member.
+        ShardStage::RestartReplicas | ShardStage::RestartOldMaster | ShardStage::Failover => {
             let done = u.shard;
             u.failover = None;
             if last {

@@ -155,11 +155,14 @@ pub fn validate_cluster(
     if c.spec.paused {
         return Err("it is paused (spec.paused); unpause it to upgrade".into());
     }
-    if spec.type_ == UpgradeType::InPlace {
-        return Err("a Cluster is upgraded shard by shard, each master handing its slots to an upgraded replica first; type InPlace (every member restarted together) is not offered for clusters: use type Rolling".into());
-    }
-    if c.spec.replicas_per_shard < 2 {
-        return Err("its shards have one member each, which cannot hand its slots to an upgraded replica: upgrading it means an outage, which Baton does not do (create the Cluster with replicasPerShard 2 or more)".into());
+    match (spec.type_, c.spec.replicas_per_shard < 2) {
+        (UpgradeType::InPlace, false) => {
+            return Err("its shards have replicas, so each master hands its slots to an upgraded replica with no outage: use type Rolling (InPlace is only for shards of one member)".into());
+        }
+        (UpgradeType::Rolling | UpgradeType::Hotfix, true) => {
+            return Err("its shards have one member each, with no replica to hand the slots to: only type InPlace upgrades it, restarting each shard's member with its slots unavailable meanwhile (or create the Cluster with replicasPerShard 2 or more)".into());
+        }
+        _ => {}
     }
     let ready =
         crate::status::find(&status.conditions, "Ready").is_some_and(|c| c.status == "True");
@@ -598,7 +601,9 @@ mod tests {
             ("6.2.14", "7.0.15")
         );
         let err = |s: &UpgradeRequestSpec, cl: &Cluster| validate_cluster(s, cl, &c).unwrap_err();
-        assert!(err(&s, &ready_cluster("6.2.14", 1)).contains("one member each"));
+        assert!(err(&s, &ready_cluster("6.2.14", 1)).contains("only type InPlace"));
+        let in_place = spec(Some("7.0.15"), "InPlace");
+        assert!(validate_cluster(&in_place, &ready_cluster("6.2.14", 1), &c).is_ok());
         assert!(
             err(
                 &spec(Some("7.0.15"), "InPlace"),

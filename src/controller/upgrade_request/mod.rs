@@ -609,6 +609,7 @@ async fn claim_cluster(
     u.job = Some(job.job_id.clone());
     u.hold = req.spec.action == UpgradeAction::Upgrade;
     u.window_only = req.spec.schedule == Schedule::MaintenanceWindow;
+    u.in_place = req.spec.type_ == crate::crd::UpgradeType::InPlace;
     status.upgrade = Some(u);
     status.task = Some(ClusterTask::UpgradingCluster);
     status.message = Some(format!(
