@@ -7,7 +7,10 @@
 //! Then the same through the Cluster kind: a 3 × 2 Cluster created with the operator killed
 //! right after its second `CLUSTER ADDSLOTS` (a new one finishes the formation from what the
 //! nodes report), then upgraded 6.2.14 → 7.0.15 shard by shard under a writing client, with
-//! the operator killed right after it recorded shard 1's failover intent.
+//! operators killed at every kind of step (a member's restart recorded, its pod patched, a
+//! failover's intent recorded, the failover sent). Then an UpgradeRequest over a Cluster: held
+//! with every replica upgraded, rolled back, then upgraded together with an instance; and a
+//! one-member Cluster upgraded by type InPlace.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -439,17 +442,30 @@ async fn a_cluster_forms_and_upgrades_shard_by_shard_even_when_the_operator_dies
     }
 
     // The upgrade to 7.0.15, under a client writing across every slot all the while, with an
-    // operator killed right after it recorded a failover's intent and another right after it
-    // sent one, until every shard has been through both: each new operator resumes from
-    // status (and its first failover is the next one still to do).
+    // operator killed at each kind of step: right after it recorded a member's restart (before
+    // the pod patch), right after the patch, right after it recorded a failover's intent and
+    // right after it sent one, until every shard has been through the failover points. Each
+    // new operator resumes from status (its first pass of a point is the next one still to
+    // do).
     drop(op);
+    let (restart_intent, restarted, intent, failover) = (
+        "api:cluster-status:restart-intent#1",
+        "api:cluster-restart@*#1",
+        "api:cluster-status:failover-intent#1",
+        "db:cluster-failover#1",
+    );
     let crashes = [
-        "api:cluster-status:failover-intent#1",
-        "db:cluster-failover#1",
-        "api:cluster-status:failover-intent#1",
-        "db:cluster-failover#1",
-        "api:cluster-status:failover-intent#1",
-        "db:cluster-failover#1",
+        restart_intent, // shard 0's replica
+        restarted,
+        intent, // shard 0
+        failover,
+        restart_intent, // shard 0's old master
+        restarted,
+        intent, // shard 1
+        failover,
+        restart_intent, // shard 1's old master
+        intent,         // shard 2
+        failover,
     ];
     let stop = Arc::new(AtomicBool::new(false));
     let writer = spawn_writer(client.clone(), "u", stop.clone());
@@ -514,8 +530,9 @@ async fn a_cluster_forms_and_upgrades_shard_by_shard_even_when_the_operator_dies
         killed += 1;
     }
     assert!(
-        killed >= 5,
-        "only {killed} of the crash points were reached"
+        killed + 1 >= crashes.len(),
+        "only {killed} of the {} crash points were reached",
+        crashes.len()
     );
     let op = env.operator("dbcluster-last", "");
     let done = eventually(Duration::from_secs(300), || async {
@@ -577,7 +594,7 @@ async fn a_cluster_forms_and_upgrades_shard_by_shard_even_when_the_operator_dies
         }
     }
     println!(
-        "cluster upgrade 6.2.14 -> 7.0.15 ({killed} operators killed at failover points): {} \
+        "cluster upgrade 6.2.14 -> 7.0.15 ({killed} operators killed at restart and failover points): {} \
          writes acknowledged, {refused} refused, {} lost, at most {worst} member of a shard down \
          at once; longest time between two acknowledged writes {} ms (it includes the \
          operators' restarts)",

@@ -215,24 +215,23 @@ pub(super) async fn step(
             let Some(member) = next else {
                 return advance(p, seen, u, &master).map(Some);
             };
-            if u.member.as_deref() == Some(member.as_str()) {
+            if u.member.as_deref() == Some(member.as_str())
+                && asks_for(&seen.layout.pods, &member, &target)
+            {
                 // Patched already; the node has not come back on the target yet.
                 p.s.message = Some(format!("waiting for {member} to run redis {target}"));
                 check_deadline(p, &format!("{member} does not run {target} yet"));
                 return Ok(Some(Action::requeue(Duration::from_secs(1))));
             }
-            if let Some(wait) = window_closed(cluster, p, &u, &format!("restarting {member}")) {
+            if u.member.as_deref() != Some(member.as_str())
+                && let Some(wait) = window_closed(cluster, p, &u, &format!("restarting {member}"))
+            {
                 return Ok(Some(wait));
             }
-            u.member = Some(member.clone());
-            u.step_started = p.now.clone();
-            p.s.upgrade = Some(u.clone());
-            p.s.message = Some(format!("restarting {member} on redis {target}"));
-            if !p.record(api, cluster).await? {
-                return Ok(Some(reread()));
-            }
-            restart(ctx, cluster, &member, &image, &target).await?;
-            Ok(Some(Action::requeue(Duration::from_secs(1))))
+            let pods = &seen.layout.pods;
+            move_member(ctx, cluster, api, p, pods, u, &member, &image, &target)
+                .await
+                .map(Some)
         }
         ShardStage::Failover => failover(cluster, api, p, seen, u, &master).await,
         ShardStage::AwaitingCommit => unreachable!("handled above"),
@@ -644,14 +643,13 @@ pub(super) async fn revert_down_member(
     layout: &Layout,
     catalog: &[DatastoreVersion],
 ) -> Result<Option<Action>> {
-    let Some(mut u) =
+    let Some(u) =
         p.s.upgrade
             .clone()
             .filter(|u| u.reverting && u.failed.is_none())
     else {
         return Ok(None);
     };
-    let version = |p: &Pod| p.annotations().get(ANNOTATION_VERSION).cloned();
     let down: Vec<&String> = layout
         .pods
         .iter()
@@ -661,24 +659,66 @@ pub(super) async fn revert_down_member(
     let [member] = down.as_slice() else {
         return Ok(None);
     };
-    let pod = &layout.pods[*member];
     // Only a member moved to the new version is down for the upgrade's sake (any shard: after
     // a hold the revert starts at shard 0 while the failed member may be in a later one).
-    if version(pod).as_deref() == Some(u.target_version.as_str()) {
+    if asks_for(&layout.pods, member, &u.target_version) {
         return Ok(None);
     }
     let Some(entry) = crate::catalog::find(catalog, Datastore::Redis, &u.target_version) else {
         return Ok(None);
     };
-    u.member = Some(member.to_string());
-    u.step_started = p.now.clone();
-    p.s.upgrade = Some(u.clone());
-    p.s.message = Some(format!("returning {member} to redis {}", u.target_version));
-    if !p.record(api, cluster).await? {
-        return Ok(Some(reread()));
+    let target = u.target_version.clone();
+    move_member(
+        ctx,
+        cluster,
+        api,
+        p,
+        &layout.pods,
+        u,
+        member,
+        &entry.spec.image,
+        &target,
+    )
+    .await
+    .map(Some)
+}
+
+/// The member's pod asks for `version` (it was patched; whether it runs it is another matter).
+fn asks_for(pods: &BTreeMap<String, Pod>, member: &str, version: &str) -> bool {
+    pods.get(member)
+        .and_then(|p| p.annotations().get(ANNOTATION_VERSION))
+        .is_some_and(|v| v == version)
+}
+
+/// Moves `member` to `version`: the intent first (`u.member`), then the pod patch. A recorded
+/// intent whose patch never landed (the operator died in between) is patched now; one that
+/// landed is not patched again.
+#[allow(clippy::too_many_arguments)]
+async fn move_member(
+    ctx: &Context,
+    cluster: &Cluster,
+    api: &Api<Cluster>,
+    p: &mut Pass,
+    pods: &BTreeMap<String, Pod>,
+    mut u: ClusterUpgrade,
+    member: &str,
+    image: &str,
+    version: &str,
+) -> Result<Action> {
+    if u.member.as_deref() != Some(member) {
+        u.member = Some(member.to_string());
+        u.step_started = p.now.clone();
+        p.s.upgrade = Some(u);
+        p.s.message = Some(format!("restarting {member} on redis {version}"));
+        if !p.record(api, cluster).await? {
+            return Ok(reread());
+        }
+        crate::failpoint::passed("api:cluster-status:restart-intent").await;
     }
-    restart(ctx, cluster, member, &entry.spec.image, &u.target_version).await?;
-    Ok(Some(Action::requeue(Duration::from_secs(1))))
+    if !asks_for(pods, member, version) {
+        restart(ctx, cluster, member, image, version).await?;
+    }
+    Ok(Action::requeue(Duration::from_secs(1)))
 }
 
 /// A stopped upgrade. A request's goes back on its own while the shard's master still runs
