@@ -214,20 +214,29 @@ async fn run(ctx: &Context, cluster: &Cluster, api: &Api<Cluster>, p: &mut Pass)
     }
 
     let ns = cluster.namespace().unwrap_or_default();
+    // Read at every pass: a rotated password is used at once.
     let accounts = ensure_credentials(ctx, cluster, engine).await?;
-    ensure_network_policy(ctx, cluster).await?;
+    // Applied on every pass but an upgrade's (which come every 100 ms to 1 s): a deleted or
+    // edited policy is restored within a health interval.
+    if p.s.upgrade.is_none() {
+        ensure_network_policy(ctx, cluster).await?;
+    }
     let names: Vec<String> = (0..spec.shards.max(1))
         .map(|n| shard_name(&cluster.name_any(), n))
         .collect();
-    for name in &names {
-        ensure_shard(ctx, cluster, name, &version).await?;
-    }
 
     // Every member's address, once its pod is Ready.
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
         .list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={}", cluster.name_any())))
         .await
         .map_err(Error::kube("listing the Cluster's pods"))?;
+    // A shard with no pod at all is created (or was deleted, taking its pods with it); one
+    // with pods exists, and its instance replaces a missing pod itself.
+    for name in &names {
+        if !pods.items.iter().any(|p| owner(&p.name_any()) == name) {
+            ensure_shard(ctx, cluster, name, &version).await?;
+        }
+    }
     let layout = Layout::of(&names, spec.replicas_per_shard, &pods.items);
     if let Some(action) = upgrade::stopped(cluster, p) {
         return Ok(action);
