@@ -768,8 +768,10 @@ async fn cluster_client(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_upgrade_request_holds_rolls_back_and_then_upgrades_a_cluster_with_an_instance() {
-    use baton::crd::{Cluster, InstancePhase, RequestPhase, UpgradeRequest, UpgradeResult};
+async fn an_upgrade_request_holds_rolls_back_cancels_and_upgrades_a_cluster_with_an_instance() {
+    use baton::crd::{
+        Cluster, InstancePhase, RequestPhase, ShardStage, UpgradeRequest, UpgradeResult,
+    };
     let env = Env::new("dbcreq").await;
     let op = env.operator("dbcreq", "");
     let clusters: kube::Api<Cluster> = kube::Api::namespaced(env.client.clone(), &env.ns);
@@ -883,11 +885,50 @@ async fn an_upgrade_request_holds_rolls_back_and_then_upgrades_a_cluster_with_an
         Some(UpgradeResult::RolledBack)
     );
 
-    // The batch: the instance and the Cluster, two at a time, under writers to both.
+    // Writers to the Cluster and the instance from here to the end.
     let (client, mut c) = cluster_client(&env, "events").await;
     let stop = Arc::new(AtomicBool::new(false));
     let writer = spawn_writer(client.clone(), "b", stop.clone());
     let (stop_inst, inst_writes) = env.writer("sessions");
+
+    // Cancel while shard 1's replica restarts: shard 0 (handed over) stays on 7.0.15, shard 1
+    // goes back to 6.2.14, and the cluster is whole.
+    let run: UpgradeRequest = serde_json::from_value(json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "UpgradeRequest",
+        "metadata": {"name": "events-cancelled"},
+        "spec": {"targets": {"clusters": ["events"]}, "targetVersion": "7.0.15"},
+    }))
+    .expect("request");
+    requests(&env)
+        .create(&PostParams::default(), &run)
+        .await
+        .expect("create");
+    wait_cluster(
+        &clusters,
+        "events",
+        TIMEOUT,
+        "shard 1's replica restarting",
+        |s| {
+            s.upgrade.as_ref().is_some_and(|u| {
+                u.shard == 1 && u.stage == ShardStage::RestartReplicas && u.member.is_some()
+            })
+        },
+        logs,
+    )
+    .await;
+    set_action(&env, "events-cancelled", "Cancel").await;
+    let r = wait_request(&env, "events-cancelled", RequestPhase::Cancelled, &op).await;
+    let j = job(&r, "events");
+    assert_eq!(j.phase, RequestPhase::Cancelled, "{j:?}");
+    let s = wait_cluster(&clusters, "events", TIMEOUT, "the cancel", ready, logs).await;
+    let uniform = |n: usize, v: &str| s.shards[n].versions.values().all(|x| x == v);
+    assert!(uniform(0, "7.0.15") && uniform(1, "6.2.14"), "{s:#?}");
+    assert_eq!(
+        s.last_upgrade.as_ref().map(|l| l.result),
+        Some(UpgradeResult::Cancelled)
+    );
+
+    // The batch: the instance and the (half-upgraded) Cluster, two at a time.
     env.apply_example("upgrade-fleet.yaml");
     let done = wait_request(&env, "fleet-to-7", RequestPhase::Succeeded, &op).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -935,7 +976,7 @@ async fn an_upgrade_request_holds_rolls_back_and_then_upgrades_a_cluster_with_an
         }
     }
     println!(
-        "request over an instance and a 2 x 2 cluster: cluster {} writes acknowledged, {refused} refused, {} lost, longest gap {} ms",
+        "requests over a 2 x 2 cluster (cancel, then with an instance): cluster {} writes acknowledged, {refused} refused, {} lost, longest gap {} ms",
         acked.len(),
         lost.len(),
         gap.as_millis()
