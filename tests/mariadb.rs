@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use baton::crd::InstancePhase;
 use baton_testkit::env::*;
@@ -186,6 +187,34 @@ async fn the_example_comes_up_closed_and_the_fence_stops_a_privileged_account() 
     w.query_drop("INSERT INTO app.baton_w VALUES ('after-unfence', 1)")
         .await
         .expect("writes again");
+    // Probes that race an unfence (a leader handing over, a watcher): a probe that saw the
+    // fence a moment before it was lifted must not lock the accounts it just unlocked.
+    for round in 0..20 {
+        engine.fence(&target).await.expect("fence");
+        let stop = CancellationToken::new();
+        let probers: Vec<_> = (0..6)
+            .map(|_| {
+                let (target, stop) = (target.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let engine = baton::engine::for_datastore(baton::crd::Datastore::Mariadb)
+                        .expect("engine");
+                    while !stop.is_cancelled() {
+                        let _ = engine.probe(&target).await;
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        engine.unfence(&target).await.expect("unfence");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        stop.cancel();
+        for p in probers {
+            p.await.expect("prober");
+        }
+        if let Err(e) = writer(primary).await {
+            panic!("round {round}: the primary is unfenced, yet its writer cannot connect: {e}");
+        }
+    }
     assert_nothing_lost(&env, "shop", &[&report]).await;
     assert_secrets_kept(&env, &op, "shop", &inst).await;
     delete_namespace(&env.client, &env.ns).await;

@@ -538,6 +538,20 @@ async fn rows(
     timed(t, command, c.query::<Row, _>(sql)).await
 }
 
+/// Takes the member's fence lock (a named lock, this session's until released or closed), so
+/// locking accounts and unfencing never interleave.
+async fn fence_lock(c: &mut Conn, t: &Target) -> Result<(), EngineError> {
+    let got = rows(c, t, "GET_LOCK", "SELECT GET_LOCK('baton_fence', 10)").await?;
+    if got.first().and_then(|r| text_at(r, 0)).as_deref() == Some("1") {
+        return Ok(());
+    }
+    Err(EngineError::Refused {
+        endpoint: t.endpoint.to_string(),
+        act: "fence lock",
+        why: "another session held the fence lock for 10 s".into(),
+    })
+}
+
 /// A column as text, by name (NULL and absent read as None).
 fn text(r: &Row, col: &str) -> Option<String> {
     text_at(r, r.columns_ref().iter().position(|c| c.name_str() == col)?)
@@ -663,6 +677,20 @@ impl MySqlFamily {
     /// between leaves a record the unfence reads, never a lock nobody knows of), and ends its
     /// sessions.
     async fn lock_bypassing(&self, c: &mut Conn, t: &Target) -> Result<(), EngineError> {
+        // Under the fence lock, and only while still read-only: a probe that saw read_only
+        // just before an unfence turned it off must not lock the accounts the unfence has just
+        // unlocked (two probers: a leader handing over, or a test's safety watcher).
+        fence_lock(c, t).await?;
+        let out = self.lock_bypassing_held(c, t).await;
+        let _ = c.query_drop("DO RELEASE_LOCK('baton_fence')").await;
+        out
+    }
+
+    async fn lock_bypassing_held(&self, c: &mut Conn, t: &Target) -> Result<(), EngineError> {
+        let still = rows(c, t, "read_only", "SELECT @@global.read_only").await?;
+        if still.first().and_then(|r| text_at(r, 0)).as_deref() != Some("1") {
+            return Ok(());
+        }
         let accounts = self.bypassing_accounts(c, t).await?;
         if accounts.is_empty() {
             return Ok(());
@@ -888,7 +916,9 @@ impl Engine for MySqlFamily {
         }
         // Writes in first (the locked accounts still cannot log in), then the accounts Baton
         // locked here: a crash in between leaves records that keep the member reported
-        // fenced, so the unfence is repeated.
+        // fenced, so the unfence is repeated. Under the fence lock (see `lock_bypassing`),
+        // held until the connection ends.
+        fence_lock(&mut c, t).await?;
         run(&mut c, t, "read_only", d.read_only_off()).await?;
         let locked = rows(
             &mut c,
