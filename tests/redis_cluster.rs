@@ -8,9 +8,9 @@
 //! right after its second `CLUSTER ADDSLOTS` (a new one finishes the formation from what the
 //! nodes report), then upgraded 6.2.14 → 7.0.15 shard by shard under a writing client, with
 //! operators killed at every kind of step (a member's restart recorded, its pod patched, a
-//! failover's intent recorded, the failover sent). Then an UpgradeRequest over a Cluster: held
-//! with every replica upgraded, rolled back, then upgraded together with an instance; and a
-//! one-member Cluster upgraded by type InPlace.
+//! failover's intent recorded, the failover sent). Then UpgradeRequests over a Cluster: held
+//! with every replica upgraded and rolled back; cancelled half-way; held together with an
+//! instance and committed; and a one-member Cluster upgraded by type InPlace.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -930,6 +930,26 @@ async fn an_upgrade_request_holds_rolls_back_cancels_and_upgrades_a_cluster_with
 
     // The batch: the instance and the (half-upgraded) Cluster, two at a time.
     env.apply_example("upgrade-fleet.yaml");
+    let held = wait_request(&env, "fleet-to-7", RequestPhase::AwaitingCommit, &op).await;
+    for target in ["sessions", "events"] {
+        assert_eq!(job(&held, target).phase, RequestPhase::AwaitingCommit);
+    }
+    let s = clusters
+        .get("events")
+        .await
+        .expect("cluster")
+        .status
+        .expect("status");
+    let shard1 = &s.shards[1];
+    let master = shard1.primary.clone().unwrap_or_default();
+    assert!(
+        shard1
+            .versions
+            .iter()
+            .all(|(p, v)| v == if *p == master { "6.2.14" } else { "7.0.15" }),
+        "held: shard 1's replica upgraded, its master not: {shard1:#?}"
+    );
+    set_action(&env, "fleet-to-7", "Commit").await;
     let done = wait_request(&env, "fleet-to-7", RequestPhase::Succeeded, &op).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
@@ -976,7 +996,7 @@ async fn an_upgrade_request_holds_rolls_back_cancels_and_upgrades_a_cluster_with
         }
     }
     println!(
-        "requests over a 2 x 2 cluster (cancel, then with an instance): cluster {} writes acknowledged, {refused} refused, {} lost, longest gap {} ms",
+        "requests over a 2 x 2 cluster (cancel, then with an instance, held and committed): cluster {} writes acknowledged, {refused} refused, {} lost, longest gap {} ms",
         acked.len(),
         lost.len(),
         gap.as_millis()
