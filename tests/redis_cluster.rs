@@ -277,17 +277,7 @@ async fn three_shards_form_and_a_graceful_failover_loses_no_acknowledged_write()
         .get_async_connection()
         .await
         .expect("cluster connection");
-    let mut lost = vec![];
-    for i in &acked {
-        let v: Option<u64> = redis::cmd("GET")
-            .arg(format!("k{i}"))
-            .query_async(&mut c)
-            .await
-            .expect("GET");
-        if v != Some(*i) {
-            lost.push(*i);
-        }
-    }
+    let lost = lost_writes(&mut c, "k", &acked).await;
     println!(
         "failover {old} -> {new}: {} writes acknowledged, {failed} refused, {} lost, \
          longest time between two acknowledged writes {} ms",
@@ -408,17 +398,7 @@ async fn a_cluster_forms_and_upgrades_shard_by_shard_even_when_the_operator_dies
             assert!(info.contains(want), "{pod}: {info}");
         }
     }
-    let nodes: Vec<String> = members.values().map(|a| format!("redis://{a}/")).collect();
-    let client = redis::cluster::ClusterClient::builder(nodes)
-        .username(auth.user.clone())
-        .password(auth.password.clone())
-        .retries(10)
-        .build()
-        .expect("cluster client");
-    let mut c = client
-        .get_async_connection()
-        .await
-        .expect("cluster connection");
+    let (client, mut c) = cluster_client(&env, "events").await;
     for i in 0..1000u32 {
         let () = redis::cmd("SET")
             .arg(format!("key{i}"))
@@ -582,17 +562,7 @@ async fn a_cluster_forms_and_upgrades_shard_by_shard_even_when_the_operator_dies
             "no {reason}: {events:?}"
         );
     }
-    let mut lost = vec![];
-    for i in &acked {
-        let v: Option<u64> = redis::cmd("GET")
-            .arg(format!("u{i}"))
-            .query_async(&mut c)
-            .await
-            .expect("GET");
-        if v != Some(*i) {
-            lost.push(*i);
-        }
-    }
+    let lost = lost_writes(&mut c, "u", &acked).await;
     println!(
         "cluster upgrade 6.2.14 -> 7.0.15 ({killed} operators killed at restart and failover points): {} \
          writes acknowledged, {refused} refused, {} lost, at most {worst} member of a shard down \
@@ -737,6 +707,26 @@ async fn a_replica_that_cannot_start_stops_the_cluster_upgrade_and_reverting_rec
     assert_eq!(after, masters, "no shard changed master");
     env.wait_event("sick", "UpgradeReverted", "6.2.14").await;
     delete_namespace(&env.client, &env.ns).await;
+}
+
+/// The acknowledged `<prefix><n>` = n writes that do not read back (through MOVED).
+async fn lost_writes(
+    c: &mut redis::cluster_async::ClusterConnection,
+    prefix: &str,
+    acked: &[u64],
+) -> Vec<u64> {
+    let mut lost = vec![];
+    for i in acked {
+        let v: Option<u64> = redis::cmd("GET")
+            .arg(format!("{prefix}{i}"))
+            .query_async(c)
+            .await
+            .expect("GET");
+        if v != Some(*i) {
+            lost.push(*i);
+        }
+    }
+    lost
 }
 
 /// A cluster-aware client (following MOVED) of `cluster`'s members, logged in with the
@@ -984,17 +974,11 @@ async fn an_upgrade_request_holds_rolls_back_cancels_and_upgrades_a_cluster_with
         .filter(|(r, _)| r == "ShardFailedOver")
         .count();
     assert!(failovers >= 2, "one graceful failover per shard");
-    let mut lost = vec![];
-    for i in &acked {
-        let v: Option<u64> = redis::cmd("GET")
-            .arg(format!("b{i}"))
-            .query_async(&mut c)
-            .await
-            .expect("GET");
-        if v != Some(*i) {
-            lost.push(*i);
-        }
+    let now: Vec<Option<String>> = s.shards.iter().map(|s| s.primary.clone()).collect();
+    for (n, (was, is)) in masters.iter().zip(&now).enumerate() {
+        assert_ne!(was, is, "shard {n}'s master never handed over");
     }
+    let lost = lost_writes(&mut c, "b", &acked).await;
     println!(
         "requests over a 2 x 2 cluster (cancel, then with an instance, held and committed): cluster {} writes acknowledged, {refused} refused, {} lost, longest gap {} ms",
         acked.len(),

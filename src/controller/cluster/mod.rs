@@ -84,7 +84,7 @@ pub async fn reconcile(cached: Arc<Cluster>, ctx: Arc<Context>) -> Result<Action
     };
     pass.s.observed_generation = cluster.metadata.generation;
     let action = run(&ctx, &cluster, &api, &mut pass).await;
-    if pass.s != pass.written && !pass.write(&api, &cluster).await? {
+    if pass.s != pass.written && !pass.record(&api, &cluster).await? {
         // The Cluster changed since this pass read it (an UpgradeRequest claimed or steered
         // it): decide again from a fresh read, and publish nothing of this pass.
         return Ok(Action::requeue(Duration::from_millis(100)));
@@ -144,15 +144,11 @@ impl Pass {
         upgrade::check_deadline(self, &why);
     }
 
-    /// Writes the status now: the intent of the act that follows is on record before it runs.
-    /// False when the Cluster changed since it was read: the act must not run.
+    /// Writes the whole status now (an act's intent is on record before the act runs), by
+    /// server-side apply guarded by the resourceVersion this pass last saw, so a pass never
+    /// overwrites an UpgradeRequest's claim or steer it did not read. False when the Cluster
+    /// changed since: the act must not run.
     async fn record(&mut self, api: &Api<Cluster>, cluster: &Cluster) -> Result<bool> {
-        self.write(api, cluster).await
-    }
-
-    /// Writes the whole status by server-side apply, guarded by the resourceVersion this pass
-    /// last saw, so a pass never overwrites an UpgradeRequest's claim or steer it did not read.
-    async fn write(&mut self, api: &Api<Cluster>, cluster: &Cluster) -> Result<bool> {
         let rv = self.rv.clone();
         let written = super::apply_status_at(
             api,

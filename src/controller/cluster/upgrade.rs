@@ -286,19 +286,24 @@ fn begin_revert(p: &mut Pass, mut u: ClusterUpgrade, aborted: Option<String>, wh
     p.s.upgrade = Some(u);
 }
 
-/// The upgrade ended: its outcome on record (an UpgradeRequest reads it there), the cluster
-/// idle again.
-fn end(p: &mut Pass, u: &ClusterUpgrade, result: UpgradeResult, note: String) {
-    info!(?result, "{note}");
-    p.s.last_upgrade = Some(UpgradeOutcome {
+/// How `u` ended, for `status.lastUpgrade` (where its UpgradeRequest's job reads it).
+fn outcome(p: &Pass, u: &ClusterUpgrade, result: UpgradeResult, note: String) -> UpgradeOutcome {
+    UpgradeOutcome {
         request: u.request.clone(),
         job: u.job.clone(),
         source_version: u.source_version.clone(),
         target_version: u.target_version.clone(),
         result,
-        message: Some(note.clone()),
+        message: Some(note),
         finish_time: Some(p.now.clone()),
-    });
+    }
+}
+
+/// The upgrade ended: its outcome on record (an UpgradeRequest reads it there), the cluster
+/// idle again.
+fn end(p: &mut Pass, u: &ClusterUpgrade, result: UpgradeResult, note: String) {
+    info!(?result, "{note}");
+    p.s.last_upgrade = Some(outcome(p, u, result, note.clone()));
     if result == UpgradeResult::Succeeded {
         p.s.version = Some(u.target_version.clone());
         p.cond("VersionApplied", true, "Applied", note.clone());
@@ -747,15 +752,7 @@ pub(super) fn stopped(cluster: &Cluster, p: &mut Pass) -> Option<Action> {
             "{why}; shard {}'s master already runs {}, so it cannot be returned: the member needs a person to start on it",
             u.shard, u.target_version
         );
-        p.s.last_upgrade = Some(UpgradeOutcome {
-            request: u.request.clone(),
-            job: u.job.clone(),
-            source_version: u.source_version.clone(),
-            target_version: u.target_version.clone(),
-            result: UpgradeResult::Failed,
-            message: Some(note),
-            finish_time: Some(p.now.clone()),
-        });
+        p.s.last_upgrade = Some(outcome(p, &u, UpgradeResult::Failed, note));
     }
     p.s.message = Some(if revertible {
         format!(

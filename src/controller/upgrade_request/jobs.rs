@@ -47,6 +47,18 @@ pub fn target_version(
     }
 }
 
+/// Why a target whose upgrade is in flight (owned by `request`, or by its spec) is refused.
+fn busy(request: Option<&str>, target: &str, step: &str) -> String {
+    match request {
+        Some(r) => format!(
+            "another UpgradeRequest ({r}) owns its upgrade to {target} (step {step}); wait for it to finish or cancel it"
+        ),
+        None => format!(
+            "an upgrade to {target} from its spec is in flight (step {step}); wait for it to finish"
+        ),
+    }
+}
+
 /// Checks one instance before anything is touched. `me` is this request (`namespace/name`).
 /// The message says what to fix.
 pub fn validate(
@@ -56,17 +68,7 @@ pub fn validate(
 ) -> Result<Plan, String> {
     let status = inst.status.clone().unwrap_or_default();
     if let Some(u) = &status.upgrade {
-        return Err(match &u.request {
-            Some(r) => format!(
-                "another UpgradeRequest ({r}) owns its upgrade to {} (step {}); wait for it to finish or cancel it",
-                u.target_version,
-                u.describe()
-            ),
-            None => format!(
-                "an upgrade to {} from its spec is in flight; wait for it to finish",
-                u.target_version
-            ),
-        });
+        return Err(busy(u.request.as_deref(), &u.target_version, &u.describe()));
     }
     if let Some(c) = inst.cluster_owner() {
         return Err(format!(
@@ -139,18 +141,7 @@ pub fn validate_cluster(
 ) -> Result<Plan, String> {
     let status = c.status.clone().unwrap_or_default();
     if let Some(u) = &status.upgrade {
-        return Err(match &u.request {
-            Some(r) => format!(
-                "another UpgradeRequest ({r}) owns its upgrade to {} (step {}); wait for it to finish or cancel it",
-                u.target_version,
-                u.describe()
-            ),
-            None => format!(
-                "an upgrade to {} from its spec is in flight (step {}); wait for it to finish",
-                u.target_version,
-                u.describe()
-            ),
-        });
+        return Err(busy(u.request.as_deref(), &u.target_version, &u.describe()));
     }
     if c.spec.paused {
         return Err("it is paused (spec.paused); unpause it to upgrade".into());

@@ -49,38 +49,26 @@ pub fn controller(
 ) -> Controller<UpgradeRequest> {
     Controller::new(requests, Default::default())
         .watches(instances, Default::default(), |inst: DatabaseInstance| {
-            let ns = inst.namespace().unwrap_or_default();
-            let s = inst.status.unwrap_or_default();
-            owners(
-                &ns,
-                [
-                    s.upgrade.and_then(|u| u.request),
-                    s.last_upgrade.and_then(|l| l.request),
-                ],
-            )
+            owners(&inst.namespace().unwrap_or_default(), instance_state(&inst))
         })
         .watches(clusters, Default::default(), |c: Cluster| {
-            let ns = c.namespace().unwrap_or_default();
-            let s = c.status.unwrap_or_default();
-            owners(
-                &ns,
-                [
-                    s.upgrade.and_then(|u| u.request),
-                    s.last_upgrade.and_then(|l| l.request),
-                ],
-            )
+            owners(&c.namespace().unwrap_or_default(), cluster_state(&c))
         })
 }
 
-/// The requests (`namespace/name`) of this namespace among `keys`.
-fn owners(ns: &str, keys: [Option<String>; 2]) -> Vec<ObjectRef<UpgradeRequest>> {
-    keys.into_iter()
-        .flatten()
-        .filter_map(|key| {
-            let (rns, name) = key.split_once('/')?;
-            (rns == ns).then(|| ObjectRef::new(name).within(rns))
-        })
-        .collect()
+/// The requests of namespace `ns` that own `t`'s upgrade in flight or owned its last one.
+fn owners(ns: &str, t: TargetState) -> Vec<ObjectRef<UpgradeRequest>> {
+    [
+        t.flight.and_then(|f| f.request),
+        t.last.and_then(|l| l.request),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|key| {
+        let (rns, name) = key.split_once('/')?;
+        (rns == ns).then(|| ObjectRef::new(name).within(rns))
+    })
+    .collect()
 }
 
 pub async fn reconcile(cached: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result<Action> {
@@ -263,6 +251,8 @@ struct TargetState {
 }
 
 struct Flight {
+    /// The request that owns it (`namespace/name`).
+    request: Option<String>,
     job: Option<String>,
     source: String,
     target: String,
@@ -282,6 +272,7 @@ fn instance_state(inst: &DatabaseInstance) -> TargetState {
     TargetState {
         last: s.last_upgrade.clone(),
         flight: s.upgrade.as_ref().map(|u| Flight {
+            request: u.request.clone(),
             job: u.job.clone(),
             source: u.source_version.clone(),
             target: u.target_version.clone(),
@@ -312,6 +303,7 @@ fn cluster_state(c: &Cluster) -> TargetState {
     TargetState {
         last: s.last_upgrade.clone(),
         flight: s.upgrade.as_ref().map(|u| Flight {
+            request: u.request.clone(),
             job: u.job.clone(),
             source: u.source_version.clone(),
             target: u.target_version.clone(),
