@@ -9,10 +9,19 @@ use clap::{Parser, Subcommand};
 use baton::operator::{self, Settings};
 use baton::telemetry::{self, LogFormat};
 
+/// `baton --version`: a build with the test hooks says so, so an image can be checked for them.
+#[cfg(feature = "test-hooks")]
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (test hooks: failpoints, clock offset)"
+);
+#[cfg(not(feature = "test-hooks"))]
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 #[derive(Parser)]
 #[command(
     name = "baton",
-    version,
+    version = VERSION,
     about = "Upgrades databases on Kubernetes the way managed services do"
 )]
 struct Cli {

@@ -1,9 +1,10 @@
 //! Weekly maintenance windows (UTC) and the clock Baton reads them with. Pure, except for
 //! [`Clock::now`].
 //!
-//! The clock is injectable so tests need not wait for a real window: with
-//! `BATON_CLOCK_OFFSET_FILE` set, the file holds a number of seconds added to the system time,
-//! re-read on every call (a missing or unreadable file means no offset).
+//! The clock is injectable so tests need not wait for a real window: in a build with the
+//! `test-hooks` feature and `BATON_CLOCK_OFFSET_FILE` set, the file holds a number of seconds
+//! added to the system time, re-read on every call (a missing or unreadable file means no
+//! offset). A release build reads the system clock, whatever the environment says.
 
 use std::path::PathBuf;
 
@@ -24,8 +25,12 @@ pub enum Clock {
 }
 
 impl Clock {
-    /// `Offset` when `BATON_CLOCK_OFFSET_FILE` is set, else the system clock.
+    /// `Offset` when `BATON_CLOCK_OFFSET_FILE` is set in a `test-hooks` build, else the system
+    /// clock.
     pub fn from_env() -> Clock {
+        if !cfg!(feature = "test-hooks") {
+            return Clock::System;
+        }
         match std::env::var_os("BATON_CLOCK_OFFSET_FILE") {
             Some(p) if !p.is_empty() => Clock::Offset(p.into()),
             _ => Clock::System,

@@ -16,7 +16,8 @@ if [ "$mode" = all ]; then
   cargo clippy --workspace --all-targets --locked -q -- -D warnings
 fi
 bash "$ENV_DIR/build-control-plane.sh"
-cargo build --workspace --all-targets --locked -q
+# The suites drive the operator's crash and clock hooks, which only a test-hooks build has.
+cargo build --workspace --all-targets --locked -q --features baton/test-hooks
 
 export BATON_RUN="$BATON_CACHE/test-run" BATON_APISERVER_PORT=26443 BATON_ETCD_PORT=24790 BATON_KCM_PORT=20257
 # Pods of the test environment use 127.2.x.x, those of `make up` 127.1.x.x.

@@ -114,7 +114,6 @@ start kube-apiserver "$BIN_DIR/kube-apiserver" \
   --api-audiences https://kubernetes.default.svc.cluster.local \
   --service-cluster-ip-range 10.0.0.0/24 \
   --allow-privileged=true \
-  --disable-admission-plugins ServiceAccount \
   --anonymous-auth=true
 wait_http kube-apiserver "https://127.0.0.1:$APISERVER_PORT/readyz" 180 --cacert "$PKI/ca.crt"
 write_kubeconfig
@@ -124,7 +123,7 @@ start kube-controller-manager "$BIN_DIR/kube-controller-manager" \
   --bind-address 127.0.0.1 --secure-port "$KCM_PORT" \
   --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
   --use-service-account-credentials=false \
-  --controllers garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller,persistentvolume-binder-controller,persistentvolumeclaim-protection-controller
+  --controllers garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller,persistentvolume-binder-controller,persistentvolumeclaim-protection-controller,deployment-controller,replicaset-controller
 wait_http kube-controller-manager "https://127.0.0.1:$KCM_PORT/healthz" 120 -k
 
 log "control plane ${K8S_VERSION} up at https://127.0.0.1:$APISERVER_PORT"

@@ -38,6 +38,11 @@ pub struct ImageSpec {
     /// The image's declared VOLUMEs.
     #[serde(default)]
     pub volumes: Vec<String>,
+    /// Files the image carries that live elsewhere on this machine: container directory →
+    /// host directory, bind-mounted read-only (the operator's image: `/usr/local/bin` holding
+    /// the `baton` binary built from this checkout).
+    #[serde(default)]
+    pub mounts: BTreeMap<String, String>,
 }
 
 impl ImageMap {
@@ -46,7 +51,7 @@ impl ImageMap {
         let text = std::fs::read_to_string(path)?;
         let mut map: ImageMap = serde_yaml_ng::from_str(&text)?;
         for spec in &mut map.images {
-            for p in spec.path.iter_mut() {
+            for p in spec.path.iter_mut().chain(spec.mounts.values_mut()) {
                 *p = expand_braces(p, vars);
             }
         }
@@ -111,6 +116,7 @@ mod tests {
             user: None,
             env: Default::default(),
             volumes: vec![],
+            mounts: Default::default(),
         }
     }
 

@@ -74,6 +74,38 @@ pub struct NodeCtx {
     /// `BATON_NODE=<marker>` in every container's environment identifies this agent's
     /// processes (the state directory: unique per local environment).
     pub marker: String,
+    /// The `kubernetes` Service, as the kubelet passes it to every container, and where its
+    /// ClusterIP leads (no kube-proxy here: the podnet shim sends connections to the API
+    /// server's address).
+    pub api_service: Option<ApiService>,
+}
+
+/// The `default/kubernetes` Service's ClusterIP and port, and the API server behind it.
+#[derive(Debug, Clone)]
+pub struct ApiService {
+    pub cluster_ip: String,
+    pub port: u16,
+    pub backend: String,
+}
+
+impl ApiService {
+    /// Reads the Service; None when it has no ClusterIP or the API server is not on IPv4.
+    async fn discover(client: &Client, api_url: &str) -> Option<ApiService> {
+        use k8s_openapi::api::core::v1::Service;
+        let svc = Api::<Service>::namespaced(client.clone(), "default")
+            .get_opt("kubernetes")
+            .await
+            .ok()??;
+        let spec = svc.spec?;
+        let port = spec.ports?.into_iter().next()?.port;
+        let authority = api_url.strip_prefix("https://")?.split('/').next()?;
+        let backend: std::net::SocketAddrV4 = authority.parse().ok()?;
+        Some(ApiService {
+            cluster_ip: spec.cluster_ip?,
+            port: u16::try_from(port).ok()?,
+            backend: backend.to_string(),
+        })
+    }
 }
 
 /// Pod addresses: consecutive loopback addresses, each held by one pod at a time. Freed
@@ -156,7 +188,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let state = std::fs::canonicalize(&args.state_dir)?;
     let marker = state.to_string_lossy().into_owned();
     kill_leftovers(&marker);
-    let client = Client::try_default().await?;
+    let config = kube::Config::infer().await?;
+    let api_url = config.cluster_url.to_string();
+    let client = Client::try_from(config)?;
+    let api_service = ApiService::discover(&client, &api_url).await;
+    match &api_service {
+        Some(a) => {
+            info!(service = %format!("{}:{}", a.cluster_ip, a.port), backend = %a.backend, "the kubernetes Service leads to the API server")
+        }
+        None => warn!("no default/kubernetes Service: containers get no KUBERNETES_SERVICE_HOST"),
+    }
     let ctx = Arc::new(NodeCtx {
         client: client.clone(),
         node_name: args.node_name.clone(),
@@ -166,6 +207,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         backoff_base: Duration::from_secs(args.backoff_seconds.max(1)),
         ips: IpPool::new(args.first_pod_ip),
         marker: marker.clone(),
+        api_service,
     });
     register_node(&client, &args.node_name, true).await?;
     info!(node = %args.node_name, "node registered");

@@ -26,6 +26,17 @@ pub struct Launch {
     pub mounts: Vec<Mount>,
     pub working_dir: Option<String>,
     pub user: Option<String>,
+    /// The primary group, when the pod names one (`runAsGroup`); else the user's own.
+    pub group: Option<String>,
+    /// Supplementary groups (`fsGroup`, `supplementalGroups`).
+    pub groups: Vec<i64>,
+    /// `readOnlyRootFilesystem`: the root mount is read-only in the container's view; its
+    /// volumes stay as mounted.
+    pub read_only_root: bool,
+    /// `allowPrivilegeEscalation: false`: no_new_privs, so no setuid binary raises privileges.
+    pub no_new_privs: bool,
+    /// `capabilities.drop: [ALL]`: the bounding and inheritable sets are emptied.
+    pub drop_all_caps: bool,
     pub log: PathBuf,
 }
 
@@ -64,16 +75,51 @@ pub fn mount_script(l: &Launch) -> String {
         }
     }
     if let Some(wd) = &l.working_dir {
-        s.push_str(&format!("mkdir -p {0}; cd {0}\n", quote(wd)));
+        s.push_str(&format!("mkdir -p {}\n", quote(wd)));
+    }
+    if l.read_only_root {
+        // Per-mount flag of this namespace's copy of the root mount: the host's stays writable.
+        s.push_str("mount -o remount,bind,ro /\n");
+    }
+    if let Some(wd) = &l.working_dir {
+        s.push_str(&format!("cd {}\n", quote(wd)));
+    }
+    let mut setpriv = Vec::new();
+    if l.no_new_privs {
+        setpriv.push("--no-new-privs".to_string());
+    }
+    if l.drop_all_caps {
+        setpriv.push("--inh-caps=-all --bounding-set=-all".to_string());
     }
     match &l.user {
+        // A numeric user (runAsUser) need not exist on the machine, as in a container: its
+        // groups are the pod's, not looked up.
+        Some(u) if u.parse::<u32>().is_ok() => {
+            let group = l.group.clone().unwrap_or_else(|| u.clone());
+            let groups = if l.groups.is_empty() {
+                "--clear-groups".to_string()
+            } else {
+                let list: Vec<String> = l.groups.iter().map(i64::to_string).collect();
+                format!("--groups={}", list.join(","))
+            };
+            s.push_str(&format!(
+                "export HOME=${{HOME:-/}}\nexec setpriv --reuid={u} --regid={} {groups} {} -- \"$@\"\n",
+                quote(&group),
+                setpriv.join(" ")
+            ));
+        }
         // HOME is the user's own, as a container runtime sets it (libpq, for one, reads files
         // under it and fails on a home it cannot enter), unless the pod set it.
         Some(u) => s.push_str(&format!(
             "[ -n \"${{HOME:-}}\" ] || HOME=$(getent passwd {0} | cut -d: -f6); export HOME=${{HOME:-/}}\n\
-             exec setpriv --reuid={0} --regid={0} --init-groups -- \"$@\"\n",
-            quote(u)
+             exec setpriv --reuid={0} --regid={1} --init-groups {2} -- \"$@\"\n",
+            quote(u),
+            quote(l.group.as_deref().unwrap_or(u)),
+            setpriv.join(" ")
         )),
+        None if !setpriv.is_empty() => {
+            s.push_str(&format!("exec setpriv {} -- \"$@\"\n", setpriv.join(" ")))
+        }
         None => s.push_str("exec \"$@\"\n"),
     }
     s
@@ -160,6 +206,11 @@ mod tests {
             }],
             working_dir: Some("/data".into()),
             user: Some("postgres".into()),
+            group: None,
+            groups: vec![],
+            read_only_root: false,
+            no_new_privs: false,
+            drop_all_caps: false,
             log: PathBuf::from("/dev/null"),
         };
         let s = mount_script(&l);
@@ -169,6 +220,41 @@ mod tests {
         assert!(mount < ro && ro < exec, "{s}");
         assert!(s.contains(r"'/var/lib/it'\''s'"), "{s}");
         assert!(s.contains("cd '/data'"), "{s}");
+        assert!(s.contains("--init-groups"), "{s}");
+    }
+
+    #[test]
+    fn a_hardened_numeric_user_gets_a_read_only_root_and_no_privileges() {
+        let l = Launch {
+            argv: vec!["/usr/local/bin/baton".into()],
+            env: Default::default(),
+            mounts: vec![],
+            working_dir: Some("/".into()),
+            user: Some("65532".into()),
+            group: Some("65532".into()),
+            groups: vec![65532],
+            read_only_root: true,
+            no_new_privs: true,
+            drop_all_caps: true,
+            log: PathBuf::from("/dev/null"),
+        };
+        let s = mount_script(&l);
+        let (mkdir, ro, cd) = (
+            s.find("mkdir -p '/'").unwrap(),
+            s.find("remount,bind,ro /").unwrap(),
+            s.find("cd '/'").unwrap(),
+        );
+        assert!(mkdir < ro && ro < cd, "{s}");
+        assert!(
+            s.contains("--reuid=65532 --regid='65532' --groups=65532"),
+            "{s}"
+        );
+        assert!(s.contains("--no-new-privs"), "{s}");
+        assert!(s.contains("--bounding-set=-all"), "{s}");
+        assert!(
+            !s.contains("--init-groups"),
+            "no passwd entry is looked up: {s}"
+        );
     }
 
     #[test]

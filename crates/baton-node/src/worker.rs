@@ -70,6 +70,9 @@ struct Rt {
     state: State,
     last: Option<Terminated>,
     ready: bool,
+    /// The startup probe passed (or there is none): readiness and liveness run from here.
+    started: bool,
+    startup: ProbeState,
     readiness: ProbeState,
     liveness: ProbeState,
     crashes: u32,
@@ -95,6 +98,8 @@ impl Rt {
             },
             last: None,
             ready: false,
+            started: false,
+            startup: ProbeState::default(),
             readiness: ProbeState::default(),
             liveness: ProbeState::default(),
             crashes: 0,
@@ -361,11 +366,15 @@ async fn supervise(
         }
     }
 
-    // Replace a running container whose image changed, or whose liveness probe failed.
+    // Replace a running container whose image changed, or whose liveness (or startup) probe
+    // failed.
     let liveness_failed = c
         .liveness_probe
         .as_ref()
-        .is_some_and(|p| rt.liveness.failures >= probes::timing(p).failure_threshold);
+        .is_some_and(|p| rt.liveness.failures >= probes::timing(p).failure_threshold)
+        || c.startup_probe
+            .as_ref()
+            .is_some_and(|p| rt.startup.failures >= probes::timing(p).failure_threshold);
     if rt.child.is_some() && (rt.image != spec_image || liveness_failed) {
         let why = if liveness_failed {
             "liveness probe failed"
@@ -428,17 +437,18 @@ async fn supervise(
                     rt.started_at = Some(now());
                     rt.state = State::Running;
                     rt.next_start = None;
-                    rt.ready = c.readiness_probe.is_none();
-                    let at = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
-                        p.as_ref()
-                            .map(|p| Instant::now() + probes::timing(p).initial_delay)
+                    rt.started = c.startup_probe.is_none();
+                    rt.ready = rt.started && c.readiness_probe.is_none();
+                    rt.startup = ProbeState {
+                        next_at: first_probe_at(&c.startup_probe),
+                        ..Default::default()
                     };
                     rt.readiness = ProbeState {
-                        next_at: at(&c.readiness_probe),
+                        next_at: first_probe_at(&c.readiness_probe),
                         ..Default::default()
                     };
                     rt.liveness = ProbeState {
-                        next_at: at(&c.liveness_probe),
+                        next_at: first_probe_at(&c.liveness_probe),
                         ..Default::default()
                     };
                     info!(pod = %pod.name_any(), container = %rt.name, image = %rt.image, pid = ?rt.pid(), restarts = rt.restart_count, "container started");
@@ -461,9 +471,26 @@ async fn supervise(
         }
     }
 
-    // Probes of a running container.
+    // Probes of a running container: the startup probe first, then readiness and liveness
+    // (which the kubelet holds back until the startup probe has passed).
     let Some(pid) = rt.pid() else { return };
     if rt.child.is_none() {
+        return;
+    }
+    if !rt.started {
+        if let Some(p) = &c.startup_probe
+            && rt.startup.next_at.is_some_and(|t| Instant::now() >= t)
+        {
+            let t = probes::timing(p);
+            let ok = probes::run(p, c, ip, ExecContext { pid, env: &rt.env }).await;
+            step_probe(&mut rt.startup, ok, t);
+            if ok {
+                rt.started = true;
+                rt.ready = c.readiness_probe.is_none();
+                rt.readiness.next_at = first_probe_at(&c.readiness_probe);
+                rt.liveness.next_at = first_probe_at(&c.liveness_probe);
+            }
+        }
         return;
     }
     if let Some(p) = &c.readiness_probe
@@ -486,6 +513,12 @@ async fn supervise(
         let ok = probes::run(p, c, ip, ExecContext { pid, env: &rt.env }).await;
         step_probe(&mut rt.liveness, ok, t);
     }
+}
+
+/// When a probe first runs: its initial delay from now.
+fn first_probe_at(p: &Option<k8s_openapi::api::core::v1::Probe>) -> Option<Instant> {
+    p.as_ref()
+        .map(|p| Instant::now() + probes::timing(p).initial_delay)
 }
 
 fn step_probe(s: &mut ProbeState, ok: bool, t: probes::Timing) {
@@ -622,13 +655,10 @@ async fn launch(
         .or_insert_with(|| runtime::container_path(&spec.path));
     env.entry("HOSTNAME".into())
         .or_insert_with(|| pod.name_any());
+    let sec =
+        security(pod, c, spec.user.as_deref()).map_err(|e| ("CreateContainerConfigError", e))?;
     // A non-root image user gets its own home at launch (see runtime::mount_script).
-    if spec.user.is_none()
-        && c.security_context
-            .as_ref()
-            .and_then(|s| s.run_as_user)
-            .is_none()
-    {
+    if sec.user.is_none() {
         env.entry("HOME".into()).or_insert_with(|| "/root".into());
     }
     env.insert("BATON_POD_IP".into(), ip.to_string());
@@ -636,7 +666,28 @@ async fn launch(
     if let Some(lib) = &ctx.podnet {
         env.insert("LD_PRELOAD".into(), lib.to_string_lossy().into_owned());
     }
-
+    // The kubelet's service environment for the API server (enableServiceLinks' other
+    // variables are not set here).
+    if let Some(a) = &ctx.api_service {
+        let (ip, port) = (&a.cluster_ip, a.port);
+        for (k, v) in [
+            ("KUBERNETES_SERVICE_HOST", ip.clone()),
+            ("KUBERNETES_SERVICE_PORT", port.to_string()),
+            ("KUBERNETES_SERVICE_PORT_HTTPS", port.to_string()),
+            ("KUBERNETES_PORT", format!("tcp://{ip}:{port}")),
+            ("KUBERNETES_PORT_443_TCP", format!("tcp://{ip}:{port}")),
+            ("KUBERNETES_PORT_443_TCP_PROTO", "tcp".into()),
+            ("KUBERNETES_PORT_443_TCP_PORT", port.to_string()),
+            ("KUBERNETES_PORT_443_TCP_ADDR", ip.clone()),
+        ] {
+            env.entry(k.into()).or_insert(v);
+        }
+        // Read by the podnet shim: a connection to the ClusterIP reaches the API server.
+        env.insert(
+            "BATON_SERVICES".into(),
+            format!("{ip}:{port}={}", a.backend),
+        );
+    }
     // Mounts: the container's volumeMounts, then the image's VOLUMEs not covered by one.
     let mut mounts = Vec::new();
     for m in c.volume_mounts.as_deref().unwrap_or_default() {
@@ -666,6 +717,16 @@ async fn launch(
             read_only: m.read_only == Some(true),
         });
     }
+    for (target, source) in &spec.mounts {
+        if mounts.iter().any(|m| &m.target == target) {
+            continue;
+        }
+        mounts.push(Mount {
+            source: PathBuf::from(source),
+            target: target.clone(),
+            read_only: true,
+        });
+    }
     let pod_dir = volumes::pod_dir(&ctx.state, pod);
     for v in &spec.volumes {
         if mounts.iter().any(|m| &m.target == v) {
@@ -683,16 +744,10 @@ async fn launch(
         });
     }
 
-    let user = c
-        .security_context
-        .as_ref()
-        .and_then(|s| s.run_as_user)
-        .map(|u| u.to_string())
-        .or_else(|| spec.user.clone());
-    if let Some(u) = &user {
+    if let Some(u) = &sec.user {
         for m in mounts.iter().filter(|m| !m.read_only && m.source.is_dir()) {
             let _ = std::process::Command::new("chown")
-                .arg(format!("{u}:"))
+                .arg(format!("{u}:{}", sec.group.as_deref().unwrap_or("")))
                 .arg(&m.source)
                 .status();
         }
@@ -703,7 +758,12 @@ async fn launch(
         env,
         mounts,
         working_dir: c.working_dir.clone().or_else(|| spec.working_dir.clone()),
-        user,
+        user: sec.user,
+        group: sec.group,
+        groups: sec.groups,
+        read_only_root: sec.read_only_root,
+        no_new_privs: sec.no_new_privs,
+        drop_all_caps: sec.drop_all_caps,
         log,
     };
     if launch.argv.is_empty() {
@@ -713,6 +773,72 @@ async fn launch(
         ));
     }
     Ok((launch, image))
+}
+
+/// What the pod's and the container's security contexts ask of a start, merged as the kubelet
+/// merges them (the container's settings win).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Security {
+    /// The user to run as (`runAsUser`, else the image's); None is root.
+    user: Option<String>,
+    group: Option<String>,
+    groups: Vec<i64>,
+    read_only_root: bool,
+    no_new_privs: bool,
+    drop_all_caps: bool,
+}
+
+/// The container's effective security settings, or why it must not start (the kubelet's
+/// `runAsNonRoot` verification). Not enforced here, and said so in docs/local-node.md:
+/// seccomp and AppArmor profiles, SELinux options, and capabilities other than dropping all.
+fn security(pod: &Pod, c: &Container, image_user: Option<&str>) -> Result<Security, String> {
+    let psc = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.security_context.clone())
+        .unwrap_or_default();
+    let csc = c.security_context.clone().unwrap_or_default();
+    let uid = csc.run_as_user.or(psc.run_as_user);
+    let user = uid
+        .map(|u| u.to_string())
+        .or_else(|| image_user.map(str::to_string))
+        .filter(|u| u != "0" && u != "root");
+    if csc.run_as_non_root.or(psc.run_as_non_root) == Some(true) {
+        match (&user, uid) {
+            (None, _) => {
+                return Err("container has runAsNonRoot and image will run as root".into());
+            }
+            (Some(u), None) => {
+                return Err(format!(
+                    "container has runAsNonRoot and image has non-numeric user ({u}), cannot verify user is non-root"
+                ));
+            }
+            _ => {}
+        }
+    }
+    let mut groups: Vec<i64> = psc.fs_group.into_iter().collect();
+    groups.extend(psc.supplemental_groups.unwrap_or_default());
+    groups.sort_unstable();
+    groups.dedup();
+    Ok(Security {
+        group: csc
+            .run_as_group
+            .or(psc.run_as_group)
+            .map(|g| g.to_string())
+            .filter(|_| user.is_some()),
+        groups: if user.as_deref().is_some_and(|u| u.parse::<u32>().is_ok()) {
+            groups
+        } else {
+            vec![]
+        },
+        user,
+        read_only_root: csc.read_only_root_filesystem == Some(true),
+        no_new_privs: csc.allow_privilege_escalation == Some(false),
+        drop_all_caps: csc
+            .capabilities
+            .and_then(|caps| caps.drop)
+            .is_some_and(|d| d.iter().any(|x| x == "ALL")),
+    })
 }
 
 /// The pod's status as the kubelet would write it. Timestamps come only from recorded events,
@@ -777,7 +903,7 @@ fn build_status(
                 "image": r.image,
                 "imageID": format!("baton-local://{}", r.image),
                 "ready": r.ready,
-                "started": r.child.is_some(),
+                "started": r.child.is_some() && r.started,
                 "restartCount": r.restart_count,
                 "state": state,
                 "lastState": r.last.as_ref().map(terminated).unwrap_or_else(|| json!({})),
@@ -803,6 +929,60 @@ fn build_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pod_with(pod_sc: serde_json::Value, container_sc: serde_json::Value) -> (Pod, Container) {
+        let c: Container =
+            serde_json::from_value(json!({"name": "c", "securityContext": container_sc})).unwrap();
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "spec": {"securityContext": pod_sc, "containers": [c.clone()]}
+        }))
+        .unwrap();
+        (pod, c)
+    }
+
+    #[test]
+    fn the_charts_hardened_pod_runs_as_its_numeric_user_read_only_and_unprivileged() {
+        let (pod, c) = pod_with(
+            json!({"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532}),
+            json!({"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                   "capabilities": {"drop": ["ALL"]}}),
+        );
+        let s = security(&pod, &c, None).unwrap();
+        assert_eq!(s.user.as_deref(), Some("65532"));
+        assert_eq!(s.group.as_deref(), Some("65532"));
+        assert_eq!(s.groups, vec![65532]);
+        assert!(s.read_only_root && s.no_new_privs && s.drop_all_caps);
+    }
+
+    #[test]
+    fn run_as_non_root_refuses_root_and_unverifiable_users() {
+        let (pod, c) = pod_with(json!({"runAsNonRoot": true}), json!({}));
+        assert!(
+            security(&pod, &c, None)
+                .unwrap_err()
+                .contains("will run as root")
+        );
+        assert!(
+            security(&pod, &c, Some("postgres"))
+                .unwrap_err()
+                .contains("non-numeric user (postgres)")
+        );
+        // The container's own user wins over the pod's.
+        let (pod, c) = pod_with(
+            json!({"runAsUser": 0, "runAsNonRoot": true}),
+            json!({"runAsUser": 999}),
+        );
+        assert_eq!(
+            security(&pod, &c, None).unwrap().user.as_deref(),
+            Some("999")
+        );
+        // No demands: the image's user, as before.
+        let (pod, c) = pod_with(json!({}), json!({}));
+        let s = security(&pod, &c, Some("mysql")).unwrap();
+        assert_eq!(s.user.as_deref(), Some("mysql"));
+        assert!(!s.read_only_root && s.groups.is_empty());
+    }
 
     #[test]
     fn a_failed_containers_message_is_the_end_of_its_log() {

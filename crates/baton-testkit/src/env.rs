@@ -275,7 +275,7 @@ impl Env {
         name: &str,
         phase: InstancePhase,
         version: &str,
-        op: &Operator,
+        op: &impl Logs,
     ) -> DatabaseInstance {
         let found = eventually(LONG, || async {
             let i = self.instances.get(name).await.ok()?;
@@ -583,7 +583,7 @@ pub async fn wait_request(
     env: &Env,
     name: &str,
     phase: RequestPhase,
-    op: &Operator,
+    op: &impl Logs,
 ) -> UpgradeRequest {
     let api = requests(env);
     let found = eventually(LONG, || async {

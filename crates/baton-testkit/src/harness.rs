@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
@@ -117,7 +117,9 @@ pub async fn install_crds(client: &Client) {
     }
 }
 
-/// Creates a fresh namespace for one test; names stay unique across runs.
+/// Creates a fresh namespace for one test; names stay unique across runs. Returns once its
+/// `default` ServiceAccount exists: the ServiceAccount admission plugin refuses pods until the
+/// controller manager has made it.
 pub async fn namespace(client: &Client, prefix: &str) -> String {
     let name = format!("{prefix}-{:08x}", rand::random::<u32>());
     let ns: Namespace = serde_json::from_value(serde_json::json!({
@@ -128,6 +130,15 @@ pub async fn namespace(client: &Client, prefix: &str) -> String {
         .create(&PostParams::default(), &ns)
         .await
         .expect("create namespace");
+    let sas = Api::<ServiceAccount>::namespaced(client.clone(), &name);
+    let made = eventually(Duration::from_secs(30), || async {
+        sas.get_opt("default").await.ok().flatten()
+    })
+    .await;
+    assert!(
+        made.is_some(),
+        "namespace {name} never got its default ServiceAccount"
+    );
     name
 }
 
@@ -193,6 +204,42 @@ pub fn free_port() -> u16 {
         .local_addr()
         .expect("addr")
         .port()
+}
+
+/// Something whose log explains a failed wait: an operator process, or the chart's operator pod.
+pub trait Logs {
+    fn logs(&self) -> String;
+}
+
+impl Logs for Operator {
+    fn logs(&self) -> String {
+        Operator::logs(self)
+    }
+}
+
+/// The log of a pod's container on the local node (what `kubectl logs` would show; the node
+/// keeps it under its state directory, `$BATON_RUN/node/logs`).
+pub fn pod_log(namespace: &str, pod: &str, container: &str) -> String {
+    let run = std::env::var_os("BATON_RUN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/baton/run")
+        });
+    let prefix = format!("{namespace}_{pod}_");
+    let Ok(dirs) = std::fs::read_dir(run.join("node/logs")) else {
+        return String::new();
+    };
+    let mut found: Vec<PathBuf> = dirs
+        .flatten()
+        .filter(|d| d.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|d| d.path().join(format!("{container}.log")))
+        .collect();
+    found.sort();
+    found
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A running `baton run` process, killed on drop.

@@ -225,6 +225,8 @@ pub fn pod(
                 .collect(),
             ),
             termination_grace_period_seconds: Some(30),
+            // A database server never calls the API server: no token in its pod.
+            automount_service_account_token: Some(false),
             ..Default::default()
         }),
         status: None,
