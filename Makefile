@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help test crash-test demo demo-postgres demo-mariadb bench up down crds lint control-plane
+.PHONY: help test crash-test demo demo-postgres demo-mariadb bench up down crds lint image control-plane
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -43,7 +43,12 @@ crds: ## Regenerate crds/ and the chart's crds/ from the Rust types
 
 lint: ## rustfmt, clippy -D warnings, helm lint
 	cargo fmt --all --check
-	cargo clippy --workspace --all-targets --locked -- -D warnings
+	cargo clippy --workspace --all-targets --locked --features baton/test-hooks -- -D warnings
+	@bash tests/env/build-control-plane.sh
+	$${BATON_CACHE:-$$HOME/.cache/baton}/bin/helm lint --strict charts/baton
+
+image: ## Build the operator's image from the Dockerfile with buildah (no daemon) and check it
+	@bash tests/env/image.sh
 
 control-plane: ## Build (or reuse) kube-apiserver, etcd, kube-controller-manager, kubectl, helm
 	@bash tests/env/build-control-plane.sh

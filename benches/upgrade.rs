@@ -343,6 +343,11 @@ async fn main() -> anyhow::Result<()> {
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &nso)
         .await?;
+    // Pods are admitted once the namespace's default ServiceAccount exists.
+    let sas = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &ns);
+    while sas.get_opt("default").await?.is_none() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // The operator, limited to the bench's namespace, as built by this bench (release).
     let log = std::fs::File::create(std::env::temp_dir().join(format!("{ns}-operator.log")))?;

@@ -1,4 +1,5 @@
-//! `make demo`: against the local environment (`make up`: control plane, local node, operator),
+//! `make demo`: against the local environment (`make up`: control plane, local node, and the
+//! operator installed with its Helm chart, running as the chart's pod on the local node),
 //! create a 3-member Redis 6.2.14 instance, write to it under a steady client load, upgrade it
 //! to 7.0.15 by editing its spec, show the progress as it happens, and end with a summary.
 //! `make demo-postgres` (`demo postgresql`) does the same with PostgreSQL 16.13 → 16.14, and
@@ -95,7 +96,15 @@ async fn main() -> anyhow::Result<()> {
     };
     let (name, from, to) = (f.name, f.from, f.to);
     let client = Client::try_default().await?;
-    workload::apply_catalog(&client, workload::EXAMPLE_CATALOG).await?;
+    // The chart installed the catalog; a cluster without one gets the example's entries.
+    if Api::<baton::crd::DatastoreVersion>::all(client.clone())
+        .list(&ListParams::default().limit(1))
+        .await?
+        .items
+        .is_empty()
+    {
+        workload::apply_catalog(&client, workload::EXAMPLE_CATALOG).await?;
+    }
     let namespaces = Api::<Namespace>::all(client.clone());
     if namespaces.get_opt(NS).await?.is_some() {
         println!("removing the previous demo namespace …");
@@ -106,6 +115,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": NS}}))?;
     namespaces.create(&PostParams::default(), &ns).await?;
+    // Pods are admitted once the namespace's default ServiceAccount exists.
+    let sas = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), NS);
+    while sas.get_opt("default").await?.is_none() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     println!(
         "== creating a 3-member {} {from} instance ({NS}/{name})",

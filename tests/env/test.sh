@@ -13,9 +13,15 @@ if [ "$mode" = all ]; then
   log "cargo fmt --check"
   cargo fmt --all --check
   log "cargo clippy -D warnings"
-  cargo clippy --workspace --all-targets --locked -q -- -D warnings
+  cargo clippy --workspace --all-targets --locked -q --features baton/test-hooks -- -D warnings
 fi
 bash "$ENV_DIR/build-control-plane.sh"
+if [ "$mode" = all ]; then
+  log "helm lint"
+  "$BIN_DIR/helm" lint --strict "$REPO_DIR/charts/baton" >/dev/null
+  log "the image (make image): built from the Dockerfile with buildah, and checked"
+  bash "$ENV_DIR/image.sh"
+fi
 # The suites drive the operator's crash and clock hooks, which only a test-hooks build has.
 cargo build --workspace --all-targets --locked -q --features baton/test-hooks
 
