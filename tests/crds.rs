@@ -411,6 +411,42 @@ async fn invalid_resources_are_rejected_with_a_message_naming_the_field() {
         &m,
         &["spec.action", "type InPlace restarts every member together"],
     );
+    // A planned switchover: no version, no commit stage, one instance to name a member of.
+    for (name, spec, field, words) in [
+        (
+            "sw-version",
+            json!({"targets": {"instances": ["a"]}, "type": "Switchover", "targetVersion": "7.0.15"}),
+            "spec.type",
+            "type Switchover keeps every target's version",
+        ),
+        (
+            "sw-hold",
+            json!({"targets": {"instances": ["a"]}, "type": "Switchover", "action": "Upgrade"}),
+            "spec.action",
+            "type Switchover hands the primary role over in one step",
+        ),
+        (
+            "sw-cluster",
+            json!({"targets": {"clusters": ["c"]}, "type": "Switchover"}),
+            "spec.targets",
+            "type Switchover moves the primary of DatabaseInstances",
+        ),
+        (
+            "sw-two",
+            json!({"targets": {"instances": ["a", "b"]}, "type": "Switchover", "switchoverTo": "a-1"}),
+            "spec.switchoverTo",
+            "switchoverTo names a member of one instance",
+        ),
+        (
+            "sw-rolling",
+            json!({"targets": {"instances": ["a"]}, "switchoverTo": "a-1"}),
+            "spec.switchoverTo",
+            "with type Switchover",
+        ),
+    ] {
+        let m = refused(&client, &ns, "UpgradeRequest", name, spec).await;
+        assert_names(&m, &[field, words]);
+    }
 
     // Transition rules: immutable targets and targetVersion, allowed action moves.
     let api = api_for(&client, "UpgradeRequest", &ns);

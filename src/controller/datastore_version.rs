@@ -67,14 +67,26 @@ pub async fn reconcile(dv: Arc<DatastoreVersion>, ctx: Arc<Context>) -> Result<A
     let current = dv.status.clone().unwrap_or_default();
     let was =
         status::find(&current.conditions, VALID).map(|c| (c.status.clone(), c.reason.clone()));
+    // `Ready` says the same as `Valid`, with kstatus's pair beside it, for GitOps tools.
+    let conditions = status::merge(
+        &current.conditions,
+        desired.clone(),
+        dv.metadata.generation,
+        ctx.now(),
+    );
+    let conditions = status::merge(
+        &conditions,
+        Desired {
+            type_: "Ready",
+            ..desired.clone()
+        },
+        dv.metadata.generation,
+        ctx.now(),
+    );
+    let health = crate::health::catalog_entry(desired.status, desired.reason, &desired.message);
     let next = DatastoreVersionStatus {
         observed_generation: dv.metadata.generation,
-        conditions: status::merge(
-            &current.conditions,
-            desired.clone(),
-            dv.metadata.generation,
-            ctx.now(),
-        ),
+        conditions: crate::health::apply(&conditions, &health, dv.metadata.generation, ctx.now()),
     };
     if next == current {
         return Ok(requeue::idle());

@@ -323,7 +323,8 @@ pub struct UpgradeInFlight {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aborted: Option<String>,
     /// How the members are restarted: `Rolling` (default: one at a time, standbys first),
-    /// `InPlace` (all together, an outage) or `Hotfix` (rolling, a new build of the same version).
+    /// `InPlace` (all together, an outage), `Hotfix` (rolling, a new build of the same version)
+    /// or `Switchover` (no restart: only the switchover).
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub type_: Option<UpgradeType>,
     /// Stop before the primary is touched (step `AwaitingCommit`) until an UpgradeRequest's
@@ -345,6 +346,10 @@ pub struct UpgradeInFlight {
     /// `secondSwitch`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub second_switch: Option<bool>,
+    /// The member a planned switchover (type `Switchover`) must hand the primary role to; none:
+    /// the most advanced caught-up standby.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switchover_to: Option<String>,
 }
 
 impl UpgradeInFlight {
@@ -367,6 +372,7 @@ impl UpgradeInFlight {
             cancel: false,
             window_only: false,
             second_switch: None,
+            switchover_to: None,
         }
     }
 

@@ -37,6 +37,10 @@ use super::common::{Conditions, Datastore, VERSION_PATTERN};
 #[x_kube(validation = Rule::new("has(self.targetVersion) == has(oldSelf.targetVersion) && (!has(self.targetVersion) || self.targetVersion == oldSelf.targetVersion)").message("targetVersion is immutable: create a new UpgradeRequest for another version").field_path(".targetVersion"))]
 #[x_kube(validation = Rule::new("has(self.datastore) == has(oldSelf.datastore) && (!has(self.datastore) || self.datastore == oldSelf.datastore)").message("datastore is immutable: create a new UpgradeRequest").field_path(".datastore"))]
 #[x_kube(validation = Rule::new("self.type != 'InPlace' || !(self.action in ['Upgrade', 'Commit', 'Rollback'])").message("type InPlace restarts every member together, so it has no AwaitingCommit stage: use action UpgradeAutoCommit, or type Rolling with action Upgrade").field_path(".action"))]
+#[x_kube(validation = Rule::new("self.type != 'Switchover' || self.action in ['UpgradeAutoCommit', 'Cancel']").message("type Switchover hands the primary role over in one step, with nothing to commit or roll back: use action UpgradeAutoCommit (or Cancel)").field_path(".action"))]
+#[x_kube(validation = Rule::new("self.type != 'Switchover' || (!has(self.targetVersion) && !has(self.datastore))").message("type Switchover keeps every target's version and datastore: omit targetVersion and datastore").field_path(".type"))]
+#[x_kube(validation = Rule::new("self.type != 'Switchover' || !has(self.targets.clusters) || size(self.targets.clusters) == 0").message("type Switchover moves the primary of DatabaseInstances; a Cluster's masters move by its own upgrades: list instances, not clusters").field_path(".targets"))]
+#[x_kube(validation = Rule::new("!has(self.switchoverTo) || (self.type == 'Switchover' && has(self.targets.instances) && size(self.targets.instances) == 1 && !has(self.targets.selector))").message("switchoverTo names a member of one instance: use it with type Switchover and exactly one entry in targets.instances").field_path(".switchoverTo"))]
 #[serde(rename_all = "camelCase")]
 pub struct UpgradeRequestSpec {
     /// The databases to upgrade: instance names, cluster names, or a label selector over the
@@ -57,8 +61,10 @@ pub struct UpgradeRequestSpec {
 
     /// How the members are upgraded: `Rolling` (default; one member at a time, standbys first,
     /// switchover, primary last), `InPlace` (every member restarted together: fast, with an
-    /// outage), or `Hotfix` (same version, new build; rolling, no primary outage beyond the
-    /// switchover). Immutable.
+    /// outage), `Hotfix` (same version, new build; rolling, no primary outage beyond the
+    /// switchover), or `Switchover` (no version change: a planned switchover that hands each
+    /// target's primary role to a caught-up standby through the same fenced protocol, for
+    /// maintenance of the primary's node; omit targetVersion). Immutable.
     #[serde(default, rename = "type")]
     #[x_kube(validation = Rule::new("self == oldSelf").message("type is immutable: create a new UpgradeRequest"))]
     pub type_: UpgradeType,
@@ -96,6 +102,15 @@ pub struct UpgradeRequestSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub max_failures: Option<i32>,
+
+    /// With type Switchover and one instance: the member (pod name, for example `db-2`) to hand
+    /// the primary role to. It must be a standby that is Ready and caught up when the switchover
+    /// starts. Omit to let Baton choose the most advanced caught-up standby after the fence.
+    /// Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("switchoverTo is immutable: create a new UpgradeRequest"))]
+    pub switchover_to: Option<String>,
 }
 
 fn default_max_concurrent() -> i32 {
@@ -130,6 +145,8 @@ pub enum UpgradeType {
     Rolling,
     InPlace,
     Hotfix,
+    /// No version change: only the switchover, on demand.
+    Switchover,
 }
 
 /// What an UpgradeRequest is asked to do.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager and kubectl (k8s.io/kubernetes), etcd and helm
-# from their published Go modules into $BATON_CACHE/bin. Each binary is rebuilt only when its
-# pinned version changes (a stamp file records what was built).
+# Builds kube-apiserver, kube-controller-manager and kubectl (k8s.io/kubernetes), etcd, helm and
+# krew from their published Go modules into $BATON_CACHE/bin, and the GitOps health checker of
+# tests/health (kstatus and Argo CD's Lua interpreter). Each binary is rebuilt only when its
+# pinned version (or, for the checker, its source) changes: a stamp file records what was built.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 mkdir -p "$BIN_DIR" "$BATON_CACHE/src"
@@ -69,7 +70,27 @@ build_helm() {
   stamp helm "$HELM_VERSION"
 }
 
+build_krew() {
+  stamp_ok krew "$KREW_VERSION" && stamp_ok validate-krew-manifest "$KREW_VERSION" && return 0
+  log "building krew $KREW_VERSION"
+  GOBIN="$BIN_DIR" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" \
+    "sigs.k8s.io/krew/cmd/krew@$KREW_VERSION" "sigs.k8s.io/krew/cmd/validate-krew-manifest@$KREW_VERSION"
+  stamp krew "$KREW_VERSION"
+  stamp validate-krew-manifest "$KREW_VERSION"
+}
+
+build_health() {
+  local src="$REPO_DIR/tests/health" sum
+  sum=$(cat "$src/go.mod" "$src/go.sum" "$src/main.go" | sha1sum | cut -c1-16)
+  stamp_ok baton-health "$sum" && return 0
+  log "building the GitOps health checker (tests/health)"
+  (cd "$src" && CGO_ENABLED=0 go build -mod=mod -trimpath -o "$BIN_DIR/baton-health" .)
+  stamp baton-health "$sum"
+}
+
 build_etcd
 build_kubernetes
 build_helm
+build_krew
+build_health
 log "control plane binaries ready in $BIN_DIR"

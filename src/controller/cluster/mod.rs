@@ -84,6 +84,7 @@ pub async fn reconcile(cached: Arc<Cluster>, ctx: Arc<Context>) -> Result<Action
     };
     pass.s.observed_generation = cluster.metadata.generation;
     let action = run(&ctx, &cluster, &api, &mut pass).await;
+    pass.settle_health(cluster.spec.paused);
     if pass.s != pass.written && !pass.record(&api, &cluster).await? {
         // The Cluster changed since this pass read it (an UpgradeRequest claimed or steered
         // it): decide again from a fresh read, and publish nothing of this pass.
@@ -149,6 +150,7 @@ impl Pass {
     /// overwrites an UpgradeRequest's claim or steer it did not read. False when the Cluster
     /// changed since: the act must not run.
     async fn record(&mut self, api: &Api<Cluster>, cluster: &Cluster) -> Result<bool> {
+        self.settle_health(cluster.spec.paused);
         let rv = self.rv.clone();
         let written = super::apply_status_at(
             api,
@@ -164,6 +166,17 @@ impl Pass {
         self.rv = written.resource_version();
         self.written = self.s.clone();
         Ok(true)
+    }
+
+    /// The GitOps pair (`Reconciling`, `Stalled`) from the status this pass built.
+    fn settle_health(&mut self, paused: bool) {
+        let health = crate::health::cluster(&self.s, paused);
+        self.s.conditions = crate::health::apply(
+            &self.s.conditions,
+            &health,
+            self.generation,
+            self.now.clone(),
+        );
     }
 
     fn formed(&self) -> bool {

@@ -17,7 +17,7 @@ use super::plan::{self, Plan};
 use crate::catalog::{self, PathError};
 use crate::crd::{
     DatabaseInstanceStatus, DatastoreVersion, InstancePhase, MemberRole, MemberStatus,
-    QuarantinedMember, UpgradeInFlight, UpgradeOutcome, UpgradeResult, UpgradeStep,
+    QuarantinedMember, UpgradeInFlight, UpgradeOutcome, UpgradeResult, UpgradeStep, UpgradeType,
 };
 use crate::engine::{Lag, Role, Strategy};
 use crate::status::{self, Desired};
@@ -62,7 +62,15 @@ impl<'a> Draft<'a> {
         );
     }
 
-    fn done(self, act: Act, wake: Wake) -> Decision {
+    fn done(mut self, act: Act, wake: Wake) -> Decision {
+        // Every pass ends here: the GitOps pair follows whatever the pass decided.
+        let health = crate::health::instance(&self.s);
+        self.s.conditions = crate::health::apply(
+            &self.s.conditions,
+            &health,
+            self.o.inst.metadata.generation,
+            self.now(),
+        );
         Decision {
             status: self.s,
             act,
@@ -748,12 +756,16 @@ fn apply_plan(mut d: Draft, prev: &UpgradeInFlight, p: Plan) -> Decision {
                 d.s.message = Some(f.clone());
                 d.cond("Degraded", true, "UpgradeFailed", f.clone());
             } else {
-                let mut msg = format!(
-                    "{} → {}: {}",
-                    r.source_version,
-                    r.target_version,
-                    r.describe()
-                );
+                let mut msg = if r.kind() == UpgradeType::Switchover {
+                    format!("planned switchover: {}", r.describe())
+                } else {
+                    format!(
+                        "{} → {}: {}",
+                        r.source_version,
+                        r.target_version,
+                        r.describe()
+                    )
+                };
                 if let Some(w) = &p.waiting {
                     msg = format!("{msg}; {w}");
                 }
@@ -777,7 +789,24 @@ fn apply_plan(mut d: Draft, prev: &UpgradeInFlight, p: Plan) -> Decision {
 
 /// The upgrade ended: record its outcome, the version every member runs, and go Active.
 fn finish(d: &mut Draft, prev: &UpgradeInFlight, reverted: bool) {
+    let from = prev.original_primary.clone().unwrap_or_default();
+    let switched = prev.kind() == UpgradeType::Switchover;
     let (result, message) = match (reverted, &prev.aborted, prev.cancel) {
+        (false, _, _) if switched => (
+            UpgradeResult::Succeeded,
+            match d.s.primary.as_deref() {
+                Some(to) if to != from => format!("the primary moved from {from} to {to}"),
+                _ => format!("{from} is still the primary"),
+            },
+        ),
+        (true, None, true) if switched => (
+            UpgradeResult::Cancelled,
+            format!("cancelled before the switchover; {from} is still the primary"),
+        ),
+        (true, Some(why), _) if switched => (
+            UpgradeResult::Failed,
+            format!("{why}; {from} is still the primary"),
+        ),
         (false, _, false) => (
             UpgradeResult::Succeeded,
             format!("every member runs {}", prev.target_version),

@@ -16,7 +16,8 @@
 //! primary again by the same stages and the step fails. A datastore with its own protocol
 //! (`Native`) gets one `Handover` stage instead, confirmed by roles.
 //!
-//! An UpgradeRequest adds: `InPlace` (every member restarted together, one step), `hold`
+//! An UpgradeRequest adds: `Switchover` (no version change: the switchover step alone, to a
+//! named member or the best caught-up standby), `InPlace` (every member restarted together, one step), `hold`
 //! (stop at `AwaitingCommit` before the primary is touched), `cancel` (at the next step
 //! boundary, return to the source while the primary still runs it, else finish), and a
 //! maintenance window (no forward step starts while it is closed).
@@ -154,6 +155,12 @@ fn bound(v: &View, l: crate::engine::Lag) -> String {
 /// The step after the ones already done, or None when the upgrade is complete.
 fn next_step(v: &View, u: &UpgradeInFlight, reverting: bool) -> Option<UpgradeStep> {
     let target = goal(u, reverting);
+    if u.kind() == UpgradeType::Switchover {
+        // One switchover, then done: nothing to restart, nothing to return to.
+        let original = u.original_primary.as_deref().unwrap_or(v.primary);
+        let moved = v.primary != original || u.switchover_to.as_deref() == Some(v.primary);
+        return (!reverting && !moved).then(|| UpgradeStep::of(StepKind::Switchover));
+    }
     if u.kind() == UpgradeType::InPlace {
         return v
             .members
@@ -290,6 +297,14 @@ pub fn next(v: &View, u: &UpgradeInFlight, reverting: bool) -> Plan {
         }
         StepKind::SwitchBack
             if u.switchover.is_none() && u.original_primary.as_deref() == Some(v.primary) =>
+        {
+            advance(v, u, reverting, true)
+        }
+        // A planned switchover whose role already moved (or went where it was asked) is done.
+        StepKind::Switchover
+            if u.kind() == UpgradeType::Switchover
+                && u.switchover.is_none()
+                && next_step(v, u, reverting).is_none() =>
         {
             advance(v, u, reverting, true)
         }
@@ -519,11 +534,14 @@ fn switchover(v: &View, u: &UpgradeInFlight) -> Plan {
 }
 
 /// The standbys that may take the role: on the target version, Ready, streaming from the
-/// primary, not quarantined (and for a switch back, only the original primary).
+/// primary, not quarantined (for a switch back, only the original primary; for a planned
+/// switchover to a named member, only that member).
 fn candidates<'a>(v: &'a View, u: &UpgradeInFlight, from: &'a Member) -> Vec<&'a Member> {
-    let wanted = (u.step.kind == StepKind::SwitchBack)
-        .then(|| u.original_primary.clone())
-        .flatten();
+    let wanted = if u.step.kind == StepKind::SwitchBack {
+        u.original_primary.clone()
+    } else {
+        u.switchover_to.clone()
+    };
     v.members
         .iter()
         .filter(|m| m.name != from.name && m.ready && runs(m, &u.target_version))
@@ -545,11 +563,14 @@ fn start_switchover(v: &View, u: &UpgradeInFlight) -> Plan {
         .collect();
     let Some(first) = ready.first() else {
         if v.step_elapsed > timeout {
+            let who = match &u.switchover_to {
+                Some(m) => format!("{m} (switchoverTo) did not catch up"),
+                None => format!("no standby on {} caught up", u.target_version),
+            };
             return fail(
                 u,
                 format!(
-                    "no standby on {} caught up with the primary {} within {}s; nothing was fenced",
-                    u.target_version,
+                    "{who} with the primary {} within {}s; nothing was fenced",
                     from.name,
                     timeout.as_secs()
                 ),

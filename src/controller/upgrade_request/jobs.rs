@@ -20,7 +20,8 @@ use crate::window;
 pub struct Plan {
     pub source: String,
     pub target: String,
-    pub kind: PathKind,
+    /// The catalog path's kind; None for a planned switchover (no version change).
+    pub kind: Option<PathKind>,
 }
 
 /// The version a request upgrades to: its own, or the catalog's default of the datastore.
@@ -94,7 +95,43 @@ pub fn validate(
                 .into(),
         );
     }
+    if spec.type_ == UpgradeType::Switchover {
+        return switchover_plan(spec, inst, source);
+    }
     plan_for(spec, inst.spec.datastore.type_, source, catalog)
+}
+
+/// A planned switchover keeps the version: it needs a standby, and a named member must be one.
+fn switchover_plan(
+    spec: &UpgradeRequestSpec,
+    inst: &DatabaseInstance,
+    source: String,
+) -> Result<Plan, String> {
+    let status = inst.status.clone().unwrap_or_default();
+    if inst.spec.replicas < 2 {
+        return Err(
+            "it has a single member: there is no standby to hand the primary role to".into(),
+        );
+    }
+    if let Some(to) = &spec.switchover_to {
+        let members: Vec<&str> = status.members.iter().map(|m| m.pod.as_str()).collect();
+        if !members.contains(&to.as_str()) {
+            return Err(format!(
+                "switchoverTo {to} is not one of its members ({})",
+                members.join(", ")
+            ));
+        }
+        if status.primary.as_deref() == Some(to.as_str()) {
+            return Err(format!(
+                "{to} is already its primary: nothing to switch over"
+            ));
+        }
+    }
+    Ok(Plan {
+        target: source.clone(),
+        source,
+        kind: None,
+    })
 }
 
 /// The path from `source` of datastore `from_ds` to the request's target, checked against the
@@ -129,7 +166,7 @@ fn plan_for(
     Ok(Plan {
         source,
         target,
-        kind,
+        kind: Some(kind),
     })
 }
 
@@ -473,7 +510,7 @@ mod tests {
             Ok(Plan {
                 source: "6.2.14".into(),
                 target: "7.0.15".into(),
-                kind: PathKind::Major
+                kind: Some(PathKind::Major)
             })
         );
     }
@@ -504,7 +541,7 @@ mod tests {
         );
         assert_eq!(
             validate(&spec(Some("7.0.15-hf1"), "Hotfix"), &active, &c).map(|p| p.kind),
-            Ok(PathKind::Hotfix)
+            Ok(Some(PathKind::Hotfix))
         );
         let building = instance("6.2.14", InstancePhase::Error);
         assert!(err(spec(None, "Rolling"), &building).contains("it is Error, not Active"));
@@ -656,6 +693,40 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_planned_switchover_keeps_the_version_and_needs_a_standby_it_can_name() {
+        let c = catalog();
+        let mut inst = instance("7.0.15", InstancePhase::Active);
+        let st = inst.status.as_mut().unwrap();
+        st.primary = Some("db-0".into());
+        st.members = ["db-0", "db-1", "db-2"]
+            .iter()
+            .map(|p| serde_json::from_value(json!({"pod": p})).unwrap())
+            .collect();
+        let plan = validate(&spec(None, "Switchover"), &inst, &c).unwrap();
+        assert_eq!(
+            (plan.source.as_str(), plan.target.as_str()),
+            ("7.0.15", "7.0.15")
+        );
+        assert_eq!(plan.kind, None);
+        let to = |m: &str| {
+            let mut s = spec(None, "Switchover");
+            s.switchover_to = Some(m.into());
+            s
+        };
+        assert!(validate(&to("db-2"), &inst, &c).is_ok());
+        let err = validate(&to("db-7"), &inst, &c).unwrap_err();
+        assert!(
+            err.contains("not one of its members (db-0, db-1, db-2)"),
+            "{err}"
+        );
+        let err = validate(&to("db-0"), &inst, &c).unwrap_err();
+        assert!(err.contains("already its primary"), "{err}");
+        inst.spec.replicas = 1;
+        let err = validate(&spec(None, "Switchover"), &inst, &c).unwrap_err();
+        assert!(err.contains("no standby"), "{err}");
     }
 
     #[test]

@@ -433,8 +433,9 @@ fn summarize_into(
             msg.clone(),
         ),
         (
+            // Done what its action asks (finished, or holding as action Upgrade asks).
             "Ready",
-            summary.phase == RequestPhase::Succeeded,
+            crate::health::request_done(summary.phase, req.spec.action),
             phase_reason(summary.phase),
             msg,
         ),
@@ -457,6 +458,8 @@ fn summarize_into(
             ctx.now(),
         );
     }
+    let health = crate::health::request(next, req.spec.action);
+    next.conditions = crate::health::apply(&next.conditions, &health, generation, ctx.now());
 }
 
 /// The jobs of a new request: listed instances, then selector matches, then clusters; each once.
@@ -576,12 +579,20 @@ async fn claim(
     u.hold = req.spec.action == UpgradeAction::Upgrade;
     u.window_only = req.spec.schedule == Schedule::MaintenanceWindow;
     u.second_switch = req.spec.second_switch.then_some(true);
+    u.switchover_to = req.spec.switchover_to.clone();
     status.upgrade = Some(u);
     status.phase = Some(InstancePhase::Upgrading);
     status.message = Some(format!(
-        "{} → {}: claimed by UpgradeRequest {key}",
-        plan.source, plan.target
+        "{}: claimed by UpgradeRequest {key}",
+        describe_plan(req, plan)
     ));
+    let health = crate::health::instance(&status);
+    status.conditions = crate::health::apply(
+        &status.conditions,
+        &health,
+        inst.metadata.generation,
+        ctx.now(),
+    );
     database_instance::write_status_guarded(ctx, inst, &status).await
 }
 
@@ -608,6 +619,13 @@ async fn claim_cluster(
         "{} → {}: claimed by UpgradeRequest {key}",
         plan.source, plan.target
     ));
+    let health = crate::health::cluster(&status, c.spec.paused);
+    status.conditions = crate::health::apply(
+        &status.conditions,
+        &health,
+        c.metadata.generation,
+        ctx.now(),
+    );
     write_cluster_guarded(ctx, c, &status).await
 }
 
@@ -621,18 +639,29 @@ async fn started(ctx: &Context, req: &UpgradeRequest, job: &mut TargetJob, plan:
     } else {
         ""
     };
-    job.message = Some(format!("{} → {}{outage}", plan.source, plan.target));
+    let what = describe_plan(req, plan);
+    job.message = Some(format!("{what}{outage}"));
     publish_req(
         ctx,
         req,
         EventType::Normal,
         "TargetStarted",
-        format!(
-            "{}: {} → {} ({:?}){outage}",
-            job.target, plan.source, plan.target, req.spec.type_
-        ),
+        format!("{}: {what} ({:?}){outage}", job.target, req.spec.type_),
     )
     .await;
+}
+
+/// What a job does, in words: `7.0.15 → 7.2.4`, or a planned switchover.
+fn describe_plan(req: &UpgradeRequest, plan: &jobs::Plan) -> String {
+    match (req.spec.type_, &req.spec.switchover_to) {
+        (crate::crd::UpgradeType::Switchover, Some(to)) => {
+            format!("planned switchover to {to} on {}", plan.source)
+        }
+        (crate::crd::UpgradeType::Switchover, None) => {
+            format!("planned switchover on {}", plan.source)
+        }
+        _ => format!("{} → {}", plan.source, plan.target),
+    }
 }
 
 /// Brings a job up to date with its target. Returns the flags to write when the request's

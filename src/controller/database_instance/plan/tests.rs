@@ -887,3 +887,79 @@ fn a_fenced_primary_restarted_before_the_promotion_restarts_the_catch_up() {
     );
     assert_eq!(p.act, Act::None);
 }
+
+/// A planned switchover (type Switchover): every member on SRC, nothing restarted.
+fn planned(to: Option<&str>) -> UpgradeInFlight {
+    UpgradeInFlight {
+        type_: Some(UpgradeType::Switchover),
+        switchover_to: to.map(String::from),
+        request: Some("ns/sw".into()),
+        ..UpgradeInFlight::new(SRC, SRC, "db-0", Time(jiff::Timestamp::UNIX_EPOCH))
+    }
+}
+
+#[test]
+fn a_planned_switchover_restarts_nothing_and_fences_at_once() {
+    let f = Fixture::new();
+    let m = members();
+    let p = next(&f.view(&m, "db-0"), &planned(None), false);
+    assert_eq!(recorded(&p), UpgradeStep::of(StepKind::Switchover));
+    let u = p.upgrade.unwrap();
+    let p = next(&f.view(&m, "db-0"), &u, false);
+    assert_eq!(
+        p.act,
+        Act::Fence {
+            member: "db-0".into()
+        }
+    );
+    // Once the role has moved, it is done: the old primary stays a standby on the same version.
+    let mut m = members();
+    lead(&mut m, 1);
+    let done = UpgradeInFlight {
+        step: UpgradeStep::of(StepKind::Switchover),
+        ..planned(None)
+    };
+    let p = next(&f.view(&m, "db-1"), &done, false);
+    assert!(p.upgrade.is_none() && !p.reverted, "{p:?}");
+}
+
+#[test]
+fn a_planned_switchover_to_a_named_member_takes_it_even_when_another_is_further() {
+    let f = Fixture::new();
+    let mut m = members();
+    let u = UpgradeInFlight {
+        step: UpgradeStep::of(StepKind::Switchover),
+        ..planned(Some("db-1"))
+    };
+    let p = next(&f.view(&m, "db-0"), &u, false);
+    let u = p.upgrade.unwrap();
+    m[0].probe.as_mut().unwrap().fenced = true;
+    m[0].probe.as_mut().unwrap().position = pos(180);
+    m[0].fence_position = Some(pos(180));
+    m[1].probe.as_mut().unwrap().position = pos(150);
+    m[2].probe.as_mut().unwrap().position = pos(180);
+    let p = next(&f.view(&m, "db-0"), &u, false);
+    assert_eq!(sw(&p).candidate.as_deref(), Some("db-1"), "{p:?}");
+
+    // A named member that is not caught up: nothing is fenced, and past the step timeout the
+    // job fails saying which member did not catch up.
+    let mut f = Fixture::new();
+    let mut m = members();
+    m[1].ready = false;
+    let start = UpgradeInFlight {
+        step: UpgradeStep::of(StepKind::Switchover),
+        ..planned(Some("db-1"))
+    };
+    let p = next(&f.view(&m, "db-0"), &start, false);
+    assert_eq!(p.act, Act::None, "{p:?}");
+    f.policy.step_timeout_seconds = 10;
+    let mut v = f.view(&m, "db-0");
+    v.step_elapsed = Duration::from_secs(11);
+    let p = next(&v, &start, false);
+    let why = p.upgrade.and_then(|u| u.failure).expect("a failure");
+    assert!(
+        why.contains("db-1 (switchoverTo) did not catch up"),
+        "{why}"
+    );
+    assert!(why.contains("nothing was fenced"), "{why}");
+}

@@ -1,0 +1,452 @@
+//! `status` and `versions`: reports built from the resources' status, printed as a table or as
+//! JSON/YAML (the same fields either way).
+
+use kube::api::{Api, ListParams};
+use serde::Serialize;
+
+use baton::catalog;
+use baton::crd::{Cluster, DatabaseInstance, Datastore, DatastoreVersion};
+
+use crate::{Failure, Format, Outcome, Session};
+
+/// Prints `value` as JSON or YAML, or as the table `table` renders.
+pub fn print<T: Serialize>(format: Format, value: &T, table: impl FnOnce(&T) -> String) {
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        ),
+        Format::Yaml => print!("{}", serde_yaml_ng::to_string(value).unwrap_or_default()),
+        Format::Table => print!("{}", table(value)),
+    }
+}
+
+/// Left-aligned columns, as kubectl prints them.
+pub fn columns(rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = (0..rows.first().map_or(0, Vec::len))
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn dash(v: Option<impl ToString>) -> String {
+    v.map(|x| x.to_string()).unwrap_or_else(|| "-".into())
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MemberRow {
+    pod: String,
+    role: Option<String>,
+    version: Option<String>,
+    ready: bool,
+    lag: Option<String>,
+    fenced: bool,
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UpgradeRow {
+    source_version: String,
+    target_version: String,
+    step: String,
+    request: Option<String>,
+    job: Option<String>,
+    failure: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct InstanceReport {
+    kind: &'static str,
+    name: String,
+    namespace: String,
+    datastore: Datastore,
+    version: Option<String>,
+    phase: Option<String>,
+    primary: Option<String>,
+    message: Option<String>,
+    members: Vec<MemberRow>,
+    upgrade: Option<UpgradeRow>,
+    conditions: Vec<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ShardRow {
+    instance: String,
+    master: Option<String>,
+    replicas: Vec<String>,
+    slots: Vec<String>,
+    versions: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ClusterReport {
+    kind: &'static str,
+    name: String,
+    namespace: String,
+    datastore: Datastore,
+    version: Option<String>,
+    task: Option<String>,
+    message: Option<String>,
+    shards: Vec<ShardRow>,
+    upgrade: Option<UpgradeRow>,
+    conditions: Vec<String>,
+}
+
+fn conditions(cs: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> Vec<String> {
+    cs.iter()
+        .map(|c| format!("{}={} ({})", c.type_, c.status, c.reason))
+        .collect()
+}
+
+fn instance_report(i: &DatabaseInstance) -> InstanceReport {
+    let s = i.status.clone().unwrap_or_default();
+    InstanceReport {
+        kind: "DatabaseInstance",
+        name: i.metadata.name.clone().unwrap_or_default(),
+        namespace: i.metadata.namespace.clone().unwrap_or_default(),
+        datastore: i.spec.datastore.type_,
+        version: s.version.clone(),
+        phase: s.phase.map(|p| format!("{p:?}")),
+        primary: s.primary.clone(),
+        message: s.message.clone(),
+        members: s
+            .members
+            .iter()
+            .map(|m| MemberRow {
+                pod: m.pod.clone(),
+                role: m.role.map(|r| format!("{r:?}")),
+                version: m.version.clone(),
+                ready: m.ready,
+                lag: match (m.lag_bytes, m.lag_transactions) {
+                    (Some(b), _) => Some(format!("{b} bytes")),
+                    (None, Some(t)) => Some(format!("{t} transactions")),
+                    (None, None) => None,
+                },
+                fenced: m.fenced,
+                error: m.error.clone(),
+            })
+            .collect(),
+        upgrade: s.upgrade.as_ref().map(|u| UpgradeRow {
+            source_version: u.source_version.clone(),
+            target_version: u.target_version.clone(),
+            step: u.describe(),
+            request: u.request.clone(),
+            job: u.job.clone(),
+            failure: u.failure.clone(),
+        }),
+        conditions: conditions(&s.conditions),
+    }
+}
+
+fn cluster_report(c: &Cluster) -> ClusterReport {
+    let s = c.status.clone().unwrap_or_default();
+    ClusterReport {
+        kind: "Cluster",
+        name: c.metadata.name.clone().unwrap_or_default(),
+        namespace: c.metadata.namespace.clone().unwrap_or_default(),
+        datastore: c.spec.datastore.type_,
+        version: s.version.clone(),
+        task: s.task.map(|t| format!("{t:?}")),
+        message: s.message.clone(),
+        shards: s
+            .shards
+            .iter()
+            .map(|sh| ShardRow {
+                instance: sh.instance.clone(),
+                master: sh.primary.clone(),
+                replicas: sh.replicas.clone(),
+                slots: sh.slots.clone(),
+                versions: sh.versions.clone(),
+            })
+            .collect(),
+        upgrade: s.upgrade.as_ref().map(|u| UpgradeRow {
+            source_version: u.source_version.clone(),
+            target_version: u.target_version.clone(),
+            step: u.describe(),
+            request: u.request.clone(),
+            job: u.job.clone(),
+            failure: u.failed.clone(),
+        }),
+        conditions: conditions(&s.conditions),
+    }
+}
+
+fn upgrade_lines(u: &Option<UpgradeRow>, out: &mut String) {
+    if let Some(u) = u {
+        out.push_str(&format!(
+            "Upgrade:    {} → {}, step {}{}\n",
+            u.source_version,
+            u.target_version,
+            u.step,
+            u.request
+                .as_ref()
+                .map(|r| format!(", UpgradeRequest {r}"))
+                .unwrap_or_default()
+        ));
+        if let Some(f) = &u.failure {
+            out.push_str(&format!("Failure:    {f}\n"));
+        }
+    }
+}
+
+fn instance_table(r: &InstanceReport) -> String {
+    let mut out = format!(
+        "Name:       {} (DatabaseInstance, {})\nNamespace:  {}\nVersion:    {}\nPhase:      {}\nPrimary:    {}\n",
+        r.name,
+        r.datastore,
+        r.namespace,
+        dash(r.version.as_ref()),
+        dash(r.phase.as_ref()),
+        dash(r.primary.as_ref())
+    );
+    upgrade_lines(&r.upgrade, &mut out);
+    if let Some(m) = &r.message {
+        out.push_str(&format!("Message:    {m}\n"));
+    }
+    out.push_str(&format!("Conditions: {}\n\n", r.conditions.join(", ")));
+    let mut rows = vec![
+        ["MEMBER", "ROLE", "VERSION", "READY", "LAG", "FENCED"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for m in &r.members {
+        rows.push(vec![
+            m.pod.clone(),
+            dash(m.role.as_ref()),
+            dash(m.version.as_ref()),
+            m.ready.to_string(),
+            dash(m.lag.as_ref()),
+            m.fenced.to_string(),
+        ]);
+    }
+    out.push_str(&columns(&rows));
+    out
+}
+
+fn cluster_table(r: &ClusterReport) -> String {
+    let mut out = format!(
+        "Name:       {} (Cluster, {})\nNamespace:  {}\nVersion:    {}\nTask:       {}\n",
+        r.name,
+        r.datastore,
+        r.namespace,
+        dash(r.version.as_ref()),
+        dash(r.task.as_ref())
+    );
+    upgrade_lines(&r.upgrade, &mut out);
+    if let Some(m) = &r.message {
+        out.push_str(&format!("Message:    {m}\n"));
+    }
+    out.push_str(&format!("Conditions: {}\n\n", r.conditions.join(", ")));
+    let mut rows = vec![
+        ["SHARD", "MASTER", "REPLICAS", "SLOTS", "VERSIONS"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for s in &r.shards {
+        rows.push(vec![
+            s.instance.clone(),
+            dash(s.master.as_ref()),
+            s.replicas.join(","),
+            s.slots.join(","),
+            s.versions
+                .iter()
+                .map(|(p, v)| format!("{p}={v}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        ]);
+    }
+    out.push_str(&columns(&rows));
+    out
+}
+
+/// `status [NAME]`.
+pub async fn status(s: &Session, name: Option<&str>) -> Outcome {
+    let instances = Api::<DatabaseInstance>::namespaced(s.client.clone(), &s.namespace);
+    let clusters = Api::<Cluster>::namespaced(s.client.clone(), &s.namespace);
+    let Some(name) = name else {
+        return overview(s, &instances, &clusters).await;
+    };
+    if let Some(i) = instances.get_opt(name).await? {
+        print(s.format, &instance_report(&i), instance_table);
+        return Ok(());
+    }
+    if let Some(c) = clusters.get_opt(name).await? {
+        print(s.format, &cluster_report(&c), cluster_table);
+        return Ok(());
+    }
+    Err(Failure::NotFound(format!(
+        "no DatabaseInstance or Cluster {name} in namespace {}",
+        s.namespace
+    )))
+}
+
+#[derive(Serialize)]
+struct Overview {
+    instances: Vec<InstanceReport>,
+    clusters: Vec<ClusterReport>,
+}
+
+async fn overview(
+    s: &Session,
+    instances: &Api<DatabaseInstance>,
+    clusters: &Api<Cluster>,
+) -> Outcome {
+    let lp = ListParams::default();
+    let all = Overview {
+        // A Cluster's shards are listed under it, not as instances of their own.
+        instances: instances
+            .list(&lp)
+            .await?
+            .items
+            .iter()
+            .filter(|i| i.cluster_owner().is_none())
+            .map(instance_report)
+            .collect(),
+        clusters: clusters
+            .list(&lp)
+            .await?
+            .items
+            .iter()
+            .map(cluster_report)
+            .collect(),
+    };
+    print(s.format, &all, |o| {
+        let mut rows = vec![
+            [
+                "KIND",
+                "NAME",
+                "DATASTORE",
+                "VERSION",
+                "STATUS",
+                "PRIMARY",
+                "UPGRADE",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ];
+        for i in &o.instances {
+            rows.push(vec![
+                "DatabaseInstance".into(),
+                i.name.clone(),
+                i.datastore.to_string(),
+                dash(i.version.as_ref()),
+                dash(i.phase.as_ref()),
+                dash(i.primary.as_ref()),
+                dash(i.upgrade.as_ref().map(|u| u.step.clone())),
+            ]);
+        }
+        for c in &o.clusters {
+            rows.push(vec![
+                "Cluster".into(),
+                c.name.clone(),
+                c.datastore.to_string(),
+                dash(c.version.as_ref()),
+                dash(c.task.as_ref()),
+                "-".into(),
+                dash(c.upgrade.as_ref().map(|u| u.step.clone())),
+            ]);
+        }
+        columns(&rows)
+    });
+    Ok(())
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct VersionRow {
+    name: String,
+    version: String,
+    image: String,
+    active: bool,
+    default: bool,
+    /// With --from: whether an upgrade from it may target this version, and how (`Minor`,
+    /// `Major`, `Hotfix`, `CrossDatastore`) or why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reachable: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
+}
+
+/// `versions DATASTORE [--from V]`.
+pub async fn versions(s: &Session, ds: Datastore, from: Option<&str>) -> Outcome {
+    let mut entries: Vec<DatastoreVersion> = Api::<DatastoreVersion>::all(s.client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|d| d.spec.datastore == ds)
+        .collect();
+    entries.sort_by(|a, b| {
+        let v = |d: &DatastoreVersion| d.spec.version.parse::<baton::version::Version>().ok();
+        v(a).cmp(&v(b)).then(a.spec.version.cmp(&b.spec.version))
+    });
+    if let Some(f) = from
+        && !entries.iter().any(|d| d.spec.version == f)
+    {
+        return Err(Failure::NotFound(format!(
+            "{ds} {f} is not in the DatastoreVersion catalog"
+        )));
+    }
+    let rows: Vec<VersionRow> = entries
+        .iter()
+        .filter(|d| from != Some(d.spec.version.as_str()))
+        .map(|d| {
+            let verdict = from.map(|f| catalog::check_path(ds, f, &d.spec));
+            VersionRow {
+                name: d.metadata.name.clone().unwrap_or_default(),
+                version: d.spec.version.clone(),
+                image: d.spec.image.clone(),
+                active: d.spec.active,
+                default: d.spec.default,
+                reachable: verdict.as_ref().map(Result::is_ok),
+                path: verdict.map(|v| match v {
+                    Ok(kind) => format!("{kind:?}"),
+                    Err(e) => e.to_string(),
+                }),
+            }
+        })
+        .collect();
+    print(s.format, &rows, |rows| {
+        let mut table = vec![
+            ["VERSION", "IMAGE", "ACTIVE", "DEFAULT"]
+                .map(String::from)
+                .to_vec(),
+        ];
+        if from.is_some() {
+            table[0].push("FROM ".to_string() + from.unwrap_or_default());
+        }
+        for r in rows {
+            let mut row = vec![
+                r.version.clone(),
+                r.image.clone(),
+                r.active.to_string(),
+                r.default.to_string(),
+            ];
+            if let Some(p) = &r.path {
+                row.push(if r.reachable == Some(true) {
+                    format!("allowed ({p})")
+                } else {
+                    format!("no: {p}")
+                });
+            }
+            table.push(row);
+        }
+        columns(&table)
+    });
+    Ok(())
+}

@@ -1,0 +1,352 @@
+//! `upgrade`, `switchover`, `commit`, `rollback` and `cancel`: UpgradeRequests created or
+//! steered as a user would with kubectl, a dry run that changes nothing, and `--wait`.
+
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde::Serialize;
+use serde_json::json;
+
+use baton::crd::{
+    Cluster, DatabaseInstance, DatastoreVersion, RequestPhase, UpgradeAction, UpgradeRequest,
+    UpgradeType,
+};
+use baton::dryrun::{self, Check, DryRun};
+
+use crate::output::{columns, print};
+use crate::{ActionArgs, Failure, Format, Outcome, RequestArgs, Session};
+
+/// What the user asked for.
+pub struct Ask<'a> {
+    pub target: &'a str,
+    pub version: Option<&'a str>,
+    pub type_: UpgradeType,
+    pub hold: bool,
+    pub switchover_to: Option<&'a str>,
+}
+
+/// The target, as an instance or a Cluster of the namespace.
+enum Target {
+    Instance(DatabaseInstance),
+    Cluster(Cluster),
+}
+
+async fn find(s: &Session, name: &str) -> Result<Target, Failure> {
+    let ns = &s.namespace;
+    if let Some(i) = Api::<DatabaseInstance>::namespaced(s.client.clone(), ns)
+        .get_opt(name)
+        .await?
+    {
+        return Ok(Target::Instance(i));
+    }
+    if let Some(c) = Api::<Cluster>::namespaced(s.client.clone(), ns)
+        .get_opt(name)
+        .await?
+    {
+        return Ok(Target::Cluster(c));
+    }
+    Err(Failure::NotFound(format!(
+        "no DatabaseInstance or Cluster {name} in namespace {ns}"
+    )))
+}
+
+/// A DNS-1123 name for the request: `<target>-to-<version>` or `<target>-switchover-`.
+fn request_name(ask: &Ask) -> String {
+    let base = match (ask.type_, ask.version) {
+        (UpgradeType::Switchover, _) => format!("{}-switchover", ask.target),
+        (_, Some(v)) => format!("{}-to-{}", ask.target, v.replace('.', "-")),
+        (_, None) => format!("{}-to-default", ask.target),
+    };
+    base.to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+fn build(ask: &Ask, target: &Target, name: &str, generate: bool) -> UpgradeRequest {
+    let targets = match target {
+        Target::Instance(_) => json!({"instances": [ask.target]}),
+        Target::Cluster(_) => json!({"clusters": [ask.target]}),
+    };
+    let mut spec = json!({
+        "targets": targets,
+        "type": ask.type_,
+        "action": if ask.hold { UpgradeAction::Upgrade } else { UpgradeAction::UpgradeAutoCommit },
+    });
+    if let Some(v) = ask.version {
+        spec["targetVersion"] = json!(v);
+    }
+    if let Some(m) = ask.switchover_to {
+        spec["switchoverTo"] = json!(m);
+    }
+    let metadata = if generate {
+        json!({"generateName": format!("{name}-")})
+    } else {
+        json!({"name": name})
+    };
+    serde_json::from_value(json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "UpgradeRequest",
+        "metadata": metadata, "spec": spec,
+    }))
+    .expect("a well-formed UpgradeRequest")
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DryRunReport {
+    request: UpgradeRequest,
+    #[serde(flatten)]
+    verdict: DryRun,
+}
+
+/// `upgrade` and `switchover`.
+pub async fn upgrade(s: &Session, ask: Ask<'_>, args: &RequestArgs) -> Outcome {
+    let target = find(s, ask.target).await?;
+    // A switchover's name is generated: it is asked again and again, each one a new job.
+    let generate = ask.type_ == UpgradeType::Switchover && args.request_name.is_none();
+    let name = args
+        .request_name
+        .clone()
+        .unwrap_or_else(|| request_name(&ask));
+    let req = build(&ask, &target, &name, generate);
+    let api = Api::<UpgradeRequest>::namespaced(s.client.clone(), &s.namespace);
+    if args.dry_run {
+        return dry_run(s, &api, req, &target).await;
+    }
+    let created = api.create(&PostParams::default(), &req).await?;
+    let created_name = created.metadata.name.clone().unwrap_or_default();
+    if s.format == Format::Table {
+        println!("upgraderequest.baton.dev/{created_name} created");
+    } else if !args.wait {
+        print(s.format, &created, |_| String::new());
+    }
+    if args.wait {
+        let aim = if ask.hold {
+            RequestPhase::AwaitingCommit
+        } else {
+            RequestPhase::Succeeded
+        };
+        return wait(s, &api, &created_name, aim, args.timeout).await;
+    }
+    Ok(())
+}
+
+async fn dry_run(
+    s: &Session,
+    api: &Api<UpgradeRequest>,
+    req: UpgradeRequest,
+    target: &Target,
+) -> Outcome {
+    let catalog = Api::<DatastoreVersion>::all(s.client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let mut verdict = match target {
+        Target::Instance(i) => dryrun::instance(&req.spec, i, &catalog),
+        Target::Cluster(c) => dryrun::cluster(&req.spec, c, &catalog),
+    };
+    // The API server's own admission (schema and CEL) of the request, persisted nowhere.
+    let admission = match api
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &req,
+        )
+        .await
+    {
+        Ok(_) => Ok("the API server would admit the request".to_string()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Err(format!(
+            "an UpgradeRequest named {} already exists; pass --request-name",
+            req.metadata.name.clone().unwrap_or_default()
+        )),
+        Err(kube::Error::Api(e)) if e.code < 500 => Err(e.message),
+        Err(e) => return Err(e.into()),
+    };
+    verdict.checks.insert(
+        0,
+        Check {
+            name: "admission".into(),
+            passed: admission.is_ok(),
+            detail: admission.unwrap_or_else(|e| e),
+        },
+    );
+    verdict.would_start = verdict.checks.iter().all(|c| c.passed);
+    let would = verdict.would_start;
+    let report = DryRunReport {
+        request: req,
+        verdict,
+    };
+    print(s.format, &report, |r| {
+        let v = &r.verdict;
+        let mut out = format!(
+            "Dry run: nothing was created or changed.\nTarget:     {} {}\nVersion:    {} → {}\nPath:       {}\nStrategy:   {}\nOutage:     {}\nSteps:\n",
+            v.kind,
+            v.target,
+            v.source_version.as_deref().unwrap_or("-"),
+            v.target_version.as_deref().unwrap_or("-"),
+            v.path.as_deref().unwrap_or("-"),
+            v.strategy,
+            v.outage
+        );
+        for (i, step) in v.steps.iter().enumerate() {
+            out.push_str(&format!("  {}. {step}\n", i + 1));
+        }
+        out.push_str("Checks:\n");
+        let mut rows = vec![["", "CHECK", "DETAIL"].map(String::from).to_vec()];
+        for c in &v.checks {
+            rows.push(vec![
+                if c.passed { "ok" } else { "FAIL" }.into(),
+                c.name.clone(),
+                c.detail.clone(),
+            ]);
+        }
+        for line in columns(&rows).lines() {
+            out.push_str(&format!("  {line}\n"));
+        }
+        out.push_str(if v.would_start {
+            "Verdict:    the upgrade would start now.\n"
+        } else {
+            "Verdict:    the upgrade would be refused or wait (see FAIL above).\n"
+        });
+        out
+    });
+    if would {
+        Ok(())
+    } else {
+        Err(Failure::Refused("a pre-check failed".into()))
+    }
+}
+
+/// `commit`, `rollback`, `cancel`: the request's action, as `kubectl patch` would set it (the
+/// API server refuses any other move, with its reason).
+pub async fn act(s: &Session, a: &ActionArgs, action: UpgradeAction) -> Outcome {
+    let api = Api::<UpgradeRequest>::namespaced(s.client.clone(), &s.namespace);
+    let patched = api
+        .patch(
+            &a.request,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"action": action}})),
+        )
+        .await?;
+    if s.format == Format::Table {
+        println!(
+            "upgraderequest.baton.dev/{} action set to {action:?}",
+            a.request
+        );
+    } else if !a.wait {
+        print(s.format, &patched, |_| String::new());
+    }
+    if a.wait {
+        let aim = match action {
+            UpgradeAction::Rollback => RequestPhase::RolledBack,
+            UpgradeAction::Cancel => RequestPhase::Cancelled,
+            _ => RequestPhase::Succeeded,
+        };
+        return wait(s, &api, &a.request, aim, a.timeout).await;
+    }
+    Ok(())
+}
+
+/// The phases after which a request changes no more.
+fn terminal(p: RequestPhase) -> bool {
+    matches!(
+        p,
+        RequestPhase::Succeeded
+            | RequestPhase::PartiallySucceeded
+            | RequestPhase::Failed
+            | RequestPhase::RolledBack
+            | RequestPhase::Cancelled
+    )
+}
+
+/// Follows the request until it reaches `aim` (exit 0) or ends otherwise (exit 1), printing
+/// each change of its phase or of a job's step.
+async fn wait(
+    s: &Session,
+    api: &Api<UpgradeRequest>,
+    name: &str,
+    aim: RequestPhase,
+    timeout: u64,
+) -> Outcome {
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    let mut last = String::new();
+    loop {
+        let r = api.get(name).await?;
+        let st = r.status.clone().unwrap_or_default();
+        let phase = st.phase.unwrap_or_default();
+        let line = format!(
+            "{phase:?}{}",
+            st.jobs
+                .iter()
+                .map(|j| format!(
+                    "  {}: {:?}{}",
+                    j.target,
+                    j.phase,
+                    j.step
+                        .as_ref()
+                        .map(|s| format!(" ({s})"))
+                        .unwrap_or_default()
+                ))
+                .collect::<String>()
+        );
+        if line != last && s.format == Format::Table {
+            println!("{line}");
+            last = line;
+        }
+        if phase == aim || terminal(phase) {
+            if s.format != Format::Table {
+                print(s.format, &r, |_| String::new());
+            }
+            if phase == aim {
+                return Ok(());
+            }
+            let why: Vec<String> = st.error_messages.into_iter().chain(st.message).collect();
+            let why = why.join("; ");
+            return Err(Failure::Refused(format!(
+                "upgraderequest {name} ended {phase:?}, not {aim:?}: {why}"
+            )));
+        }
+        if Instant::now() >= deadline {
+            return Err(Failure::Refused(format!(
+                "upgraderequest {name} is still {phase:?} after {timeout}s"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_names_are_dns_labels_named_after_the_target() {
+        let ask = |v: Option<&'static str>, t| Ask {
+            target: "Orders_DB",
+            version: v,
+            type_: t,
+            hold: false,
+            switchover_to: None,
+        };
+        assert_eq!(
+            request_name(&ask(Some("16.14"), UpgradeType::Rolling)),
+            "orders-db-to-16-14"
+        );
+        assert_eq!(
+            request_name(&ask(None, UpgradeType::Rolling)),
+            "orders-db-to-default"
+        );
+        assert_eq!(
+            request_name(&ask(None, UpgradeType::Switchover)),
+            "orders-db-switchover"
+        );
+    }
+}

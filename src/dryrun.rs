@@ -1,0 +1,406 @@
+//! What an UpgradeRequest would do to one target, decided from what the API server reports now
+//! and changing nothing: whether the request would accept it (the same rules as the request
+//! controller), the path and the strategy with the outage to expect, the order of its steps,
+//! and the pre-checks the members pass or fail as their status shows them. Pure: the caller
+//! reads the objects (`kubectl baton upgrade --dry-run` does).
+
+use serde::Serialize;
+
+use crate::controller::upgrade_request::jobs;
+use crate::crd::{
+    Cluster, DatabaseInstance, DatastoreVersion, MemberRole, PrimaryUpdateMethod,
+    UpgradeRequestSpec, UpgradeType,
+};
+use crate::engine::{self, Strategy};
+use crate::version::Version;
+
+/// One pre-check and what it found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+/// The verdict of a dry run over one target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DryRun {
+    pub kind: String,
+    pub target: String,
+    /// The version it runs now.
+    pub source_version: Option<String>,
+    /// The version it would run.
+    pub target_version: Option<String>,
+    /// `Minor`, `Major`, `Hotfix`, or `Switchover` (no version change).
+    pub path: Option<String>,
+    /// How the members would be moved, in words.
+    pub strategy: String,
+    /// The outage to expect: `none` (writes pause only for a switchover) or what goes down.
+    pub outage: String,
+    /// The steps, in the order Baton would take them.
+    pub steps: Vec<String>,
+    pub checks: Vec<Check>,
+    /// Every check passed: a request created now would start on this target.
+    pub would_start: bool,
+}
+
+fn check(name: &str, result: Result<String, String>) -> Check {
+    let (passed, detail) = match result {
+        Ok(d) => (true, d),
+        Err(d) => (false, d),
+    };
+    Check {
+        name: name.into(),
+        passed,
+        detail,
+    }
+}
+
+/// The dry run of `spec` over instance `inst`.
+pub fn instance(
+    spec: &UpgradeRequestSpec,
+    inst: &DatabaseInstance,
+    catalog: &[DatastoreVersion],
+) -> DryRun {
+    let name = inst.metadata.name.clone().unwrap_or_default();
+    let status = inst.status.clone().unwrap_or_default();
+    let validated = jobs::validate(spec, inst, catalog);
+    let mut checks = vec![check(
+        "request",
+        validated
+            .as_ref()
+            .map(|_| "the request would accept this target".to_string())
+            .map_err(Clone::clone),
+    )];
+    let primary = status.primary.clone().unwrap_or_default();
+    let policy = &inst.spec.upgrade_policy;
+    let members = &status.members;
+    checks.push(check(
+        "primary",
+        match members.iter().find(|m| m.pod == primary) {
+            Some(m) if m.ready && m.role == Some(MemberRole::Primary) => {
+                Ok(format!("{primary} is Ready as the primary"))
+            }
+            Some(_) => Err(format!("the primary {primary} is not Ready as a primary")),
+            None => Err("no primary is recorded".into()),
+        },
+    ));
+    for m in members.iter().filter(|m| m.pod != primary) {
+        let lag = match (m.lag_bytes, m.lag_transactions) {
+            (Some(b), _) => Some((b, policy.max_lag_bytes, "bytes", "maxLagBytes")),
+            (None, Some(t)) => Some((
+                t,
+                policy.max_lag_transactions,
+                "transactions",
+                "maxLagTransactions",
+            )),
+            (None, None) => None,
+        };
+        checks.push(check(
+            &format!("standby {}", m.pod),
+            match (m.ready, lag) {
+                (false, _) => Err(format!("{} is not Ready", m.pod)),
+                (true, None) => Err(format!("{} is not replicating from {primary}", m.pod)),
+                (true, Some((n, bound, unit, field))) if n > bound => Err(format!(
+                    "{} lags {n} {unit} behind (bound {field} {bound})",
+                    m.pod
+                )),
+                (true, Some((n, _, unit, _))) => Ok(format!(
+                    "{} is Ready and replicating, {n} {unit} behind",
+                    m.pod
+                )),
+            },
+        ));
+    }
+    if let Some(q) = status.quarantine.first() {
+        checks.push(check(
+            "quarantine",
+            Err(format!(
+                "{} is quarantined ({}); a person must decide first",
+                q.member, q.reason
+            )),
+        ));
+    }
+    let plan = validated.ok();
+    let ds = inst.spec.datastore.type_;
+    let offline = plan.as_ref().is_some_and(|p| {
+        let (Ok(a), Ok(b)) = (p.source.parse::<Version>(), p.target.parse::<Version>()) else {
+            return false;
+        };
+        engine::for_datastore(ds).is_ok_and(|e| e.strategy(&a, &b) == Strategy::Offline)
+    });
+    let single = inst.spec.replicas < 2;
+    let restart = policy.primary_update_method == PrimaryUpdateMethod::Restart;
+    let (strategy, outage) = match spec.type_ {
+        _ if offline => (
+            "offline: every member stopped and converted".to_string(),
+            "the database is down for the whole conversion".to_string(),
+        ),
+        UpgradeType::InPlace => (
+            "in place: every member restarted together".into(),
+            "the database is unavailable while its members restart".into(),
+        ),
+        UpgradeType::Switchover => (
+            "switchover: fence the primary, catch a standby up to it, promote it".into(),
+            "none: writes pause only for the switchover".into(),
+        ),
+        _ if single || restart => (
+            "rolling, the primary restarted in place".into(),
+            format!(
+                "writes are unavailable while the primary restarts ({})",
+                if single {
+                    "a single member"
+                } else {
+                    "primaryUpdateMethod Restart"
+                }
+            ),
+        ),
+        _ => (
+            "rolling: standbys one at a time, then a switchover, the old primary last".into(),
+            "none: writes pause only for the switchover".into(),
+        ),
+    };
+    if offline {
+        checks.push(check(
+            "strategy",
+            Err(format!(
+                "{ds} {} → {} needs an offline upgrade, which this version of Baton does not perform",
+                plan.as_ref().map(|p| p.source.as_str()).unwrap_or_default(),
+                plan.as_ref().map(|p| p.target.as_str()).unwrap_or_default()
+            )),
+        ));
+    }
+    let standbys: Vec<String> = members
+        .iter()
+        .filter(|m| m.pod != primary)
+        .map(|m| m.pod.clone())
+        .collect();
+    let second_switch = spec.second_switch || policy.second_switch;
+    let steps = match spec.type_ {
+        UpgradeType::Switchover => vec![format!(
+            "Switchover from {primary} to {}",
+            spec.switchover_to
+                .clone()
+                .unwrap_or_else(|| "the most advanced caught-up standby".into())
+        )],
+        UpgradeType::InPlace => vec!["RestartAll".into()],
+        _ if single || restart => standbys
+            .iter()
+            .map(|s| format!("UpgradeStandby {s}"))
+            .chain([format!("RestartPrimary {primary}")])
+            .collect(),
+        _ => {
+            let mut steps: Vec<String> = standbys
+                .iter()
+                .map(|s| format!("UpgradeStandby {s}"))
+                .collect();
+            if spec.action == crate::crd::UpgradeAction::Upgrade {
+                steps.push("AwaitingCommit (until action Commit or Rollback)".into());
+            }
+            steps.push(format!("Switchover from {primary}"));
+            steps.push(format!("UpgradeStandby {primary}"));
+            if second_switch {
+                steps.push(format!("SwitchBack to {primary}"));
+            }
+            steps
+        }
+    };
+    let would_start = checks.iter().all(|c| c.passed);
+    DryRun {
+        kind: "DatabaseInstance".into(),
+        target: name,
+        source_version: status.version.clone(),
+        target_version: plan.as_ref().map(|p| p.target.clone()),
+        path: plan.as_ref().map(|p| match p.kind {
+            Some(k) => format!("{k:?}"),
+            None => "Switchover".into(),
+        }),
+        strategy,
+        outage,
+        steps,
+        checks,
+        would_start,
+    }
+}
+
+/// The dry run of `spec` over Cluster `c`.
+pub fn cluster(spec: &UpgradeRequestSpec, c: &Cluster, catalog: &[DatastoreVersion]) -> DryRun {
+    let status = c.status.clone().unwrap_or_default();
+    let validated = jobs::validate_cluster(spec, c, catalog);
+    let mut checks = vec![check(
+        "request",
+        validated
+            .as_ref()
+            .map(|_| "the request would accept this target".to_string())
+            .map_err(Clone::clone),
+    )];
+    for s in &status.shards {
+        checks.push(check(
+            &format!("shard {}", s.instance),
+            match (&s.primary, s.replicas.len(), s.slots.is_empty()) {
+                (None, _, _) => Err(format!("{} has no master", s.instance)),
+                (Some(_), _, true) => Err(format!("{} serves no slots", s.instance)),
+                (Some(m), n, false) => Ok(format!(
+                    "master {m} serves {}, {n} replica(s)",
+                    s.slots.join(" ")
+                )),
+            },
+        ));
+    }
+    let plan = validated.ok();
+    let in_place = spec.type_ == UpgradeType::InPlace;
+    let steps = status
+        .shards
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            if in_place {
+                format!(
+                    "shard {i}: restart {}",
+                    s.primary.clone().unwrap_or_default()
+                )
+            } else {
+                format!(
+                    "shard {i}: replicas {}, CLUSTER FAILOVER, then the old master",
+                    s.replicas.join(", ")
+                )
+            }
+        })
+        .collect();
+    let would_start = checks.iter().all(|c| c.passed);
+    DryRun {
+        kind: "Cluster".into(),
+        target: c.metadata.name.clone().unwrap_or_default(),
+        source_version: status.version.clone(),
+        target_version: plan.as_ref().map(|p| p.target.clone()),
+        path: plan.as_ref().and_then(|p| p.kind.map(|k| format!("{k:?}"))),
+        strategy: if in_place {
+            "in place: each shard's only member restarted".into()
+        } else {
+            "shard by shard: replicas first, a graceful CLUSTER FAILOVER, the old master last"
+                .into()
+        },
+        outage: if in_place {
+            "each shard's slots are unavailable while its member restarts".into()
+        } else {
+            "none: each shard's writes pause only for its failover".into()
+        },
+        steps,
+        checks,
+        would_start,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn catalog() -> Vec<DatastoreVersion> {
+        ["6.2.14", "7.0.15"]
+            .iter()
+            .map(|v| {
+                serde_json::from_value(json!({
+                    "apiVersion": "baton.dev/v1alpha1", "kind": "DatastoreVersion",
+                    "metadata": {"name": format!("redis-{v}")},
+                    "spec": {"datastore": "redis", "version": v, "image": format!("redis:{v}"),
+                             "upgradeFrom": [{"datastore": "redis", "minVersion": "6.0", "maxVersion": "6"}]}
+                }))
+                .unwrap()
+            })
+            .collect()
+    }
+
+    fn instance_with(lag: i64, ready: bool) -> DatabaseInstance {
+        serde_json::from_value(json!({
+            "apiVersion": "baton.dev/v1alpha1", "kind": "DatabaseInstance",
+            "metadata": {"name": "db", "namespace": "ns"},
+            "spec": {"datastore": {"type": "redis", "version": "6.2.14"}, "replicas": 3},
+            "status": {"phase": "Active", "version": "6.2.14", "primary": "db-0", "members": [
+                {"pod": "db-0", "role": "Primary", "ready": true},
+                {"pod": "db-1", "role": "Standby", "ready": ready, "lagBytes": lag},
+                {"pod": "db-2", "role": "Standby", "ready": true, "lagBytes": 0},
+            ]}
+        }))
+        .unwrap()
+    }
+
+    fn spec(v: &str, type_: &str) -> UpgradeRequestSpec {
+        serde_json::from_value(
+            json!({"targets": {"instances": ["db"]}, "targetVersion": v, "type": type_}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_healthy_instance_would_roll_with_no_outage_in_member_order() {
+        let d = instance(
+            &spec("7.0.15", "Rolling"),
+            &instance_with(0, true),
+            &catalog(),
+        );
+        assert!(d.would_start, "{d:#?}");
+        assert_eq!(d.path.as_deref(), Some("Major"));
+        assert!(d.outage.starts_with("none"));
+        assert_eq!(
+            d.steps,
+            [
+                "UpgradeStandby db-1",
+                "UpgradeStandby db-2",
+                "Switchover from db-0",
+                "UpgradeStandby db-0"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_lagging_or_down_standby_and_a_missing_version_fail_their_checks() {
+        let d = instance(
+            &spec("7.0.15", "Rolling"),
+            &instance_with(512, true),
+            &catalog(),
+        );
+        assert!(!d.would_start);
+        let c = d.checks.iter().find(|c| c.name == "standby db-1").unwrap();
+        assert!(!c.passed && c.detail.contains("lags 512 bytes"), "{c:?}");
+        let d = instance(
+            &spec("7.0.15", "Rolling"),
+            &instance_with(0, false),
+            &catalog(),
+        );
+        assert!(
+            d.checks
+                .iter()
+                .any(|c| !c.passed && c.detail == "db-1 is not Ready")
+        );
+        let d = instance(
+            &spec("7.2.4", "Rolling"),
+            &instance_with(0, true),
+            &catalog(),
+        );
+        let r = &d.checks[0];
+        assert!(
+            !r.passed && r.detail.contains("not in the DatastoreVersion catalog"),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn in_place_and_switchover_say_what_they_cost() {
+        let d = instance(
+            &spec("7.0.15", "InPlace"),
+            &instance_with(0, true),
+            &catalog(),
+        );
+        assert!(d.outage.contains("unavailable"), "{}", d.outage);
+        let mut s: UpgradeRequestSpec =
+            serde_json::from_value(json!({"targets": {"instances": ["db"]}, "type": "Switchover"}))
+                .unwrap();
+        s.switchover_to = Some("db-2".into());
+        let d = instance(&s, &instance_with(0, true), &catalog());
+        assert!(d.would_start, "{d:#?}");
+        assert_eq!(d.path.as_deref(), Some("Switchover"));
+        assert_eq!(d.steps, ["Switchover from db-0 to db-2"]);
+    }
+}
