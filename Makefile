@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help test crash-test demo demo-postgres demo-mariadb bench up down crds lint image control-plane
+.PHONY: help test crash-test demo demo-postgres demo-mariadb bench up down crds lint image krew control-plane
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ lint: ## rustfmt, clippy -D warnings, helm lint
 
 image: ## Build the operator's image from the Dockerfile with buildah (no daemon) and check it
 	@bash tests/env/image.sh
+
+krew: ## The kubectl-baton krew archive and manifest (target/krew), validated and installed with krew
+	@bash tests/env/krew.sh
 
 control-plane: ## Build (or reuse) kube-apiserver, etcd, kube-controller-manager, kubectl, helm
 	@bash tests/env/build-control-plane.sh

@@ -8,6 +8,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde::Deserialize;
 use serde_json::json;
 
 use baton::crd::{Datastore, DatastoreVersion, DatastoreVersionSpec};
@@ -454,6 +455,102 @@ async fn operator_runs_with_exactly_the_charts_rbac() {
         assert!(
             live.metadata.deletion_timestamp.is_none(),
             "CRD {name} is being deleted"
+        );
+    }
+    delete_namespace(&client, &ns).await;
+}
+
+/// The DatastoreVersions in a multi-document YAML text, as (name, spec) pairs.
+fn catalog_of(yaml: &str) -> Vec<(String, serde_json::Value)> {
+    let mut out: Vec<(String, serde_json::Value)> = serde_yaml_ng::Deserializer::from_str(yaml)
+        .filter_map(|d| serde_json::Value::deserialize(d).ok())
+        .filter(|v| v["kind"] == "DatastoreVersion")
+        .map(|v| {
+            let dv: DatastoreVersion = serde_json::from_value(v).expect("a DatastoreVersion");
+            let name = dv.metadata.name.clone().expect("name");
+            (name, serde_json::to_value(&dv.spec).expect("spec"))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[test]
+fn the_charts_catalog_is_the_example_catalog() {
+    let (ok, rendered, err) = run_tool(
+        "helm",
+        &[
+            "template",
+            "baton",
+            &chart(),
+            "--set",
+            "catalog.enabled=true",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let example =
+        std::fs::read_to_string(repo().join("examples/catalog.yaml")).expect("example catalog");
+    let (chart, example) = (catalog_of(&rendered), catalog_of(&example));
+    assert_eq!(chart.len(), 9, "{chart:?}");
+    assert_eq!(
+        chart, example,
+        "the chart's catalog and examples/catalog.yaml must list the same entries"
+    );
+    assert!(
+        rendered.contains("helm.sh/resource-policy: keep"),
+        "catalog entries must survive helm uninstall"
+    );
+}
+
+#[tokio::test]
+async fn the_chart_adopts_an_applied_example_catalog_and_keeps_it_on_uninstall() {
+    let client = admin().await;
+    baton_testkit::env::ensure_catalog(&client).await;
+    let ns = namespace(&client, "catalog").await;
+    let release = format!("baton-{}", ns.rsplit('-').next().unwrap_or("x"));
+    // No operator pod: this release only carries the catalog (and its RBAC).
+    let args = [
+        "install",
+        release.as_str(),
+        &chart(),
+        "--namespace",
+        &ns,
+        "--set",
+        "catalog.enabled=true",
+        "--set",
+        "replicaCount=0",
+    ];
+    let (ok, _, err) = run_tool("helm", &args, None);
+    assert!(
+        !ok,
+        "installing over the applied example catalog must need --take-ownership"
+    );
+    assert!(err.contains("DatastoreVersion"), "{err}");
+    let mut adopt = args.to_vec();
+    adopt.push("--take-ownership");
+    let (ok, out, err) = run_tool("helm", &adopt, None);
+    assert!(ok, "helm install --take-ownership:\n{out}\n{err}");
+    let dvs = Api::<DatastoreVersion>::all(client.clone());
+    let entry = dvs.get("redis-7.0.15").await.expect("entry");
+    assert_eq!(
+        entry
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("meta.helm.sh/release-name")),
+        Some(&release),
+        "the release did not adopt the entry"
+    );
+    let (ok, _, err) = run_tool("helm", &["uninstall", &release, "--namespace", &ns], None);
+    assert!(ok, "{err}");
+    for (name, _) in
+        catalog_of(&std::fs::read_to_string(repo().join("examples/catalog.yaml")).expect("catalog"))
+    {
+        let kept = dvs.get_opt(&name).await.expect("get");
+        assert!(
+            kept.is_some_and(|d| d.metadata.deletion_timestamp.is_none()),
+            "{name} was removed with the release"
         );
     }
     delete_namespace(&client, &ns).await;

@@ -239,3 +239,26 @@ async fn every_kubectl_baton_command_against_a_real_instance() {
     assert_eq!(code, 2, "a usage error exits 2");
     delete_namespace(&env.client, &ns).await;
 }
+
+#[test]
+fn the_krew_manifest_validates_and_installs_the_plugin_with_krew() {
+    let out = std::process::Command::new("bash")
+        .arg(repo().join("tests/env/krew.sh"))
+        .arg(plugin_dir().join("kubectl-baton"))
+        .output()
+        .expect("run krew.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "make krew failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("(validated)"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("kubectl-baton ")),
+        "kubectl did not find the krew-installed plugin:\n{stdout}"
+    );
+}
