@@ -107,8 +107,12 @@ pub struct ClusterStatus {
     /// Each shard as every node of the cluster agrees it is, in shard order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shards: Vec<ShardStatus>,
-    /// Standard conditions: `Ready` (every slot served, every node agreeing), `Formed` (the
-    /// cluster was formed: from then on Baton never forms it again), `VersionApplied`.
+    /// Conditions: `Ready` (every slot served, every node agreeing; False says what is
+    /// awaited), `Formed` (the cluster was formed: from then on Baton never forms it again),
+    /// `VersionApplied` (the spec's version runs; False says why not or that an upgrade is in
+    /// flight), `Progressing` (an upgrade or a revert is running), and kstatus's pair for
+    /// GitOps tools: `Reconciling` (forming or upgrading) and `Stalled` (stopped until a person
+    /// acts: a failed upgrade, a refused spec, a cluster formed otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Conditions,

