@@ -333,13 +333,14 @@ mod tests {
         .unwrap()
     }
 
+    /// The dry run of a request to `v` of `type_` over `db`, whose db-1 lags `lag` bytes.
+    fn dry(v: &str, type_: &str, lag: i64, ready: bool) -> DryRun {
+        instance(&spec(v, type_), &instance_with(lag, ready), &catalog())
+    }
+
     #[test]
     fn a_healthy_instance_would_roll_with_no_outage_in_member_order() {
-        let d = instance(
-            &spec("7.0.15", "Rolling"),
-            &instance_with(0, true),
-            &catalog(),
-        );
+        let d = dry("7.0.15", "Rolling", 0, true);
         assert!(d.would_start, "{d:#?}");
         assert_eq!(d.path.as_deref(), Some("Major"));
         assert!(d.outage.starts_with("none"));
@@ -356,29 +357,17 @@ mod tests {
 
     #[test]
     fn a_lagging_or_down_standby_and_a_missing_version_fail_their_checks() {
-        let d = instance(
-            &spec("7.0.15", "Rolling"),
-            &instance_with(512, true),
-            &catalog(),
-        );
+        let d = dry("7.0.15", "Rolling", 512, true);
         assert!(!d.would_start);
         let c = d.checks.iter().find(|c| c.name == "standby db-1").unwrap();
         assert!(!c.passed && c.detail.contains("lags 512 bytes"), "{c:?}");
-        let d = instance(
-            &spec("7.0.15", "Rolling"),
-            &instance_with(0, false),
-            &catalog(),
-        );
+        let d = dry("7.0.15", "Rolling", 0, false);
         assert!(
             d.checks
                 .iter()
                 .any(|c| !c.passed && c.detail == "db-1 is not Ready")
         );
-        let d = instance(
-            &spec("7.2.4", "Rolling"),
-            &instance_with(0, true),
-            &catalog(),
-        );
+        let d = dry("7.2.4", "Rolling", 0, true);
         let r = &d.checks[0];
         assert!(
             !r.passed && r.detail.contains("not in the DatastoreVersion catalog"),
@@ -388,11 +377,7 @@ mod tests {
 
     #[test]
     fn in_place_and_switchover_say_what_they_cost() {
-        let d = instance(
-            &spec("7.0.15", "InPlace"),
-            &instance_with(0, true),
-            &catalog(),
-        );
+        let d = dry("7.0.15", "InPlace", 0, true);
         assert!(d.outage.contains("unavailable"), "{}", d.outage);
         let mut s: UpgradeRequestSpec =
             serde_json::from_value(json!({"targets": {"instances": ["db"]}, "type": "Switchover"}))

@@ -137,9 +137,22 @@ async fn operator_runs_with_exactly_the_charts_rbac() {
     let ns = namespace(&client, "install").await;
     let dir = tempfile::tempdir().expect("tempdir");
 
+    // The chart's own pod would run a second, cluster-wide operator beside this test's process
+    // (tests/chart_pod.rs runs that pod): no replicas here, and its namespace only.
+    let watch = format!("watchNamespace={ns}");
     let (ok, out, err) = run_tool(
         "helm",
-        &["install", "baton", &chart(), "--namespace", &ns],
+        &[
+            "install",
+            "baton",
+            &chart(),
+            "--namespace",
+            &ns,
+            "--set",
+            "replicaCount=0",
+            "--set",
+            &watch,
+        ],
         None,
     );
     assert!(ok, "helm install failed:\n{out}\n{err}");

@@ -204,26 +204,36 @@ fn upgrade_lines(u: &Option<UpgradeRow>, out: &mut String) {
     }
 }
 
-fn instance_table(r: &InstanceReport) -> String {
-    let mut out = format!(
-        "Name:       {} (DatabaseInstance, {})\nNamespace:  {}\nVersion:    {}\nPhase:      {}\nPrimary:    {}\n",
-        r.name,
-        r.datastore,
-        r.namespace,
-        dash(r.version.as_ref()),
-        dash(r.phase.as_ref()),
-        dash(r.primary.as_ref())
-    );
-    upgrade_lines(&r.upgrade, &mut out);
-    if let Some(m) = &r.message {
+/// A `kubectl describe`-like sheet: the fields, the upgrade in flight, the message and the
+/// conditions, then a table.
+fn sheet(
+    fields: &[(&str, String)],
+    upgrade: &Option<UpgradeRow>,
+    message: &Option<String>,
+    conditions: &[String],
+    rows: &[Vec<String>],
+) -> String {
+    let mut out = String::new();
+    for (k, v) in fields {
+        out.push_str(&format!("{:<12}{v}\n", format!("{k}:")));
+    }
+    upgrade_lines(upgrade, &mut out);
+    if let Some(m) = message {
         out.push_str(&format!("Message:    {m}\n"));
     }
-    out.push_str(&format!("Conditions: {}\n\n", r.conditions.join(", ")));
-    let mut rows = vec![
-        ["MEMBER", "ROLE", "VERSION", "READY", "LAG", "FENCED"]
-            .map(String::from)
-            .to_vec(),
-    ];
+    out.push_str(&format!("Conditions: {}\n\n", conditions.join(", ")));
+    out.push_str(&columns(rows));
+    out
+}
+
+pub fn header(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
+fn instance_table(r: &InstanceReport) -> String {
+    let mut rows = vec![header(&[
+        "MEMBER", "ROLE", "VERSION", "READY", "LAG", "FENCED",
+    ])];
     for m in &r.members {
         rows.push(vec![
             m.pod.clone(),
@@ -234,29 +244,23 @@ fn instance_table(r: &InstanceReport) -> String {
             m.fenced.to_string(),
         ]);
     }
-    out.push_str(&columns(&rows));
-    out
+    let fields = [
+        (
+            "Name",
+            format!("{} (DatabaseInstance, {})", r.name, r.datastore),
+        ),
+        ("Namespace", r.namespace.clone()),
+        ("Version", dash(r.version.as_ref())),
+        ("Phase", dash(r.phase.as_ref())),
+        ("Primary", dash(r.primary.as_ref())),
+    ];
+    sheet(&fields, &r.upgrade, &r.message, &r.conditions, &rows)
 }
 
 fn cluster_table(r: &ClusterReport) -> String {
-    let mut out = format!(
-        "Name:       {} (Cluster, {})\nNamespace:  {}\nVersion:    {}\nTask:       {}\n",
-        r.name,
-        r.datastore,
-        r.namespace,
-        dash(r.version.as_ref()),
-        dash(r.task.as_ref())
-    );
-    upgrade_lines(&r.upgrade, &mut out);
-    if let Some(m) = &r.message {
-        out.push_str(&format!("Message:    {m}\n"));
-    }
-    out.push_str(&format!("Conditions: {}\n\n", r.conditions.join(", ")));
-    let mut rows = vec![
-        ["SHARD", "MASTER", "REPLICAS", "SLOTS", "VERSIONS"]
-            .map(String::from)
-            .to_vec(),
-    ];
+    let mut rows = vec![header(&[
+        "SHARD", "MASTER", "REPLICAS", "SLOTS", "VERSIONS",
+    ])];
     for s in &r.shards {
         rows.push(vec![
             s.instance.clone(),
@@ -270,8 +274,13 @@ fn cluster_table(r: &ClusterReport) -> String {
                 .join(","),
         ]);
     }
-    out.push_str(&columns(&rows));
-    out
+    let fields = [
+        ("Name", format!("{} (Cluster, {})", r.name, r.datastore)),
+        ("Namespace", r.namespace.clone()),
+        ("Version", dash(r.version.as_ref())),
+        ("Task", dash(r.task.as_ref())),
+    ];
+    sheet(&fields, &r.upgrade, &r.message, &r.conditions, &rows)
 }
 
 /// `status [NAME]`.
@@ -326,19 +335,15 @@ async fn overview(
             .collect(),
     };
     print(s.format, &all, |o| {
-        let mut rows = vec![
-            [
-                "KIND",
-                "NAME",
-                "DATASTORE",
-                "VERSION",
-                "STATUS",
-                "PRIMARY",
-                "UPGRADE",
-            ]
-            .map(String::from)
-            .to_vec(),
-        ];
+        let mut rows = vec![header(&[
+            "KIND",
+            "NAME",
+            "DATASTORE",
+            "VERSION",
+            "STATUS",
+            "PRIMARY",
+            "UPGRADE",
+        ])];
         for i in &o.instances {
             rows.push(vec![
                 "DatabaseInstance".into(),
@@ -422,11 +427,7 @@ pub async fn versions(s: &Session, ds: Datastore, from: Option<&str>) -> Outcome
         })
         .collect();
     print(s.format, &rows, |rows| {
-        let mut table = vec![
-            ["VERSION", "IMAGE", "ACTIVE", "DEFAULT"]
-                .map(String::from)
-                .to_vec(),
-        ];
+        let mut table = vec![header(&["VERSION", "IMAGE", "ACTIVE", "DEFAULT"])];
         if from.is_some() {
             table[0].push("FROM ".to_string() + from.unwrap_or_default());
         }

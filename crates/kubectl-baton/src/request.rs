@@ -200,7 +200,7 @@ async fn dry_run(
             out.push_str(&format!("  {}. {step}\n", i + 1));
         }
         out.push_str("Checks:\n");
-        let mut rows = vec![["", "CHECK", "DETAIL"].map(String::from).to_vec()];
+        let mut rows = vec![crate::output::header(&["", "CHECK", "DETAIL"])];
         for c in &v.checks {
             rows.push(vec![
                 if c.passed { "ok" } else { "FAIL" }.into(),
@@ -255,18 +255,6 @@ pub async fn act(s: &Session, a: &ActionArgs, action: UpgradeAction) -> Outcome 
     Ok(())
 }
 
-/// The phases after which a request changes no more.
-fn terminal(p: RequestPhase) -> bool {
-    matches!(
-        p,
-        RequestPhase::Succeeded
-            | RequestPhase::PartiallySucceeded
-            | RequestPhase::Failed
-            | RequestPhase::RolledBack
-            | RequestPhase::Cancelled
-    )
-}
-
 /// Follows the request until it reaches `aim` (exit 0) or ends otherwise (exit 1), printing
 /// each change of its phase or of a job's step.
 async fn wait(
@@ -301,7 +289,7 @@ async fn wait(
             println!("{line}");
             last = line;
         }
-        if phase == aim || terminal(phase) {
+        if phase == aim || baton::controller::upgrade_request::jobs::is_terminal(phase) {
             if s.format != Format::Table {
                 print(s.format, &r, |_| String::new());
             }
