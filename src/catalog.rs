@@ -149,8 +149,107 @@ pub enum PathError {
         to_datastore: Datastore,
         to: String,
     },
+    #[error(
+        "no catalog path leads from {datastore} {from} to {to}: from {from} the catalog reaches {reachable}, and {to} lists none of them in its upgradeFrom edges; add an upgradeFrom entry to {to}'s DatastoreVersion (or to one on the way) to allow it"
+    )]
+    NoPath {
+        datastore: Datastore,
+        from: String,
+        to: String,
+        /// The versions reachable from `from` (below `to`), in words.
+        reachable: String,
+    },
     #[error("{0}")]
     BadVersion(#[from] crate::version::ParseVersionError),
+}
+
+/// One hop of an upgrade path: the version it lands on and what kind of step it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hop {
+    pub version: String,
+    pub kind: PathKind,
+}
+
+/// The shortest allowed path from `from` to catalog entry `to` (same datastore): each hop an
+/// active entry that `check_path` allows from the previous one — minor steps free within a major,
+/// majors only along `upgradeFrom` edges, never down, never past `to`. One hop when the step is
+/// allowed directly. A change of datastore is a single edge, never a path. Ties go to the lower
+/// versions (entries are tried in version order), so the path is deterministic.
+pub fn resolve_path(
+    catalog: &[DatastoreVersion],
+    from_datastore: Datastore,
+    from: &str,
+    to: &DatastoreVersionSpec,
+) -> Result<Vec<Hop>, PathError> {
+    let direct = check_path(from_datastore, from, to);
+    match &direct {
+        Ok(kind) => {
+            return Ok(vec![Hop {
+                version: to.version.clone(),
+                kind: *kind,
+            }]);
+        }
+        Err(PathError::NoEdge { .. }) if from_datastore == to.datastore => {}
+        Err(_) => return direct.map(|_| vec![]),
+    }
+    let goal: Version = to.version.parse()?;
+    let src: Version = from.parse()?;
+    // The hops that may lie on the way: active entries of the datastore between the two.
+    let mut way: Vec<(Version, &DatastoreVersionSpec)> = catalog
+        .iter()
+        .map(|d| &d.spec)
+        .filter(|s| s.datastore == to.datastore && s.active)
+        .filter_map(|s| Some((s.version.parse::<Version>().ok()?, s)))
+        .filter(|(v, _)| *v > src && *v < goal)
+        .collect();
+    way.sort_by(|a, b| a.0.cmp(&b.0));
+    // Breadth first from `from`: the first time `to` is reached is a shortest path.
+    let mut parent: BTreeMap<String, (String, PathKind)> = BTreeMap::new();
+    let mut frontier = vec![from.to_string()];
+    let mut seen = vec![from.to_string()];
+    while !frontier.is_empty() {
+        let mut next = vec![];
+        for at in &frontier {
+            if let Ok(kind) = check_path(to.datastore, at, to) {
+                let mut hops = vec![Hop {
+                    version: to.version.clone(),
+                    kind,
+                }];
+                let mut cur = at.clone();
+                while let Some((prev, kind)) = parent.get(&cur) {
+                    hops.push(Hop {
+                        version: cur.clone(),
+                        kind: *kind,
+                    });
+                    cur = prev.clone();
+                }
+                hops.reverse();
+                return Ok(hops);
+            }
+            for (_, spec) in &way {
+                if seen.contains(&spec.version) {
+                    continue;
+                }
+                if let Ok(kind) = check_path(to.datastore, at, spec) {
+                    seen.push(spec.version.clone());
+                    parent.insert(spec.version.clone(), (at.clone(), kind));
+                    next.push(spec.version.clone());
+                }
+            }
+        }
+        frontier = next;
+    }
+    let reachable: Vec<&str> = seen.iter().skip(1).map(String::as_str).collect();
+    Err(PathError::NoPath {
+        datastore: to.datastore,
+        from: from.to_string(),
+        to: to.version.clone(),
+        reachable: if reachable.is_empty() {
+            "no other version".into()
+        } else {
+            reachable.join(", ")
+        },
+    })
 }
 
 /// Whether an instance running `from_datastore` `from` may be upgraded to catalog entry `to`.
@@ -349,5 +448,77 @@ mod tests {
             err.to_string(),
             "target version redis 7.0.15 is inactive in the catalog"
         );
+    }
+
+    fn entry(v: &str, edges: Vec<UpgradeEdge>) -> DatastoreVersion {
+        DatastoreVersion::new(
+            &format!("redis-{v}"),
+            DatastoreVersionSpec {
+                upgrade_from: edges,
+                ..spec(Datastore::Redis, v)
+            },
+        )
+    }
+
+    /// Redis as the catalog lists it: 7.0 from 6, 8.2 from 7.2 to 7.4.
+    fn redis_catalog() -> Vec<DatastoreVersion> {
+        let r = Datastore::Redis;
+        vec![
+            entry("6.2.14", vec![]),
+            entry("7.0.15", vec![edge(r, Some("6.0"), Some("6"))]),
+            entry("7.2.4", vec![]),
+            entry("7.4.1", vec![]),
+            entry("8.2.3", vec![edge(r, Some("7.2"), Some("7.4"))]),
+        ]
+    }
+
+    fn path(c: &[DatastoreVersion], from: &str, to: &str) -> Result<Vec<String>, PathError> {
+        let target = find(c, Datastore::Redis, to).expect("target").spec.clone();
+        resolve_path(c, Datastore::Redis, from, &target)
+            .map(|h| h.into_iter().map(|h| h.version).collect())
+    }
+
+    #[test]
+    fn the_shortest_path_takes_minor_steps_freely_and_majors_only_along_edges() {
+        let c = redis_catalog();
+        assert_eq!(path(&c, "6.2.14", "7.0.15").unwrap(), ["7.0.15"]);
+        assert_eq!(
+            path(&c, "6.2.14", "8.2.3").unwrap(),
+            ["7.0.15", "7.2.4", "8.2.3"],
+            "the first 7.x that 8.2.3's edge accepts, reached by a free minor step"
+        );
+        assert_eq!(path(&c, "7.0.15", "8.2.3").unwrap(), ["7.2.4", "8.2.3"]);
+        assert_eq!(path(&c, "7.4.1", "8.2.3").unwrap(), ["8.2.3"]);
+        let hops = resolve_path(
+            &c,
+            Datastore::Redis,
+            "6.2.14",
+            &find(&c, Datastore::Redis, "8.2.3").unwrap().spec,
+        )
+        .unwrap();
+        let kinds: Vec<PathKind> = hops.iter().map(|h| h.kind).collect();
+        assert_eq!(kinds, [PathKind::Major, PathKind::Minor, PathKind::Major]);
+    }
+
+    #[test]
+    fn inactive_hops_are_skipped_and_a_missing_edge_is_named() {
+        let mut c = redis_catalog();
+        c[2].spec.active = false; // 7.2.4
+        assert_eq!(
+            path(&c, "6.2.14", "8.2.3").unwrap(),
+            ["7.0.15", "7.4.1", "8.2.3"]
+        );
+        c[3].spec.active = false; // 7.4.1 too: nothing 8.2.3 accepts is reachable
+        let err = path(&c, "6.2.14", "8.2.3").unwrap_err().to_string();
+        assert!(
+            err.contains("from 6.2.14 the catalog reaches 7.0.15")
+                && err.contains("add an upgradeFrom entry"),
+            "{err}"
+        );
+        // Downgrades and inactive targets are refused as before, not searched.
+        assert!(matches!(
+            path(&redis_catalog(), "8.2.3", "7.0.15"),
+            Err(PathError::Downgrade { .. })
+        ));
     }
 }

@@ -161,23 +161,27 @@ pub fn instance(
             "none: writes pause only for the switchover".into(),
         ),
     };
-    if offline {
-        checks.push(check(
-            "strategy",
-            Err(format!(
-                "{ds} {} → {} needs an offline upgrade, which this version of Baton does not perform",
-                plan.as_ref().map(|p| p.source.as_str()).unwrap_or_default(),
-                plan.as_ref().map(|p| p.target.as_str()).unwrap_or_default()
-            )),
-        ));
-    }
     let standbys: Vec<String> = members
         .iter()
         .filter(|m| m.pod != primary)
         .map(|m| m.pod.clone())
         .collect();
     let second_switch = spec.second_switch || policy.second_switch;
+    let hops = plan.as_ref().map(|p| p.hops.clone()).unwrap_or_default();
     let steps = match spec.type_ {
+        _ if hops.len() > 1 => {
+            let mut from = plan.as_ref().map(|p| p.source.clone()).unwrap_or_default();
+            let mut steps = vec![];
+            for (i, h) in hops.iter().enumerate() {
+                steps.push(format!(
+                    "hop {}/{} {from} → {h}: standbys one at a time, a switchover, the old primary last",
+                    i + 1,
+                    hops.len()
+                ));
+                from = h.clone();
+            }
+            steps
+        }
         UpgradeType::Switchover => vec![format!(
             "Switchover from {primary} to {}",
             spec.switchover_to
@@ -213,6 +217,9 @@ pub fn instance(
         source_version: status.version.clone(),
         target_version: plan.as_ref().map(|p| p.target.clone()),
         path: plan.as_ref().map(|p| match p.kind {
+            Some(k) if p.hops.len() > 1 => {
+                format!("{k:?}, {} hops: {}", p.hops.len(), p.hops.join(" → "))
+            }
             Some(k) => format!("{k:?}"),
             None => "Switchover".into(),
         }),

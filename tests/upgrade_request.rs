@@ -359,7 +359,7 @@ async fn refused_paths_fail_their_target_and_touch_nothing() {
         ),
         (
             "cache-no-edge",
-            "no catalog edge leads from redis 7.0.15 to redis 8.0.0",
+            "no catalog path leads from redis 7.0.15 to 8.0.0",
         ),
     ] {
         let r = wait_request(&env, name, RequestPhase::Failed, &op).await;
@@ -643,5 +643,97 @@ async fn a_hotfix_changes_only_the_build_and_rolls_through_a_switchover() {
         Some("sessions-1"),
         "the primary role moved by a switchover"
     );
+    delete_namespace(&env.client, &env.ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_6_2_to_8_2_runs_the_catalog_path_hop_by_hop_under_writes() {
+    let (env, op) = Env::with_active("ur-path", "sessions", 3, json!({})).await;
+    let (stop, writer) = env.writer("sessions");
+    let pinned_ip = env.primary_ip("sessions").await;
+    let (stop_pinned, pinned) =
+        env.writer_with("sessions", "p", workload::Route::Pinned(pinned_ip));
+    // Every hop the instance's status and the request's job show, as they go.
+    let seen = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let watching = CancellationToken::new();
+    let watcher = tokio::spawn({
+        let (instances, requests, seen, watching) = (
+            env.instances.clone(),
+            requests(&env),
+            seen.clone(),
+            watching.clone(),
+        );
+        async move {
+            while !watching.is_cancelled() {
+                let hop = instances
+                    .get("sessions")
+                    .await
+                    .ok()
+                    .and_then(|i| i.status?.upgrade)
+                    .and_then(|u| {
+                        u.hop()
+                            .map(|(i, n)| format!("{i}/{n} {}", u.target_version))
+                    });
+                let step = requests
+                    .get_opt("sessions-to-8")
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|r| r.status?.jobs.first()?.step.clone());
+                {
+                    let mut s = seen.lock().expect("lock");
+                    s.extend(hop.map(|h| format!("status {h}")));
+                    s.extend(
+                        step.filter(|s| s.starts_with("hop"))
+                            .map(|s| format!("job {}", s.split(':').next().unwrap_or_default())),
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    let request = "apiVersion: baton.dev/v1alpha1\nkind: UpgradeRequest\nmetadata:\n  name: sessions-to-8\nspec:\n  targets:\n    instances: [sessions]\n  targetVersion: \"8.2.3\"\n";
+    let (ok, _, err) = run_tool(
+        "kubectl",
+        &["apply", "-n", &env.ns, "-f", "-"],
+        Some(request),
+    );
+    assert!(ok, "{err}");
+    let r = wait_request(&env, "sessions-to-8", RequestPhase::Succeeded, &op).await;
+    let j = job(&r, "sessions");
+    assert_eq!(
+        (j.source_version.as_deref(), j.target_version.as_deref()),
+        (Some(SOURCE), Some("8.2.3"))
+    );
+    env.wait_for("sessions", InstancePhase::Active, "8.2.3", &op)
+        .await;
+    env.assert_all_run("sessions", "8.2.3").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    watching.cancel();
+    watcher.await.expect("watcher");
+    stop.cancel();
+    stop_pinned.cancel();
+    let (report, pinned) = (writer.await.expect("writer"), pinned.await.expect("pinned"));
+    println!("6.2.14 → 8.2.3 in three hops: {report}\n{pinned}");
+    let seen = seen.lock().expect("lock").clone();
+    println!("hops seen: {seen:?}");
+    for hop in ["1/3 7.0.15", "2/3 7.2.4", "3/3 8.2.3"] {
+        assert!(
+            seen.contains(&format!("status {hop}")),
+            "hop {hop} never in status: {seen:?}"
+        );
+    }
+    for hop in ["hop 1/3 6.2.14 → 7.0.15", "hop 3/3 7.2.4 → 8.2.3"] {
+        assert!(
+            seen.contains(&format!("job {hop}")),
+            "{hop} never in the job: {seen:?}"
+        );
+    }
+    let last = env.status("sessions").await.last_upgrade.expect("outcome");
+    assert_eq!(
+        (last.source_version.as_str(), last.target_version.as_str()),
+        (SOURCE, "8.2.3")
+    );
+    assert_nothing_lost(&env, "sessions", &[&report, &pinned]).await;
     delete_namespace(&env.client, &env.ns).await;
 }

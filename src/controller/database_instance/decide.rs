@@ -556,7 +556,7 @@ fn start_or_refuse(mut d: Draft, primary: &str, running: &str, v: &View) -> Deci
                 "{ds} {spec_version} is not in the DatastoreVersion catalog; nothing was changed"
             ),
         )),
-        Some(target) => match catalog::check_path(ds, running, &target.spec) {
+        Some(target) => match catalog::resolve_path(&o.catalog, ds, running, &target.spec) {
             Err(PathError::Downgrade { .. }) => Err((
                 "DowngradeRefused",
                 match &by_request {
@@ -575,7 +575,7 @@ fn start_or_refuse(mut d: Draft, primary: &str, running: &str, v: &View) -> Deci
                     "{ds} {running} → {spec_version} needs an offline upgrade (every member stopped), which this version of Baton does not perform; nothing was changed"
                 ),
             )),
-            Ok(_) => plan::precheck(v).map_err(|e| {
+            Ok(hops) => plan::precheck(v).map(|()| hops).map_err(|e| {
                 (
                     "PreCheckFailed",
                     format!("upgrade to {spec_version} waits: {e}"),
@@ -583,19 +583,40 @@ fn start_or_refuse(mut d: Draft, primary: &str, running: &str, v: &View) -> Deci
             }),
         },
     };
-    if let Err((reason, msg)) = verdict {
-        d.cond("VersionApplied", false, reason, msg);
-        let wake = if reason == "PreCheckFailed" {
-            Wake::Poll
-        } else {
-            Wake::Idle
-        };
-        return d.done(Act::None, wake);
-    }
+    let hops = match verdict {
+        Ok(hops) => hops,
+        Err((reason, msg)) => {
+            d.cond("VersionApplied", false, reason, msg);
+            let wake = if reason == "PreCheckFailed" {
+                Wake::Poll
+            } else {
+                Wake::Idle
+            };
+            return d.done(Act::None, wake);
+        }
+    };
     let now = d.now();
-    d.s.upgrade = Some(UpgradeInFlight::new(running, &spec_version, primary, now));
+    let first = hops
+        .first()
+        .map_or(spec_version.clone(), |h| h.version.clone());
+    let mut u = UpgradeInFlight::new(running, &first, primary, now);
+    if hops.len() > 1 {
+        // Along several catalog hops, each rolled like a whole upgrade.
+        u.path = hops.iter().map(|h| h.version.clone()).collect();
+        u.origin_version = Some(running.to_string());
+    }
+    d.s.upgrade = Some(u);
     d.s.phase = Some(InstancePhase::Upgrading);
-    d.s.message = Some(format!("upgrading {running} → {spec_version}"));
+    d.s.message = Some(if hops.len() > 1 {
+        let path: Vec<&str> = hops.iter().map(|h| h.version.as_str()).collect();
+        format!(
+            "upgrading {running} → {} along {}",
+            spec_version,
+            path.join(" → ")
+        )
+    } else {
+        format!("upgrading {running} → {spec_version}")
+    });
     d.cond(
         "Progressing",
         true,
@@ -637,10 +658,10 @@ fn in_flight(mut d: Draft, u: UpgradeInFlight, primary: &str) -> Decision {
         d.cond("VersionApplied", false, "RevertImpossible", msg);
         return d.done(Act::None, Wake::Poll);
     }
-    if !reverting && u.request.is_none() && spec_version != u.target_version {
+    if !reverting && u.request.is_none() && spec_version != u.final_version() {
         let msg = format!(
             "an upgrade to {} is in flight; {spec_version} waits until it ends",
-            u.target_version
+            u.final_version()
         );
         d.cond("VersionApplied", false, "UpgradeInFlight", msg);
     }
@@ -777,7 +798,29 @@ fn apply_plan(mut d: Draft, prev: &UpgradeInFlight, p: Plan) -> Decision {
             }
             d.s.upgrade = Some(r);
         }
-        None => finish(&mut d, prev, p.reverted),
+        None => match prev.next_hop().filter(|_| !p.reverted && !prev.cancel) {
+            // A hop of a longer path is done: every member runs it; on to the next.
+            Some(next) => {
+                let (i, n) = prev.hop().unwrap_or((1, 1));
+                d.s.version = Some(prev.target_version.clone());
+                d.s.message = Some(format!(
+                    "hop {i}/{n} done: every member runs {}; next {} → {next}",
+                    prev.target_version, prev.target_version
+                ));
+                d.s.upgrade = Some(UpgradeInFlight {
+                    source_version: prev.target_version.clone(),
+                    target_version: next.to_string(),
+                    step: UpgradeStep::default(),
+                    step_started: Some(d.now()),
+                    switchover: None,
+                    original_primary: d.s.primary.clone(),
+                    // A hold is the first hop's: once committed, the path goes on.
+                    hold: false,
+                    ..prev.clone()
+                });
+            }
+            None => finish(&mut d, prev, p.reverted),
+        },
     }
     let wake = if changed || act != Act::None {
         Wake::Now
@@ -791,7 +834,18 @@ fn apply_plan(mut d: Draft, prev: &UpgradeInFlight, p: Plan) -> Decision {
 fn finish(d: &mut Draft, prev: &UpgradeInFlight, reverted: bool) {
     let from = prev.original_primary.clone().unwrap_or_default();
     let switched = prev.kind() == UpgradeType::Switchover;
+    // Stopped between hops of a longer path: on a version of the way, not the last.
+    let short = prev.next_hop().is_some();
     let (result, message) = match (reverted, &prev.aborted, prev.cancel) {
+        (false, _, true) if short => (
+            UpgradeResult::Cancelled,
+            format!(
+                "cancelled after hop {}: every member runs {}, not {}",
+                prev.hop().map_or(1, |h| h.0),
+                prev.target_version,
+                prev.final_version()
+            ),
+        ),
         (false, _, _) if switched => (
             UpgradeResult::Succeeded,
             match d.s.primary.as_deref() {
@@ -853,7 +907,7 @@ fn outcome(
     UpgradeOutcome {
         request: u.request.clone(),
         job: u.job.clone(),
-        source_version: u.source_version.clone(),
+        source_version: u.first_version().to_string(),
         target_version: u.target_version.clone(),
         result,
         message: Some(message),

@@ -20,8 +20,11 @@ use crate::window;
 pub struct Plan {
     pub source: String,
     pub target: String,
-    /// The catalog path's kind; None for a planned switchover (no version change).
+    /// The catalog path's kind (of its largest hop); None for a planned switchover (no version
+    /// change).
     pub kind: Option<PathKind>,
+    /// Every hop's version, in order, the last being `target` (one entry for a direct step).
+    pub hops: Vec<String>,
 }
 
 /// The version a request upgrades to: its own, or the catalog's default of the datastore.
@@ -129,6 +132,7 @@ fn switchover_plan(
     }
     Ok(Plan {
         target: source.clone(),
+        hops: vec![source.clone()],
         source,
         kind: None,
     })
@@ -149,7 +153,20 @@ fn plan_for(
             "{to_ds} {target} is not in the DatastoreVersion catalog; add it, or choose a listed version"
         ));
     };
-    let kind = catalog::check_path(from_ds, &source, &to.spec).map_err(|e| e.to_string())?;
+    let hops =
+        catalog::resolve_path(catalog, from_ds, &source, &to.spec).map_err(|e| e.to_string())?;
+    // The path's kind is its largest hop's: Hotfix < Minor < Major < CrossDatastore.
+    let rank = |k: &PathKind| match k {
+        PathKind::Hotfix => 0,
+        PathKind::Minor => 1,
+        PathKind::Major => 2,
+        PathKind::CrossDatastore => 3,
+    };
+    let kind = hops
+        .iter()
+        .map(|h| h.kind)
+        .max_by_key(rank)
+        .unwrap_or(PathKind::Minor);
     match (spec.type_, kind) {
         (_, PathKind::CrossDatastore) => {
             return Err(format!(
@@ -163,10 +180,27 @@ fn plan_for(
         }
         _ => {}
     }
+    // A hop that replication cannot cross needs every member stopped: never a surprise.
+    let mut from = source.clone();
+    for h in &hops {
+        if let (Ok(a), Ok(b), Ok(engine)) = (
+            from.parse::<crate::version::Version>(),
+            h.version.parse::<crate::version::Version>(),
+            crate::engine::for_datastore(to_ds),
+        ) && engine.strategy(&a, &b) == crate::engine::Strategy::Offline
+        {
+            return Err(format!(
+                "{to_ds} {from} → {} needs an offline upgrade (every member stopped), which this version of Baton does not perform; nothing was changed",
+                h.version
+            ));
+        }
+        from = h.version.clone();
+    }
     Ok(Plan {
         source,
         target,
         kind: Some(kind),
+        hops: hops.into_iter().map(|h| h.version).collect(),
     })
 }
 
@@ -510,7 +544,8 @@ mod tests {
             Ok(Plan {
                 source: "6.2.14".into(),
                 target: "7.0.15".into(),
-                kind: Some(PathKind::Major)
+                kind: Some(PathKind::Major),
+                hops: vec!["7.0.15".into()],
             })
         );
     }
@@ -528,7 +563,7 @@ mod tests {
             err(spec(Some("9.9.9"), "Rolling"), &active)
                 .contains("not in the DatastoreVersion catalog")
         );
-        assert!(err(spec(Some("8.0.0"), "Rolling"), &active).contains("no catalog edge"));
+        assert!(err(spec(Some("8.0.0"), "Rolling"), &active).contains("no catalog path"));
         assert!(
             err(spec(Some("7.0.15"), "Rolling"), &active).contains("already the running version")
         );

@@ -274,8 +274,8 @@ fn instance_state(inst: &DatabaseInstance) -> TargetState {
         flight: s.upgrade.as_ref().map(|u| Flight {
             request: u.request.clone(),
             job: u.job.clone(),
-            source: u.source_version.clone(),
-            target: u.target_version.clone(),
+            source: u.first_version().to_string(),
+            target: u.final_version().to_string(),
             started: u.step_started.clone(),
             awaiting: u.step.kind == StepKind::AwaitingCommit && u.hold,
             step: u.describe(),
@@ -572,7 +572,17 @@ async fn claim(
 ) -> Result<bool> {
     let mut status = inst.status.clone().unwrap_or_default();
     let primary = status.primary.clone().unwrap_or_default();
-    let mut u = UpgradeInFlight::new(&plan.source, &plan.target, &primary, ctx.now());
+    // A path of several hops starts at its first; the instance moves on hop by hop.
+    let first = plan
+        .hops
+        .first()
+        .cloned()
+        .unwrap_or_else(|| plan.target.clone());
+    let mut u = UpgradeInFlight::new(&plan.source, &first, &primary, ctx.now());
+    if plan.hops.len() > 1 {
+        u.path = plan.hops.clone();
+        u.origin_version = Some(plan.source.clone());
+    }
     u.request = Some(key.to_string());
     u.job = Some(job.job_id.clone());
     u.type_ = Some(req.spec.type_);
@@ -653,6 +663,15 @@ async fn started(ctx: &Context, req: &UpgradeRequest, job: &mut TargetJob, plan:
 
 /// What a job does, in words: `7.0.15 → 7.2.4`, or a planned switchover.
 fn describe_plan(req: &UpgradeRequest, plan: &jobs::Plan) -> String {
+    if plan.hops.len() > 1 {
+        return format!(
+            "{} → {} in {} hops ({})",
+            plan.source,
+            plan.target,
+            plan.hops.len(),
+            plan.hops.join(" → ")
+        );
+    }
     match (req.spec.type_, &req.spec.switchover_to) {
         (crate::crd::UpgradeType::Switchover, Some(to)) => {
             format!("planned switchover to {to} on {}", plan.source)
