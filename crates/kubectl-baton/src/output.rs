@@ -380,7 +380,7 @@ struct VersionRow {
     active: bool,
     default: bool,
     /// With --from: whether an upgrade from it may target this version, and how (`Minor`,
-    /// `Major`, `Hotfix`, `CrossDatastore`) or why not.
+    /// `Major`, `Hotfix`, or the hops of a longer path) or why not.
     #[serde(skip_serializing_if = "Option::is_none")]
     reachable: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -411,7 +411,23 @@ pub async fn versions(s: &Session, ds: Datastore, from: Option<&str>) -> Outcome
         .iter()
         .filter(|d| from != Some(d.spec.version.as_str()))
         .map(|d| {
-            let verdict = from.map(|f| catalog::check_path(ds, f, &d.spec));
+            // Reachable along the catalog's path, hop by hop, as an upgrade would run it.
+            let verdict = from.map(|f| {
+                catalog::resolve_path(&entries, ds, f, &d.spec).map(|hops| {
+                    let kind = hops.last().map(|h| h.kind);
+                    match hops.as_slice() {
+                        [_] | [] => format!("{:?}", kind.unwrap_or(catalog::PathKind::Minor)),
+                        _ => format!(
+                            "{} hops: {}",
+                            hops.len(),
+                            hops.iter()
+                                .map(|h| h.version.as_str())
+                                .collect::<Vec<_>>()
+                                .join(" → ")
+                        ),
+                    }
+                })
+            });
             VersionRow {
                 name: d.metadata.name.clone().unwrap_or_default(),
                 version: d.spec.version.clone(),
@@ -419,10 +435,7 @@ pub async fn versions(s: &Session, ds: Datastore, from: Option<&str>) -> Outcome
                 active: d.spec.active,
                 default: d.spec.default,
                 reachable: verdict.as_ref().map(Result::is_ok),
-                path: verdict.map(|v| match v {
-                    Ok(kind) => format!("{kind:?}"),
-                    Err(e) => e.to_string(),
-                }),
+                path: verdict.map(|v| v.unwrap_or_else(|e| e.to_string())),
             }
         })
         .collect();
