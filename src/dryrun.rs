@@ -1,15 +1,15 @@
 //! What an UpgradeRequest would do to one target, decided from what the API server reports now
 //! and changing nothing: whether the request would accept it (the same rules as the request
 //! controller), the path and the strategy with the outage to expect, the order of its steps,
-//! and the pre-checks the members pass or fail as their status shows them. Pure: the caller
-//! reads the objects (`kubectl baton upgrade --dry-run` does).
+//! and the pre-checks the members pass or fail as their status shows them. Pure: the request
+//! controller reads the objects for a request with `spec.dryRun` and records the verdict.
 
 use serde::Serialize;
 
 use crate::controller::upgrade_request::jobs;
 use crate::crd::{
-    Cluster, DatabaseInstance, DatastoreVersion, MemberRole, PrimaryUpdateMethod,
-    UpgradeRequestSpec, UpgradeType,
+    Cluster, DatabaseInstance, DatastoreVersion, MemberRole, PlanCheck, PrimaryUpdateMethod,
+    TargetPlan, UpgradeRequestSpec, UpgradeType,
 };
 use crate::engine::{self, Strategy};
 use crate::version::Version;
@@ -43,6 +43,38 @@ pub struct DryRun {
     pub checks: Vec<Check>,
     /// Every check passed: a request created now would start on this target.
     pub would_start: bool,
+}
+
+impl DryRun {
+    /// The job's record of this verdict (`status.jobs[].plan`), with the path's hops.
+    pub fn plan(&self, hops: Vec<String>) -> TargetPlan {
+        TargetPlan {
+            source_version: self.source_version.clone(),
+            path: hops,
+            kind: self.path.clone(),
+            strategy: self.strategy.clone(),
+            outage: self.outage.clone(),
+            steps: self.steps.clone(),
+            checks: self
+                .checks
+                .iter()
+                .map(|c| PlanCheck {
+                    name: c.name.clone(),
+                    passed: c.passed,
+                    detail: c.detail.clone(),
+                })
+                .collect(),
+            would_start: self.would_start,
+        }
+    }
+
+    /// The first check that failed, in words.
+    pub fn refusal(&self) -> Option<String> {
+        self.checks
+            .iter()
+            .find(|c| !c.passed)
+            .map(|c| c.detail.clone())
+    }
 }
 
 fn check(name: &str, result: Result<String, String>) -> Check {
@@ -124,12 +156,23 @@ pub fn instance(
     }
     let plan = validated.ok();
     let ds = inst.spec.datastore.type_;
-    let offline = plan.as_ref().is_some_and(|p| {
-        let (Ok(a), Ok(b)) = (p.source.parse::<Version>(), p.target.parse::<Version>()) else {
-            return false;
-        };
-        engine::for_datastore(ds).is_ok_and(|e| e.strategy(&a, &b) == Strategy::Offline)
-    });
+    // Whether replication crosses the step, from the running version to the one asked, whether
+    // or not the request would accept it (an offline step is one reason it would not).
+    let goal = jobs::target_version(spec, catalog, spec.datastore.unwrap_or(ds)).ok();
+    let switchover = spec.type_ == UpgradeType::Switchover;
+    let offline = !switchover
+        && status
+            .version
+            .as_deref()
+            .zip(goal.as_deref())
+            .is_some_and(|(a, b)| {
+                let (Ok(a), Ok(b)) = (a.parse::<Version>(), b.parse::<Version>()) else {
+                    return false;
+                };
+                a < b
+                    && engine::for_datastore(ds)
+                        .is_ok_and(|e| e.strategy(&a, &b) == Strategy::Offline)
+            });
     let single = inst.spec.replicas < 2;
     let restart = policy.primary_update_method == PrimaryUpdateMethod::Restart;
     let (strategy, outage) = match spec.type_ {

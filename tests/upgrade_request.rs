@@ -737,3 +737,87 @@ async fn redis_6_2_to_8_2_runs_the_catalog_path_hop_by_hop_under_writes() {
     assert_nothing_lost(&env, "sessions", &[&report, &pinned]).await;
     delete_namespace(&env.client, &env.ns).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_over_four_targets_gives_each_verdict_and_changes_nothing() {
+    let env = Env::new("ur-dry").await;
+    let op = env.operator("ur-dry", "");
+    for (name, spec) in [
+        ("sessions", json!({})),
+        ("orders", postgres(PG_SOURCE)),
+        ("shop", MARIADB.spec()),
+        ("legacy", postgres("15.19")),
+    ] {
+        env.create(name, 1, spec).await;
+    }
+    for (name, version) in [
+        ("sessions", SOURCE),
+        ("orders", PG_SOURCE),
+        ("shop", MARIADB_SOURCE),
+        ("legacy", "15.19"),
+    ] {
+        env.wait_for(name, InstancePhase::Active, version, &op)
+            .await;
+    }
+    let before: Vec<_> = restart_counts(&env, &["sessions", "orders", "shop", "legacy"]).await;
+    env.apply_example("upgrade-dry-run.yaml");
+    let r = wait_request(&env, "fleet-dry-run", RequestPhase::PartiallySucceeded, &op).await;
+    let st = r.status.clone().expect("status");
+    assert_eq!((st.succeeded, st.failed), (3, 1), "{st:#?}");
+    assert_eq!(st.failed_targets, ["legacy"]);
+    assert!(
+        st.error_messages[0].contains("needs an offline upgrade"),
+        "{:?}",
+        st.error_messages
+    );
+    for (target, to) in [
+        ("sessions", TARGET),
+        ("orders", PG_TARGET),
+        ("shop", MARIADB_TARGET),
+    ] {
+        let j = job(&r, target);
+        let plan = j
+            .plan
+            .clone()
+            .unwrap_or_else(|| panic!("no plan for {target}: {j:?}"));
+        assert!(plan.would_start, "{target}: {plan:?}");
+        assert_eq!(
+            plan.path.last().map(String::as_str),
+            Some(to),
+            "{target}: {plan:?}"
+        );
+        assert!(
+            !plan.strategy.is_empty() && !plan.steps.is_empty(),
+            "{plan:?}"
+        );
+        assert!(plan.checks.iter().all(|c| c.passed), "{plan:?}");
+    }
+    let legacy = job(&r, "legacy").plan.clone().expect("legacy's plan");
+    assert!(
+        !legacy.would_start && legacy.strategy.starts_with("offline"),
+        "{legacy:?}"
+    );
+    // Nothing changed: no target claimed, no member restarted, no finalizer held.
+    for name in ["sessions", "orders", "shop", "legacy"] {
+        assert!(
+            env.status(name).await.upgrade.is_none(),
+            "{name} was claimed"
+        );
+    }
+    let after = restart_counts(&env, &["sessions", "orders", "shop", "legacy"]).await;
+    assert_eq!(before, after, "a dry run restarted a member");
+    assert!(
+        r.metadata.finalizers.unwrap_or_default().is_empty(),
+        "a dry run holds no finalizer"
+    );
+    delete_namespace(&env.client, &env.ns).await;
+}
+
+/// Every member's restart count, per instance.
+async fn restart_counts(env: &Env, names: &[&str]) -> Vec<std::collections::BTreeMap<String, i32>> {
+    let mut out = vec![];
+    for n in names {
+        out.push(env.restarts(n).await);
+    }
+    out
+}

@@ -28,8 +28,8 @@ pub use datastore_version::{
     DatastoreVersion, DatastoreVersionSpec, DatastoreVersionStatus, UpgradeEdge,
 };
 pub use upgrade_request::{
-    RequestPhase, Schedule, TargetJob, TargetKind, UpgradeAction, UpgradeRequest,
-    UpgradeRequestSpec, UpgradeRequestStatus, UpgradeTargets, UpgradeType,
+    PlanCheck, RequestPhase, Schedule, TargetJob, TargetKind, TargetPlan, UpgradeAction,
+    UpgradeRequest, UpgradeRequestSpec, UpgradeRequestStatus, UpgradeTargets, UpgradeType,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

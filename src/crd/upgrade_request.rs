@@ -111,6 +111,15 @@ pub struct UpgradeRequestSpec {
     #[schemars(length(min = 1, max = 253))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("switchoverTo is immutable: create a new UpgradeRequest"))]
     pub switchover_to: Option<String>,
+
+    /// Only check, change nothing: per target, the path, the strategy and the outage to expect,
+    /// the steps, and the pre-checks as the members' status shows them, in
+    /// `status.jobs[].plan`. No target is claimed; the request ends Succeeded (every target
+    /// would start), PartiallySucceeded or Failed (some or none would), with the reasons in
+    /// `errorMessages`. `kubectl baton upgrade --dry-run` creates one. Immutable.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("dryRun is immutable: create a new UpgradeRequest"))]
+    pub dry_run: bool,
 }
 
 fn default_max_concurrent() -> i32 {
@@ -223,6 +232,50 @@ pub struct TargetJob {
     /// When the job finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finish_time: Option<Time>,
+    /// With `spec.dryRun`: what the upgrade of this target would be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<TargetPlan>,
+}
+
+/// What a dry run found for one target.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetPlan {
+    /// The version the target runs now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_version: Option<String>,
+    /// The versions the upgrade would pass through, in order, the last being where it ends
+    /// (one entry for a direct step).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub path: Vec<String>,
+    /// The path's kind in words: `Minor`, `Major` (with its hops), `Hotfix` or `Switchover`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// How the members would be moved, in words.
+    pub strategy: String,
+    /// The outage to expect: `none` (writes pause only for a switchover) or what goes down.
+    pub outage: String,
+    /// The steps, in the order Baton would take them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<String>,
+    /// Each pre-check and what it found.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<PlanCheck>,
+    /// Every check passed: a request created now would start on this target.
+    pub would_start: bool,
+}
+
+/// One pre-check of a dry run.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanCheck {
+    /// What was checked: `request` (the request's own rules for this target), `primary`,
+    /// `standby <member>`, `shard <instance>`, `quarantine`.
+    pub name: String,
+    /// Whether it passed.
+    pub passed: bool,
+    /// What was found, in words.
+    pub detail: String,
 }
 
 /// The progress of the request: its phase, one job per target, and the batch summary.

@@ -3,15 +3,14 @@
 
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde::Serialize;
 use serde_json::json;
 
 use baton::crd::{
-    Cluster, DatabaseInstance, DatastoreVersion, RequestPhase, UpgradeAction, UpgradeRequest,
+    Cluster, DatabaseInstance, PlanCheck, RequestPhase, TargetKind, UpgradeAction, UpgradeRequest,
     UpgradeType,
 };
-use baton::dryrun::{self, Check, DryRun};
 
 use crate::output::{columns, print};
 use crate::{ActionArgs, Failure, Format, Outcome, RequestArgs, Session};
@@ -25,25 +24,27 @@ pub struct Ask<'a> {
     pub switchover_to: Option<&'a str>,
 }
 
-/// The target, as an instance or a Cluster of the namespace.
+/// Which kind the target is: an instance or a Cluster of the namespace.
 enum Target {
-    Instance(DatabaseInstance),
-    Cluster(Cluster),
+    Instance,
+    Cluster,
 }
 
 async fn find(s: &Session, name: &str) -> Result<Target, Failure> {
     let ns = &s.namespace;
-    if let Some(i) = Api::<DatabaseInstance>::namespaced(s.client.clone(), ns)
+    if Api::<DatabaseInstance>::namespaced(s.client.clone(), ns)
         .get_opt(name)
         .await?
+        .is_some()
     {
-        return Ok(Target::Instance(i));
+        return Ok(Target::Instance);
     }
-    if let Some(c) = Api::<Cluster>::namespaced(s.client.clone(), ns)
+    if Api::<Cluster>::namespaced(s.client.clone(), ns)
         .get_opt(name)
         .await?
+        .is_some()
     {
-        return Ok(Target::Cluster(c));
+        return Ok(Target::Cluster);
     }
     Err(Failure::NotFound(format!(
         "no DatabaseInstance or Cluster {name} in namespace {ns}"
@@ -71,8 +72,8 @@ fn request_name(ask: &Ask) -> String {
 
 fn build(ask: &Ask, target: &Target, name: &str, generate: bool) -> UpgradeRequest {
     let targets = match target {
-        Target::Instance(_) => json!({"instances": [ask.target]}),
-        Target::Cluster(_) => json!({"clusters": [ask.target]}),
+        Target::Instance => json!({"instances": [ask.target]}),
+        Target::Cluster => json!({"clusters": [ask.target]}),
     };
     let mut spec = json!({
         "targets": targets,
@@ -97,12 +98,26 @@ fn build(ask: &Ask, target: &Target, name: &str, generate: bool) -> UpgradeReque
     .expect("a well-formed UpgradeRequest")
 }
 
+/// A dry run's verdict for the target, as the operator wrote it in the request's job.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct DryRunReport {
-    request: UpgradeRequest,
-    #[serde(flatten)]
-    verdict: DryRun,
+    /// The dry-run UpgradeRequest that was asked (and deleted once read).
+    request: String,
+    kind: TargetKind,
+    target: String,
+    source_version: Option<String>,
+    target_version: Option<String>,
+    /// The path's kind in words.
+    path: Option<String>,
+    /// The versions the upgrade would pass through.
+    hops: Vec<String>,
+    strategy: String,
+    outage: String,
+    steps: Vec<String>,
+    checks: Vec<PlanCheck>,
+    would_start: bool,
+    message: Option<String>,
 }
 
 /// `upgrade` and `switchover`.
@@ -117,7 +132,7 @@ pub async fn upgrade(s: &Session, ask: Ask<'_>, args: &RequestArgs) -> Outcome {
     let req = build(&ask, &target, &name, generate);
     let api = Api::<UpgradeRequest>::namespaced(s.client.clone(), &s.namespace);
     if args.dry_run {
-        return dry_run(s, &api, req, &target).await;
+        return dry_run(s, &api, req).await;
     }
     let created = api.create(&PostParams::default(), &req).await?;
     let created_name = created.metadata.name.clone().unwrap_or_default();
@@ -137,64 +152,91 @@ pub async fn upgrade(s: &Session, ask: Ask<'_>, args: &RequestArgs) -> Outcome {
     Ok(())
 }
 
-async fn dry_run(
-    s: &Session,
-    api: &Api<UpgradeRequest>,
-    req: UpgradeRequest,
-    target: &Target,
-) -> Outcome {
-    let catalog = Api::<DatastoreVersion>::all(s.client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items;
-    let mut verdict = match target {
-        Target::Instance(i) => dryrun::instance(&req.spec, i, &catalog),
-        Target::Cluster(c) => dryrun::cluster(&req.spec, c, &catalog),
-    };
-    // The API server's own admission (schema and CEL) of the request, persisted nowhere.
-    let admission = match api
-        .create(
-            &PostParams {
-                dry_run: true,
-                ..Default::default()
-            },
-            &req,
-        )
-        .await
-    {
-        Ok(_) => Ok("the API server would admit the request".to_string()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Err(format!(
-            "an UpgradeRequest named {} already exists; pass --request-name",
-            req.metadata.name.clone().unwrap_or_default()
-        )),
-        Err(kube::Error::Api(e)) if e.code < 500 => Err(e.message),
+async fn dry_run(s: &Session, api: &Api<UpgradeRequest>, mut req: UpgradeRequest) -> Outcome {
+    // The operator's own verdict: a request with dryRun claims nothing and touches nothing;
+    // it is deleted once read.
+    req.spec.dry_run = true;
+    let base = req
+        .metadata
+        .name
+        .take()
+        .or_else(|| req.metadata.generate_name.clone())
+        .unwrap_or_default();
+    req.metadata.generate_name = Some(format!("{}-dry-run-", base.trim_end_matches('-')));
+    let created = match api.create(&PostParams::default(), &req).await {
+        Ok(r) => r,
+        // The API server's admission (schema and CEL) refused it: that is the verdict.
+        Err(kube::Error::Api(e)) if e.code < 500 => {
+            return Err(Failure::Refused(format!(
+                "the API server refuses the request: {}",
+                e.message
+            )));
+        }
         Err(e) => return Err(e.into()),
     };
-    verdict.checks.insert(
-        0,
-        Check {
-            name: "admission".into(),
-            passed: admission.is_ok(),
-            detail: admission.unwrap_or_else(|e| e),
-        },
-    );
-    verdict.would_start = verdict.checks.iter().all(|c| c.passed);
-    let would = verdict.would_start;
-    let report = DryRunReport {
-        request: req,
-        verdict,
+    let name = created.metadata.name.clone().unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let r = api.get(&name).await?;
+        if r.status
+            .as_ref()
+            .and_then(|st| st.phase)
+            .is_some_and(baton::controller::upgrade_request::jobs::is_terminal)
+        {
+            break r;
+        }
+        if Instant::now() >= deadline {
+            let _ = api.delete(&name, &DeleteParams::default()).await;
+            return Err(Failure::Api(format!(
+                "no operator answered dry run {name} within 60 s: is Baton running and watching namespace {}?",
+                s.namespace
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    print(s.format, &report, |r| {
-        let v = &r.verdict;
+    let _ = api.delete(&name, &DeleteParams::default()).await;
+    let status = done.status.clone().unwrap_or_default();
+    let Some(job) = status.jobs.first() else {
+        return Err(Failure::Refused(status.message.unwrap_or_default()));
+    };
+    let plan = job.plan.clone().unwrap_or_default();
+    let mut checks = vec![PlanCheck {
+        name: "admission".into(),
+        passed: true,
+        detail: "the API server admits the request".into(),
+    }];
+    checks.extend(plan.checks.clone());
+    let report = DryRunReport {
+        request: name,
+        kind: job.kind,
+        target: job.target.clone(),
+        source_version: plan.source_version.clone(),
+        target_version: job.target_version.clone(),
+        path: plan.kind.clone(),
+        hops: plan.path.clone(),
+        strategy: plan.strategy.clone(),
+        outage: plan.outage.clone(),
+        steps: plan.steps.clone(),
+        checks,
+        would_start: job.phase == RequestPhase::Succeeded,
+        message: job.message.clone(),
+    };
+    let would = report.would_start;
+    print(s.format, &report, |v| {
         let mut out = format!(
-            "Dry run: nothing was created or changed.\nTarget:     {} {}\nVersion:    {} → {}\nPath:       {}\nStrategy:   {}\nOutage:     {}\nSteps:\n",
+            "Dry run by the operator (UpgradeRequest {}, deleted): nothing was changed.\nTarget:     {:?} {}\nVersion:    {} → {}\nPath:       {}\nStrategy:   {}\nOutage:     {}\nSteps:\n",
+            v.request,
             v.kind,
             v.target,
             v.source_version.as_deref().unwrap_or("-"),
             v.target_version.as_deref().unwrap_or("-"),
             v.path.as_deref().unwrap_or("-"),
-            v.strategy,
-            v.outage
+            if v.strategy.is_empty() {
+                "-"
+            } else {
+                &v.strategy
+            },
+            if v.outage.is_empty() { "-" } else { &v.outage },
         );
         for (i, step) in v.steps.iter().enumerate() {
             out.push_str(&format!("  {}. {step}\n", i + 1));
@@ -221,7 +263,11 @@ async fn dry_run(
     if would {
         Ok(())
     } else {
-        Err(Failure::Refused("a pre-check failed".into()))
+        Err(Failure::Refused(
+            job.message
+                .clone()
+                .unwrap_or_else(|| "a pre-check failed".into()),
+        ))
     }
 }
 

@@ -817,6 +817,7 @@ mod tests {
             message: Some("why".into()),
             start_time: None,
             finish_time: None,
+            plan: None,
         }
     }
 

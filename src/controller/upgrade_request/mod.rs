@@ -90,8 +90,9 @@ pub async fn reconcile(cached: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result
         }
         return Ok(Action::await_change());
     }
-    if !deleting && !has_finalizer {
-        // Before any target is touched, so a deletion always finds the request to stop.
+    if !deleting && !has_finalizer && !req.spec.dry_run {
+        // Before any target is touched, so a deletion always finds the request to stop (a
+        // dry run touches none).
         set_finalizer(&api, &req, true).await?;
         return Ok(Action::requeue(Duration::from_millis(100)));
     }
@@ -104,6 +105,16 @@ pub async fn reconcile(cached: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result
         let names: Vec<&str> = next.jobs.iter().map(|j| j.target.as_str()).collect();
         let note = format!("{} target(s): {}", names.len(), names.join(", "));
         publish_req(&ctx, &req, EventType::Normal, "Accepted", note).await;
+    }
+    // A dry run: each target's verdict, read from the API server, and nothing claimed.
+    if req.spec.dry_run {
+        dry_run(&ctx, &req, &mut next).await?;
+        summarize_into(&ctx, &req, &mut next, deleting);
+        if next != current && write_status(&ctx, &req, &next).await? {
+            let msg = next.message.clone().unwrap_or_default();
+            publish_req(&ctx, &req, EventType::Normal, "DryRunCompleted", msg).await;
+        }
+        return Ok(Action::await_change());
     }
     // 2. Sync the started jobs with their instances (each target read once per pass).
     let Some(read) = sync_started(&ctx, &req, &mut next, deleting).await? else {
@@ -141,6 +152,63 @@ pub async fn reconcile(cached: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result
     Ok(Action::requeue(soonest.map_or(poll, |s| {
         s.min(poll).max(Duration::from_millis(200))
     })))
+}
+
+/// Fills each waiting job of a dry run with its verdict: Succeeded (it would start) or Failed
+/// (with the first check that failed), and what the upgrade would be in `plan`.
+async fn dry_run(
+    ctx: &Context,
+    req: &UpgradeRequest,
+    next: &mut UpgradeRequestStatus,
+) -> Result<()> {
+    let ns = req.namespace().unwrap_or_default();
+    let catalog = ctx.catalog();
+    for job in next.jobs.iter_mut().filter(|j| !jobs::is_terminal(j.phase)) {
+        let verdict = match job.kind {
+            TargetKind::DatabaseInstance => {
+                Api::<DatabaseInstance>::namespaced(ctx.client.clone(), &ns)
+                    .get_opt(&job.target)
+                    .await
+                    .map_err(Error::kube("reading a target"))?
+                    .map(|i| {
+                        let hops = jobs::validate(&req.spec, &i, &catalog).map(|p| p.hops);
+                        (crate::dryrun::instance(&req.spec, &i, &catalog), hops)
+                    })
+            }
+            TargetKind::Cluster => Api::<Cluster>::namespaced(ctx.client.clone(), &ns)
+                .get_opt(&job.target)
+                .await
+                .map_err(Error::kube("reading a target"))?
+                .map(|c| {
+                    let hops = jobs::validate_cluster(&req.spec, &c, &catalog).map(|p| p.hops);
+                    (crate::dryrun::cluster(&req.spec, &c, &catalog), hops)
+                }),
+        };
+        let Some((d, hops)) = verdict else {
+            let why = format!(
+                "{:?} {} does not exist in namespace {ns}",
+                job.kind, job.target
+            );
+            finish_job(job, RequestPhase::Failed, format!("dry run: {why}"), ctx);
+            continue;
+        };
+        job.source_version = d.source_version.clone();
+        job.target_version = d.target_version.clone();
+        job.plan = Some(d.plan(hops.unwrap_or_default()));
+        match d.refusal() {
+            None => finish_job(
+                job,
+                RequestPhase::Succeeded,
+                format!(
+                    "dry run: would start ({}; outage: {})",
+                    d.strategy, d.outage
+                ),
+                ctx,
+            ),
+            Some(why) => finish_job(job, RequestPhase::Failed, format!("dry run: {why}"), ctx),
+        }
+    }
+    Ok(())
 }
 
 /// Every target read this pass, by kind (None: it does not exist).
@@ -538,6 +606,7 @@ fn new_job(
         message: failed,
         start_time: None,
         finish_time: None,
+        plan: None,
     }
 }
 
@@ -763,6 +832,17 @@ fn phase_reason(p: RequestPhase) -> &'static str {
 
 fn phase_message(s: &UpgradeRequestStatus, req: &UpgradeRequest) -> String {
     let total = s.jobs.len();
+    if req.spec.dry_run && s.phase.is_some_and(jobs::is_terminal) {
+        let refused = if s.error_messages.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", s.error_messages.join("; "))
+        };
+        return format!(
+            "dry run, nothing changed: {} of {total} target(s) would start, {} would not{refused}",
+            s.succeeded, s.failed
+        );
+    }
     match s.phase.unwrap_or_default() {
         RequestPhase::Scheduled => match &s.scheduled_start {
             Some(t) => format!("scheduled: the first step starts at {}", t.0),
