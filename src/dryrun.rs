@@ -77,6 +77,17 @@ impl DryRun {
     }
 }
 
+/// The request's own verdict on the target.
+fn request_check(validated: &Result<jobs::Plan, String>) -> Check {
+    check(
+        "request",
+        validated
+            .as_ref()
+            .map(|_| "the request would accept this target".to_string())
+            .map_err(Clone::clone),
+    )
+}
+
 fn check(name: &str, result: Result<String, String>) -> Check {
     let (passed, detail) = match result {
         Ok(d) => (true, d),
@@ -98,13 +109,7 @@ pub fn instance(
     let name = inst.metadata.name.clone().unwrap_or_default();
     let status = inst.status.clone().unwrap_or_default();
     let validated = jobs::validate(spec, inst, catalog);
-    let mut checks = vec![check(
-        "request",
-        validated
-            .as_ref()
-            .map(|_| "the request would accept this target".to_string())
-            .map_err(Clone::clone),
-    )];
+    let mut checks = vec![request_check(&validated)];
     let primary = status.primary.clone().unwrap_or_default();
     let policy = &inst.spec.upgrade_policy;
     let members = &status.members;
@@ -278,13 +283,7 @@ pub fn instance(
 pub fn cluster(spec: &UpgradeRequestSpec, c: &Cluster, catalog: &[DatastoreVersion]) -> DryRun {
     let status = c.status.clone().unwrap_or_default();
     let validated = jobs::validate_cluster(spec, c, catalog);
-    let mut checks = vec![check(
-        "request",
-        validated
-            .as_ref()
-            .map(|_| "the request would accept this target".to_string())
-            .map_err(Clone::clone),
-    )];
+    let mut checks = vec![request_check(&validated)];
     for s in &status.shards {
         checks.push(check(
             &format!("shard {}", s.instance),
