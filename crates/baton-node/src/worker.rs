@@ -1,6 +1,7 @@
-//! One pod's supervisor: prepares its volumes and address, starts each container as a local
-//! process, restarts them per `restartPolicy` with back-off, replaces a container whose image
-//! changed, runs probes, writes `pods/status`, and finishes the pod's deletion.
+//! One pod's supervisor: prepares its volumes and address, runs its init containers one after
+//! another to completion, starts each container as a local process, restarts them per
+//! `restartPolicy` with back-off, replaces a container whose image changed, runs probes, writes
+//! `pods/status`, and finishes the pod's deletion.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -180,6 +181,12 @@ pub async fn run(
         .iter()
         .map(|c| Rt::new(c, previous_statuses.get(&c.name)))
         .collect();
+    // Init containers run again when the agent restarts (the kubelet reruns them with a new
+    // sandbox; they must be idempotent either way).
+    let mut init_rts: Vec<Rt> = init_containers(&first)
+        .iter()
+        .map(|c| Rt::new(c, None))
+        .collect();
     let mut volumes: Option<BTreeMap<String, PathBuf>> = None;
     let mut written: Option<Value> = None;
     let mut transitions: BTreeMap<&'static str, (bool, Time)> = BTreeMap::new();
@@ -191,7 +198,7 @@ pub async fn run(
         let stop = *stop_rx.borrow();
         if pod.metadata.deletion_timestamp.is_some() || stop != Stop::Run {
             let grace = grace_period(&pod, stop);
-            for rt in rts.iter_mut() {
+            for rt in rts.iter_mut().chain(init_rts.iter_mut()) {
                 if let Some(mut child) = rt.child.take() {
                     runtime::stop(&mut child, grace).await;
                 }
@@ -242,15 +249,24 @@ pub async fn run(
             }
         }
         if let Some(vols) = &volumes {
-            for c in containers(&pod) {
-                let Some(rt) = rts.iter_mut().find(|r| r.name == c.name) else {
-                    continue;
-                };
-                supervise(&ctx, &pod, c, rt, vols, ip).await;
+            match init_step(&init_rts) {
+                InitStep::Run(i) => {
+                    let c = &init_containers(&pod)[i];
+                    supervise(&ctx, &pod, c, &mut init_rts[i], vols, ip, true).await;
+                }
+                InitStep::Done => {
+                    for c in containers(&pod) {
+                        let Some(rt) = rts.iter_mut().find(|r| r.name == c.name) else {
+                            continue;
+                        };
+                        supervise(&ctx, &pod, c, rt, vols, ip, false).await;
+                    }
+                }
+                InitStep::Failed => {}
             }
         }
 
-        let status = build_status(&pod, &rts, ip, &start_time, &mut transitions);
+        let status = build_status(&pod, &init_rts, &rts, ip, &start_time, &mut transitions);
         if written.as_ref() != Some(&status) {
             match api
                 .patch_status(
@@ -273,6 +289,31 @@ pub async fn run(
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
     }
+}
+
+/// Where the init containers stand: the one to run now, all done, or one failed for good.
+enum InitStep {
+    Run(usize),
+    Done,
+    Failed,
+}
+
+fn init_step(init: &[Rt]) -> InitStep {
+    for (i, rt) in init.iter().enumerate() {
+        match &rt.state {
+            State::Terminated(t) if t.exit_code == 0 => continue,
+            State::Terminated(_) if rt.next_start.is_none() => return InitStep::Failed,
+            _ => return InitStep::Run(i),
+        }
+    }
+    InitStep::Done
+}
+
+fn init_containers(pod: &Pod) -> &[Container] {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_deref())
+        .unwrap_or_default()
 }
 
 fn containers(pod: &Pod) -> &[Container] {
@@ -308,7 +349,8 @@ fn restart_policy(pod: &Pod) -> &str {
 }
 
 /// One step for one container: notice an exit, replace on image change or failed liveness,
-/// start when due, run probes.
+/// start when due, run probes. An init container (`init`) runs to completion: it is restarted
+/// only after a failure, and never under `restartPolicy: Never`.
 async fn supervise(
     ctx: &NodeCtx,
     pod: &Pod,
@@ -316,6 +358,7 @@ async fn supervise(
     rt: &mut Rt,
     vols: &BTreeMap<String, PathBuf>,
     ip: Ipv4Addr,
+    init: bool,
 ) {
     let spec_image = c.image.clone().unwrap_or_default();
     let grace = grace_period(pod, Stop::Run);
@@ -350,7 +393,7 @@ async fn supervise(
         let restart = match restart_policy(pod) {
             "Never" => false,
             "OnFailure" => code != 0,
-            _ => true,
+            _ => !init || code != 0,
         };
         if restart {
             let delay = ctx.backoff_base * 2u32.saturating_pow(rt.crashes.min(8));
@@ -845,6 +888,7 @@ fn security(pod: &Pod, c: &Container, image_user: Option<&str>) -> Result<Securi
 /// so an unchanged pod yields an identical status (and no write).
 fn build_status(
     pod: &Pod,
+    init_rts: &[Rt],
     rts: &[Rt],
     ip: Ipv4Addr,
     start_time: &Time,
@@ -855,7 +899,12 @@ fn build_status(
     let all_terminated = rts
         .iter()
         .all(|r| matches!(r.state, State::Terminated(_)) && r.next_start.is_none());
-    let phase = if all_terminated && rts.iter().all(|r| r.ever_started) {
+    let init = init_step(init_rts);
+    let phase = if matches!(init, InitStep::Failed) {
+        "Failed"
+    } else if matches!(init, InitStep::Run(_)) {
+        "Pending"
+    } else if all_terminated && rts.iter().all(|r| r.ever_started) {
         if rts
             .iter()
             .all(|r| matches!(&r.state, State::Terminated(t) if t.exit_code == 0))
@@ -882,38 +931,40 @@ fn build_status(
     };
     let conditions = vec![
         condition("PodScheduled", true),
-        condition("Initialized", true),
+        condition("Initialized", matches!(init, InitStep::Done)),
         condition("ContainersReady", all_ready),
         condition("Ready", all_ready),
     ];
     let terminated = |t: &Terminated| json!({"terminated": {"exitCode": t.exit_code, "reason": t.reason, "message": t.message, "startedAt": t.started, "finishedAt": t.finished}});
+    let status_of = |r: &Rt| {
+        let state = match &r.state {
+            State::Running => json!({"running": {"startedAt": r.started_at}}),
+            State::Waiting { reason, message } => {
+                json!({"waiting": {"reason": reason, "message": message}})
+            }
+            State::Terminated(t) => terminated(t),
+        };
+        let mut s = json!({
+            "name": r.name,
+            "image": r.image,
+            "imageID": format!("baton-local://{}", r.image),
+            "ready": r.ready,
+            "started": r.child.is_some() && r.started,
+            "restartCount": r.restart_count,
+            "state": state,
+            "lastState": r.last.as_ref().map(terminated).unwrap_or_else(|| json!({})),
+        });
+        if let Some(pid) = r.pid() {
+            s["containerID"] = json!(format!("baton://{pid}"));
+        }
+        s
+    };
     let statuses: Vec<Value> = containers(pod)
         .iter()
         .filter_map(|c| rts.iter().find(|r| r.name == c.name))
-        .map(|r| {
-            let state = match &r.state {
-                State::Running => json!({"running": {"startedAt": r.started_at}}),
-                State::Waiting { reason, message } => {
-                    json!({"waiting": {"reason": reason, "message": message}})
-                }
-                State::Terminated(t) => terminated(t),
-            };
-            let mut s = json!({
-                "name": r.name,
-                "image": r.image,
-                "imageID": format!("baton-local://{}", r.image),
-                "ready": r.ready,
-                "started": r.child.is_some() && r.started,
-                "restartCount": r.restart_count,
-                "state": state,
-                "lastState": r.last.as_ref().map(terminated).unwrap_or_else(|| json!({})),
-            });
-            if let Some(pid) = r.pid() {
-                s["containerID"] = json!(format!("baton://{pid}"));
-            }
-            s
-        })
+        .map(status_of)
         .collect();
+    let init_statuses: Vec<Value> = init_rts.iter().map(status_of).collect();
     json!({
         "phase": phase,
         "conditions": conditions,
@@ -923,6 +974,7 @@ fn build_status(
         "podIPs": [{"ip": ip.to_string()}],
         "startTime": start_time,
         "containerStatuses": statuses,
+        "initContainerStatuses": init_statuses,
     })
 }
 
@@ -996,5 +1048,48 @@ mod tests {
         assert!(m.ends_with("baton: this build has no TLS"), "{m}");
         assert!(m.lines().count() <= 80 && m.len() <= 2048);
         assert!(!m.contains("line 0\n"));
+    }
+}
+
+#[cfg(test)]
+mod init_tests {
+    use super::*;
+
+    fn rt(state: State, next_start: bool) -> Rt {
+        let mut r = Rt::new(&Container::default(), None);
+        r.state = state;
+        r.next_start = next_start.then(Instant::now);
+        r
+    }
+
+    fn ended(code: i32) -> State {
+        State::Terminated(Terminated {
+            exit_code: code,
+            reason: "Completed",
+            message: None,
+            started: None,
+            finished: Time(jiff::Timestamp::UNIX_EPOCH),
+        })
+    }
+
+    #[test]
+    fn init_containers_run_in_order_and_one_failed_for_good_fails_the_pod() {
+        assert!(matches!(init_step(&[]), InitStep::Done));
+        let waiting = || State::Waiting {
+            reason: "ContainerCreating".into(),
+            message: String::new(),
+        };
+        let both = [rt(waiting(), false), rt(waiting(), false)];
+        assert!(matches!(init_step(&both), InitStep::Run(0)));
+        let first_done = [rt(ended(0), false), rt(State::Running, false)];
+        assert!(matches!(init_step(&first_done), InitStep::Run(1)));
+        // Failed, a restart pending (restartPolicy Always/OnFailure): run it again.
+        let retry = [rt(ended(1), true)];
+        assert!(matches!(init_step(&retry), InitStep::Run(0)));
+        // Failed with no restart coming (restartPolicy Never): the pod fails.
+        let failed = [rt(ended(0), false), rt(ended(2), false)];
+        assert!(matches!(init_step(&failed), InitStep::Failed));
+        let done = [rt(ended(0), false), rt(ended(0), false)];
+        assert!(matches!(init_step(&done), InitStep::Done));
     }
 }
