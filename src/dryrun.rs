@@ -182,8 +182,13 @@ pub fn instance(
     let restart = policy.primary_update_method == PrimaryUpdateMethod::Restart;
     let (strategy, outage) = match spec.type_ {
         _ if offline => (
-            "offline: every member stopped and converted".to_string(),
-            "the database is down for the whole conversion".to_string(),
+            "offline: the primary's data converted while it is stopped (pg_upgrade --copy, the old data kept until the end), the standbys cloned again".to_string(),
+            match status.last_upgrade.as_ref().and_then(|l| l.outage_ms) {
+                Some(ms) => format!(
+                    "writes are refused while the primary is converted (grows with the data; the last offline upgrade here took {ms} ms); reads go on on the standbys"
+                ),
+                None => "writes are refused while the primary is converted (grows with the data); reads go on on the standbys".into(),
+            },
         ),
         UpgradeType::InPlace => (
             "in place: every member restarted together".into(),
@@ -228,6 +233,25 @@ pub fn instance(
                 ));
                 from = h.clone();
             }
+            steps
+        }
+        _ if offline => {
+            let mut steps = vec![
+                "PreCheck: pg_upgrade --check against the live primary, in a pod on its volume (when the upgrade starts; a dry run starts no pod)".to_string(),
+                format!("RestartPrimary {primary}: stopped, converted, back read-only"),
+            ];
+            if spec.action == crate::crd::UpgradeAction::Upgrade {
+                steps.push(
+                    "AwaitingCommit (read-only until Commit; Rollback returns to the kept data)"
+                        .into(),
+                );
+            }
+            steps.push(format!("writes let in on {primary}; Finalize: statistics, extension updates, the kept data removed"));
+            steps.extend(
+                standbys
+                    .iter()
+                    .map(|s| format!("UpgradeStandby {s}: cloned again")),
+            );
             steps
         }
         UpgradeType::Switchover => vec![format!(

@@ -342,3 +342,201 @@ async fn tls_members_upgrade_under_verifying_clients_and_refuse_plain_text() {
 
     delete_namespace(&env.client, &env.ns).await;
 }
+
+/// A superuser session on the member at `ip` (Baton's account, in the application database).
+async fn pg(env: &Env, name: &str, ip: std::net::IpAddr) -> Option<tokio_postgres::Client> {
+    let auth = env.auth(name).await;
+    match workload::connect_admin(workload::Datastore::Postgresql, ip, &auth).await? {
+        workload::Conn::Postgres(c) => Some(c),
+        _ => None,
+    }
+}
+
+/// One number from `sql` on the member at `ip`, once it answers.
+async fn number(env: &Env, name: &str, ip: std::net::IpAddr, sql: &str) -> Option<i64> {
+    let c = pg(env, name, ip).await?;
+    c.query_one(sql, &[]).await.ok()?.try_get::<_, i64>(0).ok()
+}
+
+fn major_request(name: &str, action: &str) -> baton::crd::UpgradeRequest {
+    serde_json::from_value(json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "UpgradeRequest",
+        "metadata": {"name": name},
+        "spec": {"targets": {"instances": ["ledger"]}, "targetVersion": "17.11",
+                 "allowOffline": true, "action": action},
+    }))
+    .expect("request")
+}
+
+/// PostgreSQL 15.19 → 17.11, offline with pg_upgrade, on a 3-member instance with data: a
+/// column pg_upgrade cannot carry fails the live pre-check with nothing stopped; Upgrade holds
+/// the converted primary read-only in AwaitingCommit and Rollback returns it to its kept 15.19
+/// data with every row; then the upgrade runs under a label-following writer: every member
+/// runs 17.11 with every row, the standbys stream again, nothing acknowledged is lost, and the
+/// write outage is in status.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_major_upgrade_checks_first_holds_read_only_rolls_back_and_then_lands_losing_nothing() {
+    use baton::crd::{RequestPhase, StepKind};
+    use kube::api::PostParams;
+    let env = Env::new("pg-major").await;
+    let op = env.operator("pg-major", "");
+    env.apply_example("postgres-major.yaml");
+    env.wait_for("ledger", InstancePhase::Active, "15.19", &op)
+        .await;
+    let primary = env.primary_ip("ledger").await;
+    let c = pg(&env, "ledger", primary).await.expect("a session");
+    c.batch_execute(
+        "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL); \
+         INSERT INTO accounts SELECT g, g * 10 FROM generate_series(1, 1000) g; \
+         CREATE TABLE hooks (id int, handler regproc); INSERT INTO hooks VALUES (1, 'now')",
+    )
+    .await
+    .expect("rows");
+    let untouched = env.restarts("ledger").await;
+
+    // 1. pg_upgrade --check refuses the reg* column: failed before anything stopped.
+    requests(&env)
+        .create(
+            &PostParams::default(),
+            &major_request("blocked", "UpgradeAutoCommit"),
+        )
+        .await
+        .expect("create");
+    let r = wait_request(&env, "blocked", RequestPhase::Failed, &op).await;
+    let msg = job(&r, "ledger").message.clone().unwrap_or_default();
+    assert!(
+        msg.contains("pre-check failed")
+            && msg.contains("reg*")
+            && msg.contains("nothing was stopped"),
+        "{msg}"
+    );
+    assert_eq!(
+        env.restarts("ledger").await,
+        untouched,
+        "a member restarted"
+    );
+    env.assert_all_run("ledger", "15.19").await;
+    c.batch_execute("DROP TABLE hooks").await.expect("drop");
+
+    // 2. Upgrade: the primary converted and read-only, the standbys still on 15.19.
+    env.apply_example("upgrade-postgres-major.yaml");
+    let held = eventually(Duration::from_secs(300), || async {
+        let u = env.status("ledger").await.upgrade?;
+        (u.step.kind == StepKind::AwaitingCommit).then_some(u)
+    })
+    .await
+    .unwrap_or_else(|| panic!("never held:\n{}", tail(&op.logs(), 30)));
+    assert!(held.offline.is_some(), "{held:?}");
+    let versions = env.server_versions("ledger").await;
+    assert_eq!(
+        versions.get("ledger-0").map(String::as_str),
+        Some("17.11"),
+        "{versions:?}"
+    );
+    assert_eq!(
+        versions.get("ledger-1").map(String::as_str),
+        Some("15.19"),
+        "{versions:?}"
+    );
+    let on_17 = pg(&env, "ledger", primary).await.expect("reads on 17.11");
+    let n: i64 = on_17
+        .query_one("SELECT count(*) FROM accounts", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 1000, "the converted primary has every row");
+    assert!(
+        on_17
+            .execute("INSERT INTO accounts VALUES (0, 0)", &[])
+            .await
+            .is_err(),
+        "the held primary took a write"
+    );
+    set_action(&env, "ledger-to-17", "Rollback").await;
+    wait_request(&env, "ledger-to-17", RequestPhase::RolledBack, &op).await;
+    env.assert_all_run("ledger", "15.19").await;
+    for (pod, ip) in workload::member_addresses(&env.client, &env.ns, "ledger").await {
+        let n = eventually(Duration::from_secs(60), || async {
+            number(&env, "ledger", ip, "SELECT count(*) FROM accounts")
+                .await
+                .filter(|n| *n == 1000)
+        })
+        .await;
+        assert_eq!(n, Some(1000), "{pod} after the rollback");
+    }
+
+    // 3. The upgrade for real, under a client that follows the primary label.
+    let (stop, writes) = env.writer("ledger");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    requests(&env)
+        .create(
+            &PostParams::default(),
+            &major_request("to-17", "UpgradeAutoCommit"),
+        )
+        .await
+        .expect("create");
+    wait_request(&env, "to-17", RequestPhase::Succeeded, &op).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    let report = writes.await.expect("writer");
+    env.assert_all_run("ledger", "17.11").await;
+    assert_nothing_lost(&env, "ledger", &[&report]).await;
+    let primary = env.primary_ip("ledger").await;
+    for (pod, ip) in workload::member_addresses(&env.client, &env.ns, "ledger").await {
+        let n = eventually(Duration::from_secs(60), || async {
+            number(&env, "ledger", ip, "SELECT count(*) FROM accounts")
+                .await
+                .filter(|n| *n == 1000)
+        })
+        .await;
+        assert_eq!(n, Some(1000), "{pod} on 17.11");
+    }
+    let streaming = eventually(Duration::from_secs(60), || async {
+        number(
+            &env,
+            "ledger",
+            primary,
+            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+        )
+        .await
+        .filter(|n| *n == 2)
+    })
+    .await;
+    assert_eq!(
+        streaming,
+        Some(2),
+        "both standbys stream from the new primary"
+    );
+    let last = env.status("ledger").await.last_upgrade.expect("outcome");
+    let outage = last.outage_ms.expect("the outage in status");
+    assert!(outage > 0, "{last:?}");
+    // What pg_upgrade asks to follow ran, and the kept 15.19 data is gone.
+    let analyzed = eventually(Duration::from_secs(60), || async {
+        number(
+            &env,
+            "ledger",
+            primary,
+            "SELECT count(*) FROM pg_stats WHERE tablename = 'accounts'",
+        )
+        .await
+        .filter(|n| *n > 0)
+    })
+    .await;
+    assert!(
+        analyzed.is_some(),
+        "no statistics rebuilt after the upgrade"
+    );
+    let kept = number(
+        &env,
+        "ledger",
+        primary,
+        "SELECT count(*) FROM pg_ls_dir('/var/lib/postgresql/data') d WHERE d IN ('pgdata.kept', '.baton')",
+    )
+    .await;
+    assert_eq!(kept, Some(0), "the kept old data is still there");
+    println!(
+        "pg 15.19 → 17.11 offline: write outage in status {outage} ms; the client's {} writes, none lost",
+        report.acked.len()
+    );
+    delete_namespace(&env.client, &env.ns).await;
+}

@@ -157,6 +157,14 @@ pub struct UpgradePolicy {
     /// where it started (RDS "second switch"). Default false.
     #[serde(default)]
     pub second_switch: bool,
+
+    /// Accept an offline upgrade where replication cannot cross the versions (a PostgreSQL
+    /// major: `pg_upgrade`): the primary's data is converted while it is stopped — a write
+    /// outage of seconds to minutes, growing with the data — and the standbys are cloned again.
+    /// Default false: such a spec version is refused with the reason (`PathNeedsOffline`) and
+    /// nothing is changed. An UpgradeRequest accepts it with its own `allowOffline`.
+    #[serde(default)]
+    pub allow_offline: bool,
 }
 
 fn default_step_timeout() -> i32 {
@@ -176,6 +184,7 @@ impl Default for UpgradePolicy {
             fence_timeout_seconds: default_fence_timeout(),
             step_timeout_seconds: default_step_timeout(),
             second_switch: false,
+            allow_offline: false,
         }
     }
 }

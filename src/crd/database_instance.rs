@@ -208,6 +208,9 @@ pub enum StepKind {
     RestartAll,
     /// Handing the primary role back to the original primary (`secondSwitch`).
     SwitchBack,
+    /// After an offline upgrade: what the conversion asks to follow (statistics, extension
+    /// updates), then the kept old data directory removed.
+    Finalize,
 }
 
 /// One step of an upgrade: its kind and, where the step is about one member, that member.
@@ -215,7 +218,7 @@ pub enum StepKind {
 #[serde(rename_all = "camelCase")]
 pub struct UpgradeStep {
     /// `PreCheck`, `UpgradeStandby`, `AwaitingCommit`, `Switchover`, `RestartPrimary`,
-    /// `RestartAll` or `SwitchBack`.
+    /// `RestartAll`, `SwitchBack` or `Finalize`.
     pub kind: StepKind,
     /// The member the step restarts (`UpgradeStandby`, `RestartPrimary`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -359,6 +362,36 @@ pub struct UpgradeInFlight {
     /// The version before the first hop of a path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin_version: Option<String>,
+    /// Present while the hop in progress is an offline upgrade (replication cannot cross it,
+    /// as a PostgreSQL major): the primary's data is converted while it is stopped, then the
+    /// standbys are cloned again from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline: Option<OfflineUpgrade>,
+}
+
+/// An offline hop's progress and its write outage.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OfflineUpgrade {
+    /// The conversion's own pre-check (`pg_upgrade --check` against the live primary) passed:
+    /// nothing had been stopped before it did.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub checked: bool,
+    /// When the primary was stopped for the conversion: writes are refused from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<Time>,
+    /// When writes were let in on the converted primary. From then on the kept old data
+    /// directory lacks those writes, so the upgrade only moves forward (Rollback is refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writable_at: Option<Time>,
+    /// What the conversion asks to follow ran on the new primary and the kept old data was
+    /// removed (step `Finalize`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub finalized: bool,
+    /// The write outage in milliseconds (`writableAt` − `stoppedAt`), including any time held
+    /// in AwaitingCommit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outage_ms: Option<i64>,
 }
 
 impl UpgradeInFlight {
@@ -384,6 +417,7 @@ impl UpgradeInFlight {
             switchover_to: None,
             path: vec![],
             origin_version: None,
+            offline: None,
         }
     }
 
@@ -497,6 +531,9 @@ pub struct UpgradeOutcome {
     /// When it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finish_time: Option<Time>,
+    /// For an offline upgrade: how long writes were refused, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outage_ms: Option<i64>,
 }
 
 /// What Baton observed of the instance, and the upgrade in flight.

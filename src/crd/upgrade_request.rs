@@ -120,6 +120,15 @@ pub struct UpgradeRequestSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     #[x_kube(validation = Rule::new("self == oldSelf").message("dryRun is immutable: create a new UpgradeRequest"))]
     pub dry_run: bool,
+
+    /// Accept offline hops: where replication cannot cross the versions (a PostgreSQL major,
+    /// `pg_upgrade`), each target's primary is converted while stopped — a write outage of
+    /// seconds to minutes, growing with the data — and its standbys are cloned again. With
+    /// action `Upgrade` the converted primary waits read-only in AwaitingCommit; `Rollback`
+    /// returns it to the kept old data, losing nothing. Default false: a target whose path
+    /// needs an offline hop is refused with the reason and not touched.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_offline: bool,
 }
 
 fn default_max_concurrent() -> i32 {

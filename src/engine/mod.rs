@@ -525,6 +525,25 @@ pub trait Engine: Send + Sync + fmt::Debug {
     /// password the member itself replicates with. Idempotent; called on every member.
     async fn set_passwords(&self, t: &Target, to: &Accounts) -> Result<(), EngineError>;
 
+    /// The containers of the one-off pod that checks an offline hop against the live primary
+    /// before anything is stopped (it mounts the primary's claim as `data`): the first runs in
+    /// `from_image`, the second in `to_image`; the pod succeeds when the hop may go ahead.
+    /// None: the engine has no offline method.
+    fn offline_check(&self, _from_image: &str, _to_image: &str) -> Option<(Container, Container)> {
+        None
+    }
+
+    /// Whether what an offline hop kept for a rollback is still on the primary `t`.
+    async fn offline_leftovers(&self, _t: &Target) -> Result<bool, EngineError> {
+        Ok(false)
+    }
+
+    /// What must follow an offline hop on the new primary `t` (statistics, extension
+    /// updates), then what was kept for a rollback removed. Idempotent.
+    async fn finish_offline(&self, _t: &Target) -> Result<(), EngineError> {
+        Ok(())
+    }
+
     /// The datastore's own switchover handshake, sent to the candidate
     /// ([`SwitchoverProtocol::Native`] only).
     async fn failover(&self, _t: &Target) -> Result<(), EngineError> {
@@ -533,6 +552,12 @@ pub trait Engine: Send + Sync + fmt::Debug {
             what: "native failover",
         })
     }
+}
+
+/// How `ds` steps from `from` to `to`, when an engine serves it and both versions parse.
+pub fn strategy(ds: Datastore, from: &str, to: &str) -> Option<Strategy> {
+    let engine = for_datastore(ds).ok()?;
+    Some(engine.strategy(&from.parse().ok()?, &to.parse().ok()?))
 }
 
 /// The engine of a datastore.

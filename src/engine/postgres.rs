@@ -37,6 +37,8 @@ use super::{
 use crate::crd::Datastore;
 use crate::version::Version;
 
+mod offline;
+
 /// Port every PostgreSQL member listens on.
 pub const PORT: u16 = 5432;
 /// Baton's own database: never fenced, holds the list of fenced databases.
@@ -73,6 +75,48 @@ follow=yes
 case " ${BATON_QUARANTINED:-} " in *" $me "*) follow=no ;; esac
 [ "$primary" = "$me" ] && follow=no
 conninfo="host=$host port=5432 user=replicator passfile=$PGPASSFILE application_name=$me$ssl"
+# An offline major upgrade: data of another major under this server. The primary converts it
+# into a new directory with the release the pre-check kept in $D/.baton and keeps the old one
+# (pgdata.kept) until the upgrade is finalized; booted again on the old major (a rollback), it
+# takes the kept directory back. A standby is cloned again. Each move can be cut off and is
+# finished or redone at the next start.
+want=$(postgres -V | sed -E 's/^[^0-9]*([0-9]+).*/\1/')
+major() { cat "$1/PG_VERSION" 2>/dev/null || true; }
+if [ ! -e "$PGDATA" ] && [ "$(major "$D/pgdata.kept")" = "$want" ]; then
+  mv "$D/pgdata.kept" "$PGDATA"
+elif [ ! -e "$PGDATA" ] && [ -e "$D/pgdata.next/.baton-converted" ] && [ "$(major "$D/pgdata.next")" = "$want" ]; then
+  mv "$D/pgdata.next" "$PGDATA"
+fi
+have=$(major "$PGDATA")
+if [ -n "$have" ] && [ "$have" != "$want" ]; then
+  if [ "$(major "$D/pgdata.kept")" = "$want" ]; then
+    echo "baton: back to the kept PostgreSQL $want data; the $have copy is removed" >&2
+    rm -rf "$D/pgdata.undone"
+    mv "$PGDATA" "$D/pgdata.undone"
+    mv "$D/pgdata.kept" "$PGDATA"
+    rm -rf "$D/pgdata.undone"
+  elif [ "$primary" = "$me" ]; then
+    old="$D/.baton/pg-$have"
+    [ -s "$old/bindir" ] || { echo "baton: the data is PostgreSQL $have and no $have release is kept at $old (Baton's pre-check keeps it); not converting" >&2; exit 1; }
+    echo "baton: converting the PostgreSQL $have data to $want (pg_upgrade --copy; the $have directory is kept)" >&2
+    rm -rf "$D/pgdata.next" "$D/.baton/upgrade"
+    mkdir -p "$D/.baton/upgrade"
+    initdb -D "$D/pgdata.next" -U postgres -E UTF8 -k --auth-local=trust --auth-host=trust >/dev/null
+    (cd "$D/.baton/upgrade" && pg_upgrade --copy -b "$old$(cat "$old/bindir")" -B "$(dirname "$(command -v postgres)")" \
+      -d "$PGDATA" -D "$D/pgdata.next" -U postgres -s "$D/.baton/upgrade") >&2
+    touch "$D/pgdata.next/.baton-converted"
+    rm -rf "$D/pgdata.kept"
+    mv "$PGDATA" "$D/pgdata.kept"
+    mv "$D/pgdata.next" "$PGDATA"
+  elif [ -n "$primary" ] && [ "$follow" = yes ]; then
+    echo "baton: PostgreSQL $have data under a $want server: cloned again from the primary" >&2
+    rm -rf "$PGDATA"
+  else
+    echo "baton: PostgreSQL $have data under a $want server, and no primary to clone from" >&2
+    exit 1
+  fi
+fi
+rm -rf "$D/pgdata.next" "$PGDATA/.baton-converted"
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
   rm -rf "$PGDATA"
   if [ "$primary" = "$me" ]; then
@@ -504,6 +548,34 @@ impl Engine for Postgres {
         } else {
             Strategy::Offline
         }
+    }
+
+    fn offline_check(&self, from_image: &str, to_image: &str) -> Option<(Container, Container)> {
+        Some(offline::check_containers(from_image, to_image))
+    }
+
+    async fn offline_leftovers(&self, t: &Target) -> Result<bool, EngineError> {
+        let c = connect(t).await?;
+        match tokio::time::timeout(TIMEOUT, c.query_one(offline::LEFTOVERS, &[])).await {
+            Ok(Ok(row)) => Ok(row.get::<_, bool>(0)),
+            Ok(Err(e)) => Err(EngineError::Command {
+                endpoint: t.endpoint.to_string(),
+                command: "looking for the kept old data",
+                source: Box::new(e),
+            }),
+            Err(_) => Err(EngineError::Timeout {
+                endpoint: t.endpoint.to_string(),
+                command: "looking for the kept old data",
+            }),
+        }
+    }
+
+    async fn finish_offline(&self, t: &Target) -> Result<(), EngineError> {
+        let c = connect(t).await?;
+        let sql = format!("COPY (SELECT 1) TO PROGRAM '{}'", offline::FINISH);
+        run(&c, t, "finishing the offline upgrade", &sql).await?;
+        crate::failpoint::passed("db:offline-finished").await;
+        Ok(())
     }
 
     async fn probe(&self, t: &Target) -> Result<Probe, EngineError> {

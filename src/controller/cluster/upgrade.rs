@@ -296,6 +296,7 @@ fn outcome(p: &Pass, u: &ClusterUpgrade, result: UpgradeResult, note: String) ->
         result,
         message: Some(note),
         finish_time: Some(p.now.clone()),
+        outage_ms: None,
     }
 }
 

@@ -169,6 +169,17 @@ pub async fn run(
             .map_err(engine_err("failover", member)),
         Act::Publish { primary } => publish(client, o, status, primary).await,
         Act::SetPasswords { members } => set_passwords(client, o, engine, members).await,
+        Act::CheckOffline {
+            member,
+            key,
+            from_image,
+            to_image,
+        } => check_offline(client, o, engine, member, key, from_image, to_image).await,
+        Act::FinishOffline { member } => {
+            failpoint::scoped(member, engine.finish_offline(&target(o, member)?))
+                .await
+                .map_err(engine_err("finish the offline upgrade on", member))
+        }
         Act::ReloadTls { members } => {
             for m in members {
                 failpoint::scoped(m, engine.reload_tls(&target(o, m)?))
@@ -178,6 +189,46 @@ pub async fn run(
             Ok(())
         }
     }
+}
+
+/// The offline hop's check pod for attempt `key`: another attempt's pod is deleted first
+/// (the next pass creates this one once it is gone).
+async fn check_offline(
+    client: &kube::Client,
+    o: &Observation,
+    engine: &dyn Engine,
+    member: &str,
+    key: &str,
+    from_image: &str,
+    to_image: &str,
+) -> Result<(), ActError> {
+    let pods = Api::<Pod>::namespaced(client.clone(), &o.inst.namespace().unwrap_or_default());
+    let name = children::offline_check_name(&o.inst);
+    if o.offline_check.as_ref().is_some_and(|c| c.key != key) {
+        match pods.delete(&name, &Default::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(kube_err("deleting an earlier offline check pod")(e)),
+        }
+        return Ok(());
+    }
+    let node = o
+        .members
+        .iter()
+        .find(|m| m.name == member)
+        .and_then(|m| m.node.as_deref());
+    let Some(pod) =
+        children::offline_check_pod(&o.inst, engine, member, node, key, from_image, to_image)
+    else {
+        return Ok(());
+    };
+    match pods.create(&PostParams::default(), &pod).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(kube_err("creating the offline check pod")(e)),
+    }
+    failpoint::scoped(member, failpoint::passed("api:offline-check")).await;
+    Ok(())
 }
 
 /// The changed credentials Secret applied to every member online, then recorded in the applied

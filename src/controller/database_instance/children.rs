@@ -34,6 +34,8 @@ pub const LABEL_CLUSTER: &str = "baton.dev/cluster";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "baton";
 pub const ANNOTATION_VERSION: &str = "baton.dev/version";
+/// On an offline hop's check pod: the attempt it checks.
+pub const ANNOTATION_OFFLINE_CHECK: &str = "baton.dev/offline-check";
 pub const ROLE_PRIMARY: &str = "primary";
 pub const ROLE_STANDBY: &str = "standby";
 
@@ -231,6 +233,55 @@ pub fn pod(
         }),
         status: None,
     }
+}
+
+/// The name of the instance's offline check pod.
+pub fn offline_check_name(inst: &DatabaseInstance) -> String {
+    format!("{}-offline-check", inst.name_any())
+}
+
+/// The one-off pod that checks an offline hop on `member`'s volume, on its node, before
+/// anything is stopped. It carries no member label: no Service, PDB or NetworkPolicy selects it.
+pub fn offline_check_pod(
+    inst: &DatabaseInstance,
+    engine: &dyn Engine,
+    member: &str,
+    node: Option<&str>,
+    key: &str,
+    from_image: &str,
+    to_image: &str,
+) -> Option<Pod> {
+    let (keep, check) = engine.offline_check(from_image, to_image)?;
+    let mut metadata = meta(inst, offline_check_name(inst));
+    metadata.labels = Some(BTreeMap::from([(
+        LABEL_MANAGED_BY.to_string(),
+        MANAGED_BY.to_string(),
+    )]));
+    metadata.annotations = Some(BTreeMap::from([(
+        ANNOTATION_OFFLINE_CHECK.to_string(),
+        key.to_string(),
+    )]));
+    Some(Pod {
+        metadata,
+        spec: Some(PodSpec {
+            init_containers: Some(vec![keep]),
+            containers: vec![check],
+            restart_policy: Some("Never".into()),
+            // Beside the member: a ReadWriteOnce volume is shared by pods on one node only.
+            node_name: node.map(str::to_string),
+            volumes: Some(vec![Volume {
+                name: "data".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim_name(member),
+                    read_only: None,
+                }),
+                ..Default::default()
+            }]),
+            automount_service_account_token: Some(false),
+            ..Default::default()
+        }),
+        status: None,
+    })
 }
 
 /// The strategic-merge patch that moves a member to another version, in place.

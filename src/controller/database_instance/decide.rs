@@ -17,7 +17,8 @@ use super::plan::{self, Plan};
 use crate::catalog::{self, PathError};
 use crate::crd::{
     DatabaseInstanceStatus, DatastoreVersion, InstancePhase, MemberRole, MemberStatus,
-    QuarantinedMember, UpgradeInFlight, UpgradeOutcome, UpgradeResult, UpgradeStep, UpgradeType,
+    OfflineUpgrade, QuarantinedMember, UpgradeInFlight, UpgradeOutcome, UpgradeResult, UpgradeStep,
+    UpgradeType,
 };
 use crate::engine::{Lag, Role, Strategy};
 use crate::status::{self, Desired};
@@ -275,6 +276,8 @@ fn view<'a>(
         published: o.published.as_deref(),
         quarantined: &[],
         now: o.now,
+        offline_check: o.offline_check.as_ref(),
+        offline_leftovers: o.offline_leftovers,
     }
 }
 
@@ -302,20 +305,34 @@ fn missing_pods(d: &Draft, primary: &str, base: &str) -> Vec<NewPod> {
             .as_ref()
             .map(|u| u.source_version.clone())
             .unwrap_or_else(|| base.to_string());
-    let image = d
-        .entry(&version)
-        .or_else(|| d.entry(base))
-        .map(|e| e.spec.image.clone())
-        .unwrap_or_default();
+    // An offline hop's primary, once stopped for the conversion, runs the target: on the
+    // source it would go back to the kept old data.
+    let converted =
+        d.s.upgrade
+            .as_ref()
+            .filter(|u| !u.rollback && u.offline.as_ref().is_some_and(|o| o.stopped_at.is_some()))
+            .map(|u| u.target_version.clone());
+    let image_of = |v: &str| {
+        d.entry(v)
+            .or_else(|| d.entry(base))
+            .map(|e| e.spec.image.clone())
+            .unwrap_or_default()
+    };
     // A pod only on a claim that exists (and is not being deleted): the claims come first.
     d.o.members
         .iter()
         .filter(|m| !m.exists && m.claim_uid.is_some())
-        .map(|m| NewPod {
-            name: m.name.clone(),
-            version: version.clone(),
-            image: image.clone(),
-            primary: m.name == primary,
+        .map(|m| {
+            let version = match &converted {
+                Some(v) if m.name == primary => v.clone(),
+                _ => version.clone(),
+            };
+            NewPod {
+                name: m.name.clone(),
+                image: image_of(&version),
+                version,
+                primary: m.name == primary,
+            }
         })
         .collect()
 }
@@ -569,12 +586,20 @@ fn start_or_refuse(mut d: Draft, primary: &str, running: &str, v: &View) -> Deci
                 },
             )),
             Err(e) => Err(("PathNotAllowed", format!("{e}; nothing was changed"))),
-            Ok(_) if o.strategy_to_spec == Some(Strategy::Offline) => Err((
-                "PathNeedsOffline",
-                format!(
-                    "{ds} {running} → {spec_version} needs an offline upgrade (every member stopped), which this version of Baton does not perform; nothing was changed"
-                ),
-            )),
+            Ok(hops)
+                if !o.inst.spec.upgrade_policy.allow_offline
+                    && (o.strategy_to_spec == Some(Strategy::Offline)
+                        || offline_hop(ds, running, &hops).is_some()) =>
+            {
+                let (a, b) = offline_hop(ds, running, &hops)
+                    .unwrap_or((running.to_string(), spec_version.clone()));
+                Err((
+                    "PathNeedsOffline",
+                    format!(
+                        "{ds} {a} → {b} needs an offline upgrade: the primary's data is converted while it is stopped (a write outage) and the standbys are cloned again; set spec.upgradePolicy.allowOffline: true to accept it; nothing was changed"
+                    ),
+                ))
+            }
             Ok(hops) => plan::precheck(v).map(|()| hops).map_err(|e| {
                 (
                     "PreCheckFailed",
@@ -626,9 +651,36 @@ fn start_or_refuse(mut d: Draft, primary: &str, running: &str, v: &View) -> Deci
     d.done(Act::None, Wake::Now)
 }
 
+/// The first hop of `hops` (from `running`) that replication cannot cross.
+fn offline_hop(
+    ds: crate::crd::Datastore,
+    running: &str,
+    hops: &[catalog::Hop],
+) -> Option<(String, String)> {
+    let mut from = running.to_string();
+    for h in hops {
+        if crate::engine::strategy(ds, &from, &h.version) == Some(Strategy::Offline) {
+            return Some((from, h.version.clone()));
+        }
+        from = h.version.clone();
+    }
+    None
+}
+
 /// An upgrade is in flight (or failed).
-fn in_flight(mut d: Draft, u: UpgradeInFlight, primary: &str) -> Decision {
+fn in_flight(mut d: Draft, mut u: UpgradeInFlight, primary: &str) -> Decision {
     let o = d.o;
+    // A hop replication cannot cross runs offline; the record says so from its first pass.
+    if u.offline.is_none()
+        && u.kind() != UpgradeType::Switchover
+        && crate::engine::strategy(
+            o.inst.spec.datastore.type_,
+            &u.source_version,
+            &u.target_version,
+        ) == Some(Strategy::Offline)
+    {
+        u.offline = Some(OfflineUpgrade::default());
+    }
     let spec_version = o.inst.spec.datastore.version.clone();
     // A request's upgrade goes back only when asked (`rollback`); a spec-driven one when the
     // spec is set back to the source version.
@@ -746,6 +798,15 @@ fn back_to_source(u: UpgradeInFlight, now: Time) -> UpgradeInFlight {
 /// Writes the planner's outcome into the status.
 fn apply_plan(mut d: Draft, prev: &UpgradeInFlight, p: Plan) -> Decision {
     let mut act = p.act;
+    if let Act::CheckOffline {
+        from_image,
+        to_image,
+        ..
+    } = &mut act
+    {
+        let image = |v: &str| d.entry(v).map(|e| e.spec.image.clone()).unwrap_or_default();
+        (*from_image, *to_image) = (image(&prev.source_version), image(&prev.target_version));
+    }
     if let Act::SetVersion { version, image, .. } = &mut act {
         match d.entry(version) {
             Some(e) => *image = e.spec.image.clone(),
@@ -816,6 +877,7 @@ fn apply_plan(mut d: Draft, prev: &UpgradeInFlight, p: Plan) -> Decision {
                     original_primary: d.s.primary.clone(),
                     // A hold is the first hop's: once committed, the path goes on.
                     hold: false,
+                    offline: None,
                     ..prev.clone()
                 });
             }
@@ -912,6 +974,7 @@ fn outcome(
         result,
         message: Some(message),
         finish_time: Some(now),
+        outage_ms: u.offline.as_ref().and_then(|o| o.outage_ms),
     }
 }
 

@@ -267,6 +267,7 @@ mod tests {
             result: UpgradeResult::Succeeded,
             message: Some("every member runs 7.0.15".into()),
             finish_time: None,
+            outage_ms: None,
         });
         assert_eq!(
             reasons(&notes(&after, &done, &Act::None)),

@@ -28,6 +28,8 @@ pub struct Member {
     pub fence_position: Option<Position>,
     /// The UID of the member's claim, if it exists.
     pub claim_uid: Option<String>,
+    /// The node the member's pod runs on.
+    pub node: Option<String>,
 }
 
 impl Member {
@@ -88,6 +90,10 @@ pub struct View<'a> {
     /// Members Baton must not repoint.
     pub quarantined: &'a [String],
     pub now: Timestamp,
+    /// The offline hop's check pod, when one exists.
+    pub offline_check: Option<&'a OfflineCheck>,
+    /// Whether an offline hop's kept data is still on the primary (read in `Finalize` only).
+    pub offline_leftovers: Option<bool>,
 }
 
 impl View<'_> {
@@ -208,6 +214,16 @@ pub enum Act {
     /// Give every one of `members` the credentials Secret's passwords, then record them as
     /// applied.
     SetPasswords { members: Vec<String> },
+    /// Start the offline hop's check pod on `member`'s volume (`key` names the attempt; a pod
+    /// of another attempt is deleted first).
+    CheckOffline {
+        member: String,
+        key: String,
+        from_image: String,
+        to_image: String,
+    },
+    /// What follows an offline hop on the new primary `member`, and the kept data removed.
+    FinishOffline { member: String },
 }
 
 impl Act {
@@ -220,7 +236,9 @@ impl Act {
             | Act::Fence { member }
             | Act::Unfence { member }
             | Act::Promote { member, .. }
-            | Act::Failover { member } => Some(member),
+            | Act::Failover { member }
+            | Act::CheckOffline { member, .. }
+            | Act::FinishOffline { member } => Some(member),
             Act::Publish { primary } => Some(primary),
             Act::SetPasswords { .. } | Act::ReloadTls { .. } => None,
         }
@@ -240,8 +258,28 @@ impl Act {
             Act::Publish { .. } => "publish",
             Act::SetPasswords { .. } => "set-passwords",
             Act::ReloadTls { .. } => "reload-tls",
+            Act::CheckOffline { .. } => "check-offline",
+            Act::FinishOffline { .. } => "finish-offline",
         }
     }
+}
+
+/// The check pod of an offline hop, as observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfflineCheck {
+    /// Which attempt it checks (its annotation).
+    pub key: String,
+    pub outcome: CheckOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckOutcome {
+    Running,
+    /// Being deleted (another attempt's).
+    Deleting,
+    Passed,
+    /// What the check reported.
+    Failed(String),
 }
 
 /// A member pod to create.
@@ -313,4 +351,8 @@ pub struct Observation {
     /// Why `spec.tls` cannot be honoured (the datastore has no TLS in Baton yet, or the Secret
     /// is missing or lacks a key): nothing is started or touched until it is fixed.
     pub tls_problem: Option<String>,
+    /// The offline hop's check pod, when an offline hop is in flight and it exists.
+    pub offline_check: Option<OfflineCheck>,
+    /// In an offline hop's `Finalize` step: whether its kept data is still on the primary.
+    pub offline_leftovers: Option<bool>,
 }

@@ -12,7 +12,7 @@ use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
 use super::children::{self, ANNOTATION_VERSION, LABEL_INSTANCE, Owned};
-use super::model::{Member, Observation};
+use super::model::{CheckOutcome, Member, Observation, OfflineCheck};
 use crate::controller::Context;
 use crate::crd::DatabaseInstance;
 use crate::engine::{self, Endpoint, Engine, SwitchoverProtocol, Target};
@@ -71,6 +71,8 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
         ca: None,
         cert: None,
         tls_problem: None,
+        offline_check: None,
+        offline_leftovers: None,
         inst,
     };
     let engine = match engine::for_datastore(o.inst.spec.datastore.type_) {
@@ -142,6 +144,12 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
                 None
             }
         });
+    if let Some(u) = status.upgrade.as_ref().filter(|u| u.offline.is_some()) {
+        o.offline_check = read_offline_check(ctx, ns, &o.inst).await?;
+        if u.step.kind == crate::crd::StepKind::Finalize {
+            o.offline_leftovers = leftovers(engine, &login, &o.members, &status).await;
+        }
+    }
     let running = status.version.as_deref().unwrap_or_default();
     if let (Ok(from), Ok(to)) = (
         running.parse::<Version>(),
@@ -153,6 +161,73 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
         o,
         engine: Some(engine),
     }))
+}
+
+/// The offline hop's check pod, with its outcome.
+async fn read_offline_check(
+    ctx: &Context,
+    ns: &str,
+    inst: &DatabaseInstance,
+) -> Result<Option<OfflineCheck>> {
+    let pod = Api::<Pod>::namespaced(ctx.client.clone(), ns)
+        .get_opt(&children::offline_check_name(inst))
+        .await
+        .map_err(Error::kube("reading the offline check pod"))?;
+    Ok(pod.map(|p| {
+        let key = p
+            .annotations()
+            .get(children::ANNOTATION_OFFLINE_CHECK)
+            .cloned()
+            .unwrap_or_default();
+        let status = p.status.clone().unwrap_or_default();
+        let outcome = if p.metadata.deletion_timestamp.is_some() {
+            CheckOutcome::Deleting
+        } else {
+            match status.phase.as_deref() {
+                Some("Succeeded") => CheckOutcome::Passed,
+                Some("Failed") => {
+                    // The first container that failed says why (its message is its log's end).
+                    let said = status
+                        .init_container_statuses
+                        .iter()
+                        .flatten()
+                        .chain(status.container_statuses.iter().flatten())
+                        .filter_map(|c| c.state.as_ref()?.terminated.clone())
+                        .find(|t| t.exit_code != 0)
+                        .map(|t| {
+                            t.message
+                                .unwrap_or_else(|| format!("exit code {}", t.exit_code))
+                        });
+                    CheckOutcome::Failed(said.unwrap_or_else(|| "the check pod failed".into()))
+                }
+                _ => CheckOutcome::Running,
+            }
+        };
+        OfflineCheck { key, outcome }
+    }))
+}
+
+/// Whether the offline hop's kept data is still on the recorded primary; None when it cannot
+/// be asked now.
+async fn leftovers(
+    engine: &'static dyn Engine,
+    login: &Target,
+    members: &[Member],
+    status: &crate::crd::DatabaseInstanceStatus,
+) -> Option<bool> {
+    let primary = status.primary.as_deref()?;
+    let endpoint = members
+        .iter()
+        .find(|m| m.name == primary)?
+        .endpoint
+        .clone()?;
+    engine
+        .offline_leftovers(&Target {
+            endpoint,
+            ..login.clone()
+        })
+        .await
+        .ok()
 }
 
 /// The owned objects: only the topology ConfigMap while an upgrade runs (the planner needs
@@ -468,6 +543,7 @@ async fn probe_all(
             waiting: pod.and_then(waiting),
             image_current: pod.is_some_and(image_current),
             claim_uid,
+            node: pod.and_then(|p| p.spec.as_ref()?.node_name.clone()),
         }
     }))
     .await

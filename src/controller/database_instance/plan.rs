@@ -26,10 +26,10 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::model::{Act, Member, View, runs};
+use super::model::{Act, CheckOutcome, Member, View, runs};
 use crate::crd::{
-    PrimaryUpdateMethod, StepKind, SwitchoverStage, SwitchoverState, UpgradeInFlight, UpgradeStep,
-    UpgradeType,
+    OfflineUpgrade, PrimaryUpdateMethod, StepKind, SwitchoverStage, SwitchoverState,
+    UpgradeInFlight, UpgradeStep, UpgradeType,
 };
 use crate::engine::SwitchoverProtocol;
 
@@ -161,6 +161,9 @@ fn next_step(v: &View, u: &UpgradeInFlight, reverting: bool) -> Option<UpgradeSt
         let moved = v.primary != original || u.switchover_to.as_deref() == Some(v.primary);
         return (!reverting && !moved).then(|| UpgradeStep::of(StepKind::Switchover));
     }
+    if let Some(off) = &u.offline {
+        return offline_step(v, u, off, reverting);
+    }
     if u.kind() == UpgradeType::InPlace {
         return v
             .members
@@ -197,10 +200,102 @@ fn next_step(v: &View, u: &UpgradeInFlight, reverting: bool) -> Option<UpgradeSt
     None
 }
 
-/// Whether the primary still runs the source version, so the upgrade can go back to it (an
-/// InPlace upgrade restarts every member, the primary included, so it can always go back).
+/// An offline hop: the primary first (converted while stopped; it boots read-only), held in
+/// AwaitingCommit if asked, then writes let in, the kept old data finalized, and the standbys
+/// cloned again one at a time. Going back, only the primary ever moved: it boots on the kept
+/// old data again.
+fn offline_step(
+    v: &View,
+    u: &UpgradeInFlight,
+    off: &OfflineUpgrade,
+    reverting: bool,
+) -> Option<UpgradeStep> {
+    let target = goal(u, reverting);
+    let primary = v.primary_member()?;
+    if reverting {
+        return (!on(primary, target))
+            .then(|| UpgradeStep::on(StepKind::RestartPrimary, v.primary));
+    }
+    if !on(primary, target) {
+        return Some(UpgradeStep::on(StepKind::RestartPrimary, v.primary));
+    }
+    if off.writable_at.is_none() {
+        if u.hold {
+            return Some(UpgradeStep::of(StepKind::AwaitingCommit));
+        }
+        // The same step lets writes in once the converted primary is the only candidate.
+        return Some(UpgradeStep::on(StepKind::RestartPrimary, v.primary));
+    }
+    if !off.finalized {
+        return Some(UpgradeStep::of(StepKind::Finalize));
+    }
+    v.members
+        .iter()
+        .find(|m| m.name != v.primary && !on(m, target) && !v.is_quarantined(&m.name))
+        .map(|m| UpgradeStep::on(StepKind::UpgradeStandby, &m.name))
+}
+
+/// Whether the upgrade can still go back to its source version: the primary still runs it, or
+/// (an offline hop) it was converted and has taken no write since — its old data is kept. An
+/// InPlace upgrade restarts every member, the primary included, so it can always go back.
 pub fn revertible(v: &View, u: &UpgradeInFlight) -> bool {
-    u.kind() == UpgradeType::InPlace || v.primary_member().is_some_and(|p| on(p, &u.source_version))
+    u.kind() == UpgradeType::InPlace
+        || v.primary_member().is_some_and(|p| on(p, &u.source_version))
+        || u.offline.as_ref().is_some_and(|o| o.writable_at.is_none())
+}
+
+/// The attempt an offline check pod belongs to: the hop and when its pre-check started.
+pub fn check_key(u: &UpgradeInFlight) -> String {
+    format!(
+        "{}->{}@{}",
+        u.source_version,
+        u.target_version,
+        u.step_started.as_ref().map_or(0, |t| t.0.as_second())
+    )
+}
+
+/// The offline hop's own pre-check (`pg_upgrade --check` against the live primary, in a pod on
+/// its volume). Its failure ends the upgrade before anything was stopped.
+fn offline_check(v: &View, u: &UpgradeInFlight, timeout: Duration) -> Plan {
+    let key = check_key(u);
+    match v.offline_check.map(|c| (c.key == key, &c.outcome)) {
+        Some((true, CheckOutcome::Passed)) => {
+            let mut u = u.clone();
+            if let Some(o) = u.offline.as_mut() {
+                o.checked = true;
+            }
+            advance(v, &u, false, true)
+        }
+        Some((true, CheckOutcome::Failed(why))) => fail(
+            u,
+            format!("the offline upgrade's pre-check failed: {why}; nothing was stopped"),
+            Act::None,
+        ),
+        _ if v.step_elapsed > timeout => fail(
+            u,
+            format!(
+                "the offline upgrade's pre-check did not finish within {}s; nothing was stopped",
+                timeout.as_secs()
+            ),
+            Act::None,
+        ),
+        Some((true, _)) | Some((false, CheckOutcome::Deleting)) => Plan::wait(
+            u,
+            format!(
+                "pre-check: the {} → {} conversion is checked against the live primary",
+                u.source_version, u.target_version
+            ),
+        ),
+        Some((false, _)) | None => Plan::keep(
+            u,
+            Act::CheckOffline {
+                member: v.primary.into(),
+                key,
+                from_image: String::new(),
+                to_image: String::new(),
+            },
+        ),
+    }
 }
 
 /// Records the next step (or the end). A cancel takes effect here, between steps; with
@@ -283,14 +378,40 @@ pub fn next(v: &View, u: &UpgradeInFlight, reverting: bool) -> Plan {
                     Act::None,
                 );
             }
+            if !reverting && !u.cancel && u.offline.as_ref().is_some_and(|o| !o.checked) {
+                return offline_check(v, u, timeout);
+            }
             advance(v, u, reverting, true)
         }
         StepKind::AwaitingCommit => {
             if u.hold && !reverting && !u.cancel {
-                return Plan::wait(u, "awaiting commit: the standbys run the new version");
+                let why = match &u.offline {
+                    Some(_) => format!(
+                        "awaiting commit: the primary runs {} read-only, the standbys still run {}; Commit lets writes in, Rollback returns to the kept {} data (nothing is lost: no write was taken)",
+                        u.target_version, u.source_version, u.source_version
+                    ),
+                    None => "awaiting commit: the standbys run the new version".into(),
+                };
+                return Plan::wait(u, why);
             }
             advance(v, u, reverting, true)
         }
+        StepKind::Finalize => match v.offline_leftovers {
+            Some(true) => Plan::keep(
+                u,
+                Act::FinishOffline {
+                    member: v.primary.into(),
+                },
+            ),
+            Some(false) => {
+                let mut u = u.clone();
+                if let Some(o) = u.offline.as_mut() {
+                    o.finalized = true;
+                }
+                advance(v, &u, reverting, false)
+            }
+            None => Plan::wait(u, format!("asking {} for the kept old data", v.primary)),
+        },
         StepKind::RestartAll => restart_all(v, u, reverting, timeout),
         StepKind::UpgradeStandby | StepKind::RestartPrimary => {
             restart_member(v, u, reverting, timeout)
@@ -326,7 +447,16 @@ fn restart_member(v: &View, u: &UpgradeInFlight, reverting: bool, timeout: Durat
         if let Err(why) = v.others_ready(name) {
             return Plan::wait(u, format!("{name} restarts once {why}"));
         }
-        return Plan::keep(
+        let mut u = u.clone();
+        if let Some(o) = u
+            .offline
+            .as_mut()
+            .filter(|_| !reverting && name == v.primary)
+        {
+            // Writes stop here: the start of the outage.
+            o.stopped_at.get_or_insert_with(|| now(v));
+        }
+        return Plan::record(
             u,
             Act::SetVersion {
                 member: name.into(),
@@ -341,9 +471,26 @@ fn restart_member(v: &View, u: &UpgradeInFlight, reverting: bool, timeout: Durat
         if !m.fenced() {
             return advance(v, u, reverting, true);
         }
+        let offline = u.offline.as_ref().filter(|_| !reverting);
+        if offline.is_some() && u.hold {
+            // Converted and read-only: held until Commit, its old data kept for a Rollback.
+            return advance(v, u, reverting, true);
+        }
         // Restarted in place, it boots fenced: lift the fence once it is the only candidate.
         if v.only_writer_could_be(name).is_ok() {
-            return Plan::keep(
+            let mut u = u.clone();
+            if let Some(o) = u.offline.as_mut().filter(|_| offline.is_some()) {
+                // Recorded before the first write: from now on the kept data lacks writes.
+                let at = now(v);
+                o.outage_ms = o
+                    .stopped_at
+                    .as_ref()
+                    .and_then(|s| at.0.since(s.0).ok())
+                    .and_then(|d| d.total(jiff::Unit::Millisecond).ok())
+                    .map(|ms| ms as i64);
+                o.writable_at = Some(at);
+            }
+            return Plan::record(
                 u,
                 Act::Unfence {
                     member: name.into(),

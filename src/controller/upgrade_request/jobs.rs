@@ -180,17 +180,14 @@ fn plan_for(
         }
         _ => {}
     }
-    // A hop that replication cannot cross needs every member stopped: never a surprise.
+    // A hop that replication cannot cross means a write outage: never a surprise.
     let mut from = source.clone();
-    for h in &hops {
-        if let (Ok(a), Ok(b), Ok(engine)) = (
-            from.parse::<crate::version::Version>(),
-            h.version.parse::<crate::version::Version>(),
-            crate::engine::for_datastore(to_ds),
-        ) && engine.strategy(&a, &b) == crate::engine::Strategy::Offline
+    for h in hops.iter().filter(|_| !spec.allow_offline) {
+        if crate::engine::strategy(to_ds, &from, &h.version)
+            == Some(crate::engine::Strategy::Offline)
         {
             return Err(format!(
-                "{to_ds} {from} → {} needs an offline upgrade (every member stopped), which this version of Baton does not perform; nothing was changed",
+                "{to_ds} {from} → {} needs an offline upgrade: the primary's data is converted while it is stopped (a write outage) and the standbys are cloned again; set allowOffline: true to accept it; nothing was changed",
                 h.version
             ));
         }
@@ -859,6 +856,33 @@ mod tests {
         assert_eq!(
             s(&[Succeeded, Cancelled], UpgradeAction::Cancel).phase,
             Cancelled
+        );
+    }
+
+    #[test]
+    fn an_offline_hop_needs_allow_offline() {
+        let edge = UpgradeEdge {
+            datastore: Datastore::Postgresql,
+            min_version: Some("15".into()),
+            max_version: Some("16".into()),
+        };
+        let c = vec![
+            dv(Datastore::Postgresql, "15.19", false, vec![]),
+            dv(Datastore::Postgresql, "17.11", false, vec![edge]),
+        ];
+        let mut i = instance("15.19", InstancePhase::Active);
+        i.spec.datastore.type_ = Datastore::Postgresql;
+        let mut s = spec(Some("17.11"), "Rolling");
+        let why = validate(&s, &i, &c).unwrap_err();
+        assert!(
+            why.contains("15.19 → 17.11 needs an offline upgrade")
+                && why.contains("allowOffline: true"),
+            "{why}"
+        );
+        s.allow_offline = true;
+        assert_eq!(
+            validate(&s, &i, &c).map(|p| p.hops),
+            Ok(vec!["17.11".into()])
         );
     }
 

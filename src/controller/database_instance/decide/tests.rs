@@ -84,6 +84,8 @@ fn obs(spec_version: &str, status: serde_json::Value) -> Observation {
         ca: None,
         cert: None,
         tls_problem: None,
+        offline_check: None,
+        offline_leftovers: None,
     }
 }
 
@@ -161,8 +163,16 @@ fn each_refusal_names_its_reason_and_touches_nothing() {
     let d = decide(&o);
     let c = condition(&d, "VersionApplied");
     assert_eq!(c.reason, "PathNeedsOffline");
-    assert!(c.message.contains("offline upgrade"), "{}", c.message);
+    assert!(
+        c.message.contains("offline upgrade") && c.message.contains("allowOffline"),
+        "{}",
+        c.message
+    );
     assert!(d.status.upgrade.is_none());
+    // Accepted by the instance's policy: the upgrade starts.
+    o.inst.spec.upgrade_policy.allow_offline = true;
+    let d = decide(&o);
+    assert!(d.status.upgrade.is_some(), "{:?}", d.status);
 }
 
 #[test]

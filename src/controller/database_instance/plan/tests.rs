@@ -85,6 +85,8 @@ impl Fixture {
             fence_goal: self.goal.as_ref(),
             published: Some(&self.published),
             quarantined: &[],
+            offline_check: None,
+            offline_leftovers: None,
             now: jiff::Timestamp::UNIX_EPOCH,
         }
     }
@@ -962,4 +964,148 @@ fn a_planned_switchover_to_a_named_member_takes_it_even_when_another_is_further(
         "{why}"
     );
     assert!(why.contains("nothing was fenced"), "{why}");
+}
+
+fn offline(step: UpgradeStep) -> UpgradeInFlight {
+    UpgradeInFlight {
+        offline: Some(OfflineUpgrade::default()),
+        request: Some("ns/req".into()),
+        ..upgrade(step)
+    }
+}
+
+fn check(key: &str, outcome: CheckOutcome) -> super::super::model::OfflineCheck {
+    super::super::model::OfflineCheck {
+        key: key.into(),
+        outcome,
+    }
+}
+
+#[test]
+fn an_offline_hop_checks_first_and_a_failed_check_stops_with_nothing_stopped() {
+    let f = Fixture::new();
+    let m = members();
+    let u = offline(UpgradeStep::default());
+    let p = next(&f.view(&m, "db-0"), &u, false);
+    assert!(
+        matches!(&p.act, Act::CheckOffline { member, key, .. } if member == "db-0" && *key == check_key(&u)),
+        "{p:?}"
+    );
+    // Another attempt's pod: deleted by the same act; while it goes, wait.
+    let stale = check("6.2.14->7.0.15@1", CheckOutcome::Deleting);
+    let v = View {
+        offline_check: Some(&stale),
+        ..f.view(&m, "db-0")
+    };
+    assert_eq!(next(&v, &u, false).act, Act::None);
+    let failed = check(
+        &check_key(&u),
+        CheckOutcome::Failed("Checking for reg* data types in user tables fatal".into()),
+    );
+    let v = View {
+        offline_check: Some(&failed),
+        ..f.view(&m, "db-0")
+    };
+    let p = next(&v, &u, false);
+    let why = p.upgrade.and_then(|u| u.failure).expect("failed");
+    assert!(
+        why.contains("reg* data types") && why.contains("nothing was stopped"),
+        "{why}"
+    );
+    assert_eq!(p.act, Act::None);
+    let passed = check(&check_key(&u), CheckOutcome::Passed);
+    let v = View {
+        offline_check: Some(&passed),
+        ..f.view(&m, "db-0")
+    };
+    let p = next(&v, &u, false);
+    let rec = p.upgrade.expect("a record");
+    assert!(rec.offline.as_ref().is_some_and(|o| o.checked));
+    // The primary goes first: the standbys cannot follow a converted primary anyway.
+    assert_eq!(rec.step, UpgradeStep::on(StepKind::RestartPrimary, "db-0"));
+}
+
+#[test]
+fn an_offline_hop_converts_the_primary_holds_read_only_and_rolls_back_losing_nothing() {
+    let f = Fixture::new();
+    let mut m = members();
+    let mut u = offline(UpgradeStep::on(StepKind::RestartPrimary, "db-0"));
+    u.offline.as_mut().unwrap().checked = true;
+    u.hold = true;
+    let p = next(&f.view(&m, "db-0"), &u, false);
+    assert!(
+        matches!(&p.act, Act::SetVersion { member, version, .. } if member == "db-0" && version == DST)
+    );
+    let u = p.upgrade.expect("a record");
+    assert!(
+        u.offline.as_ref().unwrap().stopped_at.is_some(),
+        "outage start recorded"
+    );
+    // Converted, back read-only (fenced): held, not unfenced.
+    upgrade_member(&mut m[0]);
+    m[0].probe.as_mut().unwrap().fenced = true;
+    let p = next(&f.view(&m, "db-0"), &u, false);
+    assert_eq!(recorded(&p), UpgradeStep::of(StepKind::AwaitingCommit));
+    assert_eq!(p.act, Act::None);
+    let held = p.upgrade.unwrap();
+    assert!(revertible(&f.view(&m, "db-0"), &held), "no write taken yet");
+    // Rollback: only the primary goes back, onto its kept data.
+    let back = UpgradeInFlight {
+        rollback: true,
+        ..held.clone()
+    };
+    let p = next(&f.view(&m, "db-0"), &back, true);
+    assert_eq!(
+        recorded(&p),
+        UpgradeStep::on(StepKind::RestartPrimary, "db-0")
+    );
+    let p = next(&f.view(&m, "db-0"), &p.upgrade.unwrap(), true);
+    assert!(
+        matches!(&p.act, Act::SetVersion { version, .. } if version == SRC),
+        "{p:?}"
+    );
+    // Commit instead: writes let in, recorded with the outage before the act.
+    let commit = UpgradeInFlight {
+        hold: false,
+        ..held
+    };
+    let p = next(&f.view(&m, "db-0"), &commit, false);
+    assert_eq!(
+        recorded(&p),
+        UpgradeStep::on(StepKind::RestartPrimary, "db-0")
+    );
+    let p = next(&f.view(&m, "db-0"), &p.upgrade.unwrap(), false);
+    assert_eq!(
+        p.act,
+        Act::Unfence {
+            member: "db-0".into()
+        }
+    );
+    let u = p.upgrade.unwrap();
+    let off = u.offline.clone().unwrap();
+    assert!(off.writable_at.is_some() && off.outage_ms.is_some());
+    assert!(
+        !revertible(&f.view(&m, "db-0"), &u),
+        "writes taken: forward only"
+    );
+    // Then finalize, then the standbys are cloned again one at a time.
+    m[0].probe.as_mut().unwrap().fenced = false;
+    let p = next(&f.view(&m, "db-0"), &u, false);
+    assert_eq!(recorded(&p), UpgradeStep::of(StepKind::Finalize));
+    let fin = p.upgrade.unwrap();
+    let v = View {
+        offline_leftovers: Some(true),
+        ..f.view(&m, "db-0")
+    };
+    assert_eq!(
+        next(&v, &fin, false).act,
+        Act::FinishOffline {
+            member: "db-0".into()
+        }
+    );
+    let v = View {
+        offline_leftovers: Some(false),
+        ..f.view(&m, "db-0")
+    };
+    assert_eq!(recorded(&next(&v, &fin, false)), standby("db-1"));
 }
