@@ -108,14 +108,27 @@ struct PointRun {
 }
 
 async fn crash_at(f: Flavor, i: usize, point: String) -> PointRun {
-    let env = Env::new(&format!("crash{}{i}", f.datastore)).await;
-    let sc = Scenario::prepare(&env, "db", f.source, f.spec()).await;
+    let label = format!("crash{}{i}", f.datastore);
+    crash_upgrade(&label, (f.source, f.target), f.spec(), i, point).await
+}
+
+/// An upgrade of a fresh instance (`spec` on `source`) to `target` with the operator killed at
+/// `point`, finished by a new one under the scenario's three writers.
+async fn crash_upgrade(
+    label: &str,
+    (source, target): (&str, &str),
+    spec: serde_json::Value,
+    i: usize,
+    point: String,
+) -> PointRun {
+    let env = Env::new(label).await;
+    let sc = Scenario::prepare(&env, "db", source, spec).await;
     let mut crashing = env.operator(&format!("crashing-{i}"), &point);
-    sc.set_version(f.target).await;
+    sc.set_version(target).await;
     let finished = async {
         eventually(LONG, || async {
             let s = env.instances.get("db").await.ok()?.status?;
-            (s.version.as_deref() == Some(f.target) && s.upgrade.is_none()).then_some(())
+            (s.version.as_deref() == Some(target) && s.upgrade.is_none()).then_some(())
         })
         .await
     };
@@ -129,7 +142,7 @@ async fn crash_at(f: Flavor, i: usize, point: String) -> PointRun {
     };
     drop(crashing);
     let op = env.operator(&format!("resumed-{i}"), "");
-    let outcome = sc.finish(&op, f.target).await;
+    let outcome = sc.finish(&op, target).await;
     delete_namespace(&env.client, &env.ns).await;
     PointRun { fired, outcome }
 }
@@ -373,6 +386,32 @@ async fn killed_at_each_switchover_stage(f: Flavor) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_an_operator_killed_at_each_switchover_stage_finishes_it_and_loses_nothing() {
     killed_at_each_switchover_stage(POSTGRES).await;
+}
+
+/// A PostgreSQL major, 15.19 → 17.11 offline with pg_upgrade: the operator killed right after
+/// it started the check pod, after it recorded and made the primary's image change (the
+/// conversion), after it let writes in on the converted primary, and after Finalize removed the
+/// kept data; a new operator finishes with every member on 17.11 and every acknowledged write
+/// of the label-following, pinned and trailing clients on every member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_major_an_operator_killed_at_each_offline_stage_finishes_it_and_loses_nothing() {
+    let points: Vec<String> = [
+        "api:offline-check@*#1",
+        "api:status:RestartPrimary@0:#1",
+        "api:pod-image@*#1",
+        "db:unfence@*#1",
+        "db:offline-finished@*#1",
+    ]
+    .iter()
+    .map(|p| p.to_string())
+    .collect();
+    let results = run_all(points, 3, |i, p| async move {
+        let spec = json!({"datastore": {"type": "postgresql", "version": "15.19"},
+                          "upgradePolicy": {"allowOffline": true}});
+        crash_upgrade(&format!("crashpgmajor{i}"), ("15.19", "17.11"), spec, i, p).await
+    })
+    .await;
+    report_points(&results);
 }
 
 /// MariaDB: the operator killed at each switchover stage.
