@@ -43,6 +43,9 @@ pub struct DryRun {
     pub checks: Vec<Check>,
     /// Every check passed: a request created now would start on this target.
     pub would_start: bool,
+    /// The step is an offline hop: its own check (pg_upgrade --check) runs in a pod.
+    #[serde(skip)]
+    pub offline: bool,
 }
 
 impl DryRun {
@@ -66,6 +69,12 @@ impl DryRun {
                 .collect(),
             would_start: self.would_start,
         }
+    }
+
+    /// Adds a check's verdict.
+    pub fn add(&mut self, name: &str, result: Result<String, String>) {
+        self.checks.push(check(name, result));
+        self.would_start = self.checks.iter().all(|c| c.passed);
     }
 
     /// The first check that failed, in words.
@@ -237,7 +246,7 @@ pub fn instance(
         }
         _ if offline => {
             let mut steps = vec![
-                "PreCheck: pg_upgrade --check against the live primary, in a pod on its volume (when the upgrade starts; a dry run starts no pod)".to_string(),
+                "PreCheck: pg_upgrade --check against the live primary, in a pod on its volume (a dry run runs it too)".to_string(),
                 format!("RestartPrimary {primary}: stopped, converted, back read-only"),
             ];
             if spec.action == crate::crd::UpgradeAction::Upgrade {
@@ -300,6 +309,7 @@ pub fn instance(
         steps,
         checks,
         would_start,
+        offline,
     }
 }
 
@@ -362,6 +372,7 @@ pub fn cluster(spec: &UpgradeRequestSpec, c: &Cluster, catalog: &[DatastoreVersi
         steps,
         checks,
         would_start,
+        offline: false,
     }
 }
 

@@ -368,6 +368,46 @@ fn major_request(name: &str, action: &str) -> baton::crd::UpgradeRequest {
     .expect("request")
 }
 
+/// A dry run of the major upgrade: its job's plan, once it ended in `phase`; no check pod left.
+async fn major_dry_run(
+    env: &Env,
+    name: &str,
+    phase: baton::crd::RequestPhase,
+    op: &impl Logs,
+) -> baton::crd::TargetPlan {
+    // The dry run reads the members' lag from status: after the test's own writes, wait
+    // until status shows every standby caught up.
+    let settled = eventually(Duration::from_secs(60), || async {
+        let s = env.status("ledger").await;
+        s.members
+            .iter()
+            .filter(|m| m.pod != "ledger-0")
+            .all(|m| m.lag_bytes == Some(0))
+            .then_some(())
+    })
+    .await;
+    assert!(settled.is_some(), "the standbys never caught up");
+    let mut r = major_request(name, "UpgradeAutoCommit");
+    r.spec.dry_run = true;
+    requests(env)
+        .create(&kube::api::PostParams::default(), &r)
+        .await
+        .expect("create");
+    let r = wait_request(env, name, phase, op).await;
+    let left = eventually(Duration::from_secs(60), || async {
+        let pods =
+            kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(env.client.clone(), &env.ns);
+        pods.get_opt("ledger-dry-run-check")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(left.is_some(), "the dry run's check pod stayed");
+    job(&r, "ledger").plan.clone().expect("a plan")
+}
+
 /// PostgreSQL 15.19 → 17.11, offline with pg_upgrade, on a 3-member instance with data: a
 /// column pg_upgrade cannot carry fails the live pre-check with nothing stopped; Upgrade holds
 /// the converted primary read-only in AwaitingCommit and Rollback returns it to its kept 15.19
@@ -394,6 +434,24 @@ async fn a_major_upgrade_checks_first_holds_read_only_rolls_back_and_then_lands_
     .expect("rows");
     let untouched = env.restarts("ledger").await;
 
+    // 0. A dry run runs pg_upgrade --check too: it names the reg* column, and leaves nothing.
+    let plan = major_dry_run(&env, "dry-blocked", RequestPhase::Failed, &op).await;
+    let check = plan
+        .checks
+        .iter()
+        .find(|c| c.name == "offline pre-check")
+        .unwrap_or_else(|| panic!("no offline pre-check: {plan:?}"));
+    assert!(!check.passed && check.detail.contains("reg*"), "{check:?}");
+    assert!(plan.strategy.starts_with("offline"), "{plan:?}");
+    let kept = number(
+        &env,
+        "ledger",
+        primary,
+        "SELECT count(*) FROM pg_ls_dir('/var/lib/postgresql/data') d WHERE d LIKE '.baton%'",
+    )
+    .await;
+    assert_eq!(kept, Some(0), "the dry run left files on the volume");
+
     // 1. pg_upgrade --check refuses the reg* column: failed before anything stopped.
     requests(&env)
         .create(
@@ -417,6 +475,20 @@ async fn a_major_upgrade_checks_first_holds_read_only_rolls_back_and_then_lands_
     );
     env.assert_all_run("ledger", "15.19").await;
     c.batch_execute("DROP TABLE hooks").await.expect("drop");
+    let plan = major_dry_run(&env, "dry-clear", RequestPhase::Succeeded, &op).await;
+    assert!(
+        plan.would_start
+            && plan
+                .checks
+                .iter()
+                .any(|c| c.name == "offline pre-check" && c.passed),
+        "{plan:?}"
+    );
+    assert_eq!(
+        env.restarts("ledger").await,
+        untouched,
+        "a dry run restarted a member"
+    );
 
     // 2. Upgrade: the primary converted and read-only, the standbys still on 15.19.
     env.apply_example("upgrade-postgres-major.yaml");

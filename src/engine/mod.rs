@@ -527,9 +527,14 @@ pub trait Engine: Send + Sync + fmt::Debug {
 
     /// The containers of the one-off pod that checks an offline hop against the live primary
     /// before anything is stopped (it mounts the primary's claim as `data`): the first runs in
-    /// `from_image`, the second in `to_image`; the pod succeeds when the hop may go ahead.
-    /// None: the engine has no offline method.
-    fn offline_check(&self, _from_image: &str, _to_image: &str) -> Option<(Container, Container)> {
+    /// `from_image`, the second in `to_image`; the pod succeeds when the hop may go ahead. A
+    /// dry run's leaves nothing on the volume. None: the engine has no offline method.
+    fn offline_check(
+        &self,
+        _from_image: &str,
+        _to_image: &str,
+        _dry_run: bool,
+    ) -> Option<(Container, Container)> {
         None
     }
 

@@ -550,8 +550,13 @@ impl Engine for Postgres {
         }
     }
 
-    fn offline_check(&self, from_image: &str, to_image: &str) -> Option<(Container, Container)> {
-        Some(offline::check_containers(from_image, to_image))
+    fn offline_check(
+        &self,
+        from_image: &str,
+        to_image: &str,
+        dry_run: bool,
+    ) -> Option<(Container, Container)> {
+        Some(offline::check_containers(from_image, to_image, dry_run))
     }
 
     async fn offline_leftovers(&self, t: &Target) -> Result<bool, EngineError> {

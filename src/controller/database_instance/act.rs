@@ -203,7 +203,7 @@ async fn check_offline(
     to_image: &str,
 ) -> Result<(), ActError> {
     let pods = Api::<Pod>::namespaced(client.clone(), &o.inst.namespace().unwrap_or_default());
-    let name = children::offline_check_name(&o.inst);
+    let name = children::offline_check_name(&o.inst, false);
     if o.offline_check.as_ref().is_some_and(|c| c.key != key) {
         match pods.delete(&name, &Default::default()).await {
             Ok(_) => {}
@@ -217,9 +217,15 @@ async fn check_offline(
         .iter()
         .find(|m| m.name == member)
         .and_then(|m| m.node.as_deref());
-    let Some(pod) =
-        children::offline_check_pod(&o.inst, engine, member, node, key, from_image, to_image)
-    else {
+    let spec = children::OfflineCheckSpec {
+        member,
+        node,
+        key,
+        from_image,
+        to_image,
+        dry_run: false,
+    };
+    let Some(pod) = children::offline_check_pod(&o.inst, engine, &spec) else {
         return Ok(());
     };
     match pods.create(&PostParams::default(), &pod).await {

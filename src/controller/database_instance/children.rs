@@ -235,9 +235,26 @@ pub fn pod(
     }
 }
 
-/// The name of the instance's offline check pod.
-pub fn offline_check_name(inst: &DatabaseInstance) -> String {
-    format!("{}-offline-check", inst.name_any())
+/// The name of the instance's offline check pod (`dry_run`: a dry run's, apart from an
+/// upgrade's).
+pub fn offline_check_name(inst: &DatabaseInstance, dry_run: bool) -> String {
+    let what = if dry_run {
+        "dry-run-check"
+    } else {
+        "offline-check"
+    };
+    format!("{}-{what}", inst.name_any())
+}
+
+/// What the offline check pod checks: the hop and images, and whose attempt it is.
+#[derive(Debug, Clone, Copy)]
+pub struct OfflineCheckSpec<'a> {
+    pub member: &'a str,
+    pub node: Option<&'a str>,
+    pub key: &'a str,
+    pub from_image: &'a str,
+    pub to_image: &'a str,
+    pub dry_run: bool,
 }
 
 /// The one-off pod that checks an offline hop on `member`'s volume, on its node, before
@@ -245,14 +262,11 @@ pub fn offline_check_name(inst: &DatabaseInstance) -> String {
 pub fn offline_check_pod(
     inst: &DatabaseInstance,
     engine: &dyn Engine,
-    member: &str,
-    node: Option<&str>,
-    key: &str,
-    from_image: &str,
-    to_image: &str,
+    c: &OfflineCheckSpec,
 ) -> Option<Pod> {
-    let (keep, check) = engine.offline_check(from_image, to_image)?;
-    let mut metadata = meta(inst, offline_check_name(inst));
+    let (member, node, key) = (c.member, c.node, c.key);
+    let (keep, check) = engine.offline_check(c.from_image, c.to_image, c.dry_run)?;
+    let mut metadata = meta(inst, offline_check_name(inst, c.dry_run));
     metadata.labels = Some(BTreeMap::from([(
         LABEL_MANAGED_BY.to_string(),
         MANAGED_BY.to_string(),

@@ -170,10 +170,15 @@ async fn read_offline_check(
     inst: &DatabaseInstance,
 ) -> Result<Option<OfflineCheck>> {
     let pod = Api::<Pod>::namespaced(ctx.client.clone(), ns)
-        .get_opt(&children::offline_check_name(inst))
+        .get_opt(&children::offline_check_name(inst, false))
         .await
         .map_err(Error::kube("reading the offline check pod"))?;
-    Ok(pod.map(|p| {
+    Ok(pod.as_ref().map(offline_check_of))
+}
+
+/// What an offline check pod says: its attempt and its outcome.
+pub(crate) fn offline_check_of(p: &Pod) -> OfflineCheck {
+    {
         let key = p
             .annotations()
             .get(children::ANNOTATION_OFFLINE_CHECK)
@@ -204,7 +209,7 @@ async fn read_offline_check(
             }
         };
         OfflineCheck { key, outcome }
-    }))
+    }
 }
 
 /// Whether the offline hop's kept data is still on the recorded primary; None when it cannot

@@ -114,6 +114,10 @@ pub async fn reconcile(cached: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result
             let msg = next.message.clone().unwrap_or_default();
             publish_req(&ctx, &req, EventType::Normal, "DryRunCompleted", msg).await;
         }
+        // An offline pre-check in a pod has no watch here: look again soon.
+        if next.jobs.iter().any(|j| !jobs::is_terminal(j.phase)) {
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
         return Ok(Action::await_change());
     }
     // 2. Sync the started jobs with their instances (each target read once per pass).
@@ -172,7 +176,11 @@ async fn dry_run(
                     .map_err(Error::kube("reading a target"))?
                     .map(|i| {
                         let hops = jobs::validate(&req.spec, &i, &catalog).map(|p| p.hops);
-                        (crate::dryrun::instance(&req.spec, &i, &catalog), hops)
+                        (
+                            crate::dryrun::instance(&req.spec, &i, &catalog),
+                            hops,
+                            Some(i),
+                        )
                     })
             }
             TargetKind::Cluster => Api::<Cluster>::namespaced(ctx.client.clone(), &ns)
@@ -181,10 +189,10 @@ async fn dry_run(
                 .map_err(Error::kube("reading a target"))?
                 .map(|c| {
                     let hops = jobs::validate_cluster(&req.spec, &c, &catalog).map(|p| p.hops);
-                    (crate::dryrun::cluster(&req.spec, &c, &catalog), hops)
+                    (crate::dryrun::cluster(&req.spec, &c, &catalog), hops, None)
                 }),
         };
-        let Some((d, hops)) = verdict else {
+        let Some((mut d, hops, inst)) = verdict else {
             let why = format!(
                 "{:?} {} does not exist in namespace {ns}",
                 job.kind, job.target
@@ -192,6 +200,23 @@ async fn dry_run(
             finish_job(job, RequestPhase::Failed, format!("dry run: {why}"), ctx);
             continue;
         };
+        if let Some(i) = inst.as_ref().filter(|_| d.offline && d.refusal().is_some()) {
+            // Refused before its check ended (a member fell behind meanwhile): no pod is left.
+            delete_dry_check(ctx, i).await?;
+        }
+        if let Some(i) = inst.filter(|_| d.offline && d.refusal().is_none()) {
+            match offline_dry_check(ctx, req, &i, &catalog, &d).await? {
+                Some(result) => d.add("offline pre-check", result),
+                None => {
+                    job.phase = RequestPhase::Running;
+                    job.message = Some(
+                        "dry run: the offline conversion is checked against the live primary"
+                            .into(),
+                    );
+                    continue;
+                }
+            }
+        }
         job.source_version = d.source_version.clone();
         job.target_version = d.target_version.clone();
         job.plan = Some(d.plan(hops.unwrap_or_default()));
@@ -209,6 +234,95 @@ async fn dry_run(
         }
     }
     Ok(())
+}
+
+/// A dry run's offline pre-check (pg_upgrade --check against the live primary), in a pod of
+/// the dry run's own on the primary's volume that leaves nothing behind: started on the first
+/// pass, read and deleted on a later one. None while it runs.
+async fn offline_dry_check(
+    ctx: &Context,
+    req: &UpgradeRequest,
+    inst: &DatabaseInstance,
+    catalog: &[crate::crd::DatastoreVersion],
+    d: &crate::dryrun::DryRun,
+) -> Result<Option<std::result::Result<String, String>>> {
+    use crate::controller::database_instance::children;
+    use crate::controller::database_instance::model::CheckOutcome;
+    let ns = req.namespace().unwrap_or_default();
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(ctx.client.clone(), &ns);
+    let name = children::offline_check_name(inst, true);
+    let key = req.metadata.uid.clone().unwrap_or_default();
+    if let Some(p) = pods
+        .get_opt(&name)
+        .await
+        .map_err(Error::kube("reading the dry run's check pod"))?
+    {
+        let seen = crate::controller::database_instance::observe::offline_check_of(&p);
+        let result = match seen.outcome {
+            _ if seen.key != key => None,
+            CheckOutcome::Passed => Some(Ok(
+                "pg_upgrade --check passed against the live primary".to_string()
+            )),
+            CheckOutcome::Failed(why) => Some(Err(format!("pg_upgrade --check failed: {why}"))),
+            CheckOutcome::Running | CheckOutcome::Deleting => return Ok(None),
+        };
+        if p.metadata.deletion_timestamp.is_none() {
+            delete_dry_check(ctx, inst).await?;
+        }
+        return Ok(result);
+    }
+    let status = inst.status.clone().unwrap_or_default();
+    let image = |v: Option<&str>| {
+        v.and_then(|v| crate::catalog::find(catalog, inst.spec.datastore.type_, v))
+            .map(|e| e.spec.image.clone())
+            .unwrap_or_default()
+    };
+    let (from_image, to_image) = (
+        image(d.source_version.as_deref()),
+        image(d.target_version.as_deref()),
+    );
+    let (Some(primary), Ok(engine)) = (
+        status.primary.as_deref(),
+        crate::engine::for_datastore(inst.spec.datastore.type_),
+    ) else {
+        return Ok(Some(Err("no primary to check against".into())));
+    };
+    // The member's node, as its pod runs now.
+    let node = pods
+        .get_opt(primary)
+        .await
+        .map_err(Error::kube("reading the primary's pod"))?
+        .and_then(|p| p.spec?.node_name);
+    let spec = children::OfflineCheckSpec {
+        member: primary,
+        node: node.as_deref(),
+        key: &key,
+        from_image: &from_image,
+        to_image: &to_image,
+        dry_run: true,
+    };
+    if let Some(pod) = children::offline_check_pod(inst, engine, &spec) {
+        match pods.create(&kube::api::PostParams::default(), &pod).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(Error::kube("creating a dry run's check pod")(e)),
+        }
+    }
+    Ok(None)
+}
+
+/// Deletes the dry run's check pod of `inst`, if there is one.
+async fn delete_dry_check(ctx: &Context, inst: &DatabaseInstance) -> Result<()> {
+    let name = crate::controller::database_instance::children::offline_check_name(inst, true);
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(
+        ctx.client.clone(),
+        &inst.namespace().unwrap_or_default(),
+    );
+    match pods.delete(&name, &Default::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(Error::kube("deleting a dry run's check pod")(e)),
+    }
 }
 
 /// Every target read this pass, by kind (None: it does not exist).

@@ -9,7 +9,7 @@
 //! whose data is of another major converts it into a new directory, keeping the old one), and
 //! what pg_upgrade asks to follow runs once writes are let in ([`FINISH`]).
 
-use k8s_openapi::api::core::v1::{Container, VolumeMount};
+use k8s_openapi::api::core::v1::{Container, EnvVar, VolumeMount};
 
 use super::DATA;
 
@@ -17,10 +17,11 @@ use super::DATA;
 /// is redone).
 const KEEP_RELEASE: &str = r#"set -eu
 D=/var/lib/postgresql/data
+keep=${BATON_KEEP_DIR:-$D/.baton}
 umask 077
 bin=$(dirname "$(command -v postgres)")
 major=$(postgres -V | sed -E 's/^[^0-9]*([0-9]+).*/\1/')
-dest="$D/.baton/pg-$major"
+dest="$keep/pg-$major"
 if [ ! -s "$dest/bindir" ]; then
   rm -rf "$dest.tmp"
   mkdir -p "$dest.tmp"
@@ -45,10 +46,11 @@ echo "baton: PostgreSQL $major kept at $dest""#;
 /// the end of its report and the lists it wrote are the container's message.
 const CHECK: &str = r#"set -eu
 D=/var/lib/postgresql/data
+keep=${BATON_KEEP_DIR:-$D/.baton}
 umask 077
 have=$(cat "$D/pgdata/PG_VERSION")
-old="$D/.baton/pg-$have"
-work="$D/.baton/check"
+old="$keep/pg-$have"
+work="$keep/check"
 rm -rf "$work"
 mkdir -p "$work"
 cd "$work"
@@ -64,6 +66,8 @@ else
 fi
 cd /
 rm -rf "$work"
+# A dry run leaves nothing behind: its copy of the release goes too.
+if [ -n "${BATON_DRY_RUN:-}" ]; then rm -rf "$keep"; fi
 exit "$rc""#;
 
 /// After the upgrade, on the new primary (through `COPY … TO PROGRAM`, as the server's user):
@@ -81,11 +85,27 @@ pub const LEFTOVERS: &str = "SELECT (pg_stat_file('/var/lib/postgresql/data/pgda
      OR (pg_stat_file('/var/lib/postgresql/data/.baton', true)).modification IS NOT NULL";
 
 /// The check pod's containers: keep the source release (source image), then check (target).
-pub fn check_containers(from_image: &str, to_image: &str) -> (Container, Container) {
+/// A dry run's keeps it in a scratch directory of its own and removes it at the end.
+pub fn check_containers(from_image: &str, to_image: &str, dry_run: bool) -> (Container, Container) {
+    let env = dry_run.then(|| {
+        vec![
+            EnvVar {
+                name: "BATON_KEEP_DIR".into(),
+                value: Some(format!("{DATA}/.baton-dry-run")),
+                ..Default::default()
+            },
+            EnvVar {
+                name: "BATON_DRY_RUN".into(),
+                value: Some("1".into()),
+                ..Default::default()
+            },
+        ]
+    });
     let make = |name: &str, image: &str, script: &str| Container {
         name: name.into(),
         image: Some(image.into()),
         command: Some(vec!["sh".into(), "-c".into(), script.into(), name.into()]),
+        env: env.clone(),
         volume_mounts: Some(vec![VolumeMount {
             name: "data".into(),
             mount_path: DATA.into(),
@@ -106,7 +126,7 @@ mod tests {
 
     #[test]
     fn the_check_never_links_and_keeps_the_source_release_first() {
-        let (keep, check) = check_containers("postgres:15.19", "postgres:17.11");
+        let (keep, check) = check_containers("postgres:15.19", "postgres:17.11", false);
         assert_eq!(keep.image.as_deref(), Some("postgres:15.19"));
         assert_eq!(check.image.as_deref(), Some("postgres:17.11"));
         assert!(CHECK.contains("pg_upgrade --check"));
@@ -114,5 +134,9 @@ mod tests {
         assert!(KEEP_RELEASE.contains("cp -a \"$d\" \"$dest.tmp$d\""));
         // Single quotes would end the SQL literal FINISH is sent in.
         assert!(!FINISH.contains('\''));
+        assert!(keep.env.is_none());
+        let (keep, _) = check_containers("postgres:15.19", "postgres:17.11", true);
+        let names: Vec<String> = keep.env.unwrap().into_iter().map(|e| e.name).collect();
+        assert_eq!(names, ["BATON_KEEP_DIR", "BATON_DRY_RUN"]);
     }
 }
