@@ -4,7 +4,7 @@
 //! - `status [NAME]`: an instance's or a Cluster's members with role, server-reported version
 //!   and lag, and the running upgrade's step and request;
 //! - `versions DATASTORE [--from V]`: the catalog, and the targets reachable from V;
-//! - `upgrade NAME --to V [--type] [--hold] [--dry-run] [--wait]`: an UpgradeRequest (with
+//! - `upgrade NAME --to V [--type] [--hold] [--allow-offline] [--dry-run] [--wait]`: an UpgradeRequest (with
 //!   `--dry-run`, nothing is created: the plan and the pre-check verdicts are printed);
 //! - `commit | rollback | cancel REQUEST`: moves a request's action;
 //! - `switchover NAME [--to MEMBER]`: a planned switchover (an UpgradeRequest of type
@@ -89,6 +89,9 @@ enum Command {
         /// Stop in AwaitingCommit with the standbys upgraded (then `commit` or `rollback`).
         #[arg(long)]
         hold: bool,
+        /// Accept an offline hop (a PostgreSQL major: pg_upgrade, a write outage).
+        #[arg(long)]
+        allow_offline: bool,
         #[command(flatten)]
         common: RequestArgs,
     },
@@ -283,6 +286,7 @@ async fn run(cli: Cli) -> Outcome {
             to,
             type_,
             hold,
+            allow_offline,
             common,
         } => {
             request::upgrade(
@@ -292,6 +296,7 @@ async fn run(cli: Cli) -> Outcome {
                     version: to.as_deref(),
                     type_: type_.into(),
                     hold,
+                    allow_offline,
                     switchover_to: None,
                 },
                 &common,
@@ -306,6 +311,7 @@ async fn run(cli: Cli) -> Outcome {
                     version: None,
                     type_: UpgradeType::Switchover,
                     hold: false,
+                    allow_offline: false,
                     switchover_to: to.as_deref(),
                 },
                 &common,

@@ -21,6 +21,7 @@ pub struct Ask<'a> {
     pub version: Option<&'a str>,
     pub type_: UpgradeType,
     pub hold: bool,
+    pub allow_offline: bool,
     pub switchover_to: Option<&'a str>,
 }
 
@@ -85,6 +86,9 @@ fn build(ask: &Ask, target: &Target, name: &str, generate: bool) -> UpgradeReque
     }
     if let Some(m) = ask.switchover_to {
         spec["switchoverTo"] = json!(m);
+    }
+    if ask.allow_offline {
+        spec["allowOffline"] = json!(true);
     }
     let metadata = if generate {
         json!({"generateName": format!("{name}-")})
@@ -368,6 +372,7 @@ mod tests {
             version: v,
             type_: t,
             hold: false,
+            allow_offline: false,
             switchover_to: None,
         };
         assert_eq!(
@@ -382,5 +387,22 @@ mod tests {
             request_name(&ask(None, UpgradeType::Switchover)),
             "orders-db-switchover"
         );
+    }
+
+    #[test]
+    fn allow_offline_is_asked_only_when_given() {
+        let ask = |allow_offline| Ask {
+            target: "ledger",
+            version: Some("17.11"),
+            type_: UpgradeType::Rolling,
+            hold: true,
+            allow_offline,
+            switchover_to: None,
+        };
+        let r = build(&ask(true), &Target::Instance, "ledger-to-17", false);
+        assert!(r.spec.allow_offline);
+        assert_eq!(r.spec.action, UpgradeAction::Upgrade);
+        let r = build(&ask(false), &Target::Instance, "ledger-to-17", false);
+        assert!(!r.spec.allow_offline);
     }
 }
