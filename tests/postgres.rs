@@ -375,14 +375,35 @@ async fn major_dry_run(
     phase: baton::crd::RequestPhase,
     op: &impl Logs,
 ) -> baton::crd::TargetPlan {
-    // The dry run reads the members' lag from status: after the test's own writes, wait
-    // until status shows every standby caught up.
+    // The dry run reads the members' lag from status, which trails the servers by seconds:
+    // wait until status shows every standby at or past the primary's position now.
+    let primary = env.primary_ip("ledger").await;
+    let lsn = |text: &str| {
+        let (hi, lo) = text.split_once('/')?;
+        Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+    };
+    let now = eventually(Duration::from_secs(30), || async {
+        let c = pg(env, "ledger", primary).await?;
+        let row = c
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .ok()?;
+        lsn(row.get::<_, &str>(0))
+    })
+    .await
+    .expect("the primary's position");
     let settled = eventually(Duration::from_secs(60), || async {
         let s = env.status("ledger").await;
         s.members
             .iter()
             .filter(|m| m.pod != "ledger-0")
-            .all(|m| m.lag_bytes == Some(0))
+            .all(|m| {
+                m.lag_bytes == Some(0)
+                    && m.position
+                        .as_deref()
+                        .and_then(lsn)
+                        .is_some_and(|p| p >= now)
+            })
             .then_some(())
     })
     .await;
@@ -582,6 +603,15 @@ async fn a_major_upgrade_checks_first_holds_read_only_rolls_back_and_then_lands_
     let last = env.status("ledger").await.last_upgrade.expect("outcome");
     let outage = last.outage_ms.expect("the outage in status");
     assert!(outage > 0, "{last:?}");
+    // Baton's figure runs from the intent to stop the primary to the intent to unfence it; the
+    // client's gap from its last acknowledged write before the stop to its first after the
+    // promotion, plus its retry interval. They agree within the promotion and a few retries
+    // (10 s: generous on a loaded 2-core machine, far below the whole upgrade's minute).
+    let gap = report.longest_gap.as_millis() as i64;
+    assert!(
+        (gap - outage).abs() <= 10_000,
+        "status says {outage} ms, the client saw {gap} ms"
+    );
     // What pg_upgrade asks to follow ran, and the kept 15.19 data is gone.
     let analyzed = eventually(Duration::from_secs(60), || async {
         number(
@@ -607,7 +637,7 @@ async fn a_major_upgrade_checks_first_holds_read_only_rolls_back_and_then_lands_
     .await;
     assert_eq!(kept, Some(0), "the kept old data is still there");
     println!(
-        "pg 15.19 → 17.11 offline: write outage in status {outage} ms; the client's {} writes, none lost",
+        "pg 15.19 → 17.11 offline: write outage in status {outage} ms, the client's longest gap {gap} ms; its {} writes, none lost",
         report.acked.len()
     );
     delete_namespace(&env.client, &env.ns).await;
