@@ -636,6 +636,20 @@ async fn a_major_upgrade_checks_first_holds_read_only_rolls_back_and_then_lands_
     )
     .await;
     assert_eq!(kept, Some(0), "the kept old data is still there");
+    let pods =
+        kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(env.client.clone(), &env.ns);
+    let check_pod = eventually(Duration::from_secs(30), || async {
+        pods.get_opt("ledger-offline-check")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        check_pod.is_some(),
+        "the passed check pod stayed after Finalize"
+    );
     println!(
         "pg 15.19 → 17.11 offline: write outage in status {outage} ms, the client's longest gap {gap} ms; its {} writes, none lost",
         report.acked.len()

@@ -178,7 +178,20 @@ pub async fn run(
         Act::FinishOffline { member } => {
             failpoint::scoped(member, engine.finish_offline(&target(o, member)?))
                 .await
-                .map_err(engine_err("finish the offline upgrade on", member))
+                .map_err(engine_err("finish the offline upgrade on", member))?;
+            // Its check passed long ago: the pod goes with the kept data (a failed one stays,
+            // for a person to read, until the next attempt replaces it).
+            match pods
+                .delete(
+                    &children::offline_check_name(&o.inst, false),
+                    &Default::default(),
+                )
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                Err(e) => Err(kube_err("deleting the offline check pod")(e)),
+            }
         }
         Act::ReloadTls { members } => {
             for m in members {
