@@ -434,6 +434,12 @@ pub const MYSQL: MySqlFamily = MySqlFamily {
     dialect: Dialect::MySql,
 };
 
+/// Reloads the server's certificate files. Never written to the binary log: a plain `FLUSH`
+/// is, and on a replica it would be a transaction of the replica's own (an errant GTID) that
+/// stops replication under `gtid_strict_mode` once the primary reaches the same sequence
+/// number.
+const RELOAD_TLS: &str = "FLUSH NO_WRITE_TO_BINLOG SSL";
+
 async fn connect(t: &Target) -> Result<Conn, EngineError> {
     t.login(|t| async move { connect_once(&t).await }).await
 }
@@ -853,8 +859,8 @@ impl Engine for MySqlFamily {
         p
     }
 
-    /// `FLUSH SSL` loads the certificate files again (new connections get the new one), once
-    /// the mounted file holds the Secret's certificate (read by the server: `LOAD_FILE`).
+    /// [`RELOAD_TLS`] loads the certificate files again (new connections get the new one),
+    /// once the mounted file holds the Secret's certificate (read by the server: `LOAD_FILE`).
     async fn reload_tls(&self, t: &Target) -> Result<(), EngineError> {
         let mut c = connect(t).await?;
         let mounted = format!("{}/tls.crt", super::TLS_DIR);
@@ -868,7 +874,7 @@ impl Engine for MySqlFamily {
         )
         .await?;
         if current.flatten() == Some(1) {
-            run(&mut c, t, "FLUSH SSL", "FLUSH SSL").await?;
+            run(&mut c, t, "FLUSH SSL", RELOAD_TLS).await?;
         }
         let _ = c.disconnect().await;
         crate::failpoint::passed("db:reload-tls").await;
@@ -1042,6 +1048,11 @@ impl Engine for MySqlFamily {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reloading_tls_writes_nothing_to_the_binary_log() {
+        assert!(RELOAD_TLS.contains("NO_WRITE_TO_BINLOG"), "{RELOAD_TLS}");
+    }
 
     fn ep() -> Endpoint {
         Endpoint::new("127.2.0.2", PORT)
