@@ -200,5 +200,22 @@ pub async fn renewed_certificate_is_served_online(
     let mut c = crate::workload::connect(ds, primary, &auth)
         .await
         .expect("a verifying client connects after the renewal");
-    c.write("renewed", 1).await.expect("and writes");
+    let keys: Vec<String> = (0..5).map(|i| format!("renewed-{i}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        c.write(k, i as u64).await.expect("and writes");
+    }
+    // The reload took nothing away from replication: every member gets the writes made after
+    // it (a reload recorded as a replica's own transaction would stop that replica here).
+    for (name, ip) in &members {
+        let all = crate::eventually(std::time::Duration::from_secs(30), || async {
+            let mut r = crate::workload::connect_admin(ds, *ip, &auth).await?;
+            let got = r.read(&keys).await.ok()?;
+            got.iter().all(Option::is_some).then_some(())
+        })
+        .await;
+        assert!(
+            all.is_some(),
+            "{name} did not receive the writes made after the renewal"
+        );
+    }
 }
