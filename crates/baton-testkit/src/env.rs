@@ -415,13 +415,17 @@ impl Env {
                 stop.clone(),
             );
             async move {
-                let ds = Api::<DatabaseInstance>::namespaced(client.clone(), &ns)
-                    .get(&name)
-                    .await
-                    .expect("instance")
-                    .spec
-                    .datastore
-                    .type_;
+                // A dropped keep-alive connection (the API server under load) is retried, as
+                // any client would.
+                let api = Api::<DatabaseInstance>::namespaced(client.clone(), &ns);
+                let ds = crate::eventually(Duration::from_secs(30), || async {
+                    api.get(&name).await.ok()
+                })
+                .await
+                .expect("instance")
+                .spec
+                .datastore
+                .type_;
                 workload::write_until(
                     client,
                     ns,
