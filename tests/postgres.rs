@@ -358,6 +358,30 @@ async fn number(env: &Env, name: &str, ip: std::net::IpAddr, sql: &str) -> Optio
     c.query_one(sql, &[]).await.ok()?.try_get::<_, i64>(0).ok()
 }
 
+/// Every member of `ledger` has `rows` rows in `accounts` within a minute.
+async fn assert_rows_everywhere(env: &Env, rows: i64, when: &str) {
+    for (pod, ip) in workload::member_addresses(&env.client, &env.ns, "ledger").await {
+        let n = eventually(Duration::from_secs(60), || async {
+            number(env, "ledger", ip, "SELECT count(*) FROM accounts")
+                .await
+                .filter(|n| *n == rows)
+        })
+        .await;
+        assert_eq!(n, Some(rows), "{pod} {when}");
+    }
+}
+
+/// The pod `name` is gone within a minute.
+async fn pod_gone(env: &Env, name: &str) -> bool {
+    let pods =
+        kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(env.client.clone(), &env.ns);
+    eventually(Duration::from_secs(60), || async {
+        pods.get_opt(name).await.ok()?.is_none().then_some(())
+    })
+    .await
+    .is_some()
+}
+
 fn major_request(name: &str, action: &str) -> baton::crd::UpgradeRequest {
     serde_json::from_value(json!({
         "apiVersion": "baton.dev/v1alpha1", "kind": "UpgradeRequest",
@@ -415,17 +439,10 @@ async fn major_dry_run(
         .await
         .expect("create");
     let r = wait_request(env, name, phase, op).await;
-    let left = eventually(Duration::from_secs(60), || async {
-        let pods =
-            kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(env.client.clone(), &env.ns);
-        pods.get_opt("ledger-dry-run-check")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
-    assert!(left.is_some(), "the dry run's check pod stayed");
+    assert!(
+        pod_gone(env, "ledger-dry-run-check").await,
+        "the dry run's check pod stayed"
+    );
     job(&r, "ledger").plan.clone().expect("a plan")
 }
 
@@ -548,15 +565,7 @@ async fn a_major_upgrade_checks_first_holds_read_only_rolls_back_and_then_lands_
     set_action(&env, "ledger-to-17", "Rollback").await;
     wait_request(&env, "ledger-to-17", RequestPhase::RolledBack, &op).await;
     env.assert_all_run("ledger", "15.19").await;
-    for (pod, ip) in workload::member_addresses(&env.client, &env.ns, "ledger").await {
-        let n = eventually(Duration::from_secs(60), || async {
-            number(&env, "ledger", ip, "SELECT count(*) FROM accounts")
-                .await
-                .filter(|n| *n == 1000)
-        })
-        .await;
-        assert_eq!(n, Some(1000), "{pod} after the rollback");
-    }
+    assert_rows_everywhere(&env, 1000, "after the rollback").await;
 
     // 3. The upgrade for real, under a client that follows the primary label.
     let (stop, writes) = env.writer("ledger");
@@ -575,15 +584,7 @@ async fn a_major_upgrade_checks_first_holds_read_only_rolls_back_and_then_lands_
     env.assert_all_run("ledger", "17.11").await;
     assert_nothing_lost(&env, "ledger", &[&report]).await;
     let primary = env.primary_ip("ledger").await;
-    for (pod, ip) in workload::member_addresses(&env.client, &env.ns, "ledger").await {
-        let n = eventually(Duration::from_secs(60), || async {
-            number(&env, "ledger", ip, "SELECT count(*) FROM accounts")
-                .await
-                .filter(|n| *n == 1000)
-        })
-        .await;
-        assert_eq!(n, Some(1000), "{pod} on 17.11");
-    }
+    assert_rows_everywhere(&env, 1000, "on 17.11").await;
     let streaming = eventually(Duration::from_secs(60), || async {
         number(
             &env,
@@ -636,18 +637,8 @@ async fn a_major_upgrade_checks_first_holds_read_only_rolls_back_and_then_lands_
     )
     .await;
     assert_eq!(kept, Some(0), "the kept old data is still there");
-    let pods =
-        kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(env.client.clone(), &env.ns);
-    let check_pod = eventually(Duration::from_secs(30), || async {
-        pods.get_opt("ledger-offline-check")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
     assert!(
-        check_pod.is_some(),
+        pod_gone(&env, "ledger-offline-check").await,
         "the passed check pod stayed after Finalize"
     );
     println!(

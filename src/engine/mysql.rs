@@ -1049,11 +1049,6 @@ impl Engine for MySqlFamily {
 mod tests {
     use super::*;
 
-    #[test]
-    fn reloading_tls_writes_nothing_to_the_binary_log() {
-        assert!(RELOAD_TLS.contains("NO_WRITE_TO_BINLOG"), "{RELOAD_TLS}");
-    }
-
     fn ep() -> Endpoint {
         Endpoint::new("127.2.0.2", PORT)
     }

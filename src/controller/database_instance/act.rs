@@ -181,17 +181,9 @@ pub async fn run(
                 .map_err(engine_err("finish the offline upgrade on", member))?;
             // Its check passed long ago: the pod goes with the kept data (a failed one stays,
             // for a person to read, until the next attempt replaces it).
-            match pods
-                .delete(
-                    &children::offline_check_name(&o.inst, false),
-                    &Default::default(),
-                )
+            delete_offline_check(client, &o.inst, false)
                 .await
-            {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-                Err(e) => Err(kube_err("deleting the offline check pod")(e)),
-            }
+                .map_err(kube_err("deleting the offline check pod"))
         }
         Act::ReloadTls { members } => {
             for m in members {
@@ -201,6 +193,26 @@ pub async fn run(
             }
             Ok(())
         }
+    }
+}
+
+/// Deletes `inst`'s offline check pod (`dry_run`: the dry run's), if there is one.
+pub(crate) async fn delete_offline_check(
+    client: &kube::Client,
+    inst: &crate::crd::DatabaseInstance,
+    dry_run: bool,
+) -> Result<(), kube::Error> {
+    let pods = Api::<Pod>::namespaced(client.clone(), &inst.namespace().unwrap_or_default());
+    match pods
+        .delete(
+            &children::offline_check_name(inst, dry_run),
+            &Default::default(),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -216,14 +228,10 @@ async fn check_offline(
     to_image: &str,
 ) -> Result<(), ActError> {
     let pods = Api::<Pod>::namespaced(client.clone(), &o.inst.namespace().unwrap_or_default());
-    let name = children::offline_check_name(&o.inst, false);
     if o.offline_check.as_ref().is_some_and(|c| c.key != key) {
-        match pods.delete(&name, &Default::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(kube_err("deleting an earlier offline check pod")(e)),
-        }
-        return Ok(());
+        return delete_offline_check(client, &o.inst, false)
+            .await
+            .map_err(kube_err("deleting an earlier offline check pod"));
     }
     let node = o
         .members

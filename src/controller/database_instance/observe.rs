@@ -178,38 +178,36 @@ async fn read_offline_check(
 
 /// What an offline check pod says: its attempt and its outcome.
 pub(crate) fn offline_check_of(p: &Pod) -> OfflineCheck {
-    {
-        let key = p
-            .annotations()
-            .get(children::ANNOTATION_OFFLINE_CHECK)
-            .cloned()
-            .unwrap_or_default();
-        let status = p.status.clone().unwrap_or_default();
-        let outcome = if p.metadata.deletion_timestamp.is_some() {
-            CheckOutcome::Deleting
-        } else {
-            match status.phase.as_deref() {
-                Some("Succeeded") => CheckOutcome::Passed,
-                Some("Failed") => {
-                    // The first container that failed says why (its message is its log's end).
-                    let said = status
-                        .init_container_statuses
-                        .iter()
-                        .flatten()
-                        .chain(status.container_statuses.iter().flatten())
-                        .filter_map(|c| c.state.as_ref()?.terminated.clone())
-                        .find(|t| t.exit_code != 0)
-                        .map(|t| {
-                            t.message
-                                .unwrap_or_else(|| format!("exit code {}", t.exit_code))
-                        });
-                    CheckOutcome::Failed(said.unwrap_or_else(|| "the check pod failed".into()))
-                }
-                _ => CheckOutcome::Running,
+    let key = p
+        .annotations()
+        .get(children::ANNOTATION_OFFLINE_CHECK)
+        .cloned()
+        .unwrap_or_default();
+    let status = p.status.clone().unwrap_or_default();
+    let outcome = if p.metadata.deletion_timestamp.is_some() {
+        CheckOutcome::Deleting
+    } else {
+        match status.phase.as_deref() {
+            Some("Succeeded") => CheckOutcome::Passed,
+            Some("Failed") => {
+                // The first container that failed says why (its message is its log's end).
+                let said = status
+                    .init_container_statuses
+                    .iter()
+                    .flatten()
+                    .chain(status.container_statuses.iter().flatten())
+                    .filter_map(|c| c.state.as_ref()?.terminated.clone())
+                    .find(|t| t.exit_code != 0)
+                    .map(|t| {
+                        t.message
+                            .unwrap_or_else(|| format!("exit code {}", t.exit_code))
+                    });
+                CheckOutcome::Failed(said.unwrap_or_else(|| "the check pod failed".into()))
             }
-        };
-        OfflineCheck { key, outcome }
-    }
+            _ => CheckOutcome::Running,
+        }
+    };
+    OfflineCheck { key, outcome }
 }
 
 /// Whether the offline hop's kept data is still on the recorded primary; None when it cannot

@@ -313,16 +313,9 @@ async fn offline_dry_check(
 
 /// Deletes the dry run's check pod of `inst`, if there is one.
 async fn delete_dry_check(ctx: &Context, inst: &DatabaseInstance) -> Result<()> {
-    let name = crate::controller::database_instance::children::offline_check_name(inst, true);
-    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(
-        ctx.client.clone(),
-        &inst.namespace().unwrap_or_default(),
-    );
-    match pods.delete(&name, &Default::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(Error::kube("deleting a dry run's check pod")(e)),
-    }
+    crate::controller::database_instance::act::delete_offline_check(&ctx.client, inst, true)
+        .await
+        .map_err(Error::kube("deleting a dry run's check pod"))
 }
 
 /// Every target read this pass, by kind (None: it does not exist).
