@@ -207,6 +207,8 @@ pub struct Scenario<'a> {
     pub first_primary: IpAddr,
     pub datastore: baton::crd::Datastore,
     pub auth: workload::Auth,
+    /// How long `finish` waits for the upgrade to end (`LONG` unless raised).
+    pub patience: Duration,
 }
 
 impl<'a> Scenario<'a> {
@@ -245,6 +247,7 @@ impl<'a> Scenario<'a> {
             writers,
             first_primary,
             datastore,
+            patience: crate::env::LONG,
         }
     }
 
@@ -264,7 +267,7 @@ impl<'a> Scenario<'a> {
     pub async fn finish(mut self, op: &Operator, target: &str) -> Outcome {
         let env = self.env;
         let name = self.name.clone();
-        let result = eventually(crate::env::LONG, || async {
+        let result = eventually(self.patience, || async {
             let s = env.instances.get(&name).await.ok()?.status?;
             if s.phase == Some(InstancePhase::Active)
                 && s.version.as_deref() == Some(target)
