@@ -260,15 +260,13 @@ pub enum SwitchoverStage {
     Repointing,
     /// The new primary, confirmed as the only primary, gets its fence lifted.
     Unfencing,
-    /// The datastore's own handover (a native failover) is in flight.
-    Handover,
 }
 
 /// A switchover in flight.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SwitchoverState {
-    /// `Fencing`, `CatchingUp`, `Promoting`, `Repointing`, `Unfencing` or `Handover`.
+    /// `Fencing`, `CatchingUp`, `Promoting`, `Repointing` or `Unfencing`.
     pub stage: SwitchoverStage,
     /// The primary handing over its role.
     pub from: String,

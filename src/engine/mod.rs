@@ -207,17 +207,6 @@ pub enum Strategy {
     Offline,
 }
 
-/// How the primary role moves to another member.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SwitchoverProtocol {
-    /// Baton's own: fence the primary, choose the candidate by position after the fence, wait
-    /// until it has the fenced position, promote it, repoint the others, then unfence it.
-    Guarded,
-    /// The datastore's own handshake, sent to the candidate (Redis Cluster's `CLUSTER FAILOVER`
-    /// does fence, catch-up and promotion at once); Baton confirms the outcome by roles.
-    Native,
-}
-
 /// What an engine call failed on. Messages never carry credentials.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -488,11 +477,6 @@ pub trait Engine: Send + Sync + fmt::Debug {
         Strategy::Rolling
     }
 
-    /// How the primary role moves.
-    fn switchover_protocol(&self) -> SwitchoverProtocol {
-        SwitchoverProtocol::Guarded
-    }
-
     /// What the member is now.
     async fn probe(&self, t: &Target) -> Result<Probe, EngineError>;
 
@@ -547,15 +531,6 @@ pub trait Engine: Send + Sync + fmt::Debug {
     /// updates), then what was kept for a rollback removed. Idempotent.
     async fn finish_offline(&self, _t: &Target) -> Result<(), EngineError> {
         Ok(())
-    }
-
-    /// The datastore's own switchover handshake, sent to the candidate
-    /// ([`SwitchoverProtocol::Native`] only).
-    async fn failover(&self, _t: &Target) -> Result<(), EngineError> {
-        Err(EngineError::Unsupported {
-            datastore: self.datastore(),
-            what: "native failover",
-        })
     }
 }
 

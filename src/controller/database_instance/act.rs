@@ -164,9 +164,6 @@ pub async fn run(
                 .await
                 .map_err(engine_err("promote", member))
         }
-        Act::Failover { member } => failpoint::scoped(member, engine.failover(&target(o, member)?))
-            .await
-            .map_err(engine_err("failover", member)),
         Act::Publish { primary } => publish(client, o, status, primary).await,
         Act::SetPasswords { members } => set_passwords(client, o, engine, members).await,
         Act::CheckOffline {

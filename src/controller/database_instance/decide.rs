@@ -271,7 +271,6 @@ fn view<'a>(
         step_elapsed,
         fence_elapsed: fenced_at.map_or(Duration::ZERO, |t| elapsed(o, t)),
         may_start_step: true,
-        protocol: o.protocol,
         fence_goal: o.fence_goal.as_ref(),
         published: o.published.as_deref(),
         quarantined: &[],

@@ -3,7 +3,7 @@
 //! write, so an Event never announces a step that was not recorded.
 
 use super::model::Act;
-use crate::crd::{DatabaseInstanceStatus, SwitchoverStage, UpgradeResult};
+use crate::crd::{DatabaseInstanceStatus, UpgradeResult};
 
 /// One Event: Warning or Normal, a fixed reason, and what happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +61,7 @@ fn upgrade_notes(old: &DatabaseInstanceStatus, new: &DatabaseInstanceStatus, out
                 ));
             }
             let (sa, sb) = (a.switchover.as_ref(), b.switchover.as_ref());
-            if sa.is_none() && sb.is_some_and(|s| s.stage != SwitchoverStage::Handover) {
+            if sa.is_none() && sb.is_some() {
                 let from = sb.map(|s| s.from.as_str()).unwrap_or_default();
                 out.push(normal(
                     "SwitchoverStarted",
@@ -178,7 +178,8 @@ pub fn notes(old: &DatabaseInstanceStatus, new: &DatabaseInstanceStatus, act: &A
 mod tests {
     use super::*;
     use crate::crd::{
-        QuarantinedMember, StepKind, SwitchoverState, UpgradeInFlight, UpgradeOutcome, UpgradeStep,
+        QuarantinedMember, StepKind, SwitchoverStage, SwitchoverState, UpgradeInFlight,
+        UpgradeOutcome, UpgradeStep,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 

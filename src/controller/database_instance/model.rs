@@ -4,7 +4,7 @@
 use jiff::Timestamp;
 
 use crate::crd::{DatabaseInstance, DatastoreVersion, UpgradePolicy};
-use crate::engine::{Endpoint, Lag, Position, Probe, Role, Strategy, SwitchoverProtocol};
+use crate::engine::{Endpoint, Lag, Position, Probe, Role, Strategy};
 
 /// What was observed of one member.
 #[derive(Debug, Clone, Default)]
@@ -82,7 +82,6 @@ pub struct View<'a> {
     pub fence_elapsed: std::time::Duration,
     /// A new forward step may start now (false while a required maintenance window is closed).
     pub may_start_step: bool,
-    pub protocol: SwitchoverProtocol,
     /// The recorded fence position of the switchover in flight, read back by the engine.
     pub fence_goal: Option<&'a Position>,
     /// The member that the primary label and the topology ConfigMap name, when they agree.
@@ -205,8 +204,6 @@ pub enum Act {
         member: String,
         at_least: Option<Position>,
     },
-    /// The datastore's own switchover handshake, sent to `member`.
-    Failover { member: String },
     /// Point the primary label and the topology ConfigMap at `primary`.
     Publish { primary: String },
     /// Make each of `members` load the TLS files its pod has mounted (a changed TLS Secret).
@@ -236,7 +233,6 @@ impl Act {
             | Act::Fence { member }
             | Act::Unfence { member }
             | Act::Promote { member, .. }
-            | Act::Failover { member }
             | Act::CheckOffline { member, .. }
             | Act::FinishOffline { member } => Some(member),
             Act::Publish { primary } => Some(primary),
@@ -254,7 +250,6 @@ impl Act {
             Act::Fence { .. } => "fence",
             Act::Unfence { .. } => "unfence",
             Act::Promote { .. } => "promote",
-            Act::Failover { .. } => "failover",
             Act::Publish { .. } => "publish",
             Act::SetPasswords { .. } => "set-passwords",
             Act::ReloadTls { .. } => "reload-tls",
@@ -311,7 +306,6 @@ pub struct Observation {
     pub catalog: Vec<DatastoreVersion>,
     /// Why no engine serves the instance's datastore, if none does.
     pub unsupported: Option<String>,
-    pub protocol: SwitchoverProtocol,
     /// The engine's strategy from the running version to the spec's version, when they differ
     /// and both parse.
     pub strategy_to_spec: Option<Strategy>,

@@ -15,7 +15,7 @@ use super::children::{self, ANNOTATION_VERSION, LABEL_INSTANCE, Owned};
 use super::model::{CheckOutcome, Member, Observation, OfflineCheck};
 use crate::controller::Context;
 use crate::crd::DatabaseInstance;
-use crate::engine::{self, Endpoint, Engine, SwitchoverProtocol, Target};
+use crate::engine::{self, Endpoint, Engine, Target};
 use crate::error::{Error, Result};
 use crate::version::Version;
 use crate::window;
@@ -44,7 +44,6 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
         now: ctx.clock.now(),
         catalog: vec![],
         unsupported: None,
-        protocol: SwitchoverProtocol::Guarded,
         strategy_to_spec: None,
         members: names
             .iter()
@@ -82,7 +81,6 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
             return Ok(Some(Observed { o, engine: None }));
         }
     };
-    o.protocol = engine.switchover_protocol();
     o.catalog = ctx.catalog();
     let selector = format!("{LABEL_INSTANCE}={name}");
     // From the API server's watch cache, as informers read them: a consistent LIST waits on

@@ -13,8 +13,7 @@
 //! take a write; unfence it. Until that unfence no member accepts a write, so the switchover
 //! can be undone at any stage before it without losing anything: past the fence deadline, or
 //! when the promoted candidate turns out not to hold the fenced position, `from` becomes the
-//! primary again by the same stages and the step fails. A datastore with its own protocol
-//! (`Native`) gets one `Handover` stage instead, confirmed by roles.
+//! primary again by the same stages and the step fails.
 //!
 //! An UpgradeRequest adds: `Switchover` (no version change: the switchover step alone, to a
 //! named member or the best caught-up standby), `InPlace` (every member restarted together, one step), `hold`
@@ -31,7 +30,6 @@ use crate::crd::{
     OfflineUpgrade, PrimaryUpdateMethod, StepKind, SwitchoverStage, SwitchoverState,
     UpgradeInFlight, UpgradeStep, UpgradeType,
 };
-use crate::engine::SwitchoverProtocol;
 
 /// The outcome of one planning pass.
 #[derive(Debug, Clone, PartialEq)]
@@ -652,7 +650,6 @@ fn switchover(v: &View, u: &UpgradeInFlight) -> Plan {
     // switchover can always be undone.
     let late = v.fence_elapsed > fence_timeout && sw.undoing.is_none();
     match sw.stage {
-        SwitchoverStage::Handover => handover(v, u, &sw, fence_timeout),
         SwitchoverStage::Fencing | SwitchoverStage::CatchingUp if late => undo(
             v,
             u,
@@ -704,11 +701,7 @@ fn start_switchover(v: &View, u: &UpgradeInFlight) -> Plan {
         return Plan::wait(u, "the primary has no pod");
     };
     // Fence only when an upgraded standby is ready to take over.
-    let ready: Vec<&Member> = candidates(v, u, from)
-        .into_iter()
-        .filter(|m| v.caught_up(m))
-        .collect();
-    let Some(first) = ready.first() else {
+    if !candidates(v, u, from).into_iter().any(|m| v.caught_up(m)) {
         if v.step_elapsed > timeout {
             let who = match &u.switchover_to {
                 Some(m) => format!("{m} (switchoverTo) did not catch up"),
@@ -726,34 +719,21 @@ fn start_switchover(v: &View, u: &UpgradeInFlight) -> Plan {
         }
         return Plan::wait(u, "waiting for an upgraded standby to be caught up");
     };
-    let (stage_, act) = match v.protocol {
-        SwitchoverProtocol::Guarded => (
-            SwitchoverStage::Fencing,
-            Act::Fence {
-                member: from.name.clone(),
-            },
-        ),
-        SwitchoverProtocol::Native => (
-            SwitchoverStage::Handover,
-            Act::Failover {
-                member: first.name.clone(),
-            },
-        ),
-    };
-    let candidate = (v.protocol == SwitchoverProtocol::Native).then(|| first.name.clone());
     Plan::record(
         stage(
             u,
             SwitchoverState {
-                stage: stage_,
+                stage: SwitchoverStage::Fencing,
                 from: from.name.clone(),
-                candidate,
+                candidate: None,
                 fence_position: None,
                 fenced_at: Some(now(v)),
                 undoing: None,
             },
         ),
-        act,
+        Act::Fence {
+            member: from.name.clone(),
+        },
     )
 }
 
@@ -1019,40 +999,6 @@ fn undo(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState, why: String) -> Pla
         _ => Act::None,
     };
     Plan::record(stage(u, back), act).with_primary(&sw.from)
-}
-
-/// A native handover: the datastore fences, catches up and promotes by itself; Baton confirms
-/// by the roles the servers report, then records the new primary.
-fn handover(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState, deadline: Duration) -> Plan {
-    let Some(name) = sw.candidate.as_deref() else {
-        return Plan::wait(u, "no candidate recorded");
-    };
-    let c = v.member(name);
-    let from = v.member(&sw.from);
-    let done = c.is_some_and(Member::is_primary)
-        && from.is_none_or(|f| !f.is_primary())
-        && c.zip(from)
-            .is_none_or(|(c, f)| f.probe.is_none() || v.lag_behind(f, c).is_some());
-    if done {
-        return Plan::record(at_stage(u, sw, SwitchoverStage::Repointing), Act::None)
-            .with_primary(name);
-    }
-    if v.fence_elapsed > deadline {
-        return fail(
-            u,
-            format!(
-                "the handover from {} to {name} did not complete within fenceTimeoutSeconds ({}s); {} is still the primary",
-                sw.from,
-                deadline.as_secs(),
-                sw.from
-            ),
-            Act::None,
-        );
-    }
-    Plan::wait(
-        u,
-        format!("waiting for {name} to take over from {}", sw.from),
-    )
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@ use serde_json::json;
 
 use super::*;
 use crate::crd::{DatabaseInstance, StepKind, SwitchoverStage, SwitchoverState};
-use crate::engine::{Endpoint, Position, Probe, SwitchoverProtocol};
+use crate::engine::{Endpoint, Position, Probe};
 
 const SRC: &str = "6.2.14";
 const DST: &str = "7.0.15";
@@ -67,7 +67,6 @@ fn obs(spec_version: &str, status: serde_json::Value) -> Observation {
         now: jiff::Timestamp::UNIX_EPOCH,
         catalog: catalog(),
         unsupported: None,
-        protocol: SwitchoverProtocol::Guarded,
         strategy_to_spec: Some(Strategy::Rolling),
         members: members(),
         children_drifted: false,

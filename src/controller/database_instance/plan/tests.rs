@@ -81,7 +81,6 @@ impl Fixture {
             step_elapsed: Duration::ZERO,
             fence_elapsed: Duration::ZERO,
             may_start_step: true,
-            protocol: SwitchoverProtocol::Guarded,
             fence_goal: self.goal.as_ref(),
             published: Some(&self.published),
             quarantined: &[],
@@ -714,54 +713,6 @@ fn a_request_checks_the_members_before_its_first_step() {
     let failure = next(&late, &u, false).upgrade.unwrap().failure.unwrap();
     assert!(failure.contains("db-2 is not Ready"), "{failure}");
     assert!(failure.contains("nothing was changed"), "{failure}");
-}
-
-#[test]
-fn a_native_protocol_hands_over_and_is_confirmed_by_roles() {
-    let f = Fixture::new();
-    let mut m = members();
-    for x in &mut m[1..] {
-        upgrade_member(x);
-    }
-    let native = View {
-        protocol: SwitchoverProtocol::Native,
-        ..f.view(&m, "db-0")
-    };
-    let p = next(
-        &native,
-        &upgrade(UpgradeStep::of(StepKind::Switchover)),
-        false,
-    );
-    assert_eq!(
-        p.act,
-        Act::Failover {
-            member: "db-1".into()
-        }
-    );
-    let s = sw(&p);
-    assert_eq!(
-        (s.stage, s.candidate.as_deref()),
-        (SwitchoverStage::Handover, Some("db-1"))
-    );
-    let u = p.upgrade.unwrap();
-    // The command's OK is not enough: only roles seen on the servers confirm it.
-    let p = next(&native, &u, false);
-    assert!(p.waiting.is_some() && p.primary.is_none());
-    let late = View {
-        fence_elapsed: Duration::from_secs(61),
-        ..native.clone()
-    };
-    let failure = next(&late, &u, false).upgrade.unwrap().failure.unwrap();
-    assert!(failure.contains("db-0 is still the primary"), "{failure}");
-    lead(&mut m, 1);
-    m[1].probe.as_mut().unwrap().fenced = false;
-    let native = View {
-        protocol: SwitchoverProtocol::Native,
-        ..f.view(&m, "db-0")
-    };
-    let p = next(&native, &u, false);
-    assert_eq!(p.primary.as_deref(), Some("db-1"));
-    assert_eq!(sw(&p).stage, SwitchoverStage::Repointing);
 }
 
 #[test]
