@@ -27,6 +27,51 @@ pub fn poll() -> Action {
     Action::requeue(Duration::from_millis(500))
 }
 
+/// The next step is ready and its act's effect is observable at once.
+pub fn now() -> Action {
+    Action::requeue(Duration::from_millis(10))
+}
+
+/// Read the object again soon: this pass recorded a step (or lost its write to a concurrent
+/// one), and the next pass decides from what is on record.
+pub fn reread() -> Action {
+    Action::requeue(Duration::from_millis(100))
+}
+
+/// A handover the servers confirm within a few hundred milliseconds (a Redis Cluster failover
+/// spreading through the bus).
+pub fn confirm() -> Action {
+    Action::requeue(Duration::from_millis(200))
+}
+
+/// A server call failed, or a member has not reached what the step waits for: try again in a
+/// second, without hammering it.
+pub fn retry() -> Action {
+    Action::requeue(Duration::from_secs(1))
+}
+
+/// Members (pods, servers) are still coming up; their pods' events wake the controller too.
+pub fn members() -> Action {
+    Action::requeue(Duration::from_secs(2))
+}
+
+/// Waiting on a person (a Commit or Rollback, a catalog entry, a layout Baton does not undo).
+pub fn person() -> Action {
+    Action::requeue(Duration::from_secs(30))
+}
+
+/// Until `wait` has passed (a maintenance window opening), looking again at least every 30 s.
+pub fn after(wait: Duration) -> Action {
+    Action::requeue(wait.clamp(Duration::from_secs(1), Duration::from_secs(30)))
+}
+
+/// A job watching its targets: at the soonest time something of theirs is due (not sooner
+/// than 200 ms), else every 2 s — their status changes wake it too.
+pub fn soonest(due: Option<Duration>) -> Action {
+    let poll = Duration::from_secs(2);
+    Action::requeue(due.map_or(poll, |d| d.min(poll).max(Duration::from_millis(200))))
+}
+
 /// Per-object error counts, so repeated failures of one object back off without slowing others.
 #[derive(Default)]
 pub struct Backoffs {
@@ -57,6 +102,24 @@ fn delay(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waits_for_a_time_are_bounded() {
+        assert_eq!(
+            after(Duration::ZERO),
+            Action::requeue(Duration::from_secs(1))
+        );
+        assert_eq!(after(Duration::from_secs(3600)), person());
+        assert_eq!(soonest(None), members());
+        assert_eq!(
+            soonest(Some(Duration::from_millis(5))),
+            Action::requeue(Duration::from_millis(200))
+        );
+        assert_eq!(
+            soonest(Some(Duration::from_millis(700))),
+            Action::requeue(Duration::from_millis(700))
+        );
+    }
 
     #[test]
     fn back_off_doubles_and_is_capped() {

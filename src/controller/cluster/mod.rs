@@ -28,7 +28,7 @@ use super::database_instance::children::{
     self, LABEL_CLIENT, LABEL_CLUSTER, LABEL_MANAGED_BY, MANAGED_BY,
 };
 use super::database_instance::observe::{pod_ready, secret_values};
-use super::{Context, FIELD_MANAGER};
+use super::{Context, FIELD_MANAGER, requeue};
 use crate::crd::{
     Cluster, ClusterStatus, ClusterTask, CredentialsRef, DatabaseInstance, DatabaseInstanceSpec,
     DatastoreRef, ShardStatus,
@@ -88,7 +88,7 @@ pub async fn reconcile(cached: Arc<Cluster>, ctx: Arc<Context>) -> Result<Action
     if pass.s != pass.written && !pass.record(&api, &cluster).await? {
         // The Cluster changed since this pass read it (an UpgradeRequest claimed or steered
         // it): decide again from a fresh read, and publish nothing of this pass.
-        return Ok(Action::requeue(Duration::from_millis(100)));
+        return Ok(requeue::reread());
     }
     for (t, reason, note) in std::mem::take(&mut pass.events) {
         publish(&ctx, &cluster, t, reason, note).await;
@@ -257,7 +257,7 @@ async fn run(ctx: &Context, cluster: &Cluster, api: &Api<Cluster>, p: &mut Pass)
     }
     if let Some(why) = &layout.missing {
         p.waiting("MembersNotReady", why.clone());
-        return Ok(Action::requeue(Duration::from_secs(2)));
+        return Ok(requeue::members());
     }
     let login = accounts.admin(engine);
     let targets: BTreeMap<String, Target> = layout
@@ -291,11 +291,11 @@ async fn run(ctx: &Context, cluster: &Cluster, api: &Api<Cluster>, p: &mut Pass)
                     "FormationConflict",
                     format!("the nodes were formed otherwise and Baton does not undo that: {why}"),
                 );
-                return Ok(Action::requeue(Duration::from_secs(30)));
+                return Ok(requeue::person());
             }
             Formation::Wait(why) => {
                 p.waiting("Forming", format!("forming the cluster: {why}"));
-                return Ok(Action::requeue(Duration::from_millis(500)));
+                return Ok(requeue::poll());
             }
             act => {
                 info!(cluster = %cluster.name_any(), step = ?act, "forming");
@@ -303,9 +303,9 @@ async fn run(ctx: &Context, cluster: &Cluster, api: &Api<Cluster>, p: &mut Pass)
                 if let Err(e) = rc::form(act, &targets).await {
                     warn!(error = %e, "a formation step failed");
                     p.waiting("Forming", format!("forming the cluster: {e}"));
-                    return Ok(Action::requeue(Duration::from_secs(1)));
+                    return Ok(requeue::retry());
                 }
-                return Ok(Action::requeue(Duration::from_millis(100)));
+                return Ok(requeue::reread());
             }
         }
     }
@@ -321,12 +321,12 @@ async fn run(ctx: &Context, cluster: &Cluster, api: &Api<Cluster>, p: &mut Pass)
                 targets.len()
             ),
         );
-        return Ok(Action::requeue(Duration::from_secs(2)));
+        return Ok(requeue::members());
     }
     p.s.shards = shard_statuses(&names, &layout, &all);
     if let Err(why) = rc::health(&all) {
         p.waiting("Unhealthy", why.to_string());
-        return Ok(Action::requeue(Duration::from_secs(1)));
+        return Ok(requeue::retry());
     }
     let mut probes = BTreeMap::new();
     for (shard, st) in names.iter().zip(p.s.shards.iter_mut()) {
@@ -337,7 +337,7 @@ async fn run(ctx: &Context, cluster: &Cluster, api: &Api<Cluster>, p: &mut Pass)
                 Err(e) => {
                     let why = format!("probing {pod}: {e}");
                     p.waiting("MembersNotReady", why);
-                    return Ok(Action::requeue(Duration::from_secs(1)));
+                    return Ok(requeue::retry());
                 }
             };
             st.versions.insert(pod.clone(), probe.version.clone());
@@ -346,7 +346,7 @@ async fn run(ctx: &Context, cluster: &Cluster, api: &Api<Cluster>, p: &mut Pass)
                 info!(member = %pod, "unfencing the shard's master: every node agrees it leads");
                 if let Err(e) = engine.unfence(t).await {
                     p.waiting("Unfencing", format!("unfencing {pod}: {e}"));
-                    return Ok(Action::requeue(Duration::from_secs(1)));
+                    return Ok(requeue::retry());
                 }
             }
             probes.insert(pod.clone(), probe);

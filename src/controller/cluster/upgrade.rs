@@ -19,9 +19,9 @@ use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
 use super::{Layout, Pass, owner};
-use crate::controller::Context;
 use crate::controller::database_instance::children::{self, ANNOTATION_VERSION};
 use crate::controller::database_instance::observe::{image_current, pod_ready};
+use crate::controller::{Context, requeue};
 use crate::crd::{
     Cluster, ClusterTask, ClusterUpgrade, Datastore, DatastoreVersion, FailoverIntent, ShardStage,
     UpgradeOutcome, UpgradeResult,
@@ -162,7 +162,7 @@ pub(super) async fn step(
     {
         let what = if u.rollback { "rollback" } else { "cancel" };
         begin_revert(p, u, None, what);
-        return Ok(Some(Action::requeue(Duration::from_millis(100))));
+        return Ok(Some(requeue::reread()));
     }
     if u.stage == ShardStage::AwaitingCommit {
         if u.hold {
@@ -170,17 +170,17 @@ pub(super) async fn step(
                 "every shard's replicas run redis {}; the masters still run {}: set the UpgradeRequest's action to Commit or Rollback",
                 u.target_version, u.source_version
             ));
-            return Ok(Some(Action::requeue(Duration::from_secs(2))));
+            return Ok(Some(requeue::members()));
         }
         info!(cluster = %cluster.name_any(), "committed: handing each shard over in turn");
         (u.shard, u.stage, u.step_started) = (0, ShardStage::Failover, p.now.clone());
         p.s.upgrade = Some(u);
-        return Ok(Some(Action::requeue(Duration::from_millis(100))));
+        return Ok(Some(requeue::reread()));
     }
     let shard = u.shard.max(0) as usize;
     let Some(master) = p.s.shards.get(shard).and_then(|s| s.primary.clone()) else {
         p.waiting("Unhealthy", format!("shard {shard} has no master"));
-        return Ok(Some(Action::requeue(Duration::from_secs(1))));
+        return Ok(Some(requeue::retry()));
     };
     let target = u.target_version.clone();
     let image = match crate::catalog::find(&seen.catalog, Datastore::Redis, &target) {
@@ -190,7 +190,7 @@ pub(super) async fn step(
                 "VersionNotInCatalog",
                 format!("redis {target} left the catalog during the upgrade"),
             );
-            return Ok(Some(Action::requeue(Duration::from_secs(5))));
+            return Ok(Some(requeue::person()));
         }
     };
     match u.stage {
@@ -221,7 +221,7 @@ pub(super) async fn step(
                 // Patched already; the node has not come back on the target yet.
                 p.s.message = Some(format!("waiting for {member} to run redis {target}"));
                 check_deadline(p, &format!("{member} does not run {target} yet"));
-                return Ok(Some(Action::requeue(Duration::from_secs(1))));
+                return Ok(Some(requeue::retry()));
             }
             if u.member.as_deref() != Some(member.as_str())
                 && let Some(wait) = window_closed(cluster, p, &u, &format!("restarting {member}"))
@@ -255,9 +255,7 @@ fn window_closed(
         "the maintenance window is closed; {what} starts when it opens at {opens}"
     ));
     let wait = Duration::try_from(opens.duration_since(p.now.0)).unwrap_or_default();
-    Some(Action::requeue(
-        wait.clamp(Duration::from_secs(1), Duration::from_secs(30)),
-    ))
+    Some(requeue::after(wait))
 }
 
 /// Turns the upgrade around: every replica whose master still runs the source returns to it,
@@ -377,7 +375,7 @@ fn start(
     p.cond("VersionApplied", false, "Upgrading", note.clone());
     p.cond("Progressing", true, "Upgrading", note.clone());
     p.events.push((EventType::Normal, "UpgradeStarted", note));
-    Some(Action::requeue(Duration::from_millis(100)))
+    Some(requeue::reread())
 }
 
 /// The shard's current stage is done: on to its next stage, the next shard, or the end.
@@ -385,7 +383,7 @@ fn advance(p: &mut Pass, seen: &Seen<'_>, mut u: ClusterUpgrade, master: &str) -
     u.member = None;
     u.step_started = p.now.clone();
     let last = u.shard as usize + 1 >= seen.names.len();
-    let again = Action::requeue(Duration::from_millis(100));
+    let again = requeue::reread();
     match u.stage {
         ShardStage::RestartReplicas if u.reverting && last => {
             let (result, note) = match (&u.aborted, u.cancel, u.rollback || u.request.is_none()) {
@@ -495,11 +493,11 @@ async fn failover(
                 "NoCandidate",
                 format!("no upgraded replica of {master} is streaming from it yet"),
             );
-            return Ok(Some(Action::requeue(Duration::from_secs(1))));
+            return Ok(Some(requeue::retry()));
         };
         let Some(new) = seen.node(&candidate) else {
             p.waiting("NoCandidate", format!("no node id for {candidate}"));
-            return Ok(Some(Action::requeue(Duration::from_secs(1))));
+            return Ok(Some(requeue::retry()));
         };
         let f = FailoverIntent {
             master: master.to_string(),
@@ -520,7 +518,7 @@ async fn failover(
         // The intent first: a restarted operator confirms or sends this failover, never
         // another.
         if !p.record(api, cluster).await? {
-            return Ok(Some(reread()));
+            return Ok(Some(requeue::reread()));
         }
         crate::failpoint::passed("api:cluster-status:failover-intent").await;
         return send(cluster, api, p, seen, u, f).await;
@@ -544,7 +542,7 @@ async fn failover(
             u.member = None;
             u.step_started = p.now.clone();
             p.s.upgrade = Some(u);
-            Ok(Some(Action::requeue(Duration::from_millis(100))))
+            Ok(Some(requeue::reread()))
         }
         // Recorded but not known to be sent (the operator died in between): send it, unless
         // a node already sees the candidate leading (it was sent; a replica's FAILOVER sent
@@ -565,7 +563,7 @@ async fn failover(
                 u.shard
             ));
             check_deadline(p, &why);
-            Ok(Some(Action::requeue(Duration::from_millis(200))))
+            Ok(Some(requeue::confirm()))
         }
     }
 }
@@ -585,7 +583,7 @@ async fn send(
         .and_then(|a| seen.targets.get(a));
     let Some(t) = t else {
         p.waiting("NoCandidate", format!("{} has no address", f.candidate));
-        return Ok(Some(Action::requeue(Duration::from_secs(1))));
+        return Ok(Some(requeue::retry()));
     };
     info!(candidate = %f.candidate, master = %f.master, "CLUSTER FAILOVER");
     if let Err(e) = rc::failover(t).await {
@@ -593,7 +591,7 @@ async fn send(
             "FailoverRefused",
             format!("CLUSTER FAILOVER on {}: {e}", f.candidate),
         );
-        return Ok(Some(Action::requeue(Duration::from_secs(1))));
+        return Ok(Some(requeue::retry()));
     }
     f.sent = true;
     u.failover = Some(f);
@@ -601,11 +599,7 @@ async fn send(
     // Lost to a concurrent write: the failover was sent, and the next pass confirms it (a node
     // seeing the candidate lead keeps it from being sent twice).
     p.record(api, cluster).await?;
-    Ok(Some(Action::requeue(Duration::from_millis(200))))
-}
-
-fn reread() -> Action {
-    Action::requeue(Duration::from_millis(100))
+    Ok(Some(requeue::confirm()))
 }
 
 fn parse_range(r: &str) -> Option<SlotRange> {
@@ -717,14 +711,14 @@ async fn move_member(
         p.s.upgrade = Some(u);
         p.s.message = Some(format!("restarting {member} on redis {version}"));
         if !p.record(api, cluster).await? {
-            return Ok(reread());
+            return Ok(requeue::reread());
         }
         crate::failpoint::passed("api:cluster-status:restart-intent").await;
     }
     if !asks_for(pods, member, version) {
         restart(ctx, cluster, member, image, version).await?;
     }
-    Ok(Action::requeue(Duration::from_secs(1)))
+    Ok(requeue::retry())
 }
 
 /// A stopped upgrade. A request's goes back on its own while the shard's master still runs
@@ -745,7 +739,7 @@ pub(super) fn stopped(cluster: &Cluster, p: &mut Pass) -> Option<Action> {
             "reverting"
         };
         begin_revert(p, u.clone(), u.request.as_ref().map(|_| why), what);
-        return Some(Action::requeue(Duration::from_millis(100)));
+        return Some(requeue::reread());
     }
     if u.request.is_some() && p.s.last_upgrade.as_ref().map(|l| &l.job) != Some(&u.job) {
         // Cannot go back: the request learns the outcome; the cluster waits for a person.
@@ -764,7 +758,7 @@ pub(super) fn stopped(cluster: &Cluster, p: &mut Pass) -> Option<Action> {
         format!("the upgrade to {} stopped: {why}", u.target_version)
     });
     p.s.task = Some(ClusterTask::UpgradingCluster);
-    Some(Action::requeue(Duration::from_secs(30)))
+    Some(requeue::person())
 }
 
 #[cfg(test)]

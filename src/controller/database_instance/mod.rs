@@ -108,7 +108,7 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
     // act, the write is made (guarded) even when nothing changed.
     if changed || d.act != Act::None {
         if !write_status_guarded(&ctx, &o.inst, &d.status).await? {
-            return Ok(reread());
+            return Ok(requeue::reread());
         }
         ctx.mark_written(&key);
     }
@@ -148,13 +148,13 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
     }
     if !act_ok {
         // A failing member is not hammered: the next attempt comes after a second.
-        return Ok(Action::requeue(Duration::from_secs(1)));
+        return Ok(requeue::retry());
     }
     Ok(match d.wake {
         Wake::Idle => requeue::health(ctx.health_interval),
         Wake::Poll => requeue::poll(),
         // The next step is ready: its act's effect is observable at once.
-        Wake::Now => Action::requeue(Duration::from_millis(10)),
+        Wake::Now => requeue::now(),
     })
 }
 
@@ -221,9 +221,4 @@ pub(crate) async fn write_status_guarded(
         &inst.namespace().unwrap_or_default(),
     );
     super::apply_status(&api, inst, next, true, "writing DatabaseInstance status").await
-}
-
-/// Re-read soon: the object changed since this pass read it.
-fn reread() -> Action {
-    Action::requeue(Duration::from_millis(100))
 }

@@ -28,7 +28,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::info;
 
-use super::{Context, apply_status, database_instance, publish};
+use super::{Context, apply_status, database_instance, publish, requeue};
 use crate::crd::{
     Cluster, ClusterStatus, ClusterTask, ClusterUpgrade, DatabaseInstance, InstancePhase,
     RequestPhase, Schedule, ShardStage, StepKind, TargetJob, TargetKind, UpgradeAction,
@@ -94,7 +94,7 @@ pub async fn reconcile(cached: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result
         // Before any target is touched, so a deletion always finds the request to stop (a
         // dry run touches none).
         set_finalizer(&api, &req, true).await?;
-        return Ok(Action::requeue(Duration::from_millis(100)));
+        return Ok(requeue::reread());
     }
     let instances = Api::<DatabaseInstance>::namespaced(ctx.client.clone(), &ns);
     let mut next = current.clone();
@@ -116,24 +116,24 @@ pub async fn reconcile(cached: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result
         }
         // An offline pre-check in a pod has no watch here: look again soon.
         if next.jobs.iter().any(|j| !jobs::is_terminal(j.phase)) {
-            return Ok(Action::requeue(Duration::from_secs(1)));
+            return Ok(requeue::retry());
         }
         return Ok(Action::await_change());
     }
     // 2. Sync the started jobs with their instances (each target read once per pass).
     let Some(read) = sync_started(&ctx, &req, &mut next, deleting).await? else {
-        return Ok(reread());
+        return Ok(requeue::reread());
     };
     // 3. Admit the waiting jobs (pure), then 4. claim the ones that start.
     let Some(soonest) = admit_and_claim(&ctx, &req, &mut next, &read, deleting).await? else {
-        return Ok(reread());
+        return Ok(requeue::reread());
     };
     // 5. Summary and conditions (pure), written once.
     summarize_into(&ctx, &req, &mut next, deleting);
     let done = next.phase.is_some_and(jobs::is_terminal);
     if next != current {
         if !write_status(&ctx, &req, &next).await? {
-            return Ok(reread());
+            return Ok(requeue::reread());
         }
         if current.phase != next.phase {
             info!(phase = ?next.phase, "upgrade request phase");
@@ -150,12 +150,9 @@ pub async fn reconcile(cached: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result
     }
     if done {
         // The finalizer goes in the next pass, once the terminal phase is on record.
-        return Ok(Action::requeue(Duration::from_millis(100)));
+        return Ok(requeue::reread());
     }
-    let poll = Duration::from_secs(2);
-    Ok(Action::requeue(soonest.map_or(poll, |s| {
-        s.min(poll).max(Duration::from_millis(200))
-    })))
+    Ok(requeue::soonest(soonest))
 }
 
 /// Fills each waiting job of a dry run with its verdict: Succeeded (it would start) or Failed
@@ -1040,10 +1037,6 @@ async fn publish_req(
     note: String,
 ) {
     publish(ctx, &req.object_ref(&()), type_, reason, note).await;
-}
-
-fn reread() -> Action {
-    Action::requeue(Duration::from_millis(100))
 }
 
 #[cfg(test)]
