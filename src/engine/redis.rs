@@ -27,6 +27,9 @@ use crate::crd::Datastore;
 
 /// Port every Redis member listens on (each pod has its own address).
 pub const PORT: u16 = 6379;
+
+/// The member's container in its pod.
+pub const CONTAINER: &str = "redis";
 /// The fence: more replicas than any instance has.
 const FENCE_REPLICAS: i64 = 1_000_000;
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -323,7 +326,7 @@ impl Engine for Redis {
     }
 
     fn container_name(&self) -> &'static str {
-        "redis"
+        CONTAINER
     }
 
     /// AOF persistence (so a member restarted on an older version starts empty and resyncs

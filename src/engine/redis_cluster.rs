@@ -12,10 +12,37 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use super::redis::{connect, run};
-use super::{EngineError, Target};
+use super::{Credentials, Endpoint, EngineError, Target};
 
 /// The number of hash slots in every Redis Cluster.
 pub const SLOTS: u16 = 16384;
+
+/// A node's client port: the Redis engine's.
+pub const PORT: u16 = super::redis::PORT;
+
+/// A node's cluster bus port: its client port + 10000.
+pub const BUS_PORT: u16 = PORT + 10000;
+
+/// The node's container in a shard's pod: the Redis engine's.
+pub const CONTAINER: &str = super::redis::CONTAINER;
+
+/// The `ip:port` a node announces for the pod address `ip`.
+pub fn address(ip: &str) -> String {
+    format!("{ip}:{PORT}")
+}
+
+/// A node to talk to as `login`, at the `ip:port` of a `CLUSTER NODES` line (the client port
+/// when it names none).
+pub fn target(addr: &str, login: &Credentials) -> Target {
+    let (host, port) = match addr.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().unwrap_or(PORT)),
+        None => (addr, PORT),
+    };
+    Target {
+        credentials: Some(login.clone()),
+        ..Target::new(Endpoint::new(host, port))
+    }
+}
 
 /// An inclusive range of slots.
 pub type SlotRange = (u16, u16);
@@ -588,6 +615,26 @@ pub async fn failover(replica: &Target) -> Result<(), EngineError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_is_reached_at_its_announced_port_or_the_client_port() {
+        let login = Credentials {
+            username: None,
+            password: "pw".into(),
+        };
+        let at = |a: &str| {
+            let t = target(a, &login);
+            (
+                t.endpoint.host,
+                t.endpoint.port,
+                t.credentials == Some(login.clone()),
+            )
+        };
+        assert_eq!(at("127.2.0.7:7001"), ("127.2.0.7".into(), 7001, true));
+        assert_eq!(at("127.2.0.7"), ("127.2.0.7".into(), PORT, true));
+        assert_eq!(address("127.2.0.7"), "127.2.0.7:6379");
+        assert_eq!(BUS_PORT, 16379);
+    }
 
     macro_rules! fixture {
         ($name:literal) => {

@@ -35,12 +35,9 @@ use crate::crd::{
 };
 use crate::crd::{Datastore, MemberResources};
 use crate::engine::redis_cluster::{self as rc, Formation, Shard, View};
-use crate::engine::{self, Accounts, Credentials, Endpoint, Engine, Target};
+use crate::engine::{self, Accounts, Engine, Target};
 use crate::error::{Error, Result};
 use crate::status::{self, Desired};
-
-/// The cluster bus port of a Redis node: its client port + 10000.
-const BUS_PORT: i32 = 16379;
 
 mod upgrade;
 
@@ -263,7 +260,7 @@ async fn run(ctx: &Context, cluster: &Cluster, api: &Api<Cluster>, p: &mut Pass)
     let targets: BTreeMap<String, Target> = layout
         .addr
         .values()
-        .map(|a| (a.clone(), target(a, &login)))
+        .map(|a| (a.clone(), rc::target(a, &login)))
         .collect();
     let mut views = BTreeMap::new();
     for (a, t) in &targets {
@@ -384,14 +381,6 @@ async fn run(ctx: &Context, cluster: &Cluster, api: &Api<Cluster>, p: &mut Pass)
     Ok(super::requeue::health(ctx.health_interval))
 }
 
-fn target(addr: &str, login: &Credentials) -> Target {
-    let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "6379"));
-    Target {
-        credentials: Some(login.clone()),
-        ..Target::new(Endpoint::new(host, port.parse().unwrap_or(6379)))
-    }
-}
-
 fn describe(step: &Formation) -> String {
     match step {
         Formation::Meet { on, peer } => format!("{on} meets {peer}"),
@@ -456,8 +445,7 @@ impl Layout {
                     .and_then(|p| p.status.as_ref().and_then(|s| s.pod_ip.clone()))
                 {
                     Some(ip) => {
-                        l.addr
-                            .insert(m.clone(), format!("{ip}:{}", crate::engine::redis::PORT));
+                        l.addr.insert(m.clone(), rc::address(&ip));
                     }
                     None => waiting.push(m.clone()),
                 }
@@ -655,14 +643,11 @@ async fn ensure_network_policy(ctx: &Context, cluster: &Cluster) -> Result<()> {
             policy_types: Some(vec!["Ingress".into()]),
             ingress: Some(vec![
                 NetworkPolicyIngressRule {
-                    ports: Some(vec![
-                        port(crate::engine::redis::PORT as i32),
-                        port(BUS_PORT),
-                    ]),
+                    ports: Some(vec![port(rc::PORT as i32), port(rc::BUS_PORT as i32)]),
                     from: Some(vec![peer(LABEL_CLUSTER)]),
                 },
                 NetworkPolicyIngressRule {
-                    ports: Some(vec![port(crate::engine::redis::PORT as i32)]),
+                    ports: Some(vec![port(rc::PORT as i32)]),
                     from: Some(vec![peer(LABEL_CLIENT)]),
                 },
             ]),

@@ -624,7 +624,7 @@ async fn restart(
     pods.patch(
         member,
         &PatchParams::default(),
-        &Patch::Strategic(children::version_patch("redis", image, version)),
+        &Patch::Strategic(children::version_patch(rc::CONTAINER, image, version)),
     )
     .await
     .map_err(Error::kube("moving a member to the target version"))?;
