@@ -99,20 +99,26 @@ pub async fn reconcile(cached: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result
     let instances = Api::<DatabaseInstance>::namespaced(ctx.client.clone(), &ns);
     let mut next = current.clone();
     next.observed_generation = req.metadata.generation;
+    // Events of what this pass records, published only once the record is written: a lost
+    // write repeats the pass, and would otherwise repeat its Events.
+    let mut notes = Notes::default();
     // 1. Resolve the targets, once.
     if next.jobs.is_empty() {
         next.jobs = resolve_targets(&req, &instances).await?;
         let names: Vec<&str> = next.jobs.iter().map(|j| j.target.as_str()).collect();
         let note = format!("{} target(s): {}", names.len(), names.join(", "));
-        publish_req(&ctx, &req, EventType::Normal, "Accepted", note).await;
+        notes.push(EventType::Normal, "Accepted", note);
     }
     // A dry run: each target's verdict, read from the API server, and nothing claimed.
     if req.spec.dry_run {
         dry_run(&ctx, &req, &mut next).await?;
         summarize_into(&ctx, &req, &mut next, deleting);
         if next != current && write_status(&ctx, &req, &next).await? {
-            let msg = next.message.clone().unwrap_or_default();
-            publish_req(&ctx, &req, EventType::Normal, "DryRunCompleted", msg).await;
+            notes.publish(&ctx, &req).await;
+            if next.phase.is_some_and(jobs::is_terminal) {
+                let msg = next.message.clone().unwrap_or_default();
+                publish_req(&ctx, &req, EventType::Normal, "DryRunCompleted", msg).await;
+            }
         }
         // An offline pre-check in a pod has no watch here: look again soon.
         if next.jobs.iter().any(|j| !jobs::is_terminal(j.phase)) {
@@ -121,11 +127,12 @@ pub async fn reconcile(cached: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result
         return Ok(Action::await_change());
     }
     // 2. Sync the started jobs with their instances (each target read once per pass).
-    let Some(read) = sync_started(&ctx, &req, &mut next, deleting).await? else {
+    let Some(read) = sync_started(&ctx, &req, &mut next, &mut notes, deleting).await? else {
         return Ok(requeue::reread());
     };
     // 3. Admit the waiting jobs (pure), then 4. claim the ones that start.
-    let Some(soonest) = admit_and_claim(&ctx, &req, &mut next, &read, deleting).await? else {
+    let Some(soonest) = admit_and_claim(&ctx, &req, &mut next, &mut notes, &read, deleting).await?
+    else {
         return Ok(requeue::reread());
     };
     // 5. Summary and conditions (pure), written once.
@@ -135,6 +142,7 @@ pub async fn reconcile(cached: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result
         if !write_status(&ctx, &req, &next).await? {
             return Ok(requeue::reread());
         }
+        notes.publish(&ctx, &req).await;
         if current.phase != next.phase {
             info!(phase = ?next.phase, "upgrade request phase");
             if let (true, Some(phase)) = (done, next.phase) {
@@ -328,6 +336,7 @@ async fn sync_started(
     ctx: &Context,
     req: &UpgradeRequest,
     next: &mut UpgradeRequestStatus,
+    notes: &mut Notes,
     deleting: bool,
 ) -> Result<Option<Read>> {
     let ns = req.namespace().unwrap_or_default();
@@ -360,7 +369,7 @@ async fn sync_started(
             }
             continue;
         };
-        let Some(flags) = sync_job(ctx, req, job, &state, deleting).await else {
+        let Some(flags) = sync_job(ctx, req, job, &state, notes, deleting) else {
             continue;
         };
         // The action asks something new of the target's upgrade: steer it, guarded.
@@ -506,6 +515,7 @@ async fn admit_and_claim(
     ctx: &Context,
     req: &UpgradeRequest,
     next: &mut UpgradeRequestStatus,
+    notes: &mut Notes,
     read: &Read,
     deleting: bool,
 ) -> Result<Option<Option<Duration>>> {
@@ -534,7 +544,7 @@ async fn admit_and_claim(
         match admission {
             jobs::Admission::Later => {}
             jobs::Admission::Cancel(why) => finish_job(job, RequestPhase::Cancelled, why, ctx),
-            jobs::Admission::Refuse(why) => fail_job(ctx, req, job, why).await,
+            jobs::Admission::Refuse(why) => fail_job(ctx, job, notes, why),
             jobs::Admission::Schedule {
                 plan,
                 window,
@@ -720,16 +730,13 @@ fn finish_job(job: &mut TargetJob, phase: RequestPhase, message: String, ctx: &C
     job.finish_time = Some(ctx.now());
 }
 
-async fn fail_job(ctx: &Context, req: &UpgradeRequest, job: &mut TargetJob, why: String) {
+fn fail_job(ctx: &Context, job: &mut TargetJob, notes: &mut Notes, why: String) {
     info!(target = %job.target, reason = %why, "target refused");
-    publish_req(
-        ctx,
-        req,
+    notes.push(
         EventType::Warning,
         "TargetFailed",
         format!("{}: {why}", job.target),
-    )
-    .await;
+    );
     finish_job(job, RequestPhase::Failed, why, ctx);
 }
 
@@ -858,11 +865,12 @@ fn describe_plan(req: &UpgradeRequest, plan: &jobs::Plan) -> String {
 
 /// Brings a job up to date with its target. Returns the flags to write when the request's
 /// action asks something new of the target's upgrade.
-async fn sync_job(
+fn sync_job(
     ctx: &Context,
     req: &UpgradeRequest,
     job: &mut TargetJob,
     t: &TargetState,
+    notes: &mut Notes,
     deleting: bool,
 ) -> Option<jobs::Flags> {
     if let Some(last) = t
@@ -878,7 +886,7 @@ async fn sync_job(
             RequestPhase::RolledBack => (EventType::Normal, "TargetRolledBack"),
             _ => (EventType::Normal, "TargetCancelled"),
         };
-        publish_req(ctx, req, ty, reason, format!("{}: {message}", job.target)).await;
+        notes.push(ty, reason, format!("{}: {message}", job.target));
         job.phase = phase;
         job.message = Some(message);
         job.step = None;
@@ -1026,6 +1034,22 @@ async fn set_finalizer(api: &Api<UpgradeRequest>, req: &UpgradeRequest, on: bool
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(()),
         Err(e) => Err(Error::kube("updating the UpgradeRequest's finalizers")(e)),
+    }
+}
+
+/// Events waiting for the status write that records what they say.
+#[derive(Default)]
+struct Notes(Vec<(EventType, &'static str, String)>);
+
+impl Notes {
+    fn push(&mut self, t: EventType, reason: &'static str, note: String) {
+        self.0.push((t, reason, note));
+    }
+
+    async fn publish(&mut self, ctx: &Context, req: &UpgradeRequest) {
+        for (t, reason, note) in self.0.drain(..) {
+            publish_req(ctx, req, t, reason, note).await;
+        }
     }
 }
 
