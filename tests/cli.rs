@@ -226,6 +226,16 @@ async fn every_kubectl_baton_command_against_a_real_instance() {
     );
     assert_nothing_lost(&env, "sessions", &[&report, &pinned]).await;
     env.wait_event("sessions", "SwitchoverCompleted", to).await;
+    // A planned switchover is measured like an upgrade's: status, the job, `status`'s sheet.
+    let sw = st.last_switchover.clone().expect("status.lastSwitchover");
+    assert_eq!((sw.from.as_str(), sw.to.as_str()), (to, now.as_str()));
+    assert_eq!(last.switchover_ms, Some(sw.window_ms));
+    assert_eq!(job(&done, "sessions").switchover_ms, Some(sw.window_ms));
+    let sheet = ok(&ns, &["status", "sessions"]);
+    assert!(
+        sheet.contains(&format!("writes refused for {} ms", sw.window_ms)),
+        "{sheet}"
+    );
 
     // A switchover to the primary itself is refused before anything is touched.
     let (code, out, _) = baton(&ns, &["switchover", "sessions", "--to", &now, "--dry-run"]);

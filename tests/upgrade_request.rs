@@ -92,6 +92,10 @@ async fn a_single_instance_request_succeeds_and_a_second_request_for_it_fails() 
         st.last_upgrade.as_ref().map(|l| l.result),
         Some(UpgradeResult::Succeeded)
     );
+    // The job says what the switchover cost, as the instance measured it.
+    let window = st.last_switchover.as_ref().map(|l| l.window_ms);
+    assert!(window.is_some_and(|w| w > 0), "{:?}", st.last_switchover);
+    assert_eq!(j.switchover_ms, window, "{j:?}");
     let applied = eventually(Duration::from_secs(30), || async {
         env.instances
             .get("sessions")

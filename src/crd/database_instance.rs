@@ -365,6 +365,32 @@ pub struct UpgradeInFlight {
     /// standbys are cloned again from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offline: Option<OfflineUpgrade>,
+    /// The longest write-unavailable window of this upgrade's switchovers so far, in
+    /// milliseconds (see `status.lastSwitchover`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switchover_ms: Option<i64>,
+}
+
+/// The last switchover's write-unavailable window, as Baton measured it: from the fence on the
+/// old primary to the pass that saw the new one lead, labelled, with its fence lifted.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LastSwitchover {
+    /// The primary that handed over its role (was fenced).
+    pub from: String,
+    /// The member that leads now (`from` again when the switchover was undone).
+    pub to: String,
+    /// When writes were fenced on `from`.
+    pub fenced_at: Time,
+    /// When Baton saw `to` lead with its fence lifted: writable, and labelled.
+    pub writable_at: Time,
+    /// `writableAt` − `fencedAt` in milliseconds: how long no member accepted a write. It is
+    /// at most one reconcile pass longer than the gap a client sees, never shorter.
+    pub window_ms: i64,
+    /// True when the switchover was undone (a candidate that could not take over in time):
+    /// `from` leads again with nothing lost.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub undone: bool,
 }
 
 /// An offline hop's progress and its write outage.
@@ -416,6 +442,7 @@ impl UpgradeInFlight {
             path: vec![],
             origin_version: None,
             offline: None,
+            switchover_ms: None,
         }
     }
 
@@ -532,6 +559,9 @@ pub struct UpgradeOutcome {
     /// For an offline upgrade: how long writes were refused, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outage_ms: Option<i64>,
+    /// The longest write-unavailable window of its switchovers, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switchover_ms: Option<i64>,
 }
 
 /// What Baton observed of the instance, and the upgrade in flight.
@@ -562,6 +592,9 @@ pub struct DatabaseInstanceStatus {
     /// How the last upgrade ended (an UpgradeRequest reads its job's outcome here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_upgrade: Option<UpgradeOutcome>,
+    /// The last switchover (of an upgrade or a planned one) and how long writes were refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_switchover: Option<LastSwitchover>,
     /// Members that took writes the primary does not have: fenced, never repointed by Baton.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quarantine: Vec<QuarantinedMember>,

@@ -21,8 +21,8 @@ pub use common::{
 };
 pub use database_instance::{
     CredentialsRef, DatabaseInstance, DatabaseInstanceSpec, DatabaseInstanceStatus, InstancePhase,
-    MemberRole, MemberStatus, OfflineUpgrade, QuarantinedMember, StepKind, SwitchoverStage,
-    SwitchoverState, UpgradeInFlight, UpgradeOutcome, UpgradeResult, UpgradeStep,
+    LastSwitchover, MemberRole, MemberStatus, OfflineUpgrade, QuarantinedMember, StepKind,
+    SwitchoverStage, SwitchoverState, UpgradeInFlight, UpgradeOutcome, UpgradeResult, UpgradeStep,
 };
 pub use datastore_version::{
     DatastoreVersion, DatastoreVersionSpec, DatastoreVersionStatus, UpgradeEdge,

@@ -238,6 +238,10 @@ pub struct TargetJob {
     /// When the job started touching the target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
+    /// The longest write-unavailable window of the target's switchovers in this job, in
+    /// milliseconds (the instance's `status.lastSwitchover` has the last one in full).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switchover_ms: Option<i64>,
     /// When the job finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finish_time: Option<Time>,

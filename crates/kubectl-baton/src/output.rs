@@ -79,6 +79,8 @@ struct InstanceReport {
     message: Option<String>,
     members: Vec<MemberRow>,
     upgrade: Option<UpgradeRow>,
+    /// The last switchover in words: who to whom, when, and how long writes were refused.
+    last_switchover: Option<String>,
     conditions: Vec<String>,
 }
 
@@ -148,6 +150,16 @@ fn instance_report(i: &DatabaseInstance) -> InstanceReport {
             request: u.request.clone(),
             job: u.job.clone(),
             failure: u.failure.clone(),
+        }),
+        last_switchover: s.last_switchover.as_ref().map(|l| {
+            format!(
+                "{} → {}{} at {}, writes refused for {} ms",
+                l.from,
+                l.to,
+                if l.undone { " (undone)" } else { "" },
+                l.writable_at.0,
+                l.window_ms
+            )
         }),
         conditions: conditions(&s.conditions),
     }
@@ -253,6 +265,7 @@ fn instance_table(r: &InstanceReport) -> String {
         ("Version", dash(r.version.as_ref())),
         ("Phase", dash(r.phase.as_ref())),
         ("Primary", dash(r.primary.as_ref())),
+        ("Last switchover", dash(r.last_switchover.as_ref())),
     ];
     sheet(&fields, &r.upgrade, &r.message, &r.conditions, &rows)
 }

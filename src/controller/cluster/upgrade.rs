@@ -295,6 +295,7 @@ fn outcome(p: &Pass, u: &ClusterUpgrade, result: UpgradeResult, note: String) ->
         message: Some(note),
         finish_time: Some(p.now.clone()),
         outage_ms: None,
+        switchover_ms: None,
     }
 }
 

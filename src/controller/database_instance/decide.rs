@@ -795,7 +795,25 @@ fn back_to_source(u: UpgradeInFlight, now: Time) -> UpgradeInFlight {
 }
 
 /// Writes the planner's outcome into the status.
-fn apply_plan(mut d: Draft, prev: &UpgradeInFlight, p: Plan) -> Decision {
+fn apply_plan(mut d: Draft, prev: &UpgradeInFlight, mut p: Plan) -> Decision {
+    // A switchover this pass ends is measured, and its window kept with the upgrade's outcome.
+    let measured = plan::measured_switchover(prev, p.upgrade.as_ref(), &d.now());
+    let with_window;
+    let prev = match measured {
+        Some(m) => {
+            let longest = |u: &UpgradeInFlight| u.switchover_ms.max(Some(m.window_ms));
+            if let Some(r) = p.upgrade.as_mut() {
+                r.switchover_ms = longest(r);
+            }
+            with_window = UpgradeInFlight {
+                switchover_ms: longest(prev),
+                ..prev.clone()
+            };
+            d.s.last_switchover = Some(m);
+            &with_window
+        }
+        None => prev,
+    };
     let mut act = p.act;
     if let Act::CheckOffline {
         from_image,
@@ -974,6 +992,7 @@ fn outcome(
         message: Some(message),
         finish_time: Some(now),
         outage_ms: u.offline.as_ref().and_then(|o| o.outage_ms),
+        switchover_ms: u.switchover_ms,
     }
 }
 

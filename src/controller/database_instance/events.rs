@@ -108,9 +108,15 @@ fn upgrade_notes(old: &DatabaseInstanceStatus, new: &DatabaseInstanceStatus, out
         && sa.undoing.is_none()
         && let Some(c) = &sa.candidate
     {
+        let window = new
+            .last_switchover
+            .as_ref()
+            .filter(|l| old.last_switchover.as_ref() != Some(*l))
+            .map(|l| format!(" (writes refused for {} ms)", l.window_ms))
+            .unwrap_or_default();
         out.push(normal(
             "SwitchoverCompleted",
-            format!("{c} is the primary; {} follows it", sa.from),
+            format!("{c} is the primary; {} follows it{window}", sa.from),
         ));
     }
     if old.last_upgrade != new.last_upgrade
@@ -269,6 +275,7 @@ mod tests {
             message: Some("every member runs 7.0.15".into()),
             finish_time: None,
             outage_ms: None,
+            switchover_ms: None,
         });
         assert_eq!(
             reasons(&notes(&after, &done, &Act::None)),

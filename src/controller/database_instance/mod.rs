@@ -114,6 +114,17 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
     }
     if changed {
         crate::failpoint::passed(&status_point(&d.status)).await;
+        if let Some(l) = d
+            .status
+            .last_switchover
+            .as_ref()
+            .filter(|l| current.last_switchover.as_ref() != Some(*l))
+        {
+            ctx.metrics.switchover(
+                o.inst.spec.datastore.type_.as_str(),
+                Duration::from_millis(l.window_ms.max(0) as u64),
+            );
+        }
     }
     let mut act_ok = true;
     if let Some(engine) = observed.engine {

@@ -27,8 +27,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::model::{Act, CheckOutcome, Member, View, runs};
 use crate::crd::{
-    OfflineUpgrade, PrimaryUpdateMethod, StepKind, SwitchoverStage, SwitchoverState,
-    UpgradeInFlight, UpgradeStep, UpgradeType,
+    LastSwitchover, OfflineUpgrade, PrimaryUpdateMethod, StepKind, SwitchoverStage,
+    SwitchoverState, UpgradeInFlight, UpgradeStep, UpgradeType,
 };
 
 /// The outcome of one planning pass.
@@ -231,6 +231,41 @@ fn offline_step(
         .iter()
         .find(|m| m.name != v.primary && !on(m, target) && !v.is_quarantined(&m.name))
         .map(|m| UpgradeStep::on(StepKind::UpgradeStandby, &m.name))
+}
+
+/// The switchover `prev` had in flight, when this pass ends it: it was lifting the fence and
+/// `next` has none (done, or undone with `from` leading again). Its window runs from the
+/// recorded fence to `now`, the pass that saw the leader unfenced.
+pub fn measured_switchover(
+    prev: &UpgradeInFlight,
+    next: Option<&UpgradeInFlight>,
+    now: &Time,
+) -> Option<LastSwitchover> {
+    let sw = prev.switchover.as_ref()?;
+    if sw.stage != SwitchoverStage::Unfencing || next.is_some_and(|n| n.switchover.is_some()) {
+        return None;
+    }
+    let fenced_at = sw.fenced_at.clone()?;
+    let undone = sw.undoing.is_some();
+    let to = if undone {
+        sw.from.clone()
+    } else {
+        sw.candidate.clone()?
+    };
+    let window_ms = now
+        .0
+        .since(fenced_at.0)
+        .ok()?
+        .total(jiff::Unit::Millisecond)
+        .ok()? as i64;
+    Some(LastSwitchover {
+        from: sw.from.clone(),
+        to,
+        fenced_at,
+        writable_at: now.clone(),
+        window_ms: window_ms.max(0),
+        undone,
+    })
 }
 
 /// Whether the upgrade can still go back to its source version: the primary still runs it, or

@@ -813,6 +813,7 @@ mod tests {
             step: None,
             message: Some("why".into()),
             start_time: None,
+            switchover_ms: None,
             finish_time: None,
             plan: None,
         }

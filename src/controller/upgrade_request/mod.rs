@@ -446,6 +446,8 @@ struct Flight {
     /// The primary, or the masters, still on the source while awaiting.
     awaiting_message: String,
     flags: jobs::Flags,
+    /// The longest switchover window so far, in milliseconds.
+    switchover_ms: Option<i64>,
 }
 
 fn instance_state(inst: &DatabaseInstance) -> TargetState {
@@ -475,6 +477,7 @@ fn instance_state(inst: &DatabaseInstance) -> TargetState {
                 rollback: u.rollback,
                 cancel: u.cancel,
             },
+            switchover_ms: u.switchover_ms,
         }),
     }
 }
@@ -504,6 +507,8 @@ fn cluster_state(c: &Cluster) -> TargetState {
                 rollback: u.rollback,
                 cancel: u.cancel,
             },
+            // A Cluster's failovers are not measured yet.
+            switchover_ms: None,
         }),
     }
 }
@@ -711,6 +716,7 @@ fn new_job(
         target: target.into(),
         source_version: None,
         target_version: None,
+        switchover_ms: None,
         phase: if failed.is_some() {
             RequestPhase::Failed
         } else {
@@ -889,6 +895,7 @@ fn sync_job(
         notes.push(ty, reason, format!("{}: {message}", job.target));
         job.phase = phase;
         job.message = Some(message);
+        job.switchover_ms = last.switchover_ms;
         job.step = None;
         job.finish_time = last.finish_time.clone().or_else(|| Some(ctx.now()));
         return None;
@@ -919,6 +926,7 @@ fn sync_job(
         RequestPhase::Running
     };
     job.step = Some(u.step.clone());
+    job.switchover_ms = u.switchover_ms;
     if let Some(why) = &u.trouble {
         job.message = Some(why.clone());
     } else if u.awaiting {

@@ -339,6 +339,38 @@ fn the_switchover_fences_chooses_after_the_fence_promotes_fenced_and_unfences_la
 }
 
 #[test]
+fn a_switchover_is_measured_from_its_fence_to_the_pass_that_sees_the_leader_unfenced() {
+    let at = |ms: i64| Time(jiff::Timestamp::from_millisecond(ms).unwrap());
+    let mut u = upgrade(UpgradeStep::of(StepKind::Switchover));
+    u.switchover = Some(SwitchoverState {
+        fenced_at: Some(at(1_000)),
+        ..switching(SwitchoverStage::Unfencing, "db-2", Some("aaa:190"))
+    });
+    let done = UpgradeInFlight {
+        switchover: None,
+        step: standby("db-0"),
+        ..u.clone()
+    };
+    let m = measured_switchover(&u, Some(&done), &at(1_137)).expect("measured");
+    assert_eq!((m.from.as_str(), m.to.as_str()), ("db-0", "db-2"));
+    assert_eq!((m.window_ms, m.undone), (137, false));
+    assert_eq!((m.fenced_at, m.writable_at), (at(1_000), at(1_137)));
+    // The upgrade may end in the same pass (a planned switchover, a switch back).
+    assert!(measured_switchover(&u, None, &at(1_137)).is_some());
+    // Still lifting the fence: nothing to measure yet.
+    assert_eq!(measured_switchover(&u, Some(&u), &at(1_137)), None);
+    // Any earlier stage ends only by going on, never unmeasured into nothing.
+    let mut fencing = u.clone();
+    fencing.switchover.as_mut().unwrap().stage = SwitchoverStage::Promoting;
+    assert_eq!(measured_switchover(&fencing, Some(&done), &at(1_137)), None);
+    // Undone: the old primary leads again; its writes were refused all the same.
+    let mut undone = u.clone();
+    undone.switchover.as_mut().unwrap().undoing = Some("too slow".into());
+    let m = measured_switchover(&undone, Some(&done), &at(61_000)).expect("measured");
+    assert_eq!((m.to.as_str(), m.window_ms, m.undone), ("db-0", 60_000, true));
+}
+
+#[test]
 fn nothing_is_fenced_until_an_upgraded_standby_is_caught_up() {
     let mut f = Fixture::new();
     let mut m = members();
