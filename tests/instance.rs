@@ -80,7 +80,10 @@ async fn a_three_member_upgrade_under_writes_loses_nothing_and_upgrades_the_prim
     assert!(events.iter().any(|(r, _)| r == "UpgradeCompleted"));
 
     // Baton measured the switchover: in status, in the outcome, in the Event and in /metrics.
-    let sw = status.last_switchover.clone().expect("status.lastSwitchover");
+    let sw = status
+        .last_switchover
+        .clone()
+        .expect("status.lastSwitchover");
     assert_eq!(sw.from, "db-0");
     assert_eq!(Some(sw.to.as_str()), status.primary.as_deref(), "{sw:?}");
     assert!(!sw.undone && sw.window_ms > 0, "{sw:?}");

@@ -1,6 +1,6 @@
 //! DatabaseInstance: one database, single or primary + standbys, and what Baton observed of it.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -277,9 +277,10 @@ pub struct SwitchoverState {
     /// candidate is promoted only when it has reached it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence_position: Option<String>,
-    /// When writes were fenced; `upgradePolicy.fenceTimeoutSeconds` counts from here.
+    /// When writes were fenced (to the microsecond: switchover windows are measured from it);
+    /// `upgradePolicy.fenceTimeoutSeconds` counts from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fenced_at: Option<Time>,
+    pub fenced_at: Option<MicroTime>,
     /// The switchover is being undone: `from` becomes primary again (the candidate never took
     /// a write), and the step then fails with `failure`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -381,11 +382,11 @@ pub struct LastSwitchover {
     /// The member that leads now (`from` again when the switchover was undone).
     pub to: String,
     /// When writes were fenced on `from`.
-    pub fenced_at: Time,
+    pub fenced_at: MicroTime,
     /// When Baton saw `to` lead with its fence lifted: writable, and labelled.
-    pub writable_at: Time,
-    /// `writableAt` − `fencedAt` in milliseconds: how long no member accepted a write. It is
-    /// at most one reconcile pass longer than the gap a client sees, never shorter.
+    pub writable_at: MicroTime,
+    /// `writableAt` − `fencedAt` in milliseconds: how long no member accepted a write. Never
+    /// shorter than that; longer by the passes that confirm it.
     pub window_ms: i64,
     /// True when the switchover was undone (a candidate that could not take over in time):
     /// `from` leads again with nothing lost.
@@ -403,11 +404,11 @@ pub struct OfflineUpgrade {
     pub checked: bool,
     /// When the primary was stopped for the conversion: writes are refused from then on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stopped_at: Option<Time>,
+    pub stopped_at: Option<MicroTime>,
     /// When writes were let in on the converted primary. From then on the kept old data
     /// directory lacks those writes, so the upgrade only moves forward (Rollback is refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub writable_at: Option<Time>,
+    pub writable_at: Option<MicroTime>,
     /// What the conversion asks to follow ran on the new primary and the kept old data was
     /// removed (step `Finalize`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -269,7 +269,7 @@ fn view<'a>(
         primary,
         policy,
         step_elapsed,
-        fence_elapsed: fenced_at.map_or(Duration::ZERO, |t| elapsed(o, t)),
+        fence_elapsed: fenced_at.map_or(Duration::ZERO, |t| elapsed(o, &t.0)),
         may_start_step: true,
         fence_goal: o.fence_goal.as_ref(),
         published: o.published.as_deref(),
@@ -280,8 +280,8 @@ fn view<'a>(
     }
 }
 
-fn elapsed(o: &Observation, since: &Time) -> Duration {
-    Duration::try_from(o.now.duration_since(since.0)).unwrap_or(Duration::ZERO)
+fn elapsed(o: &Observation, since: &jiff::Timestamp) -> Duration {
+    Duration::try_from(o.now.duration_since(*since)).unwrap_or(Duration::ZERO)
 }
 
 /// A quarantine ends when the member's claim was replaced (a person chose to discard its data).
@@ -692,7 +692,7 @@ fn in_flight(mut d: Draft, mut u: UpgradeInFlight, primary: &str) -> Decision {
     let step_elapsed = u
         .step_started
         .as_ref()
-        .map_or(Duration::ZERO, |t| elapsed(o, t));
+        .map_or(Duration::ZERO, |t| elapsed(o, &t.0));
     let v = View {
         quarantined: &quarantined,
         may_start_step: !u.window_only || o.window_open,
@@ -797,7 +797,11 @@ fn back_to_source(u: UpgradeInFlight, now: Time) -> UpgradeInFlight {
 /// Writes the planner's outcome into the status.
 fn apply_plan(mut d: Draft, prev: &UpgradeInFlight, mut p: Plan) -> Decision {
     // A switchover this pass ends is measured, and its window kept with the upgrade's outcome.
-    let measured = plan::measured_switchover(prev, p.upgrade.as_ref(), &d.now());
+    let measured = plan::measured_switchover(
+        prev,
+        p.upgrade.as_ref(),
+        &k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(d.o.now),
+    );
     let with_window;
     let prev = match measured {
         Some(m) => {

@@ -23,7 +23,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 
 use super::model::{Act, CheckOutcome, Member, View, runs};
 use crate::crd::{
@@ -88,6 +88,11 @@ impl Plan {
 
 fn now(v: &View) -> Time {
     Time(v.now)
+}
+
+/// The pass's clock to the microsecond, for what windows are measured from.
+fn now_micro(v: &View) -> MicroTime {
+    MicroTime(v.now)
 }
 
 /// The versions an upgrade moves members to: the source when reverting.
@@ -239,7 +244,7 @@ fn offline_step(
 pub fn measured_switchover(
     prev: &UpgradeInFlight,
     next: Option<&UpgradeInFlight>,
-    now: &Time,
+    now: &MicroTime,
 ) -> Option<LastSwitchover> {
     let sw = prev.switchover.as_ref()?;
     if sw.stage != SwitchoverStage::Unfencing || next.is_some_and(|n| n.switchover.is_some()) {
@@ -487,7 +492,7 @@ fn restart_member(v: &View, u: &UpgradeInFlight, reverting: bool, timeout: Durat
             .filter(|_| !reverting && name == v.primary)
         {
             // Writes stop here: the start of the outage.
-            o.stopped_at.get_or_insert_with(|| now(v));
+            o.stopped_at.get_or_insert_with(|| now_micro(v));
         }
         return Plan::record(
             u,
@@ -514,7 +519,7 @@ fn restart_member(v: &View, u: &UpgradeInFlight, reverting: bool, timeout: Durat
             let mut u = u.clone();
             if let Some(o) = u.offline.as_mut().filter(|_| offline.is_some()) {
                 // Recorded before the first write: from now on the kept data lacks writes.
-                let at = now(v);
+                let at = now_micro(v);
                 o.outage_ms = o
                     .stopped_at
                     .as_ref()
@@ -762,7 +767,7 @@ fn start_switchover(v: &View, u: &UpgradeInFlight) -> Plan {
                 from: from.name.clone(),
                 candidate: None,
                 fence_position: None,
-                fenced_at: Some(now(v)),
+                fenced_at: Some(now_micro(v)),
                 undoing: None,
             },
         ),

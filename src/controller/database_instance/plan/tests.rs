@@ -340,7 +340,7 @@ fn the_switchover_fences_chooses_after_the_fence_promotes_fenced_and_unfences_la
 
 #[test]
 fn a_switchover_is_measured_from_its_fence_to_the_pass_that_sees_the_leader_unfenced() {
-    let at = |ms: i64| Time(jiff::Timestamp::from_millisecond(ms).unwrap());
+    let at = |ms: i64| MicroTime(jiff::Timestamp::from_millisecond(ms).unwrap());
     let mut u = upgrade(UpgradeStep::of(StepKind::Switchover));
     u.switchover = Some(SwitchoverState {
         fenced_at: Some(at(1_000)),
@@ -367,7 +367,20 @@ fn a_switchover_is_measured_from_its_fence_to_the_pass_that_sees_the_leader_unfe
     let mut undone = u.clone();
     undone.switchover.as_mut().unwrap().undoing = Some("too slow".into());
     let m = measured_switchover(&undone, Some(&done), &at(61_000)).expect("measured");
-    assert_eq!((m.to.as_str(), m.window_ms, m.undone), ("db-0", 60_000, true));
+    assert_eq!(
+        (m.to.as_str(), m.window_ms, m.undone),
+        ("db-0", 60_000, true)
+    );
+    // The fence time survives the status round trip to the millisecond (a `Time` keeps whole
+    // seconds only, and made a 145 ms Redis switchover read 659 ms).
+    let stored: SwitchoverState =
+        serde_json::from_value(serde_json::to_value(u.switchover.clone().unwrap()).unwrap())
+            .unwrap();
+    assert_eq!(stored.fenced_at, Some(at(1_000)));
+    let later = at(1_000_137);
+    let back: MicroTime =
+        serde_json::from_value(serde_json::to_value(later.clone()).unwrap()).unwrap();
+    assert_eq!(back, later);
 }
 
 #[test]
