@@ -285,6 +285,10 @@ pub struct SwitchoverState {
     /// a write), and the step then fails with `failure`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub undoing: Option<String>,
+    /// When Baton first saw the new primary lead unfenced, if other members still had to be
+    /// repointed then: the end of the switchover's write-unavailable window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writable_at: Option<MicroTime>,
 }
 
 /// The upgrade in flight on an instance: where it started, where it goes, and the step it is at.
@@ -386,7 +390,7 @@ pub struct LastSwitchover {
     /// When Baton saw `to` lead with its fence lifted: writable, and labelled.
     pub writable_at: MicroTime,
     /// `writableAt` − `fencedAt` in milliseconds: how long no member accepted a write. Never
-    /// shorter than that; longer by the passes that confirm it.
+    /// shorter than that; longer by the pass that sees the fence lifted.
     pub window_ms: i64,
     /// True when the switchover was undone (a candidate that could not take over in time):
     /// `from` leads again with nothing lost.

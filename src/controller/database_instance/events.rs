@@ -217,6 +217,7 @@ mod tests {
             fence_position: None,
             fenced_at: None,
             undoing: None,
+            writable_at: None,
         })
     }
 
@@ -245,6 +246,7 @@ mod tests {
             fence_position: None,
             fenced_at: None,
             undoing: None,
+            writable_at: None,
         });
         let fencing = status(Some(UpgradeInFlight {
             switchover: Some(SwitchoverState {

@@ -114,6 +114,7 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
     }
     if changed {
         crate::failpoint::passed(&status_point(&d.status)).await;
+        trace_switchover(&current, &d.status, o.now);
         if let Some(l) = d
             .status
             .last_switchover
@@ -232,4 +233,37 @@ pub(crate) async fn write_status_guarded(
         &inst.namespace().unwrap_or_default(),
     );
     super::apply_status(&api, inst, next, true, "writing DatabaseInstance status").await
+}
+
+/// Where a switchover's time goes: each stage it enters, in milliseconds since the fence was
+/// recorded, and its whole window when it ends (the figures `docs/design.md` breaks down).
+fn trace_switchover(
+    before: &DatabaseInstanceStatus,
+    after: &DatabaseInstanceStatus,
+    now: jiff::Timestamp,
+) {
+    let stage = |s: &DatabaseInstanceStatus| {
+        s.upgrade
+            .as_ref()
+            .and_then(|u| u.switchover.as_ref())
+            .map(|sw| (sw.stage, sw.fenced_at.clone()))
+    };
+    match (stage(before), stage(after)) {
+        (a, Some((stage, Some(fenced)))) if a.as_ref().map(|x| x.0) != Some(stage) => {
+            let ms = now
+                .since(fenced.0)
+                .ok()
+                .and_then(|d| d.total(jiff::Unit::Millisecond).ok())
+                .unwrap_or_default();
+            info!(?stage, since_fence_ms = ms as i64, "switchover stage");
+        }
+        _ => {}
+    }
+    if let Some(l) = after
+        .last_switchover
+        .as_ref()
+        .filter(|l| before.last_switchover.as_ref() != Some(*l))
+    {
+        info!(from = %l.from, to = %l.to, window_ms = l.window_ms, undone = l.undone, "switchover ended");
+    }
 }

@@ -240,7 +240,7 @@ fn offline_step(
 
 /// The switchover `prev` had in flight, when this pass ends it: it was lifting the fence and
 /// `next` has none (done, or undone with `from` leading again). Its window runs from the
-/// recorded fence to `now`, the pass that saw the leader unfenced.
+/// recorded fence to the first pass that saw the leader unfenced (`now` when that is this one).
 pub fn measured_switchover(
     prev: &UpgradeInFlight,
     next: Option<&UpgradeInFlight>,
@@ -257,7 +257,8 @@ pub fn measured_switchover(
     } else {
         sw.candidate.clone()?
     };
-    let window_ms = now
+    let writable_at = sw.writable_at.clone().unwrap_or_else(|| now.clone());
+    let window_ms = writable_at
         .0
         .since(fenced_at.0)
         .ok()?
@@ -267,7 +268,7 @@ pub fn measured_switchover(
         from: sw.from.clone(),
         to,
         fenced_at,
-        writable_at: now.clone(),
+        writable_at,
         window_ms: window_ms.max(0),
         undone,
     })
@@ -769,6 +770,7 @@ fn start_switchover(v: &View, u: &UpgradeInFlight) -> Plan {
                 fence_position: None,
                 fenced_at: Some(now_micro(v)),
                 undoing: None,
+                writable_at: None,
             },
         ),
         Act::Fence {
@@ -1001,8 +1003,14 @@ fn unfencing(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState) -> Plan {
         );
     }
     if let Some(m) = v.members.iter().find(|m| v.needs_repoint(m, c)) {
-        return Plan::keep(
-            u,
+        // Writable from this pass on: the window ends here, not after the repoints. Recorded
+        // with the act's own guarded write, so it costs no extra one.
+        let sw = SwitchoverState {
+            writable_at: sw.writable_at.clone().or_else(|| Some(now_micro(v))),
+            ..sw.clone()
+        };
+        return Plan::record(
+            stage(u, sw),
             Act::Repoint {
                 member: m.name.clone(),
                 primary: name.into(),

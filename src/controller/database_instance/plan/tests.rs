@@ -100,6 +100,7 @@ fn switching(stage: SwitchoverStage, candidate: &str, fence: Option<&str>) -> Sw
         fence_position: fence.map(String::from),
         fenced_at: None,
         undoing: None,
+        writable_at: None,
     }
 }
 
@@ -328,6 +329,8 @@ fn the_switchover_fences_chooses_after_the_fence_promotes_fenced_and_unfences_la
             primary: "db-2".into()
         }
     );
+    // Writable from here: the switchover's window ends now, before the repoints.
+    assert!(sw(&p).writable_at.is_some(), "{:?}", sw(&p));
     lead(&mut m, 2);
     m[0].probe.as_mut().unwrap().fenced = true;
 
@@ -357,6 +360,11 @@ fn a_switchover_is_measured_from_its_fence_to_the_pass_that_sees_the_leader_unfe
     assert_eq!((m.fenced_at, m.writable_at), (at(1_000), at(1_137)));
     // The upgrade may end in the same pass (a planned switchover, a switch back).
     assert!(measured_switchover(&u, None, &at(1_137)).is_some());
+    // Seen writable in an earlier pass that still had members to repoint: it ended there.
+    let mut seen = u.clone();
+    seen.switchover.as_mut().unwrap().writable_at = Some(at(1_090));
+    let m = measured_switchover(&seen, Some(&done), &at(1_400)).expect("measured");
+    assert_eq!((m.window_ms, m.writable_at), (90, at(1_090)));
     // Still lifting the fence: nothing to measure yet.
     assert_eq!(measured_switchover(&u, Some(&u), &at(1_137)), None);
     // Any earlier stage ends only by going on, never unmeasured into nothing.
