@@ -34,6 +34,12 @@ async fn three_members_roll_a_minor_under_committing_clients_and_lose_nothing() 
     assert_eq!(out.result, Ok(()));
     env.assert_all_run("db", PG_TARGET).await;
     assert_ne!(env.primary_ip("db").await, first, "the primary role moved");
+    let label = out
+        .reports
+        .iter()
+        .find(|r| r.writer == "label")
+        .expect("label writer");
+    env.assert_switchover_measured("db", label).await;
     let restarts: Vec<String> = env
         .events("db")
         .await

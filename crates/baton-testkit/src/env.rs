@@ -316,6 +316,38 @@ impl Env {
             .unwrap_or_else(|| panic!("{name} has no status"))
     }
 
+    /// The last switchover as Baton measured it, checked against a label-following client
+    /// that wrote through it (its longest gap is that switchover: standby restarts do not stop
+    /// its writes). Baton's window runs from the fence it recorded to the first pass that saw
+    /// the new primary unfenced; the client's from its last write before the fence to its first
+    /// after, plus finding the moved label (a pod list) and its 10 ms retry. Each side has a
+    /// few hundred milliseconds of its own at most on a loaded 2-core machine; 2 s bounds both
+    /// far below a minute-long upgrade, yet catches a window measured from the wrong moment.
+    pub async fn assert_switchover_measured(
+        &self,
+        name: &str,
+        client: &crate::workload::Report,
+    ) -> baton::crd::LastSwitchover {
+        let sw = self
+            .status(name)
+            .await
+            .last_switchover
+            .expect("status.lastSwitchover");
+        assert!(!sw.undone && sw.window_ms > 0, "{sw:?}");
+        let gap = client.longest_gap.as_millis() as i64;
+        assert!(
+            (gap - sw.window_ms).abs() <= 2_000,
+            "status says {} ms, the client {} saw {gap} ms",
+            sw.window_ms,
+            client.writer
+        );
+        println!(
+            "switchover {} → {}: {} ms in status, {gap} ms for the client {}",
+            sw.from, sw.to, sw.window_ms, client.writer
+        );
+        sw
+    }
+
     /// The datastore instance `name` runs.
     pub async fn datastore(&self, name: &str) -> workload::Datastore {
         self.instances

@@ -265,7 +265,7 @@ fn instance_table(r: &InstanceReport) -> String {
         ("Version", dash(r.version.as_ref())),
         ("Phase", dash(r.phase.as_ref())),
         ("Primary", dash(r.primary.as_ref())),
-        ("Last switchover", dash(r.last_switchover.as_ref())),
+        ("Switchover", dash(r.last_switchover.as_ref())),
     ];
     sheet(&fields, &r.upgrade, &r.message, &r.conditions, &rows)
 }
