@@ -106,13 +106,18 @@ fn default_window_minutes() -> i32 {
 /// How the primary is upgraded once every standby runs the new version.
 ///
 /// `Switchover` (default): hand the primary role to a caught-up upgraded standby, then upgrade
-/// the old primary as a standby (writes pause only for the switchover). `Restart`: restart the
-/// primary in place on the new version (writes are unavailable while it restarts).
+/// the old primary as a standby (writes pause only for the switchover); when no upgraded
+/// standby catches up within `stepTimeoutSeconds` the step fails with nothing fenced.
+/// `Restart`: restart the primary in place on the new version (writes are unavailable while it
+/// restarts). `Auto`: a switchover as soon as an upgraded standby is caught up; when none is
+/// within `stepTimeoutSeconds`, restart the primary in place if `allowOffline` accepts a write
+/// outage, else keep waiting — status and an Event say which.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PrimaryUpdateMethod {
     #[default]
     Switchover,
     Restart,
+    Auto,
 }
 
 /// How Baton rolls a new version through the members of an instance.
@@ -120,7 +125,9 @@ pub enum PrimaryUpdateMethod {
 #[serde(rename_all = "camelCase")]
 pub struct UpgradePolicy {
     /// `Switchover` (default) hands the primary role to an upgraded standby before the old
-    /// primary is upgraded; `Restart` restarts the primary in place (a write outage).
+    /// primary is upgraded; `Restart` restarts the primary in place (a write outage); `Auto`
+    /// switches over when a standby catches up and otherwise, past `stepTimeoutSeconds`,
+    /// restarts in place only if `allowOffline` accepts the outage (else it waits).
     #[serde(default)]
     pub primary_update_method: PrimaryUpdateMethod,
 
@@ -162,7 +169,9 @@ pub struct UpgradePolicy {
     /// major: `pg_upgrade`): the primary's data is converted while it is stopped — a write
     /// outage of seconds to minutes, growing with the data — and the standbys are cloned again.
     /// Default false: such a spec version is refused with the reason (`PathNeedsOffline`) and
-    /// nothing is changed. An UpgradeRequest accepts it with its own `allowOffline`.
+    /// nothing is changed. An UpgradeRequest accepts it with its own `allowOffline`. With
+    /// `primaryUpdateMethod: Auto` it also lets a primary no standby can take over from be
+    /// restarted in place.
     #[serde(default)]
     pub allow_offline: bool,
 }

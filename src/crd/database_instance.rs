@@ -374,6 +374,11 @@ pub struct UpgradeInFlight {
     /// milliseconds (see `status.lastSwitchover`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switchover_ms: Option<i64>,
+    /// With `primaryUpdateMethod: Auto`: why the primary was restarted in place instead of
+    /// handing over (no upgraded standby caught up in time, and `allowOffline` accepted the
+    /// outage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarted_in_place: Option<String>,
 }
 
 /// The last switchover's write-unavailable window, as Baton measured it: from the fence on the
@@ -448,6 +453,7 @@ impl UpgradeInFlight {
             origin_version: None,
             offline: None,
             switchover_ms: None,
+            restarted_in_place: None,
         }
     }
 

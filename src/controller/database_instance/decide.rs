@@ -946,7 +946,10 @@ fn finish(d: &mut Draft, prev: &UpgradeInFlight, reverted: bool) {
         ),
         (false, _, false) => (
             UpgradeResult::Succeeded,
-            format!("every member runs {}", prev.target_version),
+            match &prev.restarted_in_place {
+                Some(why) => format!("every member runs {}; {why}", prev.target_version),
+                None => format!("every member runs {}", prev.target_version),
+            },
         ),
         (false, _, true) => (
             UpgradeResult::Succeeded,

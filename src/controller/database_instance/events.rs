@@ -54,7 +54,13 @@ fn upgrade_notes(old: &DatabaseInstanceStatus, new: &DatabaseInstanceStatus, out
             ),
         )),
         (Some(a), Some(b)) => {
-            if a.step != b.step && b.failure.is_none() && a.failure.is_none() {
+            let fallback = b
+                .restarted_in_place
+                .as_ref()
+                .filter(|_| a.restarted_in_place.is_none());
+            if let Some(why) = fallback {
+                out.push(warning("PrimaryRestartedInPlace", why.clone()));
+            } else if a.step != b.step && b.failure.is_none() && a.failure.is_none() {
                 out.push(normal(
                     "StepCompleted",
                     format!("{} finished; next {}", a.describe(), b.step),
@@ -288,6 +294,26 @@ mod tests {
         back.switchover = sw_state();
         let n = notes(&status(Some(back)), &done, &Act::None);
         assert_eq!(reasons(&n), ["SwitchoverCompleted", "UpgradeCompleted"]);
+    }
+
+    #[test]
+    fn auto_falling_back_to_a_restart_in_place_is_a_warning_not_a_completed_step() {
+        let waiting = up(UpgradeStep::of(StepKind::Switchover));
+        let restart = UpgradeInFlight {
+            step: UpgradeStep::on(StepKind::RestartPrimary, "db-0"),
+            restarted_in_place: Some("no standby caught up; Auto restarts it in place".into()),
+            ..waiting.clone()
+        };
+        let n = notes(
+            &status(Some(waiting)),
+            &status(Some(restart.clone())),
+            &Act::None,
+        );
+        assert_eq!(reasons(&n), ["PrimaryRestartedInPlace"]);
+        assert!(n[0].warning && n[0].message.contains("Auto restarts it in place"));
+        // Said once: the next pass of the same step says nothing.
+        let again = status(Some(restart));
+        assert!(notes(&again, &again, &Act::None).is_empty());
     }
 
     #[test]

@@ -748,6 +748,33 @@ fn start_switchover(v: &View, u: &UpgradeInFlight) -> Plan {
                 Some(m) => format!("{m} (switchoverTo) did not catch up"),
                 None => format!("no standby on {} caught up", u.target_version),
             };
+            let auto = v.policy.primary_update_method == PrimaryUpdateMethod::Auto
+                && u.kind() != UpgradeType::Switchover;
+            if auto && v.policy.allow_offline {
+                // The user accepted a write outage: the primary restarts in place instead.
+                return Plan::record(
+                    UpgradeInFlight {
+                        step: UpgradeStep::on(StepKind::RestartPrimary, &from.name),
+                        step_started: Some(now(v)),
+                        restarted_in_place: Some(format!(
+                            "{who} with the primary {} within {}s; Auto restarts it in place (allowOffline accepts the write outage)",
+                            from.name,
+                            timeout.as_secs()
+                        )),
+                        ..u.clone()
+                    },
+                    Act::None,
+                );
+            }
+            if auto {
+                return Plan::wait(
+                    u,
+                    format!(
+                        "{who} within {}s; Auto keeps waiting: a restart in place needs upgradePolicy.allowOffline",
+                        timeout.as_secs()
+                    ),
+                );
+            }
             return fail(
                 u,
                 format!(

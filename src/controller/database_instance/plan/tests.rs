@@ -415,6 +415,58 @@ fn nothing_is_fenced_until_an_upgraded_standby_is_caught_up() {
 }
 
 #[test]
+fn auto_restarts_the_primary_in_place_only_when_an_outage_is_accepted_else_waits() {
+    let mut f = Fixture::new();
+    f.policy.primary_update_method = PrimaryUpdateMethod::Auto;
+    f.policy.step_timeout_seconds = 10;
+    let mut m = members();
+    for x in &mut m[1..] {
+        upgrade_member(x);
+        x.probe.as_mut().unwrap().position = pos(40); // Ready, but far behind
+    }
+    let u = upgrade(UpgradeStep::of(StepKind::Switchover));
+    // Within the timeout: waiting, like Switchover.
+    let p = next(&f.view(&m, "db-0"), &u, false);
+    assert_eq!(
+        (p.act.clone(), p.upgrade.clone()),
+        (Act::None, Some(u.clone()))
+    );
+    fn late<'a>(f: &'a Fixture, m: &'a [Member]) -> View<'a> {
+        View {
+            step_elapsed: Duration::from_secs(11),
+            ..f.view(m, "db-0")
+        }
+    }
+    // No outage accepted: it keeps waiting, says why, fails nothing and fences nothing.
+    let p = next(&late(&f, &m), &u, false);
+    let r = p.upgrade.clone().unwrap();
+    assert!(r.failure.is_none() && r.switchover.is_none() && p.act == Act::None);
+    assert!(p.waiting.unwrap().contains("allowOffline"));
+    // Accepted: the step becomes an in-place restart of the primary, with the reason.
+    f.policy.allow_offline = true;
+    let p = next(&late(&f, &m), &u, false);
+    let r = p.upgrade.clone().unwrap();
+    assert_eq!(r.step, UpgradeStep::on(StepKind::RestartPrimary, "db-0"));
+    let why = r.restarted_in_place.clone().expect("the reason");
+    assert!(why.contains("no standby on 7.0.15 caught up"), "{why}");
+    assert!(r.switchover.is_none() && r.failure.is_none());
+    // The next pass restarts it on the target: its writes stop for the restart only.
+    let p = next(&f.view(&m, "db-0"), &r, false);
+    assert!(
+        matches!(&p.act, Act::SetVersion { member, .. } if member == "db-0"),
+        "{p:?}"
+    );
+    // The default method still fails the step with nothing fenced.
+    f.policy.primary_update_method = PrimaryUpdateMethod::Switchover;
+    let failure = next(&late(&f, &m), &u, false)
+        .upgrade
+        .unwrap()
+        .failure
+        .unwrap();
+    assert!(failure.contains("nothing was fenced"), "{failure}");
+}
+
+#[test]
 fn past_the_fence_deadline_the_switchover_is_undone_and_fails_with_nothing_lost() {
     let mut f = Fixture::new();
     f.goal = Some(pos(500));
