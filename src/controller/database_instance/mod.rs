@@ -114,18 +114,7 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
     }
     if changed {
         crate::failpoint::passed(&status_point(&d.status)).await;
-        trace_switchover(&current, &d.status, o.now);
-        if let Some(l) = d
-            .status
-            .last_switchover
-            .as_ref()
-            .filter(|l| current.last_switchover.as_ref() != Some(*l))
-        {
-            ctx.metrics.switchover(
-                o.inst.spec.datastore.type_.as_str(),
-                Duration::from_millis(l.window_ms.max(0) as u64),
-            );
-        }
+        trace_switchover(&ctx, &o.inst, &current, &d.status, o.now);
     }
     let mut act_ok = true;
     if let Some(engine) = observed.engine {
@@ -236,8 +225,10 @@ pub(crate) async fn write_status_guarded(
 }
 
 /// Where a switchover's time goes: each stage it enters, in milliseconds since the fence was
-/// recorded, and its whole window when it ends (the figures `docs/design.md` breaks down).
+/// recorded, and its whole window when it ends, logged and in the histogram.
 fn trace_switchover(
+    ctx: &Context,
+    inst: &DatabaseInstance,
     before: &DatabaseInstanceStatus,
     after: &DatabaseInstanceStatus,
     now: jiff::Timestamp,
@@ -250,12 +241,8 @@ fn trace_switchover(
     };
     match (stage(before), stage(after)) {
         (a, Some((stage, Some(fenced)))) if a.as_ref().map(|x| x.0) != Some(stage) => {
-            let ms = now
-                .since(fenced.0)
-                .ok()
-                .and_then(|d| d.total(jiff::Unit::Millisecond).ok())
-                .unwrap_or_default();
-            info!(?stage, since_fence_ms = ms as i64, "switchover stage");
+            let ms = plan::millis_between(fenced.0, now).unwrap_or_default();
+            info!(?stage, since_fence_ms = ms, "switchover stage");
         }
         _ => {}
     }
@@ -265,5 +252,9 @@ fn trace_switchover(
         .filter(|l| before.last_switchover.as_ref() != Some(*l))
     {
         info!(from = %l.from, to = %l.to, window_ms = l.window_ms, undone = l.undone, "switchover ended");
+        ctx.metrics.switchover(
+            inst.spec.datastore.type_.as_str(),
+            Duration::from_millis(l.window_ms.max(0) as u64),
+        );
     }
 }

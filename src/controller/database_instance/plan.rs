@@ -95,6 +95,12 @@ fn now_micro(v: &View) -> MicroTime {
     MicroTime(v.now)
 }
 
+/// Whole milliseconds from `from` to `to` (the outage and switchover windows, their logs).
+pub fn millis_between(from: jiff::Timestamp, to: jiff::Timestamp) -> Option<i64> {
+    let ms = to.since(from).ok()?.total(jiff::Unit::Millisecond).ok()?;
+    Some(ms as i64)
+}
+
 /// The versions an upgrade moves members to: the source when reverting.
 fn goal(u: &UpgradeInFlight, reverting: bool) -> &str {
     if reverting {
@@ -258,12 +264,7 @@ pub fn measured_switchover(
         sw.candidate.clone()?
     };
     let writable_at = sw.writable_at.clone().unwrap_or_else(|| now.clone());
-    let window_ms = writable_at
-        .0
-        .since(fenced_at.0)
-        .ok()?
-        .total(jiff::Unit::Millisecond)
-        .ok()? as i64;
+    let window_ms = millis_between(fenced_at.0, writable_at.0)?;
     Some(LastSwitchover {
         from: sw.from.clone(),
         to,
@@ -524,9 +525,7 @@ fn restart_member(v: &View, u: &UpgradeInFlight, reverting: bool, timeout: Durat
                 o.outage_ms = o
                     .stopped_at
                     .as_ref()
-                    .and_then(|s| at.0.since(s.0).ok())
-                    .and_then(|d| d.total(jiff::Unit::Millisecond).ok())
-                    .map(|ms| ms as i64);
+                    .and_then(|s| millis_between(s.0, at.0));
                 o.writable_at = Some(at);
             }
             return Plan::record(
