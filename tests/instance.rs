@@ -106,6 +106,9 @@ async fn a_three_member_upgrade_under_writes_loses_nothing_and_upgrades_the_prim
         report.longest_gap,
         sw.window_ms
     );
+
+    // Settled after the upgrade, the instance costs the API server no writes.
+    env.assert_settled_passes_write_nothing("db", &op, 4).await;
     delete_namespace(&env.client, &env.ns).await;
 }
 

@@ -40,6 +40,8 @@ async fn three_members_roll_a_minor_under_committing_clients_and_lose_nothing() 
         .find(|r| r.writer == "label")
         .expect("label writer");
     env.assert_switchover_measured("db", label).await;
+    // Settled after the upgrade, the instance costs the API server no writes.
+    env.assert_settled_passes_write_nothing("db", &op, 4).await;
     let restarts: Vec<String> = env
         .events("db")
         .await
@@ -405,35 +407,15 @@ async fn major_dry_run(
     phase: baton::crd::RequestPhase,
     op: &impl Logs,
 ) -> baton::crd::TargetPlan {
-    // The dry run reads the members' lag from status, which trails the servers by seconds:
-    // wait until status shows every standby at or past the primary's position now.
-    let primary = env.primary_ip("ledger").await;
-    let lsn = |text: &str| {
-        let (hi, lo) = text.split_once('/')?;
-        Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
-    };
-    let now = eventually(Duration::from_secs(30), || async {
-        let c = pg(env, "ledger", primary).await?;
-        let row = c
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
-            .await
-            .ok()?;
-        lsn(row.get::<_, &str>(0))
-    })
-    .await
-    .expect("the primary's position");
+    // The dry run reads the members' lag from status, which trails the servers by seconds (a
+    // standby crossing the lag bound is written within about 10 s): wait until status shows
+    // every standby caught up.
     let settled = eventually(Duration::from_secs(60), || async {
         let s = env.status("ledger").await;
         s.members
             .iter()
             .filter(|m| m.pod != "ledger-0")
-            .all(|m| {
-                m.lag_bytes == Some(0)
-                    && m.position
-                        .as_deref()
-                        .and_then(lsn)
-                        .is_some_and(|p| p >= now)
-            })
+            .all(|m| m.lag_bytes == Some(0))
             .then_some(())
     })
     .await;

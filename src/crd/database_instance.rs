@@ -166,8 +166,9 @@ pub struct MemberStatus {
     pub ready: bool,
     /// The member's replication position as its datastore prints it (Redis
     /// `replicationId:offset`, PostgreSQL an LSN, MariaDB a GTID position): for a primary what
-    /// it has written, for a standby what it has applied. Refreshed at most every 10 s while
-    /// nothing else changes.
+    /// it has written, for a standby what it has applied. While nothing else changes it is
+    /// refreshed at most every 10 s during an upgrade and every 5 minutes otherwise (a settled
+    /// instance costs the API server no writes between).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<String>,
     /// For a standby, what it has received but not necessarily applied, where the datastore

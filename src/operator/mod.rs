@@ -40,9 +40,30 @@ pub struct Settings {
     pub health_interval: std::time::Duration,
 }
 
+/// The API client. It names itself `baton/<version> (<identity>)`, so the API server's audit log
+/// tells this replica's requests from everyone else's.
+async fn client(identity: &str) -> anyhow::Result<Client> {
+    let mut config = kube::Config::infer().await?;
+    name_client(
+        &mut config,
+        &format!("baton/{} ({identity})", env!("CARGO_PKG_VERSION")),
+    )?;
+    Ok(Client::try_from(config)?)
+}
+
+/// Sets the User-Agent every request of a client made from `config` carries (kube sends none).
+pub fn name_client(config: &mut kube::Config, agent: &str) -> anyhow::Result<()> {
+    use axum::http::{HeaderValue, header::USER_AGENT};
+    config.headers.retain(|(name, _)| name != USER_AGENT);
+    config
+        .headers
+        .push((USER_AGENT, HeaderValue::from_str(agent)?));
+    Ok(())
+}
+
 /// Runs the operator until SIGTERM or SIGINT.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    let client = Client::try_default().await?;
+    let client = client(&settings.identity).await?;
     startup::check_crds(&client).await?;
     info!(identity = %settings.identity, "baton.dev CRDs are served");
 

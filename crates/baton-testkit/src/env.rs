@@ -348,6 +348,59 @@ impl Env {
         sw
     }
 
+    /// A settled instance costs the API server no writes: its operator's periodic passes, and
+    /// the passes woken by a foreign annotation on the instance and on a member pod (what a
+    /// GitOps tool or a person adds), change nothing. Counted in the API server's audit log,
+    /// over at least `passes` completed passes of the instance controller. Prints the reads.
+    pub async fn assert_settled_passes_write_nothing(
+        &self,
+        name: &str,
+        op: &Operator,
+        passes: u64,
+    ) {
+        // Settled first: a standby's lag crossing its bound when the clients stopped is news
+        // written within 10 s, and the pass that recorded Active is followed by one reading it.
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        let before = reconciles(op).await;
+        wait_passes(op, before, 2).await;
+        let mark = crate::audit::mark();
+        let start = reconciles(op).await;
+        let poke = json!({"metadata": {"annotations": {"example.com/touched": "yes"}}});
+        self.instances
+            .patch(name, &PatchParams::default(), &Patch::Merge(&poke))
+            .await
+            .expect("annotate the instance");
+        let pod = format!("{name}-0");
+        self.pods
+            .patch(&pod, &PatchParams::default(), &Patch::Merge(&poke))
+            .await
+            .expect("annotate a member");
+        let end = wait_passes(op, start, passes).await;
+        // The audit backend writes as each request completes; a moment lets the last line land.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let requests: Vec<_> = mark
+            .since()
+            .into_iter()
+            .filter(|r| r.by_operator_in(&self.ns))
+            .collect();
+        let writes: Vec<_> = requests
+            .iter()
+            .filter(|r| r.is_write())
+            .map(|r| r.describe())
+            .collect();
+        assert!(
+            writes.is_empty(),
+            "{} passes over the settled {name} wrote: {writes:?}",
+            end - start
+        );
+        let reads = requests.len();
+        println!(
+            "{} settled passes over {name}: 0 writes, {reads} namespaced reads ({:.1} a pass)",
+            end - start,
+            reads as f64 / (end - start) as f64
+        );
+    }
+
     /// The datastore instance `name` runs.
     pub async fn datastore(&self, name: &str) -> workload::Datastore {
         self.instances
@@ -661,4 +714,25 @@ pub fn job<'a>(r: &'a UpgradeRequest, target: &str) -> &'a baton::crd::TargetJob
         .as_ref()
         .and_then(|s| s.jobs.iter().find(|j| j.target == target))
         .unwrap_or_else(|| panic!("no job for {target}: {:#?}", r.status))
+}
+
+/// How many passes the operator's instance controller has completed.
+pub async fn reconciles(op: &Operator) -> u64 {
+    let (_, body) = op.get("/metrics").await.expect("the operator's /metrics");
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix("baton_reconciles_total{controller=\"databaseinstance\"} ")
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Waits until `more` passes past `from` completed (within a minute); returns the count.
+async fn wait_passes(op: &Operator, from: u64, more: u64) -> u64 {
+    eventually(Duration::from_secs(60), || async {
+        let n = reconciles(op).await;
+        (n >= from + more).then_some(n)
+    })
+    .await
+    .unwrap_or_else(|| panic!("the operator did not complete {more} passes within a minute"))
 }

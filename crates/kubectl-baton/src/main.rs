@@ -257,6 +257,9 @@ async fn connect(cli: &Cli) -> Result<Session, Failure> {
         .namespace
         .clone()
         .unwrap_or_else(|| config.default_namespace.clone());
+    let mut config = config;
+    let agent = concat!("kubectl-baton/", env!("CARGO_PKG_VERSION"));
+    baton::operator::name_client(&mut config, agent).map_err(|e| Failure::Api(e.to_string()))?;
     let client = Client::try_from(config).map_err(|e| Failure::Api(e.to_string()))?;
     Ok(Session {
         client,

@@ -252,6 +252,35 @@ pub fn differs_only_in_volatile(a: &DatabaseInstanceStatus, b: &DatabaseInstance
     a != b && steady(a) == steady(b)
 }
 
+/// How long a change of positions and lag alone may wait for its status write: 10 s while an
+/// upgrade is in flight (a person watches the standbys catch up) or when a standby crosses the
+/// lag bound either way (the dry run and `kubectl baton status` read that), 5 minutes
+/// otherwise. A settled primary's position moves even without clients (Redis pings its replicas
+/// through the stream, PostgreSQL logs snapshots), and a status write per instance per health
+/// pass is what a fleet cannot afford.
+pub fn volatile_refresh(
+    before: &DatabaseInstanceStatus,
+    after: &DatabaseInstanceStatus,
+    policy: &crate::crd::UpgradePolicy,
+) -> Duration {
+    let behind = |s: &DatabaseInstanceStatus| -> Vec<(String, bool)> {
+        s.members
+            .iter()
+            .map(|m| {
+                let late = m.lag_bytes.is_some_and(|b| b > policy.max_lag_bytes)
+                    || m.lag_transactions
+                        .is_some_and(|t| t > policy.max_lag_transactions);
+                (m.pod.clone(), late)
+            })
+            .collect()
+    };
+    if after.upgrade.is_some() || behind(before) != behind(after) {
+        Duration::from_secs(10)
+    } else {
+        Duration::from_secs(300)
+    }
+}
+
 /// The snapshot the planner sees.
 fn view<'a>(
     o: &'a Observation,

@@ -99,10 +99,13 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
         );
     }
     let key = format!("{ns}/{name}");
-    // Positions and lag alone are refreshed at most every VOLATILE_REFRESH (see
-    // `differs_only_in_volatile`); anything else is written at once.
+    // Positions and lag alone are refreshed only now and then (see `differs_only_in_volatile`
+    // and `volatile_refresh`); anything else is written at once.
     let volatile = decide::differs_only_in_volatile(&current, &d.status)
-        && ctx.written_within(&key, VOLATILE_REFRESH);
+        && ctx.written_within(
+            &key,
+            decide::volatile_refresh(&current, &d.status, &o.inst.spec.upgrade_policy),
+        );
     let changed = d.status != current && !volatile;
     // Intent first. A side effect only from a state this pass has proven current: with an
     // act, the write is made (guarded) even when nothing changed.
@@ -158,9 +161,6 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
         Wake::Now => requeue::now(),
     })
 }
-
-/// How often members' positions and lag alone are written to status.
-const VOLATILE_REFRESH: Duration = Duration::from_secs(10);
 
 /// The failpoint of a status write: `api:status:<step>[@ordinal]:<stage>` while upgrading.
 fn status_point(s: &DatabaseInstanceStatus) -> String {

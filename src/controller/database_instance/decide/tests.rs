@@ -651,3 +651,39 @@ fn a_cluster_shard_never_repoints_promotes_or_upgrades_a_member_itself() {
     o.members[1].exists = false;
     assert!(matches!(decide(&o).act, Act::ApplyChildren { .. }));
 }
+
+#[test]
+fn a_settled_instance_refreshes_positions_rarely_unless_a_standby_crosses_the_bound() {
+    let o = obs(SRC, active());
+    let policy = crate::crd::UpgradePolicy::default();
+    let a = decide(&o).status;
+    assert!(a.upgrade.is_none());
+    let mut moved = a.clone();
+    moved.members[0].position = Some("aaa:99".into());
+    assert_eq!(
+        volatile_refresh(&a, &moved, &policy),
+        Duration::from_secs(300),
+        "an idle primary's position alone waits for the slow refresh"
+    );
+    let mut late = moved.clone();
+    late.members[1].lag_bytes = Some(42);
+    assert_eq!(
+        volatile_refresh(&a, &late, &policy),
+        Duration::from_secs(10),
+        "a standby falling behind the bound is written soon"
+    );
+    assert_eq!(
+        volatile_refresh(&late, &moved, &policy),
+        Duration::from_secs(10),
+        "and so is one catching up"
+    );
+    let lenient = crate::crd::UpgradePolicy {
+        max_lag_bytes: 100,
+        ..Default::default()
+    };
+    assert_eq!(
+        volatile_refresh(&a, &late, &lenient),
+        Duration::from_secs(300),
+        "within a looser bound it is not news"
+    );
+}
