@@ -583,6 +583,9 @@ async fn a_cluster_forms_and_upgrades_shard_by_shard_even_when_the_operator_dies
         &lost[..lost.len().min(20)]
     );
     assert!(worst <= 1, "{worst} members of one shard were down at once");
+    // Settled after the upgrade, the Cluster and its shards cost the API server no writes.
+    env.assert_settled_cluster_writes_nothing("events", &op, 4)
+        .await;
     delete_namespace(&env.client, &env.ns).await;
 }
 

@@ -358,24 +358,51 @@ impl Env {
         op: &Operator,
         passes: u64,
     ) {
+        let pod = format!("{name}-0");
+        self.assert_settled(&self.instances, name, &pod, "databaseinstance", op, passes)
+            .await;
+    }
+
+    /// The same for a Cluster: its passes and its shards' cost no writes.
+    pub async fn assert_settled_cluster_writes_nothing(
+        &self,
+        name: &str,
+        op: &Operator,
+        passes: u64,
+    ) {
+        let clusters: Api<baton::crd::Cluster> = Api::namespaced(self.client.clone(), &self.ns);
+        let pod = format!("{name}-shard-0-0");
+        self.assert_settled(&clusters, name, &pod, "cluster", op, passes)
+            .await;
+    }
+
+    async fn assert_settled<K>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        pod: &str,
+        controller: &str,
+        op: &Operator,
+        passes: u64,
+    ) where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
         // Settled first: a standby's lag crossing its bound when the clients stopped is news
         // written within 10 s, and the pass that recorded Active is followed by one reading it.
         tokio::time::sleep(Duration::from_secs(11)).await;
-        let before = reconciles(op).await;
-        wait_passes(op, before, 2).await;
+        let before = reconciles(op, controller).await;
+        wait_passes(op, controller, before, 2).await;
         let mark = crate::audit::mark();
-        let start = reconciles(op).await;
+        let start = reconciles(op, controller).await;
         let poke = json!({"metadata": {"annotations": {"example.com/touched": "yes"}}});
-        self.instances
-            .patch(name, &PatchParams::default(), &Patch::Merge(&poke))
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&poke))
             .await
-            .expect("annotate the instance");
-        let pod = format!("{name}-0");
+            .expect("annotate the object");
         self.pods
-            .patch(&pod, &PatchParams::default(), &Patch::Merge(&poke))
+            .patch(pod, &PatchParams::default(), &Patch::Merge(&poke))
             .await
             .expect("annotate a member");
-        let end = wait_passes(op, start, passes).await;
+        let end = wait_passes(op, controller, start, passes).await;
         // The audit backend writes as each request completes; a moment lets the last line land.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let requests: Vec<_> = mark
@@ -390,12 +417,12 @@ impl Env {
             .collect();
         assert!(
             writes.is_empty(),
-            "{} passes over the settled {name} wrote: {writes:?}",
+            "{} {controller} passes over the settled {name} wrote: {writes:?}",
             end - start
         );
         let reads = requests.len();
         println!(
-            "{} settled passes over {name}: 0 writes, {reads} namespaced reads ({:.1} a pass)",
+            "{} settled {controller} passes over {name}: 0 writes, {reads} namespaced reads ({:.1} a pass)",
             end - start,
             reads as f64 / (end - start) as f64
         );
@@ -716,23 +743,23 @@ pub fn job<'a>(r: &'a UpgradeRequest, target: &str) -> &'a baton::crd::TargetJob
         .unwrap_or_else(|| panic!("no job for {target}: {:#?}", r.status))
 }
 
-/// How many passes the operator's instance controller has completed.
-pub async fn reconciles(op: &Operator) -> u64 {
+/// How many passes the operator's `controller` (`databaseinstance`, `cluster`, …) completed.
+pub async fn reconciles(op: &Operator, controller: &str) -> u64 {
     let (_, body) = op.get("/metrics").await.expect("the operator's /metrics");
+    let prefix = format!("baton_reconciles_total{{controller=\"{controller}\"}} ");
     body.lines()
-        .find_map(|l| {
-            l.strip_prefix("baton_reconciles_total{controller=\"databaseinstance\"} ")
-                .and_then(|v| v.trim().parse().ok())
-        })
+        .find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.trim().parse().ok()))
         .unwrap_or(0)
 }
 
 /// Waits until `more` passes past `from` completed (within a minute); returns the count.
-async fn wait_passes(op: &Operator, from: u64, more: u64) -> u64 {
+async fn wait_passes(op: &Operator, controller: &str, from: u64, more: u64) -> u64 {
     eventually(Duration::from_secs(60), || async {
-        let n = reconciles(op).await;
+        let n = reconciles(op, controller).await;
         (n >= from + more).then_some(n)
     })
     .await
-    .unwrap_or_else(|| panic!("the operator did not complete {more} passes within a minute"))
+    .unwrap_or_else(|| {
+        panic!("the operator did not complete {more} {controller} passes within a minute")
+    })
 }

@@ -222,7 +222,7 @@ async fn run(ctx: &Context, cluster: &Cluster, api: &Api<Cluster>, p: &mut Pass)
     let ns = cluster.namespace().unwrap_or_default();
     // Read at every pass: a rotated password is used at once.
     let accounts = ensure_credentials(ctx, cluster, engine).await?;
-    // Applied on every pass but an upgrade's (which come every 100 ms to 1 s): a deleted or
+    // Checked on every pass but an upgrade's (which come every 100 ms to 1 s): a deleted or
     // edited policy is restored within a health interval.
     if p.s.upgrade.is_none() {
         ensure_network_policy(ctx, cluster).await?;
@@ -654,14 +654,22 @@ async fn ensure_network_policy(ctx: &Context, cluster: &Cluster) -> Result<()> {
             ..Default::default()
         }),
     };
-    Api::<NetworkPolicy>::namespaced(ctx.client.clone(), &ns)
-        .patch(
-            &format!("{name}-cluster"),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&policy),
-        )
+    let api = Api::<NetworkPolicy>::namespaced(ctx.client.clone(), &ns);
+    // Applied only when missing or edited: a settled Cluster costs the API server no writes.
+    let have = api
+        .get_opt(&format!("{name}-cluster"))
         .await
-        .map_err(Error::kube("applying the Cluster's NetworkPolicy"))?;
+        .map_err(Error::kube("reading the Cluster's NetworkPolicy"))?;
+    if have.is_some_and(|h| h.spec == policy.spec) {
+        return Ok(());
+    }
+    api.patch(
+        &format!("{name}-cluster"),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&policy),
+    )
+    .await
+    .map_err(Error::kube("applying the Cluster's NetworkPolicy"))?;
     Ok(())
 }
 
