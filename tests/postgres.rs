@@ -352,6 +352,80 @@ async fn tls_members_upgrade_under_verifying_clients_and_refuse_plain_text() {
 }
 
 /// A superuser session on the member at `ip` (Baton's account, in the application database).
+/// `primaryUpdateMethod: Auto` with `allowOffline`: when no upgraded standby catches up within
+/// the step timeout (here both stop replaying, as a standby held by a long report query does),
+/// the primary restarts in place instead of a switchover, says why in a Warning and in the
+/// outcome, and the clients lose nothing acknowledged.
+#[tokio::test]
+async fn auto_restarts_the_primary_in_place_when_no_upgraded_standby_catches_up() {
+    let env = Env::new("pg-auto").await;
+    let mut spec = postgres(PG_SOURCE);
+    spec["upgradePolicy"] =
+        json!({"primaryUpdateMethod": "Auto", "allowOffline": true, "stepTimeoutSeconds": 10});
+    let sc = Scenario::prepare(&env, "db", PG_SOURCE, spec).await;
+    let first = sc.first_primary;
+    // Held right after the switchover step is recorded, while the standbys stop replaying.
+    let op = env.operator_with(
+        "pg-auto",
+        &[("BATON_HOLD_AT", "api:status:Switchover:#1:6000")],
+    );
+    sc.set_version(PG_TARGET).await;
+    let at_switchover = eventually(Duration::from_secs(180), || async {
+        let u = env.status("db").await.upgrade?;
+        (u.step.kind == baton::crd::StepKind::Switchover).then_some(())
+    })
+    .await;
+    assert!(at_switchover.is_some(), "{}", tail(&op.logs(), 30));
+    let standbys: Vec<_> = workload::member_addresses(&env.client, &env.ns, "db")
+        .await
+        .into_iter()
+        .filter(|(pod, _)| pod != "db-0")
+        .collect();
+    let replay = |f: &'static str| {
+        let standbys = standbys.clone();
+        let env = &env;
+        async move {
+            for (pod, ip) in &standbys {
+                let c = pg(env, "db", *ip).await.expect("a standby");
+                c.batch_execute(&format!("SELECT {f}()"))
+                    .await
+                    .unwrap_or_else(|e| panic!("{f} on {pod}: {e}"));
+            }
+        }
+    };
+    replay("pg_wal_replay_pause").await;
+    env.wait_event_within(
+        "db",
+        "PrimaryRestartedInPlace",
+        "in place",
+        Duration::from_secs(60),
+    )
+    .await;
+    replay("pg_wal_replay_resume").await;
+    let out = sc.finish(&op, PG_TARGET).await;
+    assert_eq!(out.result, Ok(()));
+    env.assert_all_run("db", PG_TARGET).await;
+    assert_eq!(
+        env.primary_ip("db").await,
+        first,
+        "no switchover: the primary stayed"
+    );
+    let s = env.status("db").await;
+    assert!(s.last_switchover.is_none(), "{:?}", s.last_switchover);
+    let outcome = s.last_upgrade.expect("outcome");
+    assert!(
+        outcome
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("Auto restarts it in place")),
+        "{outcome:?}"
+    );
+    for r in &out.reports {
+        println!("{r}");
+    }
+    delete_namespace(&env.client, &env.ns).await;
+}
+
 async fn pg(env: &Env, name: &str, ip: std::net::IpAddr) -> Option<tokio_postgres::Client> {
     let auth = env.auth(name).await;
     match workload::connect_admin(workload::Datastore::Postgresql, ip, &auth).await? {

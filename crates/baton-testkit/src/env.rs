@@ -487,7 +487,19 @@ impl Env {
     /// Waits up to 15 s for an Event about instance `name` with `reason` whose note contains
     /// `naming` ("" for any): Events follow the status write that records what they report.
     pub async fn wait_event(&self, name: &str, reason: &str, naming: &str) {
-        let event = eventually(Duration::from_secs(15), || async {
+        self.wait_event_within(name, reason, naming, Duration::from_secs(15))
+            .await;
+    }
+
+    /// Like [`Env::wait_event`], for an Event that may take up to `timeout` to come.
+    pub async fn wait_event_within(
+        &self,
+        name: &str,
+        reason: &str,
+        naming: &str,
+        timeout: Duration,
+    ) {
+        let event = eventually(timeout, || async {
             self.events(name)
                 .await
                 .iter()
