@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help test crash-test demo demo-postgres demo-mariadb bench up down crds lint image krew control-plane
+.PHONY: help test crash-test demo demo-postgres demo-mariadb bench bench-scale up down crds lint image krew control-plane
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -28,6 +28,12 @@ bench: ## N upgrades under load (BATON_BENCH_UPGRADES, default 20; redis-cluster
 	cargo build -q --release -p baton --bin baton
 	BATON_BIN=$(CURDIR)/target/release/baton KUBECONFIG=$${BATON_CACHE:-$$HOME/.cache/baton}/run/kubeconfig \
 	  cargo bench -p baton-e2e --bench upgrade
+
+bench-scale: ## One operator over a fleet (BATON_SCALE_ACTIVE Active + paused up to BATON_SCALE_TOTAL): RSS, CPU, API requests a pass
+	@bash tests/env/setup.sh && bash tests/env/up.sh >/dev/null && bash tests/env/node.sh
+	cargo build -q --release -p baton --bin baton
+	BATON_BIN=$(CURDIR)/target/release/baton BATON_KUBECONFIG=$${BATON_CACHE:-$$HOME/.cache/baton}/run/kubeconfig \
+	  cargo bench -p baton-e2e --bench scale
 
 up: ## Start the local environment (control plane, local node, operator) in the background
 	@bash tests/env/up.sh >/dev/null

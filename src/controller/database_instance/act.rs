@@ -329,8 +329,10 @@ async fn publish(
     Ok(())
 }
 
-/// Claims, the topology ConfigMap, Services and the PDB by server-side apply; then the missing
-/// member pods (created once: a pod's spec is immutable but for its image).
+/// What drifted of the claims, the topology ConfigMap, the Services, the PDB and the
+/// NetworkPolicy, by server-side apply, and the credentials; then the missing member pods
+/// (created once: a pod's spec is immutable but for its image), with the topology they boot
+/// from rewritten first.
 async fn apply_children(
     client: &kube::Client,
     o: &Observation,
@@ -340,25 +342,38 @@ async fn apply_children(
 ) -> Result<(), ActError> {
     let inst = &o.inst;
     let ns = inst.namespace().unwrap_or_default();
-    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns);
-    for m in children::member_names(inst) {
-        apply(&claims, &children::claim(inst, &m), "applying a claim").await?;
+    let drift = o.drift.unwrap_or(children::Drift::ALL);
+    if drift.claims {
+        let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns);
+        for m in children::member_names(inst) {
+            apply(&claims, &children::claim(inst, &m), "applying a claim").await?;
+        }
     }
-    let primary = status.primary.clone().unwrap_or_default();
-    let cms = Api::<ConfigMap>::namespaced(client.clone(), &ns);
-    let cm = children::topology(inst, &topology_of(o, status, &primary));
-    apply(&cms, &cm, "writing the topology ConfigMap").await?;
-    let services = Api::<Service>::namespaced(client.clone(), &ns);
-    for svc in children::services(inst, engine) {
-        apply(&services, &svc, "applying a service").await?;
+    if drift.topology || !new.is_empty() {
+        let primary = status.primary.clone().unwrap_or_default();
+        let cms = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+        let cm = children::topology(inst, &topology_of(o, status, &primary));
+        apply(&cms, &cm, "writing the topology ConfigMap").await?;
     }
-    let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns);
-    apply(&pdbs, &children::pdb(inst), "applying the PDB").await?;
-    // The operator's own namespace: in a cluster, the service account's.
-    let np = children::network_policy(inst, engine, client.default_namespace());
-    let nps = Api::<NetworkPolicy>::namespaced(client.clone(), &ns);
-    apply(&nps, &np, "applying the NetworkPolicy").await?;
-    ensure_credentials(client, o, engine).await?;
+    if drift.services {
+        let services = Api::<Service>::namespaced(client.clone(), &ns);
+        for svc in children::services(inst, engine) {
+            apply(&services, &svc, "applying a service").await?;
+        }
+    }
+    if drift.pdb {
+        let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns);
+        apply(&pdbs, &children::pdb(inst), "applying the PDB").await?;
+    }
+    if drift.network_policy {
+        // The operator's own namespace: in a cluster, the service account's.
+        let np = children::network_policy(inst, engine, client.default_namespace());
+        let nps = Api::<NetworkPolicy>::namespaced(client.clone(), &ns);
+        apply(&nps, &np, "applying the NetworkPolicy").await?;
+    }
+    if drift.credentials {
+        ensure_credentials(client, o, engine).await?;
+    }
     failpoint::passed("api:children").await;
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
     for p in new {

@@ -465,9 +465,37 @@ pub struct Owned {
     pub network_policy: bool,
 }
 
-/// Whether an owned object is missing or differs from what Baton declares, in the fields
-/// Baton sets (others — defaults, fields other managers own — are not drift).
-pub fn drifted(inst: &DatabaseInstance, engine: &dyn Engine, owned: &Owned) -> bool {
+/// Which owned objects are missing or differ from what Baton declares, in the fields Baton sets
+/// (others — defaults, fields other managers own — are not drift). Only those are applied, so
+/// building an instance or mending one costs the writes it needs and no more.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Drift {
+    pub claims: bool,
+    pub services: bool,
+    pub pdb: bool,
+    pub topology: bool,
+    pub credentials: bool,
+    pub network_policy: bool,
+}
+
+impl Drift {
+    /// Everything, when the owned objects were not read (an upgrade in flight reads only the
+    /// topology): a missing pod is then rebuilt with all it needs.
+    pub const ALL: Drift = Drift {
+        claims: true,
+        services: true,
+        pdb: true,
+        topology: true,
+        credentials: true,
+        network_policy: true,
+    };
+
+    pub fn any(&self) -> bool {
+        *self != Drift::default()
+    }
+}
+
+pub fn drift(inst: &DatabaseInstance, engine: &dyn Engine, owned: &Owned) -> Drift {
     let claims_missing = member_names(inst).iter().any(|m| {
         !owned
             .claims
@@ -506,12 +534,14 @@ pub fn drifted(inst: &DatabaseInstance, engine: &dyn Engine, owned: &Owned) -> b
     // Only a generated Secret is Baton's to create.
     let credentials_missing =
         (inst.spec.credentials.is_none() && !owned.credentials) || !owned.applied_credentials;
-    claims_missing
-        || service_drift
-        || pdb_drift
-        || owned.topology.is_none()
-        || credentials_missing
-        || !owned.network_policy
+    Drift {
+        claims: claims_missing,
+        services: service_drift,
+        pdb: pdb_drift,
+        topology: owned.topology.is_none(),
+        credentials: credentials_missing,
+        network_policy: !owned.network_policy,
+    }
 }
 
 /// The member that the primary label and the topology ConfigMap both name, with the right
@@ -581,18 +611,31 @@ mod tests {
         // What the API server adds is not drift.
         owned.services[0].spec.as_mut().unwrap().cluster_ip = Some("10.0.0.7".into());
         owned.services[0].spec.as_mut().unwrap().session_affinity = Some("None".into());
-        assert!(!drifted(&i, engine, &owned));
+        assert!(!drift(&i, engine, &owned).any());
         owned.services[1].spec.as_mut().unwrap().selector = None;
-        assert!(drifted(&i, engine, &owned), "a selector edited away");
+        assert_eq!(
+            drift(&i, engine, &owned),
+            Drift {
+                services: true,
+                ..Default::default()
+            },
+            "a selector edited away"
+        );
         owned.services = services(&i, engine);
         owned.claims.pop();
-        assert!(drifted(&i, engine, &owned), "a claim deleted");
+        assert!(drift(&i, engine, &owned).claims, "a claim deleted");
         owned.claims = member_names(&i).iter().map(|m| claim(&i, m)).collect();
         owned.credentials = false;
-        assert!(drifted(&i, engine, &owned), "the generated Secret deleted");
+        assert!(
+            drift(&i, engine, &owned).credentials,
+            "the generated Secret deleted"
+        );
         owned.credentials = true;
         owned.network_policy = false;
-        assert!(drifted(&i, engine, &owned), "the NetworkPolicy deleted");
+        assert!(
+            drift(&i, engine, &owned).network_policy,
+            "the NetworkPolicy deleted"
+        );
     }
 
     #[test]

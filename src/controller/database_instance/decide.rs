@@ -176,7 +176,7 @@ pub fn decide(o: &Observation) -> Decision {
         d.s.message = Some("paused: Baton touches nothing until spec.paused is false".into());
         return d.done(Act::None, Wake::Idle);
     }
-    if o.children_drifted || o.members.iter().any(|m| !m.exists) {
+    if o.drift.is_some_and(|d| d.any()) || o.members.iter().any(|m| !m.exists) {
         let pods = missing_pods(&d, &primary, &base);
         d.s.phase.get_or_insert(InstancePhase::Building);
         return d.done(Act::ApplyChildren { pods }, Wake::Poll);

@@ -311,8 +311,9 @@ pub struct Observation {
     pub strategy_to_spec: Option<Strategy>,
     /// One entry per expected member, by ordinal.
     pub members: Vec<Member>,
-    /// Some owned object (claim, Service, PDB, topology ConfigMap) is missing or has drifted.
-    pub children_drifted: bool,
+    /// Which owned objects (claims, Services, PDB, topology ConfigMap, Secrets, NetworkPolicy)
+    /// are missing or have drifted; None when they were not read (an upgrade in flight).
+    pub drift: Option<super::children::Drift>,
     /// The member that the primary label and the topology ConfigMap name, when they agree.
     pub published: Option<String>,
     /// The recorded fence position, read back by the engine.

@@ -52,7 +52,7 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
                 ..Default::default()
             })
             .collect(),
-        children_drifted: false,
+        drift: None,
         published: None,
         fence_goal: None,
         window_open: inst
@@ -105,7 +105,7 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
     owned.credentials = secret_exists;
     owned.applied_credentials = applied_exists;
     if status.upgrade.is_none() {
-        o.children_drifted = children::drifted(&o.inst, engine, &owned);
+        o.drift = Some(children::drift(&o.inst, engine, &owned));
     }
     let login = Target {
         endpoint: Endpoint::new("", 0),

@@ -69,7 +69,7 @@ fn obs(spec_version: &str, status: serde_json::Value) -> Observation {
         unsupported: None,
         strategy_to_spec: Some(Strategy::Rolling),
         members: members(),
-        children_drifted: false,
+        drift: None,
         published: Some("db-0".into()),
         fence_goal: None,
         window_open: true,
