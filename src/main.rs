@@ -71,6 +71,11 @@ struct RunArgs {
     /// behind Baton's back is seen within this, jittered by up to a fifth).
     #[arg(long, env = "BATON_HEALTH_INTERVAL_SECONDS", default_value_t = 30)]
     health_interval_seconds: u64,
+    /// How many objects of one kind are reconciled at once. Bounds the operator's memory and its
+    /// load on the API server when a fleet wakes together; a pass waits on its members' servers
+    /// (a sick one up to its probe timeout), so too few delays healthy instances behind sick ones.
+    #[arg(long, env = "BATON_CONCURRENCY", default_value_t = 16)]
+    concurrency: u16,
     /// This replica's identity (default: the pod name from POD_NAME, else host and pid).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -121,6 +126,7 @@ fn run(args: RunArgs) -> ExitCode {
         lease_duration_seconds: args.lease_duration_seconds.max(3),
         namespace: args.namespace,
         health_interval: std::time::Duration::from_secs(args.health_interval_seconds.max(1)),
+        concurrency: args.concurrency.max(1),
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

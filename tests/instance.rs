@@ -21,6 +21,7 @@ async fn a_three_member_upgrade_under_writes_loses_nothing_and_upgrades_the_prim
     let (stop_writes, writes) = env.writer("db");
     let (stop_monitor, worst) = env.readiness_monitor("db");
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let mark = baton_testkit::audit::mark();
     env.patch_spec(
         "db",
         json!({"datastore": {"type": "redis", "version": TARGET}}),
@@ -81,6 +82,7 @@ async fn a_three_member_upgrade_under_writes_loses_nothing_and_upgrades_the_prim
 
     // Baton measured the switchover: in status, in the outcome, in the Event and in /metrics.
     let sw = env.assert_switchover_measured("db", &report).await;
+    print_upgrade_writes(&env, &mark);
     assert_eq!(sw.from, "db-0");
     assert_eq!(Some(sw.to.as_str()), status.primary.as_deref(), "{sw:?}");
     let outcome = status.last_upgrade.clone().expect("outcome");

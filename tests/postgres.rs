@@ -29,6 +29,7 @@ async fn three_members_roll_a_minor_under_committing_clients_and_lose_nothing() 
     let first = sc.first_primary;
     let op = env.operator("pg-roll", "");
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let mark = baton_testkit::audit::mark();
     sc.set_version(PG_TARGET).await;
     let out = sc.finish(&op, PG_TARGET).await;
     assert_eq!(out.result, Ok(()));
@@ -40,6 +41,7 @@ async fn three_members_roll_a_minor_under_committing_clients_and_lose_nothing() 
         .find(|r| r.writer == "label")
         .expect("label writer");
     env.assert_switchover_measured("db", label).await;
+    print_upgrade_writes(&env, &mark);
     // Settled after the upgrade, the instance costs the API server no writes.
     env.assert_settled_passes_write_nothing("db", &op, 4).await;
     let restarts: Vec<String> = env

@@ -34,6 +34,8 @@ pub struct Context {
     catalog_writer: Mutex<Option<Writer<DatastoreVersion>>>,
     /// How often a settled instance is looked at again (`--health-interval-seconds`).
     pub health_interval: std::time::Duration,
+    /// Objects of one kind reconciled at once (`--concurrency`).
+    pub concurrency: u16,
     /// The last failed act of each object (`namespace/name`), until an act succeeds: the next
     /// pass reports it in status, and an Event is published only when it changes.
     act_errors: Mutex<HashMap<String, String>>,
@@ -65,6 +67,7 @@ impl Context {
             act_errors: Mutex::default(),
             written: Mutex::default(),
             health_interval: std::time::Duration::from_secs(30),
+            concurrency: 16,
         }
     }
 

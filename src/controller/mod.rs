@@ -159,6 +159,7 @@ async fn drive<K, F, Fut>(
     };
     let store = controller.store();
     let run = controller
+        .with_config(kube::runtime::controller::Config::default().concurrency(ctx.concurrency))
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(observed, error_policy, ctx)
         .for_each(|_| async {});

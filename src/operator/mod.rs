@@ -38,6 +38,8 @@ pub struct Settings {
     /// Baton that a server changed role or lost its fence, so this bounds how long such a
     /// change goes unseen.
     pub health_interval: std::time::Duration,
+    /// Objects of one kind reconciled at once.
+    pub concurrency: u16,
 }
 
 /// The API client. It names itself `baton/<version> (<identity>)`, so the API server's audit log
@@ -83,6 +85,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         settings.namespace.clone(),
     );
     ctx.health_interval = settings.health_interval;
+    ctx.concurrency = settings.concurrency;
     let ctx = Arc::new(ctx);
     let result = if settings.leader_election {
         lead(&settings, client, ctx, &http_state, shutdown.clone()).await

@@ -106,3 +106,25 @@ impl Mark {
             .collect()
     }
 }
+
+/// The operator's writes in `namespace` since `mark`, counted by `verb resource[/subresource]`,
+/// and their total.
+pub fn operator_writes(
+    mark: &Mark,
+    namespace: &str,
+) -> (usize, std::collections::BTreeMap<String, usize>) {
+    let mut by = std::collections::BTreeMap::new();
+    for r in mark.since() {
+        if r.by_operator_in(namespace) && r.is_write() {
+            let o = r.object_ref.clone().unwrap_or_default();
+            let sub = if o.subresource.is_empty() {
+                String::new()
+            } else {
+                format!("/{}", o.subresource)
+            };
+            *by.entry(format!("{} {}{sub}", r.verb, o.resource))
+                .or_default() += 1;
+        }
+    }
+    (by.values().sum(), by)
+}

@@ -775,3 +775,9 @@ async fn wait_passes(op: &Operator, controller: &str, from: u64, more: u64) -> u
         panic!("the operator did not complete {more} {controller} passes within a minute")
     })
 }
+
+/// Prints what the operator wrote for a 3-member upgrade with one switchover since `mark`.
+pub fn print_upgrade_writes(env: &Env, mark: &crate::audit::Mark) {
+    let (total, by) = crate::audit::operator_writes(mark, &env.ns);
+    println!("API writes for the 3-member upgrade with one switchover: {total} ({by:?})");
+}
