@@ -9,7 +9,10 @@
 //! - the time from creating the Active part to all Active, and the operator's CPU seconds for it;
 //! - over a settled window (`BATON_SCALE_WINDOW_SECONDS`, default 90; the health resync is 30 s):
 //!   passes, the operator's API requests by verb from the API server's audit log, writes and
-//!   reads per pass, and its CPU seconds.
+//!   reads per pass, and its CPU seconds;
+//! - an UpgradeRequest over `BATON_SCALE_REQUEST` (default 20) of the Active instances with
+//!   `maxConcurrent: 1`, then one over as many others with `maxConcurrent: 10`: each one's time,
+//!   and the second against a tenth of the first (the linear ideal).
 //!
 //! Not a test: it asserts nothing but that it could measure.
 
@@ -20,8 +23,8 @@ use futures::{StreamExt, stream};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 
-use baton::crd::{DatabaseInstance, InstancePhase};
-use baton_testkit::env::{Env, SOURCE, reconciles};
+use baton::crd::{DatabaseInstance, InstancePhase, RequestPhase, UpgradeRequest};
+use baton_testkit::env::{Env, SOURCE, TARGET, reconciles};
 use baton_testkit::{Operator, audit};
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -56,12 +59,20 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-async fn create_all(api: &Api<DatabaseInstance>, names: Vec<String>, paused: bool) {
-    stream::iter(names)
-        .for_each_concurrent(16, |name| async move {
+/// The group label each instance carries: which request (if any) upgrades it.
+const GROUP: &str = "bench.baton.dev/group";
+
+async fn create_all(api: &Api<DatabaseInstance>, names: Vec<String>, paused: bool, request: usize) {
+    stream::iter(names.into_iter().enumerate())
+        .for_each_concurrent(16, |(i, name)| async move {
+            let group = match i / request.max(1) {
+                0 if !paused => "one",
+                1 if !paused => "ten",
+                _ => "none",
+            };
             let obj: DatabaseInstance = serde_json::from_value(json!({
                 "apiVersion": "baton.dev/v1alpha1", "kind": "DatabaseInstance",
-                "metadata": {"name": name},
+                "metadata": {"name": name, "labels": {GROUP: group}},
                 "spec": {"datastore": {"type": "redis", "version": SOURCE}, "replicas": 1,
                          "paused": paused},
             }))
@@ -108,6 +119,7 @@ async fn main() {
     let n_active = env_or("BATON_SCALE_ACTIVE", 50) as usize;
     let total = env_or("BATON_SCALE_TOTAL", 1000).max(n_active as u64) as usize;
     let window = Duration::from_secs(env_or("BATON_SCALE_WINDOW_SECONDS", 90));
+    let n_request = (env_or("BATON_SCALE_REQUEST", 20) as usize).min(n_active / 2);
     let env = Env::new("scale").await;
     // The operator as shipped: the default 30 s health resync.
     let op: Operator = env.operator_with("scale", &[("BATON_HEALTH_INTERVAL_SECONDS", "30")]);
@@ -124,7 +136,7 @@ async fn main() {
     let names = |from: usize, to: usize| (from..to).map(|i| format!("db-{i:04}")).collect();
     let cpu0 = cpu_seconds(pid);
     let started = Instant::now();
-    create_all(&env.instances, names(0, n_active), false).await;
+    create_all(&env.instances, names(0, n_active), false, n_request).await;
     loop {
         let n = active(&env.instances).await;
         if n >= n_active {
@@ -149,7 +161,7 @@ async fn main() {
     let paused = total - n_active;
     let cpu1 = cpu_seconds(pid);
     let started = Instant::now();
-    create_all(&env.instances, names(n_active, total), true).await;
+    create_all(&env.instances, names(n_active, total), true, n_request).await;
     let created = started.elapsed();
     let rss_total = settled_rss(pid).await;
     println!(
@@ -190,5 +202,54 @@ async fn main() {
     if !written.is_empty() {
         println!("    writes: {written:?}");
     }
+
+    if n_request > 0 {
+        let one = request(&env, "one", 1, n_request).await;
+        let ten = request(&env, "ten", 10, n_request).await;
+        let linear = one.as_secs_f64() / 10.0;
+        println!(
+            "  UpgradeRequest over {n_request} single-member instances ({SOURCE} → {TARGET}, in place): maxConcurrent 1 {:.1} s, maxConcurrent 10 {:.1} s = {:.2}× the linear {linear:.1} s",
+            one.as_secs_f64(),
+            ten.as_secs_f64(),
+            ten.as_secs_f64() / linear
+        );
+    }
     baton_testkit::delete_namespace(&env.client, &env.ns).await;
+}
+
+/// Upgrades the instances of `group` with one request of `max_concurrent`; its time from
+/// creation to Succeeded.
+async fn request(env: &Env, group: &str, max_concurrent: i32, n: usize) -> Duration {
+    let api: Api<UpgradeRequest> = Api::namespaced(env.client.clone(), &env.ns);
+    let r: UpgradeRequest = serde_json::from_value(json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "UpgradeRequest",
+        "metadata": {"name": format!("to-{group}")},
+        "spec": {"targets": {"selector": {"matchLabels": {GROUP: group}}},
+                 "targetVersion": TARGET, "maxConcurrent": max_concurrent},
+    }))
+    .expect("request");
+    let started = Instant::now();
+    api.create(&PostParams::default(), &r)
+        .await
+        .expect("create the request");
+    loop {
+        let phase = api
+            .get(&format!("to-{group}"))
+            .await
+            .ok()
+            .and_then(|r| r.status)
+            .and_then(|s| s.phase);
+        match phase {
+            Some(RequestPhase::Succeeded) => return started.elapsed(),
+            Some(p @ (RequestPhase::Failed | RequestPhase::PartiallySucceeded)) => {
+                panic!("the request over {n} instances ended {p:?}")
+            }
+            _ => {}
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "the request over {n} instances did not finish in 30 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
