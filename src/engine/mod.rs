@@ -247,6 +247,33 @@ pub enum EngineError {
     },
 }
 
+/// Runs one call to a member within `limit`: the call's own error is `Command` failing (or the
+/// member `Unreachable` while `command` is `"connect"`), running out of time a `Timeout`.
+pub(crate) async fn within<T, E>(
+    endpoint: &Endpoint,
+    command: &'static str,
+    limit: std::time::Duration,
+    work: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, EngineError>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let endpoint = endpoint.to_string();
+    match tokio::time::timeout(limit, work).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) if command == "connect" => Err(EngineError::Unreachable {
+            endpoint,
+            source: Box::new(e),
+        }),
+        Ok(Err(e)) => Err(EngineError::Command {
+            endpoint,
+            command,
+            source: Box::new(e),
+        }),
+        Err(_) => Err(EngineError::Timeout { endpoint, command }),
+    }
+}
+
 impl EngineError {
     /// A fixed name for metric labels.
     pub fn category(&self) -> &'static str {

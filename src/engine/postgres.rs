@@ -248,51 +248,24 @@ async fn connect_once(t: &Target) -> Result<(Client, bool), EngineError> {
             cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
             let tls = tokio_postgres_rustls::MakeRustlsConnect::new(config);
             let want = t.cert.as_deref().and_then(crate::tls::leaf);
-            tokio::time::timeout(TIMEOUT, cfg.connect(tls))
-                .await
-                .map(|r| {
-                    r.map(|(client, conn)| {
-                        tokio::spawn(conn);
-                        let served = seen.lock().ok().and_then(|s| s.clone());
-                        (client, want.is_some() && served != want)
-                    })
-                })
+            let (client, conn) =
+                super::within(&t.endpoint, "connect", TIMEOUT, cfg.connect(tls)).await?;
+            tokio::spawn(conn);
+            let served = seen.lock().ok().and_then(|s| s.clone());
+            (client, want.is_some() && served != want)
         }
-        None => tokio::time::timeout(TIMEOUT, cfg.connect(NoTls))
-            .await
-            .map(|r| {
-                r.map(|(client, conn)| {
-                    tokio::spawn(conn);
-                    (client, false)
-                })
-            }),
+        None => {
+            let (client, conn) =
+                super::within(&t.endpoint, "connect", TIMEOUT, cfg.connect(NoTls)).await?;
+            tokio::spawn(conn);
+            (client, false)
+        }
     };
-    match connected {
-        Ok(Ok(client)) => Ok(client),
-        Ok(Err(e)) => Err(EngineError::Unreachable {
-            endpoint,
-            source: Box::new(e),
-        }),
-        Err(_) => Err(EngineError::Timeout {
-            endpoint,
-            command: "connect",
-        }),
-    }
+    Ok(connected)
 }
 
 async fn run(c: &Client, t: &Target, command: &'static str, sql: &str) -> Result<(), EngineError> {
-    match tokio::time::timeout(TIMEOUT * 20, c.batch_execute(sql)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(EngineError::Command {
-            endpoint: t.endpoint.to_string(),
-            command,
-            source: Box::new(e),
-        }),
-        Err(_) => Err(EngineError::Timeout {
-            endpoint: t.endpoint.to_string(),
-            command,
-        }),
-    }
+    super::within(&t.endpoint, command, TIMEOUT * 20, c.batch_execute(sql)).await
 }
 
 /// What one probe query returns, before it is read.
@@ -561,18 +534,14 @@ impl Engine for Postgres {
 
     async fn offline_leftovers(&self, t: &Target) -> Result<bool, EngineError> {
         let c = connect(t).await?;
-        match tokio::time::timeout(TIMEOUT, c.query_one(offline::LEFTOVERS, &[])).await {
-            Ok(Ok(row)) => Ok(row.get::<_, bool>(0)),
-            Ok(Err(e)) => Err(EngineError::Command {
-                endpoint: t.endpoint.to_string(),
-                command: "looking for the kept old data",
-                source: Box::new(e),
-            }),
-            Err(_) => Err(EngineError::Timeout {
-                endpoint: t.endpoint.to_string(),
-                command: "looking for the kept old data",
-            }),
-        }
+        let row = super::within(
+            &t.endpoint,
+            "looking for the kept old data",
+            TIMEOUT,
+            c.query_one(offline::LEFTOVERS, &[]),
+        )
+        .await?;
+        Ok(row.get::<_, bool>(0))
     }
 
     async fn finish_offline(&self, t: &Target) -> Result<(), EngineError> {

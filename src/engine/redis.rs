@@ -158,18 +158,7 @@ pub(crate) async fn run<T: redis::FromRedisValue>(
     command: &'static str,
     cmd: &redis::Cmd,
 ) -> Result<T, EngineError> {
-    match tokio::time::timeout(TIMEOUT, cmd.query_async::<T>(c)).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(EngineError::Command {
-            endpoint: t.endpoint.to_string(),
-            command,
-            source: Box::new(e),
-        }),
-        Err(_) => Err(EngineError::Timeout {
-            endpoint: t.endpoint.to_string(),
-            command,
-        }),
-    }
+    super::within(&t.endpoint, command, TIMEOUT, cmd.query_async::<T>(c)).await
 }
 
 /// Reads `key:value` lines of an INFO section.
