@@ -180,7 +180,7 @@ async fn main() {
     let cpu = cpu_seconds(pid) - cpu2;
     let mut verbs: BTreeMap<String, usize> = BTreeMap::new();
     let mut written: BTreeMap<String, usize> = BTreeMap::new();
-    for r in mark.since().iter().filter(|r| r.by_operator_in(&env.ns)) {
+    for r in mark.operator_requests(&env.ns) {
         *verbs.entry(r.verb.clone()).or_default() += 1;
         if r.is_write() {
             *written.entry(r.describe()).or_default() += 1;

@@ -331,9 +331,8 @@ async fn deleted_children_come_back_and_only_they_are_applied() {
     env.wait_for("db", InstancePhase::Active, SOURCE, &op).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut writes: Vec<String> = mark
-        .since()
+        .operator_writes(&env.ns)
         .into_iter()
-        .filter(|r| r.by_operator_in(&env.ns) && r.is_write())
         .map(|r| r.describe())
         .filter(|w| !w.starts_with("create events/"))
         .collect();

@@ -51,6 +51,16 @@ impl Request {
                 .is_some_and(|o| o.namespace == namespace)
     }
 
+    /// `pods/status`: the resource and subresource, without the name.
+    pub fn kind(&self) -> String {
+        let o = self.object_ref.clone().unwrap_or_default();
+        if o.subresource.is_empty() {
+            o.resource
+        } else {
+            format!("{}/{}", o.resource, o.subresource)
+        }
+    }
+
     /// `patch pods/db-0/status`, for messages.
     pub fn describe(&self) -> String {
         let o = self.object_ref.clone().unwrap_or_default();
@@ -105,6 +115,20 @@ impl Mark {
             .filter(|r| r.stage == "ResponseComplete")
             .collect()
     }
+
+    /// What an operator asked of the API server in `namespace` since the mark.
+    pub fn operator_requests(&self, namespace: &str) -> Vec<Request> {
+        let mut all = self.since();
+        all.retain(|r| r.by_operator_in(namespace));
+        all
+    }
+
+    /// The operator's writes in `namespace` since the mark, in the order they completed.
+    pub fn operator_writes(&self, namespace: &str) -> Vec<Request> {
+        let mut all = self.operator_requests(namespace);
+        all.retain(Request::is_write);
+        all
+    }
 }
 
 /// The operator's writes in `namespace` since `mark`, counted by `verb resource[/subresource]`,
@@ -114,17 +138,8 @@ pub fn operator_writes(
     namespace: &str,
 ) -> (usize, std::collections::BTreeMap<String, usize>) {
     let mut by = std::collections::BTreeMap::new();
-    for r in mark.since() {
-        if r.by_operator_in(namespace) && r.is_write() {
-            let o = r.object_ref.clone().unwrap_or_default();
-            let sub = if o.subresource.is_empty() {
-                String::new()
-            } else {
-                format!("/{}", o.subresource)
-            };
-            *by.entry(format!("{} {}{sub}", r.verb, o.resource))
-                .or_default() += 1;
-        }
+    for r in mark.operator_writes(namespace) {
+        *by.entry(format!("{} {}", r.verb, r.kind())).or_default() += 1;
     }
     (by.values().sum(), by)
 }

@@ -405,11 +405,7 @@ impl Env {
         let end = wait_passes(op, controller, start, passes).await;
         // The audit backend writes as each request completes; a moment lets the last line land.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let requests: Vec<_> = mark
-            .since()
-            .into_iter()
-            .filter(|r| r.by_operator_in(&self.ns))
-            .collect();
+        let requests = mark.operator_requests(&self.ns);
         let writes: Vec<_> = requests
             .iter()
             .filter(|r| r.is_write())
@@ -780,4 +776,10 @@ async fn wait_passes(op: &Operator, controller: &str, from: u64, more: u64) -> u
 pub fn print_upgrade_writes(env: &Env, mark: &crate::audit::Mark) {
     let (total, by) = crate::audit::operator_writes(mark, &env.ns);
     println!("API writes for the 3-member upgrade with one switchover: {total} ({by:?})");
+    let order: Vec<String> = mark
+        .operator_writes(&env.ns)
+        .iter()
+        .map(|r| r.describe())
+        .collect();
+    println!("  in order: {order:?}");
 }
