@@ -48,6 +48,56 @@ pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Conditio
     conditions.iter().find(|c| c.type_ == type_)
 }
 
+/// The paths where two statuses differ, for the log line of a status write: top-level fields
+/// by name, list items by index (`members.1.ready`), at most `limit` of them.
+pub fn changed_paths(
+    a: &impl serde::Serialize,
+    b: &impl serde::Serialize,
+    limit: usize,
+) -> Vec<String> {
+    fn walk(a: &serde_json::Value, b: &serde_json::Value, path: String, out: &mut Vec<String>) {
+        use serde_json::Value::{Array, Object};
+        match (a, b) {
+            (Object(x), Object(y)) => {
+                let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    let (u, v) = (
+                        x.get(k).unwrap_or(&serde_json::Value::Null),
+                        y.get(k).unwrap_or(&serde_json::Value::Null),
+                    );
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(u, v, p, out);
+                }
+            }
+            (Array(x), Array(y)) if x.len() == y.len() => {
+                for (i, (u, v)) in x.iter().zip(y).enumerate() {
+                    walk(u, v, format!("{path}.{i}"), out);
+                }
+            }
+            _ if a != b => out.push(path),
+            _ => {}
+        }
+    }
+    let (a, b) = (
+        serde_json::to_value(a).unwrap_or_default(),
+        serde_json::to_value(b).unwrap_or_default(),
+    );
+    let mut out = Vec::new();
+    walk(&a, &b, String::new(), &mut out);
+    if out.len() > limit {
+        let more = out.len() - limit;
+        out.truncate(limit);
+        out.push(format!("{more} more"));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +143,23 @@ mod tests {
         );
         let types: Vec<&str> = c.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(types, ["Ready", "Valid"]);
+    }
+
+    #[test]
+    fn changed_paths_name_the_leaves_that_differ() {
+        let a = serde_json::json!({"phase": "Upgrading", "members": [{"pod": "db-0", "ready": true}, {"pod": "db-1", "ready": true}]});
+        let b = serde_json::json!({"phase": "Upgrading", "message": "x", "members": [{"pod": "db-0", "ready": true}, {"pod": "db-1", "ready": false}]});
+        assert_eq!(
+            super::changed_paths(&a, &b, 5),
+            ["members.1.ready", "message"]
+        );
+        assert_eq!(super::changed_paths(&a, &a, 5), Vec::<String>::new());
+        assert_eq!(
+            super::changed_paths(&a, &b, 1),
+            ["members.1.ready", "1 more"]
+        );
+        // A list that grew is one change.
+        let c = serde_json::json!({"phase": "Upgrading", "members": []});
+        assert_eq!(super::changed_paths(&a, &c, 5), ["members"]);
     }
 }

@@ -150,7 +150,7 @@ pub enum MemberRole {
 }
 
 /// What Baton observed of one member.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct MemberStatus {
     /// The member's pod name.
@@ -595,7 +595,9 @@ pub struct DatabaseInstanceStatus {
     /// The pod name of the current primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary: Option<String>,
-    /// One entry per member, ordered by pod name.
+    /// One entry per member, ordered by pod name. While an upgrade step runs, what the members
+    /// report (a restarting member going not Ready and back) is refreshed at most every 10 s;
+    /// each new step, and the upgrade's end, writes them as they are.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<MemberStatus>,
     /// The upgrade in flight, if any.

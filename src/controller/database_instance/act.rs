@@ -317,13 +317,16 @@ async fn publish(
         .filter(|m| m.exists && m.name != primary)
         .chain(o.members.iter().filter(|m| m.exists && m.name == primary));
     for m in order {
-        pods.patch(
-            &m.name,
-            &PatchParams::default(),
-            &Patch::Merge(&children::role_patch(m.name == primary)),
-        )
-        .await
-        .map_err(kube_err("moving the primary label"))?;
+        // A pod already labelled as it should be costs no write.
+        if m.role_label.as_deref() != Some(children::role(m.name == primary)) {
+            pods.patch(
+                &m.name,
+                &PatchParams::default(),
+                &Patch::Merge(&children::role_patch(m.name == primary)),
+            )
+            .await
+            .map_err(kube_err("moving the primary label"))?;
+        }
         failpoint::scoped(&m.name, failpoint::passed("api:label")).await;
     }
     Ok(())

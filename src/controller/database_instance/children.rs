@@ -307,8 +307,12 @@ pub fn version_patch(container: &str, image: &str, version: &str) -> serde_json:
 }
 
 pub fn role_patch(primary: bool) -> serde_json::Value {
-    let role = if primary { ROLE_PRIMARY } else { ROLE_STANDBY };
-    serde_json::json!({"metadata": {"labels": {LABEL_ROLE: role}}})
+    serde_json::json!({"metadata": {"labels": {LABEL_ROLE: role(primary)}}})
+}
+
+/// The role label's value for a primary or a standby.
+pub fn role(primary: bool) -> &'static str {
+    if primary { ROLE_PRIMARY } else { ROLE_STANDBY }
 }
 
 /// `<name>` (read-write: the primary), `<name>-ro` (standbys), `<name>-headless` (every member).

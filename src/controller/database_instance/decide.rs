@@ -236,16 +236,30 @@ fn member_statuses(o: &Observation, primary: &str) -> Vec<MemberStatus> {
 }
 
 /// Whether `a` and `b` differ only in what members' servers report from moment to moment
-/// (positions and lag). Such a change alone is written at most every few seconds: a write wakes
-/// this controller, and under load the next pass would see new positions again.
+/// (positions and lag), or, while an upgrade is in flight and its record did not change, in
+/// anything the members report (a restarting member goes not-ready, errs, comes back on the new
+/// version and catches up within a second or two). Such a change alone is written at most every
+/// few seconds: a write wakes this controller, and under load the next pass would see new
+/// positions again. The step, the primary, the phase, conditions and message are never held.
 pub fn differs_only_in_volatile(a: &DatabaseInstanceStatus, b: &DatabaseInstanceStatus) -> bool {
+    let upgrading = a.upgrade.is_some() && a.upgrade == b.upgrade;
     let steady = |s: &DatabaseInstanceStatus| {
         let mut s = s.clone();
         for m in &mut s.members {
-            m.position = None;
-            m.received_position = None;
-            m.lag_bytes = None;
-            m.lag_transactions = None;
+            *m = if upgrading {
+                MemberStatus {
+                    pod: std::mem::take(&mut m.pod),
+                    ..Default::default()
+                }
+            } else {
+                MemberStatus {
+                    position: None,
+                    received_position: None,
+                    lag_bytes: None,
+                    lag_transactions: None,
+                    ..m.clone()
+                }
+            };
         }
         s
     };
@@ -444,13 +458,7 @@ fn steady(mut d: Draft, primary: &str, base: &str) -> Decision {
     d.s.version = Some(version.clone());
     d.s.phase = Some(InstancePhase::Active);
     d.s.message = None;
-    let n = o.members.len();
-    d.cond(
-        "Ready",
-        true,
-        "MembersReady",
-        format!("{n} members on {version}"),
-    );
+    members_ready(&mut d, &version);
     d.cond("Progressing", false, "Idle", String::new());
     if d.s.quarantine.is_empty() {
         d.cond("Degraded", false, "NoFailure", String::new());
@@ -574,18 +582,32 @@ fn not_ready_message(v: &View) -> String {
     }
 }
 
+fn members_ready(d: &mut Draft, version: &str) {
+    let n = d.o.members.len();
+    d.cond(
+        "Ready",
+        true,
+        "MembersReady",
+        format!("{n} members on {version}"),
+    );
+}
+
+fn applied(d: &mut Draft, running: &str) {
+    d.cond(
+        "VersionApplied",
+        true,
+        "Applied",
+        format!("running {running}"),
+    );
+}
+
 /// The spec names a version: apply it if the path and the members allow, else say why.
 fn start_or_refuse(mut d: Draft, primary: &str, running: &str, v: &View) -> Decision {
     let o = d.o;
     let ds = o.inst.spec.datastore.type_;
     let spec_version = o.inst.spec.datastore.version.clone();
     if spec_version == running {
-        d.cond(
-            "VersionApplied",
-            true,
-            "Applied",
-            format!("running {running}"),
-        );
+        applied(&mut d, running);
         return d.done(Act::None, Wake::Idle);
     }
     // An UpgradeRequest moved the instance past its spec: say so, and how to align Git.
@@ -745,7 +767,7 @@ fn in_flight(mut d: Draft, mut u: UpgradeInFlight, primary: &str) -> Decision {
         );
         d.cond("VersionApplied", false, "UpgradeInFlight", msg);
     }
-    let p = plan::next(&v, &u, reverting);
+    let p = plan::pass(&v, &u, reverting);
     apply_plan(d, &u, p)
 }
 
@@ -1011,6 +1033,13 @@ fn finish(d: &mut Draft, prev: &UpgradeInFlight, reverted: bool) {
     d.s.message = None;
     d.cond("Progressing", false, "Idle", String::new());
     d.cond("Degraded", false, "NoFailure", String::new());
+    // Every member runs it and is caught up (the last step saw to that): the conditions say so
+    // now, or the next pass would write again only to change them.
+    let version = d.s.version.clone().unwrap_or_default();
+    members_ready(d, &version);
+    if d.o.inst.spec.datastore.version == version {
+        applied(d, &version);
+    }
 }
 
 fn outcome(

@@ -174,6 +174,7 @@ pub fn notes(old: &DatabaseInstanceStatus, new: &DatabaseInstanceStatus, act: &A
             format!("{member} → {version} ({image})"),
         ));
     }
+    fold_step_completed(old, &mut out);
     if let Act::SetPasswords { members } = act {
         out.push(normal(
             "PasswordsChanging",
@@ -184,6 +185,27 @@ pub fn notes(old: &DatabaseInstanceStatus, new: &DatabaseInstanceStatus, act: &A
         ));
     }
     out
+}
+
+/// A pass that ends a step and starts the next (a restart, a switchover) tells both in the
+/// Event of the start: one Event, not two, for what a person reads as one moment.
+fn fold_step_completed(old: &DatabaseInstanceStatus, out: &mut Vec<Note>) {
+    let starts = |n: &Note| matches!(n.reason, "MemberRestarting" | "SwitchoverStarted");
+    let (Some(done), Some(_)) = (
+        out.iter().position(|n| n.reason == "StepCompleted"),
+        out.iter().position(starts),
+    ) else {
+        return;
+    };
+    out.remove(done);
+    let finished = old
+        .upgrade
+        .as_ref()
+        .map(|u| u.describe())
+        .unwrap_or_default();
+    if let Some(n) = out.iter_mut().find(|n| starts(n)) {
+        n.message = format!("{}; {finished} finished", n.message);
+    }
 }
 
 #[cfg(test)]
@@ -376,5 +398,24 @@ mod tests {
         let n = notes(&q, &q, &restart);
         assert_eq!(reasons(&n), ["MemberRestarting"]);
         assert!(n[0].message.starts_with("db-1 → 7.0.15"));
+    }
+
+    #[test]
+    fn a_step_that_ends_as_the_next_starts_is_told_in_one_event() {
+        let restart = Act::SetVersion {
+            member: "db-2".into(),
+            version: "7.0.15".into(),
+            image: "redis:7.0.15".into(),
+        };
+        let a = status(Some(up(UpgradeStep::on(StepKind::UpgradeStandby, "db-1"))));
+        let b = status(Some(up(UpgradeStep::on(StepKind::UpgradeStandby, "db-2"))));
+        let n = notes(&a, &b, &restart);
+        assert_eq!(reasons(&n), ["MemberRestarting"]);
+        assert_eq!(
+            n[0].message,
+            "db-2 → 7.0.15 (redis:7.0.15); UpgradeStandby db-1 finished"
+        );
+        // Without a start in the same pass, the step's end has an Event of its own.
+        assert_eq!(reasons(&notes(&a, &b, &Act::None)), ["StepCompleted"]);
     }
 }

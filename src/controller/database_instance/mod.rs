@@ -27,7 +27,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Context, requeue};
 use crate::crd::{DatabaseInstance, DatabaseInstanceStatus, DatastoreVersion};
@@ -114,6 +114,7 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
             return Ok(requeue::reread());
         }
         ctx.mark_written(&key);
+        debug!(changed = ?crate::status::changed_paths(&current, &d.status, 8), act = d.act.name(), "status written");
     }
     if changed {
         crate::failpoint::passed(&status_point(&d.status)).await;

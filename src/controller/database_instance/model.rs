@@ -30,6 +30,8 @@ pub struct Member {
     pub claim_uid: Option<String>,
     /// The node the member's pod runs on.
     pub node: Option<String>,
+    /// The pod's role label (`primary` or `standby`), as read.
+    pub role_label: Option<String>,
 }
 
 impl Member {

@@ -545,6 +545,7 @@ async fn probe_all(
             image_current: pod.is_some_and(image_current),
             claim_uid,
             node: pod.and_then(|p| p.spec.as_ref()?.node_name.clone()),
+            role_label: pod.and_then(|p| p.labels().get(children::LABEL_ROLE).cloned()),
         }
     }))
     .await

@@ -325,6 +325,37 @@ fn fail(u: &UpgradeInFlight, why: String, act: Act) -> Plan {
     )
 }
 
+/// One planning pass: [`next`], and when that only records a new step, the new step's first
+/// act planned from the same observation. A step and its first act then cost one status write
+/// instead of two, and the record still precedes the act (both are in that one write).
+pub fn pass(v: &View, u: &UpgradeInFlight, reverting: bool) -> Plan {
+    let p = next(v, u, reverting);
+    let Some(r) = p
+        .upgrade
+        .as_ref()
+        .filter(|r| p.act == Act::None && r.step != u.step && r.failure.is_none())
+    else {
+        return p;
+    };
+    let fresh = View {
+        step_elapsed: Duration::ZERO,
+        fence_elapsed: Duration::ZERO,
+        fence_goal: None,
+        ..*v
+    };
+    let q = next(&fresh, r, reverting || r.rollback);
+    // A switchover that ends here is measured and announced against the next record: that
+    // record must not carry the next one already.
+    let another = |n: &UpgradeInFlight| u.switchover.is_some() && n.switchover.is_some();
+    if q.act == Act::None || q.upgrade.as_ref().is_none_or(another) {
+        return p;
+    }
+    Plan {
+        primary: q.primary.or(p.primary),
+        ..q
+    }
+}
+
 /// Decides the next thing to do for the upgrade `u` (`reverting`: returning to its source).
 pub fn next(v: &View, u: &UpgradeInFlight, reverting: bool) -> Plan {
     let timeout = Duration::from_secs(v.policy.step_timeout_seconds.max(1) as u64);
@@ -427,14 +458,18 @@ fn restart_member(v: &View, u: &UpgradeInFlight, reverting: bool, timeout: Durat
             // Writes stop here: the start of the outage.
             o.stopped_at.get_or_insert_with(|| now_micro(v));
         }
-        return Plan::record(
-            u,
-            Act::SetVersion {
-                member: name.into(),
-                version: target.into(),
-                image: String::new(),
-            },
-        );
+        // Said now what the passes after the restart will say, so they need no write.
+        return Plan {
+            waiting: Some(restart_wait(name, target)),
+            ..Plan::record(
+                u,
+                Act::SetVersion {
+                    member: name.into(),
+                    version: target.into(),
+                    image: String::new(),
+                },
+            )
+        };
     }
     let is_primary = name == v.primary;
     let running = runs(m, target);
@@ -509,10 +544,11 @@ fn restart_member(v: &View, u: &UpgradeInFlight, reverting: bool, timeout: Durat
         };
         return fail(u, why, Act::None);
     }
-    Plan::wait(
-        u,
-        format!("waiting for {name} to run {target}, Ready and caught up"),
-    )
+    Plan::wait(u, restart_wait(name, target))
+}
+
+fn restart_wait(name: &str, target: &str) -> String {
+    format!("waiting for {name} to run {target}, Ready and caught up")
 }
 
 /// InPlace: every member onto the goal at once (one image change per pass), then wait until

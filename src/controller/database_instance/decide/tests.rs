@@ -496,6 +496,38 @@ fn only_positions_and_lag_count_as_volatile() {
         !differs_only_in_volatile(&a, &a),
         "no change is no volatile change"
     );
+    // While an upgrade is in flight, a restarting member's details wait for the refresh too;
+    // the record of the step never does.
+    let mut u = a.clone();
+    u.upgrade = Some(UpgradeInFlight::new(
+        SRC,
+        DST,
+        "db-0",
+        Time(jiff::Timestamp::UNIX_EPOCH),
+    ));
+    let mut restarting = u.clone();
+    restarting.members[1].ready = false;
+    restarting.members[1].error = Some("cannot reach db-1".into());
+    restarting.members[1].version = Some(DST.into());
+    assert!(differs_only_in_volatile(&u, &restarting));
+    let mut next = restarting.clone();
+    next.upgrade.as_mut().unwrap().step = UpgradeStep::on(StepKind::UpgradeStandby, "db-2");
+    assert!(
+        !differs_only_in_volatile(&u, &next),
+        "a new step is written at once"
+    );
+    let mut said = restarting.clone();
+    said.message = Some("waiting for db-1".into());
+    assert!(
+        !differs_only_in_volatile(&u, &said),
+        "the message is written at once"
+    );
+    let mut gone = restarting.clone();
+    gone.members.pop();
+    assert!(
+        !differs_only_in_volatile(&u, &gone),
+        "a member gone is written at once"
+    );
 }
 
 #[test]
@@ -686,4 +718,40 @@ fn a_settled_instance_refreshes_positions_rarely_unless_a_standby_crosses_the_bo
         Duration::from_secs(300),
         "within a looser bound it is not news"
     );
+}
+
+#[test]
+fn the_pass_after_an_upgrade_ends_has_nothing_left_to_write() {
+    let mut status = json!({"phase": "Upgrading", "version": SRC, "primary": "db-1"});
+    status["upgrade"] = json!({
+        "sourceVersion": SRC, "targetVersion": DST,
+        "step": {"kind": "UpgradeStandby", "member": "db-0"}, "originalPrimary": "db-0",
+    });
+    // Every member on the target, db-1 leading unfenced, the others streaming from it.
+    let on_target = |o: &mut Observation| {
+        for (i, m) in o.members.iter_mut().enumerate() {
+            m.version = Some(DST.into());
+            let p = m.probe.as_mut().unwrap();
+            p.version = DST.into();
+            p.role = if i == 1 { Role::Primary } else { Role::Standby };
+            p.following = (i != 1).then(|| host(1));
+            p.streaming = i != 1;
+            p.fenced = i != 1;
+        }
+        o.published = Some("db-1".into());
+    };
+    let mut o = obs(DST, status);
+    on_target(&mut o);
+    let d = decide(&o);
+    assert!(d.status.upgrade.is_none(), "{:?}", d.status);
+    assert_eq!(condition(&d, "Ready").message, "3 members on 7.0.15");
+    assert_eq!(condition(&d, "VersionApplied").message, "running 7.0.15");
+    let mut next = obs(DST, serde_json::to_value(&d.status).unwrap());
+    on_target(&mut next);
+    let again = decide(&next);
+    assert_eq!(
+        crate::status::changed_paths(&d.status, &again.status, 10),
+        Vec::<String>::new()
+    );
+    assert_eq!(again.act, Act::None);
 }

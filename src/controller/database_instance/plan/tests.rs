@@ -1165,3 +1165,56 @@ fn an_offline_hop_converts_the_primary_holds_read_only_and_rolls_back_losing_not
     };
     assert_eq!(recorded(&next(&v, &fin, false)), standby("db-1"));
 }
+
+#[test]
+fn a_pass_records_a_step_with_its_first_act_but_starts_no_switchover_as_one_ends() {
+    let mut f = Fixture::new();
+    let mut m = members();
+    // The step and its first act in one record: the restart of db-1 starts at once.
+    let p = pass(&f.view(&m, "db-0"), &upgrade(UpgradeStep::default()), false);
+    assert_eq!(recorded(&p), standby("db-1"));
+    assert!(
+        matches!(&p.act, Act::SetVersion { member, .. } if member == "db-1"),
+        "{p:?}"
+    );
+    upgrade_member(&mut m[1]);
+    let p = pass(&f.view(&m, "db-0"), &upgrade(standby("db-1")), false);
+    assert_eq!(recorded(&p), standby("db-2"));
+    assert!(matches!(&p.act, Act::SetVersion { member, .. } if member == "db-2"));
+    // The switchover's fence goes out with its step.
+    upgrade_member(&mut m[2]);
+    let p = pass(&f.view(&m, "db-0"), &upgrade(standby("db-2")), false);
+    assert_eq!(recorded(&p), UpgradeStep::of(StepKind::Switchover));
+    assert_eq!(
+        (sw(&p).stage, &p.act),
+        (
+            SwitchoverStage::Fencing,
+            &Act::Fence {
+                member: "db-0".into()
+            }
+        )
+    );
+    // Waiting is not chained: a member not caught up keeps its step and no act.
+    let mut late = members();
+    upgrade_member(&mut late[1]);
+    late[1].probe.as_mut().unwrap().position = pos(10);
+    let p = pass(&f.view(&late, "db-0"), &upgrade(standby("db-1")), false);
+    assert_eq!((recorded(&p), &p.act), (standby("db-1"), &Act::None));
+
+    // A switchover that ends is measured against the next record, so a switch back that
+    // would start in the same pass waits for the next one.
+    f.policy.second_switch = true;
+    f.published = "db-2".into();
+    upgrade_member(&mut m[0]);
+    lead(&mut m, 2);
+    let mut u = upgrade(UpgradeStep::of(StepKind::Switchover));
+    u.switchover = Some(switching(
+        SwitchoverStage::Unfencing,
+        "db-2",
+        Some("aaa:100"),
+    ));
+    let p = pass(&f.view(&m, "db-2"), &u, false);
+    assert_eq!(recorded(&p), UpgradeStep::of(StepKind::SwitchBack));
+    assert_eq!(p.act, Act::None, "{p:?}");
+    assert!(p.upgrade.unwrap().switchover.is_none());
+}
