@@ -17,6 +17,13 @@ pub struct ControllerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub controller: &'static str,
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FailureLabels {
     pub controller: &'static str,
     pub category: &'static str,
@@ -49,7 +56,9 @@ pub struct Metrics {
     pub registry: Registry,
     reconciles: Family<ControllerLabels, Counter>,
     failures: Family<FailureLabels, Counter>,
-    durations: Family<ControllerLabels, Histogram>,
+    durations: Family<ResultLabels, Histogram>,
+    in_flight: Family<ControllerLabels, Gauge<i64, AtomicI64>>,
+    watched: Family<ControllerLabels, Gauge<i64, AtomicI64>>,
     pub leader: Gauge<i64, AtomicI64>,
     milestones: Family<MilestoneLabels, Counter>,
     engine_errors: Family<EngineLabels, Counter>,
@@ -61,9 +70,11 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("baton");
         let reconciles = Family::<ControllerLabels, Counter>::default();
         let failures = Family::<FailureLabels, Counter>::default();
-        let durations = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
+        let durations = Family::<ResultLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.005, 2.0, 12))
         });
+        let in_flight = Family::<ControllerLabels, Gauge<i64, AtomicI64>>::default();
+        let watched = Family::<ControllerLabels, Gauge<i64, AtomicI64>>::default();
         let leader = Gauge::<i64, AtomicI64>::default();
         let milestones = Family::<MilestoneLabels, Counter>::default();
         let engine_errors = Family::<EngineLabels, Counter>::default();
@@ -98,8 +109,18 @@ impl Default for Metrics {
         );
         registry.register(
             "reconcile_duration_seconds",
-            "How long reconciles took, by controller",
+            "How long reconciles took, by controller and result (ok, error)",
             durations.clone(),
+        );
+        registry.register(
+            "reconciles_in_flight",
+            "Reconciles running now, by controller; at --concurrency, objects wait in the queue",
+            in_flight.clone(),
+        );
+        registry.register(
+            "watched_objects",
+            "Objects of its kind each controller holds in its watch cache",
+            watched.clone(),
         );
         registry.register(
             "leader",
@@ -111,6 +132,8 @@ impl Default for Metrics {
             reconciles,
             failures,
             durations,
+            in_flight,
+            watched,
             leader,
             milestones,
             engine_errors,
@@ -120,12 +143,23 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Records one finished reconcile.
-    pub fn reconciled(&self, controller: &'static str, took: Duration) {
+    /// Records a reconcile starting, with how many objects its controller watches.
+    pub fn reconcile_started(&self, controller: &'static str, watched: usize) {
         let labels = ControllerLabels { controller };
-        self.reconciles.get_or_create(&labels).inc();
-        self.durations
+        self.in_flight.get_or_create(&labels).inc();
+        self.watched
             .get_or_create(&labels)
+            .set(i64::try_from(watched).unwrap_or(i64::MAX));
+    }
+
+    /// Records one finished reconcile.
+    pub fn reconciled(&self, controller: &'static str, took: Duration, ok: bool) {
+        let labels = ControllerLabels { controller };
+        self.in_flight.get_or_create(&labels).dec();
+        self.reconciles.get_or_create(&labels).inc();
+        let result = if ok { "ok" } else { "error" };
+        self.durations
+            .get_or_create(&ResultLabels { controller, result })
             .observe(took.as_secs_f64());
     }
 

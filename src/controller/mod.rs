@@ -132,7 +132,10 @@ async fn drive<K, F, Fut>(
     Fut: Future<Output = Result<Action, Error>> + Send + 'static,
 {
     let reconcile = Arc::new(reconcile);
+    let store = controller.store();
+    let watched = store.clone();
     let observed = move |obj: Arc<K>, ctx: Arc<Context>| {
+        let watched = watched.len();
         let reconcile = reconcile.clone();
         let key = object_key(obj.as_ref());
         let span = info_span!(
@@ -143,8 +146,10 @@ async fn drive<K, F, Fut>(
         );
         async move {
             let started = Instant::now();
+            ctx.metrics.reconcile_started(name, watched);
             let result = reconcile(obj, ctx.clone()).await;
-            ctx.metrics.reconciled(name, started.elapsed());
+            ctx.metrics
+                .reconciled(name, started.elapsed(), result.is_ok());
             match &result {
                 Ok(_) => ctx.backoffs.succeeded(&key),
                 Err(e) => ctx.metrics.failed(name, e.category()),
@@ -157,7 +162,6 @@ async fn drive<K, F, Fut>(
         warn!(kind = name, object = %object_key(obj.as_ref()), error = %chain(err), "reconcile failed");
         ctx.backoffs.failed(&object_key(obj.as_ref()))
     };
-    let store = controller.store();
     let run = controller
         .with_config(kube::runtime::controller::Config::default().concurrency(ctx.concurrency))
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())

@@ -358,10 +358,10 @@ async fn apply_children(
         let cm = children::topology(inst, &topology_of(o, status, &primary));
         apply(&cms, &cm, "writing the topology ConfigMap").await?;
     }
-    if drift.services {
-        let services = Api::<Service>::namespaced(client.clone(), &ns);
-        for svc in children::services(inst, engine) {
-            apply(&services, &svc, "applying a service").await?;
+    let services = Api::<Service>::namespaced(client.clone(), &ns);
+    for (svc, drifted) in children::services(inst, engine).iter().zip(drift.services) {
+        if drifted {
+            apply(&services, svc, "applying a service").await?;
         }
     }
     if drift.pdb {

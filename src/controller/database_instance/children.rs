@@ -316,7 +316,7 @@ pub fn role(primary: bool) -> &'static str {
 }
 
 /// `<name>` (read-write: the primary), `<name>-ro` (standbys), `<name>-headless` (every member).
-pub fn services(inst: &DatabaseInstance, engine: &dyn Engine) -> Vec<Service> {
+pub fn services(inst: &DatabaseInstance, engine: &dyn Engine) -> [Service; 3] {
     let name = inst.name_any();
     let ports = vec![ServicePort {
         name: Some(inst.spec.datastore.type_.as_str().into()),
@@ -335,7 +335,7 @@ pub fn services(inst: &DatabaseInstance, engine: &dyn Engine) -> Vec<Service> {
         }),
         status: None,
     };
-    vec![
+    [
         make(name.clone(), Some(ROLE_PRIMARY), false),
         make(format!("{name}-ro"), Some(ROLE_STANDBY), false),
         make(format!("{name}-headless"), None, true),
@@ -475,7 +475,8 @@ pub struct Owned {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Drift {
     pub claims: bool,
-    pub services: bool,
+    /// Each of [`services`], in its order.
+    pub services: [bool; 3],
     pub pdb: bool,
     pub topology: bool,
     pub credentials: bool,
@@ -487,7 +488,7 @@ impl Drift {
     /// topology): a missing pod is then rebuilt with all it needs.
     pub const ALL: Drift = Drift {
         claims: true,
-        services: true,
+        services: [true; 3],
         pdb: true,
         topology: true,
         credentials: true,
@@ -506,7 +507,7 @@ pub fn drift(inst: &DatabaseInstance, engine: &dyn Engine, owned: &Owned) -> Dri
             .iter()
             .any(|c| c.name_any() == claim_name(m) && c.metadata.deletion_timestamp.is_none())
     });
-    let service_drift = services(inst, engine).iter().any(|want| {
+    let service_drift = services(inst, engine).map(|want| {
         let Some(have) = owned
             .services
             .iter()
@@ -605,7 +606,7 @@ mod tests {
         let engine = for_datastore(crate::crd::Datastore::Redis).unwrap();
         let mut owned = Owned {
             claims: member_names(&i).iter().map(|m| claim(&i, m)).collect(),
-            services: services(&i, engine),
+            services: services(&i, engine).to_vec(),
             pdb: Some(pdb(&i)),
             topology: Some(topology(&i, &Topology::default())),
             credentials: true,
@@ -620,12 +621,12 @@ mod tests {
         assert_eq!(
             drift(&i, engine, &owned),
             Drift {
-                services: true,
+                services: [false, true, false],
                 ..Default::default()
             },
-            "a selector edited away"
+            "a selector edited away: that Service alone"
         );
-        owned.services = services(&i, engine);
+        owned.services = services(&i, engine).to_vec();
         owned.claims.pop();
         assert!(drift(&i, engine, &owned).claims, "a claim deleted");
         owned.claims = member_names(&i).iter().map(|m| claim(&i, m)).collect();
