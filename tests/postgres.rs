@@ -357,7 +357,8 @@ async fn tls_members_upgrade_under_verifying_clients_and_refuse_plain_text() {
 /// `primaryUpdateMethod: Auto` with `allowOffline`: when no upgraded standby catches up within
 /// the step timeout (here both stop replaying, as a standby held by a long report query does),
 /// the primary restarts in place instead of a switchover, says why in a Warning and in the
-/// outcome, and the clients lose nothing acknowledged.
+/// outcome, and the clients lose nothing acknowledged. The request holds before the primary is
+/// touched; the standbys stop replaying there, and the Commit meets them behind.
 #[tokio::test]
 async fn auto_restarts_the_primary_in_place_when_no_upgraded_standby_catches_up() {
     let env = Env::new("pg-auto").await;
@@ -366,18 +367,18 @@ async fn auto_restarts_the_primary_in_place_when_no_upgraded_standby_catches_up(
         json!({"primaryUpdateMethod": "Auto", "allowOffline": true, "stepTimeoutSeconds": 10});
     let sc = Scenario::prepare(&env, "db", PG_SOURCE, spec).await;
     let first = sc.first_primary;
-    // Held right after the switchover step is recorded, while the standbys stop replaying.
-    let op = env.operator_with(
-        "pg-auto",
-        &[("BATON_HOLD_AT", "api:status:Switchover:#1:6000")],
-    );
-    sc.set_version(PG_TARGET).await;
-    let at_switchover = eventually(Duration::from_secs(180), || async {
-        let u = env.status("db").await.upgrade?;
-        (u.step.kind == baton::crd::StepKind::Switchover).then_some(())
-    })
-    .await;
-    assert!(at_switchover.is_some(), "{}", tail(&op.logs(), 30));
+    let op = env.operator("pg-auto", "");
+    let request: baton::crd::UpgradeRequest = serde_json::from_value(json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "UpgradeRequest",
+        "metadata": {"name": "auto"},
+        "spec": {"targets": {"instances": ["db"]}, "targetVersion": PG_TARGET, "action": "Upgrade"},
+    }))
+    .expect("request");
+    requests(&env)
+        .create(&kube::api::PostParams::default(), &request)
+        .await
+        .expect("create the request");
+    wait_request(&env, "auto", baton::crd::RequestPhase::AwaitingCommit, &op).await;
     let standbys: Vec<_> = workload::member_addresses(&env.client, &env.ns, "db")
         .await
         .into_iter()
@@ -396,6 +397,9 @@ async fn auto_restarts_the_primary_in_place_when_no_upgraded_standby_catches_up(
         }
     };
     replay("pg_wal_replay_pause").await;
+    // Writes go on meanwhile; a second puts the paused standbys past the lag bound.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    set_action(&env, "auto", "Commit").await;
     env.wait_event_within(
         "db",
         "PrimaryRestartedInPlace",
@@ -406,6 +410,7 @@ async fn auto_restarts_the_primary_in_place_when_no_upgraded_standby_catches_up(
     replay("pg_wal_replay_resume").await;
     let out = sc.finish(&op, PG_TARGET).await;
     assert_eq!(out.result, Ok(()));
+    wait_request(&env, "auto", baton::crd::RequestPhase::Succeeded, &op).await;
     env.assert_all_run("db", PG_TARGET).await;
     assert_eq!(
         env.primary_ip("db").await,

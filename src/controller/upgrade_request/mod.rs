@@ -585,7 +585,7 @@ async fn admit_and_claim(
                 if !claimed {
                     return Ok(None);
                 }
-                started(ctx, req, job, &plan).await;
+                started(ctx, req, job, &plan, notes);
             }
         }
     }
@@ -826,7 +826,15 @@ async fn claim_cluster(
 }
 
 /// A claimed job is running: its start on record and in an Event.
-async fn started(ctx: &Context, req: &UpgradeRequest, job: &mut TargetJob, plan: &jobs::Plan) {
+/// A claimed job starts. Its Event waits for the request's status write: a claim of a later
+/// target that conflicts drops this pass, and the next would announce the start again.
+fn started(
+    ctx: &Context,
+    req: &UpgradeRequest,
+    job: &mut TargetJob,
+    plan: &jobs::Plan,
+    notes: &mut Notes,
+) {
     job.phase = RequestPhase::Running;
     job.step = Some("PreCheck".into());
     job.start_time = Some(ctx.now());
@@ -837,14 +845,11 @@ async fn started(ctx: &Context, req: &UpgradeRequest, job: &mut TargetJob, plan:
     };
     let what = describe_plan(req, plan);
     job.message = Some(format!("{what}{outage}"));
-    publish_req(
-        ctx,
-        req,
+    notes.push(
         EventType::Normal,
         "TargetStarted",
         format!("{}: {what} ({:?}){outage}", job.target, req.spec.type_),
-    )
-    .await;
+    );
 }
 
 /// What a job does, in words: `7.0.15 → 7.2.4`, or a planned switchover.
