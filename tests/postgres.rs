@@ -236,6 +236,15 @@ async fn a_second_writer_is_fenced_and_quarantined_and_keeps_its_writes_until_a_
     let ips = workload::member_addresses(&env.client, &env.ns, "db").await;
     let stray = ips["db-2"];
     let auth = env.auth("db").await;
+    // Paused meanwhile, so Baton does not fence db-2 between its promotion and its write (a
+    // health pass lands there now and then: pg_promote returns up to 100 ms after the server
+    // is writable).
+    env.patch_spec("db", json!({"paused": true})).await;
+    let paused = eventually(Duration::from_secs(30), || async {
+        (env.status("db").await.phase == Some(InstancePhase::Paused)).then_some(())
+    })
+    .await;
+    assert!(paused.is_some(), "never reported Paused");
     let c = sql(stray, "postgres", &auth).await.expect("connect db-2");
     c.batch_execute("SELECT pg_promote(true, 30)")
         .await
@@ -243,6 +252,7 @@ async fn a_second_writer_is_fenced_and_quarantined_and_keeps_its_writes_until_a_
     c.batch_execute("CREATE DATABASE only_on_db_2")
         .await
         .expect("a write on db-2");
+    env.patch_spec("db", json!({"paused": false})).await;
 
     scenarios::wait_quarantined(&env, &op, "db-2").await;
     // Fenced: no client gets in to write. Not resynced: what it took is still there.

@@ -70,7 +70,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     info!(identity = %settings.identity, "baton.dev CRDs are served");
 
     let shutdown = CancellationToken::new();
-    tokio::spawn(forward_signals(shutdown.clone()));
+    // Installed here, before anything is served: a spawned task installing them could run after
+    // /readyz already answered, and a SIGTERM in between killed the process uncleanly.
+    tokio::spawn(forward_signals(shutdown.clone())?);
 
     let metrics = Arc::new(Metrics::default());
     let http_state = HttpState::new(metrics.clone());
@@ -161,18 +163,19 @@ async fn lead(
     outcome
 }
 
-async fn forward_signals(shutdown: CancellationToken) {
+/// Installs the SIGTERM and SIGINT handlers now; the returned task cancels `shutdown` on either.
+fn forward_signals(
+    shutdown: CancellationToken,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use anyhow::Context as _;
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        warn!("cannot install signal handlers; stop the operator with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = int.recv() => info!("SIGINT: shutting down"),
-    }
-    shutdown.cancel();
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: shutting down"),
+            _ = int.recv() => info!("SIGINT: shutting down"),
+        }
+        shutdown.cancel();
+    })
 }
