@@ -191,12 +191,12 @@ pub fn notes(old: &DatabaseInstanceStatus, new: &DatabaseInstanceStatus, act: &A
 /// Event of the start: one Event, not two, for what a person reads as one moment.
 fn fold_step_completed(old: &DatabaseInstanceStatus, out: &mut Vec<Note>) {
     let starts = |n: &Note| matches!(n.reason, "MemberRestarting" | "SwitchoverStarted");
-    let (Some(done), Some(_)) = (
-        out.iter().position(|n| n.reason == "StepCompleted"),
-        out.iter().position(starts),
-    ) else {
+    let Some(done) = out.iter().position(|n| n.reason == "StepCompleted") else {
         return;
     };
+    if !out.iter().any(starts) {
+        return;
+    }
     out.remove(done);
     let finished = old
         .upgrade

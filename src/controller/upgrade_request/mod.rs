@@ -825,7 +825,6 @@ async fn claim_cluster(
     write_cluster_guarded(ctx, c, &status).await
 }
 
-/// A claimed job is running: its start on record and in an Event.
 /// A claimed job starts. Its Event waits for the request's status write: a claim of a later
 /// target that conflicts drops this pass, and the next would announce the start again.
 fn started(

@@ -1194,12 +1194,17 @@ fn a_pass_records_a_step_with_its_first_act_but_starts_no_switchover_as_one_ends
             }
         )
     );
-    // Waiting is not chained: a member not caught up keeps its step and no act.
-    let mut late = members();
-    upgrade_member(&mut late[1]);
-    late[1].probe.as_mut().unwrap().position = pos(10);
-    let p = pass(&f.view(&late, "db-0"), &upgrade(standby("db-1")), false);
-    assert_eq!((recorded(&p), &p.act), (standby("db-1"), &Act::None));
+    // A new step whose first act must wait is recorded alone, with nothing done: db-1 is
+    // done, but db-2 restarts only once the primary's pod is Ready again.
+    let mut waiting = members();
+    upgrade_member(&mut waiting[1]);
+    waiting[0].ready = false;
+    let p = pass(&f.view(&waiting, "db-0"), &upgrade(standby("db-1")), false);
+    assert_eq!((recorded(&p), &p.act), (standby("db-2"), &Act::None));
+    assert_eq!(
+        p,
+        next(&f.view(&waiting, "db-0"), &upgrade(standby("db-1")), false)
+    );
 
     // A switchover that ends is measured against the next record, so a switch back that
     // would start in the same pass waits for the next one.
