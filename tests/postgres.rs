@@ -498,9 +498,23 @@ async fn major_dry_run(
     phase: baton::crd::RequestPhase,
     op: &impl Logs,
 ) -> baton::crd::TargetPlan {
-    // The dry run reads the members' lag from status, which trails the servers by seconds (a
-    // standby crossing the lag bound is written within about 10 s): wait until status shows
-    // every standby caught up.
+    // The dry run reads the members' lag from status, which trails the servers: a pass that
+    // observed a standby behind can write that after the standby caught up, and a status that
+    // shows 0 may predate the last write. So wait until the primary sees both standbys replay
+    // all it has written, then for any pass that observed before that to land, then for status
+    // to show every standby caught up.
+    let primary = env.primary_ip("ledger").await;
+    let replayed = eventually(Duration::from_secs(60), || async {
+        let sql = "SELECT count(*) FROM pg_stat_replication \
+                   WHERE replay_lsn = pg_current_wal_lsn()";
+        (number(env, "ledger", primary, sql).await == Some(2)).then_some(())
+    })
+    .await;
+    assert!(
+        replayed.is_some(),
+        "the standbys never replayed the primary's writes"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let settled = eventually(Duration::from_secs(60), || async {
         let s = env.status("ledger").await;
         s.members
