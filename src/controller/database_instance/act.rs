@@ -145,12 +145,15 @@ pub async fn run(
             failpoint::scoped(member, failpoint::passed("api:pod-image")).await;
             Ok(())
         }
-        Act::Repoint { member, primary } => {
-            let t = target(o, member)?;
+        Act::Repoint { members, primary } => {
             let p = member_endpoint(o, primary)?;
-            failpoint::scoped(member, engine.repoint(&t, &p))
-                .await
-                .map_err(engine_err("repoint", member))
+            for member in members {
+                let t = target(o, member)?;
+                failpoint::scoped(member, engine.repoint(&t, &p))
+                    .await
+                    .map_err(engine_err("repoint", member))?;
+            }
+            Ok(())
         }
         Act::Fence { member } => failpoint::scoped(member, engine.fence(&target(o, member)?))
             .await

@@ -563,13 +563,16 @@ fn converge(o: &Observation, v: &View, primary: &str) -> Option<Act> {
             member: primary.into(),
         });
     }
-    o.members
+    let members: Vec<String> = o
+        .members
         .iter()
-        .find(|m| v.needs_repoint(m, leader))
-        .map(|m| Act::Repoint {
-            member: m.name.clone(),
-            primary: primary.into(),
-        })
+        .filter(|m| v.needs_repoint(m, leader))
+        .map(|m| m.name.clone())
+        .collect();
+    (!members.is_empty()).then(|| Act::Repoint {
+        members,
+        primary: primary.into(),
+    })
 }
 
 fn not_ready_message(v: &View) -> String {

@@ -194,8 +194,12 @@ pub enum Act {
         version: String,
         image: String,
     },
-    /// Make `member` follow `primary`.
-    Repoint { member: String, primary: String },
+    /// Make each of `members` follow `primary` (one by one; each is idempotent, so a crash
+    /// part-way leaves the rest to the next pass).
+    Repoint {
+        members: Vec<String>,
+        primary: String,
+    },
     /// Stop client writes on `member`.
     Fence { member: String },
     /// Let writes in on `member`, confirmed as the one primary.
@@ -231,13 +235,13 @@ impl Act {
         match self {
             Act::None | Act::ApplyChildren { .. } => None,
             Act::SetVersion { member, .. }
-            | Act::Repoint { member, .. }
             | Act::Fence { member }
             | Act::Unfence { member }
             | Act::Promote { member, .. }
             | Act::CheckOffline { member, .. }
             | Act::FinishOffline { member } => Some(member),
             Act::Publish { primary } => Some(primary),
+            Act::Repoint { members, .. } => members.first().map(String::as_str),
             Act::SetPasswords { .. } | Act::ReloadTls { .. } => None,
         }
     }

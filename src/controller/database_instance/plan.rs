@@ -512,7 +512,7 @@ fn restart_member(v: &View, u: &UpgradeInFlight, reverting: bool, timeout: Durat
             return Plan::keep(
                 u,
                 Act::Repoint {
-                    member: name.into(),
+                    members: vec![name.into()],
                     primary: v.primary.into(),
                 },
             );
@@ -587,18 +587,21 @@ fn restart_all(v: &View, u: &UpgradeInFlight, reverting: bool, timeout: Duration
     if leading && pending.is_empty() {
         return advance(v, u, reverting, true);
     }
-    if let Some(p) = primary.filter(|_| leading)
-        && let Some(m) = pending
+    if let Some(p) = primary.filter(|_| leading) {
+        let members: Vec<String> = pending
             .iter()
-            .find(|m| runs(m, target) && v.needs_repoint(m, p))
-    {
-        return Plan::keep(
-            u,
-            Act::Repoint {
-                member: m.name.clone(),
-                primary: v.primary.into(),
-            },
-        );
+            .filter(|m| runs(m, target) && v.needs_repoint(m, p))
+            .map(|m| m.name.clone())
+            .collect();
+        if !members.is_empty() {
+            return Plan::keep(
+                u,
+                Act::Repoint {
+                    members,
+                    primary: v.primary.into(),
+                },
+            );
+        }
     }
     if v.step_elapsed > timeout {
         let who = if leading {

@@ -277,10 +277,11 @@ fn converging_publishes_then_unfences_the_primary_then_repoints_strays() {
         }
     );
     o.members[0].probe.as_mut().unwrap().fenced = false;
+    // Both strays in one act: one status write, not one per member.
     assert_eq!(
         decide(&o).act,
         Act::Repoint {
-            member: "db-1".into(),
+            members: vec!["db-1".into(), "db-2".into()],
             primary: "db-0".into()
         }
     );
@@ -338,7 +339,7 @@ fn a_second_writer_is_fenced_and_quarantined_and_never_repointed() {
     assert_eq!(
         d.act,
         Act::Repoint {
-            member: "db-2".into(),
+            members: vec!["db-2".into()],
             primary: "db-0".into()
         }
     );
@@ -473,7 +474,7 @@ fn a_stopped_upgrade_still_repoints_a_member_left_following_nobody() {
     assert_eq!(
         d.act,
         Act::Repoint {
-            member: "db-1".into(),
+            members: vec!["db-1".into()],
             primary: "db-0".into()
         }
     );

@@ -381,9 +381,16 @@ pub(super) fn unfencing(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState) -> 
             Act::None,
         );
     }
-    if let Some(m) = v.members.iter().find(|m| v.needs_repoint(m, c)) {
+    let behind: Vec<String> = v
+        .members
+        .iter()
+        .filter(|m| v.needs_repoint(m, c))
+        .map(|m| m.name.clone())
+        .collect();
+    if !behind.is_empty() {
         // Writable from this pass on: the window ends here, not after the repoints. Recorded
-        // with the act's own guarded write, so it costs no extra one.
+        // with the act's own guarded write, so it costs no extra one; every member that
+        // follows someone else is repointed by the one act.
         let sw = SwitchoverState {
             writable_at: sw.writable_at.clone().or_else(|| Some(now_micro(v))),
             ..sw.clone()
@@ -391,7 +398,7 @@ pub(super) fn unfencing(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState) -> 
         return Plan::record(
             stage(u, sw),
             Act::Repoint {
-                member: m.name.clone(),
+                members: behind,
                 primary: name.into(),
             },
         );

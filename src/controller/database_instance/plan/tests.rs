@@ -180,7 +180,7 @@ fn a_restarted_standby_that_leads_alone_is_repointed() {
     assert_eq!(
         p.act,
         Act::Repoint {
-            member: "db-1".into(),
+            members: vec!["db-1".into()],
             primary: "db-0".into()
         }
     );
@@ -325,7 +325,7 @@ fn the_switchover_fences_chooses_after_the_fence_promotes_fenced_and_unfences_la
     assert_eq!(
         p.act,
         Act::Repoint {
-            member: "db-0".into(),
+            members: vec!["db-0".into(), "db-1".into()],
             primary: "db-2".into()
         }
     );
@@ -754,7 +754,7 @@ fn in_place_restarts_every_member_then_unfences_and_repoints() {
     assert_eq!(
         next(&f.view(&m, "db-0"), &u, false).act,
         Act::Repoint {
-            member: "db-2".into(),
+            members: vec!["db-2".into()],
             primary: "db-0".into()
         }
     );
