@@ -279,13 +279,17 @@ pub(crate) async fn publish(
     }
 }
 
-/// An error with its sources, `outer: inner: innermost`, for one log field.
+/// An error with its sources, `outer: inner: innermost`, for one log field. A source that
+/// only repeats what is already said (clients often wrap `timed out` in `timed out`) is left out.
 pub(crate) fn chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
         source = s.source();
     }
     out
@@ -295,5 +299,27 @@ fn object_key<K: Resource>(obj: &K) -> String {
     match obj.meta().namespace.as_deref() {
         Some(ns) => format!("{ns}/{}", obj.meta().name.as_deref().unwrap_or_default()),
         None => obj.meta().name.clone().unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct E(&'static str, #[source] Option<Box<E>>);
+
+    #[test]
+    fn a_chain_names_each_source_once() {
+        let inner = E("timed out", None);
+        let wrap = E("timed out", Some(Box::new(inner)));
+        let outer = E("cannot reach 127.0.0.1:6379", Some(Box::new(wrap)));
+        assert_eq!(chain(&outer), "cannot reach 127.0.0.1:6379: timed out");
+        let refused = E(
+            "cannot reach a",
+            Some(Box::new(E("connection refused", None))),
+        );
+        assert_eq!(chain(&refused), "cannot reach a: connection refused");
     }
 }

@@ -618,7 +618,11 @@ pub struct DatabaseInstanceStatus {
     /// refused path or downgrade, a pre-check that waits, an upgrade in flight),
     /// `CredentialsReady` (the credentials Secret is usable; `Changing` while new passwords are
     /// set), `TLSReady` (with spec.tls: members serve TLS; `Reloading` while a renewed
-    /// certificate is loaded), and kstatus's pair for GitOps tools: `Reconciling` (building,
+    /// certificate is loaded), `PrimaryAvailable` (outside upgrades: the recorded primary
+    /// leads; False says what its node and server report — `PrimaryDown` (the node reports it
+    /// not running or not Ready), `PrimaryUnreachable` (its node reports it Ready but it does
+    /// not answer Baton: maybe cut off), `PrimaryNotLeading`, `PrimaryMissing` — and its
+    /// lastTransitionTime says since when), and kstatus's pair for GitOps tools: `Reconciling` (building,
     /// upgrading, or waiting on something that passes) and `Stalled` (stopped until a person
     /// acts).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -100,6 +100,12 @@ fn ready(p: &Pod) -> bool {
 
 /// Kills a member's server process with SIGKILL (the node restarts the container).
 pub async fn kill_member(env: &Env, pod: &str) -> bool {
+    signal_member(env, pod, "KILL").await
+}
+
+/// Sends `signal` (`KILL`, `STOP`, `CONT`) to a member's server process: a stopped server is a
+/// hung one, its port open and nothing answered.
+pub async fn signal_member(env: &Env, pod: &str, signal: &str) -> bool {
     let Ok(p) = env.pods.get(pod).await else {
         return false;
     };
@@ -110,7 +116,7 @@ pub async fn kill_member(env: &Env, pod: &str) -> bool {
         .and_then(|id| id.strip_prefix("baton://")?.parse::<u32>().ok());
     match pid {
         Some(pid) => std::process::Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
+            .args([&format!("-{signal}"), &pid.to_string()])
             .status()
             .is_ok_and(|s| s.success()),
         None => false,

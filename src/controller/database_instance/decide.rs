@@ -178,6 +178,9 @@ pub fn decide(o: &Observation) -> Decision {
     }
     if o.drift.is_some_and(|d| d.any()) || o.members.iter().any(|m| !m.exists) {
         let pods = missing_pods(&d, &primary, &base);
+        if o.members.iter().any(|m| m.name == primary && !m.exists) {
+            primary_available(&mut d);
+        }
         d.s.phase.get_or_insert(InstancePhase::Building);
         return d.done(Act::ApplyChildren { pods }, Wake::Poll);
     }
@@ -442,11 +445,16 @@ fn steady(mut d: Draft, primary: &str, base: &str) -> Decision {
         .primary_member()
         .and_then(|m| m.version.clone())
         .unwrap_or_else(|| base.to_string());
+    let (up, why) = primary_available(&mut d);
     if !all_caught_up {
         if d.s.phase != Some(InstancePhase::Active) {
             d.s.phase = Some(InstancePhase::Building);
         }
-        d.s.message = Some(not_ready_message(&v));
+        d.s.message = Some(if up {
+            "waiting for every member to be Ready and replicating".into()
+        } else {
+            why
+        });
         d.cond(
             "Ready",
             false,
@@ -575,13 +583,65 @@ fn converge(o: &Observation, v: &View, primary: &str) -> Option<Act> {
     })
 }
 
-fn not_ready_message(v: &View) -> String {
-    match v.primary_member() {
-        Some(p) if !p.is_primary() => format!(
-            "the recorded primary {} does not lead; waiting for it (Baton never promotes outside a switchover)",
-            p.name
+/// Sets `PrimaryAvailable` from the recorded primary as observed (outside upgrades: within
+/// one, the step says what happens to the primary), and returns it with its message.
+fn primary_available(d: &mut Draft) -> (bool, String) {
+    let primary = d.s.primary.clone().unwrap_or_default();
+    let o = d.o;
+    let v = view(o, &primary, &o.inst.spec.upgrade_policy, Duration::ZERO);
+    let (up, reason, why) = primary_availability(&v);
+    d.cond("PrimaryAvailable", up, reason, why.clone());
+    (up, why)
+}
+
+/// Whether the recorded primary leads, and if not, what its node and its server say: a server
+/// that does not answer while its node reports the pod Ready may be cut off from Baton rather
+/// than dead, and the two reasons keep that apart (`status.conditions` keeps since when).
+fn primary_availability(v: &View) -> (bool, &'static str, String) {
+    let name = v.primary;
+    let Some(p) = v.primary_member().filter(|p| p.exists) else {
+        return (
+            false,
+            "PrimaryMissing",
+            format!("the primary {name} has no pod; Baton creates it again"),
+        );
+    };
+    let unanswered = || {
+        p.probe_error
+            .clone()
+            .unwrap_or_else(|| "no address yet".into())
+    };
+    let promotes = "no standby is promoted outside a switchover";
+    match (&p.probe, &p.waiting) {
+        (Some(probe), _) if probe.role == Role::Primary => {
+            (true, "Leading", format!("{name} leads"))
+        }
+        (Some(_), _) => (
+            false,
+            "PrimaryNotLeading",
+            format!("the recorded primary {name} answers as a standby; {promotes}"),
         ),
-        _ => "waiting for every member to be Ready and replicating".into(),
+        (None, Some(w)) => (
+            false,
+            "PrimaryDown",
+            format!("the primary {name} is down: its node reports {w}; {promotes}"),
+        ),
+        (None, None) if p.ready => (
+            false,
+            "PrimaryUnreachable",
+            format!(
+                "the primary {name} does not answer Baton ({}) though its node reports it Ready: it may be cut off rather than down",
+                unanswered()
+            ),
+        ),
+        (None, None) => (
+            false,
+            "PrimaryDown",
+            format!(
+                "the primary {name} does not answer ({}) and its node reports it not Ready; {promotes}",
+                unanswered()
+            ),
+        ),
     }
 }
 
@@ -1043,6 +1103,7 @@ fn finish(d: &mut Draft, prev: &UpgradeInFlight, reverted: bool) {
     if d.o.inst.spec.datastore.version == version {
         applied(d, &version);
     }
+    primary_available(d);
 }
 
 fn outcome(

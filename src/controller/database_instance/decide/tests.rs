@@ -756,3 +756,65 @@ fn the_pass_after_an_upgrade_ends_has_nothing_left_to_write() {
     );
     assert_eq!(again.act, Act::None);
 }
+
+#[test]
+fn a_primary_that_does_not_lead_is_reported_with_what_its_node_says() {
+    let primary = |o: &Observation| {
+        let d = decide(o);
+        assert_eq!(d.act, Act::None, "nothing is promoted: {d:?}");
+        assert_ne!(d.status.primary.as_deref(), Some("db-1"));
+        let c = condition(&d, "PrimaryAvailable").clone();
+        assert_eq!(
+            d.status.message.as_deref(),
+            (c.status == "False").then_some(c.message.as_str()),
+            "the instance's message is the primary's state while it is down"
+        );
+        (c.status, c.reason, c.message)
+    };
+    let mut o = obs(SRC, active());
+    let (s, reason, _) = primary(&o);
+    assert_eq!((s.as_str(), reason.as_str()), ("True", "Leading"));
+
+    // The server is gone and the node says why: down.
+    o.members[0].probe = None;
+    o.members[0].ready = false;
+    o.members[0].probe_error = Some("connection refused".into());
+    o.members[0].waiting = Some("CrashLoopBackOff: exited with 1".into());
+    let (s, reason, msg) = primary(&o);
+    assert_eq!((s.as_str(), reason.as_str()), ("False", "PrimaryDown"));
+    assert!(
+        msg.contains("CrashLoopBackOff") && msg.contains("db-0"),
+        "{msg}"
+    );
+
+    // Not Ready and silent, with no reason from the node: down too, with the probe's error.
+    o.members[0].waiting = None;
+    let (_, reason, msg) = primary(&o);
+    assert_eq!(reason, "PrimaryDown");
+    assert!(
+        msg.contains("connection refused") && msg.contains("not Ready"),
+        "{msg}"
+    );
+
+    // Its node reports it Ready, yet Baton gets no answer: maybe cut off, not said down.
+    o.members[0].ready = true;
+    let (_, reason, msg) = primary(&o);
+    assert_eq!(reason, "PrimaryUnreachable");
+    assert!(msg.contains("cut off"), "{msg}");
+
+    // It answers, but as a standby.
+    o.members[0] = members()[0].clone();
+    o.members[0].probe.as_mut().unwrap().role = Role::Standby;
+    let (_, reason, _) = primary(&o);
+    assert_eq!(reason, "PrimaryNotLeading");
+
+    // No pod at all: Baton creates it (that is the pass's act), and says the primary is missing.
+    let mut o = obs(SRC, active());
+    o.members[0] = Member {
+        name: "db-0".into(),
+        ..Default::default()
+    };
+    let d = decide(&o);
+    assert!(matches!(d.act, Act::ApplyChildren { .. }), "{:?}", d.act);
+    assert_eq!(condition(&d, "PrimaryAvailable").reason, "PrimaryMissing");
+}
