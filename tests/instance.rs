@@ -448,9 +448,9 @@ async fn primary_available(
     .unwrap_or_else(|| panic!("no PrimaryAvailable {reason}:\n{}", tail(&op.logs(), 20)))
 }
 
-/// A primary that hangs outside an upgrade: `PrimaryAvailable=False` (`PrimaryDown`) says what
-/// its node and its server report, nothing is promoted, and once it answers again it leads as
-/// before, `PrimaryAvailable=True`, and takes writes.
+/// A primary that hangs outside an upgrade: `PrimaryAvailable=False` (`PrimaryDown`) and a
+/// Warning say what its node and its server report, nothing is promoted, and once it answers
+/// again it leads as before, `PrimaryAvailable=True` with an Event, and takes writes.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_primary_is_reported_down_and_not_replaced() {
     let (env, op) = Env::with_active("hung", "db", 3, json!({})).await;
@@ -458,6 +458,7 @@ async fn a_hung_primary_is_reported_down_and_not_replaced() {
     assert!(faults::signal_member(&env, "db-0", "STOP").await, "SIGSTOP");
     let down = primary_available(&env, "PrimaryDown", &op).await;
     println!("hung primary: {}", down.message);
+    env.wait_event("db", "PrimaryDown", "db-0").await;
     assert_eq!(down.status, "False");
     assert!(
         down.message.contains("db-0") && down.message.contains("not Ready"),
@@ -478,6 +479,7 @@ async fn a_hung_primary_is_reported_down_and_not_replaced() {
 
     assert!(faults::signal_member(&env, "db-0", "CONT").await, "SIGCONT");
     assert_eq!(primary_available(&env, "Leading", &op).await.status, "True");
+    env.wait_event("db", "PrimaryAvailable", "db-0 leads").await;
     env.wait_for("db", InstancePhase::Active, SOURCE, &op).await;
     assert_eq!(env.status("db").await.primary.as_deref(), Some("db-0"));
     let (stop, writes) = env.writer("db");

@@ -30,7 +30,11 @@ fn warning(reason: &'static str, message: String) -> Note {
 }
 
 /// Condition reasons that are worth a Warning the moment they appear.
-const WARN_REASONS: [&str; 10] = [
+const WARN_REASONS: [&str; 12] = [
+    // The node confirms these; `PrimaryUnreachable` (Baton alone gets no answer, which one
+    // slow probe under load also gives) stays in the condition, not an Event.
+    "PrimaryDown",
+    "PrimaryMissing",
     "TLSUnavailable",
     "ChangeRefused",
     "DatastoreUnsupported",
@@ -162,6 +166,19 @@ pub fn notes(old: &DatabaseInstanceStatus, new: &DatabaseInstanceStatus, act: &A
         {
             out.push(warning(r, c.message.clone()));
         }
+    }
+    // A primary told down by a Warning is told back.
+    let primary = |s: &DatabaseInstanceStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "PrimaryAvailable")
+            .map(|c| (c.reason.clone(), c.message.clone()))
+    };
+    if let (Some((was, _)), Some((now, leads))) = (primary(old), primary(new))
+        && matches!(was.as_str(), "PrimaryDown" | "PrimaryMissing")
+        && now == "Leading"
+    {
+        out.push(normal("PrimaryAvailable", leads));
     }
     if let Act::SetVersion {
         member,
@@ -378,6 +395,33 @@ mod tests {
             notes(&refused, &refused, &Act::None).is_empty(),
             "only when it appears"
         );
+
+        let primary = |reason: &str| {
+            let mut s = status(None);
+            s.conditions = vec![Condition {
+                type_: "PrimaryAvailable".into(),
+                status: if reason == "Leading" { "True" } else { "False" }.into(),
+                reason: reason.into(),
+                message: format!("db-0 {reason}"),
+                last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
+                observed_generation: None,
+            }];
+            s
+        };
+        let (leading, down) = (primary("Leading"), primary("PrimaryDown"));
+        let n = notes(&leading, &down, &Act::None);
+        assert_eq!(reasons(&n), ["PrimaryDown"]);
+        assert!(n[0].warning && n[0].message == "db-0 PrimaryDown");
+        assert!(notes(&down, &down, &Act::None).is_empty(), "told once");
+        assert!(
+            notes(&leading, &primary("PrimaryUnreachable"), &Act::None).is_empty(),
+            "Baton alone not getting an answer is no Event"
+        );
+        let n = notes(&down, &leading, &Act::None);
+        assert_eq!(reasons(&n), ["PrimaryAvailable"]);
+        assert!(!n[0].warning);
+        assert!(notes(&leading, &leading, &Act::None).is_empty());
+        assert!(notes(&primary("PrimaryUnreachable"), &leading, &Act::None).is_empty());
 
         let mut q = status(None);
         q.quarantine = vec![QuarantinedMember {
