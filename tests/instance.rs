@@ -432,64 +432,8 @@ async fn a_version_missing_from_the_catalog_is_reported_and_nothing_is_created()
     delete_namespace(&env.client, &env.ns).await;
 }
 
-/// The instance `db`'s `PrimaryAvailable` condition, once its reason is `reason`.
-async fn primary_available(
-    env: &Env,
-    reason: &str,
-    op: &impl Logs,
-) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-    eventually(Duration::from_secs(90), || async {
-        let st = env.instances.get("db").await.ok()?.status?;
-        st.conditions
-            .into_iter()
-            .find(|c| c.type_ == "PrimaryAvailable" && c.reason == reason)
-    })
-    .await
-    .unwrap_or_else(|| panic!("no PrimaryAvailable {reason}:\n{}", tail(&op.logs(), 20)))
-}
-
-/// A primary that hangs outside an upgrade: `PrimaryAvailable=False` (`PrimaryDown`) and a
-/// Warning say what its node and its server report, nothing is promoted, and once it answers
-/// again it leads as before, `PrimaryAvailable=True` with an Event, and takes writes.
+/// A hung primary is reported down and not replaced (see the scenario).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_primary_is_reported_down_and_not_replaced() {
-    let (env, op) = Env::with_active("hung", "db", 3, json!({})).await;
-    assert_eq!(primary_available(&env, "Leading", &op).await.status, "True");
-    assert!(faults::signal_member(&env, "db-0", "STOP").await, "SIGSTOP");
-    let down = primary_available(&env, "PrimaryDown", &op).await;
-    println!("hung primary: {}", down.message);
-    env.wait_event("db", "PrimaryDown", "db-0").await;
-    assert_eq!(down.status, "False");
-    assert!(
-        down.message.contains("db-0") && down.message.contains("not Ready"),
-        "{}",
-        down.message
-    );
-    let st = env.status("db").await;
-    assert_eq!(st.primary.as_deref(), Some("db-0"), "nothing promoted");
-    assert_eq!(st.message.as_deref(), Some(down.message.as_str()));
-    assert!(
-        st.members
-            .iter()
-            .filter(|m| m.pod != "db-0")
-            .all(|m| m.role == Some(baton::crd::MemberRole::Standby)),
-        "a standby changed role: {:?}",
-        st.members
-    );
-
-    assert!(faults::signal_member(&env, "db-0", "CONT").await, "SIGCONT");
-    assert_eq!(primary_available(&env, "Leading", &op).await.status, "True");
-    env.wait_event("db", "PrimaryAvailable", "db-0 leads").await;
-    env.wait_for("db", InstancePhase::Active, SOURCE, &op).await;
-    assert_eq!(env.status("db").await.primary.as_deref(), Some("db-0"));
-    let (stop, writes) = env.writer("db");
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    stop.cancel();
-    let report = writes.await.expect("writer");
-    assert!(
-        !report.acked.is_empty(),
-        "no write taken after the primary came back"
-    );
-    assert_nothing_lost(&env, "db", &[&report]).await;
-    delete_namespace(&env.client, &env.ns).await;
+    scenarios::hung_primary_is_reported_down_and_not_replaced(REDIS, "hung").await;
 }

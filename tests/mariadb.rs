@@ -108,6 +108,11 @@ async fn second_switch_returns_the_role_to_the_original_primary() {
     scenarios::second_switch_returns_the_role(MARIADB, "my-second").await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_primary_is_reported_down_and_not_replaced() {
+    scenarios::hung_primary_is_reported_down_and_not_replaced(MARIADB, "my-hung").await;
+}
+
 #[tokio::test]
 async fn a_replica_that_cannot_start_halts_the_upgrade_and_reverting_recovers() {
     scenarios::broken_standby_halts_and_reverting_recovers(MARIADB, "my-broken").await;

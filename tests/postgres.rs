@@ -68,6 +68,11 @@ async fn second_switch_returns_the_role_to_the_original_primary() {
     scenarios::second_switch_returns_the_role(POSTGRES, "pg-second").await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_primary_is_reported_down_and_not_replaced() {
+    scenarios::hung_primary_is_reported_down_and_not_replaced(POSTGRES, "pg-hung").await;
+}
+
 /// The example as a user applies it: members clone from member 0, the replication password is
 /// generated into a Secret and appears nowhere else, status shows each member's role, version
 /// and positions.

@@ -98,29 +98,69 @@ fn ready(p: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// Kills a member's server process with SIGKILL (the node restarts the container).
+/// Kills a member's container process with SIGKILL (the node restarts the container).
 pub async fn kill_member(env: &Env, pod: &str) -> bool {
-    signal_member(env, pod, "KILL").await
-}
-
-/// Sends `signal` (`KILL`, `STOP`, `CONT`) to a member's server process: a stopped server is a
-/// hung one, its port open and nothing answered.
-pub async fn signal_member(env: &Env, pod: &str, signal: &str) -> bool {
-    let Ok(p) = env.pods.get(pod).await else {
-        return false;
-    };
-    let pid = p
-        .status
-        .and_then(|s| s.container_statuses)
-        .and_then(|c| c.first()?.container_id.clone())
-        .and_then(|id| id.strip_prefix("baton://")?.parse::<u32>().ok());
-    match pid {
-        Some(pid) => std::process::Command::new("kill")
-            .args([&format!("-{signal}"), &pid.to_string()])
-            .status()
-            .is_ok_and(|s| s.success()),
+    match member_pid(env, pod).await {
+        Some(pid) => signal(&[pid], "KILL"),
         None => false,
     }
+}
+
+/// Stops (`hung`) or continues every process of a member's container: a hung server, its port
+/// open and nothing answered. The whole tree, since a boot script may run the server as its
+/// child; each parent is signalled before its children are listed, so a stopped one forks no
+/// new child meanwhile (and a child that exited by then is simply gone).
+pub async fn hang_member(env: &Env, pod: &str, hung: bool) -> bool {
+    let Some(pid) = member_pid(env, pod).await else {
+        return false;
+    };
+    let sig = if hung { "STOP" } else { "CONT" };
+    if !signal(&[pid], sig) {
+        return false;
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let children = std::process::Command::new("pgrep")
+            .args(["-P", &tree[i].to_string()])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for child in children
+            .lines()
+            .filter_map(|l| l.trim().parse::<u32>().ok())
+        {
+            signal(&[child], sig);
+            tree.push(child);
+        }
+        i += 1;
+    }
+    true
+}
+
+fn signal(pids: &[u32], sig: &str) -> bool {
+    let mut args = vec![format!("-{sig}")];
+    args.extend(pids.iter().map(u32::to_string));
+    std::process::Command::new("kill")
+        .args(&args)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The pid of a member's container process, as its node reports it.
+async fn member_pid(env: &Env, pod: &str) -> Option<u32> {
+    env.pods
+        .get(pod)
+        .await
+        .ok()?
+        .status?
+        .container_statuses?
+        .first()?
+        .container_id
+        .clone()?
+        .strip_prefix("baton://")?
+        .parse()
+        .ok()
 }
 
 /// A TCP proxy in front of the API server that can drop every connection at once.
