@@ -178,7 +178,8 @@ pub fn decide(o: &Observation) -> Decision {
     }
     if o.drift.is_some_and(|d| d.any()) || o.members.iter().any(|m| !m.exists) {
         let pods = missing_pods(&d, &primary, &base);
-        if o.members.iter().any(|m| m.name == primary && !m.exists) {
+        // Only for an instance that has run: a new one's pods do not exist yet by design.
+        if running.is_some() && o.members.iter().any(|m| m.name == primary && !m.exists) {
             primary_available(&mut d);
         }
         d.s.phase.get_or_insert(InstancePhase::Building);

@@ -817,4 +817,22 @@ fn a_primary_that_does_not_lead_is_reported_with_what_its_node_says() {
     let d = decide(&o);
     assert!(matches!(d.act, Act::ApplyChildren { .. }), "{:?}", d.act);
     assert_eq!(condition(&d, "PrimaryAvailable").reason, "PrimaryMissing");
+    // A new instance has no pods yet by design: nothing to say (nor a Warning to publish).
+    let mut o = obs(SRC, json!({}));
+    for m in &mut o.members {
+        *m = Member {
+            name: m.name.clone(),
+            ..Default::default()
+        };
+    }
+    let d = decide(&o);
+    assert!(matches!(d.act, Act::ApplyChildren { .. }), "{:?}", d.act);
+    assert!(
+        d.status
+            .conditions
+            .iter()
+            .all(|c| c.type_ != "PrimaryAvailable"),
+        "{:?}",
+        d.status.conditions
+    );
 }
