@@ -106,17 +106,15 @@ pub async fn kill_member(env: &Env, pod: &str) -> bool {
     }
 }
 
-/// Stops (`hung`) or continues every process of a member's container: a hung server, its port
-/// open and nothing answered. The whole tree, since a boot script may run the server as its
-/// child; each parent is signalled before its children are listed, so a stopped one forks no
-/// new child meanwhile (and a child that exited by then is simply gone).
-pub async fn hang_member(env: &Env, pod: &str, hung: bool) -> bool {
-    let Some(pid) = member_pid(env, pod).await else {
-        return false;
-    };
-    let sig = if hung { "STOP" } else { "CONT" };
-    if !signal(&[pid], sig) {
-        return false;
+/// Stops every process of a member's container: a hung server, its port open and nothing
+/// answered. The whole tree, since a boot script may run the server as its child; each parent
+/// is stopped before its children are listed, so it forks none meanwhile (a child that exited by
+/// then is simply gone). The processes continue when the returned guard is dropped, so a
+/// failing test leaves none stopped.
+pub async fn hang_member(env: &Env, pod: &str) -> Option<Hung> {
+    let pid = member_pid(env, pod).await?;
+    if !signal(&[pid], "STOP") {
+        return None;
     }
     let mut tree = vec![pid];
     let mut i = 0;
@@ -130,12 +128,25 @@ pub async fn hang_member(env: &Env, pod: &str, hung: bool) -> bool {
             .lines()
             .filter_map(|l| l.trim().parse::<u32>().ok())
         {
-            signal(&[child], sig);
+            signal(&[child], "STOP");
             tree.push(child);
         }
         i += 1;
     }
-    true
+    Some(Hung { pids: tree })
+}
+
+/// The stopped processes of [`hang_member`]; dropping it continues them.
+pub struct Hung {
+    pids: Vec<u32>,
+}
+
+impl Drop for Hung {
+    fn drop(&mut self) {
+        for pid in &self.pids {
+            signal(&[*pid], "CONT");
+        }
+    }
 }
 
 fn signal(pids: &[u32], sig: &str) -> bool {

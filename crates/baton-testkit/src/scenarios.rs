@@ -357,10 +357,9 @@ async fn primary_available(
 pub async fn hung_primary_is_reported_down_and_not_replaced(f: Flavor, prefix: &str) {
     let (env, op) = Env::with_active(prefix, "db", 3, f.spec()).await;
     assert_eq!(primary_available(&env, "Leading", &op).await.status, "True");
-    assert!(
-        crate::faults::hang_member(&env, "db-0", true).await,
-        "SIGSTOP"
-    );
+    let hung = crate::faults::hang_member(&env, "db-0")
+        .await
+        .expect("db-0's processes stopped");
     let down = primary_available(&env, "PrimaryDown", &op).await;
     println!("hung {:?} primary: {}", f.datastore, down.message);
     env.wait_event("db", "PrimaryDown", "db-0").await;
@@ -372,6 +371,12 @@ pub async fn hung_primary_is_reported_down_and_not_replaced(f: Flavor, prefix: &
     );
     let st = env.status("db").await;
     assert_eq!(st.primary.as_deref(), Some("db-0"), "nothing promoted");
+    // GitOps tools see why (kstatus InProgress, Argo Progressing), at the same write.
+    let reconciling = st.conditions.iter().find(|c| c.type_ == "Reconciling");
+    assert!(
+        reconciling.is_some_and(|c| c.status == "True" && c.reason == "PrimaryDown"),
+        "{reconciling:?}"
+    );
     assert_eq!(st.message.as_deref(), Some(down.message.as_str()));
     assert!(
         st.members
@@ -382,10 +387,7 @@ pub async fn hung_primary_is_reported_down_and_not_replaced(f: Flavor, prefix: &
         st.members
     );
 
-    assert!(
-        crate::faults::hang_member(&env, "db-0", false).await,
-        "SIGCONT"
-    );
+    drop(hung);
     assert_eq!(primary_available(&env, "Leading", &op).await.status, "True");
     env.wait_event("db", "PrimaryAvailable", "db-0 leads").await;
     env.wait_for("db", InstancePhase::Active, f.source, &op)
