@@ -119,11 +119,13 @@ pub fn instance(s: &DatabaseInstanceStatus) -> Health {
         InstancePhase::Building => reconciling("Building", message),
         InstancePhase::Upgrading => reconciling("Upgrading", message),
         InstancePhase::Active | InstancePhase::Paused | InstancePhase::Error => {
-            // kstatus reads a False `Ready` as InProgress: say why (a member Baton is bringing
-            // back), rather than leave the pair quiet.
+            // kstatus reads a False `Ready` as InProgress: say why (a primary that does not
+            // lead first, then a member Baton is bringing back), rather than leave the pair
+            // quiet.
             if s.phase == Some(InstancePhase::Active)
-                && let Some(c) = false_condition(&s.conditions, "Ready")
+                && let Some(ready) = false_condition(&s.conditions, "Ready")
             {
+                let c = false_condition(&s.conditions, "PrimaryAvailable").unwrap_or(ready);
                 return reconciling(&c.reason, c.message.clone());
             }
             for (type_, reason) in [("CredentialsReady", "Changing"), ("TLSReady", "Reloading")] {
@@ -256,6 +258,19 @@ mod tests {
             json!({"phase": "Active", "conditions": [cond("CredentialsReady", "True", "Changing")]}),
         );
         assert!(matches!(instance(&rotating), Health::Reconciling { .. }));
+        // Without a leading primary, the GitOps tool shows why, not only that a member is down.
+        let down = inst(json!({"phase": "Active", "conditions": [
+            cond("Ready", "False", "MembersNotReady"),
+            cond("PrimaryAvailable", "False", "PrimaryDown")]}));
+        assert!(
+            matches!(instance(&down), Health::Reconciling { reason, message } if reason == "PrimaryDown" && message == "PrimaryAvailable PrimaryDown")
+        );
+        let standby = inst(json!({"phase": "Active", "conditions": [
+            cond("Ready", "False", "MembersNotReady"),
+            cond("PrimaryAvailable", "True", "Leading")]}));
+        assert!(
+            matches!(instance(&standby), Health::Reconciling { reason, .. } if reason == "MembersNotReady")
+        );
     }
 
     #[test]

@@ -76,6 +76,9 @@ struct InstanceReport {
     version: Option<String>,
     phase: Option<String>,
     primary: Option<String>,
+    /// Why the primary does not lead, and since when (its `PrimaryAvailable` condition).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    primary_down: Option<String>,
     message: Option<String>,
     members: Vec<MemberRow>,
     upgrade: Option<UpgradeRow>,
@@ -125,6 +128,11 @@ fn instance_report(i: &DatabaseInstance) -> InstanceReport {
         version: s.version.clone(),
         phase: s.phase.map(|p| format!("{p:?}")),
         primary: s.primary.clone(),
+        primary_down: s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "PrimaryAvailable" && c.status == "False")
+            .map(|c| format!("{} since {}", c.reason, c.last_transition_time.0)),
         message: s.message.clone(),
         members: s
             .members
@@ -264,7 +272,13 @@ fn instance_table(r: &InstanceReport) -> String {
         ("Namespace", r.namespace.clone()),
         ("Version", dash(r.version.as_ref())),
         ("Phase", dash(r.phase.as_ref())),
-        ("Primary", dash(r.primary.as_ref())),
+        (
+            "Primary",
+            match &r.primary_down {
+                Some(down) => format!("{} ({down})", dash(r.primary.as_ref())),
+                None => dash(r.primary.as_ref()),
+            },
+        ),
         ("Switchover", dash(r.last_switchover.as_ref())),
     ];
     sheet(&fields, &r.upgrade, &r.message, &r.conditions, &rows)
@@ -476,4 +490,39 @@ pub async fn versions(s: &Session, ds: Datastore, from: Option<&str>) -> Outcome
         columns(&table)
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(conditions: serde_json::Value) -> DatabaseInstance {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "baton.dev/v1alpha1", "kind": "DatabaseInstance",
+            "metadata": {"name": "db", "namespace": "ns"},
+            "spec": {"datastore": {"type": "redis", "version": "7.0.15"}, "replicas": 3},
+            "status": {"phase": "Active", "primary": "db-0", "conditions": conditions},
+        }))
+        .expect("an instance")
+    }
+
+    #[test]
+    fn a_primary_that_does_not_lead_says_why_and_since_when() {
+        let down = instance(
+            serde_json::json!([{"type": "PrimaryAvailable", "status": "False",
+            "reason": "PrimaryDown", "message": "…", "lastTransitionTime": "2026-12-06T02:40:00Z"}]),
+        );
+        let table = instance_table(&instance_report(&down));
+        assert!(
+            table.contains("db-0 (PrimaryDown since 2026-12-06T02:40:00Z)"),
+            "{table}"
+        );
+        let leading = instance(
+            serde_json::json!([{"type": "PrimaryAvailable", "status": "True",
+            "reason": "Leading", "message": "db-0 leads", "lastTransitionTime": "2026-12-06T02:40:00Z"}]),
+        );
+        let report = instance_report(&leading);
+        assert!(report.primary_down.is_none());
+        assert!(!instance_table(&report).contains("since"));
+    }
 }
