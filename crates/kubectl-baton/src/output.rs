@@ -128,10 +128,8 @@ fn instance_report(i: &DatabaseInstance) -> InstanceReport {
         version: s.version.clone(),
         phase: s.phase.map(|p| format!("{p:?}")),
         primary: s.primary.clone(),
-        primary_down: s
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "PrimaryAvailable" && c.status == "False")
+        primary_down: baton::status::find(&s.conditions, "PrimaryAvailable")
+            .filter(|c| c.status == "False")
             .map(|c| format!("{} since {}", c.reason, c.last_transition_time.0)),
         message: s.message.clone(),
         members: s

@@ -572,12 +572,7 @@ fn converge(o: &Observation, v: &View, primary: &str) -> Option<Act> {
             member: primary.into(),
         });
     }
-    let members: Vec<String> = o
-        .members
-        .iter()
-        .filter(|m| v.needs_repoint(m, leader))
-        .map(|m| m.name.clone())
-        .collect();
+    let members = v.to_repoint(leader);
     (!members.is_empty()).then(|| Act::Repoint {
         members,
         primary: primary.into(),

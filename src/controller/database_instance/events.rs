@@ -168,17 +168,14 @@ pub fn notes(old: &DatabaseInstanceStatus, new: &DatabaseInstanceStatus, act: &A
         }
     }
     // A primary told down by a Warning is told back.
-    let primary = |s: &DatabaseInstanceStatus| {
-        s.conditions
-            .iter()
-            .find(|c| c.type_ == "PrimaryAvailable")
-            .map(|c| (c.reason.clone(), c.message.clone()))
+    let primary = |s: &'_ DatabaseInstanceStatus| {
+        crate::status::find(&s.conditions, "PrimaryAvailable").cloned()
     };
-    if let (Some((was, _)), Some((now, leads))) = (primary(old), primary(new))
-        && matches!(was.as_str(), "PrimaryDown" | "PrimaryMissing")
-        && now == "Leading"
+    if let (Some(was), Some(now)) = (primary(old), primary(new))
+        && matches!(was.reason.as_str(), "PrimaryDown" | "PrimaryMissing")
+        && now.reason == "Leading"
     {
-        out.push(normal("PrimaryAvailable", leads));
+        out.push(normal("PrimaryAvailable", now.message));
     }
     if let Act::SetVersion {
         member,

@@ -165,6 +165,16 @@ impl View<'_> {
         p.role == Role::Primary || !p.following.as_deref().is_some_and(|h| le.is_host(h))
     }
 
+    /// Every member that must be pointed at `leader` ([`View::needs_repoint`]), by ordinal:
+    /// one act repoints them all.
+    pub fn to_repoint(&self, leader: &Member) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| self.needs_repoint(m, leader))
+            .map(|m| m.name.clone())
+            .collect()
+    }
+
     /// Every reachable member other than `leader` refuses writes (the check before any act
     /// that lets writes in). Members that cannot be reached boot fenced, so they cannot take a
     /// write either.

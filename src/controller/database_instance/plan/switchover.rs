@@ -381,12 +381,7 @@ pub(super) fn unfencing(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState) -> 
             Act::None,
         );
     }
-    let behind: Vec<String> = v
-        .members
-        .iter()
-        .filter(|m| v.needs_repoint(m, c))
-        .map(|m| m.name.clone())
-        .collect();
+    let behind = v.to_repoint(c);
     if !behind.is_empty() {
         // Writable from this pass on: the window ends here, not after the repoints. Recorded
         // with the act's own guarded write, so it costs no extra one; every member that
