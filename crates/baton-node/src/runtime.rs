@@ -169,6 +169,8 @@ pub async fn stop(child: &mut Child, grace: Duration) -> Option<i32> {
     let Some(pid) = child.id() else {
         return child.wait().await.ok().and_then(|s| s.code());
     };
+    // Taken before anything exits: an orphan no longer names its ancestor.
+    let tree = descendants(pid);
     signal(pid, "TERM", false);
     let status = match tokio::time::timeout(grace, child.wait()).await {
         Ok(s) => s.ok(),
@@ -177,9 +179,49 @@ pub async fn stop(child: &mut Child, grace: Duration) -> Option<i32> {
             child.wait().await.ok()
         }
     };
-    // Anything the container forked and left behind goes with it.
+    // Anything the container forked and left behind goes with it: its process group, and every
+    // descendant that left the group (PostgreSQL's backends call setsid), as the kubelet's
+    // cgroup would. A hung (stopped) backend would otherwise keep the data directory's shared
+    // memory and the next start would refuse it.
     signal(pid, "KILL", true);
+    for p in tree {
+        signal(p, "KILL", false);
+    }
     status.and_then(|s| s.code())
+}
+
+/// Every live process descended from `pid`, read from `/proc`.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut children: std::collections::BTreeMap<u32, Vec<u32>> = Default::default();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(p) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`: comm may hold spaces and parentheses; the last ')' ends it.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|f| f.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            children.entry(ppid).or_default().push(p);
+        }
+    }
+    let mut out = Vec::new();
+    let mut next = vec![pid];
+    while let Some(p) = next.pop() {
+        for &c in children.get(&p).map(Vec::as_slice).unwrap_or_default() {
+            out.push(c);
+            next.push(c);
+        }
+    }
+    out
 }
 
 /// Whether `path` is under `root` (for subPath safety).
@@ -192,6 +234,28 @@ pub fn is_within(root: &Path, path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn descendants_include_grandchildren_that_left_the_group() {
+        // sh → (setsid) sleep: the grandchild leads its own session, as a PostgreSQL backend does.
+        let mut c = std::process::Command::new("sh")
+            .args(["-c", "setsid sleep 30 & sleep 30"])
+            .spawn()
+            .unwrap();
+        let pid = c.id();
+        let found = (0..50).find_map(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let d = descendants(pid);
+            (d.len() >= 2).then_some(d)
+        });
+        let d = found.expect("both sleeps found");
+        for p in &d {
+            signal(*p, "KILL", false);
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        assert!(d.len() >= 2, "{d:?}");
+    }
 
     #[test]
     fn script_mounts_then_drops_privileges_then_execs() {
