@@ -117,6 +117,31 @@ if [ -n "$have" ] && [ "$have" != "$want" ]; then
   fi
 fi
 rm -rf "$D/pgdata.next" "$PGDATA/.baton-converted"
+if [ "$follow" = yes ] && [ -n "$host" ] && [ -s "$PGDATA/PG_VERSION" ]; then
+  # A member that may have led on a timeline the primary left is rewound onto it (a no-op when
+  # it did not). pg_rewind needs a clean shutdown: a primary that crashed recovers alone first
+  # (single-user mode refuses standby mode, so the last boot's signal file goes; it is written
+  # again below), keeping the WAL pg_rewind reads as the server does. A standby that crashed
+  # ("in archive recovery") never led: it just resumes streaming.
+  state=$(pg_controldata "$PGDATA" | sed -n 's/^Database cluster state: *//p')
+  case "$state" in
+    "in production")
+      rm -f "$PGDATA/standby.signal"
+      postgres --single -D "$PGDATA" -c wal_keep_size=256MB postgres </dev/null >/dev/null
+      rewind=yes ;;
+    "shut down"|"shut down in recovery") rewind=yes ;;
+    *) rewind=no ;;
+  esac
+  if [ "$rewind" = yes ] && ! pg_rewind -D "$PGDATA" --source-server="$conninfo dbname=baton" >/dev/null 2>"$D/rewind.err"; then
+    cat "$D/rewind.err" >&2
+    # The WAL back to the last checkpoint both share is gone: rebuilt from the primary below,
+    # as a new member is (what it held past the fork is discarded either way). Any other
+    # failure (the primary unreachable) keeps the data and tries again at the next start.
+    grep -q "could not find previous WAL record" "$D/rewind.err" || exit 1
+    echo "baton: pg_rewind cannot reach the fork (its WAL is gone): cloned again from the primary" >&2
+    rm -rf "$PGDATA"
+  fi
+fi
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
   rm -rf "$PGDATA"
   if [ "$primary" = "$me" ]; then
@@ -147,24 +172,9 @@ SQL
       sleep 1
     done
     pg_basebackup -h "$host" -p 5432 -U replicator -D "$PGDATA" -X stream -c fast -w
-    cloned=yes
   else
     echo "baton: no data yet and no primary to clone from; waiting for the topology" >&2
     exit 1
-  fi
-fi
-if [ "$follow" = yes ] && [ -n "$host" ] && [ -z "${cloned:-}" ]; then
-  # A member that may have led on a timeline the primary left is rewound onto it (a no-op when
-  # it did not). pg_rewind needs a clean shutdown: a primary that crashed recovers alone first.
-  # A standby that crashed ("in archive recovery") never led: it just resumes streaming.
-  state=$(pg_controldata "$PGDATA" | sed -n 's/^Database cluster state: *//p')
-  case "$state" in
-    "in production") postgres --single -D "$PGDATA" postgres </dev/null >/dev/null; rewind=yes ;;
-    "shut down"|"shut down in recovery") rewind=yes ;;
-    *) rewind=no ;;
-  esac
-  if [ "$rewind" = yes ]; then
-    pg_rewind -D "$PGDATA" --source-server="$conninfo dbname=baton" >/dev/null
   fi
 fi
 # Over the network every role needs its password (and, with TLS, an encrypted connection);
