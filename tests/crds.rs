@@ -316,6 +316,18 @@ async fn invalid_resources_are_rejected_with_a_message_naming_the_field() {
         &client,
         &ns,
         "DatabaseInstance",
+        "hasty",
+        json!({"datastore": redis("7.0.15"), "replicas": 3, "failover": {"enabled": true, "afterSeconds": 1}}),
+    )
+    .await;
+    assert_names(
+        &m,
+        &["spec.failover.afterSeconds", "greater than or equal to 5"],
+    );
+    let m = refused(
+        &client,
+        &ns,
+        "DatabaseInstance",
         "badver",
         json!({"datastore": redis("7.0.x")}),
     )

@@ -437,3 +437,16 @@ async fn a_version_missing_from_the_catalog_is_reported_and_nothing_is_created()
 async fn a_hung_primary_is_reported_down_and_not_replaced() {
     scenarios::hung_primary_is_reported_down_and_not_replaced(REDIS, "hung").await;
 }
+
+/// A primary that hangs for good is failed over and rejoins as a standby (see the scenario).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_primary_is_failed_over_with_failover_on_and_rejoins() {
+    scenarios::hung_primary_is_failed_over_and_rejoins(REDIS, "failover").await;
+}
+
+/// With no writes in flight the old primary holds nothing more and rejoins on its own (Redis:
+/// kept, its history cannot be compared); see the scenario.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_primary_with_no_writes_in_flight_is_failed_over_and_rejoins() {
+    scenarios::idle_primary_is_failed_over_and_rejoins(REDIS, "failover-idle").await;
+}

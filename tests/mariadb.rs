@@ -113,6 +113,19 @@ async fn a_hung_primary_is_reported_down_and_not_replaced() {
     scenarios::hung_primary_is_reported_down_and_not_replaced(MARIADB, "my-hung").await;
 }
 
+/// A primary that hangs for good is failed over and rejoins as a standby (see the scenario).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_primary_is_failed_over_with_failover_on_and_rejoins() {
+    scenarios::hung_primary_is_failed_over_and_rejoins(MARIADB, "my-failover").await;
+}
+
+/// With no writes in flight the old primary holds nothing more and rejoins on its own (Redis:
+/// kept, its history cannot be compared); see the scenario.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_primary_with_no_writes_in_flight_is_failed_over_and_rejoins() {
+    scenarios::idle_primary_is_failed_over_and_rejoins(MARIADB, "my-failover-idle").await;
+}
+
 #[tokio::test]
 async fn a_replica_that_cannot_start_halts_the_upgrade_and_reverting_recovers() {
     scenarios::broken_standby_halts_and_reverting_recovers(MARIADB, "my-broken").await;

@@ -73,6 +73,19 @@ async fn a_hung_primary_is_reported_down_and_not_replaced() {
     scenarios::hung_primary_is_reported_down_and_not_replaced(POSTGRES, "pg-hung").await;
 }
 
+/// A primary that hangs for good is failed over and rejoins as a standby (see the scenario).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_primary_is_failed_over_with_failover_on_and_rejoins() {
+    scenarios::hung_primary_is_failed_over_and_rejoins(POSTGRES, "pg-failover").await;
+}
+
+/// With no writes in flight the old primary holds nothing more and rejoins on its own (Redis:
+/// kept, its history cannot be compared); see the scenario.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_primary_with_no_writes_in_flight_is_failed_over_and_rejoins() {
+    scenarios::idle_primary_is_failed_over_and_rejoins(POSTGRES, "pg-failover-idle").await;
+}
+
 /// The example as a user applies it: members clone from member 0, the replication password is
 /// generated into a Secret and appears nowhere else, status shows each member's role, version
 /// and positions.
@@ -85,6 +98,7 @@ async fn the_example_comes_up_with_a_generated_replication_secret_and_positions_
         .wait_for("orders", InstancePhase::Active, PG_SOURCE, &op)
         .await;
     env.assert_all_run("orders", PG_SOURCE).await;
+    assert!(inst.spec.failover.enabled && inst.spec.failover.after_seconds == 30);
     let s = inst.status.clone().expect("status");
     assert_eq!(s.members.len(), 3);
     assert_eq!(s.primary.as_deref(), Some("orders-0"));

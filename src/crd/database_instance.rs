@@ -88,6 +88,101 @@ pub struct DatabaseInstanceSpec {
     /// name of `tls.crt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsRef>,
+
+    /// Automatic failover: what Baton does when the primary stays down outside an upgrade.
+    /// Off by default (Baton then restarts the primary in place and promotes nothing).
+    #[serde(default)]
+    pub failover: FailoverPolicy,
+}
+
+/// When Baton replaces a primary that is down.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverPolicy {
+    /// Promote the most advanced standby once the primary has been down for `afterSeconds`.
+    /// Off by default: replication is asynchronous, so a standby may lack the last writes the
+    /// primary acknowledged before it died; enabling this accepts that loss (reported in
+    /// `status.lastFailover`) in exchange for a writer without a person. Baton first deletes
+    /// the old primary's pod (its server is stopped and it boots fenced when it comes back),
+    /// then promotes; the old member rejoins as a standby once it can start.
+    #[serde(default)]
+    pub enabled: bool,
+    /// How long the primary must be down before Baton fails over, in seconds (5 to 3600,
+    /// default 30): down means its node reports its container not running or its pod not
+    /// Ready, and its server does not answer Baton. A primary whose node reports it Ready but
+    /// that does not answer Baton (it may be cut off from Baton rather than down) is never
+    /// failed over.
+    #[serde(default = "default_failover_after")]
+    #[schemars(range(min = 5, max = 3600))]
+    pub after_seconds: i32,
+}
+
+impl Default for FailoverPolicy {
+    fn default() -> Self {
+        FailoverPolicy {
+            enabled: false,
+            after_seconds: default_failover_after(),
+        }
+    }
+}
+
+fn default_failover_after() -> i32 {
+    30
+}
+
+/// A failover in flight: the old primary is deposed first, then a standby is promoted.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverState {
+    /// The primary that went down.
+    pub from: String,
+    /// The UID of `from`'s pod when the failover began: that pod is deleted (its server
+    /// stopped by its node) before anything is promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_pod_uid: Option<String>,
+    /// Since when `from` has not led (the `PrimaryAvailable` condition's transition).
+    pub down_since: Time,
+    /// When Baton decided to fail over.
+    pub started_at: MicroTime,
+    /// The standby being promoted, chosen once `from`'s pod is gone: the one holding the most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// `to`'s position when it was chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_position: Option<String>,
+    /// `from`'s position as status last recorded it before it went down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_position: Option<String>,
+}
+
+/// The last automatic failover.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LastFailover {
+    /// The primary that went down.
+    pub from: String,
+    /// The standby promoted in its place.
+    pub to: String,
+    /// Since when `from` had not led.
+    pub down_since: Time,
+    /// When `to` was confirmed the primary.
+    pub promoted_at: MicroTime,
+    /// `to`'s position when it was chosen, before its promotion: everything it got from `from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<String>,
+    /// What `from` held beyond `position` when it came back ("0 bytes", "361 transactions"):
+    /// writes it committed, most of them acknowledged, that never reached `to`. Measured
+    /// before it is repointed; a member that holds any is quarantined with them (fenced, never
+    /// repointed) for a person to read or discard, and one that holds none rejoins as a
+    /// standby. "unknown" when the two positions cannot be compared (a Redis member restarted
+    /// without its replication history); such a member is quarantined too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreplicated: Option<String>,
+    /// `from`'s position as status last recorded it. Replication is asynchronous: what `from`
+    /// acknowledged after its last write reached a standby is not on `to`, and Baton cannot
+    /// count it (status records positions at most every few minutes on a settled instance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_position: Option<String>,
 }
 
 /// Where an instance's TLS certificate is.
@@ -168,7 +263,8 @@ pub struct MemberStatus {
     /// `replicationId:offset`, PostgreSQL an LSN, MariaDB a GTID position): for a primary what
     /// it has written, for a standby what it has applied. While nothing else changes it is
     /// refreshed at most every 10 s during an upgrade and every 5 minutes otherwise (a settled
-    /// instance costs the API server no writes between).
+    /// instance costs the API server no writes between). A member that does not answer keeps
+    /// the last position recorded for it (what a failover compares the new primary with).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<String>,
     /// For a standby, what it has received but not necessarily applied, where the datastore
@@ -530,6 +626,11 @@ pub struct QuarantinedMember {
     /// the member's data) releases the quarantine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim_uid: Option<String>,
+    /// Held by an automatic failover, not yet judged: the deposed primary starts without
+    /// following anyone until Baton has compared what it holds with what the promoted standby
+    /// got. Released when it holds nothing more; kept (and no longer held) when it does.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
 }
 
 /// How an upgrade ended.
@@ -609,6 +710,12 @@ pub struct DatabaseInstanceStatus {
     /// The last switchover (of an upgrade or a planned one) and how long writes were refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_switchover: Option<LastSwitchover>,
+    /// The automatic failover in flight, if any (`spec.failover`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverState>,
+    /// The last automatic failover: who replaced whom, and what the new primary may lack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failover: Option<LastFailover>,
     /// Members that took writes the primary does not have: fenced, never repointed by Baton.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quarantine: Vec<QuarantinedMember>,

@@ -404,3 +404,204 @@ pub async fn hung_primary_is_reported_down_and_not_replaced(f: Flavor, prefix: &
     assert_nothing_lost(&env, "db", &[&report]).await;
     delete_namespace(&env.client, &env.ns).await;
 }
+
+/// Automatic failover (`spec.failover`): the primary hangs for good (its processes stopped:
+/// port open, nothing answered, its node reports it not Ready) under a label-following and a
+/// pinned writer. Past `afterSeconds` Baton deletes its pod, promotes the standby holding the
+/// most, and the label-following writer writes again on it. The old member comes back from a
+/// new pod and is measured: holding nothing more than the new primary got, it rejoins as a
+/// standby and no acknowledged write is missing; holding more (replication is asynchronous: the
+/// hung primary's last writes), it is quarantined, and every write missing on the new primary
+/// was acknowledged by the old one and is on it. The operator is killed
+/// right after it deleted the old primary's pod; the next one finishes the failover.
+pub async fn hung_primary_is_failed_over_and_rejoins(f: Flavor, prefix: &str) {
+    failed_over(f, prefix, true).await;
+}
+
+/// The same failover with no client writing when the primary hangs: the old member holds
+/// nothing the promoted standby lacks, so it is released and rejoins as a standby on its own
+/// (PostgreSQL, MariaDB); a restarted Redis starts a new replication history that Baton cannot
+/// compare, so it is kept.
+pub async fn idle_primary_is_failed_over_and_rejoins(f: Flavor, prefix: &str) {
+    failed_over(f, prefix, false).await;
+}
+
+async fn failed_over(f: Flavor, prefix: &str, writing: bool) {
+    let mut spec = f.spec();
+    spec["failover"] = json!({"enabled": true, "afterSeconds": 5});
+    let (env, op) = Env::with_active(prefix, "db", 3, spec).await;
+    let old_ip = env.primary_ip("db").await;
+    let (op, hung, hung_at, mut clients) = if writing {
+        // The operator that starts the failover dies right after deleting the old primary's
+        // pod (its effect happened, its result never seen); another one finishes it.
+        drop(op);
+        let mut crashing = env.operator(&format!("{prefix}-crashing"), "api:depose@0");
+        let clients = vec![
+            env.writer("db"),
+            env.writer_with("db", "p", crate::workload::Route::Pinned(old_ip)),
+        ];
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let hung = crate::faults::hang_member(&env, "db-0")
+            .await
+            .expect("db-0's processes stopped");
+        let hung_at = std::time::Instant::now();
+        let exit = tokio::time::timeout(Duration::from_secs(120), crashing.child.wait())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the operator never deposed db-0:\n{}",
+                    tail(&crashing.logs(), 30)
+                )
+            })
+            .expect("wait");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&exit),
+            Some(9),
+            "the operator died otherwise: {exit:?}"
+        );
+        let st = env.status("db").await;
+        let rec = st
+            .failover
+            .clone()
+            .expect("the failover recorded before the pod was deleted");
+        assert_eq!((rec.from.as_str(), rec.to.as_deref()), ("db-0", None));
+        assert_eq!(
+            st.primary.as_deref(),
+            Some("db-0"),
+            "nothing promoted before the pod went"
+        );
+        drop(crashing);
+        let op = env.operator(&format!("{prefix}-resumed"), "");
+        (op, hung, hung_at, clients)
+    } else {
+        let hung = crate::faults::hang_member(&env, "db-0")
+            .await
+            .expect("db-0's processes stopped");
+        (op, hung, std::time::Instant::now(), vec![])
+    };
+    env.wait_event_within("db", "FailingOver", "db-0", Duration::from_secs(90))
+        .await;
+    let last = eventually(Duration::from_secs(120), || async {
+        env.instances.get("db").await.ok()?.status?.last_failover
+    })
+    .await
+    .unwrap_or_else(|| panic!("no failover:\n{}", tail(&op.logs(), 30)));
+    let promoted_after = hung_at.elapsed();
+    assert_eq!(last.from, "db-0");
+    assert_ne!(last.to, "db-0");
+    env.wait_event("db", "FailedOver", &last.to).await;
+    // The old member comes back from the pod created in place of the deleted one and is
+    // measured against what the promoted standby got: holding nothing more, it rejoins as a
+    // standby (every member Ready and caught up); holding more, it is quarantined with it.
+    let settled = eventually(Duration::from_secs(120), || async {
+        let st = env.instances.get("db").await.ok()?.status?;
+        let ready =
+            baton::status::find(&st.conditions, "Ready").is_some_and(|c| c.status == "True");
+        let old = st.members.iter().find(|m| m.pod == "db-0")?;
+        let measured = st.last_failover.as_ref()?.unreplicated.clone()?;
+        let rejoined = measured.starts_with("0 ")
+            && ready
+            && old.role == Some(baton::crd::MemberRole::Standby);
+        let kept = st.quarantine.iter().any(|q| q.member == "db-0" && !q.held);
+        (rejoined || kept).then_some((st, measured, kept))
+    })
+    .await;
+    let (st, unreplicated, kept) = settled.unwrap_or_else(|| {
+        panic!(
+            "db-0 was neither measured and rejoined nor kept:\n{}",
+            tail(&op.logs(), 40)
+        )
+    });
+    drop(hung);
+    assert_eq!(st.phase, Some(InstancePhase::Active));
+    assert_eq!(st.primary.as_deref(), Some(last.to.as_str()));
+    let new_ip = env.primary_ip("db").await;
+    if !writing {
+        // Idle through the failover: nothing can be missing; a writer after it must reach
+        // every member that follows, the rejoined one included.
+        assert!(
+            kept == (f.datastore == baton::crd::Datastore::Redis),
+            "db-0 {} (unreplicated {unreplicated})",
+            if kept { "was kept" } else { "rejoined" }
+        );
+        clients.push(env.writer("db"));
+        clients.push(env.writer_with("db", "p", crate::workload::Route::Pinned(new_ip)));
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut reports = vec![];
+    for (stop, task) in clients {
+        stop.cancel();
+        reports.push(task.await.expect("writer"));
+    }
+    let (report, pinned) = (&reports[0], &reports[1]);
+    assert!(
+        report.acked.iter().any(|a| a.by == new_ip),
+        "the label-following writer never wrote on the new primary: {report:?}"
+    );
+    let ds = env.datastore("db").await;
+    let members = crate::workload::member_addresses(&env.client, &env.ns, "db").await;
+    let old_now = members["db-0"];
+    let mut lost = 0;
+    for r in [report, pinned] {
+        let missing = eventually(Duration::from_secs(30), || async {
+            crate::workload::missing(ds, new_ip, r).await.ok()
+        })
+        .await
+        .expect("read back from the new primary");
+        assert!(
+            missing.iter().all(|a| a.by == old_ip),
+            "writer {}: lost writes another member than the old primary acknowledged: {}",
+            r.writer,
+            crate::workload::describe_loss(&missing, &members)
+        );
+        lost += missing.len();
+        if kept {
+            // Not lost: every one is on the quarantined old primary, for a person to read.
+            let on_old = eventually(Duration::from_secs(30), || async {
+                let m = crate::workload::missing(ds, old_now, r).await.ok()?;
+                Some(missing.iter().filter(|a| m.contains(a)).count())
+            })
+            .await
+            .expect("read back from the quarantined member");
+            assert_eq!(
+                on_old, 0,
+                "writer {}: writes on neither the new primary nor the kept old one",
+                r.writer
+            );
+        }
+        // Every member that follows holds what the new primary holds.
+        for (pod, ip) in members
+            .iter()
+            .filter(|(p, _)| !kept || p.as_str() != "db-0")
+        {
+            let held = eventually(Duration::from_secs(30), || async {
+                let m = crate::workload::missing(ds, *ip, r).await.ok()?;
+                m.iter().all(|a| missing.contains(a)).then_some(())
+            })
+            .await;
+            assert!(held.is_some(), "{pod} lacks writes the new primary holds");
+        }
+    }
+    if !kept {
+        assert_eq!(
+            lost, 0,
+            "db-0 rejoined holding nothing more, yet writes it acknowledged are gone"
+        );
+    } else {
+        assert!(!unreplicated.starts_with("0 "), "{unreplicated}");
+    }
+    println!(
+        "{:?} failover: {} promoted {:.1}s after the hang (afterSeconds 5); writes acknowledged {} + {} pinned, {lost} not on the new primary (all acknowledged by the hung primary); db-0 {} (unreplicated: {unreplicated})",
+        f.datastore,
+        last.to,
+        promoted_after.as_secs_f64(),
+        report.acked.len(),
+        pinned.acked.len(),
+        if kept {
+            "quarantined with them"
+        } else {
+            "rejoined as a standby"
+        },
+    );
+    delete_namespace(&env.client, &env.ns).await;
+}

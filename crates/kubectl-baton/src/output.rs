@@ -84,6 +84,9 @@ struct InstanceReport {
     upgrade: Option<UpgradeRow>,
     /// The last switchover in words: who to whom, when, and how long writes were refused.
     last_switchover: Option<String>,
+    /// The last automatic failover in words: who replaced whom, and since when it was down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_failover: Option<String>,
     conditions: Vec<String>,
 }
 
@@ -165,6 +168,12 @@ fn instance_report(i: &DatabaseInstance) -> InstanceReport {
                 if l.undone { " (undone)" } else { "" },
                 l.writable_at.0,
                 l.window_ms
+            )
+        }),
+        last_failover: s.last_failover.as_ref().map(|f| {
+            format!(
+                "{} → {} at {} ({} down since {})",
+                f.from, f.to, f.promoted_at.0, f.from, f.down_since.0
             )
         }),
         conditions: conditions(&s.conditions),
@@ -278,6 +287,7 @@ fn instance_table(r: &InstanceReport) -> String {
             },
         ),
         ("Switchover", dash(r.last_switchover.as_ref())),
+        ("Failover", dash(r.last_failover.as_ref())),
     ];
     sheet(&fields, &r.upgrade, &r.message, &r.conditions, &rows)
 }
@@ -522,5 +532,22 @@ mod tests {
         let report = instance_report(&leading);
         assert!(report.primary_down.is_none());
         assert!(!instance_table(&report).contains("since"));
+    }
+
+    #[test]
+    fn the_last_failover_says_who_replaced_whom() {
+        let mut i = instance(serde_json::json!([]));
+        i.status.as_mut().unwrap().last_failover = serde_json::from_value(serde_json::json!({
+            "from": "db-0", "to": "db-2", "downSince": "2026-12-06T04:30:00Z",
+            "promotedAt": "2026-12-06T04:30:41.000000Z",
+        }))
+        .unwrap();
+        let table = instance_table(&instance_report(&i));
+        assert!(
+            table.contains(
+                "db-0 → db-2 at 2026-12-06T04:30:41Z (db-0 down since 2026-12-06T04:30:00Z)"
+            ),
+            "{table}"
+        );
     }
 }

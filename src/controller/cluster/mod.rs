@@ -604,6 +604,8 @@ async fn ensure_shard(ctx: &Context, cluster: &Cluster, name: &str, version: &st
                 secret_name: credentials_name(&cluster.name_any()),
             }),
             tls: None,
+            // A shard's roles are the Cluster's (every node's view decides a failover).
+            failover: Default::default(),
         },
     );
     shard.metadata = meta(cluster, name.to_string());

@@ -168,6 +168,27 @@ pub async fn run(
                 .map_err(engine_err("promote", member))
         }
         Act::Publish { primary } => publish(client, o, status, primary).await,
+        Act::Depose { member, uid } => {
+            // A short grace: the server already stopped serving; the node stops it for good
+            // (SIGTERM, then SIGKILL), and only then does the pod go. The UID keeps a pod
+            // created in its place from being deleted by a repeated pass.
+            let dp = kube::api::DeleteParams {
+                grace_period_seconds: Some(1),
+                preconditions: Some(kube::api::Preconditions {
+                    uid: Some(uid.clone()),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match pods.delete(member, &dp).await {
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                r => {
+                    r.map_err(kube_err("deleting the down primary's pod"))?;
+                }
+            }
+            failpoint::scoped(member, failpoint::passed("api:depose")).await;
+            Ok(())
+        }
         Act::SetPasswords { members } => set_passwords(client, o, engine, members).await,
         Act::CheckOffline {
             member,

@@ -23,6 +23,8 @@ use crate::crd::{
 use crate::engine::{Lag, Role, Strategy};
 use crate::status::{self, Desired};
 
+mod failover;
+
 /// What one pass decided.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
@@ -191,6 +193,9 @@ pub fn decide(o: &Observation) -> Decision {
     if let Some(stray) = o.members.iter().find(|m| m.name != primary && m.writable()) {
         return second_writer(d, stray, &primary);
     }
+    if let Some(f) = d.s.failover.clone() {
+        return failover::failing_over(d, f);
+    }
     match d.s.upgrade.clone() {
         Some(u) => in_flight(d, u, &primary),
         None => steady(d, &primary, &base),
@@ -223,7 +228,11 @@ fn member_statuses(o: &Observation, primary: &str) -> Vec<MemberStatus> {
                     Some(Lag::Transactions(n)) => Some(n as i64),
                     _ => None,
                 },
-                position: m.probe.as_ref().map(|p| p.position.to_string()),
+                position: m
+                    .probe
+                    .as_ref()
+                    .map(|p| p.position.to_string())
+                    .or_else(|| last_recorded(o, &m.name)),
                 received_position: m
                     .probe
                     .as_ref()
@@ -237,6 +246,18 @@ fn member_statuses(o: &Observation, primary: &str) -> Vec<MemberStatus> {
             }
         })
         .collect()
+}
+
+/// The position status last recorded for member `name`.
+fn last_recorded(o: &Observation, name: &str) -> Option<String> {
+    o.inst
+        .status
+        .as_ref()?
+        .members
+        .iter()
+        .find(|m| m.pod == name)?
+        .position
+        .clone()
 }
 
 /// Whether `a` and `b` differ only in what members' servers report from moment to moment
@@ -394,6 +415,7 @@ fn second_writer(mut d: Draft, stray: &Member, primary: &str) -> Decision {
             ),
             since: Some(d.now()),
             claim_uid: stray.claim_uid.clone(),
+            held: false,
         });
     }
     mark_quarantine(&mut d);
@@ -404,10 +426,16 @@ fn second_writer(mut d: Draft, stray: &Member, primary: &str) -> Decision {
 }
 
 fn mark_quarantine(d: &mut Draft) {
-    if d.s.quarantine.is_empty() {
+    // A member a failover holds until it is measured has not been found holding anything.
+    let names: Vec<&str> =
+        d.s.quarantine
+            .iter()
+            .filter(|q| !q.held)
+            .map(|q| q.member.as_str())
+            .collect();
+    if names.is_empty() {
         return;
     }
-    let names: Vec<&str> = d.s.quarantine.iter().map(|q| q.member.as_str()).collect();
     let msg = format!(
         "{} took writes the primary does not have and {} fenced; to discard {} writes, delete {} claim and pod (see docs/operations.md)",
         names.join(", "),
@@ -422,6 +450,10 @@ fn mark_quarantine(d: &mut Draft) {
 /// version the spec asks for.
 fn steady(mut d: Draft, primary: &str, base: &str) -> Decision {
     let o = d.o;
+    if let Some(act) = failover::rejoin(&mut d, primary) {
+        mark_quarantine(&mut d);
+        return d.done(act, Wake::Now);
+    }
     let quarantined: Vec<String> = d.s.quarantine.iter().map(|q| q.member.clone()).collect();
     let v = View {
         quarantined: &quarantined,
@@ -446,7 +478,20 @@ fn steady(mut d: Draft, primary: &str, base: &str) -> Decision {
         .primary_member()
         .and_then(|m| m.version.clone())
         .unwrap_or_else(|| base.to_string());
-    let (up, why) = primary_available(&mut d);
+    let (up, mut why) = primary_available(&mut d);
+    match failover::trigger(&d, &v).filter(|_| !up) {
+        Some(failover::Trigger::Start(f, act)) => {
+            failover::say(&mut d, failover::deposing(&f));
+            failover::hold(&mut d, &f.from);
+            d.s.failover = Some(*f);
+            return d.done(act, Wake::Poll);
+        }
+        Some(failover::Trigger::Wait(w)) => {
+            why = format!("{why}; {w}");
+            d.cond("PrimaryAvailable", false, "PrimaryDown", why.clone());
+        }
+        None => {}
+    }
     if !all_caught_up {
         if d.s.phase != Some(InstancePhase::Active) {
             d.s.phase = Some(InstancePhase::Building);
@@ -469,7 +514,7 @@ fn steady(mut d: Draft, primary: &str, base: &str) -> Decision {
     d.s.message = None;
     members_ready(&mut d, &version);
     d.cond("Progressing", false, "Idle", String::new());
-    if d.s.quarantine.is_empty() {
+    if d.s.quarantine.iter().all(|q| q.held) {
         d.cond("Degraded", false, "NoFailure", String::new());
     }
     if o.credentials_changed.is_some() {
@@ -585,7 +630,10 @@ fn primary_available(d: &mut Draft) -> (bool, String) {
     let primary = d.s.primary.clone().unwrap_or_default();
     let o = d.o;
     let v = view(o, &primary, &o.inst.spec.upgrade_policy, Duration::ZERO);
-    let (up, reason, why) = primary_availability(&v);
+    let (up, reason, mut why) = primary_availability(&v);
+    if matches!(reason, "PrimaryDown" | "PrimaryNotLeading") && !o.inst.spec.failover.enabled {
+        why = format!("{why}; no standby is promoted (spec.failover is off)");
+    }
     d.cond("PrimaryAvailable", up, reason, why.clone());
     (up, why)
 }
@@ -607,7 +655,6 @@ fn primary_availability(v: &View) -> (bool, &'static str, String) {
             .clone()
             .unwrap_or_else(|| "no address yet".into())
     };
-    let promotes = "no standby is promoted outside a switchover";
     match (&p.probe, &p.waiting) {
         (Some(probe), _) if probe.role == Role::Primary => {
             (true, "Leading", format!("{name} leads"))
@@ -615,12 +662,12 @@ fn primary_availability(v: &View) -> (bool, &'static str, String) {
         (Some(_), _) => (
             false,
             "PrimaryNotLeading",
-            format!("the recorded primary {name} answers as a standby; {promotes}"),
+            format!("the recorded primary {name} answers as a standby"),
         ),
         (None, Some(w)) => (
             false,
             "PrimaryDown",
-            format!("the primary {name} is down: its node reports {w}; {promotes}"),
+            format!("the primary {name} is down: its node reports {w}"),
         ),
         (None, None) if p.ready => (
             false,
@@ -634,7 +681,7 @@ fn primary_availability(v: &View) -> (bool, &'static str, String) {
             false,
             "PrimaryDown",
             format!(
-                "the primary {name} does not answer ({}) and its node reports it not Ready; {promotes}",
+                "the primary {name} does not answer ({}) and its node reports it not Ready",
                 unanswered()
             ),
         ),

@@ -30,11 +30,12 @@ fn warning(reason: &'static str, message: String) -> Note {
 }
 
 /// Condition reasons that are worth a Warning the moment they appear.
-const WARN_REASONS: [&str; 12] = [
+const WARN_REASONS: [&str; 13] = [
     // The node confirms these; `PrimaryUnreachable` (Baton alone gets no answer, which one
     // slow probe under load also gives) stays in the condition, not an Event.
     "PrimaryDown",
     "PrimaryMissing",
+    "FailingOver",
     "TLSUnavailable",
     "ChangeRefused",
     "DatastoreUnsupported",
@@ -172,10 +173,27 @@ pub fn notes(old: &DatabaseInstanceStatus, new: &DatabaseInstanceStatus, act: &A
         crate::status::find(&s.conditions, "PrimaryAvailable").cloned()
     };
     if let (Some(was), Some(now)) = (primary(old), primary(new))
-        && matches!(was.reason.as_str(), "PrimaryDown" | "PrimaryMissing")
+        && matches!(
+            was.reason.as_str(),
+            "PrimaryDown" | "PrimaryMissing" | "FailingOver"
+        )
         && now.reason == "Leading"
     {
         out.push(normal("PrimaryAvailable", now.message));
+    }
+    // Once per failover: measuring the old member later changes the record, not the failover.
+    if let Some(f) = new
+        .last_failover
+        .as_ref()
+        .filter(|f| old.last_failover.as_ref().map(|o| &o.promoted_at) != Some(&f.promoted_at))
+    {
+        out.push(warning(
+            "FailedOver",
+            format!(
+                "{} was promoted in place of {}, down since {}; writes {} acknowledged that had not reached {} are not on it",
+                f.to, f.from, f.down_since.0, f.from, f.to
+            ),
+        ));
     }
     if let Act::SetVersion {
         member,
@@ -426,6 +444,7 @@ mod tests {
             reason: "accepted writes".into(),
             since: None,
             claim_uid: None,
+            held: false,
         }];
         assert_eq!(
             reasons(&notes(&status(None), &q, &Act::None)),
@@ -458,5 +477,71 @@ mod tests {
         );
         // Without a start in the same pass, the step's end has an Event of its own.
         assert_eq!(reasons(&notes(&a, &b, &Act::None)), ["StepCompleted"]);
+    }
+}
+
+#[cfg(test)]
+mod failover_tests {
+    use super::*;
+    use crate::crd::LastFailover;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
+
+    fn available(reason: &str, message: &str) -> DatabaseInstanceStatus {
+        DatabaseInstanceStatus {
+            conditions: vec![Condition {
+                type_: "PrimaryAvailable".into(),
+                status: if reason == "Leading" { "True" } else { "False" }.into(),
+                reason: reason.into(),
+                message: message.into(),
+                last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
+                observed_generation: None,
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_failover_is_told_when_it_starts_when_it_is_done_and_when_the_new_primary_leads() {
+        let down = available("PrimaryDown", "db-0 is down");
+        let failing = available("FailingOver", "failing over: db-0 …");
+        let n = notes(&down, &failing, &Act::None);
+        assert_eq!(
+            n.iter().map(|n| n.reason).collect::<Vec<_>>(),
+            ["FailingOver"]
+        );
+        // Its later stages change the message only: no second Warning.
+        let promoting = available("FailingOver", "failing over: promoting db-2 …");
+        assert!(notes(&failing, &promoting, &Act::None).is_empty());
+        let mut done = promoting.clone();
+        done.last_failover = Some(LastFailover {
+            from: "db-0".into(),
+            to: "db-2".into(),
+            down_since: Time(jiff::Timestamp::UNIX_EPOCH),
+            promoted_at: MicroTime(jiff::Timestamp::UNIX_EPOCH),
+            position: None,
+            last_seen_position: None,
+            unreplicated: None,
+        });
+        let n = notes(&promoting, &done, &Act::None);
+        assert_eq!(
+            n.iter().map(|n| n.reason).collect::<Vec<_>>(),
+            ["FailedOver"]
+        );
+        assert!(
+            n[0].message
+                .starts_with("db-2 was promoted in place of db-0")
+        );
+        // Measuring the old member later is no new failover.
+        let mut measured = done.clone();
+        measured.last_failover.as_mut().unwrap().unreplicated = Some("0 bytes".into());
+        let leads = DatabaseInstanceStatus {
+            conditions: available("Leading", "db-2 leads").conditions,
+            ..measured
+        };
+        let n = notes(&done, &leads, &Act::None);
+        assert_eq!(
+            n.iter().map(|n| n.reason).collect::<Vec<_>>(),
+            ["PrimaryAvailable"]
+        );
     }
 }

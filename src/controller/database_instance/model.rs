@@ -12,6 +12,8 @@ pub struct Member {
     pub name: String,
     /// The pod exists.
     pub exists: bool,
+    /// The pod's UID, when it exists (a failover waits for the down primary's pod to go).
+    pub pod_uid: Option<String>,
     /// The catalog version of the member's pod (its `baton.dev/version` annotation).
     pub version: Option<String>,
     pub ready: bool,
@@ -222,6 +224,9 @@ pub enum Act {
     },
     /// Point the primary label and the topology ConfigMap at `primary`.
     Publish { primary: String },
+    /// Delete `member`'s pod `uid` (a down primary being failed over): its node stops the
+    /// server, and the pod created in its place boots fenced.
+    Depose { member: String, uid: String },
     /// Make each of `members` load the TLS files its pod has mounted (a changed TLS Secret).
     ReloadTls { members: Vec<String> },
     /// Give every one of `members` the credentials Secret's passwords, then record them as
@@ -249,7 +254,8 @@ impl Act {
             | Act::Unfence { member }
             | Act::Promote { member, .. }
             | Act::CheckOffline { member, .. }
-            | Act::FinishOffline { member } => Some(member),
+            | Act::FinishOffline { member }
+            | Act::Depose { member, .. } => Some(member),
             Act::Publish { primary } => Some(primary),
             Act::Repoint { members, .. } => members.first().map(String::as_str),
             Act::SetPasswords { .. } | Act::ReloadTls { .. } => None,
@@ -267,6 +273,7 @@ impl Act {
             Act::Unfence { .. } => "unfence",
             Act::Promote { .. } => "promote",
             Act::Publish { .. } => "publish",
+            Act::Depose { .. } => "depose",
             Act::SetPasswords { .. } => "set-passwords",
             Act::ReloadTls { .. } => "reload-tls",
             Act::CheckOffline { .. } => "check-offline",

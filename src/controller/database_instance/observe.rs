@@ -535,6 +535,7 @@ async fn probe_all(
         Member {
             name: n.clone(),
             exists: pod.is_some(),
+            pod_uid: pod.and_then(|p| p.metadata.uid.clone()),
             version: pod.and_then(|p| p.annotations().get(ANNOTATION_VERSION).cloned()),
             ready: pod.is_some_and(pod_ready),
             fence_position: engine.fence_position(probe.as_ref(), pod),

@@ -836,3 +836,260 @@ fn a_primary_that_does_not_lead_is_reported_with_what_its_node_says() {
         d.status.conditions
     );
 }
+
+/// db-0 down for `down_for` seconds (its node reports it crash-looping), failover on.
+fn primary_down(down_for: i64, status: serde_json::Value) -> Observation {
+    let mut status = status;
+    status["conditions"] = json!([{
+        "type": "PrimaryAvailable", "status": "False", "reason": "PrimaryDown",
+        "message": "", "lastTransitionTime": "1970-01-01T00:00:00Z",
+    }]);
+    status["members"] = json!([{"pod": "db-0", "ready": true, "position": "aaa:100"}]);
+    let mut o = obs(SRC, status);
+    o.inst.spec.failover.enabled = true;
+    o.now = jiff::Timestamp::from_second(down_for).unwrap();
+    for (i, m) in o.members.iter_mut().enumerate() {
+        m.pod_uid = Some(format!("uid-{i}"));
+    }
+    let p = &mut o.members[0];
+    (p.probe, p.ready) = (None, false);
+    p.probe_error = Some("connection refused".into());
+    p.waiting = Some("CrashLoopBackOff: exited with 1".into());
+    o
+}
+
+fn at(m: &mut Member, pos: &str) {
+    m.probe.as_mut().unwrap().position = Position::parse_redis(pos).unwrap();
+}
+
+#[test]
+fn a_primary_down_past_the_grace_is_deposed_then_the_standby_holding_most_is_promoted() {
+    // Within the grace: nothing but the countdown.
+    let d = decide(&primary_down(10, active()));
+    assert_eq!(d.act, Act::None);
+    assert!(d.status.failover.is_none());
+    let msg = d.status.message.clone().unwrap_or_default();
+    assert!(
+        msg.contains("failing over at 1970-01-01T00:00:30Z"),
+        "{msg}"
+    );
+
+    // Past it: recorded, and the down pod (that very pod) deleted first; nothing promoted yet.
+    let d = decide(&primary_down(31, active()));
+    let depose = Act::Depose {
+        member: "db-0".into(),
+        uid: "uid-0".into(),
+    };
+    assert_eq!(d.act, depose);
+    let f = d.status.failover.clone().expect("recorded before the act");
+    assert_eq!((f.from.as_str(), f.to.as_deref()), ("db-0", None));
+    assert_eq!(f.from_pod_uid.as_deref(), Some("uid-0"));
+    assert_eq!(f.last_seen_position.as_deref(), Some("aaa:100"));
+    assert_eq!(d.status.primary.as_deref(), Some("db-0"));
+    assert_eq!(condition(&d, "PrimaryAvailable").reason, "FailingOver");
+    // Held: its new pod follows nobody until what it holds is measured.
+    assert_eq!(d.status.quarantine.len(), 1);
+    assert!(d.status.quarantine[0].held && d.status.quarantine[0].member == "db-0");
+
+    // The operator died after recording: the next pass deletes the same pod again.
+    let recorded = serde_json::to_value(&d.status).unwrap();
+    let o = primary_down(32, recorded.clone());
+    assert_eq!(decide(&o).act, depose);
+
+    // The pod is gone and one was created in its place (booting): the standby holding the
+    // most is chosen now, recorded as the primary, and promoted.
+    let mut o = primary_down(33, recorded.clone());
+    o.members[0].pod_uid = Some("uid-0b".into());
+    at(&mut o.members[1], "aaa:90");
+    at(&mut o.members[2], "aaa:100");
+    let d = decide(&o);
+    let promote = Act::Promote {
+        member: "db-2".into(),
+        at_least: None,
+    };
+    assert_eq!(d.act, promote);
+    assert_eq!(d.status.primary.as_deref(), Some("db-2"));
+    let f = d.status.failover.clone().unwrap();
+    assert_eq!(f.to.as_deref(), Some("db-2"));
+    assert_eq!(f.to_position.as_deref(), Some("aaa:100"));
+
+    // Died again before the promotion took: promoted again (idempotent).
+    let recorded = serde_json::to_value(&d.status).unwrap();
+    let mut o = primary_down(34, recorded.clone());
+    o.members[0].pod_uid = Some("uid-0b".into());
+    assert_eq!(decide(&o).act, promote);
+
+    // It leads (fenced): done, and what it lacked of what status last saw is reported.
+    let p = o.members[2].probe.as_mut().unwrap();
+    (p.role, p.fenced, p.following, p.streaming) = (Role::Primary, true, None, false);
+    p.position = Position::parse_redis("bbb:120").unwrap();
+    let d = decide(&o);
+    assert!(d.status.failover.is_none());
+    let last = d.status.last_failover.clone().expect("reported");
+    assert_eq!((last.from.as_str(), last.to.as_str()), ("db-0", "db-2"));
+    assert_eq!(last.last_seen_position.as_deref(), Some("aaa:100"));
+    // What it had got from db-0 when chosen: what the old primary is compared with later.
+    assert_eq!(last.position.as_deref(), Some("aaa:100"));
+    assert_eq!(last.unreplicated, None);
+    // The next pass converges on it: published first.
+    let o2 = Observation {
+        inst: {
+            let mut i = o.inst.clone();
+            i.status = Some(d.status.clone());
+            i
+        },
+        ..o.clone()
+    };
+    assert_eq!(
+        decide(&o2).act,
+        Act::Publish {
+            primary: "db-2".into()
+        }
+    );
+}
+
+#[test]
+fn no_failover_when_off_cut_off_or_without_a_standby_and_applied_before_promoted() {
+    // Off: the condition says nothing is promoted.
+    let mut o = primary_down(300, active());
+    o.inst.spec.failover.enabled = false;
+    let d = decide(&o);
+    assert_eq!(d.act, Act::None);
+    assert!(d.status.failover.is_none());
+    assert!(
+        condition(&d, "PrimaryAvailable")
+            .message
+            .contains("spec.failover is off")
+    );
+
+    // Its node reports it Ready though Baton gets no answer: maybe cut off, never failed over.
+    let mut o = primary_down(300, active());
+    o.members[0].ready = true;
+    o.members[0].waiting = None;
+    let d = decide(&o);
+    assert_eq!(
+        condition(&d, "PrimaryAvailable").reason,
+        "PrimaryUnreachable"
+    );
+    assert_eq!(d.act, Act::None);
+    assert!(d.status.failover.is_none());
+
+    // No standby answers: it waits and says so.
+    let mut o = primary_down(300, active());
+    for m in &mut o.members[1..] {
+        m.probe = None;
+    }
+    waits_saying(&o, "no standby answers");
+
+    // A standby that received more than it applied applies it before it is promoted.
+    let d = decide(&primary_down(31, active()));
+    let mut o = primary_down(33, serde_json::to_value(&d.status).unwrap());
+    o.members[0].pod_uid = Some("uid-0b".into());
+    for m in &mut o.members[1..] {
+        let p = m.probe.as_mut().unwrap();
+        p.received = Some(Position::parse_redis("aaa:150").unwrap());
+    }
+    waits_saying(&o, "applies what it received");
+}
+
+/// The pass does nothing and its message says `why`.
+fn waits_saying(o: &Observation, why: &str) {
+    let d = decide(o);
+    assert_eq!(d.act, Act::None);
+    let msg = d.status.message.unwrap_or_default();
+    assert!(msg.contains(why), "{msg}");
+}
+
+#[test]
+fn the_old_primary_rejoins_only_when_it_holds_nothing_the_new_one_lacks() {
+    // db-2 leads after a failover from db-0, which got everything up to aaa:100 from it.
+    let status = json!({
+        "phase": "Active", "version": SRC, "primary": "db-2",
+        "lastFailover": {"from": "db-0", "to": "db-2", "downSince": "1970-01-01T00:00:00Z",
+            "promotedAt": "1970-01-01T00:00:30.000000Z", "position": "aaa:100"},
+        "quarantine": [{"member": "db-0", "reason": "deposed", "held": true}],
+    });
+    let back = |pos: &str| {
+        let mut o = obs(SRC, status.clone());
+        o.published = Some("db-2".into());
+        let p = o.members[2].probe.as_mut().unwrap();
+        (p.role, p.fenced, p.following, p.streaming) = (Role::Primary, false, None, false);
+        p.position = Position::parse_redis("bbb:500").unwrap();
+        for i in [0, 1] {
+            let p = o.members[i].probe.as_mut().unwrap();
+            (p.role, p.following, p.streaming) = (Role::Standby, Some(host(2)), true);
+        }
+        // db-0, back from its new pod, booted fenced on its own data: a fenced primary.
+        let p = o.members[0].probe.as_mut().unwrap();
+        (p.role, p.fenced, p.following, p.streaming) = (Role::Primary, true, None, false);
+        p.position = Position::parse_redis(pos).unwrap();
+        o.members[1].probe.as_mut().unwrap().position = Position::parse_redis("bbb:500").unwrap();
+        decide(&o)
+    };
+    // Held and not yet back: nothing is said of it, nothing repoints it.
+    let mut o = obs(SRC, status.clone());
+    o.published = Some("db-2".into());
+    o.members[0].probe = None;
+    let d = decide(&o);
+    assert!(d.status.quarantine[0].held);
+    assert!(
+        d.status
+            .conditions
+            .iter()
+            .all(|c| c.type_ != "Degraded" || c.status == "False"),
+        "{:?}",
+        d.status.conditions
+    );
+
+    // Nothing beyond what db-2 got: measured as 0, released, and repointed.
+    let d = back("aaa:100");
+    let last = d.status.last_failover.clone().unwrap();
+    assert_eq!(last.unreplicated.as_deref(), Some("0 bytes"));
+    assert_eq!(
+        d.act,
+        Act::Repoint {
+            members: vec!["db-0".into()],
+            primary: "db-2".into()
+        }
+    );
+    assert!(d.status.quarantine.is_empty());
+
+    // 30 bytes db-2 never got: kept on db-0, fenced and quarantined, never repointed.
+    let d = back("aaa:130");
+    assert_eq!(
+        d.status
+            .last_failover
+            .clone()
+            .unwrap()
+            .unreplicated
+            .as_deref(),
+        Some("30 bytes")
+    );
+    assert_eq!(
+        d.act,
+        Act::Fence {
+            member: "db-0".into()
+        }
+    );
+    assert_eq!(d.status.quarantine.len(), 1);
+    assert!(!d.status.quarantine[0].held);
+    assert!(
+        d.status.quarantine[0]
+            .reason
+            .contains("holds 30 bytes that db-2 never got")
+    );
+    assert_eq!(condition(&d, "Degraded").reason, "SecondPrimary");
+
+    // A history that cannot be compared: unknown, and kept too.
+    let d = back("ccc:5");
+    assert_eq!(
+        d.status
+            .last_failover
+            .clone()
+            .unwrap()
+            .unreplicated
+            .as_deref(),
+        Some("unknown")
+    );
+    assert_eq!(d.status.quarantine.len(), 1);
+}
