@@ -515,7 +515,15 @@ async fn failed_over(f: Flavor, prefix: &str, writing: bool) {
     drop(hung);
     assert_eq!(st.phase, Some(InstancePhase::Active));
     assert_eq!(st.primary.as_deref(), Some(last.to.as_str()));
-    let new_ip = env.primary_ip("db").await;
+    // The label names the promoted standby once it is published (the measurement of the old
+    // member may come first).
+    let new_ip = eventually(Duration::from_secs(60), || async {
+        let ip = crate::workload::primary_address(&env.client, &env.ns, "db").await?;
+        let members = crate::workload::member_addresses(&env.client, &env.ns, "db").await;
+        (members.get(&last.to) == Some(&ip)).then_some(ip)
+    })
+    .await
+    .unwrap_or_else(|| panic!("the primary label never moved to {}", last.to));
     if !writing {
         // Idle through the failover: nothing can be missing; a writer after it must reach
         // every member that follows, the rejoined one included.

@@ -398,7 +398,9 @@ fn missing_pods(d: &Draft, primary: &str, base: &str) -> Vec<NewPod> {
                 name: m.name.clone(),
                 image: image_of(&version),
                 version,
-                primary: m.name == primary,
+                // A primary being failed over comes back unlabelled: label-following clients
+                // wait for the promoted standby rather than knock on a fenced member.
+                primary: m.name == primary && d.s.failover.is_none(),
             }
         })
         .collect()

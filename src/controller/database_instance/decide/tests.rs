@@ -896,6 +896,23 @@ fn a_primary_down_past_the_grace_is_deposed_then_the_standby_holding_most_is_pro
     let o = primary_down(32, recorded.clone());
     assert_eq!(decide(&o).act, depose);
 
+    // The pod is gone: created again, not labelled primary (nothing to write to yet).
+    let mut o = primary_down(33, recorded.clone());
+    o.members[0] = Member {
+        name: "db-0".into(),
+        claim_uid: Some("claim-0".into()),
+        ..Default::default()
+    };
+    match decide(&o).act {
+        Act::ApplyChildren { pods } => {
+            assert!(
+                pods.iter().any(|p| p.name == "db-0" && !p.primary),
+                "{pods:?}"
+            )
+        }
+        a => panic!("{a:?}"),
+    }
+
     // The pod is gone and one was created in its place (booting): the standby holding the
     // most is chosen now, recorded as the primary, and promoted.
     let mut o = primary_down(33, recorded.clone());
