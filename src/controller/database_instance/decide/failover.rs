@@ -2,11 +2,13 @@
 //! is deposed, then the standby holding the most is promoted.
 //!
 //! Deposed first: its pod is deleted, so its node stops the server for good and the pod created
-//! in its place boots fenced. Only then is a standby chosen (nothing moves any more) and
-//! recorded as the primary before it is promoted; the usual convergence publishes it, lifts its
-//! fence once it is the only member that could take a write, and repoints the rest — the old
-//! member too, once it starts (PostgreSQL rewinds it on boot). Each stage is recorded before
-//! its act and each act is idempotent, so an operator that dies mid-way finishes it.
+//! in its place boots fenced, held in the quarantine list so that it follows nobody. Only then
+//! is a standby chosen (nothing moves any more) and recorded as the primary before it is
+//! promoted; the usual convergence publishes it, lifts its fence once it is the only member that
+//! could take a write, and repoints the rest. The old member, once it answers, is measured
+//! against what the promoted standby got: released to rejoin when it holds nothing more, kept
+//! with its writes otherwise. Each stage is recorded before its act and each act is idempotent,
+//! so an operator that dies mid-way finishes it.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 
