@@ -1009,6 +1009,11 @@ fn no_failover_when_off_cut_off_or_without_a_standby_and_applied_before_promoted
     waits_saying(&o, "applies what it received");
 }
 
+/// What the pass measured the last failover's old primary to hold beyond the new one.
+fn unreplicated(d: &Decision) -> Option<String> {
+    d.status.last_failover.as_ref()?.unreplicated.clone()
+}
+
 /// The pass does nothing and its message says `why`.
 fn waits_saying(o: &Observation, why: &str) {
     let d = decide(o);
@@ -1060,8 +1065,7 @@ fn the_old_primary_rejoins_only_when_it_holds_nothing_the_new_one_lacks() {
 
     // Nothing beyond what db-2 got: measured as 0, released, and repointed.
     let d = back("aaa:100");
-    let last = d.status.last_failover.clone().unwrap();
-    assert_eq!(last.unreplicated.as_deref(), Some("0 bytes"));
+    assert_eq!(unreplicated(&d).as_deref(), Some("0 bytes"));
     assert_eq!(
         d.act,
         Act::Repoint {
@@ -1073,15 +1077,7 @@ fn the_old_primary_rejoins_only_when_it_holds_nothing_the_new_one_lacks() {
 
     // 30 bytes db-2 never got: kept on db-0, fenced and quarantined, never repointed.
     let d = back("aaa:130");
-    assert_eq!(
-        d.status
-            .last_failover
-            .clone()
-            .unwrap()
-            .unreplicated
-            .as_deref(),
-        Some("30 bytes")
-    );
+    assert_eq!(unreplicated(&d).as_deref(), Some("30 bytes"));
     assert_eq!(
         d.act,
         Act::Fence {
@@ -1099,14 +1095,6 @@ fn the_old_primary_rejoins_only_when_it_holds_nothing_the_new_one_lacks() {
 
     // A history that cannot be compared: unknown, and kept too.
     let d = back("ccc:5");
-    assert_eq!(
-        d.status
-            .last_failover
-            .clone()
-            .unwrap()
-            .unreplicated
-            .as_deref(),
-        Some("unknown")
-    );
+    assert_eq!(unreplicated(&d).as_deref(), Some("unknown"));
     assert_eq!(d.status.quarantine.len(), 1);
 }
