@@ -324,6 +324,25 @@ async fn invalid_resources_are_rejected_with_a_message_naming_the_field() {
         &m,
         &["spec.failover.afterSeconds", "greater than or equal to 5"],
     );
+    // Synchronous durability needs a standby to acknowledge, and an engine that has it.
+    let m = refused(
+        &client,
+        &ns,
+        "DatabaseInstance",
+        "lonely",
+        json!({"datastore": {"type": "postgresql", "version": "16.13"}, "durability": "Replicated"}),
+    )
+    .await;
+    assert_names(&m, &["spec.durability", "set replicas to 2 or more"]);
+    let m = refused(
+        &client,
+        &ns,
+        "DatabaseInstance",
+        "waitless",
+        json!({"datastore": redis("7.0.15"), "replicas": 3, "durability": "Replicated"}),
+    )
+    .await;
+    assert_names(&m, &["spec.durability", "WAIT 1"]);
     let m = refused(
         &client,
         &ns,

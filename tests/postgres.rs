@@ -79,6 +79,13 @@ async fn a_hung_primary_is_failed_over_with_failover_on_and_rejoins() {
     scenarios::hung_primary_is_failed_over_and_rejoins(POSTGRES, "pg-failover").await;
 }
 
+/// With `durability: Replicated` the same failover loses no acknowledged write (see the
+/// scenario).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_primary_with_replicated_durability_is_failed_over_losing_nothing() {
+    scenarios::hung_replicated_primary_is_failed_over_losing_nothing(POSTGRES, "pg-durable").await;
+}
+
 /// With no writes in flight the old primary holds nothing more and rejoins on its own (Redis:
 /// kept, its history cannot be compared); see the scenario.
 #[tokio::test(flavor = "multi_thread")]

@@ -37,6 +37,8 @@ use super::upgrade_request::UpgradeType;
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[x_kube(validation = Rule::new("self.durability != 'Replicated' || self.replicas >= 2").message("durability Replicated waits for a standby to have each write: set replicas to 2 or more (3 keep writes flowing while one member restarts)").field_path(".durability"))]
+#[x_kube(validation = Rule::new("self.durability != 'Replicated' || self.datastore.type == 'postgresql'").message("durability Replicated is built for PostgreSQL only: Redis replication has no synchronous acknowledgement (have the client call WAIT 1 <ms> after a write it must not lose), and MariaDB semi-synchronous replication is not supported yet; use durability Local").field_path(".durability"))]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseInstanceSpec {
     /// The datastore type and the desired version. Changing `version` to a newer catalog
@@ -93,6 +95,31 @@ pub struct DatabaseInstanceSpec {
     /// Off by default (Baton then restarts the primary in place and promotes nothing).
     #[serde(default)]
     pub failover: FailoverPolicy,
+
+    /// When a write is acknowledged. `Local` (default): once the primary has it; replication
+    /// is asynchronous, so a failover may lose the last writes (counted in
+    /// `status.lastFailover`). `Replicated`: only once a standby has it too (PostgreSQL
+    /// `synchronous_standby_names = 'ANY 1 (*)'`, every commit waiting for one standby to
+    /// flush it), so a failover, which promotes the standby holding the most, loses nothing
+    /// acknowledged. Each commit costs a round trip to a standby, and writes wait while no
+    /// standby follows: with `replicas: 2`, while the standby restarts (an upgrade) and after a
+    /// failover until the old primary rejoins; 3 members keep a standby to answer. Needs 2
+    /// members or more; PostgreSQL only for now (Redis replication has no synchronous
+    /// acknowledgement: a client that must not lose a write calls `WAIT 1 <ms>` after it).
+    /// Set it when the instance is created (members start with it).
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("durability is set when the instance is created (its members start with it): create a new instance to change it"))]
+    pub durability: Durability,
+}
+
+/// When a write is acknowledged: on the primary alone, or on a standby too.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Acknowledged once the primary has it (asynchronous replication).
+    #[default]
+    Local,
+    /// Acknowledged once a standby has it too (synchronous replication to any one standby).
+    Replicated,
 }
 
 /// When Baton replaces a primary that is down.

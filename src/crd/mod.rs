@@ -20,10 +20,10 @@ pub use common::{
     UpgradePolicy, VERSION_PATTERN, Weekday,
 };
 pub use database_instance::{
-    CredentialsRef, DatabaseInstance, DatabaseInstanceSpec, DatabaseInstanceStatus, FailoverPolicy,
-    FailoverState, InstancePhase, LastFailover, LastSwitchover, MemberRole, MemberStatus,
-    OfflineUpgrade, QuarantinedMember, StepKind, SwitchoverStage, SwitchoverState, UpgradeInFlight,
-    UpgradeOutcome, UpgradeResult, UpgradeStep,
+    CredentialsRef, DatabaseInstance, DatabaseInstanceSpec, DatabaseInstanceStatus, Durability,
+    FailoverPolicy, FailoverState, InstancePhase, LastFailover, LastSwitchover, MemberRole,
+    MemberStatus, OfflineUpgrade, QuarantinedMember, StepKind, SwitchoverStage, SwitchoverState,
+    UpgradeInFlight, UpgradeOutcome, UpgradeResult, UpgradeStep,
 };
 pub use datastore_version::{
     DatastoreVersion, DatastoreVersionSpec, DatastoreVersionStatus, UpgradeEdge,

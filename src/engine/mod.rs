@@ -403,6 +403,10 @@ pub struct MemberTemplate<'a> {
     /// The member is a node of a sharded cluster (Redis Cluster): it boots in cluster mode and
     /// never follows a primary by itself; the Cluster forms and repoints it.
     pub cluster: bool,
+    /// Writes are acknowledged only once a standby has them too (`spec.durability:
+    /// Replicated`); an engine without synchronous replication never gets it (admission
+    /// refuses it).
+    pub replicated: bool,
 }
 
 /// Where a member's TLS Secret is mounted.

@@ -220,6 +220,9 @@ while :; do
   sed -i '/^primary_conninfo/d' "$PGDATA/postgresql.auto.conf"
 done"#;
 
+/// `spec.durability: Replicated`: any one standby, whatever its name.
+const SYNCHRONOUS_STANDBYS: &str = "ANY 1 (*)";
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Postgres;
 
@@ -240,6 +243,10 @@ async fn connect_once(t: &Target) -> Result<(Client, bool), EngineError> {
         .dbname(ADMIN_DB)
         .user(ADMIN_USER)
         .application_name("baton")
+        // Baton's own commits (the fence list, role passwords) never wait for a synchronous
+        // standby: it unfences a promoted member before it repoints the standbys to it, and
+        // a clean stop streams everything anyway.
+        .options("-c synchronous_commit=local")
         .connect_timeout(TIMEOUT);
     if let Some(c) = &t.credentials {
         if let Some(u) = &c.username {
@@ -517,6 +524,14 @@ impl Engine for Postgres {
             value: Some(format!("{DATA}/pgdata")),
             ..Default::default()
         });
+        if m.replicated {
+            // The server's arguments (`"$@"`): a commit returns once any one standby has
+            // flushed it. Every member gets it; only a primary uses it.
+            c.args = Some(vec![
+                "-c".into(),
+                format!("synchronous_standby_names={SYNCHRONOUS_STANDBYS}"),
+            ]);
+        }
         c
     }
 
@@ -870,6 +885,7 @@ mod tests {
             credentials: "db-credentials",
             tls: None,
             cluster: false,
+            replicated: false,
         });
         let env = serde_json::to_string(&c.env).unwrap();
         assert!(
@@ -877,5 +893,17 @@ mod tests {
             "{env}"
         );
         assert!(!env.contains("\"value\":\"s3cr"), "no literal secret");
+        assert_eq!(c.args, None, "asynchronous unless asked");
+        let sync = Postgres.container(&MemberTemplate {
+            replicated: true,
+            topology: "db-topology",
+            credentials: "db-credentials",
+            tls: None,
+            cluster: false,
+        });
+        assert_eq!(
+            sync.args.unwrap(),
+            ["-c", "synchronous_standby_names=ANY 1 (*)"]
+        );
     }
 }

@@ -583,6 +583,7 @@ mod tests {
             credentials: "c-shard-0-credentials",
             tls: None,
             cluster: true,
+            replicated: false,
         });
         let args = c.args.clone().unwrap().join(" ");
         for want in [
@@ -610,6 +611,7 @@ mod tests {
                 credentials: "c",
                 tls: None,
                 cluster: true,
+                replicated: false,
             }
         });
         assert!(!plain.args.unwrap().join(" ").contains("cluster-enabled"));
@@ -623,6 +625,7 @@ mod tests {
             credentials: "db-credentials",
             tls: None,
             cluster: false,
+            replicated: false,
         });
         let args = c.args.clone().unwrap();
         let fence = args

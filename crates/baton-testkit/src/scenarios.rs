@@ -415,7 +415,15 @@ pub async fn hung_primary_is_reported_down_and_not_replaced(f: Flavor, prefix: &
 /// was acknowledged by the old one and is on it. The operator is killed
 /// right after it deleted the old primary's pod; the next one finishes the failover.
 pub async fn hung_primary_is_failed_over_and_rejoins(f: Flavor, prefix: &str) {
-    failed_over(f, prefix, true).await;
+    failed_over(f, prefix, true, false).await;
+}
+
+/// The same failover with `spec.durability: Replicated` (a commit returns once a standby has
+/// it): every acknowledged write, the hung primary's last ones included, is on the promoted
+/// standby. The old member may still hold commits no client saw acknowledged (made locally,
+/// then waiting for a standby when it hung); it is measured and kept or rejoins as before.
+pub async fn hung_replicated_primary_is_failed_over_losing_nothing(f: Flavor, prefix: &str) {
+    failed_over(f, prefix, true, true).await;
 }
 
 /// The same failover with no client writing when the primary hangs: the old member holds
@@ -423,12 +431,15 @@ pub async fn hung_primary_is_failed_over_and_rejoins(f: Flavor, prefix: &str) {
 /// (PostgreSQL, MariaDB); a restarted Redis starts a new replication history that Baton cannot
 /// compare, so it is kept.
 pub async fn idle_primary_is_failed_over_and_rejoins(f: Flavor, prefix: &str) {
-    failed_over(f, prefix, false).await;
+    failed_over(f, prefix, false, false).await;
 }
 
-async fn failed_over(f: Flavor, prefix: &str, writing: bool) {
+async fn failed_over(f: Flavor, prefix: &str, writing: bool, replicated: bool) {
     let mut spec = f.spec();
     spec["failover"] = json!({"enabled": true, "afterSeconds": 5});
+    if replicated {
+        spec["durability"] = json!("Replicated");
+    }
     let (env, op) = Env::with_active(prefix, "db", 3, spec).await;
     let old_ip = env.primary_ip("db").await;
     let (op, hung, hung_at, mut clients) = if writing {
@@ -590,6 +601,12 @@ async fn failed_over(f: Flavor, prefix: &str, writing: bool) {
             assert!(held.is_some(), "{pod} lacks writes the new primary holds");
         }
     }
+    if replicated {
+        assert_eq!(
+            lost, 0,
+            "durability Replicated: writes acknowledged by the hung primary are not on the promoted standby (unreplicated: {unreplicated})"
+        );
+    }
     if !kept {
         assert_eq!(
             lost, 0,
@@ -599,8 +616,13 @@ async fn failed_over(f: Flavor, prefix: &str, writing: bool) {
         assert!(!unreplicated.starts_with("0 "), "{unreplicated}");
     }
     println!(
-        "{:?} failover: {} promoted {:.1}s after the hang (afterSeconds 5); writes acknowledged {} + {} pinned, {lost} not on the new primary (all acknowledged by the hung primary); db-0 {} (unreplicated: {unreplicated})",
+        "{:?}{} failover: {} promoted {:.1}s after the hang (afterSeconds 5); writes acknowledged {} + {} pinned, {lost} not on the new primary (all acknowledged by the hung primary); db-0 {} (unreplicated: {unreplicated})",
         f.datastore,
+        if replicated {
+            " (durability Replicated)"
+        } else {
+            ""
+        },
         last.to,
         promoted_after.as_secs_f64(),
         report.acked.len(),

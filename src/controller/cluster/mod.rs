@@ -606,6 +606,7 @@ async fn ensure_shard(ctx: &Context, cluster: &Cluster, name: &str, version: &st
             tls: None,
             // A shard's roles are the Cluster's (every node's view decides a failover).
             failover: Default::default(),
+            durability: Default::default(),
         },
     );
     shard.metadata = meta(cluster, name.to_string());

@@ -22,7 +22,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
-use crate::crd::DatabaseInstance;
+use crate::crd::{DatabaseInstance, Durability};
 use crate::engine::{
     Engine, MemberTemplate, TOPOLOGY_PRIMARY_HOST, TOPOLOGY_PRIMARY_POD, TOPOLOGY_QUARANTINED,
 };
@@ -188,6 +188,7 @@ pub fn pod(
         credentials: &credentials,
         tls,
         cluster: inst.cluster_owner().is_some(),
+        replicated: inst.spec.durability == Durability::Replicated,
     });
     container.image = Some(image.into());
     container.resources = inst.spec.members.resources.clone();

@@ -215,6 +215,7 @@ fn every_member_boots_read_only_and_follows_the_recorded_primary() {
         credentials: "db-credentials",
         tls: None,
         cluster: false,
+        replicated: false,
     });
     let env = serde_json::to_string(&c.env).unwrap();
     assert!(env.contains("db-credentials") && env.contains(crate::engine::REPLICATION_PASSWORD));
