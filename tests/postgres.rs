@@ -86,6 +86,17 @@ async fn a_hung_primary_with_replicated_durability_is_failed_over_losing_nothing
     scenarios::hung_replicated_primary_is_failed_over_losing_nothing(POSTGRES, "pg-durable").await;
 }
 
+/// A primary that dies while the upgrade restarts a standby: the upgrade pauses, the failover
+/// runs, the old primary rejoins and the upgrade resumes to the end (see the scenario).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_primary_dying_mid_upgrade_is_failed_over_and_the_upgrade_resumes() {
+    scenarios::primary_dying_mid_upgrade_is_failed_over_and_the_upgrade_resumes(
+        POSTGRES,
+        "pg-failover-upgrade",
+    )
+    .await;
+}
+
 /// With no writes in flight the old primary holds nothing more and rejoins on its own (Redis:
 /// kept, its history cannot be compared); see the scenario.
 #[tokio::test(flavor = "multi_thread")]

@@ -434,6 +434,130 @@ pub async fn idle_primary_is_failed_over_and_rejoins(f: Flavor, prefix: &str) {
     failed_over(f, prefix, false, false).await;
 }
 
+/// Failover during an upgrade (`spec.failover` on): the primary hangs for good while the
+/// upgrade restarts its first standby. The upgrade pauses, the standby holding the most is
+/// promoted, the old primary comes back from a new pod, is measured holding nothing more and
+/// rejoins as a standby, and the upgrade resumes from its step on the new primary and ends with
+/// every member on the target. The writer stops just before the hang, so the old member holds
+/// nothing more and rejoins (writes in flight at a hang are the failover scenarios' part); a
+/// label-following and a pinned writer then write through the rest of the upgrade. Nothing
+/// acknowledged by either is lost.
+pub async fn primary_dying_mid_upgrade_is_failed_over_and_the_upgrade_resumes(
+    f: Flavor,
+    prefix: &str,
+) {
+    let mut spec = f.spec();
+    spec["failover"] = json!({"enabled": true, "afterSeconds": 5});
+    let (env, op) = Env::with_active(prefix, "db", 3, spec).await;
+    drop(op);
+    // Sleeps right after db-1's new image is set: the primary hangs with that step in flight,
+    // whatever the test's polling costs.
+    let op = env.operator_with(
+        &format!("{prefix}-held"),
+        &[("BATON_HOLD_AT", "api:pod-image@1#1:4000")],
+    );
+    let (stop, before) = env.writer("db");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    env.patch_spec("db", f.at(f.target)).await;
+    let stepping = eventually(Duration::from_secs(60), || async {
+        let u = env.instances.get("db").await.ok()?.status?.upgrade?;
+        (u.step.kind == baton::crd::StepKind::UpgradeStandby
+            && u.step.member.as_deref() == Some("db-1"))
+        .then_some(())
+    })
+    .await;
+    assert!(stepping.is_some(), "the upgrade never restarted db-1");
+    stop.cancel();
+    let before = before.await.expect("writer");
+    // Replication is asynchronous: the standbys get the last acknowledged writes first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let hung = crate::faults::hang_member(&env, "db-0")
+        .await
+        .expect("db-0's processes stopped");
+    let hung_at = std::time::Instant::now();
+    let paused = eventually(Duration::from_secs(60), || async {
+        let st = env.instances.get("db").await.ok()?.status?;
+        let msg = st.message.unwrap_or_default();
+        (st.upgrade.is_some() && msg.starts_with("upgrade paused")).then_some(msg)
+    })
+    .await
+    .unwrap_or_else(|| panic!("the upgrade never paused:\n{}", tail(&op.logs(), 30)));
+    env.wait_event_within("db", "FailingOver", "db-0", Duration::from_secs(90))
+        .await;
+    let last = eventually(Duration::from_secs(120), || async {
+        env.instances.get("db").await.ok()?.status?.last_failover
+    })
+    .await
+    .unwrap_or_else(|| panic!("no failover:\n{}", tail(&op.logs(), 30)));
+    let promoted_after = hung_at.elapsed();
+    assert_eq!(last.from, "db-0");
+    assert_ne!(last.to, "db-0");
+    let promoted_on = env
+        .status("db")
+        .await
+        .members
+        .iter()
+        .find(|m| m.pod == last.to)
+        .and_then(|m| m.version.clone())
+        .unwrap_or_default();
+    // Key spaces of their own: the first writer's keys are taken.
+    let clients = [
+        env.writer_with("db", "a", crate::workload::Route::FollowLabel),
+        env.writer_with(
+            "db",
+            "p",
+            crate::workload::Route::Pinned(env.primary_ip("db").await),
+        ),
+    ];
+    let inst = env
+        .wait_for("db", InstancePhase::Active, f.target, &op)
+        .await;
+    let resumed_after = hung_at.elapsed();
+    drop(hung);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut reports = vec![before];
+    for (stop, task) in clients {
+        stop.cancel();
+        reports.push(task.await.expect("writer"));
+    }
+    assert!(
+        reports[1].acked.len() > 10,
+        "the label-following writer barely wrote after the failover: {:?}",
+        reports[1]
+    );
+    let st = inst.status.expect("status");
+    let measured = st
+        .last_failover
+        .as_ref()
+        .and_then(|l| l.unreplicated.clone())
+        .unwrap_or_default();
+    assert!(
+        measured.starts_with("0 "),
+        "db-0 should hold nothing more (the writer stopped before the hang): {measured}"
+    );
+    assert!(st.quarantine.is_empty(), "{:?}", st.quarantine);
+    assert_eq!(
+        st.last_upgrade.as_ref().map(|l| l.result),
+        Some(baton::crd::UpgradeResult::Succeeded),
+        "{:?}",
+        st.last_upgrade
+    );
+    env.assert_all_run("db", f.target).await;
+    let refs: Vec<&crate::workload::Report> = reports.iter().collect();
+    assert_nothing_lost(&env, "db", &refs).await;
+    println!(
+        "{:?} failover mid-upgrade: {} (on {promoted_on}) promoted {:.1}s after the hang (afterSeconds 5; paused: {paused}); the upgrade ended {:.1}s after the hang; writes acknowledged {} before, {} + {} pinned after, none lost",
+        f.datastore,
+        last.to,
+        promoted_after.as_secs_f64(),
+        resumed_after.as_secs_f64(),
+        reports[0].acked.len(),
+        reports[1].acked.len(),
+        reports[2].acked.len(),
+    );
+    delete_namespace(&env.client, &env.ns).await;
+}
+
 async fn failed_over(f: Flavor, prefix: &str, writing: bool, replicated: bool) {
     let mut spec = f.spec();
     spec["failover"] = json!({"enabled": true, "afterSeconds": 5});

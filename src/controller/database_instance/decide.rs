@@ -857,6 +857,9 @@ fn in_flight(mut d: Draft, mut u: UpgradeInFlight, primary: &str) -> Decision {
         may_start_step: !u.window_only || o.window_open,
         ..view(o, primary, &policy, step_elapsed)
     };
+    if let Some((act, wake)) = failover::during_upgrade(&mut d, &u, &v) {
+        return d.done(act, wake);
+    }
     if let Some(why) = u.failure.clone() {
         return failed(d, u, why, reverting, &v);
     }

@@ -13,7 +13,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 
 use super::*;
-use crate::crd::{FailoverState, LastFailover};
+use crate::crd::{FailoverState, LastFailover, StepKind};
 use crate::engine::Position;
 
 /// What the trigger decided for a primary that does not lead.
@@ -251,8 +251,12 @@ pub(super) fn rejoin(d: &mut Draft, primary: &str) -> Option<Act> {
     if let Some(f) = d.s.last_failover.as_mut() {
         f.unreplicated = Some(text.clone());
     }
-    // Judged now: released, or kept with what it holds.
+    // Judged now: released, or kept with what it holds. An upgrade paused for this resumes
+    // with its step's clock restarted.
     d.s.quarantine.retain(|q| !(q.member == m.name && q.held));
+    if let Some(u) = d.s.upgrade.as_mut() {
+        u.step_started = Some(Time(o.now));
+    }
     if beyond.is_some_and(Lag::is_zero) {
         return None;
     }
@@ -278,6 +282,67 @@ pub(super) fn rejoin(d: &mut Draft, primary: &str) -> Option<Act> {
     Some(Act::Fence {
         member: m.name.clone(),
     })
+}
+
+/// A primary that dies while an upgrade is in flight. A step that leaves the primary alone (a
+/// standby restarting, the pre-check, a canary awaiting commit; no switchover fencing it, not
+/// offline) lets the failover take over as outside an upgrade: the upgrade pauses from the
+/// moment the primary is down until the deposed member has been measured, then resumes at its
+/// step on the new primary with the step's clock restarted. A step that owns the primary (its
+/// switchover or its own restart) keeps it: that step's timeout and undo apply. `None`: the
+/// upgrade plans as usual.
+pub(super) fn during_upgrade(d: &mut Draft, u: &UpgradeInFlight, v: &View) -> Option<(Act, Wake)> {
+    let o = d.o;
+    let measured = |d: &Draft| {
+        d.s.last_failover
+            .as_ref()
+            .is_some_and(|l| l.unreplicated.is_some())
+    };
+    let before = measured(d);
+    if let Some(act) = rejoin(d, v.primary) {
+        mark_quarantine(d);
+        return Some((act, Wake::Now));
+    }
+    if measured(d) != before {
+        // Released: repointed now (the plan repoints only its step's member); the next pass
+        // plans from the record with its clock restarted.
+        let quarantined: Vec<String> = d.s.quarantine.iter().map(|q| q.member.clone()).collect();
+        let v = View {
+            quarantined: &quarantined,
+            ..*v
+        };
+        return Some((converge(o, &v, v.primary).unwrap_or(Act::None), Wake::Now));
+    }
+    let leaves_primary = u.switchover.is_none()
+        && u.offline.is_none()
+        && matches!(
+            u.step.kind,
+            StepKind::PreCheck | StepKind::UpgradeStandby | StepKind::AwaitingCommit
+        )
+        && u.step.member.as_deref() != Some(v.primary);
+    if o.inst.spec.failover.enabled && leaves_primary {
+        let (up, why) = primary_available(d);
+        match trigger(d, v).filter(|_| !up) {
+            Some(Trigger::Start(f, act)) => {
+                say(d, deposing(&f));
+                hold(d, &f.from);
+                d.s.failover = Some(*f);
+                return Some((act, Wake::Poll));
+            }
+            Some(Trigger::Wait(w)) => {
+                let why = format!("{why}; {w}");
+                d.cond("PrimaryAvailable", false, "PrimaryDown", why.clone());
+                d.s.message = Some(format!("upgrade paused: {why}"));
+                return Some((Act::None, Wake::Poll));
+            }
+            None => {}
+        }
+    }
+    let held = d.s.quarantine.iter().find(|q| q.held)?.member.clone();
+    d.s.message = Some(format!(
+        "upgrade paused after a failover: it resumes once {held}, the deposed primary, answers and what it holds is measured"
+    ));
+    Some((converge(o, v, v.primary).unwrap_or(Act::None), Wake::Poll))
 }
 
 /// The message while `f.from` is deposed.

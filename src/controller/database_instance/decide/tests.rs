@@ -1098,3 +1098,131 @@ fn the_old_primary_rejoins_only_when_it_holds_nothing_the_new_one_lacks() {
     assert_eq!(unreplicated(&d).as_deref(), Some("unknown"));
     assert_eq!(d.status.quarantine.len(), 1);
 }
+
+/// An upgrade to `DST` in flight at `step` (and `switchover`, when given).
+fn upgrading(step: serde_json::Value, switchover: Option<serde_json::Value>) -> serde_json::Value {
+    let mut s = active();
+    s["phase"] = json!("Upgrading");
+    s["upgrade"] = json!({
+        "sourceVersion": SRC, "targetVersion": DST, "step": step, "originalPrimary": "db-0",
+        "stepStarted": "1970-01-01T00:00:00Z",
+    });
+    if let Some(sw) = switchover {
+        s["upgrade"]["switchover"] = sw;
+    }
+    s
+}
+
+#[test]
+fn a_primary_dying_under_a_standby_step_pauses_the_upgrade_and_is_failed_over() {
+    let standby_step = || upgrading(json!({"kind": "UpgradeStandby", "member": "db-1"}), None);
+    let with_spec = |mut o: Observation| {
+        o.inst.spec.datastore.version = DST.into();
+        o
+    };
+    // Down within the grace: the upgrade pauses (nothing restarts) and says when it fails over.
+    let d = decide(&with_spec(primary_down(10, standby_step())));
+    assert_eq!(d.act, Act::None);
+    let msg = d.status.message.clone().unwrap_or_default();
+    assert!(msg.starts_with("upgrade paused:"), "{msg}");
+    assert!(
+        msg.contains("failing over at 1970-01-01T00:00:30Z"),
+        "{msg}"
+    );
+
+    // Past it: deposed as outside an upgrade, the upgrade's record kept as it was.
+    let d = decide(&with_spec(primary_down(31, standby_step())));
+    assert_eq!(
+        d.act,
+        Act::Depose {
+            member: "db-0".into(),
+            uid: "uid-0".into()
+        }
+    );
+    assert!(d.status.failover.is_some());
+    let u = d.status.upgrade.clone().expect("the upgrade stays");
+    assert_eq!(u.step.member.as_deref(), Some("db-1"));
+
+    // A step that owns the primary keeps it: its switchover fences it, or it restarts itself.
+    let fencing = upgrading(
+        json!({"kind": "Switchover"}),
+        Some(json!({"from": "db-0", "to": "db-1", "stage": "Fencing"})),
+    );
+    let restarting = upgrading(json!({"kind": "RestartPrimary", "member": "db-0"}), None);
+    for s in [fencing, restarting] {
+        let d = decide(&with_spec(primary_down(300, s)));
+        assert!(d.status.failover.is_none(), "{:?}", d.act);
+        assert!(!matches!(d.act, Act::Depose { .. }));
+    }
+
+    // Failed over to db-2, db-0 held and not back yet: the upgrade waits, converging meanwhile.
+    let mut after = standby_step();
+    after["primary"] = json!("db-2");
+    after["lastFailover"] = json!({"from": "db-0", "to": "db-2",
+        "downSince": "1970-01-01T00:00:00Z", "promotedAt": "1970-01-01T00:00:40.000000Z",
+        "position": "aaa:100"});
+    after["quarantine"] = json!([{"member": "db-0", "reason": "deposed", "held": true}]);
+    let led_by_db2 = |now: i64| {
+        let mut o = with_spec(obs(SRC, after.clone()));
+        o.now = jiff::Timestamp::from_second(now).unwrap();
+        let p = o.members[2].probe.as_mut().unwrap();
+        (p.role, p.fenced, p.following, p.streaming) = (Role::Primary, false, None, false);
+        o.members[1].probe.as_mut().unwrap().following = Some(host(2));
+        o
+    };
+    let mut o = led_by_db2(50);
+    o.members[0].probe = None;
+    let d = decide(&o);
+    assert_eq!(
+        d.act,
+        Act::Publish {
+            primary: "db-2".into()
+        }
+    );
+    assert!(
+        d.status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("resumes once db-0")),
+        "{:?}",
+        d.status.message
+    );
+
+    // Back holding nothing more: released, the step's clock restarted (not 500 s late), then
+    // the step goes on against db-2.
+    let mut o = led_by_db2(500);
+    o.published = Some("db-2".into());
+    let p = o.members[0].probe.as_mut().unwrap();
+    (p.role, p.fenced, p.following, p.streaming) = (Role::Primary, true, None, false);
+    let d = decide(&o);
+    assert!(d.status.quarantine.is_empty());
+    assert_eq!(unreplicated(&d).as_deref(), Some("0 bytes"));
+    let u = d.status.upgrade.clone().unwrap();
+    assert_eq!(u.step_started, Some(Time(o.now)));
+    assert!(u.failure.is_none());
+    assert_eq!(
+        d.act,
+        Act::Repoint {
+            members: vec!["db-0".into()],
+            primary: "db-2".into()
+        }
+    );
+    let next = Observation {
+        inst: {
+            let mut i = o.inst.clone();
+            i.status = Some(d.status.clone());
+            i
+        },
+        ..o
+    };
+    let d = decide(&next);
+    assert!(d.status.upgrade.as_ref().unwrap().failure.is_none());
+    assert_eq!(
+        d.act,
+        Act::SetVersion {
+            member: "db-1".into(),
+            version: DST.into(),
+            image: "redis:7.0.15".into()
+        }
+    );
+}
