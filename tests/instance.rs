@@ -438,6 +438,13 @@ async fn a_hung_primary_is_reported_down_and_not_replaced() {
     scenarios::hung_primary_is_reported_down_and_not_replaced(REDIS, "hung").await;
 }
 
+/// A primary cut off from Baton alone (its node and clients still reach it) is not failed over
+/// (see the scenario).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_primary_cut_off_from_baton_alone_is_not_failed_over() {
+    scenarios::cut_off_primary_is_not_failed_over(REDIS, "cut-off").await;
+}
+
 /// A primary that hangs for good is failed over and rejoins as a standby (see the scenario).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_primary_is_failed_over_with_failover_on_and_rejoins() {

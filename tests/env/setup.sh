@@ -10,7 +10,7 @@ for pair in /usr/bin/openssl:openssl /usr/bin/curl:curl /usr/sbin/update-ca-cert
   /usr/bin/unshare:util-linux /usr/bin/nsenter:util-linux /usr/bin/setpriv:util-linux /usr/bin/cc:gcc \
   /usr/bin/redis-server:redis-server /usr/bin/redis-cli:redis-tools \
   /usr/lib/postgresql/15/bin/postgres:postgresql-15 /usr/bin/psql:postgresql-client-15 \
-  /usr/sbin/mariadbd:mariadb-server /usr/bin/mariadb:mariadb-client; do
+  /usr/sbin/mariadbd:mariadb-server /usr/bin/mariadb:mariadb-client /usr/sbin/iptables:iptables; do
   [ -e "${pair%%:*}" ] || need+=("${pair#*:}")
 done
 command -v python3 >/dev/null || need+=(python3)

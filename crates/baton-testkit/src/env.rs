@@ -186,6 +186,18 @@ impl Env {
         self.operator_at(id, &kubeconfig_path(), env)
     }
 
+    /// An operator limited to this namespace, run in group `gid` (see [`crate::faults::Cut`]).
+    pub fn operator_in_group(&self, id: &str, gid: u32) -> Operator {
+        let ns_arg = format!("--namespace={}", self.ns);
+        Operator::start_in_group(
+            &kubeconfig_path(),
+            &self.dir,
+            id,
+            &["--no-leader-election", &ns_arg],
+            gid,
+        )
+    }
+
     /// An operator limited to this namespace that reaches the API server through `kubeconfig`.
     pub fn operator_at(
         &self,

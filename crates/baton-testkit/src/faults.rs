@@ -3,6 +3,7 @@
 //! - [`Safety`]: watches an instance every 50 ms — how many members accept writes at once (never
 //!   more than one) and how many are not Ready at once (at most one);
 //! - [`kill_member`]: SIGKILL to a member's server process (the node restarts it);
+//! - [`Cut`]: a network cut between the operator and one member, nobody else;
 //! - [`ApiProxy`]: a TCP proxy between an operator and the API server that can cut every
 //!   connection at once (its watches drop mid-stream);
 //! - [`Scenario`]: an upgrade under a label-following, a pinned and a trailing client, with a
@@ -23,6 +24,50 @@ use tokio_util::sync::CancellationToken;
 use crate::env::{Env, assert_nothing_lost};
 use crate::harness::{Operator, eventually};
 use crate::workload::{self, Report, Route};
+
+/// A network cut between the processes of one group and one address: every packet they send
+/// to it is dropped (iptables, by the socket owner's group), so their connections hang and time
+/// out, while every other process (the node's probes, the clients) still reaches it. Run the
+/// operator in that group ([`Env::operator_in_group`]) and the member looks cut off from Baton
+/// alone. Lifted when dropped.
+pub struct Cut {
+    rule: Vec<String>,
+}
+
+impl Cut {
+    pub fn new(gid: u32, to: IpAddr) -> Option<Cut> {
+        let rule: Vec<String> = [
+            "OUTPUT",
+            "-d",
+            &format!("{to}/32"),
+            "-m",
+            "owner",
+            "--gid-owner",
+            &gid.to_string(),
+            "-j",
+            "DROP",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        iptables("-I", &rule).then_some(Cut { rule })
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        iptables("-D", &self.rule);
+    }
+}
+
+fn iptables(op: &str, rule: &[String]) -> bool {
+    std::process::Command::new("iptables")
+        .arg("-w")
+        .arg(op)
+        .args(rule)
+        .status()
+        .is_ok_and(|s| s.success())
+}
 
 /// The worst moments a [`Safety`] watch saw.
 #[derive(Debug, Clone, Default)]

@@ -263,10 +263,37 @@ impl Operator {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Operator {
+        Self::spawn(kubeconfig, dir, identity, extra, env, None)
+    }
+
+    /// An operator run in group `gid` (still as root), so a [`crate::faults::Cut`] can drop
+    /// its packets alone.
+    pub fn start_in_group(
+        kubeconfig: &Path,
+        dir: &Path,
+        identity: &str,
+        extra: &[&str],
+        gid: u32,
+    ) -> Operator {
+        Self::spawn(kubeconfig, dir, identity, extra, &[], Some(gid))
+    }
+
+    fn spawn(
+        kubeconfig: &Path,
+        dir: &Path,
+        identity: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        gid: Option<u32>,
+    ) -> Operator {
         let port = free_port();
         let log = dir.join(format!("operator-{identity}.log"));
         let file = std::fs::File::create(&log).expect("log file");
-        let child = tokio::process::Command::new(operator_bin())
+        let mut cmd = tokio::process::Command::new(operator_bin());
+        if let Some(gid) = gid {
+            cmd.gid(gid);
+        }
+        let child = cmd
             .arg("run")
             .arg(format!("--listen=127.0.0.1:{port}"))
             .arg(format!("--identity={identity}"))

@@ -405,6 +405,79 @@ pub async fn hung_primary_is_reported_down_and_not_replaced(f: Flavor, prefix: &
     delete_namespace(&env.client, &env.ns).await;
 }
 
+/// A primary cut off from Baton alone (`spec.failover` on): a network cut drops the operator's
+/// packets to it while its node's probes and the clients still reach it. `PrimaryAvailable`
+/// says `PrimaryUnreachable` (its node reports it Ready), and for four times `afterSeconds`
+/// nothing is deposed or promoted while a label-following writer keeps writing on it. Once the
+/// cut is lifted it is reported leading again; nothing acknowledged is lost.
+pub async fn cut_off_primary_is_not_failed_over(f: Flavor, prefix: &str) {
+    // The group the operator runs in, which the cut drops the packets of.
+    const GID: u32 = 47_701;
+    let mut spec = f.spec();
+    spec["failover"] = json!({"enabled": true, "afterSeconds": 5});
+    let (env, op) = Env::with_active(prefix, "db", 3, spec).await;
+    drop(op);
+    let op = env.operator_in_group(&format!("{prefix}-cut"), GID);
+    assert_eq!(primary_available(&env, "Leading", &op).await.status, "True");
+    let old_ip = env.primary_ip("db").await;
+    let (stop, writes) = env.writer("db");
+    let cut = crate::faults::Cut::new(GID, old_ip).expect("iptables cut installed");
+    let cut_at = std::time::Instant::now();
+    let unreachable = primary_available(&env, "PrimaryUnreachable", &op).await;
+    let seen_after = cut_at.elapsed();
+    assert!(
+        unreachable.message.contains("db-0") && unreachable.message.contains("Ready"),
+        "{}",
+        unreachable.message
+    );
+    // Well past the grace: still the same primary, nothing deposed, no failover started.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let st = env.status("db").await;
+    assert!(
+        st.failover.is_none() && st.last_failover.is_none(),
+        "{st:?}"
+    );
+    assert_eq!(st.primary.as_deref(), Some("db-0"));
+    let cond = baton::status::find(&st.conditions, "PrimaryAvailable").expect("condition");
+    assert_eq!(
+        (cond.status.as_str(), cond.reason.as_str()),
+        ("False", "PrimaryUnreachable"),
+        "still cut off: {cond:?}"
+    );
+    let events = env.events("db").await;
+    assert!(
+        events
+            .iter()
+            .all(|(r, _)| r != "FailingOver" && r != "FailedOver"),
+        "{events:?}"
+    );
+    drop(cut);
+    assert_eq!(primary_available(&env, "Leading", &op).await.status, "True");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    let report = writes.await.expect("writer");
+    assert!(
+        report.acked.iter().all(|a| a.by == old_ip),
+        "a write went elsewhere than the cut-off primary: {report:?}"
+    );
+    assert_nothing_lost(&env, "db", &[&report]).await;
+    let pods = env.member_pods("db").await;
+    let restarts = env.restarts("db").await;
+    assert_eq!(
+        restarts.get("db-0"),
+        Some(&0),
+        "db-0 restarted: {restarts:?}"
+    );
+    assert!(pods.contains_key("db-0"));
+    println!(
+        "{:?} primary cut off from Baton alone: PrimaryUnreachable {:.1}s after the cut, not failed over in 20 s (afterSeconds 5); {} writes acknowledged by it meanwhile, none lost",
+        f.datastore,
+        seen_after.as_secs_f64(),
+        report.acked.len()
+    );
+    delete_namespace(&env.client, &env.ns).await;
+}
+
 /// Automatic failover (`spec.failover`): the primary hangs for good (its processes stopped:
 /// port open, nothing answered, its node reports it not Ready) under a label-following and a
 /// pinned writer. Past `afterSeconds` Baton deletes its pod, promotes the standby holding the
