@@ -17,7 +17,8 @@
 //! writes one key after another, so its longest gap is the longest any slot refused writes)
 //! against the same client's longest gap over as long a quiet period before it, the total
 //! upgrade time, and acknowledged writes lost. Not a test: it asserts nothing but that it
-//! could measure.
+//! could measure. `postgresql-durability` (in the default list) measures the commit cost of
+//! `durability: Replicated` against `Local` in the same run (see [`bench_durability`]).
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -370,6 +371,10 @@ async fn main() -> anyhow::Result<()> {
             println!();
         }
     }
+    if which.is_empty() || which.split(',').any(|w| w == "postgresql-durability") {
+        bench_durability(&client, &ns).await?;
+        println!();
+    }
     if which.is_empty() || which.split(',').any(|w| w == "redis-cluster") {
         let runs: usize = std::env::var("BATON_BENCH_CLUSTER_UPGRADES")
             .ok()
@@ -381,6 +386,90 @@ async fn main() -> anyhow::Result<()> {
     let _ = Api::<Namespace>::all(client.clone())
         .delete(&ns, &Default::default())
         .await;
+    Ok(())
+}
+
+/// The write-path cost of `durability: Replicated`: two 3-member PostgreSQL instances in the
+/// same run, one `Local` and one `Replicated`, each taking single-row autocommit INSERTs from
+/// one client connected to its primary, one at a time, in alternating 5-second rounds (three
+/// each, so drift on the machine hits both). Prints commit latency (p50, p99) and commits a
+/// second per setting, and the ratios.
+async fn bench_durability(client: &Client, ns: &str) -> anyhow::Result<()> {
+    const ROUNDS: usize = 3;
+    const ROUND: Duration = Duration::from_secs(5);
+    let version = FLAVORS[1].source;
+    println!(
+        "PostgreSQL {version}, 3 members: commit cost of durability Replicated (synchronous_standby_names 'ANY 1 (*)') against Local, {ROUNDS} alternating rounds of {}s each",
+        ROUND.as_secs()
+    );
+    let settings = ["Local", "Replicated"];
+    for d in settings {
+        let name = format!("durability-{}", d.to_lowercase());
+        let obj: baton::crd::DatabaseInstance = serde_json::from_value(serde_json::json!({
+            "apiVersion": "baton.dev/v1alpha1", "kind": "DatabaseInstance",
+            "metadata": {"name": name},
+            "spec": {"datastore": {"type": "postgresql", "version": version}, "replicas": 3,
+                     "durability": d},
+        }))?;
+        Api::<baton::crd::DatabaseInstance>::namespaced(client.clone(), ns)
+            .create(&PostParams::default(), &obj)
+            .await?;
+    }
+    let mut conns = vec![];
+    for d in settings {
+        let name = format!("durability-{}", d.to_lowercase());
+        workload::wait_active(client, ns, &name, version, Duration::from_secs(180))
+            .await
+            .ok_or_else(|| anyhow::anyhow!("{name} never became Active"))?;
+        let auth = workload::wait_auth(client, ns, &name).await;
+        let ip = workload::primary_address(client, ns, &name)
+            .await
+            .ok_or_else(|| anyhow::anyhow!("{name} has no primary"))?;
+        let Some(workload::Conn::Postgres(c)) =
+            workload::connect(workload::Datastore::Postgresql, ip, &auth).await
+        else {
+            anyhow::bail!("cannot connect to {name}'s primary");
+        };
+        c.batch_execute(
+            "CREATE TABLE IF NOT EXISTS bench_commit (id bigserial PRIMARY KEY, v int)",
+        )
+        .await?;
+        conns.push(c);
+    }
+    let mut latencies: [Vec<f64>; 2] = [vec![], vec![]];
+    for _ in 0..ROUNDS {
+        for (i, c) in conns.iter().enumerate() {
+            let insert = c.prepare("INSERT INTO bench_commit (v) VALUES (1)").await?;
+            let end = Instant::now() + ROUND;
+            while Instant::now() < end {
+                let t = Instant::now();
+                c.execute(&insert, &[]).await?;
+                latencies[i].push(ms(t.elapsed()));
+            }
+        }
+    }
+    let pct = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+    };
+    let secs = (ROUNDS as f64) * ROUND.as_secs_f64();
+    let mut rows = vec![];
+    println!(
+        "{:>11} {:>10} {:>10} {:>10}",
+        "durability", "p50 ms", "p99 ms", "commits/s"
+    );
+    for (i, d) in settings.iter().enumerate() {
+        let v = &mut latencies[i];
+        let (p50, p99, rate) = (pct(v, 0.5), pct(v, 0.99), v.len() as f64 / secs);
+        println!("{d:>11} {p50:>10.3} {p99:>10.3} {rate:>10.0}");
+        rows.push((p50, p99, rate));
+    }
+    println!(
+        "Replicated / Local: p50 ×{:.2}, p99 ×{:.2}, commits/s ×{:.2}",
+        rows[1].0 / rows[0].0,
+        rows[1].1 / rows[0].1,
+        rows[1].2 / rows[0].2
+    );
     Ok(())
 }
 
