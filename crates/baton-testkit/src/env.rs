@@ -452,6 +452,31 @@ impl Env {
         workload::wait_auth(&self.client, &self.ns, name).await
     }
 
+    /// Waits until the PostgreSQL primary of `name` at `ip` counts `n` standbys in its
+    /// synchronous quorum (`durability: Replicated` in effect, not only asked for); panics
+    /// after 30 s.
+    pub async fn assert_quorum(&self, name: &str, ip: std::net::IpAddr, n: i64) {
+        let auth = self.auth(name).await;
+        let sql = "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'quorum'";
+        let seen = std::sync::Mutex::new(None);
+        let found = eventually(Duration::from_secs(30), || async {
+            let Some(workload::Conn::Postgres(c)) =
+                workload::connect_admin(workload::Datastore::Postgresql, ip, &auth).await
+            else {
+                return None;
+            };
+            let got: i64 = c.query_one(sql, &[]).await.ok()?.get(0);
+            *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(got);
+            (got == n).then_some(())
+        })
+        .await;
+        assert!(
+            found.is_some(),
+            "{name}: the primary at {ip} counts {:?} standbys in its synchronous quorum, not {n}",
+            seen.lock().unwrap_or_else(|p| p.into_inner())
+        );
+    }
+
     /// The version each member's server reports, by pod name.
     pub async fn server_versions(&self, name: &str) -> BTreeMap<String, String> {
         let ds = self.datastore(name).await;

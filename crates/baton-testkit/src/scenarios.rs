@@ -640,24 +640,8 @@ async fn failed_over(f: Flavor, prefix: &str, writing: bool, replicated: bool) {
     let (env, op) = Env::with_active(prefix, "db", 3, spec).await;
     let old_ip = env.primary_ip("db").await;
     if replicated {
-        // In effect, not only asked for: the primary counts both standbys in its quorum (an
-        // asynchronous run can also happen to lose nothing).
-        let (ds, auth) = (env.datastore("db").await, env.auth("db").await);
-        let quorum = eventually(Duration::from_secs(30), || async {
-            let Some(crate::workload::Conn::Postgres(c)) =
-                crate::workload::connect_admin(ds, old_ip, &auth).await
-            else {
-                return None;
-            };
-            let sql = "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'quorum'";
-            let n: i64 = c.query_one(sql, &[]).await.ok()?.get(0);
-            (n == 2).then_some(())
-        })
-        .await;
-        assert!(
-            quorum.is_some(),
-            "the primary has no synchronous quorum of 2 standbys"
-        );
+        // In effect, not only asked for (an asynchronous run can also happen to lose nothing).
+        env.assert_quorum("db", old_ip, 2).await;
     }
     let (op, hung, hung_at, mut clients) = if writing {
         // The operator that starts the failover dies right after deleting the old primary's
