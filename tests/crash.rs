@@ -390,6 +390,33 @@ async fn postgres_an_operator_killed_at_each_switchover_stage_finishes_it_and_lo
     killed_at_each_switchover_stage(POSTGRES).await;
 }
 
+/// PostgreSQL with `durability: Replicated` (every commit waits for a standby): the operator
+/// killed right after it promoted the candidate (which then has no standby until one is
+/// repointed to it), after the first repoint, and after it lifted the fence; a new operator
+/// finishes with every acknowledged write on every member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_replicated_an_operator_killed_mid_switchover_finishes_it_and_loses_nothing() {
+    let points: Vec<String> = ["db:promote@*#1", "db:repoint@*#1", "db:unfence@*#1"]
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    let results = run_all(points, 3, |i, p| async move {
+        let mut spec = POSTGRES.spec();
+        spec["durability"] = json!("Replicated");
+        crash_upgrade(
+            &format!("crashsync{i}"),
+            (POSTGRES.source, POSTGRES.target),
+            spec,
+            i,
+            p,
+            LONG,
+        )
+        .await
+    })
+    .await;
+    report_points(&results);
+}
+
 /// A PostgreSQL major, 15.19 → 17.11 offline with pg_upgrade: the operator killed right after
 /// it started the check pod, after it recorded and made the primary's image change (the
 /// conversion), after it let writes in on the converted primary, and after Finalize removed the
