@@ -347,6 +347,15 @@ async fn invalid_resources_are_rejected_with_a_message_naming_the_field() {
         &client,
         &ns,
         "DatabaseInstance",
+        "mysql-sync",
+        json!({"datastore": {"type": "mysql", "version": "8.4.3"}, "replicas": 3, "durability": "Replicated"}),
+    )
+    .await;
+    assert_names(&m, &["spec.durability", "MySQL members are not built"]);
+    let m = refused(
+        &client,
+        &ns,
+        "DatabaseInstance",
         "badver",
         json!({"datastore": redis("7.0.x")}),
     )

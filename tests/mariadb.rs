@@ -119,6 +119,20 @@ async fn a_hung_primary_is_failed_over_with_failover_on_and_rejoins() {
     scenarios::hung_primary_is_failed_over_and_rejoins(MARIADB, "my-failover").await;
 }
 
+/// A rolling upgrade with `durability: Replicated` (semi-synchronous) under three clients
+/// (see the scenario).
+#[tokio::test]
+async fn a_replicated_instance_rolls_a_minor_under_committing_clients_and_loses_nothing() {
+    scenarios::replicated_instance_rolls_losing_nothing(MARIADB, "my-roll-sync").await;
+}
+
+/// With `durability: Replicated` (semi-synchronous) the same failover loses no acknowledged
+/// write (see the scenario).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_primary_with_replicated_durability_is_failed_over_losing_nothing() {
+    scenarios::hung_replicated_primary_is_failed_over_losing_nothing(MARIADB, "my-durable").await;
+}
+
 /// A primary that dies while the upgrade restarts a standby: the upgrade pauses, the failover
 /// runs, the old primary rejoins and the upgrade resumes to the end (see the scenario).
 #[tokio::test(flavor = "multi_thread")]

@@ -62,31 +62,10 @@ async fn three_members_roll_a_minor_under_committing_clients_and_lose_nothing() 
     delete_namespace(&env.client, &env.ns).await;
 }
 
-/// The same rolling upgrade with `durability: Replicated`: every commit waits for a standby, a
-/// standby restarts while the other acknowledges, and the switchover's fence bookkeeping (which
-/// commits locally) never waits for one. The three clients lose nothing, and the new primary
-/// counts both standbys in its synchronous quorum afterwards.
+/// The same rolling upgrade with `durability: Replicated` (see the scenario).
 #[tokio::test]
 async fn a_replicated_instance_rolls_a_minor_under_committing_clients_and_loses_nothing() {
-    let env = Env::new("pg-roll-sync").await;
-    let mut spec = postgres(PG_SOURCE);
-    spec["durability"] = json!("Replicated");
-    let sc = Scenario::prepare(&env, "db", PG_SOURCE, spec).await;
-    let first = sc.first_primary;
-    env.assert_quorum("db", first, 2).await;
-    let op = env.operator("pg-roll-sync", "");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    sc.set_version(PG_TARGET).await;
-    let out = sc.finish(&op, PG_TARGET).await;
-    assert_eq!(out.result, Ok(()));
-    env.assert_all_run("db", PG_TARGET).await;
-    let now = env.primary_ip("db").await;
-    assert_ne!(now, first, "the primary role moved");
-    env.assert_quorum("db", now, 2).await;
-    for r in &out.reports {
-        println!("{r}");
-    }
-    delete_namespace(&env.client, &env.ns).await;
+    scenarios::replicated_instance_rolls_losing_nothing(POSTGRES, "pg-roll-sync").await;
 }
 
 /// `secondSwitch`: after the old primary is upgraded the role goes back to it.

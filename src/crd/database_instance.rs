@@ -38,7 +38,7 @@ use super::upgrade_request::UpgradeType;
     )
 )]
 #[x_kube(validation = Rule::new("self.durability != 'Replicated' || self.replicas >= 2").message("durability Replicated waits for a standby to have each write: set replicas to 2 or more (3 keep writes flowing while one member restarts)").field_path(".durability"))]
-#[x_kube(validation = Rule::new("self.durability != 'Replicated' || self.datastore.type == 'postgresql'").message("durability Replicated is built for PostgreSQL only: Redis replication has no synchronous acknowledgement (have the client call WAIT 1 <ms> after a write it must not lose), and MariaDB semi-synchronous replication is not supported yet; use durability Local").field_path(".durability"))]
+#[x_kube(validation = Rule::new("self.durability != 'Replicated' || self.datastore.type in ['postgresql', 'mariadb']").message("durability Replicated is built for PostgreSQL and MariaDB: Redis replication has no synchronous acknowledgement (have the client call WAIT 1 <ms> after a write it must not lose), and MySQL members are not built; use durability Local").field_path(".durability"))]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseInstanceSpec {
     /// The datastore type and the desired version. Changing `version` to a newer catalog
@@ -100,11 +100,12 @@ pub struct DatabaseInstanceSpec {
     /// is asynchronous, so a failover may lose the last writes (counted in
     /// `status.lastFailover`). `Replicated`: only once a standby has it too (PostgreSQL
     /// `synchronous_standby_names = 'ANY 1 (*)'`, every commit waiting for one standby to
-    /// flush it), so a failover, which promotes the standby holding the most, loses nothing
+    /// flush it; MariaDB semi-synchronous replication, `AFTER_SYNC`, never falling back to
+    /// asynchronous), so a failover, which promotes the standby holding the most, loses nothing
     /// acknowledged. Each commit costs a round trip to a standby, and writes wait while no
     /// standby follows: with `replicas: 2`, while the standby restarts (an upgrade) and after a
     /// failover until the old primary rejoins; 3 members keep a standby to answer. Needs 2
-    /// members or more; PostgreSQL only for now (Redis replication has no synchronous
+    /// members or more; PostgreSQL and MariaDB (Redis replication has no synchronous
     /// acknowledgement: a client that must not lose a write calls `WAIT 1 <ms>` after it).
     /// Set it when the instance is created (members start with it).
     #[serde(default)]

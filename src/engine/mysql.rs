@@ -30,9 +30,15 @@
 //! statement is built inside the server from a member-local table its boot script fills from
 //! the Secret (`EXECUTE IMMEDIATE`).
 //!
-//! Semi-synchronous replication is not turned on: a guarded switchover waits for the candidate
-//! to execute the fenced position before promoting it, which is the guarantee semi-sync would
-//! buy, without adding a round trip to every commit.
+//! **Durability.** Replication is asynchronous by default: a guarded switchover waits for the
+//! candidate to execute the fenced position before promoting it, so it loses nothing without a
+//! round trip on every commit; only a failover (the primary gone) can lose its last writes.
+//! `durability: Replicated` turns semi-synchronous replication on (`AFTER_SYNC`, no fallback to
+//! asynchronous), so those are on a replica too: every member acknowledges as a replica, and
+//! the primary side is turned on when a member is unfenced as the primary and off before it
+//! follows another (a replica waiting for acknowledgements would block applying what it logs).
+//! Baton's own statements never wait for one: every write it makes is member-local
+//! (`sql_log_bin = 0`), so nothing it does is binlogged.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -56,6 +62,14 @@ pub use super::ADMIN_USER;
 /// The replication account.
 pub const REPLICATION_USER: &str = "replicator";
 const TIMEOUT: Duration = Duration::from_secs(3);
+/// MariaDB's semi-synchronous replication, for `durability: Replicated`.
+/// The primary side is turned on when a member is unfenced as the primary, never at boot (see
+/// [`Dialect::semi_sync_as_primary`]); the replica side marks the member as Replicated.
+const SEMI_SYNC: [&str; 3] = [
+    "--rpl-semi-sync-slave-enabled=ON",
+    "--rpl-semi-sync-master-wait-point=AFTER_SYNC",
+    "--rpl-semi-sync-master-timeout=4294967295",
+];
 /// Where the claim is mounted: the data directory, socket and readiness mark live under it.
 const DATA: &str = "/var/lib/mysql";
 
@@ -271,7 +285,7 @@ impl Engine for MySqlFamily {
     }
 
     fn container(&self, m: &MemberTemplate<'_>) -> Container {
-        super::member_container(
+        let mut c = super::member_container(
             m,
             self.container_name(),
             &boot_script(),
@@ -283,7 +297,17 @@ impl Engine for MySqlFamily {
                 "test -f {DATA}/ready && mariadb-admin --no-defaults -S {DATA}/mysqld.sock -u root ping >/dev/null"
             ),
             DATA,
-        )
+        );
+        if m.replicated && self.dialect == Dialect::MariaDb {
+            // The server's arguments (`"$@"`): a commit returns once a replica has the
+            // transaction in its relay log (after the primary synced its binlog, before it
+            // commits: no other session sees it first). Every member acknowledges as a
+            // replica; the primary side is turned on at unfence. The timeout (ms) is the
+            // longest there is: falling back to asynchronous after it would silently drop the
+            // guarantee, so writes wait instead while no replica follows, as PostgreSQL's do.
+            c.args = Some(SEMI_SYNC.iter().map(|a| a.to_string()).collect());
+        }
+        c
     }
 
     fn parse_position(&self, text: &str) -> Result<Position, ParsePositionError> {
@@ -303,8 +327,7 @@ impl Engine for MySqlFamily {
         if let (Ok(probe), Some(cert)) = (&mut p, &t.cert) {
             probe.stale_certificate = serves_another(&mut c, t, cert).await?;
         }
-        // A session dropped without a goodbye is logged by the server as aborted.
-        let _ = c.disconnect().await;
+        goodbye(c).await;
         p
     }
 
@@ -325,7 +348,7 @@ impl Engine for MySqlFamily {
         if current.flatten() == Some(1) {
             run(&mut c, t, "FLUSH SSL", RELOAD_TLS).await?;
         }
-        let _ = c.disconnect().await;
+        goodbye(c).await;
         crate::failpoint::passed("db:reload-tls").await;
         Ok(())
     }
@@ -353,7 +376,7 @@ impl Engine for MySqlFamily {
                 let _ = c.query_drop(format!("KILL CONNECTION {id}")).await;
             }
         }
-        let _ = c.disconnect().await;
+        goodbye(c).await;
         crate::failpoint::passed("db:fence").await;
         Ok(())
     }
@@ -374,6 +397,10 @@ impl Engine for MySqlFamily {
         // fenced, so the unfence is repeated. Under the fence lock (see `lock_bypassing`),
         // held until the connection ends.
         fence_lock(&mut c, t).await?;
+        if let Some(sql) = d.semi_sync_as_primary() {
+            // Before the first write: none is acknowledged without a replica when it must be.
+            run(&mut c, t, "semi-sync", sql).await?;
+        }
         run(&mut c, t, "read_only", d.read_only_off()).await?;
         let locked = rows(
             &mut c,
@@ -399,7 +426,7 @@ impl Engine for MySqlFamily {
             );
             run(&mut c, t, "fence record", &sql).await?;
         }
-        let _ = c.disconnect().await;
+        goodbye(c).await;
         crate::failpoint::passed("db:unfence").await;
         Ok(())
     }
@@ -422,7 +449,7 @@ impl Engine for MySqlFamily {
             run(&mut c, t, "stop replica", d.stop_replica()).await?;
             run(&mut c, t, "reset replica", d.reset_replica()).await?;
         }
-        let _ = c.disconnect().await;
+        goodbye(c).await;
         crate::failpoint::passed("db:promote").await;
         Ok(())
     }
@@ -455,7 +482,7 @@ impl Engine for MySqlFamily {
                 run(&mut c, t, "replication password", &sql).await?;
             }
         }
-        let _ = c.disconnect().await;
+        goodbye(c).await;
         crate::failpoint::passed("db:set-passwords").await;
         Ok(())
     }
@@ -474,6 +501,9 @@ impl Engine for MySqlFamily {
         run(&mut c, t, "read_only", d.read_only_on()).await?;
         self.lock_bypassing(&mut c, t).await?;
         run(&mut c, t, "stop replica", d.stop_replica()).await?;
+        if let Some(sql) = d.semi_sync_as_replica() {
+            run(&mut c, t, "semi-sync", sql).await?;
+        }
         if let Some(sql) = d.start_position() {
             run(&mut c, t, "start position", sql).await?;
         }
@@ -488,7 +518,7 @@ impl Engine for MySqlFamily {
             run(&mut c, t, "change source", &sql).await?;
         }
         run(&mut c, t, "start replica", d.start_replica()).await?;
-        let _ = c.disconnect().await;
+        goodbye(c).await;
         crate::failpoint::passed("db:repoint").await;
         Ok(())
     }

@@ -452,27 +452,43 @@ impl Env {
         workload::wait_auth(&self.client, &self.ns, name).await
     }
 
-    /// Waits until the PostgreSQL primary of `name` at `ip` counts `n` standbys in its
-    /// synchronous quorum (`durability: Replicated` in effect, not only asked for); panics
-    /// after 30 s.
-    pub async fn assert_quorum(&self, name: &str, ip: std::net::IpAddr, n: i64) {
+    /// Waits until the primary of `name` at `ip` counts `n` standbys as synchronous
+    /// (`durability: Replicated` in effect, not only asked for): PostgreSQL's quorum in
+    /// `pg_stat_replication`, MariaDB's semi-synchronous clients with semi-sync on. Panics after
+    /// 30 s.
+    pub async fn assert_synchronous(&self, name: &str, ip: std::net::IpAddr, n: i64) {
         let auth = self.auth(name).await;
-        let sql = "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'quorum'";
+        let ds = self.datastore(name).await;
         let seen = std::sync::Mutex::new(None);
         let found = eventually(Duration::from_secs(30), || async {
-            let Some(workload::Conn::Postgres(c)) =
-                workload::connect_admin(workload::Datastore::Postgresql, ip, &auth).await
-            else {
-                return None;
+            let got = match workload::connect_admin(ds, ip, &auth).await? {
+                workload::Conn::Postgres(c) => {
+                    let sql =
+                        "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'quorum'";
+                    c.query_one(sql, &[]).await.ok()?.get::<_, i64>(0)
+                }
+                workload::Conn::MariaDb(mut c) | workload::Conn::MariaDbReader(mut c) => {
+                    use mysql_async::prelude::Queryable;
+                    let sql = "SELECT MAX(IF(VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_STATUS', VARIABLE_VALUE, NULL)), \
+                               MAX(IF(VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_CLIENTS', VARIABLE_VALUE, NULL)) \
+                               FROM information_schema.GLOBAL_STATUS";
+                    let (on, clients): (Option<String>, Option<String>) =
+                        c.query_first(sql).await.ok()??;
+                    let _ = c.disconnect().await;
+                    match on.as_deref() {
+                        Some("ON") => clients?.parse().ok()?,
+                        _ => 0,
+                    }
+                }
+                workload::Conn::Redis(_) => return None,
             };
-            let got: i64 = c.query_one(sql, &[]).await.ok()?.get(0);
             *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(got);
             (got == n).then_some(())
         })
         .await;
         assert!(
             found.is_some(),
-            "{name}: the primary at {ip} counts {:?} standbys in its synchronous quorum, not {n}",
+            "{name}: the primary at {ip} counts {:?} synchronous standbys, not {n}",
             seen.lock().unwrap_or_else(|p| p.into_inner())
         );
     }

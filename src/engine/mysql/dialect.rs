@@ -68,6 +68,29 @@ impl Dialect {
         "SET GLOBAL read_only = OFF"
     }
 
+    /// Before a primary takes writes: it waits for a replica's acknowledgement exactly when the
+    /// member was started with the replica side of semi-synchronous replication on
+    /// (`durability: Replicated`). Only the writable primary may wait: a replica that waited
+    /// would block applying what it logs (`log_slave_updates`) for replicas it has none of.
+    /// MariaDB's; MySQL members are not built.
+    pub fn semi_sync_as_primary(self) -> Option<&'static str> {
+        match self {
+            Dialect::MariaDb => {
+                Some("SET GLOBAL rpl_semi_sync_master_enabled = @@rpl_semi_sync_slave_enabled")
+            }
+            Dialect::MySql => None,
+        }
+    }
+
+    /// Before a member follows another: it never waits for acknowledgements (see
+    /// [`Dialect::semi_sync_as_primary`]).
+    pub fn semi_sync_as_replica(self) -> Option<&'static str> {
+        match self {
+            Dialect::MariaDb => Some("SET GLOBAL rpl_semi_sync_master_enabled = OFF"),
+            Dialect::MySql => None,
+        }
+    }
+
     pub fn stop_replica(self) -> &'static str {
         match self {
             Dialect::MariaDb => "STOP SLAVE",

@@ -37,6 +37,13 @@ pub(super) async fn connect_once(t: &Target) -> Result<Conn, EngineError> {
 /// name the Secret's certificate is issued for: members are reached by pod address, which
 /// their certificates do not list, and mysql_async cannot check the chain alone (its
 /// skip-domain option misses the error rustls returns). Without a name the address is checked.
+/// Ends a session politely (a session dropped without a goodbye is logged by the server as
+/// aborted), but never waits on a server that stopped answering meanwhile: a pass stuck here
+/// would hold every later pass of the instance.
+pub(super) async fn goodbye(c: Conn) {
+    let _ = tokio::time::timeout(TIMEOUT, c.disconnect()).await;
+}
+
 pub fn tls_opts(ca: Vec<u8>, name: Option<String>) -> mysql_async::SslOpts {
     mysql_async::SslOpts::default()
         .with_root_certs(vec![ca.into()])

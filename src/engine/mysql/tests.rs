@@ -227,4 +227,28 @@ fn every_member_boots_read_only_and_follows_the_recorded_primary() {
         assert!(env.contains(k), "{k} in {env}");
     }
     assert_eq!(c.name, "mariadb");
+    assert_eq!(c.args, None, "asynchronous unless asked");
+    let sync = MARIADB.container(&MemberTemplate {
+        replicated: true,
+        topology: "db-topology",
+        credentials: "db-credentials",
+        tls: None,
+        cluster: false,
+    });
+    let args = sync.args.unwrap().join(" ");
+    // The primary side only once unfenced as the primary: a replica waiting for replicas of
+    // its own would never apply what it logs.
+    assert!(!args.contains("master-enabled"), "{args}");
+    for a in [
+        "--rpl-semi-sync-slave-enabled=ON",
+        "--rpl-semi-sync-master-wait-point=AFTER_SYNC",
+    ] {
+        assert!(args.contains(a), "{a} in {args}");
+    }
+    // Never falling back to asynchronous within any time a person would wait.
+    assert!(
+        args.contains("--rpl-semi-sync-master-timeout=4294967295"),
+        "{args}"
+    );
+    assert!(BOOT.contains("\"$@\""), "the arguments reach the server");
 }
