@@ -17,8 +17,9 @@
 //! writes one key after another, so its longest gap is the longest any slot refused writes)
 //! against the same client's longest gap over as long a quiet period before it, the total
 //! upgrade time, and acknowledged writes lost. Not a test: it asserts nothing but that it
-//! could measure. `postgresql-durability` (in the default list) measures the commit cost of
-//! `durability: Replicated` against `Local` in the same run (see [`bench_durability`]).
+//! could measure. `durability` (in the default list) measures the commit cost of
+//! `durability: Replicated` against `Local` in the same run, PostgreSQL and MariaDB (see
+//! [`bench_durability`]).
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -371,7 +372,7 @@ async fn main() -> anyhow::Result<()> {
             println!();
         }
     }
-    if which.is_empty() || which.split(',').any(|w| w == "postgresql-durability") {
+    if which.is_empty() || which.split(',').any(|w| w == "durability") {
         bench_durability(&client, &ns).await?;
         println!();
     }
@@ -389,61 +390,112 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The write-path cost of `durability: Replicated`: two 3-member PostgreSQL instances in the
-/// same run, one `Local` and one `Replicated`, each taking single-row autocommit INSERTs from
-/// one client connected to its primary, one at a time, in alternating 5-second rounds (three
-/// each, so drift on the machine hits both). Prints commit latency (p50, p99) and commits a
-/// second per setting, and the ratios.
+/// The write-path cost of `durability: Replicated`, per engine that has it (PostgreSQL, then
+/// MariaDB): two 3-member instances in the same run, one `Local` and one `Replicated`, each
+/// taking single-row autocommit INSERTs from one client connected to its primary, one at a
+/// time, in alternating 5-second rounds (three each, so drift on the machine hits both). Prints
+/// commit latency (p50, p99) and commits a second per setting, and the ratios.
 async fn bench_durability(client: &Client, ns: &str) -> anyhow::Result<()> {
+    for f in [FLAVORS[1], FLAVORS[2]] {
+        durability_of(client, ns, f).await?;
+    }
+    Ok(())
+}
+
+/// One open session that commits one row per call.
+enum Committer {
+    Postgres(tokio_postgres::Client, tokio_postgres::Statement),
+    Mariadb(mysql_async::Conn),
+}
+
+impl Committer {
+    async fn open(
+        ds: workload::Datastore,
+        ip: std::net::IpAddr,
+        auth: &workload::Auth,
+    ) -> anyhow::Result<Self> {
+        match workload::connect(ds, ip, auth).await {
+            Some(workload::Conn::Postgres(c)) => {
+                c.batch_execute(
+                    "CREATE TABLE IF NOT EXISTS bench_commit (id bigserial PRIMARY KEY, v int)",
+                )
+                .await?;
+                let insert = c.prepare("INSERT INTO bench_commit (v) VALUES (1)").await?;
+                Ok(Committer::Postgres(c, insert))
+            }
+            Some(workload::Conn::MariaDb(mut c)) => {
+                use mysql_async::prelude::Queryable;
+                c.query_drop("CREATE DATABASE IF NOT EXISTS bench").await?;
+                c.query_drop(
+                    "CREATE TABLE IF NOT EXISTS bench.commits (id bigint AUTO_INCREMENT PRIMARY KEY, v int)",
+                )
+                .await?;
+                Ok(Committer::Mariadb(c))
+            }
+            _ => anyhow::bail!("cannot connect to {ip}"),
+        }
+    }
+
+    async fn commit(&mut self) -> anyhow::Result<()> {
+        match self {
+            Committer::Postgres(c, insert) => {
+                c.execute(&*insert, &[]).await?;
+            }
+            Committer::Mariadb(c) => {
+                use mysql_async::prelude::Queryable;
+                c.query_drop("INSERT INTO bench.commits (v) VALUES (1)")
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn durability_of(client: &Client, ns: &str, f: Flavor) -> anyhow::Result<()> {
     const ROUNDS: usize = 3;
     const ROUND: Duration = Duration::from_secs(5);
-    let version = FLAVORS[1].source;
+    let how = match f.ds {
+        workload::Datastore::Postgresql => "synchronous_standby_names 'ANY 1 (*)'",
+        _ => "semi-synchronous, AFTER_SYNC",
+    };
     println!(
-        "PostgreSQL {version}, 3 members: commit cost of durability Replicated (synchronous_standby_names 'ANY 1 (*)') against Local, {ROUNDS} alternating rounds of {}s each",
+        "{} {}, 3 members: commit cost of durability Replicated ({how}) against Local, {ROUNDS} alternating rounds of {}s each",
+        f.label,
+        f.source,
         ROUND.as_secs()
     );
     let settings = ["Local", "Replicated"];
+    let name = |d: &str| format!("{}-{}", f.ds, d.to_lowercase());
     for d in settings {
-        let name = format!("durability-{}", d.to_lowercase());
         let obj: baton::crd::DatabaseInstance = serde_json::from_value(serde_json::json!({
             "apiVersion": "baton.dev/v1alpha1", "kind": "DatabaseInstance",
-            "metadata": {"name": name},
-            "spec": {"datastore": {"type": "postgresql", "version": version}, "replicas": 3,
+            "metadata": {"name": name(d)},
+            "spec": {"datastore": {"type": f.ds, "version": f.source}, "replicas": 3,
                      "durability": d},
         }))?;
         Api::<baton::crd::DatabaseInstance>::namespaced(client.clone(), ns)
             .create(&PostParams::default(), &obj)
             .await?;
     }
-    let mut conns = vec![];
+    let mut sessions = vec![];
     for d in settings {
-        let name = format!("durability-{}", d.to_lowercase());
-        workload::wait_active(client, ns, &name, version, Duration::from_secs(180))
+        let name = name(d);
+        workload::wait_active(client, ns, &name, f.source, Duration::from_secs(180))
             .await
             .ok_or_else(|| anyhow::anyhow!("{name} never became Active"))?;
         let auth = workload::wait_auth(client, ns, &name).await;
         let ip = workload::primary_address(client, ns, &name)
             .await
             .ok_or_else(|| anyhow::anyhow!("{name} has no primary"))?;
-        let Some(workload::Conn::Postgres(c)) =
-            workload::connect(workload::Datastore::Postgresql, ip, &auth).await
-        else {
-            anyhow::bail!("cannot connect to {name}'s primary");
-        };
-        c.batch_execute(
-            "CREATE TABLE IF NOT EXISTS bench_commit (id bigserial PRIMARY KEY, v int)",
-        )
-        .await?;
-        conns.push(c);
+        sessions.push(Committer::open(f.ds, ip, &auth).await?);
     }
     let mut latencies: [Vec<f64>; 2] = [vec![], vec![]];
     for _ in 0..ROUNDS {
-        for (i, c) in conns.iter().enumerate() {
-            let insert = c.prepare("INSERT INTO bench_commit (v) VALUES (1)").await?;
+        for (i, c) in sessions.iter_mut().enumerate() {
             let end = Instant::now() + ROUND;
             while Instant::now() < end {
                 let t = Instant::now();
-                c.execute(&insert, &[]).await?;
+                c.commit().await?;
                 latencies[i].push(ms(t.elapsed()));
             }
         }
@@ -465,7 +517,8 @@ async fn bench_durability(client: &Client, ns: &str) -> anyhow::Result<()> {
         rows.push((p50, p99, rate));
     }
     println!(
-        "Replicated / Local: p50 ×{:.2}, p99 ×{:.2}, commits/s ×{:.2}",
+        "{} Replicated / Local: p50 ×{:.2}, p99 ×{:.2}, commits/s ×{:.2}",
+        f.label,
         rows[1].0 / rows[0].0,
         rows[1].1 / rows[0].1,
         rows[1].2 / rows[0].2
