@@ -203,7 +203,8 @@ pub struct LastFailover {
     /// before it is repointed; a member that holds any is quarantined with them (fenced, never
     /// repointed) for a person to read or discard, and one that holds none rejoins as a
     /// standby. "unknown" when the two positions cannot be compared (a Redis member restarted
-    /// without its replication history); such a member is quarantined too.
+    /// without its replication history); such a member is quarantined too. Absent when a
+    /// person discarded the member (deleted its claim) before it came back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreplicated: Option<String>,
     /// `from`'s position as status last recorded it. Replication is asynchronous: what `from`

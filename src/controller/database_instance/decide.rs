@@ -353,8 +353,11 @@ fn elapsed(o: &Observation, since: &jiff::Timestamp) -> Duration {
 }
 
 /// A quarantine ends when the member's claim was replaced (a person chose to discard its data).
+/// An upgrade paused for a deposed member discarded so resumes with its step's clock restarted.
 fn release_quarantine(d: &mut Draft) {
     let members = &d.o.members;
+    let held = |s: &DatabaseInstanceStatus| s.quarantine.iter().filter(|q| q.held).count();
+    let before = held(&d.s);
     d.s.quarantine.retain(|q| {
         let claim = members
             .iter()
@@ -362,6 +365,11 @@ fn release_quarantine(d: &mut Draft) {
             .and_then(|m| m.claim_uid.as_deref());
         q.claim_uid.is_none() || claim.is_none() || claim == q.claim_uid.as_deref()
     });
+    if held(&d.s) < before
+        && let Some(u) = d.s.upgrade.as_mut()
+    {
+        u.step_started = Some(Time(d.o.now));
+    }
 }
 
 /// Pods to create: a member's pod runs the version its instance runs (the source, during an

@@ -237,6 +237,11 @@ pub(super) fn rejoin(d: &mut Draft, primary: &str) -> Option<Act> {
     if last.unreplicated.is_some() || last.from == primary {
         return None;
     }
+    // Measured only while held: a member a person discarded meanwhile (its claim replaced) is
+    // rebuilt from the new primary, and would look as if it held everything written since.
+    if !d.s.quarantine.iter().any(|q| q.member == last.from && q.held) {
+        return None;
+    }
     let m = o.members.iter().find(|m| m.name == last.from)?;
     let mine = m.position()?;
     let ds = o.inst.spec.datastore.type_;

@@ -1097,6 +1097,28 @@ fn the_old_primary_rejoins_only_when_it_holds_nothing_the_new_one_lacks() {
     let d = back("ccc:5");
     assert_eq!(unreplicated(&d).as_deref(), Some("unknown"));
     assert_eq!(d.status.quarantine.len(), 1);
+
+    // Discarded by a person before it came back (its claim replaced): rebuilt from db-2, it
+    // holds what db-2 wrote since, which is no reason to quarantine it; nothing is measured.
+    let mut status = status.clone();
+    status["quarantine"][0]["claimUid"] = json!("claim-0");
+    let mut o = obs(SRC, status);
+    o.published = Some("db-2".into());
+    o.members[0].claim_uid = Some("claim-0b".into());
+    for (i, pos) in [(0, "bbb:400"), (1, "bbb:500"), (2, "bbb:500")] {
+        let p = o.members[i].probe.as_mut().unwrap();
+        p.position = Position::parse_redis(pos).unwrap();
+        if i == 2 {
+            (p.role, p.fenced, p.following, p.streaming) = (Role::Primary, false, None, false);
+        } else {
+            (p.role, p.fenced, p.following, p.streaming) =
+                (Role::Standby, true, Some(host(2)), true);
+        }
+    }
+    let d = decide(&o);
+    assert!(d.status.quarantine.is_empty(), "{:?}", d.status.quarantine);
+    assert_eq!(unreplicated(&d), None);
+    assert!(!matches!(d.act, Act::Fence { .. }), "{:?}", d.act);
 }
 
 /// An upgrade to `DST` in flight at `step` (and `switchover`, when given).
