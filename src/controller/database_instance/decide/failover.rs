@@ -239,7 +239,12 @@ pub(super) fn rejoin(d: &mut Draft, primary: &str) -> Option<Act> {
     }
     // Measured only while held: a member a person discarded meanwhile (its claim replaced) is
     // rebuilt from the new primary, and would look as if it held everything written since.
-    if !d.s.quarantine.iter().any(|q| q.member == last.from && q.held) {
+    if !d
+        .s
+        .quarantine
+        .iter()
+        .any(|q| q.member == last.from && q.held)
+    {
         return None;
     }
     let m = o.members.iter().find(|m| m.name == last.from)?;
