@@ -390,22 +390,21 @@ async fn postgres_an_operator_killed_at_each_switchover_stage_finishes_it_and_lo
     killed_at_each_switchover_stage(POSTGRES).await;
 }
 
-/// PostgreSQL with `durability: Replicated` (every commit waits for a standby): the operator
-/// killed right after it promoted the candidate (which then has no standby until one is
-/// repointed to it), after the first repoint, and after it lifted the fence; a new operator
-/// finishes with every acknowledged write on every member.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_replicated_an_operator_killed_mid_switchover_finishes_it_and_loses_nothing() {
+/// `durability: Replicated` (every commit waits for a standby): the operator killed right
+/// after it promoted the candidate (which then has no standby until one is repointed to it),
+/// after the first repoint, and after it lifted the fence; a new operator finishes with every
+/// acknowledged write on every member.
+async fn replicated_killed_mid_switchover(f: Flavor) {
     let points: Vec<String> = ["db:promote@*#1", "db:repoint@*#1", "db:unfence@*#1"]
         .iter()
         .map(|p| p.to_string())
         .collect();
-    let results = run_all(points, 3, |i, p| async move {
-        let mut spec = POSTGRES.spec();
+    let results = run_all(points, 3, move |i, p| async move {
+        let mut spec = f.spec();
         spec["durability"] = json!("Replicated");
         crash_upgrade(
-            &format!("crashsync{i}"),
-            (POSTGRES.source, POSTGRES.target),
+            &format!("crashsync{}{i}", f.datastore),
+            (f.source, f.target),
             spec,
             i,
             p,
@@ -415,6 +414,18 @@ async fn postgres_replicated_an_operator_killed_mid_switchover_finishes_it_and_l
     })
     .await;
     report_points(&results);
+}
+
+/// PostgreSQL, `durability: Replicated` (a synchronous quorum of one standby).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_replicated_an_operator_killed_mid_switchover_finishes_it_and_loses_nothing() {
+    replicated_killed_mid_switchover(POSTGRES).await;
+}
+
+/// MariaDB, `durability: Replicated` (semi-synchronous).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mariadb_replicated_an_operator_killed_mid_switchover_finishes_it_and_loses_nothing() {
+    replicated_killed_mid_switchover(MARIADB).await;
 }
 
 /// A PostgreSQL major, 15.19 → 17.11 offline with pg_upgrade: the operator killed right after
