@@ -360,7 +360,10 @@ async fn main() -> anyhow::Result<()> {
             "--no-leader-election",
             &format!("--namespace={ns}"),
         ])
-        .env("BATON_LOG_LEVEL", "warn")
+        .env(
+            "BATON_LOG_LEVEL",
+            std::env::var("BATON_BENCH_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)
