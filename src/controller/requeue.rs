@@ -27,6 +27,12 @@ pub fn poll() -> Action {
     Action::requeue(Duration::from_millis(500))
 }
 
+/// Look again at the database's pace: writes are held off (a switchover's fence is on) until
+/// a server reports what the step waits for. Each pass probes the members, so not tighter.
+pub fn fenced() -> Action {
+    Action::requeue(Duration::from_millis(25))
+}
+
 /// The next step is ready and its act's effect is observable at once.
 pub fn now() -> Action {
     Action::requeue(Duration::from_millis(10))

@@ -209,7 +209,7 @@ while :; do
   postgres -D "$PGDATA" -c listen_addresses='*' -c port=5432 -c unix_socket_directories="$D" \
     -c wal_level=replica -c hot_standby=on -c max_wal_senders=10 -c wal_keep_size=256MB \
     -c recovery_target_timeline=latest -c hot_standby_feedback=on \
-    -c wal_retrieve_retry_interval=200ms $tls "$@" &
+    -c wal_retrieve_retry_interval=50ms $tls "$@" &
   pid=$!
   rc=0
   wait "$pid" || rc=$?

@@ -1075,8 +1075,17 @@ fn apply_plan(mut d: Draft, prev: &UpgradeInFlight, mut p: Plan) -> Decision {
             None => finish(&mut d, prev, p.reverted),
         },
     }
+    // While a switchover holds writes off, every poll interval is write outage: wait at the
+    // database's pace rather than the usual poll.
+    let holding_writes =
+        d.s.upgrade
+            .as_ref()
+            .and_then(|u| u.switchover.as_ref())
+            .is_some_and(|sw| sw.fenced_at.is_some() && sw.writable_at.is_none());
     let wake = if changed || act != Act::None {
         Wake::Now
+    } else if holding_writes {
+        Wake::Fenced
     } else {
         Wake::Poll
     };

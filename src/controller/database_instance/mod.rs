@@ -158,6 +158,7 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
     Ok(match d.wake {
         Wake::Idle => requeue::health(ctx.health_interval),
         Wake::Poll => requeue::poll(),
+        Wake::Fenced => requeue::fenced(),
         // The next step is ready: its act's effect is observable at once.
         Wake::Now => requeue::now(),
     })
