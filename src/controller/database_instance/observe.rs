@@ -114,7 +114,21 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
         ca: o.ca.clone(),
         cert: o.cert.clone(),
     };
-    o.members = probe_all(ctx, engine, &login, &names, &pods, &owned.claims).await;
+    // During a switchover nothing writes (fenced) and every pass is write outage: all at once.
+    let switching = status
+        .upgrade
+        .as_ref()
+        .is_some_and(|u| u.switchover.is_some());
+    o.members = probe_all(
+        ctx,
+        engine,
+        &login,
+        &names,
+        status.primary.as_deref().filter(|_| !switching),
+        &pods,
+        &owned.claims,
+    )
+    .await;
     let quarantined: Vec<String> = status.quarantine.iter().map(|q| q.member.clone()).collect();
     let members = &o.members;
     o.published = children::published(
@@ -494,16 +508,38 @@ pub(crate) fn image_current(p: &Pod) -> bool {
         .is_some_and(|c| Some(c.image) == want && c.ready)
 }
 
-/// Probes every member concurrently.
+/// Probes the recorded primary, then every other member concurrently. In that order a
+/// standby that keeps up under writes reads as caught up (at or past the position the primary
+/// had a moment before); probed together, it is behind whenever its probe lands first, and a
+/// step waiting for it to catch up within a bound of 0 waits on chance.
 async fn probe_all(
     ctx: &Context,
     engine: &'static dyn Engine,
     login: &Target,
     names: &[String],
+    primary: Option<&str>,
     pods: &BTreeMap<String, Pod>,
     claims: &[PersistentVolumeClaim],
 ) -> Vec<Member> {
-    join_all(names.iter().map(|n| async move {
+    let (first, rest): (Vec<&String>, Vec<&String>) =
+        names.iter().partition(|n| Some(n.as_str()) == primary);
+    let mut members = probe_each(ctx, engine, login, &first, pods, claims).await;
+    members.extend(probe_each(ctx, engine, login, &rest, pods, claims).await);
+    // In the members' order, as every other reader of `Observation::members` expects.
+    members.sort_by_key(|m| names.iter().position(|n| *n == m.name));
+    members
+}
+
+/// Probes `names` concurrently.
+async fn probe_each(
+    ctx: &Context,
+    engine: &'static dyn Engine,
+    login: &Target,
+    names: &[&String],
+    pods: &BTreeMap<String, Pod>,
+    claims: &[PersistentVolumeClaim],
+) -> Vec<Member> {
+    join_all(names.iter().map(|&n| async move {
         let pod = pods.get(n);
         let endpoint = pod
             .and_then(|p| p.status.as_ref()?.pod_ip.clone())
