@@ -25,6 +25,9 @@ use crate::status::{self, Desired};
 
 mod failover;
 
+/// How long into a fence a waiting pass looks again at the database's pace ([`Wake::Fenced`]).
+const FENCED_PACE_MS: i64 = 5_000;
+
 /// What one pass decided.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
@@ -1076,12 +1079,17 @@ fn apply_plan(mut d: Draft, prev: &UpgradeInFlight, mut p: Plan) -> Decision {
         },
     }
     // While a switchover holds writes off, every poll interval is write outage: wait at the
-    // database's pace rather than the usual poll.
+    // database's pace rather than the usual poll. A fence held past a few seconds is waiting on
+    // something slower than a poll (a restart, a catch-up): the usual poll then, so a stuck
+    // fence does not probe its members forty times a second until its deadline.
     let holding_writes =
         d.s.upgrade
             .as_ref()
             .and_then(|u| u.switchover.as_ref())
-            .is_some_and(|sw| sw.fenced_at.is_some() && sw.writable_at.is_none());
+            .filter(|sw| sw.writable_at.is_none())
+            .and_then(|sw| sw.fenced_at.as_ref())
+            .and_then(|at| plan::millis_between(at.0, d.o.now))
+            .is_some_and(|ms| ms < FENCED_PACE_MS);
     let wake = if changed || act != Act::None {
         Wake::Now
     } else if holding_writes {

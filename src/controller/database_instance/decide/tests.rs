@@ -457,6 +457,42 @@ fn the_fence_deadline_counts_from_the_recorded_fence() {
 }
 
 #[test]
+fn a_wait_under_the_fence_looks_again_at_the_databases_pace() {
+    // Fenced, the candidate short of the fenced position: nothing to record, and every
+    // interval until the next look is write outage.
+    let fenced = json!({"stage": "CatchingUp", "from": "db-0", "candidate": "db-1",
+                        "fencePosition": "aaa:5000", "fencedAt": "1970-01-01T00:00:00Z"});
+    let mut o = obs(DST, upgrading(json!({"kind": "Switchover"}), Some(fenced)));
+    for m in &mut o.members[1..] {
+        m.version = Some(DST.into());
+        m.probe.as_mut().unwrap().version = DST.into();
+    }
+    o.members[0].probe.as_mut().unwrap().fenced = true;
+    o.fence_goal = Some(Position::parse_redis("aaa:5000").unwrap());
+    o.inst.spec.datastore.version = DST.into();
+    let d = decide(&o);
+    assert_eq!(d.act, Act::None);
+    assert_eq!(d.wake, Wake::Fenced, "{:?}", d.status.message);
+    // Held for seconds, the fence waits on something slower than a poll: the usual poll.
+    o.now = jiff::Timestamp::from_second(6).unwrap();
+    let d = decide(&o);
+    assert_eq!(d.act, Act::None);
+    assert_eq!(d.wake, Wake::Poll, "{:?}", d.status.message);
+
+    // The same kind of wait with writes flowing (a standby restarting): the usual poll.
+    let mut o = obs(
+        DST,
+        upgrading(json!({"kind": "UpgradeStandby", "member": "db-1"}), None),
+    );
+    o.inst.spec.datastore.version = DST.into();
+    o.members[1].version = Some(DST.into());
+    o.members[1].ready = false;
+    let d = decide(&o);
+    assert_eq!(d.act, Act::None);
+    assert_eq!(d.wake, Wake::Poll, "{:?}", d.status.message);
+}
+
+#[test]
 fn a_stopped_upgrade_still_repoints_a_member_left_following_nobody() {
     let mut status = active();
     status["upgrade"] = json!({
