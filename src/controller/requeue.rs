@@ -28,9 +28,11 @@ pub fn poll() -> Action {
 }
 
 /// Look again at the database's pace: writes are held off (a switchover's fence is on) until
-/// a server reports what the step waits for. Each pass probes the members, so not tighter.
+/// a server reports what the step waits for. Each pass probes every member over a new
+/// connection (a PostgreSQL backend forked for each), so not tighter: on a loaded machine a
+/// tighter loop slowed the very servers it waited on.
 pub fn fenced() -> Action {
-    Action::requeue(Duration::from_millis(25))
+    Action::requeue(Duration::from_millis(50))
 }
 
 /// The next step is ready and its act's effect is observable at once.

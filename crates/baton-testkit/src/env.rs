@@ -734,10 +734,27 @@ pub async fn assert_nothing_lost(env: &Env, name: &str, reports: &[&workload::Re
         );
     }
     for (pod, ip) in &members {
+        // What the last look found, so a member that never answered is not reported as one
+        // that answered without the writes.
+        let last = std::sync::Mutex::new(String::new());
         let caught_up = eventually(Duration::from_secs(30), || async {
             for report in reports {
-                if !workload::missing(ds, *ip, report).await.ok()?.is_empty() {
-                    return None;
+                match workload::missing(ds, *ip, report).await {
+                    Ok(lost) if lost.is_empty() => {}
+                    found => {
+                        let what = match found {
+                            Ok(lost) => format!(
+                                "writer {}: {} acknowledged writes missing",
+                                report.writer,
+                                lost.len()
+                            ),
+                            Err(e) => format!("could not read it: {e}"),
+                        };
+                        if let Ok(mut l) = last.lock() {
+                            *l = what;
+                        }
+                        return None;
+                    }
                 }
             }
             Some(())
@@ -745,7 +762,8 @@ pub async fn assert_nothing_lost(env: &Env, name: &str, reports: &[&workload::Re
         .await;
         assert!(
             caught_up.is_some(),
-            "member {pod} is missing acknowledged writes"
+            "member {pod} is missing acknowledged writes after 30 s ({})",
+            last.lock().map(|l| l.clone()).unwrap_or_default()
         );
     }
 }

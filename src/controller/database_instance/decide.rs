@@ -26,7 +26,7 @@ use crate::status::{self, Desired};
 mod failover;
 
 /// How long into a fence a waiting pass looks again at the database's pace ([`Wake::Fenced`]).
-const FENCED_PACE_MS: i64 = 5_000;
+const FENCED_PACE_MS: i64 = 2_000;
 
 /// What one pass decided.
 #[derive(Debug, Clone, PartialEq)]
@@ -1079,7 +1079,7 @@ fn apply_plan(mut d: Draft, prev: &UpgradeInFlight, mut p: Plan) -> Decision {
         },
     }
     // While a switchover holds writes off, every poll interval is write outage: wait at the
-    // database's pace rather than the usual poll. A fence held past a few seconds is waiting on
+    // database's pace rather than the usual poll. A fence held past two seconds is waiting on
     // something slower than a poll (a restart, a catch-up): the usual poll then, so a stuck
     // fence does not probe its members forty times a second until its deadline.
     let holding_writes =

@@ -474,7 +474,7 @@ fn a_wait_under_the_fence_looks_again_at_the_databases_pace() {
     assert_eq!(d.act, Act::None);
     assert_eq!(d.wake, Wake::Fenced, "{:?}", d.status.message);
     // Held for seconds, the fence waits on something slower than a poll: the usual poll.
-    o.now = jiff::Timestamp::from_second(6).unwrap();
+    o.now = jiff::Timestamp::from_second(3).unwrap();
     let d = decide(&o);
     assert_eq!(d.act, Act::None);
     assert_eq!(d.wake, Wake::Poll, "{:?}", d.status.message);
