@@ -10,7 +10,10 @@
 //! time (the baseline: what any rolling restart costs), the operator's overhead (total minus
 //! the members' time), and acknowledged writes lost. Runs alternate between the two ways in:
 //! the instance's spec (even runs) and an UpgradeRequest (odd runs), and the summary compares
-//! them. Then (`redis-cluster` in `BATON_BENCH_DATASTORES`) `BATON_BENCH_CLUSTER_UPGRADES`
+//! them. After each engine's upgrades, its scripted floor ([`floor`]): as many switchovers
+//! (at most 10) done by this bench itself with the engine's own fence, promote and unfence and
+//! the role label, back to back, under the same label-following client; the summary prints
+//! Baton's gap against it (medians, maxima, ratio). Then (`redis-cluster` in `BATON_BENCH_DATASTORES`) `BATON_BENCH_CLUSTER_UPGRADES`
 //! (default 3) upgrades of a fresh 3 × 2 Redis Cluster, 6.2.14 → 7.0.15, under a client that
 //! follows `MOVED` and writes across every slot: the longest time between two acknowledged
 //! writes during the upgrade (each shard's failover stops writes to its slots; the client
@@ -167,7 +170,7 @@ async fn bench(
     f: Flavor,
     runs: usize,
     pinned_client: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<f64>> {
     let ns = ns.to_string();
     println!(
         "{runs} upgrades of a 3-member {} {} → {} under continuous writes (namespace {ns})",
@@ -324,7 +327,7 @@ async fn bench(
         );
     }
     println!("acknowledged writes lost:   {lost_total}");
-    Ok(())
+    Ok(gaps)
 }
 
 #[tokio::main]
@@ -371,7 +374,18 @@ async fn main() -> anyhow::Result<()> {
 
     for f in FLAVORS {
         if which.is_empty() || which.split(',').any(|w| w == f.ds.to_string()) {
-            bench(&client, &ns, f, runs, pinned_client).await?;
+            let gaps = bench(&client, &ns, f, runs, pinned_client).await?;
+            let floor = floor(&client, &ns, f, runs.clamp(1, 10)).await?;
+            let max = |v: &[f64]| v.iter().cloned().fold(f64::NAN, f64::max);
+            println!(
+                "{} against its floor:  Baton median {:.0} ms (max {:.0}), floor median {:.0} ms (max {:.0}), ratio {:.2}",
+                f.label,
+                median(gaps.clone()),
+                max(&gaps),
+                median(floor.clone()),
+                max(&floor),
+                median(gaps) / median(floor)
+            );
             println!();
         }
     }
@@ -703,4 +717,146 @@ async fn bench_cluster(client: &Client, ns: &str, runs: usize) -> anyhow::Result
         median(quiet_gaps)
     );
     Ok(())
+}
+
+/// The scripted floor of a switchover, measured beside Baton's on the same machine: the same
+/// guarded protocol's server-side steps (fence, wait for a standby to hold the fenced
+/// position, promote, move the role label, unfence), done by this bench back to back on one
+/// Baton stands aside from (`spec.paused`), polling the candidate every 2 ms and with no
+/// status write, watch or requeue between them. The label-following client's longest gap per
+/// switchover is the floor; runs alternate the primary between the first two members.
+async fn floor(client: &Client, ns: &str, f: Flavor, runs: usize) -> anyhow::Result<Vec<f64>> {
+    use baton::controller::database_instance::children::{LABEL_ROLE, ROLE_PRIMARY, ROLE_STANDBY};
+    use kube::api::{Patch, PatchParams};
+    let name = format!("{}floor", f.ds);
+    workload::create(client, ns, &name, f.ds, 3, f.source).await?;
+    workload::wait_active(client, ns, &name, f.source, Duration::from_secs(180))
+        .await
+        .ok_or_else(|| anyhow::anyhow!("{name} never became Active"))?;
+    let instances = Api::<baton::crd::DatabaseInstance>::namespaced(client.clone(), ns);
+    instances
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"paused": true}})),
+        )
+        .await?;
+    // Baton has seen the pause once its status says so.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !instances
+        .get(&name)
+        .await?
+        .status
+        .and_then(|s| s.message)
+        .is_some_and(|m| m.starts_with("paused"))
+    {
+        anyhow::ensure!(Instant::now() < deadline, "{name} was never paused");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let engine = baton::engine::for_datastore(f.ds)?;
+    let auth = workload::wait_auth(client, ns, &name).await;
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    let label = |pod: String, role: &'static str| {
+        let pods = pods.clone();
+        async move {
+            pods.patch(
+                &pod,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"metadata": {"labels": {LABEL_ROLE: role}}})),
+            )
+            .await
+        }
+    };
+    let addrs = workload::member_addresses(client, ns, &name).await;
+    let at = |m: &str| -> anyhow::Result<baton::engine::Target> {
+        let ip = addrs
+            .get(m)
+            .ok_or_else(|| anyhow::anyhow!("{m} has no address"))?;
+        Ok(auth.target(*ip, engine.port()))
+    };
+    let members: Vec<String> = (0..3).map(|i| format!("{name}-{i}")).collect();
+    println!(
+        "scripted floor of {runs} {} switchovers (instance {name}, paused):",
+        f.label
+    );
+    println!(
+        "{:>3} {:>10} {:>10} {:>6}",
+        "run", "gap ms", "script ms", "lost"
+    );
+    let mut gaps = vec![];
+    for run in 0..runs {
+        let (from, to) = if run % 2 == 0 { (0, 1) } else { (1, 0) };
+        let (old, new, other) = (&members[from], &members[to], &members[2]);
+        // Both standbys stream from the primary and keep up before each run.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let primary = at(old)?.endpoint;
+            let mut ok = engine.probe(&at(old)?).await?.writable();
+            for m in [new, other] {
+                let s = engine.probe(&at(m)?).await?;
+                ok &= s.streaming && s.following.as_deref().is_some_and(|h| primary.is_host(h));
+            }
+            if ok {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{name}: the standbys do not follow {old}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn(workload::write_until(
+            client.clone(),
+            ns.to_string(),
+            name.clone(),
+            f.ds,
+            // A writer name of its own per run, so one run's keys never mask another's.
+            Box::leak(format!("f{run}").into_boxed_str()),
+            Route::FollowLabel,
+            Duration::from_millis(50),
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let t0 = Instant::now();
+        engine.fence(&at(old)?).await?;
+        let goal = engine.probe(&at(old)?).await?.position;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let c = engine.probe(&at(new)?).await;
+            if c.is_ok_and(|c| c.streaming && c.position.reached(&goal)) {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "{new} never reached {goal}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        engine.promote(&at(new)?, Some(&goal)).await?;
+        label(old.clone(), ROLE_STANDBY).await?;
+        label(new.clone(), ROLE_PRIMARY).await?;
+        engine.unfence(&at(new)?).await?;
+        let script = t0.elapsed();
+        let primary = at(new)?.endpoint;
+        engine.repoint(&at(old)?, &primary).await?;
+        engine.repoint(&at(other)?, &primary).await?;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        stop.cancel();
+        let report = writer.await?;
+        let ip = *addrs
+            .get(new.as_str())
+            .ok_or_else(|| anyhow::anyhow!("no address"))?;
+        let lost = workload::missing(f.ds, ip, &report)
+            .await
+            .map_err(anyhow::Error::msg)?
+            .len();
+        println!(
+            "{:>3} {:>10.0} {:>10.0} {:>6}",
+            run + 1,
+            ms(report.longest_gap),
+            ms(script),
+            lost
+        );
+        gaps.push(ms(report.longest_gap));
+    }
+    let _ = instances.delete(&name, &Default::default()).await;
+    Ok(gaps)
 }
