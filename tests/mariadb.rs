@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use baton::crd::InstancePhase;
 use baton_testkit::env::*;
-use baton_testkit::faults::Scenario;
+use baton_testkit::faults::{self, Scenario};
 use baton_testkit::scenarios;
 use baton_testkit::workload;
 use baton_testkit::*;
@@ -131,6 +131,111 @@ async fn a_replicated_instance_rolls_a_minor_under_committing_clients_and_loses_
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_primary_with_replicated_durability_is_failed_over_losing_nothing() {
     scenarios::hung_replicated_primary_is_failed_over_losing_nothing(MARIADB, "my-durable").await;
+}
+
+/// Account changes on the promoted member while Baton unfences it, as the test writers make
+/// their account (through Baton's own account, which `read_only` does not stop). Under
+/// `durability: Replicated` such a change waits for a replica's acknowledgement while it holds
+/// the account tables, which the unfence needs to unlock accounts: Baton points the other
+/// standby at the new primary before it unfences, so each change is acknowledged and the
+/// unfence goes through. (Unfenced first, a change made once the semi-synchronous primary side
+/// was on waited for a replica that was repointed only after the unfence, which waited on it.)
+#[tokio::test(flavor = "multi_thread")]
+async fn account_changes_on_the_promoted_member_do_not_hold_its_unfence() {
+    let mut spec = MARIADB.spec();
+    spec["failover"] = json!({"enabled": true, "afterSeconds": 5});
+    spec["durability"] = json!("Replicated");
+    let (env, op) = Env::with_active("my-held", "db", 3, spec).await;
+    drop(op);
+    let op = env.operator_with("my-held-op", &[("BATON_HOLD_AT", "db:promote@*#1:8000")]);
+    let auth = env.auth("db").await;
+    let ips = workload::member_addresses(&env.client, &env.ns, "db").await;
+    // The writer's account and table, made by a writer for a moment.
+    let (stop, task) = env.writer("db");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.cancel();
+    assert!(!task.await.expect("writer").acked.is_empty(), "no write");
+    let hung = faults::hang_member(&env, "db-0")
+        .await
+        .expect("db-0's processes stopped");
+    // The promoted standby, once it follows nobody (the operator is held there for 8 s).
+    let to = eventually(Duration::from_secs(90), || async {
+        let to = env.instances.get("db").await.ok()?.status?.failover?.to?;
+        let mut c = admin(ips[&to], &auth).await.ok()?;
+        let replica: Vec<mysql_async::Row> = c.query("SHOW SLAVE STATUS").await.ok()?;
+        replica.is_empty().then_some(to)
+    })
+    .await
+    .unwrap_or_else(|| panic!("nothing was promoted:\n{}", tail(&op.logs(), 30)));
+    let other = ips
+        .keys()
+        .find(|m| **m != to && *m != "db-0")
+        .expect("db-2")
+        .clone();
+    // Account changes back to back from the promotion on, each bounded, until the writer's
+    // account is unlocked there.
+    let done = CancellationToken::new();
+    let changing = tokio::spawn({
+        let (ip, auth, done) = (ips[&to], auth.clone(), done.clone());
+        async move {
+            let mut c = admin(ip, &auth).await.expect("connect");
+            let mut n = 0u32;
+            while !done.is_cancelled() {
+                let change = c.query_drop(
+                    "CREATE USER IF NOT EXISTS held@'%' IDENTIFIED BY 'held'; \
+                     GRANT SELECT ON app.* TO held@'%'",
+                );
+                match tokio::time::timeout(Duration::from_secs(30), change).await {
+                    Ok(Ok(())) => n += 1,
+                    Ok(Err(e)) => return Err(format!("change {n}: {e}")),
+                    Err(_) => return Err(format!("change {n} waited 30 s")),
+                }
+            }
+            Ok(n)
+        }
+    });
+    // Unfenced: the writer account commits there (acknowledged by a replica) ...
+    let wrote = eventually(Duration::from_secs(60), || async {
+        let mut w = writer(ips[&to]).await.ok()?;
+        w.query_drop("INSERT INTO app.baton_w VALUES ('after-held', 1)")
+            .await
+            .ok()
+    })
+    .await;
+    assert!(
+        wrote.is_some(),
+        "{to} never took the writer's commit:\n{}",
+        tail(&op.logs(), 30)
+    );
+    done.cancel();
+    let changes = changing.await.expect("changes");
+    assert!(
+        matches!(changes, Ok(n) if n > 0),
+        "an account change failed or waited: {changes:?}\n{}",
+        tail(&op.logs(), 30)
+    );
+    // ... which, like the account changes, reached the standby pointed at it.
+    let replicated = eventually(Duration::from_secs(30), || async {
+        let mut c = admin(ips[&other], &auth).await.ok()?;
+        let held: Option<i64> = c
+            .query_first("SELECT COUNT(*) FROM mysql.user WHERE user = 'held'")
+            .await
+            .ok()?;
+        let row: Option<i64> = c
+            .query_first("SELECT COUNT(*) FROM app.baton_w WHERE k = 'after-held'")
+            .await
+            .ok()?;
+        (held == Some(1) && row == Some(1)).then_some(())
+    })
+    .await;
+    assert!(replicated.is_some(), "{other} lacks what {to} committed");
+    let last = env.status("db").await.last_failover.expect("lastFailover");
+    assert_eq!(
+        (last.from.as_str(), last.to.as_str()),
+        ("db-0", to.as_str())
+    );
+    drop(hung);
+    delete_namespace(&env.client, &env.ns).await;
 }
 
 /// A primary that dies while the upgrade restarts a standby: the upgrade pauses, the failover

@@ -137,9 +137,9 @@ pub struct FailoverPolicy {
     pub enabled: bool,
     /// How long the primary must be down before Baton fails over, in seconds (5 to 3600,
     /// default 30): down means its node reports its container not running or its pod not
-    /// Ready, and its server does not answer Baton. A primary whose node reports it Ready but
-    /// that does not answer Baton (it may be cut off from Baton rather than down) is never
-    /// failed over.
+    /// Ready, and its server does not answer Baton, counted from when both first hold. A
+    /// primary whose node reports it Ready but that does not answer Baton (it may be cut off
+    /// from Baton rather than down) is never failed over, and that time does not count.
     #[serde(default = "default_failover_after")]
     #[schemars(range(min = 5, max = 3600))]
     pub after_seconds: i32,

@@ -151,8 +151,41 @@ impl MySqlFamily {
         // unlocked (two probers: a leader handing over, or a test's safety watcher).
         fence_lock(c, t).await?;
         let out = self.lock_bypassing_held(c, t).await;
-        let _ = c.query_drop("DO RELEASE_LOCK('baton_fence')").await;
-        out
+        if out.is_ok() {
+            let _ = c.query_drop("DO RELEASE_LOCK('baton_fence')").await;
+        }
+        end_if_stuck(t, c.id(), out).await
+    }
+
+    /// Writes in first (the locked accounts still cannot log in), then the accounts Baton
+    /// locked here: a crash in between leaves records that keep the member reported fenced,
+    /// so the unfence is repeated.
+    async fn unfence_held(&self, c: &mut Conn, t: &Target) -> Result<(), EngineError> {
+        let d = self.dialect;
+        if let Some(sql) = d.semi_sync_as_primary() {
+            // Before the first write: none is acknowledged without a replica when it must be.
+            run(c, t, "semi-sync", sql).await?;
+        }
+        run(c, t, "read_only", d.read_only_off()).await?;
+        let locked = rows(c, t, "fence records", "SELECT user, host FROM baton.fenced").await?;
+        run(c, t, "local", "SET SESSION sql_log_bin = 0").await?;
+        for r in &locked {
+            let (Some(user), Some(host)) = (text_at(r, 0), text_at(r, 1)) else {
+                continue;
+            };
+            let sql = format!(
+                "ALTER USER IF EXISTS {} ACCOUNT UNLOCK",
+                account(&user, &host)
+            );
+            run(c, t, "ALTER USER ACCOUNT UNLOCK", &sql).await?;
+            let sql = format!(
+                "DELETE FROM baton.fenced WHERE user = {} AND host = {}",
+                quote(&user),
+                quote(&host)
+            );
+            run(c, t, "fence record", &sql).await?;
+        }
+        Ok(())
     }
 
     async fn lock_bypassing_held(&self, c: &mut Conn, t: &Target) -> Result<(), EngineError> {
@@ -382,7 +415,6 @@ impl Engine for MySqlFamily {
     }
 
     async fn unfence(&self, t: &Target) -> Result<(), EngineError> {
-        let d = self.dialect;
         let mut c = connect(t).await?;
         let p = self.probe_on(&mut c, t).await?;
         if p.role != Role::Primary {
@@ -392,41 +424,12 @@ impl Engine for MySqlFamily {
                 why: "the server follows another member".into(),
             });
         }
-        // Writes in first (the locked accounts still cannot log in), then the accounts Baton
-        // locked here: a crash in between leaves records that keep the member reported
-        // fenced, so the unfence is repeated. Under the fence lock (see `lock_bypassing`),
-        // held until the connection ends.
+        // Under the fence lock (see `lock_bypassing`), held until the connection ends.
         fence_lock(&mut c, t).await?;
-        if let Some(sql) = d.semi_sync_as_primary() {
-            // Before the first write: none is acknowledged without a replica when it must be.
-            run(&mut c, t, "semi-sync", sql).await?;
-        }
-        run(&mut c, t, "read_only", d.read_only_off()).await?;
-        let locked = rows(
-            &mut c,
-            t,
-            "fence records",
-            "SELECT user, host FROM baton.fenced",
-        )
-        .await?;
-        run(&mut c, t, "local", "SET SESSION sql_log_bin = 0").await?;
-        for r in &locked {
-            let (Some(user), Some(host)) = (text_at(r, 0), text_at(r, 1)) else {
-                continue;
-            };
-            let sql = format!(
-                "ALTER USER IF EXISTS {} ACCOUNT UNLOCK",
-                account(&user, &host)
-            );
-            run(&mut c, t, "ALTER USER ACCOUNT UNLOCK", &sql).await?;
-            let sql = format!(
-                "DELETE FROM baton.fenced WHERE user = {} AND host = {}",
-                quote(&user),
-                quote(&host)
-            );
-            run(&mut c, t, "fence record", &sql).await?;
-        }
+        let out = self.unfence_held(&mut c, t).await;
+        let out = end_if_stuck(t, c.id(), out).await;
         goodbye(c).await;
+        out?;
         crate::failpoint::passed("db:unfence").await;
         Ok(())
     }

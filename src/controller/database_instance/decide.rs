@@ -16,7 +16,7 @@ use super::model::{Act, Member, NewPod, Observation, View, Wake};
 use super::plan::{self, Plan};
 use crate::catalog::{self, PathError};
 use crate::crd::{
-    DatabaseInstanceStatus, DatastoreVersion, InstancePhase, MemberRole, MemberStatus,
+    DatabaseInstanceStatus, DatastoreVersion, Durability, InstancePhase, MemberRole, MemberStatus,
     OfflineUpgrade, QuarantinedMember, UpgradeInFlight, UpgradeOutcome, UpgradeResult, UpgradeStep,
     UpgradeType,
 };
@@ -473,10 +473,12 @@ fn steady(mut d: Draft, primary: &str, base: &str) -> Decision {
         ..view(o, primary, &o.inst.spec.upgrade_policy, Duration::ZERO)
     };
     if let Some(act) = converge(o, &v, primary) {
-        let wake = if matches!(act, Act::Repoint { .. }) {
-            Wake::Poll
-        } else {
-            Wake::Now
+        // A repoint is seen by a later probe; one ahead of an unfence holds writes off, so
+        // that probe comes at the fenced pace.
+        let wake = match act {
+            Act::Repoint { .. } if v.primary_member().is_some_and(Member::fenced) => Wake::Fenced,
+            Act::Repoint { .. } => Wake::Poll,
+            _ => Wake::Now,
         };
         return d.done(act, wake);
     }
@@ -618,6 +620,11 @@ fn cluster_shard(mut d: Draft, base: &str) -> Decision {
 /// The act that brings the members back to one writable primary that every other member
 /// follows: publish the primary (label and topology), unfence it once it is the only member
 /// that could take a write, repoint strays. Each is safe at any time, failed upgrade or not.
+///
+/// Under `durability: Replicated` the strays are repointed before the unfence: there a commit
+/// waits for a replica's acknowledgement, so a primary opened with no replica attached holds
+/// every write, and a held statement that keeps a lock the unfence needs (an account change
+/// on MariaDB) would hold the unfence, and with it the repoint, for good.
 fn converge(o: &Observation, v: &View, primary: &str) -> Option<Act> {
     let leader = v.primary_member().filter(|p| p.is_primary())?;
     if o.published.as_deref() != Some(primary) {
@@ -625,12 +632,13 @@ fn converge(o: &Observation, v: &View, primary: &str) -> Option<Act> {
             primary: primary.into(),
         });
     }
-    if leader.fenced() && v.only_writer_could_be(primary).is_ok() {
+    let members = v.to_repoint(leader);
+    let replicas_first = o.inst.spec.durability == Durability::Replicated && !members.is_empty();
+    if leader.fenced() && v.only_writer_could_be(primary).is_ok() && !replicas_first {
         return Some(Act::Unfence {
             member: primary.into(),
         });
     }
-    let members = v.to_repoint(leader);
     (!members.is_empty()).then(|| Act::Repoint {
         members,
         primary: primary.into(),
@@ -647,7 +655,22 @@ fn primary_available(d: &mut Draft) -> (bool, String) {
     if matches!(reason, "PrimaryDown" | "PrimaryNotLeading") && !o.inst.spec.failover.enabled {
         why = format!("{why}; no standby is promoted (spec.failover is off)");
     }
+    let entered_down = reason == "PrimaryDown"
+        && status::find(&d.s.conditions, "PrimaryAvailable")
+            .is_some_and(|c| c.status == "False" && c.reason != reason);
     d.cond("PrimaryAvailable", up, reason, why.clone());
+    if entered_down {
+        // `afterSeconds` counts from when the primary is down (its node agrees), not from a
+        // spell of not answering Baton alone: the clock a failover waits on starts here.
+        let now = d.now();
+        if let Some(c) =
+            d.s.conditions
+                .iter_mut()
+                .find(|c| c.type_ == "PrimaryAvailable")
+        {
+            c.last_transition_time = now;
+        }
+    }
     (up, why)
 }
 

@@ -316,8 +316,9 @@ pub enum Wake {
     Idle,
     /// Soon: waiting on something that has no watch event (a server catching up).
     Poll,
-    /// Sooner: a switchover holds writes off while it waits on a server (the candidate
-    /// streaming and reaching the fenced position), so the wait is the clients' outage.
+    /// Sooner: writes are held off while Baton waits on a server (a switchover's candidate
+    /// streaming and reaching the fenced position, a replica attaching before a Replicated
+    /// primary is unfenced), so the wait is the clients' outage.
     Fenced,
     /// At once: the next step is ready to be decided.
     Now,

@@ -115,6 +115,25 @@ pub(super) async fn fence_lock(c: &mut Conn, t: &Target) -> Result<(), EngineErr
     })
 }
 
+/// Passes `out` on; when it is a statement that did not answer in time on session `id`, ends
+/// that session from another one first. The server goes on with such a statement, and the
+/// session keeps what it holds (the fence lock is its session's until the session ends), so
+/// every later fence and unfence of the member would be refused while it waits.
+pub(super) async fn end_if_stuck<T>(
+    t: &Target,
+    id: u32,
+    out: Result<T, EngineError>,
+) -> Result<T, EngineError> {
+    if matches!(out, Err(EngineError::Timeout { .. }))
+        && let Ok(mut k) = connect(t).await
+    {
+        let kill = k.query_drop(format!("KILL CONNECTION {id}"));
+        let _ = super::super::within(&t.endpoint, "KILL", TIMEOUT, kill).await;
+        goodbye(k).await;
+    }
+    out
+}
+
 /// A column as text, by name (NULL and absent read as None).
 pub(super) fn text(r: &Row, col: &str) -> Option<String> {
     text_at(r, r.columns_ref().iter().position(|c| c.name_str() == col)?)

@@ -290,6 +290,45 @@ fn converging_publishes_then_unfences_the_primary_then_repoints_strays() {
 }
 
 #[test]
+fn a_replicated_primary_gets_its_replicas_before_it_is_unfenced() {
+    // db-1 promoted in place of db-0 and still fenced; db-2 still follows db-0.
+    let mut o = obs(SRC, json!({"phase": "Active", "primary": "db-1"}));
+    o.inst.spec.durability = crate::crd::Durability::Replicated;
+    o.published = Some("db-1".into());
+    o.members[0].probe = None;
+    let p = o.members[1].probe.as_mut().unwrap();
+    p.role = Role::Primary;
+    p.following = None;
+    p.streaming = false;
+    let repoint = Act::Repoint {
+        members: vec!["db-2".into()],
+        primary: "db-1".into(),
+    };
+    let d = decide(&o);
+    assert_eq!(
+        d.act, repoint,
+        "a commit there needs a replica to acknowledge it"
+    );
+    assert_eq!(d.wake, Wake::Fenced, "writes wait on the replica attaching");
+    o.members[2].probe.as_mut().unwrap().following = Some(host(1));
+    assert_eq!(
+        decide(&o).act,
+        Act::Unfence {
+            member: "db-1".into()
+        }
+    );
+    // Asynchronous durability opens the primary first: nothing waits on a replica there.
+    o.members[2].probe.as_mut().unwrap().following = Some(host(0));
+    o.inst.spec.durability = crate::crd::Durability::Local;
+    assert_eq!(
+        decide(&o).act,
+        Act::Unfence {
+            member: "db-1".into()
+        }
+    );
+}
+
+#[test]
 fn a_second_writer_is_fenced_and_quarantined_and_never_repointed() {
     let mut o = obs(SRC, active());
     let p = o.members[2].probe.as_mut().unwrap();
@@ -1043,6 +1082,32 @@ fn no_failover_when_off_cut_off_or_without_a_standby_and_applied_before_promoted
         p.received = Some(Position::parse_redis("aaa:150").unwrap());
     }
     waits_saying(&o, "applies what it received");
+}
+
+#[test]
+fn the_failover_clock_starts_when_the_node_agrees_the_primary_is_down() {
+    // Not answering Baton for 300 s while its node said Ready, then its node says not Ready:
+    // down now, so the failover waits its full `afterSeconds` (30) from here.
+    let mut o = primary_down(300, active());
+    if let Some(c) = o
+        .inst
+        .status
+        .as_mut()
+        .and_then(|s| s.conditions.first_mut())
+    {
+        c.reason = "PrimaryUnreachable".into();
+    }
+    let d = decide(&o);
+    assert_eq!(d.act, Act::None, "failed over on Baton's silence alone");
+    let c = condition(&d, "PrimaryAvailable");
+    assert_eq!(
+        (c.reason.as_str(), c.last_transition_time.0),
+        ("PrimaryDown", o.now)
+    );
+    // 31 s later it is due.
+    let mut later = primary_down(331, serde_json::to_value(&d.status).unwrap());
+    later.inst.status.as_mut().unwrap().conditions = d.status.conditions.clone();
+    assert!(matches!(decide(&later).act, Act::Depose { .. }));
 }
 
 /// What the pass measured the last failover's old primary to hold beyond the new one.
