@@ -590,14 +590,11 @@ pub async fn primary_dying_mid_upgrade_is_failed_over_and_the_upgrade_resumes(
         .find(|m| m.pod == last.to)
         .and_then(|m| m.version.clone())
         .unwrap_or_default();
+    let new_ip = labelled(&env, &last.to).await;
     // Key spaces of their own: the first writer's keys are taken.
     let clients = [
         env.writer_with("db", "a", crate::workload::Route::FollowLabel),
-        env.writer_with(
-            "db",
-            "p",
-            crate::workload::Route::Pinned(env.primary_ip("db").await),
-        ),
+        env.writer_with("db", "p", crate::workload::Route::Pinned(new_ip)),
     ];
     let inst = env
         .wait_for("db", InstancePhase::Active, f.target, &op)
@@ -646,6 +643,18 @@ pub async fn primary_dying_mid_upgrade_is_failed_over_and_the_upgrade_resumes(
         reports[2].acked.len(),
     );
     delete_namespace(&env.client, &env.ns).await;
+}
+
+/// The address of `member` once the primary label names it: it moves when the promoted
+/// standby is published, which `lastFailover` and the old member's measurement may precede.
+async fn labelled(env: &Env, member: &str) -> std::net::IpAddr {
+    eventually(Duration::from_secs(60), || async {
+        let ip = crate::workload::primary_address(&env.client, &env.ns, "db").await?;
+        let members = crate::workload::member_addresses(&env.client, &env.ns, "db").await;
+        (members.get(member) == Some(&ip)).then_some(ip)
+    })
+    .await
+    .unwrap_or_else(|| panic!("the primary label never moved to {member}"))
 }
 
 /// Waits for the failover away from the hung `db-0`: its Warning, then the outcome in
@@ -751,15 +760,7 @@ async fn failed_over(f: Flavor, prefix: &str, writing: bool, replicated: bool) {
     drop(hung);
     assert_eq!(st.phase, Some(InstancePhase::Active));
     assert_eq!(st.primary.as_deref(), Some(last.to.as_str()));
-    // The label names the promoted standby once it is published (the measurement of the old
-    // member may come first).
-    let new_ip = eventually(Duration::from_secs(60), || async {
-        let ip = crate::workload::primary_address(&env.client, &env.ns, "db").await?;
-        let members = crate::workload::member_addresses(&env.client, &env.ns, "db").await;
-        (members.get(&last.to) == Some(&ip)).then_some(ip)
-    })
-    .await
-    .unwrap_or_else(|| panic!("the primary label never moved to {}", last.to));
+    let new_ip = labelled(&env, &last.to).await;
     if !writing {
         // Idle through the failover: nothing can be missing; a writer after it must reach
         // every member that follows, the rejoined one included.
