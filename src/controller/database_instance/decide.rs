@@ -655,22 +655,14 @@ fn primary_available(d: &mut Draft) -> (bool, String) {
     if matches!(reason, "PrimaryDown" | "PrimaryNotLeading") && !o.inst.spec.failover.enabled {
         why = format!("{why}; no standby is promoted (spec.failover is off)");
     }
-    let entered_down = reason == "PrimaryDown"
-        && status::find(&d.s.conditions, "PrimaryAvailable")
-            .is_some_and(|c| c.status == "False" && c.reason != reason);
-    d.cond("PrimaryAvailable", up, reason, why.clone());
-    if entered_down {
+    if reason == "PrimaryDown" {
         // `afterSeconds` counts from when the primary is down (its node agrees), not from a
-        // spell of not answering Baton alone: the clock a failover waits on starts here.
-        let now = d.now();
-        if let Some(c) =
-            d.s.conditions
-                .iter_mut()
-                .find(|c| c.type_ == "PrimaryAvailable")
-        {
-            c.last_transition_time = now;
-        }
+        // spell of not answering Baton alone: entering PrimaryDown from another reason starts
+        // the condition afresh, so its transition time is now.
+        d.s.conditions
+            .retain(|c| c.type_ != "PrimaryAvailable" || c.reason == reason);
     }
+    d.cond("PrimaryAvailable", up, reason, why.clone());
     (up, why)
 }
 
