@@ -319,8 +319,11 @@ impl Engine for Redis {
     }
 
     /// AOF persistence (so a member restarted on an older version starts empty and resyncs
-    /// instead of failing on a newer snapshot format), the pod's own address announced to the
-    /// primary, and the fence from the first instant.
+    /// instead of failing on a newer snapshot format), written before each reply (`always`:
+    /// under `everysec` a write acknowledged while a background fsync is slow stays in memory,
+    /// and a killed primary comes back without it; its replicas then resync from it and drop it
+    /// too), the pod's own address announced to the primary, and the fence from the first
+    /// instant.
     fn container(&self, m: &MemberTemplate<'_>) -> Container {
         let args = [
             "--port",
@@ -330,7 +333,7 @@ impl Engine for Redis {
             "--appendonly",
             "yes",
             "--appendfsync",
-            "everysec",
+            "always",
             "--replica-announce-ip",
             "$(POD_IP)",
             "--min-replicas-to-write",
