@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -198,6 +198,40 @@ async fn redis_pod_with_a_claim_runs_answers_and_keeps_its_data_across_recreatio
     assert_eq!(
         get(&ip(&p2), "greeting").await.as_deref(),
         Some("hello from the first pod")
+    );
+
+    // Once the claim is deleted (after its last pod), its volume and data are reclaimed.
+    let pv_name = claim
+        .get("data")
+        .await
+        .expect("claim")
+        .spec
+        .and_then(|s| s.volume_name)
+        .expect("bound volume");
+    let pv_api = Api::<PersistentVolume>::all(client.clone());
+    let dir = pv_api
+        .get(&pv_name)
+        .await
+        .expect("volume")
+        .spec
+        .and_then(|s| s.host_path)
+        .map(|h| std::path::PathBuf::from(h.path))
+        .expect("hostPath");
+    assert!(dir.is_dir(), "{} holds no data", dir.display());
+    delete_and_wait(&pods, "r").await;
+    claim
+        .delete("data", &Default::default())
+        .await
+        .expect("delete claim");
+    let reclaimed = eventually(TIMEOUT, || async {
+        let gone = matches!(pv_api.get_opt(&pv_name).await, Ok(None));
+        (gone && !dir.exists()).then_some(())
+    })
+    .await;
+    assert!(
+        reclaimed.is_some(),
+        "the deleted claim's volume {pv_name} or directory {} is still there",
+        dir.display()
     );
     delete_namespace(&client, &ns).await;
 }

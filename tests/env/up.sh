@@ -144,7 +144,7 @@ start kube-controller-manager "$BIN_DIR/kube-controller-manager" \
   --bind-address 127.0.0.1 --secure-port "$KCM_PORT" \
   --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
   --use-service-account-credentials=false \
-  --controllers garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller,persistentvolume-binder-controller,persistentvolumeclaim-protection-controller,deployment-controller,replicaset-controller
+  --controllers garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller,persistentvolume-binder-controller,persistentvolumeclaim-protection-controller,persistentvolume-protection-controller,deployment-controller,replicaset-controller
 wait_http kube-controller-manager "https://127.0.0.1:$KCM_PORT/healthz" 120 -k
 
 log "control plane ${K8S_VERSION} up at https://127.0.0.1:$APISERVER_PORT"

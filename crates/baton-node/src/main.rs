@@ -240,6 +240,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         })
     };
+    {
+        let (client, state, shutdown) = (client.clone(), ctx.state.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                }
+                match volumes::reclaim(&client, &state).await {
+                    Ok(gone) => {
+                        for uid in gone {
+                            info!(claim_uid = %uid, "reclaimed a deleted claim's volume");
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "reclaiming deleted claims' volumes failed"),
+                }
+            }
+        });
+    }
     if args.bind_pods {
         tokio::spawn(bind_unscheduled(
             client.clone(),

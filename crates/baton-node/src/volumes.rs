@@ -6,6 +6,8 @@
 //! API bound to the pod, renewed at 80% of its lifetime as the kubelet does — so a pod the
 //! ServiceAccount admission plugin gave `kube-api-access-*` reads its token, the cluster CA and
 //! its namespace under `/var/run/secrets/kubernetes.io/serviceaccount`, as on a real node.
+//! A deleted claim's directory and PersistentVolume are reclaimed (`reclaim`), as a dynamic
+//! provisioner's `Delete` policy does.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +17,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, DownwardAPIVolumeFile, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod,
     ProjectedVolumeSource, Secret, ServiceAccount, Volume,
 };
-use kube::api::{Api, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -459,4 +461,49 @@ async fn claim_dir(
         }
     }
     Ok(dir)
+}
+
+/// Deletes the directory and PersistentVolume of every claim that no longer exists; returns the
+/// UIDs reclaimed. The directories are listed before the claims: a directory is made only after
+/// its claim was read, so one listed here whose claim is not in the (later, consistent) list
+/// belongs to a deleted claim — and a claim is deleted only once no pod uses it (the
+/// `pvc-protection` finalizer).
+pub async fn reclaim(client: &Client, state: &Path) -> Result<Vec<String>, VolumeError> {
+    let root = state.join("volumes");
+    let dirs: Vec<String> = match std::fs::read_dir(&root) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    if dirs.is_empty() {
+        return Ok(dirs);
+    }
+    let live: std::collections::BTreeSet<String> =
+        Api::<PersistentVolumeClaim>::all(client.clone())
+            .list_metadata(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|c| c.metadata.uid)
+            .collect();
+    let pvs = Api::<PersistentVolume>::all(client.clone());
+    let mut gone = Vec::new();
+    for uid in dirs.into_iter().filter(|u| !live.contains(u)) {
+        match pvs
+            .delete(&format!("baton-local-{uid}"), &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        let dir = root.join(&uid);
+        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir))
+            .await
+            .map_err(std::io::Error::other)??;
+        gone.push(uid);
+    }
+    Ok(gone)
 }
