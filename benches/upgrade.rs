@@ -263,14 +263,8 @@ async fn bench(
         let primary = workload::primary_address(client, &ns, &name)
             .await
             .ok_or_else(|| anyhow::anyhow!("no primary"))?;
-        let lost = workload::missing(f.ds, primary, &report)
-            .await
-            .map_err(anyhow::Error::msg)?
-            .len()
-            + workload::missing(f.ds, primary, &pinned)
-                .await
-                .map_err(anyhow::Error::msg)?
-                .len();
+        let lost = missing(f.ds, primary, &report).await?.len()
+            + missing(f.ds, primary, &pinned).await?.len();
         lost_total += lost;
         println!(
             "{:>3} {:>8} {:>10.0} {:>10.2} {:>12.2} {:>12.2} {:>9} {:>6}",
@@ -844,10 +838,7 @@ async fn floor(client: &Client, ns: &str, f: Flavor, runs: usize) -> anyhow::Res
         let ip = *addrs
             .get(new.as_str())
             .ok_or_else(|| anyhow::anyhow!("no address"))?;
-        let lost = workload::missing(f.ds, ip, &report)
-            .await
-            .map_err(anyhow::Error::msg)?
-            .len();
+        let lost = missing(f.ds, ip, &report).await?.len();
         println!(
             "{:>3} {:>10.0} {:>10.0} {:>6}",
             run + 1,
@@ -859,4 +850,20 @@ async fn floor(client: &Client, ns: &str, f: Flavor, runs: usize) -> anyhow::Res
     }
     let _ = instances.delete(&name, &Default::default()).await;
     Ok(gaps)
+}
+
+/// The acknowledged writes of `report` missing at `ip`, retrying the connection for 10 s (a
+/// member just restarted or unfenced may refuse a moment longer).
+async fn missing(
+    ds: baton::crd::Datastore,
+    ip: std::net::IpAddr,
+    report: &workload::Report,
+) -> anyhow::Result<Vec<workload::Ack>> {
+    let last = std::sync::Mutex::new(String::new());
+    let found = baton_testkit::eventually(Duration::from_secs(10), || async {
+        let r = workload::missing(ds, ip, report).await;
+        r.map_err(|e| *last.lock().expect("last") = e).ok()
+    })
+    .await;
+    found.ok_or_else(|| anyhow::anyhow!("{}", last.lock().expect("last")))
 }

@@ -407,23 +407,40 @@ impl<'a> Scenario<'a> {
             "{name}: members not Ready at once: {:?}",
             worst.not_ready
         );
-        let primary = env.primary_ip(&name).await;
+        // Each try re-reads the label and probes every member; the last one seen is what a
+        // failure reports (a probe error, two writable members, or a writable one unlabelled).
+        let engine = baton::engine::for_datastore(self.datastore).expect("engine");
+        let seen = std::sync::Mutex::new(String::new());
         let writable = eventually(Duration::from_secs(30), || async {
+            let primary = workload::primary_address(&env.client, &env.ns, &name).await;
             let members = workload::member_addresses(&env.client, &env.ns, &name).await;
-            let engine = baton::engine::for_datastore(self.datastore).ok()?;
             let mut w = BTreeMap::new();
+            let mut saw = format!("labelled primary {primary:?};");
             for (pod, ip) in members {
                 let t = self.auth.target(ip, engine.port());
-                if engine.probe(&t).await.ok()?.writable() {
-                    w.insert(pod, ip);
+                match engine.probe(&t).await {
+                    Ok(p) => {
+                        saw += &format!(
+                            " {pod} ({ip}) {:?}{};",
+                            p.role,
+                            if p.fenced { " fenced" } else { "" }
+                        );
+                        if p.writable() {
+                            w.insert(pod, ip);
+                        }
+                    }
+                    Err(e) => saw += &format!(" {pod} ({ip}) probe failed: {e};"),
                 }
             }
-            (w.len() == 1 && w.values().all(|ip| *ip == primary)).then_some(w)
+            *seen.lock().expect("seen") = saw;
+            (w.len() == 1 && primary.is_some_and(|p| w.values().all(|ip| *ip == p))).then_some(w)
         })
         .await;
         assert!(
             writable.is_some(),
-            "{name}: the labelled primary is not the one writable member"
+            "{name}: the labelled primary is not the one writable member; last seen: {}\n{}",
+            seen.lock().expect("seen"),
+            crate::env::tail(&op.logs(), 30)
         );
         assert_nothing_lost(env, &name, &reports.iter().collect::<Vec<_>>()).await;
         // And no password of the instance surfaced in its status, Events or this operator's log.

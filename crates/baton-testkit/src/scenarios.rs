@@ -393,8 +393,10 @@ pub async fn hung_primary_is_reported_down_and_not_replaced(f: Flavor, prefix: &
     env.wait_for("db", InstancePhase::Active, f.source, &op)
         .await;
     assert_eq!(env.status("db").await.primary.as_deref(), Some("db-0"));
+    // Long enough for the loss check's 50 writes on a loaded machine (a first PostgreSQL write
+    // also creates the table).
     let (stop, writes) = env.writer("db");
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     stop.cancel();
     let report = writes.await.expect("writer");
     assert!(

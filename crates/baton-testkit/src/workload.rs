@@ -53,6 +53,11 @@ pub struct Report {
     pub attempted: u64,
     pub acked: Vec<Ack>,
     pub errors: u64,
+    /// Connections that could not be made (refused, timed out, login refused).
+    pub failed_connects: u64,
+    /// The last failure, write or connection, and when (since the writer started): what a
+    /// test failure needs to say why a writer stopped writing.
+    pub last_error: Option<String>,
     /// Intervals between consecutive acknowledgements longer than the outage threshold.
     pub gaps: Vec<Duration>,
     pub longest_gap: Duration,
@@ -302,16 +307,19 @@ const PG_TABLE: &str = "baton_w";
 /// Connects to the member at `ip` as a client would, with the Secret's application account
 /// (2 s timeout).
 pub async fn connect(ds: Datastore, ip: IpAddr, auth: &Auth) -> Option<Conn> {
-    connect_as(ds, ip, auth, false).await
+    connect_as(ds, ip, auth, false).await.ok()
 }
 
 /// Connects with the account the checks read every member with: Baton's, but on Redis (where
 /// Baton's account may touch no key) the application account.
 pub async fn connect_admin(ds: Datastore, ip: IpAddr, auth: &Auth) -> Option<Conn> {
-    connect_as(ds, ip, auth, ds != Datastore::Redis).await
+    connect_as(ds, ip, auth, ds != Datastore::Redis).await.ok()
 }
 
-async fn connect_as(ds: Datastore, ip: IpAddr, auth: &Auth, admin: bool) -> Option<Conn> {
+/// Connects as [`connect`] or [`connect_admin`] do, saying why it could not.
+async fn connect_as(ds: Datastore, ip: IpAddr, auth: &Auth, admin: bool) -> Result<Conn, String> {
+    let timed_out = || format!("connecting to {ip} timed out");
+    let failed = |e: &dyn std::fmt::Display| format!("connecting to {ip}: {e}");
     let timeout = Duration::from_secs(2);
     let (user, password) = if admin {
         (baton::engine::ADMIN_USER, auth.admin_password.as_str())
@@ -332,12 +340,12 @@ async fn connect_as(ds: Datastore, ip: IpAddr, auth: &Auth, admin: bool) -> Opti
                 Some(ca) => {
                     cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
                     let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
-                        baton::tls::client_config(ca).ok()?,
+                        baton::tls::client_config(ca).map_err(|e| failed(&e))?,
                     );
                     let (c, conn) = tokio::time::timeout(timeout, cfg.connect(tls))
                         .await
-                        .ok()?
-                        .ok()?;
+                        .map_err(|_| timed_out())?
+                        .map_err(|e| failed(&e))?;
                     tokio::spawn(conn);
                     c
                 }
@@ -345,21 +353,23 @@ async fn connect_as(ds: Datastore, ip: IpAddr, auth: &Auth, admin: bool) -> Opti
                     let (c, conn) =
                         tokio::time::timeout(timeout, cfg.connect(tokio_postgres::NoTls))
                             .await
-                            .ok()?
-                            .ok()?;
+                            .map_err(|_| timed_out())?
+                            .map_err(|e| failed(&e))?;
                     tokio::spawn(conn);
                     c
                 }
             };
-            Some(Conn::Postgres(c))
+            Ok(Conn::Postgres(c))
         }
         Datastore::Mariadb | Datastore::Mysql if admin => {
             mariadb_login(ip, (user, password), auth.ca.as_ref(), timeout)
                 .await
-                .ok()
                 .map(Conn::MariaDbReader)
+                .map_err(|e| failed(&e))
         }
-        Datastore::Mariadb | Datastore::Mysql => connect_mariadb(ip, auth, timeout).await,
+        Datastore::Mariadb | Datastore::Mysql => connect_mariadb(ip, auth, timeout)
+            .await
+            .ok_or_else(|| failed(&"could not log in as the application account")),
         Datastore::Redis => {
             use redis::IntoConnectionInfo;
             let settings = redis::RedisConnectionInfo::default()
@@ -368,29 +378,33 @@ async fn connect_as(ds: Datastore, ip: IpAddr, auth: &Auth, admin: bool) -> Opti
             if let Some(ca) = &auth.ca {
                 // TLS only, verifying the chain against the instance's CA.
                 let connecting = async {
-                    let (stream, _) = baton::tls::connect(&ip.to_string(), 6379, ca).await.ok()?;
+                    let (stream, _) = baton::tls::connect(&ip.to_string(), 6379, ca)
+                        .await
+                        .map_err(|e| failed(&e))?;
                     let (c, driver) = MultiplexedConnection::new_with_config(
                         &settings,
                         stream,
                         redis::AsyncConnectionConfig::default(),
                     )
                     .await
-                    .ok()?;
+                    .map_err(|e| failed(&e))?;
                     tokio::spawn(driver);
-                    Some(Conn::Redis(c))
+                    Ok(Conn::Redis(c))
                 };
-                return tokio::time::timeout(timeout, connecting).await.ok()?;
+                return tokio::time::timeout(timeout, connecting)
+                    .await
+                    .map_err(|_| timed_out())?;
             }
             let info = redis::ConnectionAddr::Tcp(ip.to_string(), 6379)
                 .into_connection_info()
-                .ok()?
+                .map_err(|e| failed(&e))?
                 .set_redis_settings(settings);
-            let c = redis::Client::open(info).ok()?;
+            let c = redis::Client::open(info).map_err(|e| failed(&e))?;
             tokio::time::timeout(timeout, c.get_multiplexed_async_connection())
                 .await
-                .ok()?
-                .ok()
+                .map_err(|_| timed_out())?
                 .map(Conn::Redis)
+                .map_err(|e| failed(&e))
         }
     }
 }
@@ -576,8 +590,18 @@ pub async fn write_until(
                 Route::Pinned(ip) => Some(*ip),
             };
             conn = match ip {
-                Some(ip) => connect(ds, ip, &r.auth).await.map(|c| (ip, c)),
-                None => None,
+                Some(ip) => match connect_as(ds, ip, &r.auth, false).await {
+                    Ok(c) => Some((ip, c)),
+                    Err(e) => {
+                        r.failed_connects += 1;
+                        r.last_error = Some(format!("{:.1?} {e}", start.elapsed()));
+                        None
+                    }
+                },
+                None => {
+                    r.last_error = Some(format!("{:.1?} no labelled primary", start.elapsed()));
+                    None
+                }
             };
             if conn.is_none() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -602,8 +626,13 @@ pub async fn write_until(
                 last_ack = now;
                 r.acked.push(Ack { seq: n, by: *ip });
             }
-            _ => {
+            failed => {
                 // Fenced, demoted (read-only) or gone: find the primary again.
+                let why = match failed {
+                    Ok(Err(e)) => e,
+                    _ => "no answer in 2 s".into(),
+                };
+                r.last_error = Some(format!("{:.1?} writing to {ip}: {why}", start.elapsed()));
                 r.errors += 1;
                 conn = None;
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -620,17 +649,11 @@ pub async fn missing(ds: Datastore, ip: IpAddr, report: &Report) -> Result<Vec<A
     if report.acked.is_empty() {
         return Ok(Vec::new());
     }
-    // A member that has just been restarted or unfenced may refuse a moment longer.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut c = loop {
-        match connect_admin(ds, ip, &report.auth).await {
-            Some(c) => break c,
-            None if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(200)).await
-            }
-            None => return Err(format!("cannot connect to {ip}")),
-        }
-    };
+    // One try: a member that has just restarted may refuse a moment longer, and the caller
+    // decides how long to retry (`eventually`).
+    let mut c = connect_admin(ds, ip, &report.auth)
+        .await
+        .ok_or_else(|| format!("cannot connect to {ip}"))?;
     let mut lost = Vec::new();
     for chunk in report.acked.chunks(500) {
         let keys: Vec<String> = chunk.iter().map(|a| report.key(a.seq)).collect();
