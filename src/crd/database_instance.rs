@@ -96,9 +96,10 @@ pub struct DatabaseInstanceSpec {
     #[serde(default)]
     pub failover: FailoverPolicy,
 
-    /// When a write is acknowledged. `Local` (default): once the primary has it; replication
-    /// is asynchronous, so a failover may lose the last writes (counted in
-    /// `status.lastFailover`). `Replicated`: only once a standby has it too (PostgreSQL
+    /// When a write is acknowledged. `Local` (default): once the primary has it on disk (each
+    /// commit flushed; Redis's append-only file written and flushed before each reply), so a
+    /// primary that is killed and restarts keeps it; replication is asynchronous, so a failover
+    /// may lose the last writes (counted in `status.lastFailover`). `Replicated`: only once a standby has it too (PostgreSQL
     /// `synchronous_standby_names = 'ANY 1 (*)'`, every commit waiting for one standby to
     /// flush it; MariaDB semi-synchronous replication, `AFTER_SYNC`, never falling back to
     /// asynchronous), so a failover, which promotes the standby holding the most, loses nothing
