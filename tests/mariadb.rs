@@ -140,14 +140,36 @@ async fn a_hung_primary_with_replicated_durability_is_failed_over_losing_nothing
 /// standby at the new primary before it unfences, so each change is acknowledged and the
 /// unfence goes through. (Unfenced first, a change made once the semi-synchronous primary side
 /// was on waited for a replica that was repointed only after the unfence, which waited on it.)
+/// A failover's promotion.
 #[tokio::test(flavor = "multi_thread")]
 async fn account_changes_on_the_promoted_member_do_not_hold_its_unfence() {
+    account_changes_through_the_unfence("my-held", Promotion::Failover).await;
+}
+
+/// The same through an upgrade's switchover (found by CI in the crash suite: the unfence of
+/// the switchover waited for good on a writer's account change).
+#[tokio::test(flavor = "multi_thread")]
+async fn account_changes_on_the_switchover_candidate_do_not_hold_its_unfence() {
+    account_changes_through_the_unfence("my-held-sw", Promotion::Switchover).await;
+}
+
+enum Promotion {
+    /// db-0 hangs and is failed over.
+    Failover,
+    /// The upgrade hands db-0's role to a standby.
+    Switchover,
+}
+
+async fn account_changes_through_the_unfence(prefix: &str, how: Promotion) {
     let mut spec = MARIADB.spec();
     spec["failover"] = json!({"enabled": true, "afterSeconds": 5});
     spec["durability"] = json!("Replicated");
-    let (env, op) = Env::with_active("my-held", "db", 3, spec).await;
+    let (env, op) = Env::with_active(prefix, "db", 3, spec).await;
     drop(op);
-    let op = env.operator_with("my-held-op", &[("BATON_HOLD_AT", "db:promote@*#1:8000")]);
+    let op = env.operator_with(
+        &format!("{prefix}-op"),
+        &[("BATON_HOLD_AT", "db:promote@*#1:8000")],
+    );
     let auth = env.auth("db").await;
     let ips = workload::member_addresses(&env.client, &env.ns, "db").await;
     // The writer's account and table, made by a writer for a moment.
@@ -155,12 +177,25 @@ async fn account_changes_on_the_promoted_member_do_not_hold_its_unfence() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.cancel();
     assert!(!task.await.expect("writer").acked.is_empty(), "no write");
-    let hung = faults::hang_member(&env, "db-0")
-        .await
-        .expect("db-0's processes stopped");
+    let hung = match how {
+        Promotion::Failover => Some(
+            faults::hang_member(&env, "db-0")
+                .await
+                .expect("db-0's processes stopped"),
+        ),
+        Promotion::Switchover => {
+            env.patch_spec("db", json!({"datastore": {"version": MARIADB.target}}))
+                .await;
+            None
+        }
+    };
     // The promoted standby, once it follows nobody (the operator is held there for 8 s).
-    let to = eventually(Duration::from_secs(90), || async {
-        let to = env.instances.get("db").await.ok()?.status?.failover?.to?;
+    let to = eventually(Duration::from_secs(180), || async {
+        let s = env.instances.get("db").await.ok()?.status?;
+        let to = match how {
+            Promotion::Failover => s.failover?.to?,
+            Promotion::Switchover => s.upgrade?.switchover?.candidate?,
+        };
         let mut c = admin(ips[&to], &auth).await.ok()?;
         let replica: Vec<mysql_async::Row> = c.query("SHOW SLAVE STATUS").await.ok()?;
         replica.is_empty().then_some(to)
@@ -229,11 +264,19 @@ async fn account_changes_on_the_promoted_member_do_not_hold_its_unfence() {
     })
     .await;
     assert!(replicated.is_some(), "{other} lacks what {to} committed");
-    let last = env.status("db").await.last_failover.expect("lastFailover");
-    assert_eq!(
-        (last.from.as_str(), last.to.as_str()),
-        ("db-0", to.as_str())
-    );
+    match how {
+        Promotion::Failover => {
+            let last = env.status("db").await.last_failover.expect("lastFailover");
+            assert_eq!(
+                (last.from.as_str(), last.to.as_str()),
+                ("db-0", to.as_str())
+            );
+        }
+        Promotion::Switchover => {
+            env.wait_for("db", InstancePhase::Active, MARIADB.target, &op)
+                .await;
+        }
+    }
     drop(hung);
     delete_namespace(&env.client, &env.ns).await;
 }

@@ -159,35 +159,33 @@ impl MySqlFamily {
         end_if_stuck(t, c.id(), out).await
     }
 
-    /// Writes in first (the locked accounts still cannot log in), then the accounts Baton
-    /// locked here: a crash in between leaves records that keep the member reported fenced,
-    /// so the unfence is repeated.
+    /// The accounts Baton locked here first, in one statement, then their records, then
+    /// writes in (`read_only` off) last: once writes are in, a commit may wait for a replica's
+    /// acknowledgement (`durability: Replicated`) while it holds what it wrote (an account
+    /// change holds the account tables), and an unlock after it would wait with it. A crash
+    /// part-way leaves the member read-only, so reported fenced, and the unfence is repeated.
     async fn unfence_held(&self, c: &mut Conn, t: &Target) -> Result<(), EngineError> {
         let d = self.dialect;
         if let Some(sql) = d.semi_sync_as_primary() {
             // Before the first write: none is acknowledged without a replica when it must be.
             run(c, t, "semi-sync", sql).await?;
         }
-        run(c, t, "read_only", d.read_only_off()).await?;
         let locked = rows(c, t, "fence records", "SELECT user, host FROM baton.fenced").await?;
-        run(c, t, "local", "SET SESSION sql_log_bin = 0").await?;
-        for r in &locked {
-            let (Some(user), Some(host)) = (text_at(r, 0), text_at(r, 1)) else {
-                continue;
-            };
+        let accounts: Vec<String> = locked
+            .iter()
+            .filter_map(|r| Some(account(&text_at(r, 0)?, &text_at(r, 1)?)))
+            .collect();
+        if !accounts.is_empty() {
+            run(c, t, "local", "SET SESSION sql_log_bin = 0").await?;
             let sql = format!(
                 "ALTER USER IF EXISTS {} ACCOUNT UNLOCK",
-                account(&user, &host)
+                accounts.join(", ")
             );
             run(c, t, "ALTER USER ACCOUNT UNLOCK", &sql).await?;
-            let sql = format!(
-                "DELETE FROM baton.fenced WHERE user = {} AND host = {}",
-                quote(&user),
-                quote(&host)
-            );
-            run(c, t, "fence record", &sql).await?;
+            run(c, t, "fence records", "DELETE FROM baton.fenced").await?;
+            run(c, t, "local", "SET SESSION sql_log_bin = 1").await?;
         }
-        Ok(())
+        run(c, t, "read_only", d.read_only_off()).await
     }
 
     async fn lock_bypassing_held(&self, c: &mut Conn, t: &Target) -> Result<(), EngineError> {

@@ -348,6 +348,7 @@ fn view<'a>(
         now: o.now,
         offline_check: o.offline_check.as_ref(),
         offline_leftovers: o.offline_leftovers,
+        replicated: o.inst.spec.durability == Durability::Replicated,
     }
 }
 
@@ -620,11 +621,8 @@ fn cluster_shard(mut d: Draft, base: &str) -> Decision {
 /// The act that brings the members back to one writable primary that every other member
 /// follows: publish the primary (label and topology), unfence it once it is the only member
 /// that could take a write, repoint strays. Each is safe at any time, failed upgrade or not.
-///
-/// Under `durability: Replicated` the strays are repointed before the unfence: there a commit
-/// waits for a replica's acknowledgement, so a primary opened with no replica attached holds
-/// every write, and a held statement that keeps a lock the unfence needs (an account change
-/// on MariaDB) would hold the unfence, and with it the repoint, for good.
+/// Under `durability: Replicated` standbys are repointed before the unfence
+/// ([`View::repoint_before_unfence`]).
 fn converge(o: &Observation, v: &View, primary: &str) -> Option<Act> {
     let leader = v.primary_member().filter(|p| p.is_primary())?;
     if o.published.as_deref() != Some(primary) {
@@ -632,13 +630,19 @@ fn converge(o: &Observation, v: &View, primary: &str) -> Option<Act> {
             primary: primary.into(),
         });
     }
-    let members = v.to_repoint(leader);
-    let replicas_first = o.inst.spec.durability == Durability::Replicated && !members.is_empty();
-    if leader.fenced() && v.only_writer_could_be(primary).is_ok() && !replicas_first {
+    let first = v.repoint_before_unfence(leader);
+    if leader.fenced() && !first.is_empty() {
+        return Some(Act::Repoint {
+            members: first,
+            primary: primary.into(),
+        });
+    }
+    if leader.fenced() && v.only_writer_could_be(primary).is_ok() {
         return Some(Act::Unfence {
             member: primary.into(),
         });
     }
+    let members = v.to_repoint(leader);
     (!members.is_empty()).then(|| Act::Repoint {
         members,
         primary: primary.into(),

@@ -97,6 +97,9 @@ pub struct View<'a> {
     pub offline_check: Option<&'a OfflineCheck>,
     /// Whether an offline hop's kept data is still on the primary (read in `Finalize` only).
     pub offline_leftovers: Option<bool>,
+    /// `durability: Replicated`: a commit on the primary waits for a replica's
+    /// acknowledgement.
+    pub replicated: bool,
 }
 
 impl View<'_> {
@@ -175,6 +178,37 @@ impl View<'_> {
             .filter(|m| self.needs_repoint(m, leader))
             .map(|m| m.name.clone())
             .collect()
+    }
+
+    /// What to repoint before `leader` takes writes. Under `durability: Replicated` a commit
+    /// waits for a replica's acknowledgement, so a primary opened with no replica attached
+    /// holds every write; and a held statement that keeps a lock the unfence needs (an account
+    /// change holds MariaDB's account tables) holds the unfence, and with it a repoint that
+    /// would come after it, for good. The standbys go first; fenced old primaries only when no
+    /// standby follows `leader` or can be pointed at it (their repoint is a restart on some
+    /// engines: write outage for nothing while a standby can acknowledge).
+    pub fn repoint_before_unfence(&self, leader: &Member) -> Vec<String> {
+        if !self.replicated {
+            return vec![];
+        }
+        let all = self.to_repoint(leader);
+        let is_standby = |m: &Member| m.probe.as_ref().is_some_and(|p| p.role == Role::Standby);
+        let standbys: Vec<String> = all
+            .iter()
+            .filter(|n| self.member(n).is_some_and(is_standby))
+            .cloned()
+            .collect();
+        let attached = self.members.iter().any(|m| {
+            m.name != leader.name
+                && is_standby(m)
+                && !all.contains(&m.name)
+                && !self.is_quarantined(&m.name)
+        });
+        if standbys.is_empty() && !attached {
+            all
+        } else {
+            standbys
+        }
     }
 
     /// Every reachable member other than `leader` refuses writes (the check before any act

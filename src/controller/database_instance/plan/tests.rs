@@ -62,6 +62,7 @@ struct Fixture {
     policy: UpgradePolicy,
     goal: Option<Position>,
     published: String,
+    replicated: bool,
 }
 
 impl Fixture {
@@ -70,6 +71,7 @@ impl Fixture {
             policy: UpgradePolicy::default(),
             goal: None,
             published: "db-0".into(),
+            replicated: false,
         }
     }
 
@@ -86,6 +88,7 @@ impl Fixture {
             quarantined: &[],
             offline_check: None,
             offline_leftovers: None,
+            replicated: self.replicated,
             now: jiff::Timestamp::UNIX_EPOCH,
         }
     }
@@ -1222,4 +1225,76 @@ fn a_pass_records_a_step_with_its_first_act_but_starts_no_switchover_as_one_ends
     assert_eq!(recorded(&p), UpgradeStep::of(StepKind::SwitchBack));
     assert_eq!(p.act, Act::None, "{p:?}");
     assert!(p.upgrade.unwrap().switchover.is_none());
+}
+
+/// db-1 promoted (fenced, still recorded at `stage`) and published; db-0 the fenced old
+/// primary, db-2 still following it.
+fn promoted_db1(stage: SwitchoverStage) -> (Fixture, Vec<Member>, UpgradeInFlight) {
+    let mut f = Fixture::new();
+    f.replicated = true;
+    f.published = "db-1".into();
+    let mut m = members();
+    for x in &mut m {
+        upgrade_member(x);
+    }
+    m[0].probe.as_mut().unwrap().fenced = true;
+    let p1 = m[1].probe.as_mut().unwrap();
+    p1.role = Role::Primary;
+    p1.following = None;
+    p1.streaming = false;
+    let u = UpgradeInFlight {
+        switchover: Some(switching(stage, "db-1", Some("aaa:100"))),
+        ..upgrade(UpgradeStep::of(StepKind::Switchover))
+    };
+    (f, m, u)
+}
+
+#[test]
+fn a_replicated_primary_gets_its_standbys_before_it_is_unfenced() {
+    let (mut f, mut m, u) = promoted_db1(SwitchoverStage::Repointing);
+    // The standby first, not the old primary (whose repoint may be a restart).
+    let p = next(&f.view(&m, "db-1"), &u, false);
+    let first = Act::Repoint {
+        members: vec!["db-2".into()],
+        primary: "db-1".into(),
+    };
+    assert_eq!(p.act, first);
+    assert_eq!(sw(&p).stage, SwitchoverStage::Repointing);
+    // Reached with the standby still elsewhere (recorded by an earlier operator, say): the
+    // same, before any write is let in.
+    let (_, _, at_unfencing) = promoted_db1(SwitchoverStage::Unfencing);
+    assert_eq!(next(&f.view(&m, "db-1"), &at_unfencing, false).act, first);
+    // Once it follows the new primary: the unfence, then the old primary.
+    m[2].probe.as_mut().unwrap().following = Some(host(1));
+    let p = next(&f.view(&m, "db-1"), &u, false);
+    assert_eq!(
+        p.act,
+        Act::Unfence {
+            member: "db-1".into()
+        }
+    );
+    // Asynchronous durability keeps the shorter outage: unfenced first.
+    m[2].probe.as_mut().unwrap().following = Some(host(0));
+    f.replicated = false;
+    let p = next(&f.view(&m, "db-1"), &u, false);
+    assert_eq!(
+        p.act,
+        Act::Unfence {
+            member: "db-1".into()
+        }
+    );
+}
+
+#[test]
+fn a_replicated_primary_with_only_the_old_primary_left_repoints_it_first() {
+    let (f, mut m, u) = promoted_db1(SwitchoverStage::Repointing);
+    m.truncate(2);
+    let p = next(&f.view(&m, "db-1"), &u, false);
+    assert_eq!(
+        p.act,
+        Act::Repoint {
+            members: vec!["db-0".into()],
+            primary: "db-1".into(),
+        }
+    );
 }
