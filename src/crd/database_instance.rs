@@ -99,10 +99,10 @@ pub struct DatabaseInstanceSpec {
     /// When a write is acknowledged. `Local` (default): once the primary has it on disk (each
     /// commit flushed; Redis's append-only file written and flushed before each reply), so a
     /// primary that is killed and restarts keeps it; replication is asynchronous, so a failover
-    /// may lose the last writes (counted in `status.lastFailover`). `Replicated`: only once a standby has it too (PostgreSQL
-    /// `synchronous_standby_names = 'ANY 1 (*)'`, every commit waiting for one standby to
-    /// flush it; MariaDB semi-synchronous replication, `AFTER_SYNC`, never falling back to
-    /// asynchronous), so a failover, which promotes the standby holding the most, loses nothing
+    /// may lose the last writes (counted in `status.lastFailover`). `Replicated`: only once a
+    /// standby has it too (PostgreSQL `synchronous_standby_names = 'ANY 1 (*)'`, every commit
+    /// waiting for one standby to flush it; MariaDB semi-synchronous replication, `AFTER_SYNC`,
+    /// never falling back to asynchronous), so a failover, which promotes the standby holding the most, loses nothing
     /// acknowledged. Each commit costs a round trip to a standby, and writes wait while no
     /// standby follows: with `replicas: 2`, while the standby restarts (an upgrade) and after a
     /// failover until the old primary rejoins; 3 members keep a standby to answer. Needs 2

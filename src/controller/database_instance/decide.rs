@@ -630,12 +630,10 @@ fn converge(o: &Observation, v: &View, primary: &str) -> Option<Act> {
             primary: primary.into(),
         });
     }
-    let first = v.repoint_before_unfence(leader);
-    if leader.fenced() && !first.is_empty() {
-        return Some(Act::Repoint {
-            members: first,
-            primary: primary.into(),
-        });
+    if leader.fenced()
+        && let Some(first) = v.repoint_before_unfence(leader)
+    {
+        return Some(first);
     }
     if leader.fenced() && v.only_writer_could_be(primary).is_ok() {
         return Some(Act::Unfence {

@@ -180,16 +180,16 @@ impl View<'_> {
             .collect()
     }
 
-    /// What to repoint before `leader` takes writes. Under `durability: Replicated` a commit
+    /// The repoint due before `leader` takes writes, if any. Under `durability: Replicated` a commit
     /// waits for a replica's acknowledgement, so a primary opened with no replica attached
     /// holds every write; and a held statement that keeps a lock the unfence needs (an account
     /// change holds MariaDB's account tables) holds the unfence, and with it a repoint that
     /// would come after it, for good. The standbys go first; fenced old primaries only when no
     /// standby follows `leader` or can be pointed at it (their repoint is a restart on some
     /// engines: write outage for nothing while a standby can acknowledge).
-    pub fn repoint_before_unfence(&self, leader: &Member) -> Vec<String> {
+    pub fn repoint_before_unfence(&self, leader: &Member) -> Option<Act> {
         if !self.replicated {
-            return vec![];
+            return None;
         }
         let all = self.to_repoint(leader);
         let is_standby = |m: &Member| m.probe.as_ref().is_some_and(|p| p.role == Role::Standby);
@@ -204,11 +204,15 @@ impl View<'_> {
                 && !all.contains(&m.name)
                 && !self.is_quarantined(&m.name)
         });
-        if standbys.is_empty() && !attached {
+        let members = if standbys.is_empty() && !attached {
             all
         } else {
             standbys
-        }
+        };
+        (!members.is_empty()).then(|| Act::Repoint {
+            members,
+            primary: leader.name.clone(),
+        })
     }
 
     /// Every reachable member other than `leader` refuses writes (the check before any act

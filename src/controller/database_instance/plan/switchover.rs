@@ -342,8 +342,9 @@ pub(super) fn repointing(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState) ->
             },
         );
     }
-    if let Some(p) = v.member(name).and_then(|c| replicas_first(v, u, c)) {
-        return p;
+    // Under `durability: Replicated`, the standbys follow it before it is unfenced.
+    if let Some(first) = v.member(name).and_then(|c| v.repoint_before_unfence(c)) {
+        return Plan::keep(u, first);
     }
     // The others are repointed once writes are back (they are fenced or standbys meanwhile):
     // the write outage lasts fence, promote, publish, unfence.
@@ -353,22 +354,6 @@ pub(super) fn repointing(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState) ->
             member: name.into(),
         },
     )
-}
-
-/// Under `durability: Replicated`, the standbys are pointed at the new primary `c` before it
-/// is unfenced: a write let in before a replica follows it could not be acknowledged (see
-/// [`View::repoint_before_unfence`]).
-fn replicas_first(v: &View, u: &UpgradeInFlight, c: &Member) -> Option<Plan> {
-    let members = v.repoint_before_unfence(c);
-    (!members.is_empty()).then(|| {
-        Plan::keep(
-            u,
-            Act::Repoint {
-                members,
-                primary: c.name.clone(),
-            },
-        )
-    })
 }
 
 pub(super) fn unfencing(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState) -> Plan {
@@ -383,8 +368,8 @@ pub(super) fn unfencing(v: &View, u: &UpgradeInFlight, sw: &SwitchoverState) -> 
     };
     if c.fenced() {
         // Here too: the stage may have been reached without them (a standby restarted since).
-        if let Some(p) = replicas_first(v, u, c) {
-            return p;
+        if let Some(first) = v.repoint_before_unfence(c) {
+            return Plan::keep(u, first);
         }
         if let Err(why) = v.only_writer_could_be(name) {
             return Plan::wait(u, format!("not unfencing {name}: {why}"));
