@@ -189,22 +189,9 @@ async fn a_second_writer_is_fenced_and_quarantined_and_keeps_its_writes_until_a_
         .get_multiplexed_async_connection()
         .await
         .expect("connect db-2");
-    let _: () = redis::cmd("REPLICAOF")
-        .arg("NO")
-        .arg("ONE")
-        .query_async(&mut c)
-        .await
-        .expect("detach");
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("min-replicas-to-write")
-        .arg("0")
-        .query_async(&mut c)
-        .await
-        .expect("unfence");
     // The writes, as the application (Baton's account touches no key).
     let auth = env.auth("db").await;
-    let mut c = redis::Client::open(format!(
+    let mut app = redis::Client::open(format!(
         "redis://{}:{}@{stray}:6379/",
         auth.user, auth.password
     ))
@@ -212,12 +199,37 @@ async fn a_second_writer_is_fenced_and_quarantined_and_keeps_its_writes_until_a_
     .get_multiplexed_async_connection()
     .await
     .expect("connect db-2 as the application");
-    let _: () = redis::cmd("SET")
-        .arg("only-on-db-2")
-        .arg("1")
-        .query_async(&mut c)
-        .await
-        .expect("a write");
+    // Baton may fence the detached member again ("NOREPLICAS") or repoint it ("READONLY")
+    // before the person's write; the person does it again, as a person would, until a write
+    // lands.
+    let mut landed = Err(String::new());
+    for _ in 0..20 {
+        let _: () = redis::cmd("REPLICAOF")
+            .arg("NO")
+            .arg("ONE")
+            .query_async(&mut c)
+            .await
+            .expect("detach");
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("min-replicas-to-write")
+            .arg("0")
+            .query_async(&mut c)
+            .await
+            .expect("unfence");
+        landed = redis::cmd("SET")
+            .arg("only-on-db-2")
+            .arg("1")
+            .query_async::<()>(&mut app)
+            .await
+            .map_err(|e| e.to_string());
+        match &landed {
+            Err(e) if e.contains("NOREPLICAS") || e.contains("READONLY") => continue,
+            _ => break,
+        }
+    }
+    landed.expect("a write on the detached member");
+    let mut c = app;
 
     scenarios::wait_quarantined(&env, &op, "db-2").await;
     // Fenced: a write is refused. Not repointed: its own write is still there.

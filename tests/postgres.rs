@@ -335,6 +335,57 @@ async fn in_place_restarts_every_member_together() {
     scenarios::in_place_restarts_every_member_together(POSTGRES, "pg-inplace", None).await;
 }
 
+/// A standby started again while its primary refuses connections (the primary restarting at
+/// the same moment, as in an InPlace upgrade) waits for it in the same container: one restart,
+/// not a crash loop, and it streams again once the primary answers.
+#[tokio::test]
+async fn a_standby_started_while_its_primary_refuses_connections_waits_for_it() {
+    let (env, op) = Env::with_active("pg-refused", "db", 2, postgres(PG_SOURCE)).await;
+    let primary = env.status("db").await.primary.expect("a primary");
+    let standby = if primary == "db-0" { "db-1" } else { "db-0" };
+    let before = env.restarts("db").await;
+    let refused = baton_testkit::faults::Refuse::new(env.primary_ip("db").await, 5432)
+        .expect("iptables rule installed");
+    assert!(
+        baton_testkit::faults::stop_member(&env, standby).await,
+        "no {standby} to stop"
+    );
+    // Long enough for the boot to meet the refusal more than once.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    drop(refused);
+    let (stop, writes) = env.writer("db");
+    let back = eventually(Duration::from_secs(60), || async {
+        let pods = env.member_pods("db").await;
+        let ready = pods
+            .get(standby)?
+            .status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        ready.then_some(())
+    })
+    .await;
+    assert!(
+        back.is_some(),
+        "{standby} never came back:\n{}",
+        tail(&op.logs(), 30)
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    let report = writes.await.expect("writer");
+    let after = env.restarts("db").await;
+    assert_eq!(
+        after[standby],
+        before[standby] + 1,
+        "{standby} restarted more than once: {before:?} → {after:?}"
+    );
+    assert_eq!(after[primary.as_str()], before[primary.as_str()]);
+    assert_nothing_lost(&env, "db", &[&report]).await;
+    delete_namespace(&env.client, &env.ns).await;
+}
+
 /// `spec.tls`: members serve and replicate over TLS only. A 16.13 → 16.14 upgrade under
 /// committing clients that verify the CA loses nothing; a plain-text client and a client
 /// trusting another CA are refused; a renewed certificate is served by every member without a

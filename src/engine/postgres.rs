@@ -132,15 +132,26 @@ if [ "$follow" = yes ] && [ -n "$host" ] && [ -s "$PGDATA/PG_VERSION" ]; then
     "shut down"|"shut down in recovery") rewind=yes ;;
     *) rewind=no ;;
   esac
-  if [ "$rewind" = yes ] && ! pg_rewind -D "$PGDATA" --source-server="$conninfo dbname=baton" >/dev/null 2>"$D/rewind.err"; then
+  # The primary may be restarting at the same moment (an InPlace upgrade restarts every member
+  # together): a source that does not take connections yet is waited for, up to 30 s, in
+  # this container rather than by failing it (pg_rewind touches nothing before it connects).
+  n=0
+  while [ "$rewind" = yes ] && ! pg_rewind -D "$PGDATA" --source-server="$conninfo dbname=baton" >/dev/null 2>"$D/rewind.err"; do
+    n=$((n + 1))
+    if [ "$n" -lt 30 ] && grep -q "connection to server" "$D/rewind.err"; then
+      sleep 1
+      continue
+    fi
     cat "$D/rewind.err" >&2
     # The WAL back to the last checkpoint both share is gone: rebuilt from the primary below,
     # as a new member is (what it held past the fork is discarded either way). Any other
-    # failure (the primary unreachable) keeps the data and tries again at the next start.
+    # failure (the primary unreachable for 30 s) keeps the data and tries again at the
+    # next start.
     grep -q "could not find previous WAL record" "$D/rewind.err" || exit 1
     echo "baton: pg_rewind cannot reach the fork (its WAL is gone): cloned again from the primary" >&2
     rm -rf "$PGDATA"
-  fi
+    break
+  done
 fi
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
   rm -rf "$PGDATA"

@@ -60,6 +60,40 @@ impl Drop for Cut {
     }
 }
 
+/// Every process's TCP connections to `to:port` are refused (a reset, as from a server that is
+/// down or restarting), while the server itself keeps running. Lifted when dropped.
+pub struct Refuse {
+    rule: Vec<String>,
+}
+
+impl Refuse {
+    pub fn new(to: IpAddr, port: u16) -> Option<Refuse> {
+        let rule: Vec<String> = [
+            "OUTPUT",
+            "-d",
+            &format!("{to}/32"),
+            "-p",
+            "tcp",
+            "--dport",
+            &port.to_string(),
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "tcp-reset",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        iptables("-I", &rule).then_some(Refuse { rule })
+    }
+}
+
+impl Drop for Refuse {
+    fn drop(&mut self) {
+        iptables("-D", &self.rule);
+    }
+}
+
 fn iptables(op: &str, rule: &[String]) -> bool {
     std::process::Command::new("iptables")
         .arg("-w")
@@ -147,6 +181,15 @@ fn ready(p: &Pod) -> bool {
 pub async fn kill_member(env: &Env, pod: &str) -> bool {
     match member_pid(env, pod).await {
         Some(pid) => signal(&[pid], "KILL"),
+        None => false,
+    }
+}
+
+/// Stops a member's container cleanly with SIGTERM, as its node does (the node starts it
+/// again).
+pub async fn stop_member(env: &Env, pod: &str) -> bool {
+    match member_pid(env, pod).await {
+        Some(pid) => signal(&[pid], "TERM"),
         None => false,
     }
 }
