@@ -133,10 +133,11 @@ if [ "$follow" = yes ] && [ -n "$host" ] && [ -s "$PGDATA/PG_VERSION" ]; then
     *) rewind=no ;;
   esac
   # The primary may be restarting at the same moment (an InPlace upgrade restarts every member
-  # together): a source that does not take connections yet is waited for, up to 30 s, in
-  # this container rather than by failing it (pg_rewind touches nothing before it connects).
+  # together): a source that does not take connections yet is tried again, 30 times, a second
+  # apart, in this container rather than by failing it (pg_rewind touches nothing before it
+  # connects; a hung primary times out in 5 s, so a changed topology is read at a next start).
   n=0
-  while [ "$rewind" = yes ] && ! pg_rewind -D "$PGDATA" --source-server="$conninfo dbname=baton" >/dev/null 2>"$D/rewind.err"; do
+  while [ "$rewind" = yes ] && ! pg_rewind -D "$PGDATA" --source-server="$conninfo dbname=baton connect_timeout=5" >/dev/null 2>"$D/rewind.err"; do
     n=$((n + 1))
     if [ "$n" -lt 30 ] && grep -q "connection to server" "$D/rewind.err"; then
       sleep 1
