@@ -1074,3 +1074,147 @@ async fn an_upgrade_request_holds_rolls_back_cancels_and_upgrades_a_cluster_with
     assert_eq!(s.shards[0].slots, ["0-16383"]);
     delete_namespace(&env.client, &env.ns).await;
 }
+
+/// Whether `user` logs in to the node at `addr` (`ip:port`) with `password`.
+async fn node_logs_in(addr: &str, user: &str, password: &str) -> bool {
+    let Ok(c) = redis::Client::open(format!("redis://{addr}/")) else {
+        return false;
+    };
+    let Ok(mut c) = c.get_multiplexed_async_connection().await else {
+        return false;
+    };
+    redis::cmd("AUTH")
+        .arg(user)
+        .arg(password)
+        .query_async::<()>(&mut c)
+        .await
+        .is_ok()
+}
+
+/// A password change on a Cluster, the way a platform team rotates one: edit the shared
+/// Secret. Every shard sets the new passwords on its nodes online (no node restarts, no master
+/// changes): the old passwords stop working on every node, a cluster client logged in with the
+/// new ones writes across every slot, and what a client on the old password had written is
+/// all there. The Cluster stays formed and Ready once every shard has applied them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rotated_cluster_password_is_served_online_and_clients_switch_over() {
+    use baton::crd::Cluster;
+    use k8s_openapi::api::core::v1::Secret;
+    let env = Env::new("dbcrot").await;
+    let op = env.operator("dbcrot", "");
+    let clusters: kube::Api<Cluster> = kube::Api::namespaced(env.client.clone(), &env.ns);
+    let cluster: Cluster = serde_json::from_value(json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "Cluster",
+        "metadata": {"name": "rot"},
+        "spec": {"datastore": {"type": "redis", "version": SOURCE}, "shards": 2, "replicasPerShard": 2},
+    }))
+    .expect("cluster");
+    clusters
+        .create(&PostParams::default(), &cluster)
+        .await
+        .expect("create cluster");
+    let logs = || op.logs();
+    let before = wait_cluster(&clusters, "rot", TIMEOUT, "formation", ready, logs).await;
+    let masters: Vec<Option<String>> = before.shards.iter().map(|s| s.primary.clone()).collect();
+    let shards = ["rot-shard-0", "rot-shard-1"];
+    let mut restarts = BTreeMap::new();
+    for s in shards {
+        restarts.extend(env.restarts(s).await);
+    }
+    let old = workload::wait_auth(&env.client, &env.ns, "rot-shard-0").await;
+
+    // A client on the old password writes until the change is applied.
+    let (client, _) = cluster_client(&env, "rot").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(client, "old-", stop.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let secrets = kube::Api::<Secret>::namespaced(env.client.clone(), &env.ns);
+    secrets
+        .patch(
+            "rot-credentials",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"stringData": {
+                "password": "rotated-app-password",
+                "admin-password": "rotated-admin-password",
+                "replication-password": "rotated-replication-password",
+            }})),
+        )
+        .await
+        .expect("change the Secret");
+    let applied = eventually(Duration::from_secs(120), || async {
+        let want = secrets.get("rot-credentials").await.ok()?.data?;
+        for s in shards {
+            let have = secrets
+                .get(&format!("{s}-credentials-applied"))
+                .await
+                .ok()?
+                .data?;
+            let st = env.instances.get(s).await.ok()?.status?;
+            let ok = st
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "CredentialsReady" && c.reason == "Ready");
+            if have != want || !ok {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    assert!(
+        applied.is_some(),
+        "the changed Secret was never applied by every shard:\n{}",
+        tail(&op.logs(), 40)
+    );
+    stop.store(true, Ordering::Relaxed);
+    let (old_acked, _, _) = writer.await.expect("old writer");
+    assert!(old_acked.len() > 20, "the old client barely wrote");
+
+    // Every node: the old passwords are refused, the new ones work.
+    let new = workload::wait_auth(&env.client, &env.ns, "rot-shard-0").await;
+    assert_eq!(new.password, "rotated-app-password");
+    for (pod, addr) in cluster_members(&env, "rot").await {
+        assert!(
+            !node_logs_in(&addr, &old.user, &old.password).await,
+            "{pod}: the old application password still works"
+        );
+        assert!(
+            !node_logs_in(&addr, "baton", &old.admin_password).await,
+            "{pod}: Baton's old password still works"
+        );
+        assert!(
+            node_logs_in(&addr, &new.user, &new.password).await,
+            "{pod}: the new application password is refused"
+        );
+        assert!(
+            node_logs_in(&addr, "baton", &new.admin_password).await,
+            "{pod}: Baton's new password is refused"
+        );
+    }
+    // The client switches over: logged in with the new password, it writes across every slot.
+    let (client, mut c) = cluster_client(&env, "rot").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(client, "new-", stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (new_acked, _, _) = writer.await.expect("new writer");
+    assert!(new_acked.len() > 20, "the new client barely wrote");
+    assert_eq!(
+        lost_writes(&mut c, "old-", &old_acked).await,
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        lost_writes(&mut c, "new-", &new_acked).await,
+        Vec::<u64>::new()
+    );
+
+    let after = wait_cluster(&clusters, "rot", TIMEOUT, "Ready again", ready, logs).await;
+    let now: Vec<Option<String>> = after.shards.iter().map(|s| s.primary.clone()).collect();
+    assert_eq!(now, masters, "no shard changed master");
+    let mut restarts_after = BTreeMap::new();
+    for s in shards {
+        restarts_after.extend(env.restarts(s).await);
+    }
+    assert_eq!(restarts_after, restarts, "no node restarted");
+    delete_namespace(&env.client, &env.ns).await;
+}

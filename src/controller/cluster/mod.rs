@@ -35,7 +35,7 @@ use crate::crd::{
 };
 use crate::crd::{Datastore, MemberResources};
 use crate::engine::redis_cluster::{self as rc, Formation, Shard, View};
-use crate::engine::{self, Accounts, Engine, Target};
+use crate::engine::{self, Accounts, Credentials, Engine, Target};
 use crate::error::{Error, Result};
 use crate::status::{self, Desired};
 
@@ -257,14 +257,32 @@ async fn run(ctx: &Context, cluster: &Cluster, api: &Api<Cluster>, p: &mut Pass)
         return Ok(requeue::members());
     }
     let login = accounts.admin(engine);
-    let targets: BTreeMap<String, Target> = layout
+    let mut targets: BTreeMap<String, Target> = layout
         .addr
         .values()
         .map(|a| (a.clone(), rc::target(a, &login)))
         .collect();
     let mut views = BTreeMap::new();
-    for (a, t) in &targets {
-        match rc::view(t).await {
+    // A changed Secret reaches the nodes shard by shard: each shard sets the passwords on its
+    // members, then records them in its applied copy, which its members boot with. A node that
+    // refuses the Secret's login is asked again with its shard's copy (read only then).
+    let mut applied: BTreeMap<&str, Option<Credentials>> = BTreeMap::new();
+    for (pod, a) in &layout.addr {
+        let mut view = rc::view(&targets[a]).await;
+        if view.is_err() {
+            let shard = owner(pod);
+            if !applied.contains_key(shard) {
+                let copy = applied_copy(ctx, &ns, shard, engine).await?;
+                applied.insert(shard, copy.map(|c| c.admin(engine)).filter(|c| *c != login));
+            }
+            if let Some(t) = targets.get_mut(a)
+                && let Some(copy) = applied[shard].clone()
+            {
+                t.fallback = Some(copy);
+                view = rc::view(t).await;
+            }
+        }
+        match view {
             Ok(v) => {
                 views.insert(a.clone(), v);
             }
@@ -366,7 +384,14 @@ async fn run(ctx: &Context, cluster: &Cluster, api: &Api<Cluster>, p: &mut Pass)
             rc::SLOTS
         ),
     );
+    let rotating = if p.s.upgrade.is_none() && p.s.version.as_ref() != Some(&spec.datastore.version)
+    {
+        shard_behind_secret(ctx, &ns, &names, &accounts, engine).await?
+    } else {
+        None
+    };
     let seen = upgrade::Seen {
+        rotating,
         names: &names,
         layout: &layout,
         targets: &targets,
@@ -556,6 +581,38 @@ async fn ensure_credentials(
             .map_err(Error::kube("reading the Cluster's credentials")),
         Err(e) => Err(Error::kube("creating the Cluster's credentials")(e)),
     }
+}
+
+/// Shard `shard`'s applied copy of the credentials (what its members run with), if it has one.
+async fn applied_copy(
+    ctx: &Context,
+    ns: &str,
+    shard: &str,
+    engine: &dyn Engine,
+) -> Result<Option<Accounts>> {
+    Ok(Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .get_opt(&children::applied_credentials_of(shard))
+        .await
+        .map_err(Error::kube("reading a shard's applied credentials"))?
+        .map(|s| Accounts(secret_values(&s, engine.credential_keys()))))
+}
+
+/// The first shard whose members do not run with the Secret's passwords yet (it sets them
+/// only while no upgrade is in flight; an upgrade waits for it, so no member restarts
+/// half-way through a change).
+async fn shard_behind_secret(
+    ctx: &Context,
+    ns: &str,
+    shards: &[String],
+    secret: &Accounts,
+    engine: &dyn Engine,
+) -> Result<Option<String>> {
+    for shard in shards {
+        if applied_copy(ctx, ns, shard, engine).await?.as_ref() != Some(secret) {
+            return Ok(Some(shard.clone()));
+        }
+    }
+    Ok(None)
 }
 
 fn meta(cluster: &Cluster, name: String) -> ObjectMeta {

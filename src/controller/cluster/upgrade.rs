@@ -33,6 +33,9 @@ use crate::version::Version;
 
 /// What the pass observed, for the upgrade to decide from.
 pub(super) struct Seen<'a> {
+    /// A shard whose members do not run with the credentials Secret's passwords yet, looked
+    /// at only before an upgrade starts.
+    pub rotating: Option<String>,
     pub names: &'a [String],
     pub layout: &'a Layout,
     pub targets: &'a BTreeMap<String, Target>,
@@ -146,6 +149,12 @@ pub(super) async fn step(
                 format!("every shard runs redis {running}"),
             );
             return Ok(None);
+        }
+        if let Some(shard) = &seen.rotating {
+            p.s.message = Some(format!(
+                "the credentials Secret changed and {shard} has not set the new passwords on its members yet; the upgrade to {wanted} starts once every shard has"
+            ));
+            return Ok(Some(requeue::members()));
         }
         return Ok(start(cluster, p, seen, &running, &wanted));
     };
@@ -863,6 +872,7 @@ mod tests {
         static T: std::sync::OnceLock<BTreeMap<String, Target>> = std::sync::OnceLock::new();
         static P: std::sync::OnceLock<BTreeMap<String, Probe>> = std::sync::OnceLock::new();
         Seen {
+            rotating: None,
             names,
             layout,
             targets: T.get_or_init(BTreeMap::new),

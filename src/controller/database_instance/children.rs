@@ -66,7 +66,12 @@ pub fn credentials_name(inst: &DatabaseInstance) -> String {
 /// values once Baton has applied them to every member. A changed Secret is applied online and
 /// then copied here, so a member restarted at any point boots with what the others have.
 pub fn applied_credentials_name(inst: &DatabaseInstance) -> String {
-    format!("{}-credentials-applied", inst.name_any())
+    applied_credentials_of(&inst.name_any())
+}
+
+/// The applied copy's name for the instance named `instance`.
+pub fn applied_credentials_of(instance: &str) -> String {
+    format!("{instance}-credentials-applied")
 }
 
 /// The applied copy holding `values`.

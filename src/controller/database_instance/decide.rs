@@ -605,9 +605,9 @@ fn cluster_shard(mut d: Draft, base: &str) -> Decision {
         _ => base.to_string(),
     });
     d.s.phase = Some(InstancePhase::Active);
+    let cluster = o.inst.cluster_owner().unwrap_or_default();
     d.s.message = Some(format!(
-        "a shard of Cluster {}: the Cluster drives its roles and upgrades",
-        o.inst.cluster_owner().unwrap_or_default()
+        "a shard of Cluster {cluster}: the Cluster drives its roles and upgrades"
     ));
     d.cond(
         "Ready",
@@ -615,6 +615,21 @@ fn cluster_shard(mut d: Draft, base: &str) -> Decision {
         "MembersReady",
         format!("{} members running", o.members.len()),
     );
+    // The shared Secret changed: each shard sets the passwords on its own members, as an
+    // instance does, while the Cluster restarts none of them.
+    if o.credentials_changed.is_some() && o.credentials_change_refused.is_none() {
+        if o.cluster_upgrading {
+            d.cond(
+                "CredentialsReady",
+                true,
+                "Changing",
+                format!("the credentials Secret changed: Baton sets the new passwords on every member, online, once Cluster {cluster}'s upgrade has ended"),
+            );
+            return d.done(Act::None, Wake::Idle);
+        }
+        let members = o.members.iter().map(|m| m.name.clone()).collect();
+        return d.done(Act::SetPasswords { members }, Wake::Now);
+    }
     d.done(Act::None, Wake::Idle)
 }
 

@@ -404,6 +404,10 @@ pub struct Observation {
     /// Why the instance's credentials cannot be used (a Secret named in the spec that is
     /// missing or lacks a key): nothing is started or touched until it is fixed.
     pub credentials_problem: Option<String>,
+    /// A Cluster's shard only, read when its credentials changed: the owning Cluster has an
+    /// upgrade in flight (it restarts members, which boot with the applied copy, so the shard
+    /// leaves its passwords alone until the upgrade ends).
+    pub cluster_upgrading: bool,
     /// The instance's CA (PEM), when `spec.tls` names a usable Secret.
     pub ca: Option<Vec<u8>>,
     /// The certificate the members are to serve (`tls.crt`, PEM), with `ca`.

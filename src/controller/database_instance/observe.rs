@@ -14,7 +14,7 @@ use kube::{Api, ResourceExt};
 use super::children::{self, ANNOTATION_VERSION, LABEL_INSTANCE, Owned};
 use super::model::{CheckOutcome, Member, Observation, OfflineCheck};
 use crate::controller::Context;
-use crate::crd::DatabaseInstance;
+use crate::crd::{Cluster, DatabaseInstance};
 use crate::engine::{self, Endpoint, Engine, Target};
 use crate::error::{Error, Result};
 use crate::version::Version;
@@ -67,6 +67,7 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
         credentials_unapplied: None,
         credentials_change_refused: None,
         credentials_problem: None,
+        cluster_upgrading: false,
         ca: None,
         cert: None,
         tls_problem: None,
@@ -96,6 +97,16 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
     let seen = read_credentials(ctx, ns, &o.inst, engine).await?;
     let (secret_exists, applied_exists) = (seen.exists, seen.applied.is_some());
     settle_credentials(&mut o, engine, seen);
+    if o.credentials_changed.is_some()
+        && let Some(owner) = o.inst.cluster_owner()
+    {
+        o.cluster_upgrading = Api::<Cluster>::namespaced(client.clone(), ns)
+            .get_opt(owner)
+            .await
+            .map_err(Error::kube("reading the shard's Cluster"))?
+            .and_then(|c| c.status)
+            .is_some_and(|s| s.upgrade.is_some());
+    }
     match read_tls(ctx, ns, &o.inst).await? {
         Ok(Some((ca, cert))) => (o.ca, o.cert) = (Some(ca), Some(cert)),
         Ok(None) => {}

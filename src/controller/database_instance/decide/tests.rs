@@ -80,6 +80,7 @@ fn obs(spec_version: &str, status: serde_json::Value) -> Observation {
         credentials_unapplied: None,
         credentials_change_refused: None,
         credentials_problem: None,
+        cluster_upgrading: false,
         ca: None,
         cert: None,
         tls_problem: None,
@@ -758,6 +759,34 @@ fn a_cluster_shard_never_repoints_promotes_or_upgrades_a_member_itself() {
     let mut o = shard_of_cluster(obs(SRC, active()));
     o.members[1].exists = false;
     assert!(matches!(decide(&o).act, Act::ApplyChildren { .. }));
+}
+
+#[test]
+fn a_cluster_shard_sets_a_changed_password_on_its_members_unless_its_cluster_upgrades() {
+    let mut o = shard_of_cluster(obs(SRC, active()));
+    o.credentials_changed = Some(changed_accounts());
+    let d = decide(&o);
+    assert_eq!(
+        d.act,
+        Act::SetPasswords {
+            members: vec!["db-0".into(), "db-1".into(), "db-2".into()]
+        }
+    );
+    // The Cluster restarts members during its upgrade; they boot with the applied copy.
+    o.cluster_upgrading = true;
+    let d = decide(&o);
+    assert_eq!(d.act, Act::None);
+    let c = condition(&d, "CredentialsReady");
+    assert_eq!(c.reason, "Changing");
+    assert!(
+        c.message.contains("Cluster events's upgrade"),
+        "{}",
+        c.message
+    );
+    // Only once every member is up, as every act of a shard.
+    o.cluster_upgrading = false;
+    o.members[2].ready = false;
+    assert_eq!(decide(&o).act, Act::None);
 }
 
 #[test]
