@@ -52,6 +52,26 @@ pub fn validity_der(der: &[u8]) -> Option<(i64, i64)> {
     ))
 }
 
+/// Whether the first certificate of a PEM bundle may authenticate a client: it has no extended
+/// key usage, or one naming client auth (or any usage). A Redis Cluster node presents its
+/// certificate to the others on the cluster bus, and they refuse one issued for servers alone.
+pub fn allows_client_auth(pem: &[u8]) -> bool {
+    use x509_cert::der::Decode;
+    use x509_cert::der::oid::db::rfc5280::{ANY_EXTENDED_KEY_USAGE, ID_KP_CLIENT_AUTH};
+    use x509_cert::ext::pkix::ExtendedKeyUsage;
+    let Some(cert) = leaf(pem).and_then(|der| x509_cert::Certificate::from_der(&der).ok()) else {
+        return false;
+    };
+    match cert.tbs_certificate.get::<ExtendedKeyUsage>() {
+        Ok(None) => true,
+        Ok(Some((_, eku))) => eku
+            .0
+            .iter()
+            .any(|o| *o == ID_KP_CLIENT_AUTH || *o == ANY_EXTENDED_KEY_USAGE),
+        Err(_) => false,
+    }
+}
+
 /// The first DNS name the first certificate of a PEM bundle is issued for (its subject
 /// alternative names): the name a client that cannot skip the name check verifies a member
 /// against, when it reaches the member by address.
@@ -215,6 +235,19 @@ mod tests {
         );
         assert_eq!(parse_openssl_date(""), None);
         assert_eq!(parse_openssl_date("Dec 13 11:40:05 2026 CET"), None);
+    }
+
+    #[test]
+    fn a_certificate_for_servers_alone_cannot_authenticate_a_cluster_node() {
+        assert!(!allows_client_auth(include_bytes!(
+            "testdata/server-only.pem"
+        )));
+        assert!(allows_client_auth(include_bytes!(
+            "testdata/server-client.pem"
+        )));
+        // No extended key usage: any.
+        assert!(allows_client_auth(FIXTURE));
+        assert!(!allows_client_auth(b""));
     }
 
     #[test]

@@ -1218,3 +1218,265 @@ async fn a_rotated_cluster_password_is_served_online_and_clients_switch_over() {
     assert_eq!(restarts_after, restarts, "no node restarted");
     delete_namespace(&env.client, &env.ns).await;
 }
+
+/// A cluster client over TLS, verifying each node's chain against the Cluster's CA. The test
+/// certificate names the Service, not the nodes (as a cert-manager one for a Service does), so
+/// redis-rs's cluster client, which checks the name, cannot be used: a key goes to the node the
+/// last `MOVED` named for its slot, as a cluster client's slot map does.
+struct TlsCluster {
+    auth: workload::Auth,
+    nodes: Vec<std::net::IpAddr>,
+    owner: BTreeMap<u16, std::net::IpAddr>,
+    conns: BTreeMap<std::net::IpAddr, workload::Conn>,
+}
+
+impl TlsCluster {
+    async fn new(env: &Env, cluster: &str) -> TlsCluster {
+        let auth = workload::wait_auth(&env.client, &env.ns, &format!("{cluster}-shard-0")).await;
+        assert!(auth.ca.is_some(), "the client verifies the CA");
+        let nodes = cluster_members(env, cluster)
+            .await
+            .values()
+            .filter_map(|a| a.rsplit_once(':')?.0.parse().ok())
+            .collect();
+        TlsCluster {
+            auth,
+            nodes,
+            owner: BTreeMap::new(),
+            conns: BTreeMap::new(),
+        }
+    }
+
+    /// Sends `SET key n` (`Some`) or reads `key` (`None`), following up to 3 redirects.
+    async fn ask(&mut self, key: &str, set: Option<u64>) -> Result<Option<u64>, String> {
+        let slot = crc16::State::<crc16::XMODEM>::calculate(key.as_bytes()) % 16384;
+        let mut ip = self
+            .owner
+            .get(&slot)
+            .copied()
+            .unwrap_or(self.nodes[slot as usize % self.nodes.len()]);
+        for _ in 0..4 {
+            if !self.conns.contains_key(&ip) {
+                let c = workload::connect(workload::Datastore::Redis, ip, &self.auth)
+                    .await
+                    .ok_or_else(|| format!("cannot connect to {ip}"))?;
+                self.conns.insert(ip, c);
+            }
+            let c = self.conns.get_mut(&ip).expect("connected");
+            let r = match set {
+                Some(n) => c.write(key, n).await.map(|()| Some(n)),
+                None => c
+                    .read(&[key.to_string()])
+                    .await
+                    .map(|v| v.first().copied().flatten()),
+            };
+            match r {
+                Err(e) if e.to_lowercase().contains("moved") => {
+                    // `MOVED <slot> <ip>:<port>`: the node that serves the slot now.
+                    let to = e
+                        .split_whitespace()
+                        .last()
+                        .and_then(|a| a.rsplit_once(':')?.0.parse().ok())
+                        .ok_or_else(|| format!("unreadable redirect: {e}"))?;
+                    self.owner.insert(slot, to);
+                    ip = to;
+                }
+                Err(e) => {
+                    self.conns.remove(&ip);
+                    return Err(e);
+                }
+                Ok(v) => return Ok(v),
+            }
+        }
+        Err(format!("{key}: too many redirects"))
+    }
+}
+
+/// `spec.tls` on a Cluster: every node serves clients, the cluster bus and replication over
+/// TLS only. A certificate issued for server auth alone is refused with the reason (the nodes
+/// present it to each other). A plain-text client and a client trusting another CA are
+/// refused; the Cluster upgrades (a hotfix, shard by shard, each shard failed over) under a client that
+/// verifies the chain, losing no acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tls_cluster_upgrades_under_a_verifying_client_and_refuses_plain_text() {
+    use baton::crd::Cluster;
+    use baton_testkit::certs;
+    let env = Env::new("dbctls").await;
+    // One certificate for every node, which they also present to each other on the bus.
+    let (ca, _, _) = certs::certificates(env.dir.as_path());
+    certs::allow_client_auth(env.dir.as_path());
+    let (crt, key) = certs::issue(env.dir.as_path());
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "events-tls"}, "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": crt, "tls.key": key, "ca.crt": ca},
+    }))
+    .expect("secret");
+    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(env.client.clone(), &env.ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create the TLS Secret");
+    let hotfix: baton::crd::DatastoreVersion = serde_json::from_value(json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "DatastoreVersion",
+        "metadata": {"name": "redis-7.0.15-hotfix1"},
+        "spec": {"datastore": "redis", "version": "7.0.15-hotfix1", "image": "redis:7.0.15-hotfix1"},
+    }))
+    .expect("catalog entry");
+    match kube::Api::<baton::crd::DatastoreVersion>::all(env.client.clone())
+        .create(&PostParams::default(), &hotfix)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("catalog entry: {e}"),
+    }
+    let op = env.operator("dbctls", "");
+    let clusters: kube::Api<Cluster> = kube::Api::namespaced(env.client.clone(), &env.ns);
+    let cluster: Cluster = serde_json::from_value(json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "Cluster",
+        "metadata": {"name": "events"},
+        "spec": {"datastore": {"type": "redis", "version": TARGET}, "shards": 2, "replicasPerShard": 2,
+                 "tls": {"secretName": "events-tls"}},
+    }))
+    .expect("cluster");
+    clusters
+        .create(&PostParams::default(), &cluster)
+        .await
+        .expect("create cluster");
+    let logs = || op.logs();
+    let before = wait_cluster(&clusters, "events", TIMEOUT, "formation", ready, logs).await;
+    let masters: Vec<Option<String>> = before.shards.iter().map(|s| s.primary.clone()).collect();
+
+    // A certificate issued for server auth alone: the nodes would refuse each other's on the
+    // bus, and the Cluster says so instead of forming.
+    let servers_only = tempfile::tempdir().expect("tempdir");
+    let (ca, crt, key) = certs::certificates(servers_only.path());
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "servers-only"}, "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": crt, "tls.key": key, "ca.crt": ca},
+    }))
+    .expect("secret");
+    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(env.client.clone(), &env.ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create the Secret");
+    let refused: Cluster = serde_json::from_value(json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "Cluster",
+        "metadata": {"name": "refused"},
+        "spec": {"datastore": {"type": "redis", "version": TARGET}, "shards": 1, "replicasPerShard": 1,
+                 "tls": {"secretName": "servers-only"}},
+    }))
+    .expect("cluster");
+    clusters
+        .create(&PostParams::default(), &refused)
+        .await
+        .expect("create the refused cluster");
+    wait_cluster(
+        &clusters,
+        "refused",
+        TIMEOUT,
+        "the refusal of a server-only certificate",
+        |s| {
+            s.message
+                .as_deref()
+                .is_some_and(|m| m.contains("server authentication only"))
+        },
+        logs,
+    )
+    .await;
+    clusters
+        .delete("refused", &Default::default())
+        .await
+        .expect("delete the refused cluster");
+
+    // Plain text: nothing listens for it. Another CA: refused by the client's verification.
+    let auth = workload::wait_auth(&env.client, &env.ns, "events-shard-0").await;
+    let other = tempfile::tempdir().expect("tempdir");
+    let (other_ca, _, _) = certs::certificates(other.path());
+    for (pod, addr) in cluster_members(&env, "events").await {
+        assert!(
+            !node_logs_in(&addr, &auth.user, &auth.password).await,
+            "{pod}: a plain-text client logged in"
+        );
+        let ip = addr.rsplit_once(':').expect("ip:port").0;
+        assert!(
+            baton::tls::connect(ip, 6379, other_ca.as_bytes())
+                .await
+                .is_err(),
+            "{pod}: a client trusting another CA connected"
+        );
+    }
+
+    // The upgrade, under a client that verifies the chain.
+    let mut client = TlsCluster::new(&env, "events").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writing = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut acked, mut refused) = (vec![], 0u32);
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                match client.ask(&format!("tls-{i}"), Some(i)).await {
+                    Ok(_) => acked.push(i),
+                    Err(_) => {
+                        refused += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                i += 1;
+            }
+            (client, acked, refused)
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    clusters
+        .patch(
+            "events",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"datastore": {"version": "7.0.15-hotfix1"}}})),
+        )
+        .await
+        .expect("raise the version");
+    let after = wait_cluster(
+        &clusters,
+        "events",
+        Duration::from_secs(300),
+        "the upgrade over TLS",
+        |s| ready(s) && s.version.as_deref() == Some("7.0.15-hotfix1") && s.upgrade.is_none(),
+        logs,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut client, acked, refused) = writing.await.expect("writer");
+    println!(
+        "over TLS: {} acknowledged, {refused} refused during the upgrade",
+        acked.len()
+    );
+    assert!(acked.len() > 50, "the client barely wrote");
+    let now: Vec<Option<String>> = after.shards.iter().map(|s| s.primary.clone()).collect();
+    assert_ne!(
+        now, masters,
+        "every shard was handed to an upgraded replica"
+    );
+    let mut lost = vec![];
+    for i in &acked {
+        // A refused connection is retried (a node that just restarted); what it answers is final.
+        let mut got = Err(String::new());
+        for _ in 0..50 {
+            got = client.ask(&format!("tls-{i}"), None).await;
+            if got.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if got != Ok(Some(*i)) {
+            lost.push(*i);
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost: {lost:?}",
+        lost.len()
+    );
+    delete_namespace(&env.client, &env.ns).await;
+}

@@ -6,7 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{Conditions, DatastoreRef, MaintenanceWindow, MemberResources, UpgradePolicy};
-use super::database_instance::UpgradeOutcome;
+use super::database_instance::{TlsRef, UpgradeOutcome};
 
 /// The desired state of a sharded database: the datastore version, the number of shards and the
 /// members per shard.
@@ -36,6 +36,7 @@ use super::database_instance::UpgradeOutcome;
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.tls) == has(oldSelf.tls) && (!has(self.tls) || self.tls == oldSelf.tls)").message("tls is set when the Cluster is created (its nodes talk to each other with it): create a new Cluster to change it").field_path(".tls"))]
 pub struct ClusterSpec {
     /// The datastore type and the desired version of every shard.
     pub datastore: DatastoreRef,
@@ -65,6 +66,15 @@ pub struct ClusterSpec {
     /// When true, Baton touches nothing of this cluster or its shards.
     #[serde(default)]
     pub paused: bool,
+
+    /// Serve TLS: a Secret in the Cluster's namespace with `tls.crt`, `tls.key` and `ca.crt`
+    /// (what cert-manager writes), one certificate for every node. Nodes serve clients, the
+    /// cluster bus and replication over TLS only, and Baton connects verifying the chain
+    /// against `ca.crt`; a renewed certificate is loaded online. Fixed at creation (nodes of a
+    /// cluster cannot mix plain text and TLS). Needs a Redis build with TLS (7.0.15 here, not
+    /// 6.2.14).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsRef>,
 }
 
 fn default_replicas_per_shard() -> i32 {

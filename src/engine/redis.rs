@@ -71,7 +71,8 @@ if [ -f /etc/baton/tls/tls.crt ]; then
     echo "baton: this redis-server build has no TLS; remove spec.tls or use an image built with TLS" >&2
     exit 1
   fi
-  set -- "$@" --port 0 --tls-port 6379 --tls-replication yes --tls-auth-clients no \
+  # A cluster node's bus to the others too (`BATON_CLUSTER`).
+  set -- "$@" --port 0 --tls-port 6379 --tls-replication yes --tls-auth-clients no ${BATON_CLUSTER:+--tls-cluster yes} \
     --tls-cert-file /etc/baton/tls/tls.crt --tls-key-file /etc/baton/tls/tls.key \
     --tls-ca-cert-file /etc/baton/tls/ca.crt
 fi

@@ -49,6 +49,21 @@ fn openssl(dir: &std::path::Path, args: &[&str]) {
     );
 }
 
+/// From now on [`issue`] in `dir` makes certificates that may authenticate clients too (as a
+/// Redis Cluster node's must: the nodes present theirs to each other on the cluster bus).
+pub fn allow_client_auth(dir: &std::path::Path) {
+    let ext = dir.join("ext.cnf");
+    let text = std::fs::read_to_string(&ext).expect("ext");
+    std::fs::write(
+        &ext,
+        text.replace(
+            "extendedKeyUsage=serverAuth\n",
+            "extendedKeyUsage=serverAuth,clientAuth\n",
+        ),
+    )
+    .expect("ext");
+}
+
 /// A new server key and certificate from the CA in `dir` (what a renewal writes).
 pub fn issue(dir: &std::path::Path) -> (String, String) {
     let run = |args: &[&str]| openssl(dir, args);

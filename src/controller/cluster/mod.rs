@@ -27,7 +27,7 @@ use tracing::{info, warn};
 use super::database_instance::children::{
     self, LABEL_CLIENT, LABEL_CLUSTER, LABEL_MANAGED_BY, MANAGED_BY,
 };
-use super::database_instance::observe::{pod_ready, secret_values};
+use super::database_instance::observe::{pod_ready, read_tls, secret_values};
 use super::{Context, FIELD_MANAGER, requeue};
 use crate::crd::{
     Cluster, ClusterStatus, ClusterTask, CredentialsRef, DatabaseInstance, DatabaseInstanceSpec,
@@ -256,11 +256,38 @@ async fn run(ctx: &Context, cluster: &Cluster, api: &Api<Cluster>, p: &mut Pass)
         p.waiting("MembersNotReady", why.clone());
         return Ok(requeue::members());
     }
+    // With spec.tls every node serves TLS only: Baton verifies the chain against the CA.
+    let (ca, cert) = match read_tls(ctx, &ns, spec.tls.as_ref()).await? {
+        Ok(tls) => tls.unzip(),
+        Err(why) => {
+            p.waiting("TLSUnavailable", why);
+            return Ok(requeue::person());
+        }
+    };
+    if let (Some(tls), Some(cert)) = (&spec.tls, &cert)
+        && !crate::tls::allows_client_auth(cert)
+    {
+        p.waiting(
+            "TLSUnavailable",
+            format!(
+                "the certificate in Secret {} is for server authentication only (extended key usage); the nodes present it to each other on the cluster bus, which refuses it: issue it for client auth too (cert-manager usages: server auth, client auth)",
+                tls.secret_name
+            ),
+        );
+        return Ok(requeue::person());
+    }
     let login = accounts.admin(engine);
     let mut targets: BTreeMap<String, Target> = layout
         .addr
         .values()
-        .map(|a| (a.clone(), rc::target(a, &login)))
+        .map(|a| {
+            let t = Target {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                ..rc::target(a, &login)
+            };
+            (a.clone(), t)
+        })
         .collect();
     let mut views = BTreeMap::new();
     // A changed Secret reaches the nodes shard by shard: each shard sets the passwords on its
@@ -660,7 +687,7 @@ async fn ensure_shard(ctx: &Context, cluster: &Cluster, name: &str, version: &st
             credentials: Some(CredentialsRef {
                 secret_name: credentials_name(&cluster.name_any()),
             }),
-            tls: None,
+            tls: spec.tls.clone(),
             // A shard's roles are the Cluster's (every node's view decides a failover).
             failover: Default::default(),
             durability: Default::default(),

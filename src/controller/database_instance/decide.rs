@@ -544,28 +544,36 @@ fn steady(mut d: Draft, primary: &str, base: &str) -> Decision {
             .collect();
         return d.done(Act::SetPasswords { members }, Wake::Now);
     }
-    let stale: Vec<String> = o
-        .members
-        .iter()
-        .filter(|m| m.probe.as_ref().is_some_and(|p| p.stale_certificate))
-        .map(|m| m.name.clone())
-        .collect();
-    if !stale.is_empty() {
-        // Online: the server reloads once its pod's files hold the new certificate (the node
-        // updates mounted Secrets on its own schedule); until then each pass looks again.
-        d.cond(
-            "TLSReady",
-            true,
-            "Reloading",
-            format!(
-                "{} {} a certificate other than the TLS Secret's; reloading once the mounted files are updated",
-                stale.join(", "),
-                if stale.len() == 1 { "serves" } else { "serve" }
-            ),
-        );
-        return d.done(Act::ReloadTls { members: stale }, Wake::Poll);
+    if let Some(reload) = reload_renewed_certificate(&mut d) {
+        return d.done(reload, Wake::Poll);
     }
     start_or_refuse(d, primary, &version, &v)
+}
+
+/// Members serving a certificate other than the TLS Secret's (renewed) reload it, online: the
+/// server reloads once its pod's files hold the new certificate (the node updates mounted
+/// Secrets on its own schedule); until then each pass looks again. None: none to reload.
+fn reload_renewed_certificate(d: &mut Draft) -> Option<Act> {
+    let stale: Vec<String> =
+        d.o.members
+            .iter()
+            .filter(|m| m.probe.as_ref().is_some_and(|p| p.stale_certificate))
+            .map(|m| m.name.clone())
+            .collect();
+    if stale.is_empty() {
+        return None;
+    }
+    d.cond(
+        "TLSReady",
+        true,
+        "Reloading",
+        format!(
+            "{} {} a certificate other than the TLS Secret's; reloading once the mounted files are updated",
+            stale.join(", "),
+            if stale.len() == 1 { "serves" } else { "serve" }
+        ),
+    );
+    Some(Act::ReloadTls { members: stale })
 }
 
 /// A Cluster's shard. Its members' roles are the Cluster's to change (formation,
@@ -630,7 +638,10 @@ fn cluster_shard(mut d: Draft, base: &str) -> Decision {
         let members = o.members.iter().map(|m| m.name.clone()).collect();
         return d.done(Act::SetPasswords { members }, Wake::Now);
     }
-    d.done(Act::None, Wake::Idle)
+    match reload_renewed_certificate(&mut d) {
+        Some(reload) => d.done(reload, Wake::Poll),
+        None => d.done(Act::None, Wake::Idle),
+    }
 }
 
 /// The act that brings the members back to one writable primary that every other member

@@ -14,6 +14,7 @@ use kube::{Api, ResourceExt};
 use super::children::{self, ANNOTATION_VERSION, LABEL_INSTANCE, Owned};
 use super::model::{CheckOutcome, Member, Observation, OfflineCheck};
 use crate::controller::Context;
+use crate::crd::database_instance::TlsRef;
 use crate::crd::{Cluster, DatabaseInstance};
 use crate::engine::{self, Endpoint, Engine, Target};
 use crate::error::{Error, Result};
@@ -107,7 +108,7 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
             .and_then(|c| c.status)
             .is_some_and(|s| s.upgrade.is_some());
     }
-    match read_tls(ctx, ns, &o.inst).await? {
+    match read_tls(ctx, ns, o.inst.spec.tls.as_ref()).await? {
         Ok(Some((ca, cert))) => (o.ca, o.cert) = (Some(ca), Some(cert)),
         Ok(None) => {}
         Err(why) => o.tls_problem = Some(why),
@@ -313,12 +314,12 @@ async fn read_owned(
 
 /// Reads the TLS Secret `spec.tls` names, at every pass: the CA Baton verifies members
 /// against and the certificate they are to serve, or why TLS cannot be honoured.
-async fn read_tls(
+pub(crate) async fn read_tls(
     ctx: &Context,
     ns: &str,
-    inst: &DatabaseInstance,
+    tls: Option<&TlsRef>,
 ) -> Result<std::result::Result<Option<(Vec<u8>, Vec<u8>)>, String>> {
-    let Some(tls) = &inst.spec.tls else {
+    let Some(tls) = tls else {
         return Ok(Ok(None));
     };
     let name = &tls.secret_name;

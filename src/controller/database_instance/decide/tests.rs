@@ -790,6 +790,20 @@ fn a_cluster_shard_sets_a_changed_password_on_its_members_unless_its_cluster_upg
 }
 
 #[test]
+fn a_cluster_shard_reloads_a_renewed_certificate_online() {
+    let mut o = shard_of_cluster(obs(SRC, active()));
+    o.members[1].probe.as_mut().unwrap().stale_certificate = true;
+    let d = decide(&o);
+    assert_eq!(
+        d.act,
+        Act::ReloadTls {
+            members: vec!["db-1".into()]
+        }
+    );
+    assert_eq!(condition(&d, "TLSReady").reason, "Reloading");
+}
+
+#[test]
 fn a_settled_instance_refreshes_positions_rarely_unless_a_standby_crosses_the_bound() {
     let o = obs(SRC, active());
     let policy = crate::crd::UpgradePolicy::default();
