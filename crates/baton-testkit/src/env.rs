@@ -62,7 +62,7 @@ pub const POSTGRES: Flavor = Flavor {
 /// How long the end-of-test read-back retries a member before it counts as missing writes: at
 /// the crash suite's peak on two cores a running member missed every 2 s connect for over 30 s
 /// (its log showed it up and streaming throughout).
-const READ_BACK: Duration = Duration::from_secs(90);
+pub const READ_BACK: Duration = Duration::from_secs(90);
 
 pub const MARIADB_SOURCE: &str = "10.11.18";
 pub const MARIADB_TARGET: &str = "10.11.19";
