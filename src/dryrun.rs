@@ -361,8 +361,14 @@ pub fn cluster(spec: &UpgradeRequestSpec, c: &Cluster, catalog: &[DatastoreVersi
         strategy: if in_place {
             "in place: each shard's only member restarted".into()
         } else {
-            "shard by shard: replicas first, a graceful CLUSTER FAILOVER, the old master last"
-                .into()
+            let at_once = crate::controller::cluster::upgrade::shards_at_once(c, false);
+            format!(
+                "{}: replicas first, a graceful CLUSTER FAILOVER, the old master last",
+                match at_once {
+                    1 => "shard by shard".to_string(),
+                    n => format!("{n} shards at a time"),
+                }
+            )
         },
         outage: if in_place {
             "each shard's slots are unavailable while its member restarts".into()

@@ -325,18 +325,7 @@ async fn a_changed_secret_is_applied_online(prefix: &str, f: Flavor) {
     replicated(&env, f, &old, "before", 1).await;
     let restarts = env.restarts("db").await;
     let secrets = Api::<Secret>::namespaced(env.client.clone(), &env.ns);
-    secrets
-        .patch(
-            "db-credentials",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(json!({"stringData": {
-                "password": "rotated-app-password",
-                "admin-password": "rotated-admin-password",
-                "replication-password": "rotated-replication-password",
-            }})),
-        )
-        .await
-        .expect("change the Secret");
+    env.rotate_passwords("db-credentials").await;
     // Looked at within the health interval; a touch of the instance makes it now.
     env.label("db", "rotated", "1").await;
     let applied = eventually(Duration::from_secs(90), || async {
@@ -358,7 +347,7 @@ async fn a_changed_secret_is_applied_online(prefix: &str, f: Flavor) {
     );
     assert_eq!(env.restarts("db").await, restarts, "no member restarted");
     let new = env.auth("db").await;
-    assert_eq!(new.password, "rotated-app-password");
+    assert_eq!(new.password, ROTATED_PASSWORD);
     for ip in workload::member_addresses(&env.client, &env.ns, "db")
         .await
         .into_values()
@@ -442,20 +431,7 @@ async fn redis_tls_members_roll_under_verifying_clients_and_a_build_without_tls_
     use baton_testkit::faults::Scenario;
     let env = Env::new("redis-tls").await;
     certs::tls_secret(&env, "db-tls").await;
-    let hotfix: baton::crd::DatastoreVersion = serde_json::from_value(json!({
-        "apiVersion": "baton.dev/v1alpha1", "kind": "DatastoreVersion",
-        "metadata": {"name": "redis-7.0.15-hotfix1"},
-        "spec": {"datastore": "redis", "version": "7.0.15-hotfix1", "image": "redis:7.0.15-hotfix1"},
-    }))
-    .expect("catalog entry");
-    match Api::<baton::crd::DatastoreVersion>::all(env.client.clone())
-        .create(&PostParams::default(), &hotfix)
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => panic!("catalog entry: {e}"),
-    }
+    env.add_redis_hotfix().await;
     let spec = json!({
         "datastore": {"type": "redis", "version": TARGET},
         "tls": {"secretName": "db-tls"},

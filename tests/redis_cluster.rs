@@ -318,18 +318,14 @@ async fn a_cluster_forms_and_upgrades_shard_by_shard_even_when_the_operator_dies
     use baton::crd::{Cluster, ClusterTask};
     let env = Env::new("dbcluster").await;
     let clusters: kube::Api<Cluster> = kube::Api::namespaced(env.client.clone(), &env.ns);
-    let cluster: Cluster = serde_json::from_value(json!({
-        "apiVersion": "baton.dev/v1alpha1", "kind": "Cluster",
-        "metadata": {"name": "events"},
-        "spec": {"datastore": {"type": "redis", "version": "6.2.14"}, "shards": 3, "replicasPerShard": 2},
-    }))
-    .expect("cluster");
     // Killed right after the second shard took its slots: the cluster is half formed.
     let mut first = env.operator("dbcluster-1", "db:cluster-addslots#2");
-    clusters
-        .create(&PostParams::default(), &cluster)
-        .await
-        .expect("create cluster");
+    create_cluster(
+        &clusters,
+        "events",
+        json!({"datastore": {"type": "redis", "version": "6.2.14"}, "shards": 3, "replicasPerShard": 2}),
+    )
+    .await;
     let died = tokio::time::timeout(Duration::from_secs(240), first.child.wait()).await;
     assert!(
         died.is_ok(),
@@ -621,22 +617,30 @@ fn ready(s: &baton::crd::ClusterStatus) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_that_cannot_start_stops_the_cluster_upgrade_and_reverting_recovers() {
+    sick_replicas_stop_the_upgrade_and_reverting_recovers("dbcsick", 1).await;
+}
+
+/// With two shards at once both shards' replicas are moved side by side onto a build that
+/// never starts: the older restart fails the upgrade, and the revert brings both back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wave_whose_replicas_cannot_start_stops_and_reverting_recovers_both() {
+    sick_replicas_stop_the_upgrade_and_reverting_recovers("dbcsickwave", 2).await;
+}
+
+async fn sick_replicas_stop_the_upgrade_and_reverting_recovers(prefix: &str, at_once: usize) {
     use baton::crd::Cluster;
-    let env = Env::new("dbcsick").await;
+    let env = Env::new(prefix).await;
     env.add_broken_version(REDIS).await;
-    let op = env.operator("dbcsick", "");
+    let op = env.operator(prefix, "");
     let clusters: kube::Api<Cluster> = kube::Api::namespaced(env.client.clone(), &env.ns);
-    let cluster: Cluster = serde_json::from_value(json!({
-        "apiVersion": "baton.dev/v1alpha1", "kind": "Cluster",
-        "metadata": {"name": "sick"},
-        "spec": {"datastore": {"type": "redis", "version": "6.2.14"}, "shards": 2,
-                 "replicasPerShard": 2, "upgradePolicy": {"stepTimeoutSeconds": 10}},
-    }))
-    .expect("cluster");
-    clusters
-        .create(&PostParams::default(), &cluster)
-        .await
-        .expect("create cluster");
+    create_cluster(
+        &clusters,
+        "sick",
+        json!({"datastore": {"type": "redis", "version": "6.2.14"}, "shards": 2,
+                 "replicasPerShard": 2, "upgradePolicy": {"stepTimeoutSeconds": 10},
+                 "maxUnavailableShards": at_once}),
+    )
+    .await;
     let logs = || op.logs();
     let before = wait_cluster(&clusters, "sick", TIMEOUT, "formation", ready, logs).await;
     let masters: Vec<Option<String>> = before.shards.iter().map(|s| s.primary.clone()).collect();
@@ -672,6 +676,10 @@ async fn a_replica_that_cannot_start_stops_the_cluster_upgrade_and_reverting_rec
         "{why}"
     );
     assert_eq!(u.shard, 0, "{u:#?}");
+    // Both shards of a wave were restarting when the first one's deadline passed.
+    let restarting: Vec<&str> = u.restarting.iter().map(|r| r.member.as_str()).collect();
+    let want = ["sick-shard-0-1", "sick-shard-1-1"];
+    assert_eq!(restarting, want[..at_once], "{u:#?}");
     env.wait_event("sick", "UpgradeFailed", "sick-shard-0-1")
         .await;
     // The master was never touched: it still serves its slots on the source version.
@@ -768,16 +776,12 @@ async fn an_upgrade_request_holds_rolls_back_cancels_and_upgrades_a_cluster_with
     let env = Env::new("dbcreq").await;
     let op = env.operator("dbcreq", "");
     let clusters: kube::Api<Cluster> = kube::Api::namespaced(env.client.clone(), &env.ns);
-    let cluster: Cluster = serde_json::from_value(json!({
-        "apiVersion": "baton.dev/v1alpha1", "kind": "Cluster",
-        "metadata": {"name": "events"},
-        "spec": {"datastore": {"type": "redis", "version": "6.2.14"}, "shards": 2, "replicasPerShard": 2},
-    }))
-    .expect("cluster");
-    clusters
-        .create(&PostParams::default(), &cluster)
-        .await
-        .expect("create cluster");
+    create_cluster(
+        &clusters,
+        "events",
+        json!({"datastore": {"type": "redis", "version": "6.2.14"}, "shards": 2, "replicasPerShard": 2}),
+    )
+    .await;
     // A cluster of one shard of one member: no replica to hand its slots to.
     let tiny: Cluster = serde_json::from_value(json!({
         "apiVersion": "baton.dev/v1alpha1", "kind": "Cluster",
@@ -903,7 +907,7 @@ async fn an_upgrade_request_holds_rolls_back_cancels_and_upgrades_a_cluster_with
         "shard 1's replica restarting",
         |s| {
             s.upgrade.as_ref().is_some_and(|u| {
-                u.shard == 1 && u.stage == ShardStage::RestartReplicas && u.member.is_some()
+                u.shard == 1 && u.stage == ShardStage::RestartReplicas && !u.restarting.is_empty()
             })
         },
         logs,
@@ -1103,16 +1107,12 @@ async fn a_rotated_cluster_password_is_served_online_and_clients_switch_over() {
     let env = Env::new("dbcrot").await;
     let op = env.operator("dbcrot", "");
     let clusters: kube::Api<Cluster> = kube::Api::namespaced(env.client.clone(), &env.ns);
-    let cluster: Cluster = serde_json::from_value(json!({
-        "apiVersion": "baton.dev/v1alpha1", "kind": "Cluster",
-        "metadata": {"name": "rot"},
-        "spec": {"datastore": {"type": "redis", "version": SOURCE}, "shards": 2, "replicasPerShard": 2},
-    }))
-    .expect("cluster");
-    clusters
-        .create(&PostParams::default(), &cluster)
-        .await
-        .expect("create cluster");
+    create_cluster(
+        &clusters,
+        "rot",
+        json!({"datastore": {"type": "redis", "version": SOURCE}, "shards": 2, "replicasPerShard": 2}),
+    )
+    .await;
     let logs = || op.logs();
     let before = wait_cluster(&clusters, "rot", TIMEOUT, "formation", ready, logs).await;
     let masters: Vec<Option<String>> = before.shards.iter().map(|s| s.primary.clone()).collect();
@@ -1129,18 +1129,7 @@ async fn a_rotated_cluster_password_is_served_online_and_clients_switch_over() {
     let writer = spawn_writer(client, "old-", stop.clone());
     tokio::time::sleep(Duration::from_secs(1)).await;
     let secrets = kube::Api::<Secret>::namespaced(env.client.clone(), &env.ns);
-    secrets
-        .patch(
-            "rot-credentials",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(json!({"stringData": {
-                "password": "rotated-app-password",
-                "admin-password": "rotated-admin-password",
-                "replication-password": "rotated-replication-password",
-            }})),
-        )
-        .await
-        .expect("change the Secret");
+    env.rotate_passwords("rot-credentials").await;
     let applied = eventually(Duration::from_secs(120), || async {
         let want = secrets.get("rot-credentials").await.ok()?.data?;
         for s in shards {
@@ -1172,7 +1161,7 @@ async fn a_rotated_cluster_password_is_served_online_and_clients_switch_over() {
 
     // Every node: the old passwords are refused, the new ones work.
     let new = workload::wait_auth(&env.client, &env.ns, "rot-shard-0").await;
-    assert_eq!(new.password, "rotated-app-password");
+    assert_eq!(new.password, ROTATED_PASSWORD);
     for (pod, addr) in cluster_members(&env, "rot").await {
         assert!(
             !node_logs_in(&addr, &old.user, &old.password).await,
@@ -1306,42 +1295,17 @@ async fn a_tls_cluster_upgrades_under_a_verifying_client_and_refuses_plain_text(
     let (ca, _, _) = certs::certificates(env.dir.as_path());
     certs::allow_client_auth(env.dir.as_path());
     let (crt, key) = certs::issue(env.dir.as_path());
-    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
-        "metadata": {"name": "events-tls"}, "type": "kubernetes.io/tls",
-        "stringData": {"tls.crt": crt, "tls.key": key, "ca.crt": ca},
-    }))
-    .expect("secret");
-    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(env.client.clone(), &env.ns)
-        .create(&PostParams::default(), &secret)
-        .await
-        .expect("create the TLS Secret");
-    let hotfix: baton::crd::DatastoreVersion = serde_json::from_value(json!({
-        "apiVersion": "baton.dev/v1alpha1", "kind": "DatastoreVersion",
-        "metadata": {"name": "redis-7.0.15-hotfix1"},
-        "spec": {"datastore": "redis", "version": "7.0.15-hotfix1", "image": "redis:7.0.15-hotfix1"},
-    }))
-    .expect("catalog entry");
-    match kube::Api::<baton::crd::DatastoreVersion>::all(env.client.clone())
-        .create(&PostParams::default(), &hotfix)
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => panic!("catalog entry: {e}"),
-    }
+    certs::create_tls_secret(&env, "events-tls", &ca, &crt, &key).await;
+    env.add_redis_hotfix().await;
     let op = env.operator("dbctls", "");
     let clusters: kube::Api<Cluster> = kube::Api::namespaced(env.client.clone(), &env.ns);
-    let cluster: Cluster = serde_json::from_value(json!({
-        "apiVersion": "baton.dev/v1alpha1", "kind": "Cluster",
-        "metadata": {"name": "events"},
-        "spec": {"datastore": {"type": "redis", "version": TARGET}, "shards": 2, "replicasPerShard": 2,
-                 "tls": {"secretName": "events-tls"}},
-    }))
-    .expect("cluster");
-    clusters
-        .create(&PostParams::default(), &cluster)
-        .await
-        .expect("create cluster");
+    create_cluster(
+        &clusters,
+        "events",
+        json!({"datastore": {"type": "redis", "version": TARGET}, "shards": 2, "replicasPerShard": 2,
+                 "tls": {"secretName": "events-tls"}}),
+    )
+    .await;
     let logs = || op.logs();
     let before = wait_cluster(&clusters, "events", TIMEOUT, "formation", ready, logs).await;
     let masters: Vec<Option<String>> = before.shards.iter().map(|s| s.primary.clone()).collect();
@@ -1350,15 +1314,7 @@ async fn a_tls_cluster_upgrades_under_a_verifying_client_and_refuses_plain_text(
     // bus, and the Cluster says so instead of forming.
     let servers_only = tempfile::tempdir().expect("tempdir");
     let (ca, crt, key) = certs::certificates(servers_only.path());
-    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
-        "metadata": {"name": "servers-only"}, "type": "kubernetes.io/tls",
-        "stringData": {"tls.crt": crt, "tls.key": key, "ca.crt": ca},
-    }))
-    .expect("secret");
-    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(env.client.clone(), &env.ns)
-        .create(&PostParams::default(), &secret)
-        .await
-        .expect("create the Secret");
+    certs::create_tls_secret(&env, "servers-only", &ca, &crt, &key).await;
     let refused: Cluster = serde_json::from_value(json!({
         "apiVersion": "baton.dev/v1alpha1", "kind": "Cluster",
         "metadata": {"name": "refused"},
@@ -1477,6 +1433,170 @@ async fn a_tls_cluster_upgrades_under_a_verifying_client_and_refuses_plain_text(
         lost.is_empty(),
         "{} acknowledged writes lost: {lost:?}",
         lost.len()
+    );
+    delete_namespace(&env.client, &env.ns).await;
+}
+
+/// Creates Cluster `name` with `spec` (JSON, the `spec` object).
+async fn create_cluster(clusters: &kube::Api<baton::crd::Cluster>, name: &str, spec: Value) {
+    let cluster: baton::crd::Cluster = serde_json::from_value(json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "Cluster",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .expect("cluster");
+    clusters
+        .create(&PostParams::default(), &cluster)
+        .await
+        .expect("create cluster");
+}
+
+/// What a wave watcher saw of one Cluster's upgrade.
+#[derive(Debug, Default)]
+struct Overlap {
+    /// The most members recorded as restarting at once.
+    recorded: usize,
+    /// The most members not Ready at once.
+    down: usize,
+    /// Two members of one shard were not Ready together.
+    same_shard: bool,
+}
+
+/// Samples `cluster`'s status and pods every 50 ms until `stop`.
+fn watch_overlap(
+    env: &Env,
+    cluster: &str,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Overlap> {
+    let clusters: kube::Api<baton::crd::Cluster> =
+        kube::Api::namespaced(env.client.clone(), &env.ns);
+    let pods = env.pods.clone();
+    let (name, labels) = (cluster.to_string(), format!("baton.dev/cluster={cluster}"));
+    tokio::spawn(async move {
+        let mut seen = Overlap::default();
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok(c) = clusters.get(&name).await
+                && let Some(u) = c.status.and_then(|s| s.upgrade)
+            {
+                seen.recorded = seen.recorded.max(u.restarting.len());
+            }
+            if let Ok(list) = pods
+                .list(&kube::api::ListParams::default().labels(&labels))
+                .await
+            {
+                let down: Vec<String> = list
+                    .items
+                    .iter()
+                    .filter(|p| !pod_is_ready(p))
+                    .map(|p| p.name_any())
+                    .collect();
+                let shards: std::collections::BTreeSet<&str> = down
+                    .iter()
+                    .map(|p| p.rsplit_once('-').map_or(p.as_str(), |(s, _)| s))
+                    .collect();
+                seen.same_shard |= shards.len() < down.len();
+                seen.down = seen.down.max(down.len());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        seen
+    })
+}
+
+fn pod_is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shards_upgrade_in_waves_of_max_unavailable_shards_and_lose_nothing() {
+    use baton::crd::Cluster;
+    let env = Env::new("dbcwave").await;
+    let op = env.operator("dbcwave", "");
+    let clusters: kube::Api<Cluster> = kube::Api::namespaced(env.client.clone(), &env.ns);
+    let spec = |at_once: i32| {
+        json!({"datastore": {"type": "redis", "version": SOURCE}, "shards": 3,
+               "replicasPerShard": 2, "maxUnavailableShards": at_once})
+    };
+    // More shards down at once than there are shards is refused at admission.
+    let too_many: Cluster = serde_json::from_value(json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "Cluster",
+        "metadata": {"name": "too-many"}, "spec": spec(4),
+    }))
+    .expect("cluster");
+    let refused = clusters
+        .create(&PostParams::default(), &too_many)
+        .await
+        .expect_err("maxUnavailableShards above shards must be refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("maxUnavailableShards cannot exceed shards"),
+        "{refused}"
+    );
+    create_cluster(&clusters, "one", spec(1)).await;
+    create_cluster(&clusters, "two", spec(2)).await;
+    let logs = || op.logs();
+    for name in ["one", "two"] {
+        wait_cluster(&clusters, name, TIMEOUT, "formation", ready, logs).await;
+    }
+    // The same upgrade of the same layout, one after the other, each under a writing client.
+    let mut took = BTreeMap::new();
+    for (name, bound) in [("one", 1usize), ("two", 2)] {
+        let (client, mut c) = cluster_client(&env, name).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = spawn_writer(client, "w-", stop.clone());
+        let watcher = watch_overlap(&env, name, stop.clone());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = std::time::Instant::now();
+        clusters
+            .patch(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"spec": {"datastore": {"version": TARGET}}})),
+            )
+            .await
+            .expect("patch version");
+        let done = wait_cluster(
+            &clusters,
+            name,
+            Duration::from_secs(300),
+            "the upgrade",
+            |s| ready(s) && s.upgrade.is_none() && s.version.as_deref() == Some(TARGET),
+            logs,
+        )
+        .await;
+        took.insert(name, started.elapsed());
+        stop.store(true, Ordering::Relaxed);
+        let (acked, refused, gap) = writer.await.expect("writer");
+        let seen = watcher.await.expect("watcher");
+        assert!(acked.len() > 100, "{name}: the client barely wrote");
+        assert_eq!(
+            lost_writes(&mut c, "w-", &acked).await,
+            Vec::<u64>::new(),
+            "{name}: acknowledged writes lost"
+        );
+        for shard in &done.shards {
+            assert!(shard.versions.values().all(|v| v == TARGET), "{shard:#?}");
+        }
+        // The bound is what Baton worked to: that many shards restarting together on record,
+        // never more members down, never two of one shard.
+        assert_eq!(seen.recorded, bound, "{name}: {seen:?}");
+        assert!(seen.down <= bound, "{name}: {seen:?}");
+        assert!(!seen.same_shard, "{name}: {seen:?}");
+        println!(
+            "{name}: maxUnavailableShards {bound}: {:.1} s, {} writes acknowledged, {refused} refused, longest gap {} ms, most members down together {}",
+            took[name].as_secs_f64(),
+            acked.len(),
+            gap.as_millis(),
+            seen.down
+        );
+    }
+    println!(
+        "3 shards: maxUnavailableShards 2 took {:.2}× the time of 1",
+        took["two"].as_secs_f64() / took["one"].as_secs_f64()
     );
     delete_namespace(&env.client, &env.ns).await;
 }

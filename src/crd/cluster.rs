@@ -20,7 +20,7 @@ use super::database_instance::{TlsRef, UpgradeOutcome};
     category = "baton",
     namespaced,
     status = "ClusterStatus",
-    doc = "A Cluster is a sharded database (first: Redis Cluster). Each shard is a DatabaseInstance owned by the Cluster; an upgrade rolls one shard at a time.",
+    doc = "A Cluster is a sharded database (first: Redis Cluster). Each shard is a DatabaseInstance owned by the Cluster; an upgrade rolls one shard at a time, or maxUnavailableShards at once.",
     printcolumn(
         name = "Datastore",
         type_ = "string",
@@ -36,6 +36,7 @@ use super::database_instance::{TlsRef, UpgradeOutcome};
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.maxUnavailableShards <= self.shards").message("maxUnavailableShards cannot exceed shards: set it to at most the number of shards").field_path(".maxUnavailableShards"))]
 #[x_kube(validation = Rule::new("has(self.tls) == has(oldSelf.tls) && (!has(self.tls) || self.tls == oldSelf.tls)").message("tls is set when the Cluster is created (its nodes talk to each other with it): create a new Cluster to change it").field_path(".tls"))]
 pub struct ClusterSpec {
     /// The datastore type and the desired version of every shard.
@@ -50,6 +51,15 @@ pub struct ClusterSpec {
     #[serde(default = "default_replicas_per_shard")]
     #[schemars(range(min = 1, max = 9))]
     pub replicas_per_shard: i32,
+
+    /// How many shards an upgrade works on at once (1 to 64, at most `shards`; default 1).
+    /// Shards go in waves of this many, in shard order; within a shard it is still one member
+    /// at a time, so at most this many members of the cluster are down together, never two of
+    /// one shard. Failovers stay one at a time, each with every node up and confirming it.
+    /// An `InPlace` upgrade (shards of one member) always takes one shard at a time.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 64))]
+    pub max_unavailable_shards: i32,
 
     /// Each member's volume and container resources (`storage`, `resources`).
     #[serde(flatten)]
@@ -79,6 +89,10 @@ pub struct ClusterSpec {
 
 fn default_replicas_per_shard() -> i32 {
     2
+}
+
+fn one() -> i32 {
+    1
 }
 
 /// The cluster-wide task in progress (Trove's cluster task): `None`, `Building` or
@@ -148,8 +162,9 @@ pub struct ShardStatus {
     pub versions: std::collections::BTreeMap<String, String>,
 }
 
-/// A Cluster's upgrade: shard by shard in order, and in each shard its replicas first, then a
-/// graceful `CLUSTER FAILOVER` to an upgraded replica, then the old master.
+/// A Cluster's upgrade: in waves of `shardsAtOnce` shards in shard order, and in each shard its
+/// replicas first (one member at a time), then a graceful `CLUSTER FAILOVER` to an upgraded
+/// replica, then the old master.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterUpgrade {
@@ -157,13 +172,21 @@ pub struct ClusterUpgrade {
     pub source_version: String,
     /// The version being rolled out.
     pub target_version: String,
-    /// The shard being upgraded (0-based); the others are untouched meanwhile.
+    /// The first shard of the wave being upgraded (0-based): the wave is shards `shard` to
+    /// `shard + shardsAtOnce - 1`; the others are untouched meanwhile.
     pub shard: i32,
-    /// `RestartReplicas`, `AwaitingCommit`, `Failover` or `RestartOldMaster`.
+    /// How many shards a wave takes (the Cluster's `maxUnavailableShards` when the upgrade
+    /// started; 1 for `InPlace`).
+    #[serde(default = "one")]
+    pub shards_at_once: i32,
+    /// The wave's stage: `RestartReplicas`, `AwaitingCommit`, `Failover` (no shard of the wave
+    /// handed over yet) or `RestartOldMaster` (handing over the wave's shards and restarting
+    /// their old masters).
     pub stage: ShardStage,
-    /// The member being restarted on the target version, if one is.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub member: Option<String>,
+    /// The members being restarted on the target version: at most one per shard, each
+    /// recorded before its pod is patched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restarting: Vec<MemberRestart>,
     /// The failover in flight: recorded before `CLUSTER FAILOVER` is sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<FailoverIntent>,
@@ -216,8 +239,9 @@ impl ClusterUpgrade {
             source_version: source.into(),
             target_version: target.into(),
             shard: 0,
+            shards_at_once: 1,
             stage: ShardStage::RestartReplicas,
-            member: None,
+            restarting: vec![],
             failover: None,
             step_started: now.clone(),
             started: now,
@@ -234,21 +258,47 @@ impl ClusterUpgrade {
         }
     }
 
-    /// The step in words, for an UpgradeRequest's job: `shard 1 RestartReplicas c-shard-1-1`.
+    /// The shards of the wave in progress, among `count`.
+    pub fn wave(&self, count: usize) -> std::ops::Range<usize> {
+        let first = self.shard.max(0) as usize;
+        first..(first + self.shards_at_once.max(1) as usize).min(count)
+    }
+
+    /// The wave in words: `shard 1`, or `shards 0-1` for a wave of two.
+    pub fn shards_text(&self) -> String {
+        match self.shards_at_once {
+            n if n > 1 => format!("shards {}-{}", self.shard, self.shard + n - 1),
+            _ => format!("shard {}", self.shard),
+        }
+    }
+
+    /// The step in words, for an UpgradeRequest's job: `shard 1 RestartReplicas c-shard-1-1`
+    /// (`shards 0-1 …` for a wave of two).
     pub fn describe(&self) -> String {
-        let mut out = if self.stage == ShardStage::AwaitingCommit {
-            "AwaitingCommit".to_string()
-        } else {
-            format!("shard {} {:?}", self.shard, self.stage)
+        let mut out = match self.stage {
+            ShardStage::AwaitingCommit => "AwaitingCommit".to_string(),
+            stage => format!("{} {stage:?}", self.shards_text()),
         };
-        if let Some(m) = &self.member {
-            out = format!("{out} {m}");
+        if !self.restarting.is_empty() {
+            let members: Vec<&str> = self.restarting.iter().map(|r| r.member.as_str()).collect();
+            out = format!("{out} {}", members.join(","));
         }
         if self.reverting {
             out = format!("{out} (reverting)");
         }
         out
     }
+}
+
+/// A member being restarted on the target version, and since when (its step fails after
+/// `upgradePolicy.stepTimeoutSeconds`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberRestart {
+    /// The member's pod.
+    pub member: String,
+    /// When its restart was recorded.
+    pub started: Time,
 }
 
 /// Where a shard's upgrade is.

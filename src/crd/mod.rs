@@ -12,8 +12,8 @@ pub mod datastore_version;
 pub mod upgrade_request;
 
 pub use cluster::{
-    Cluster, ClusterSpec, ClusterStatus, ClusterTask, ClusterUpgrade, FailoverIntent, ShardStage,
-    ShardStatus,
+    Cluster, ClusterSpec, ClusterStatus, ClusterTask, ClusterUpgrade, FailoverIntent,
+    MemberRestart, ShardStage, ShardStatus,
 };
 pub use common::{
     Datastore, DatastoreRef, MaintenanceWindow, MemberResources, PrimaryUpdateMethod, StorageSpec,

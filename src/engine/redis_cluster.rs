@@ -8,7 +8,7 @@
 //! So the gate and the confirmation take every node's own view and require all of them to
 //! agree.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use super::redis::{connect, run};
@@ -279,44 +279,86 @@ impl fmt::Display for Unhealthy {
 /// `cluster_state:ok` (when asked), has no slot open (migrating or importing), and all agree
 /// on which master serves which slots.
 pub fn health(views: &[View]) -> Result<(), Unhealthy> {
-    let first = views.first().ok_or(Unhealthy::NoViews)?;
-    for v in views {
-        let me = v.myself().ok_or_else(|| Unhealthy::Unreadable {
-            reporter: v.reporter(),
-        })?;
-        if let Some(n) = v.nodes.iter().find(|n| !n.trouble.is_empty()) {
+    health_excusing(views, &BTreeSet::new()).map(|_| ())
+}
+
+/// The gate while an upgrade restarts some members (`excused`, by `ip:port`: at most one per
+/// shard, none serving slots): every other node must pass [`health`] as it stands, except
+/// that seeing an excused node failing is expected. Returns the excused nodes that are not
+/// back yet: one some node sees in trouble, or whose own view does not pass (a restarted node
+/// reports `cluster_state:fail` until it has caught up with the others).
+pub fn health_excusing(
+    views: &[View],
+    excused: &BTreeSet<String>,
+) -> Result<BTreeSet<String>, Unhealthy> {
+    let is_excused = |v: &View| v.myself().is_some_and(|me| excused.contains(&me.addr));
+    let (others, restarted): (Vec<&View>, Vec<&View>) = views.iter().partition(|v| !is_excused(v));
+    let Some(&first) = others.first() else {
+        if views.is_empty() {
+            return Err(Unhealthy::NoViews);
+        }
+        // Only restarting nodes answered (a cluster of one node): judged as any node is.
+        return health_excusing(views, &BTreeSet::new());
+    };
+    let mut troubled = BTreeSet::new();
+    for v in others {
+        check_view(v, first, excused, &mut troubled)?;
+    }
+    for v in restarted {
+        let me = v.myself().map(|n| n.addr.clone()).unwrap_or_default();
+        if check_view(v, first, &BTreeSet::new(), &mut troubled).is_err() {
+            troubled.insert(me);
+        }
+    }
+    Ok(troubled)
+}
+
+/// One node's view against the gate; trouble it sees on an `excused` node is noted in
+/// `troubled` instead of failing it.
+fn check_view(
+    v: &View,
+    first: &View,
+    excused: &BTreeSet<String>,
+    troubled: &mut BTreeSet<String>,
+) -> Result<(), Unhealthy> {
+    let me = v.myself().ok_or_else(|| Unhealthy::Unreadable {
+        reporter: v.reporter(),
+    })?;
+    for n in v.nodes.iter().filter(|n| !n.trouble.is_empty()) {
+        if !excused.contains(&n.addr) {
             return Err(Unhealthy::Trouble {
                 reporter: me.addr.clone(),
                 node: n.addr.clone(),
                 flags: n.trouble.clone(),
             });
         }
-        let uncovered = v.uncovered();
-        if uncovered > 0 {
-            return Err(Unhealthy::Uncovered {
-                reporter: me.addr.clone(),
-                slots: uncovered,
-            });
-        }
-        if v.state_ok == Some(false) {
-            return Err(Unhealthy::StateFail {
-                reporter: me.addr.clone(),
-            });
-        }
-        let open = me.migrating.first().map(|(s, _)| (*s, true));
-        if let Some((slot, migrating)) = open.or(me.importing.first().map(|(s, _)| (*s, false))) {
-            return Err(Unhealthy::OpenSlot {
-                reporter: me.addr.clone(),
-                slot,
-                migrating,
-            });
-        }
-        if v.owners() != first.owners() {
-            return Err(Unhealthy::Disagree {
-                a: first.reporter(),
-                b: me.addr.clone(),
-            });
-        }
+        troubled.insert(n.addr.clone());
+    }
+    let uncovered = v.uncovered();
+    if uncovered > 0 {
+        return Err(Unhealthy::Uncovered {
+            reporter: me.addr.clone(),
+            slots: uncovered,
+        });
+    }
+    if v.state_ok == Some(false) {
+        return Err(Unhealthy::StateFail {
+            reporter: me.addr.clone(),
+        });
+    }
+    let open = me.migrating.first().map(|(s, _)| (*s, true));
+    if let Some((slot, migrating)) = open.or(me.importing.first().map(|(s, _)| (*s, false))) {
+        return Err(Unhealthy::OpenSlot {
+            reporter: me.addr.clone(),
+            slot,
+            migrating,
+        });
+    }
+    if v.owners() != first.owners() {
+        return Err(Unhealthy::Disagree {
+            a: first.reporter(),
+            b: me.addr.clone(),
+        });
     }
     Ok(())
 }
@@ -737,6 +779,48 @@ mod tests {
             health(&[v]).unwrap_err().to_string(),
             "127.0.0.1:7001 sees 5361 slots served by no master"
         );
+    }
+
+    #[test]
+    fn a_restarting_member_is_excused_from_the_gate_and_reported_until_it_is_back() {
+        let excused = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        // 7001 sees 7006 failing: expected while 7006 restarts, and 7006 is not back.
+        let down = [fixture!("replica-down-7001")];
+        assert_eq!(
+            health_excusing(&down, &excused(&["127.0.0.1:7006"])),
+            Ok(excused(&["127.0.0.1:7006"]))
+        );
+        // Any other node in trouble still fails the gate.
+        assert!(health_excusing(&down, &excused(&["127.0.0.1:7005"])).is_err());
+        // Back, and every view clean: nothing troubled.
+        let clean = [fixture!("formed-7001"), fixture!("formed-7004")];
+        assert_eq!(
+            health_excusing(&clean, &excused(&["127.0.0.1:7004"])),
+            Ok(BTreeSet::new())
+        );
+        // A restarted node whose own view does not pass yet (it still reports the cluster
+        // failing) is not back; the others' views decide the gate.
+        let mut starting = fixture!("formed-7004");
+        starting.state_ok = Some(false);
+        let views = [fixture!("formed-7001"), starting];
+        assert_eq!(
+            health_excusing(&views, &excused(&["127.0.0.1:7004"])),
+            Ok(excused(&["127.0.0.1:7004"]))
+        );
+        assert!(health(&views).is_err());
+        // Only restarting nodes answer (a cluster of one node): they are judged as any node.
+        let only = excused(&["127.0.0.1:7004"]);
+        assert_eq!(
+            health_excusing(&[fixture!("formed-7004")], &only),
+            Ok(BTreeSet::new())
+        );
+        let mut starting = fixture!("formed-7004");
+        starting.state_ok = Some(false);
+        assert!(matches!(
+            health_excusing(&[starting], &only),
+            Err(Unhealthy::StateFail { .. })
+        ));
+        assert_eq!(health_excusing(&[], &only), Err(Unhealthy::NoViews));
     }
 
     #[test]

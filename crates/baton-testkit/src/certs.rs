@@ -96,6 +96,12 @@ pub fn issue(dir: &std::path::Path) -> (String, String) {
 /// the environment's directory; returns the CA.
 pub async fn tls_secret(env: &crate::env::Env, name: &str) -> String {
     let (ca, crt, key) = certificates(env.dir.as_path());
+    create_tls_secret(env, name, &ca, &crt, &key).await;
+    ca
+}
+
+/// Creates TLS Secret `name` (cert-manager's keys) in the test's namespace.
+pub async fn create_tls_secret(env: &crate::env::Env, name: &str, ca: &str, crt: &str, key: &str) {
     let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
         "metadata": {"name": name},
         "type": "kubernetes.io/tls",
@@ -106,7 +112,6 @@ pub async fn tls_secret(env: &crate::env::Env, name: &str) -> String {
         .create(&Default::default(), &secret)
         .await
         .expect("create the TLS Secret");
-    ca
 }
 
 /// The validity (`not_before`, `not_after`) of the certificate the member at `ip` serves, as a

@@ -21,6 +21,8 @@ use crate::workload::{self, Route};
 
 pub const LONG: Duration = Duration::from_secs(180);
 pub const SOURCE: &str = "6.2.14";
+/// The application password [`Env::rotate_passwords`] sets.
+pub const ROTATED_PASSWORD: &str = "rotated-app-password";
 pub const TARGET: &str = "7.0.15";
 /// The PostgreSQL minor pair the tests upgrade between.
 pub const PG_SOURCE: &str = "16.13";
@@ -180,6 +182,25 @@ impl Env {
             .expect("apply broken version");
     }
 
+    /// Adds the Redis catalog entry `7.0.15-hotfix1` (the 7.0.15 build under a patch-release
+    /// name: an upgrade target for 7.0.15, which TLS needs). Shared by every test: applied.
+    pub async fn add_redis_hotfix(&self) {
+        let hotfix: DatastoreVersion = serde_json::from_value(json!({
+            "apiVersion": "baton.dev/v1alpha1", "kind": "DatastoreVersion",
+            "metadata": {"name": "redis-7.0.15-hotfix1"},
+            "spec": {"datastore": "redis", "version": "7.0.15-hotfix1", "image": "redis:7.0.15-hotfix1"},
+        }))
+        .expect("catalog entry");
+        Api::<DatastoreVersion>::all(self.client.clone())
+            .patch(
+                "redis-7.0.15-hotfix1",
+                &PatchParams::apply("baton-tests").force(),
+                &Patch::Apply(&hotfix),
+            )
+            .await
+            .expect("apply the hotfix catalog entry");
+    }
+
     /// An operator limited to this namespace; `crash_at` names a failpoint where it is
     /// killed with SIGKILL (empty: none).
     pub fn operator(&self, id: &str, crash_at: &str) -> Operator {
@@ -260,6 +281,23 @@ impl Env {
     }
 
     /// The restart count of each member's container, by pod name.
+    /// Changes every password in credentials Secret `secret` as a person rotating them would
+    /// (the application's becomes [`ROTATED_PASSWORD`]).
+    pub async fn rotate_passwords(&self, secret: &str) {
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(self.client.clone(), &self.ns)
+            .patch(
+                secret,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"stringData": {
+                    "password": ROTATED_PASSWORD,
+                    "admin-password": "rotated-admin-password",
+                    "replication-password": "rotated-replication-password",
+                }})),
+            )
+            .await
+            .expect("change the Secret");
+    }
+
     pub async fn restarts(&self, name: &str) -> BTreeMap<String, i32> {
         self.member_pods(name)
             .await

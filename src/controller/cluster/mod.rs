@@ -39,7 +39,7 @@ use crate::engine::{self, Accounts, Credentials, Engine, Target};
 use crate::error::{Error, Result};
 use crate::status::{self, Desired};
 
-mod upgrade;
+pub(crate) mod upgrade;
 
 pub fn controller(clusters: Api<Cluster>, instances: Api<DatabaseInstance>) -> Controller<Cluster> {
     Controller::new(clusters, Default::default()).owns(instances, Default::default())
@@ -252,8 +252,15 @@ async fn run(ctx: &Context, cluster: &Cluster, api: &Api<Cluster>, p: &mut Pass)
     {
         return Ok(action);
     }
-    if let Some(why) = &layout.missing {
-        p.waiting("MembersNotReady", why.clone());
+    // The members an upgrade restarts may be down or catching up meanwhile (one per shard at
+    // most, recorded before each restart): the gate lets them be, and their shards wait.
+    let excused: BTreeSet<String> =
+        p.s.upgrade
+            .iter()
+            .flat_map(|u| u.restarting.iter().map(|r| r.member.clone()))
+            .collect();
+    if let Some(why) = layout.missing(&excused) {
+        p.waiting("MembersNotReady", why);
         return Ok(requeue::members());
     }
     // With spec.tls every node serves TLS only: Baton verifies the chain against the CA.
@@ -353,8 +360,17 @@ async fn run(ctx: &Context, cluster: &Cluster, api: &Api<Cluster>, p: &mut Pass)
     }
 
     // Formed: every node's view must agree before a master takes writes.
-    let all: Vec<View> = views.values().cloned().collect();
-    if views.len() < targets.len() {
+    let excused_addr: BTreeMap<String, String> = excused
+        .iter()
+        .filter_map(|pod| Some((layout.address_of(pod)?, pod.clone())))
+        .collect();
+    let unread: Vec<&String> = layout
+        .addr
+        .iter()
+        .filter(|(_, a)| !views.contains_key(*a))
+        .map(|(pod, _)| pod)
+        .collect();
+    if unread.iter().any(|pod| !excused.contains(*pod)) {
         p.waiting(
             "NodesUnreachable",
             format!(
@@ -365,17 +381,41 @@ async fn run(ctx: &Context, cluster: &Cluster, api: &Api<Cluster>, p: &mut Pass)
         );
         return Ok(requeue::members());
     }
+    // The views of nodes not restarting first: the shards are reported as those see them.
+    let mut all: Vec<View> = views.values().cloned().collect();
+    all.sort_by_key(|v| {
+        v.myself()
+            .is_some_and(|me| excused_addr.contains_key(&me.addr))
+    });
     p.s.shards = shard_statuses(&names, &layout, &all);
-    if let Err(why) = rc::health(&all) {
-        p.waiting("Unhealthy", why.to_string());
-        return Ok(requeue::retry());
-    }
+    let addrs: BTreeSet<String> = excused_addr.keys().cloned().collect();
+    let mut troubled: BTreeSet<String> = match rc::health_excusing(&all, &addrs) {
+        Ok(t) => t
+            .iter()
+            .filter_map(|a| excused_addr.get(a).cloned())
+            .collect(),
+        Err(why) => {
+            p.waiting("Unhealthy", why.to_string());
+            return Ok(requeue::retry());
+        }
+    };
+    troubled.extend(unread.into_iter().cloned());
+    troubled.extend(
+        excused
+            .iter()
+            .filter(|pod| !layout.addr.contains_key(*pod))
+            .cloned(),
+    );
     let mut probes = BTreeMap::new();
     for (shard, st) in names.iter().zip(p.s.shards.iter_mut()) {
         for (pod, a) in layout.addr.iter().filter(|(pod, _)| owner(pod) == *shard) {
             let t = &targets[a];
             let probe = match engine.probe(t).await {
                 Ok(probe) => probe,
+                Err(_) if excused.contains(pod) => {
+                    troubled.insert(pod.clone());
+                    continue;
+                }
                 Err(e) => {
                     let why = format!("probing {pod}: {e}");
                     p.waiting("MembersNotReady", why);
@@ -401,12 +441,18 @@ async fn run(ctx: &Context, cluster: &Cluster, api: &Api<Cluster>, p: &mut Pass)
         p.s.version = Some(only.to_string());
     }
     p.s.message = None;
+    let restarting = if troubled.is_empty() {
+        String::new()
+    } else {
+        let pods: Vec<&str> = troubled.iter().map(String::as_str).collect();
+        format!(" ({} restarting for the upgrade)", pods.join(", "))
+    };
     p.cond(
         "Ready",
         true,
         "ClusterOk",
         format!(
-            "{} shards serve all {} slots; every node agrees",
+            "{} shards serve all {} slots; every node agrees{restarting}",
             names.len(),
             rc::SLOTS
         ),
@@ -421,6 +467,7 @@ async fn run(ctx: &Context, cluster: &Cluster, api: &Api<Cluster>, p: &mut Pass)
         rotating,
         names: &names,
         layout: &layout,
+        troubled: &troubled,
         targets: &targets,
         views: &all,
         probes: &probes,
@@ -471,8 +518,9 @@ struct Layout {
     /// Every member's pod, Ready or not.
     pods: BTreeMap<String, Pod>,
     shards: Vec<Shard>,
-    /// Why the layout is not complete yet.
-    missing: Option<String>,
+    /// The members not Ready yet, and how many there are in all.
+    waiting: Vec<String>,
+    expected: usize,
 }
 
 impl Layout {
@@ -511,15 +559,33 @@ impl Layout {
                 });
             }
         }
-        if !waiting.is_empty() {
-            l.missing = Some(format!(
+        l.waiting = waiting;
+        l.expected = shards.len() * per_shard.max(1) as usize;
+        l
+    }
+
+    /// Why the layout is not complete, leaving out the members in `excused`.
+    fn missing(&self, excused: &BTreeSet<String>) -> Option<String> {
+        let waiting: Vec<&str> = self
+            .waiting
+            .iter()
+            .filter(|m| !excused.contains(*m))
+            .map(String::as_str)
+            .collect();
+        (!waiting.is_empty()).then(|| {
+            format!(
                 "waiting for {} of {} members to be Ready: {}",
                 waiting.len(),
-                shards.len() * per_shard.max(1) as usize,
+                self.expected,
                 waiting.join(", ")
-            ));
-        }
-        l
+            )
+        })
+    }
+
+    /// The `ip:port` of `pod`, Ready or not (a restarting member keeps its pod and address).
+    fn address_of(&self, pod: &str) -> Option<String> {
+        let ip = self.pods.get(pod)?.status.as_ref()?.pod_ip.clone()?;
+        Some(rc::address(&ip))
     }
 }
 
@@ -789,8 +855,9 @@ mod tests {
             pod("c-shard-1-0", Some("127.2.0.3"), true),
             pod("c-shard-1-1", Some("127.2.0.4"), true),
         ];
+        let none = BTreeSet::new();
         let l = Layout::of(&shards, 2, &pods);
-        assert_eq!(l.missing, None);
+        assert_eq!(l.missing(&none), None);
         assert_eq!(
             l.shards,
             vec![
@@ -805,17 +872,21 @@ mod tests {
             ]
         );
         let l = Layout::of(&shards, 2, &pods[..3]);
+        let why = l.missing(&none).unwrap();
         assert!(
-            l.missing.as_deref().unwrap().contains("1 of 4")
-                && l.missing.unwrap().contains("c-shard-1-1"),
+            why.contains("1 of 4") && why.contains("c-shard-1-1"),
+            "{why}"
         );
         let mut not_ready = pods.clone();
         not_ready[0] = pod("c-shard-0-0", Some("127.2.0.1"), false);
-        assert!(
-            Layout::of(&shards, 2, &not_ready)
-                .missing
-                .unwrap()
-                .contains("c-shard-0-0")
+        let l = Layout::of(&shards, 2, &not_ready);
+        assert!(l.missing(&none).unwrap().contains("c-shard-0-0"));
+        // A member an upgrade restarts is let be; its address is still known.
+        let restarting = BTreeSet::from(["c-shard-0-0".to_string()]);
+        assert_eq!(l.missing(&restarting), None);
+        assert_eq!(
+            l.address_of("c-shard-0-0").as_deref(),
+            Some("127.2.0.1:6379")
         );
     }
 

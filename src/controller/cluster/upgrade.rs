@@ -1,12 +1,14 @@
-//! A Cluster's upgrade, one shard at a time and one member of it at a time: each replica is
-//! restarted on the target version and must rejoin (Ready, reporting the target, every node
-//! seeing it healthy) before the next; then a graceful `CLUSTER FAILOVER` hands the shard's
-//! slots to an upgraded replica, confirmed only when every node sees it (never by the
-//! command's OK); then the old master, now a replica, is restarted. Every step is recorded in
+//! A Cluster's upgrade, in waves of `maxUnavailableShards` shards and one member of each shard
+//! at a time: each replica is restarted on the target version and must rejoin (Ready,
+//! reporting the target, every node seeing it healthy) before its shard's next; then graceful
+//! `CLUSTER FAILOVER`s, one at a time with every node up, hand each shard's slots to an
+//! upgraded replica, each confirmed only when every node sees it (never by the command's OK);
+//! then the old masters, now replicas, are restarted. Every step is recorded in
 //! `status.upgrade` before its side effect, so a restarted operator resumes it.
 //!
 //! Only a healthy cluster takes a step (the caller has passed the gate: every member Ready,
-//! every slot served, no node failing, every node agreeing on each shard's master).
+//! every slot served, no node failing, every node agreeing on each shard's master), except
+//! that the members recorded as restarting may be down or catching up (`Seen::troubled`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,8 +25,8 @@ use crate::controller::database_instance::children::{self, ANNOTATION_VERSION};
 use crate::controller::database_instance::observe::{image_current, pod_ready};
 use crate::controller::{Context, requeue};
 use crate::crd::{
-    Cluster, ClusterTask, ClusterUpgrade, Datastore, DatastoreVersion, FailoverIntent, ShardStage,
-    UpgradeOutcome, UpgradeResult,
+    Cluster, ClusterTask, ClusterUpgrade, Datastore, DatastoreVersion, FailoverIntent,
+    MemberRestart, ShardStage, UpgradeOutcome, UpgradeResult,
 };
 use crate::engine::redis_cluster::{self as rc, SlotRange, View};
 use crate::engine::{Probe, Target};
@@ -38,6 +40,9 @@ pub(super) struct Seen<'a> {
     pub rotating: Option<String>,
     pub names: &'a [String],
     pub layout: &'a Layout,
+    /// Members recorded as restarting that are not back yet (down, unanswering, or seen in
+    /// trouble by some node): the gate let them be, and their shards wait for them.
+    pub troubled: &'a std::collections::BTreeSet<String>,
     pub targets: &'a BTreeMap<String, Target>,
     pub views: &'a [View],
     pub probes: &'a BTreeMap<String, Probe>,
@@ -87,23 +92,26 @@ pub(super) fn check_deadline(p: &mut Pass, why: &str) {
     let Some(u) = p.s.upgrade.as_mut().filter(|u| u.failed.is_none()) else {
         return;
     };
-    let limit = if u.stage == ShardStage::Failover {
-        fence_timeout
+    // A failover has fenceTimeoutSeconds from its intent; a restart its step timeout from its
+    // own record (the oldest one still in flight is the one that is late).
+    let (since, limit, what) = if let Some(f) = &u.failover {
+        let what = format!("handing {}'s slots to {}", f.master, f.candidate);
+        (u.step_started.0, fence_timeout, what)
+    } else if let Some(r) = u.restarting.iter().min_by_key(|r| r.started.0) {
+        let what = format!("restarting {} on {}", r.member, u.target_version);
+        (r.started.0, step_timeout, what)
+    } else if u.stage == ShardStage::Failover {
+        (u.step_started.0, fence_timeout, "the failover".to_string())
     } else {
-        step_timeout
+        (u.step_started.0, step_timeout, "the step".to_string())
     };
-    let elapsed = Duration::try_from(now.duration_since(u.step_started.0)).unwrap_or_default();
+    let elapsed = Duration::try_from(now.duration_since(since)).unwrap_or_default();
     if elapsed <= limit {
         return;
     }
-    let what = match (&u.stage, &u.member) {
-        (ShardStage::Failover, _) => "the failover".to_string(),
-        (_, Some(m)) => format!("restarting {m} on {}", u.target_version),
-        _ => "the step".to_string(),
-    };
     let note = format!(
-        "shard {} of the upgrade to {}: {what} did not finish within {} s ({why}); the upgrade stopped and the shard's master was not touched by Baton after that",
-        u.shard,
+        "{} of the upgrade to {}: {what} did not finish within {} s ({why}); the upgrade stopped and the shards' masters were not touched by Baton after that",
+        u.shards_text(),
         u.target_version,
         limit.as_secs()
     );
@@ -170,6 +178,16 @@ pub(super) async fn step(
         && u.stage != ShardStage::RestartOldMaster
     {
         let what = if u.rollback { "rollback" } else { "cancel" };
+        if !seen.troubled.is_empty() {
+            // Between steps: the members restarting now come back first.
+            let waiting: Vec<&str> = seen.troubled.iter().map(String::as_str).collect();
+            p.s.message = Some(format!(
+                "the {what} takes effect once {} is back",
+                waiting.join(", ")
+            ));
+            check_deadline(p, "members not back");
+            return Ok(Some(requeue::retry()));
+        }
         begin_revert(p, u, None, what);
         return Ok(Some(requeue::reread()));
     }
@@ -186,11 +204,6 @@ pub(super) async fn step(
         p.s.upgrade = Some(u);
         return Ok(Some(requeue::reread()));
     }
-    let shard = u.shard.max(0) as usize;
-    let Some(master) = p.s.shards.get(shard).and_then(|s| s.primary.clone()) else {
-        p.waiting("Unhealthy", format!("shard {shard} has no master"));
-        return Ok(Some(requeue::retry()));
-    };
     let target = u.target_version.clone();
     let image = match crate::catalog::find(&seen.catalog, Datastore::Redis, &target) {
         Some(e) => e.spec.image.clone(),
@@ -202,49 +215,126 @@ pub(super) async fn step(
             return Ok(Some(requeue::person()));
         }
     };
-    match u.stage {
-        ShardStage::RestartReplicas | ShardStage::RestartOldMaster => {
-            // The member restarted last is back (the gate passed): on to the next.
-            let next = if u.stage == ShardStage::RestartOldMaster {
-                u.failover
-                    .as_ref()
-                    .map(|f| f.master.clone())
-                    .filter(|m| !seen.runs(m, &target))
-            } else if u.reverting && !seen.runs(&master, &target) {
-                // Reverting: a shard whose master already runs the new version keeps its
-                // replicas on it (a replica cannot follow a newer master).
-                None
-            } else {
-                // InPlace: the shard's only member is its master.
-                seen.members(shard)
-                    .into_iter()
-                    .find(|m| (u.in_place || **m != master) && !seen.runs(m, &target))
-                    .cloned()
-            };
-            let Some(member) = next else {
-                return advance(p, seen, u, &master).map(Some);
-            };
-            if u.member.as_deref() == Some(member.as_str())
-                && asks_for(&seen.layout.pods, &member, &target)
-            {
-                // Patched already; the node has not come back on the target yet.
-                p.s.message = Some(format!("waiting for {member} to run redis {target}"));
-                check_deadline(p, &format!("{member} does not run {target} yet"));
-                return Ok(Some(requeue::retry()));
-            }
-            if u.member.as_deref() != Some(member.as_str())
-                && let Some(wait) = window_closed(cluster, p, &u, &format!("restarting {member}"))
-            {
-                return Ok(Some(wait));
-            }
-            let pods = &seen.layout.pods;
-            move_member(ctx, cluster, api, p, pods, u, &member, &image, &target)
-                .await
-                .map(Some)
-        }
-        ShardStage::Failover => failover(cluster, api, p, seen, u, &master).await,
-        ShardStage::AwaitingCommit => unreachable!("handled above"),
+    // A failover on record is confirmed (or sent) before anything else happens.
+    if let Some(f) = u.failover.clone() {
+        return confirm_failover(cluster, api, p, seen, u, f).await;
     }
+    if matches!(u.stage, ShardStage::Failover | ShardStage::RestartOldMaster) {
+        // Every shard of the wave is handed over before its old masters restart, so those
+        // restarts overlap. Until the first handover is confirmed (stage Failover) the wave
+        // can still go back.
+        match next_handover(p, seen, &u) {
+            Err(wait) => return Ok(Some(wait)),
+            Ok(Some((shard, master))) => {
+                return start_failover(cluster, api, p, seen, u, shard, &master).await;
+            }
+            Ok(None) if u.stage == ShardStage::Failover => return advance(p, seen, u).map(Some),
+            Ok(None) => {}
+        }
+    }
+    restart_wave(ctx, cluster, api, p, seen, u, &image).await
+}
+
+/// The first shard of the wave whose master does not run the target yet, with that master.
+/// `Err`: a shard has no master (the caller waits).
+fn next_handover(
+    p: &mut Pass,
+    seen: &Seen<'_>,
+    u: &ClusterUpgrade,
+) -> std::result::Result<Option<(usize, String)>, Action> {
+    for shard in u.wave(seen.names.len()) {
+        let master = master_of(p, shard)?;
+        if !seen.runs(&master, &u.target_version) {
+            return Ok(Some((shard, master)));
+        }
+    }
+    Ok(None)
+}
+
+/// Shard `shard`'s master as every node sees it; `Err` (after saying so) when it has none.
+fn master_of(p: &mut Pass, shard: usize) -> std::result::Result<String, Action> {
+    match p.s.shards.get(shard).and_then(|s| s.primary.clone()) {
+        Some(m) => Ok(m),
+        None => {
+            p.waiting("Unhealthy", format!("shard {shard} has no master"));
+            Err(requeue::retry())
+        }
+    }
+}
+
+/// The restarting stages: each shard of the wave moves its next member to the target once the
+/// one before it is back, so the wave's shards restart side by side, never two members of
+/// one shard. When every shard of the wave is through, the wave's stage is done.
+async fn restart_wave(
+    ctx: &Context,
+    cluster: &Cluster,
+    api: &Api<Cluster>,
+    p: &mut Pass,
+    seen: &Seen<'_>,
+    mut u: ClusterUpgrade,
+    image: &str,
+) -> Result<Option<Action>> {
+    let target = u.target_version.clone();
+    let pods = &seen.layout.pods;
+    let mut waits = vec![];
+    for shard in u.wave(seen.names.len()) {
+        let master = match master_of(p, shard) {
+            Ok(m) => m,
+            Err(wait) => return Ok(Some(wait)),
+        };
+        let name = seen.names[shard].as_str();
+        let pending = u
+            .restarting
+            .iter()
+            .find(|r| owner(&r.member) == name)
+            .map(|r| r.member.clone());
+        let next = match &pending {
+            // Not back yet: its shard waits, unless the upgrade turned around and it is on
+            // its way to the other version (it goes back first).
+            Some(r) if seen.troubled.contains(r) => {
+                if asks_for(pods, r, &target) {
+                    waits.push(format!("waiting for {r} to rejoin on redis {target}"));
+                    continue;
+                }
+                Some(r.clone())
+            }
+            // Reverting: a shard whose master already runs the new version keeps its replicas
+            // on it (a replica cannot follow a newer master).
+            _ if u.reverting && !seen.runs(&master, &target) => None,
+            // InPlace: the shard's only member is its master.
+            _ => seen
+                .members(shard)
+                .into_iter()
+                .find(|m| (u.in_place || **m != master) && !seen.runs(m, &target))
+                .cloned(),
+        };
+        let Some(member) = next else {
+            u.restarting.retain(|r| owner(&r.member) != name);
+            continue;
+        };
+        if pending.as_deref() == Some(member.as_str()) && asks_for(pods, &member, &target) {
+            // Patched already; the node has not come back on the target yet.
+            waits.push(format!("waiting for {member} to run redis {target}"));
+            continue;
+        }
+        p.s.upgrade = Some(u.clone());
+        if pending.as_deref() != Some(member.as_str())
+            && let Some(wait) = window_closed(cluster, p, &u, &format!("restarting {member}"))
+        {
+            return Ok(Some(wait));
+        }
+        return move_member(ctx, cluster, api, p, pods, u, &member, image, &target)
+            .await
+            .map(Some);
+    }
+    p.s.upgrade = Some(u.clone());
+    if !waits.is_empty() {
+        let why = waits.join("; ");
+        p.s.message = Some(why.clone());
+        check_deadline(p, &why);
+        return Ok(Some(requeue::retry()));
+    }
+    advance(p, seen, u).map(Some)
 }
 
 /// With schedule MaintenanceWindow, a forward step (`what`) starts only while the Cluster's
@@ -272,21 +362,27 @@ fn window_closed(
 /// its own); `what` names the cause in the Event.
 fn begin_revert(p: &mut Pass, mut u: ClusterUpgrade, aborted: Option<String>, what: &str) {
     let note = format!(
-        "{what}: the replicas return to redis {} (no master was handed over in shard {})",
-        u.source_version, u.shard
+        "{what}: the replicas return to redis {} (no master was handed over in {})",
+        u.source_version,
+        u.shards_text()
     );
     info!("{note}");
     p.events
         .push((EventType::Normal, "UpgradeReverting", note.clone()));
     p.cond("Progressing", true, "Reverting", note);
-    // After a hold every shard's replicas may have moved; otherwise only the shard in progress
-    // (the earlier ones were handed over and stay).
+    // After a hold every shard's replicas may have moved; otherwise only the wave in progress
+    // (the earlier ones were handed over and stay). Members still restarting stay on record:
+    // the gate lets them be down while they are moved back.
     if u.rollback || u.hold || u.stage == ShardStage::AwaitingCommit {
         u.shard = 0;
     }
     u.target_version = u.source_version.clone();
     (u.failed, u.reverting, u.stage) = (None, true, ShardStage::RestartReplicas);
-    (u.member, u.failover, u.step_started) = (None, None, p.now.clone());
+    (u.failover, u.step_started) = (None, p.now.clone());
+    // Their move back is a new step, with its own deadline.
+    for r in &mut u.restarting {
+        r.started = p.now.clone();
+    }
     if aborted.is_some() {
         u.aborted = aborted;
     }
@@ -375,12 +471,18 @@ fn start(
             ),
         );
     }
+    let mut u = ClusterUpgrade::new(running, wanted, p.now.clone());
+    u.shards_at_once = shards_at_once(cluster, false);
     let note = format!(
-        "upgrading {} shards from redis {running} to {wanted}, one shard at a time",
-        seen.names.len()
+        "upgrading {} shards from redis {running} to {wanted}, {}",
+        seen.names.len(),
+        match u.shards_at_once {
+            1 => "one shard at a time".to_string(),
+            n => format!("{n} shards at a time"),
+        }
     );
     info!(cluster = %cluster.name_any(), "{note}");
-    p.s.upgrade = Some(ClusterUpgrade::new(running, wanted, p.now.clone()));
+    p.s.upgrade = Some(u);
     p.s.task = Some(ClusterTask::UpgradingCluster);
     p.cond("VersionApplied", false, "Upgrading", note.clone());
     p.cond("Progressing", true, "Upgrading", note.clone());
@@ -388,11 +490,27 @@ fn start(
     Some(requeue::reread())
 }
 
-/// The shard's current stage is done: on to its next stage, the next shard, or the end.
-fn advance(p: &mut Pass, seen: &Seen<'_>, mut u: ClusterUpgrade, master: &str) -> Result<Action> {
-    u.member = None;
+/// How many shards an upgrade of `cluster` takes at once: its `maxUnavailableShards`, one for
+/// InPlace (whose restarts leave slots unserved).
+pub fn shards_at_once(cluster: &Cluster, in_place: bool) -> i32 {
+    if in_place {
+        1
+    } else {
+        cluster
+            .spec
+            .max_unavailable_shards
+            .clamp(1, cluster.spec.shards.max(1))
+    }
+}
+
+/// The wave's current stage is done: on to its next stage, the next wave, or the end.
+fn advance(p: &mut Pass, seen: &Seen<'_>, mut u: ClusterUpgrade) -> Result<Action> {
+    let wave = u.wave(seen.names.len());
+    let in_wave = |pod: &str| wave.clone().any(|s| owner(pod) == seen.names[s]);
+    u.restarting.retain(|r| !in_wave(&r.member));
     u.step_started = p.now.clone();
-    let last = u.shard as usize + 1 >= seen.names.len();
+    let last = wave.end >= seen.names.len();
+    let at_once = u.shards_at_once.max(1);
     let again = requeue::reread();
     match u.stage {
         ShardStage::RestartReplicas if u.reverting && last => {
@@ -420,7 +538,7 @@ fn advance(p: &mut Pass, seen: &Seen<'_>, mut u: ClusterUpgrade, master: &str) -
             return Ok(again);
         }
         // A hold upgrades every shard's replicas before any failover.
-        ShardStage::RestartReplicas if u.reverting || (u.hold && !last) => u.shard += 1,
+        ShardStage::RestartReplicas if u.reverting || (u.hold && !last) => u.shard += at_once,
         ShardStage::RestartReplicas if u.hold => {
             (u.shard, u.stage) = (0, ShardStage::AwaitingCommit);
             p.events.push((
@@ -437,9 +555,11 @@ fn advance(p: &mut Pass, seen: &Seen<'_>, mut u: ClusterUpgrade, master: &str) -
             u.failover = None;
         }
         ShardStage::AwaitingCommit => (u.shard, u.stage) = (0, ShardStage::Failover),
-        // The shard is done: its old master restarted, or (InPlace) its only member.
-        ShardStage::RestartReplicas | ShardStage::RestartOldMaster | ShardStage::Failover => {
-            let done = u.shard;
+        // Every master of the wave runs the target: on to restarting the old ones.
+        ShardStage::Failover => u.stage = ShardStage::RestartOldMaster,
+        // The wave is done: its old masters restarted, or (InPlace) its only members.
+        ShardStage::RestartReplicas | ShardStage::RestartOldMaster => {
+            let done = wave.end.saturating_sub(1);
             u.failover = None;
             if last {
                 let note = format!(
@@ -449,14 +569,18 @@ fn advance(p: &mut Pass, seen: &Seen<'_>, mut u: ClusterUpgrade, master: &str) -
                 end(p, &u, UpgradeResult::Succeeded, note);
                 return Ok(again);
             }
-            p.events.push((
-                EventType::Normal,
-                "ShardUpgraded",
-                format!(
-                    "shard {done} runs redis {} (master {master})",
-                    u.target_version
-                ),
-            ));
+            for shard in wave {
+                let master = p.s.shards.get(shard).and_then(|s| s.primary.clone());
+                p.events.push((
+                    EventType::Normal,
+                    "ShardUpgraded",
+                    format!(
+                        "shard {shard} runs redis {} (master {})",
+                        u.target_version,
+                        master.unwrap_or_default()
+                    ),
+                ));
+            }
             if u.cancel || u.rollback {
                 let note = format!(
                     "cancelled after shard {done} was handed over: shards 0 to {done} run redis {}, the others {}",
@@ -465,7 +589,7 @@ fn advance(p: &mut Pass, seen: &Seen<'_>, mut u: ClusterUpgrade, master: &str) -
                 end(p, &u, UpgradeResult::Cancelled, note);
                 return Ok(again);
             }
-            u.shard += 1;
+            u.shard += at_once;
             u.stage = ShardStage::RestartReplicas;
         }
     }
@@ -473,66 +597,82 @@ fn advance(p: &mut Pass, seen: &Seen<'_>, mut u: ClusterUpgrade, master: &str) -
     Ok(again)
 }
 
-/// The failover stage: record the intent, send a graceful `CLUSTER FAILOVER` to an upgraded
-/// replica, and move on only when every node sees it done.
-async fn failover(
+/// Hands `shard`'s slots from `master` to an upgraded replica streaming from it: the intent
+/// on record first, then a graceful `CLUSTER FAILOVER`, confirmed when every node sees it.
+#[allow(clippy::too_many_arguments)]
+async fn start_failover(
     cluster: &Cluster,
     api: &Api<Cluster>,
     p: &mut Pass,
     seen: &Seen<'_>,
     mut u: ClusterUpgrade,
+    shard: usize,
     master: &str,
 ) -> Result<Option<Action>> {
     let target = u.target_version.clone();
-    let Some(f) = u.failover.clone() else {
-        if seen.runs(master, &target) {
-            // Nothing left to hand over (an earlier pass finished it, or the master already
-            // ran the target).
-            return advance(p, seen, u, master).map(Some);
-        }
-        if let Some(wait) = window_closed(cluster, p, &u, &format!("handing {master}'s slots over"))
-        {
-            return Ok(Some(wait));
-        }
-        let shard = &p.s.shards[u.shard as usize];
-        let candidate = shard.replicas.iter().find(|r| {
-            seen.runs(r, &target) && seen.probes.get(*r).is_some_and(|probe| probe.streaming)
-        });
-        let (Some(candidate), Some(old)) = (candidate.cloned(), seen.node(master)) else {
-            p.waiting(
-                "NoCandidate",
-                format!("no upgraded replica of {master} is streaming from it yet"),
-            );
-            return Ok(Some(requeue::retry()));
-        };
-        let Some(new) = seen.node(&candidate) else {
-            p.waiting("NoCandidate", format!("no node id for {candidate}"));
-            return Ok(Some(requeue::retry()));
-        };
-        let f = FailoverIntent {
-            master: master.to_string(),
-            master_id: old.id.clone(),
-            config_epoch: old.config_epoch as i64,
-            slots: old.slots.iter().map(|&(a, b)| format!("{a}-{b}")).collect(),
-            candidate: candidate.clone(),
-            candidate_id: new.id.clone(),
-            sent: false,
-        };
-        u.failover = Some(f.clone());
-        u.step_started = p.now.clone();
-        p.s.upgrade = Some(u.clone());
+    if !seen.troubled.is_empty() {
+        // A failover is voted on by the masters and confirmed by every node: all of them up.
+        let waiting: Vec<&str> = seen.troubled.iter().map(String::as_str).collect();
         p.s.message = Some(format!(
-            "shard {}: handing {master}'s slots to {candidate} (CLUSTER FAILOVER)",
-            u.shard
+            "handing {master}'s slots over waits for {} to be back",
+            waiting.join(", ")
         ));
-        // The intent first: a restarted operator confirms or sends this failover, never
-        // another.
-        if !p.record(api, cluster).await? {
-            return Ok(Some(requeue::reread()));
-        }
-        crate::failpoint::passed("api:cluster-status:failover-intent").await;
-        return send(cluster, api, p, seen, u, f).await;
+        check_deadline(p, "members not back");
+        return Ok(Some(requeue::retry()));
+    }
+    if let Some(wait) = window_closed(cluster, p, &u, &format!("handing {master}'s slots over")) {
+        return Ok(Some(wait));
+    }
+    let candidate = p.s.shards[shard].replicas.iter().find(|r| {
+        seen.runs(r, &target)
+            && !seen.troubled.contains(*r)
+            && seen.probes.get(*r).is_some_and(|probe| probe.streaming)
+    });
+    let (Some(candidate), Some(old)) = (candidate.cloned(), seen.node(master)) else {
+        p.waiting(
+            "NoCandidate",
+            format!("no upgraded replica of {master} is streaming from it yet"),
+        );
+        return Ok(Some(requeue::retry()));
     };
+    let Some(new) = seen.node(&candidate) else {
+        p.waiting("NoCandidate", format!("no node id for {candidate}"));
+        return Ok(Some(requeue::retry()));
+    };
+    let f = FailoverIntent {
+        master: master.to_string(),
+        master_id: old.id.clone(),
+        config_epoch: old.config_epoch as i64,
+        slots: old.slots.iter().map(|&(a, b)| format!("{a}-{b}")).collect(),
+        candidate: candidate.clone(),
+        candidate_id: new.id.clone(),
+        sent: false,
+    };
+    u.failover = Some(f.clone());
+    u.step_started = p.now.clone();
+    p.s.upgrade = Some(u.clone());
+    p.s.message = Some(format!(
+        "shard {shard}: handing {master}'s slots to {candidate} (CLUSTER FAILOVER)"
+    ));
+    // The intent first: a restarted operator confirms or sends this failover, never another.
+    if !p.record(api, cluster).await? {
+        return Ok(Some(requeue::reread()));
+    }
+    crate::failpoint::passed("api:cluster-status:failover-intent").await;
+    send(cluster, api, p, seen, u, f).await
+}
+
+/// The failover on record: confirmed when every node sees it done, sent if the operator died
+/// between recording and sending it.
+async fn confirm_failover(
+    cluster: &Cluster,
+    api: &Api<Cluster>,
+    p: &mut Pass,
+    seen: &Seen<'_>,
+    mut u: ClusterUpgrade,
+    f: FailoverIntent,
+) -> Result<Option<Action>> {
+    let shard = owner(&f.master).to_string();
     let slots: Vec<SlotRange> = f.slots.iter().filter_map(|r| parse_range(r)).collect();
     match rc::failover_done(
         seen.views,
@@ -543,13 +683,14 @@ async fn failover(
     ) {
         Ok(()) => {
             let note = format!(
-                "shard {}: {} took {}'s slots with a graceful CLUSTER FAILOVER, confirmed by every node",
-                u.shard, f.candidate, f.master
+                "{shard}: {} took {}'s slots with a graceful CLUSTER FAILOVER, confirmed by every node",
+                f.candidate, f.master
             );
             info!("{note}");
             p.events.push((EventType::Normal, "ShardFailedOver", note));
+            // The wave has handed a shard over: from here it only goes forward.
             u.stage = ShardStage::RestartOldMaster;
-            u.member = None;
+            u.failover = None;
             u.step_started = p.now.clone();
             p.s.upgrade = Some(u);
             Ok(Some(requeue::reread()))
@@ -568,10 +709,7 @@ async fn failover(
             send(cluster, api, p, seen, u, f).await
         }
         Err(why) => {
-            p.s.message = Some(format!(
-                "shard {}: failover not confirmed yet: {why}",
-                u.shard
-            ));
+            p.s.message = Some(format!("{shard}: failover not confirmed yet: {why}"));
             check_deadline(p, &why);
             Ok(Some(requeue::confirm()))
         }
@@ -642,9 +780,10 @@ async fn restart(
     Ok(())
 }
 
-/// While reverting, the member to return to the source may be the one that is down (its new
-/// image never started): it is restarted without the gate, which would wait for it forever,
-/// as long as every other member is Ready (still one member of the cluster down at most).
+/// While reverting, the member to return to the source may be one that is down (its new image
+/// never started): it is restarted without the gate, which would wait for it forever (an
+/// InPlace shard's slots are unserved meanwhile), as long as every member down is one the
+/// upgrade restarts (still one member of a shard down at most).
 pub(super) async fn revert_down_member(
     ctx: &Context,
     cluster: &Cluster,
@@ -666,14 +805,20 @@ pub(super) async fn revert_down_member(
         .filter(|(_, p)| !pod_ready(p))
         .map(|(n, _)| n)
         .collect();
-    let [member] = down.as_slice() else {
-        return Ok(None);
-    };
-    // Only a member moved to the new version is down for the upgrade's sake (any shard: after
-    // a hold the revert starts at shard 0 while the failed member may be in a later one).
-    if asks_for(&layout.pods, member, &u.target_version) {
+    // Down for the upgrade's sake: recorded as restarting (one per shard at most), or the one
+    // member down.
+    let restarting = |m: &String| u.restarting.iter().any(|r| &r.member == m);
+    if down.len() > 1 && !down.iter().all(|m| restarting(m)) {
         return Ok(None);
     }
+    // Only a member moved to the new version is moved back (any shard: after a hold the
+    // revert starts at shard 0 while the failed member may be in a later one).
+    let Some(member) = down
+        .into_iter()
+        .find(|m| !asks_for(&layout.pods, m, &u.target_version))
+    else {
+        return Ok(None);
+    };
     let Some(entry) = crate::catalog::find(catalog, Datastore::Redis, &u.target_version) else {
         return Ok(None);
     };
@@ -715,10 +860,23 @@ async fn move_member(
     image: &str,
     version: &str,
 ) -> Result<Action> {
-    if u.member.as_deref() != Some(member) {
-        u.member = Some(member.to_string());
-        u.step_started = p.now.clone();
-        p.s.upgrade = Some(u);
+    let recorded = u.restarting.iter().any(|r| r.member == member);
+    if !recorded {
+        let shard = owner(member);
+        u.restarting.retain(|r| owner(&r.member) != shard);
+        u.restarting.push(MemberRestart {
+            member: member.to_string(),
+            started: p.now.clone(),
+        });
+    }
+    // Another shard of the wave may be ready to move too: look again soon.
+    let next = if u.restarting.len() < u.shards_at_once.max(1) as usize {
+        requeue::reread()
+    } else {
+        requeue::retry()
+    };
+    p.s.upgrade = Some(u);
+    if !recorded {
         p.s.message = Some(format!("restarting {member} on redis {version}"));
         if !p.record(api, cluster).await? {
             return Ok(requeue::reread());
@@ -728,7 +886,7 @@ async fn move_member(
     if !asks_for(pods, member, version) {
         restart(ctx, cluster, member, image, version).await?;
     }
-    Ok(requeue::retry())
+    Ok(next)
 }
 
 /// A stopped upgrade. A request's goes back on its own while the shard's master still runs
@@ -754,8 +912,9 @@ pub(super) fn stopped(cluster: &Cluster, p: &mut Pass) -> Option<Action> {
     if u.request.is_some() && p.s.last_upgrade.as_ref().map(|l| &l.job) != Some(&u.job) {
         // Cannot go back: the request learns the outcome; the cluster waits for a person.
         let note = format!(
-            "{why}; shard {}'s master already runs {}, so it cannot be returned: the member needs a person to start on it",
-            u.shard, u.target_version
+            "{why}; {}: a master already runs {}, so it cannot be returned: the member needs a person to start on it",
+            u.shards_text(),
+            u.target_version
         );
         p.s.last_upgrade = Some(outcome(p, &u, UpgradeResult::Failed, note));
     }
@@ -786,7 +945,14 @@ mod tests {
             upgrade: Some(ClusterUpgrade {
                 shard: 1,
                 stage,
-                member: Some("c-shard-1-1".into()),
+                restarting: if stage == ShardStage::Failover {
+                    vec![]
+                } else {
+                    vec![MemberRestart {
+                        member: "c-shard-1-1".into(),
+                        started: at(1000),
+                    }]
+                },
                 step_started: at(1000),
                 ..ClusterUpgrade::new("6.2.14", "7.0.15", at(900))
             }),
@@ -858,6 +1024,13 @@ mod tests {
             (u.target_version.as_str(), u.stage, u.shard),
             ("6.2.14", ShardStage::RestartReplicas, 1)
         );
+        // The member that did not come back stays on record (the gate lets it be down while
+        // it is moved back), its clock restarted for that move.
+        assert_eq!(u.restarting.len(), 1);
+        assert_eq!(
+            (u.restarting[0].member.as_str(), &u.restarting[0].started),
+            ("c-shard-1-1", &at(2000))
+        );
         // A shard that already failed over to the new version is not reverted.
         let mut p = pass(2000, ShardStage::RestartOldMaster);
         check_deadline(&mut p, "not Ready");
@@ -871,10 +1044,13 @@ mod tests {
     fn seen_of<'a>(names: &'a [String], layout: &'a Layout) -> Seen<'a> {
         static T: std::sync::OnceLock<BTreeMap<String, Target>> = std::sync::OnceLock::new();
         static P: std::sync::OnceLock<BTreeMap<String, Probe>> = std::sync::OnceLock::new();
+        static N: std::sync::OnceLock<std::collections::BTreeSet<String>> =
+            std::sync::OnceLock::new();
         Seen {
             rotating: None,
             names,
             layout,
+            troubled: N.get_or_init(Default::default),
             targets: T.get_or_init(BTreeMap::new),
             views: &[],
             probes: P.get_or_init(BTreeMap::new),
@@ -890,18 +1066,83 @@ mod tests {
         let mut p = pass(1000, ShardStage::RestartReplicas);
         let mut u = p.s.upgrade.clone().unwrap();
         (u.shard, u.hold) = (0, true);
-        advance(&mut p, &seen, u, "c-shard-0-0").unwrap();
+        advance(&mut p, &seen, u).unwrap();
         let u = p.s.upgrade.clone().unwrap();
         assert_eq!((u.shard, u.stage), (1, ShardStage::RestartReplicas));
-        advance(&mut p, &seen, u, "c-shard-1-0").unwrap();
+        advance(&mut p, &seen, u).unwrap();
         let u = p.s.upgrade.clone().unwrap();
         assert_eq!((u.shard, u.stage), (0, ShardStage::AwaitingCommit));
         assert_eq!(p.events.last().unwrap().1, "AwaitingCommit");
         // Without the hold, a shard's replicas are followed by its failover.
         let mut p = pass(1000, ShardStage::RestartReplicas);
         let u = p.s.upgrade.clone().unwrap();
-        advance(&mut p, &seen, u, "c-shard-1-0").unwrap();
+        advance(&mut p, &seen, u).unwrap();
         assert_eq!(p.s.upgrade.as_ref().unwrap().stage, ShardStage::Failover);
+    }
+
+    #[test]
+    fn shards_go_in_waves_each_stage_for_the_whole_wave_and_a_restart_has_its_own_clock() {
+        let names: Vec<String> = (0..3).map(|n| format!("c-shard-{n}")).collect();
+        let layout = Layout::default();
+        let seen = seen_of(&names, &layout);
+        let mut p = pass(1000, ShardStage::RestartReplicas);
+        let mut u = p.s.upgrade.clone().unwrap();
+        (u.shard, u.shards_at_once) = (0, 2);
+        u.restarting = ["c-shard-0-1", "c-shard-1-1", "c-shard-2-1"]
+            .iter()
+            .map(|m| MemberRestart {
+                member: m.to_string(),
+                started: at(1000),
+            })
+            .collect();
+        assert_eq!(u.wave(3), 0..2);
+        assert_eq!(
+            u.describe(),
+            "shards 0-1 RestartReplicas c-shard-0-1,c-shard-1-1,c-shard-2-1"
+        );
+        let stages = |p: &mut Pass, u: ClusterUpgrade| {
+            advance(p, &seen, u).unwrap();
+            let u = p.s.upgrade.clone().unwrap();
+            (u.shard, u.stage, u)
+        };
+        let (shard, stage, u) = stages(&mut p, u);
+        assert_eq!((shard, stage), (0, ShardStage::Failover));
+        // The wave's members leave the record; another shard's (after a hold's revert) stays.
+        let left: Vec<&str> = u.restarting.iter().map(|r| r.member.as_str()).collect();
+        assert_eq!(left, ["c-shard-2-1"]);
+        let (shard, stage, u) = stages(&mut p, u);
+        assert_eq!((shard, stage), (0, ShardStage::RestartOldMaster));
+        let (shard, stage, u) = stages(&mut p, u);
+        assert_eq!((shard, stage), (2, ShardStage::RestartReplicas));
+        assert_eq!(u.wave(3), 2..3, "the last wave is what is left");
+        let events: Vec<&str> = p.events.iter().map(|e| e.2.as_str()).collect();
+        assert!(
+            events.iter().any(|e| e.starts_with("shard 0 runs"))
+                && events.iter().any(|e| e.starts_with("shard 1 runs")),
+            "{events:?}"
+        );
+        let (_, stage, u) = stages(&mut p, u);
+        assert_eq!(stage, ShardStage::Failover);
+        let (_, _, u) = stages(&mut p, u);
+        advance(&mut p, &seen, u).unwrap();
+        assert!(p.s.upgrade.is_none(), "every wave done");
+        assert_eq!(
+            p.s.last_upgrade.as_ref().unwrap().result,
+            UpgradeResult::Succeeded
+        );
+        // Each restart's deadline runs from its own record: the older one is late first.
+        let mut p = pass(1000 + 601, ShardStage::RestartReplicas);
+        p.s.upgrade
+            .as_mut()
+            .unwrap()
+            .restarting
+            .push(MemberRestart {
+                member: "c-shard-2-1".into(),
+                started: at(1500),
+            });
+        check_deadline(&mut p, "not back");
+        let why = p.s.upgrade.as_ref().unwrap().failed.clone().unwrap();
+        assert!(why.contains("restarting c-shard-1-1"), "{why}");
     }
 
     #[test]
@@ -922,7 +1163,7 @@ mod tests {
             assert_eq!(u.shard, if rollback { 0 } else { 1 });
             let mut u = u;
             u.shard = 1;
-            advance(&mut p, &seen, u, "c-shard-1-0").unwrap();
+            advance(&mut p, &seen, u).unwrap();
             assert!(p.s.upgrade.is_none());
             assert_eq!(p.s.task, Some(ClusterTask::None));
             let last = p.s.last_upgrade.clone().unwrap();

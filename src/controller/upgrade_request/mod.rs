@@ -809,6 +809,7 @@ async fn claim_cluster(
     u.hold = req.spec.action == UpgradeAction::Upgrade;
     u.window_only = req.spec.schedule == Schedule::MaintenanceWindow;
     u.in_place = req.spec.type_ == crate::crd::UpgradeType::InPlace;
+    u.shards_at_once = super::cluster::upgrade::shards_at_once(c, u.in_place);
     status.upgrade = Some(u);
     status.task = Some(ClusterTask::UpgradingCluster);
     status.message = Some(format!(
