@@ -692,7 +692,7 @@ async fn sick_replicas_stop_the_upgrade_and_reverting_recovers(prefix: &str, at_
             password: auth.password.clone(),
         }),
         ..Target::new(Endpoint::new(
-            members[&master].split(':').next().unwrap(),
+            members[&master].split(':').next().expect("an address"),
             6379,
         ))
     };
