@@ -10,7 +10,9 @@
 //! operators killed at every kind of step (a member's restart recorded, its pod patched, a
 //! failover's intent recorded, the failover sent). Then UpgradeRequests over a Cluster: held
 //! with every replica upgraded and rolled back; cancelled half-way; held together with an
-//! instance and committed; and a one-member Cluster upgraded by type InPlace.
+//! instance and committed; and a one-member Cluster upgraded by type InPlace. Then waves
+//! (`maxUnavailableShards`): a 3-shard upgrade with 1 and with 2 under a writer, and a wave
+//! whose replicas cannot start, stopped and reverted.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

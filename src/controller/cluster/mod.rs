@@ -35,7 +35,7 @@ use crate::crd::{
 };
 use crate::crd::{Datastore, MemberResources};
 use crate::engine::redis_cluster::{self as rc, Formation, Shard, View};
-use crate::engine::{self, Accounts, Credentials, Engine, Target};
+use crate::engine::{self, Accounts, Credentials, Engine, Probe, Target};
 use crate::error::{Error, Result};
 use crate::status::{self, Desired};
 
@@ -181,69 +181,17 @@ impl Pass {
     }
 }
 
+/// A pass stops here with this requeue (what it waits for is already said in status).
+type Stop = Action;
+
+/// One pass: admit the spec, observe the members and every node's view, form the cluster or
+/// pass the gate, then take the upgrade's next step.
 async fn run(ctx: &Context, cluster: &Cluster, api: &Api<Cluster>, p: &mut Pass) -> Result<Action> {
-    let spec = &cluster.spec;
-    if spec.paused {
-        p.s.message = Some("paused: Baton touches nothing until spec.paused is false".into());
+    let Some((engine, version)) = admitted(ctx, cluster, p) else {
         return Ok(Action::await_change());
-    }
-    if spec.datastore.type_ != Datastore::Redis {
-        p.waiting(
-            "DatastoreUnsupported",
-            format!(
-                "a Cluster of {} is not supported: Baton runs Redis Cluster (datastore.type: redis); for one {} database use a DatabaseInstance",
-                spec.datastore.type_, spec.datastore.type_
-            ),
-        );
-        return Ok(Action::await_change());
-    }
-    let engine = engine::for_datastore(Datastore::Redis).map_err(|_| Error::MissingField {
-        kind: "Cluster",
-        field: "a Redis engine",
-    })?;
-    // The shards stay on the version they were created with until the upgrade is built.
-    let version =
-        p.s.version
-            .clone()
-            .unwrap_or_else(|| spec.datastore.version.clone());
-    if crate::catalog::find(&ctx.catalog(), Datastore::Redis, &version).is_none() {
-        p.waiting(
-            "VersionNotInCatalog",
-            format!(
-                "redis {version} is not in the DatastoreVersion catalog; add it or choose a listed version"
-            ),
-        );
-        return Ok(Action::await_change());
-    }
-    if p.s.task.is_none() {
-        p.s.task = Some(ClusterTask::Building);
-    }
-
+    };
     let ns = cluster.namespace().unwrap_or_default();
-    // Read at every pass: a rotated password is used at once.
-    let accounts = ensure_credentials(ctx, cluster, engine).await?;
-    // Checked on every pass but an upgrade's (which come every 100 ms to 1 s): a deleted or
-    // edited policy is restored within a health interval.
-    if p.s.upgrade.is_none() {
-        ensure_network_policy(ctx, cluster).await?;
-    }
-    let names: Vec<String> = (0..spec.shards.max(1))
-        .map(|n| shard_name(&cluster.name_any(), n))
-        .collect();
-
-    // Every member's address, once its pod is Ready.
-    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={}", cluster.name_any())))
-        .await
-        .map_err(Error::kube("listing the Cluster's pods"))?;
-    // A shard with no pod at all is created (or was deleted, taking its pods with it); one
-    // with pods exists, and its instance replaces a missing pod itself.
-    for name in &names {
-        if !pods.items.iter().any(|p| owner(&p.name_any()) == name) {
-            ensure_shard(ctx, cluster, name, &version).await?;
-        }
-    }
-    let layout = Layout::of(&names, spec.replicas_per_shard, &pods.items);
+    let (accounts, names, layout) = members(ctx, cluster, p, engine, &version).await?;
     if let Some(action) = upgrade::stopped(cluster, p) {
         return Ok(action);
     }
@@ -263,12 +211,156 @@ async fn run(ctx: &Context, cluster: &Cluster, api: &Api<Cluster>, p: &mut Pass)
         p.waiting("MembersNotReady", why);
         return Ok(requeue::members());
     }
+    let (targets, views) = match read_nodes(ctx, cluster, p, &layout, &accounts, engine).await? {
+        Ok(nodes) => nodes,
+        Err(stop) => return Ok(stop),
+    };
+    if !p.formed()
+        && let Some(stop) = formation(cluster, p, &names, &layout, &targets, &views).await
+    {
+        return Ok(stop);
+    }
+    let (all, mut troubled) = match gate(p, &names, &layout, &views, &excused) {
+        Ok(gated) => gated,
+        Err(stop) => return Ok(stop),
+    };
+    let probes = match probe(
+        p,
+        engine,
+        &names,
+        &layout,
+        &targets,
+        &excused,
+        &mut troubled,
+    )
+    .await
+    {
+        Ok(probes) => probes,
+        Err(stop) => return Ok(stop),
+    };
+    settled(p, &names, &probes, &troubled);
+    let spec = &cluster.spec;
+    let rotating = if p.s.upgrade.is_none() && p.s.version.as_ref() != Some(&spec.datastore.version)
+    {
+        shard_behind_secret(ctx, &ns, &names, &accounts, engine).await?
+    } else {
+        None
+    };
+    let seen = upgrade::Seen {
+        rotating,
+        names: &names,
+        layout: &layout,
+        troubled: &troubled,
+        targets: &targets,
+        views: &all,
+        probes: &probes,
+        catalog: ctx.catalog(),
+    };
+    if let Some(action) = upgrade::step(ctx, cluster, api, p, &seen).await? {
+        return Ok(action);
+    }
+    p.s.task = Some(ClusterTask::None);
+    Ok(super::requeue::health(ctx.health_interval))
+}
+
+/// The engine and the version the shards run, or `None` (said in status) when Baton does not
+/// act on this Cluster: paused, a datastore other than Redis, a version not in the catalog.
+fn admitted(
+    ctx: &Context,
+    cluster: &Cluster,
+    p: &mut Pass,
+) -> Option<(&'static dyn Engine, String)> {
+    let spec = &cluster.spec;
+    if spec.paused {
+        p.s.message = Some("paused: Baton touches nothing until spec.paused is false".into());
+        return None;
+    }
+    let engine = match engine::for_datastore(spec.datastore.type_) {
+        Ok(e) if spec.datastore.type_ == Datastore::Redis => e,
+        _ => {
+            p.waiting(
+                "DatastoreUnsupported",
+                format!(
+                    "a Cluster of {} is not supported: Baton runs Redis Cluster (datastore.type: redis); for one {} database use a DatabaseInstance",
+                    spec.datastore.type_, spec.datastore.type_
+                ),
+            );
+            return None;
+        }
+    };
+    // The shards stay on their version until an upgrade moves them.
+    let version =
+        p.s.version
+            .clone()
+            .unwrap_or_else(|| spec.datastore.version.clone());
+    if crate::catalog::find(&ctx.catalog(), Datastore::Redis, &version).is_none() {
+        p.waiting(
+            "VersionNotInCatalog",
+            format!(
+                "redis {version} is not in the DatastoreVersion catalog; add it or choose a listed version"
+            ),
+        );
+        return None;
+    }
+    if p.s.task.is_none() {
+        p.s.task = Some(ClusterTask::Building);
+    }
+    Some((engine, version))
+}
+
+/// The credentials, the shards' names and where every member is: what the Cluster owns is
+/// created when missing (the Secret, the NetworkPolicy, a shard with no pod at all).
+async fn members(
+    ctx: &Context,
+    cluster: &Cluster,
+    p: &Pass,
+    engine: &dyn Engine,
+    version: &str,
+) -> Result<(Accounts, Vec<String>, Layout)> {
+    let spec = &cluster.spec;
+    // Read at every pass: a rotated password is used at once.
+    let accounts = ensure_credentials(ctx, cluster, engine).await?;
+    // Checked on every pass but an upgrade's (which come every 100 ms to 1 s): a deleted or
+    // edited policy is restored within a health interval.
+    if p.s.upgrade.is_none() {
+        ensure_network_policy(ctx, cluster).await?;
+    }
+    let names: Vec<String> = (0..spec.shards.max(1))
+        .map(|n| shard_name(&cluster.name_any(), n))
+        .collect();
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default())
+        .list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={}", cluster.name_any())))
+        .await
+        .map_err(Error::kube("listing the Cluster's pods"))?;
+    // A shard with no pod at all is created (or was deleted, taking its pods with it); one
+    // with pods exists, and its instance replaces a missing pod itself.
+    for name in &names {
+        if !pods.items.iter().any(|p| owner(&p.name_any()) == name) {
+            ensure_shard(ctx, cluster, name, version).await?;
+        }
+    }
+    let layout = Layout::of(&names, spec.replicas_per_shard, &pods.items);
+    Ok((accounts, names, layout))
+}
+
+/// How to reach every Ready member (TLS and login), and each one's own `CLUSTER NODES`, keyed
+/// by address; a node that does not answer is left out of the views.
+async fn read_nodes(
+    ctx: &Context,
+    cluster: &Cluster,
+    p: &mut Pass,
+    layout: &Layout,
+    accounts: &Accounts,
+    engine: &dyn Engine,
+) -> Result<std::result::Result<(BTreeMap<String, Target>, BTreeMap<String, View>), Stop>> {
+    let spec = &cluster.spec;
+    let ns = cluster.namespace().unwrap_or_default();
     // With spec.tls every node serves TLS only: Baton verifies the chain against the CA.
     let (ca, cert) = match read_tls(ctx, &ns, spec.tls.as_ref()).await? {
         Ok(tls) => tls.unzip(),
         Err(why) => {
             p.waiting("TLSUnavailable", why);
-            return Ok(requeue::person());
+            return Ok(Err(requeue::person()));
         }
     };
     if let (Some(tls), Some(cert)) = (&spec.tls, &cert)
@@ -281,7 +373,7 @@ async fn run(ctx: &Context, cluster: &Cluster, api: &Api<Cluster>, p: &mut Pass)
                 tls.secret_name
             ),
         );
-        return Ok(requeue::person());
+        return Ok(Err(requeue::person()));
     }
     let login = accounts.admin(engine);
     let mut targets: BTreeMap<String, Target> = layout
@@ -323,43 +415,64 @@ async fn run(ctx: &Context, cluster: &Cluster, api: &Api<Cluster>, p: &mut Pass)
             Err(e) => warn!(node = %a, error = %e, "reading the node's view of the cluster failed"),
         }
     }
+    Ok(Ok((targets, views)))
+}
 
-    if !p.formed() {
-        let step = rc::next_formation_step(&layout.shards, &views);
-        match &step {
-            Formation::Formed => {
-                p.cond(
-                    "Formed",
-                    true,
-                    "Formed",
-                    format!("{} shards formed", names.len()),
-                );
+/// Until the cluster is formed: its next formation step, decided from every node's view and
+/// taken (one per pass). `None` once formed (recorded in `Formed`, never done again).
+async fn formation(
+    cluster: &Cluster,
+    p: &mut Pass,
+    names: &[String],
+    layout: &Layout,
+    targets: &BTreeMap<String, Target>,
+    views: &BTreeMap<String, View>,
+) -> Option<Stop> {
+    let step = rc::next_formation_step(&layout.shards, views);
+    match &step {
+        Formation::Formed => {
+            p.cond(
+                "Formed",
+                true,
+                "Formed",
+                format!("{} shards formed", names.len()),
+            );
+            None
+        }
+        Formation::Conflict(why) => {
+            p.waiting(
+                "FormationConflict",
+                format!("the nodes were formed otherwise and Baton does not undo that: {why}"),
+            );
+            Some(requeue::person())
+        }
+        Formation::Wait(why) => {
+            p.waiting("Forming", format!("forming the cluster: {why}"));
+            Some(requeue::poll())
+        }
+        act => {
+            info!(cluster = %cluster.name_any(), step = ?act, "forming");
+            p.waiting("Forming", format!("forming the cluster: {}", describe(act)));
+            if let Err(e) = rc::form(act, targets).await {
+                warn!(error = %e, "a formation step failed");
+                p.waiting("Forming", format!("forming the cluster: {e}"));
+                return Some(requeue::retry());
             }
-            Formation::Conflict(why) => {
-                p.waiting(
-                    "FormationConflict",
-                    format!("the nodes were formed otherwise and Baton does not undo that: {why}"),
-                );
-                return Ok(requeue::person());
-            }
-            Formation::Wait(why) => {
-                p.waiting("Forming", format!("forming the cluster: {why}"));
-                return Ok(requeue::poll());
-            }
-            act => {
-                info!(cluster = %cluster.name_any(), step = ?act, "forming");
-                p.waiting("Forming", format!("forming the cluster: {}", describe(act)));
-                if let Err(e) = rc::form(act, &targets).await {
-                    warn!(error = %e, "a formation step failed");
-                    p.waiting("Forming", format!("forming the cluster: {e}"));
-                    return Ok(requeue::retry());
-                }
-                return Ok(requeue::reread());
-            }
+            Some(requeue::reread())
         }
     }
+}
 
-    // Formed: every node's view must agree before a master takes writes.
+/// The gate over a formed cluster: every node answers and every view agrees before a master
+/// takes writes or a step is taken, except for the members an upgrade restarts (`excused`).
+/// Returns the views (those of nodes not restarting first) and the excused members not back.
+fn gate(
+    p: &mut Pass,
+    names: &[String],
+    layout: &Layout,
+    views: &BTreeMap<String, View>,
+    excused: &BTreeSet<String>,
+) -> std::result::Result<(Vec<View>, BTreeSet<String>), Stop> {
     let excused_addr: BTreeMap<String, String> = excused
         .iter()
         .filter_map(|pod| Some((layout.address_of(pod)?, pod.clone())))
@@ -376,18 +489,18 @@ async fn run(ctx: &Context, cluster: &Cluster, api: &Api<Cluster>, p: &mut Pass)
             format!(
                 "{} of {} nodes answered CLUSTER NODES",
                 views.len(),
-                targets.len()
+                layout.addr.len()
             ),
         );
-        return Ok(requeue::members());
+        return Err(requeue::members());
     }
-    // The views of nodes not restarting first: the shards are reported as those see them.
+    // The shards are reported as the nodes not restarting see them.
     let mut all: Vec<View> = views.values().cloned().collect();
     all.sort_by_key(|v| {
         v.myself()
             .is_some_and(|me| excused_addr.contains_key(&me.addr))
     });
-    p.s.shards = shard_statuses(&names, &layout, &all);
+    p.s.shards = shard_statuses(names, layout, &all);
     let addrs: BTreeSet<String> = excused_addr.keys().cloned().collect();
     let mut troubled: BTreeSet<String> = match rc::health_excusing(&all, &addrs) {
         Ok(t) => t
@@ -396,7 +509,7 @@ async fn run(ctx: &Context, cluster: &Cluster, api: &Api<Cluster>, p: &mut Pass)
             .collect(),
         Err(why) => {
             p.waiting("Unhealthy", why.to_string());
-            return Ok(requeue::retry());
+            return Err(requeue::retry());
         }
     };
     troubled.extend(unread.into_iter().cloned());
@@ -406,6 +519,21 @@ async fn run(ctx: &Context, cluster: &Cluster, api: &Api<Cluster>, p: &mut Pass)
             .filter(|pod| !layout.addr.contains_key(*pod))
             .cloned(),
     );
+    Ok((all, troubled))
+}
+
+/// Every Ready member probed (its version into the shard's status), and each shard's master
+/// unfenced once every node agrees it leads. A restarting member that does not answer is not
+/// back (`troubled`); any other stops the pass.
+async fn probe(
+    p: &mut Pass,
+    engine: &dyn Engine,
+    names: &[String],
+    layout: &Layout,
+    targets: &BTreeMap<String, Target>,
+    excused: &BTreeSet<String>,
+    troubled: &mut BTreeSet<String>,
+) -> std::result::Result<BTreeMap<String, Probe>, Stop> {
     let mut probes = BTreeMap::new();
     for (shard, st) in names.iter().zip(p.s.shards.iter_mut()) {
         for (pod, a) in layout.addr.iter().filter(|(pod, _)| owner(pod) == *shard) {
@@ -417,9 +545,8 @@ async fn run(ctx: &Context, cluster: &Cluster, api: &Api<Cluster>, p: &mut Pass)
                     continue;
                 }
                 Err(e) => {
-                    let why = format!("probing {pod}: {e}");
-                    p.waiting("MembersNotReady", why);
-                    return Ok(requeue::retry());
+                    p.waiting("MembersNotReady", format!("probing {pod}: {e}"));
+                    return Err(requeue::retry());
                 }
             };
             st.versions.insert(pod.clone(), probe.version.clone());
@@ -428,12 +555,22 @@ async fn run(ctx: &Context, cluster: &Cluster, api: &Api<Cluster>, p: &mut Pass)
                 info!(member = %pod, "unfencing the shard's master: every node agrees it leads");
                 if let Err(e) = engine.unfence(t).await {
                     p.waiting("Unfencing", format!("unfencing {pod}: {e}"));
-                    return Ok(requeue::retry());
+                    return Err(requeue::retry());
                 }
             }
             probes.insert(pod.clone(), probe);
         }
     }
+    Ok(probes)
+}
+
+/// The gate passed: the version every member runs (when one, and no upgrade), and `Ready`.
+fn settled(
+    p: &mut Pass,
+    names: &[String],
+    probes: &BTreeMap<String, Probe>,
+    troubled: &BTreeSet<String>,
+) {
     let versions: BTreeSet<&str> = probes.values().map(|p| p.version.as_str()).collect();
     if p.s.upgrade.is_none()
         && let [only] = versions.iter().collect::<Vec<_>>().as_slice()
@@ -457,27 +594,6 @@ async fn run(ctx: &Context, cluster: &Cluster, api: &Api<Cluster>, p: &mut Pass)
             rc::SLOTS
         ),
     );
-    let rotating = if p.s.upgrade.is_none() && p.s.version.as_ref() != Some(&spec.datastore.version)
-    {
-        shard_behind_secret(ctx, &ns, &names, &accounts, engine).await?
-    } else {
-        None
-    };
-    let seen = upgrade::Seen {
-        rotating,
-        names: &names,
-        layout: &layout,
-        troubled: &troubled,
-        targets: &targets,
-        views: &all,
-        probes: &probes,
-        catalog: ctx.catalog(),
-    };
-    if let Some(action) = upgrade::step(ctx, cluster, api, p, &seen).await? {
-        return Ok(action);
-    }
-    p.s.task = Some(ClusterTask::None);
-    Ok(super::requeue::health(ctx.health_interval))
 }
 
 fn describe(step: &Formation) -> String {

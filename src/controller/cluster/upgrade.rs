@@ -133,38 +133,7 @@ pub(super) async fn step(
     let wanted = cluster.spec.datastore.version.clone();
     let running = p.s.version.clone().unwrap_or_else(|| wanted.clone());
     let Some(mut u) = p.s.upgrade.clone() else {
-        let versions: std::collections::BTreeSet<&str> =
-            seen.probes.values().map(|p| p.version.as_str()).collect();
-        if versions.len() > 1 {
-            // A shard left half-way by a withdrawn upgrade, or a member changed by hand.
-            p.cond(
-                "VersionApplied",
-                false,
-                "MixedVersions",
-                format!(
-                    "the members run different versions ({}); set spec.datastore.version to the newest (or run an UpgradeRequest to it) to finish the upgrade",
-                    versions.into_iter().collect::<Vec<_>>().join(", ")
-                ),
-            );
-            if wanted == running {
-                return Ok(None);
-            }
-        } else if wanted == running {
-            p.cond(
-                "VersionApplied",
-                true,
-                "Applied",
-                format!("every shard runs redis {running}"),
-            );
-            return Ok(None);
-        }
-        if let Some(shard) = &seen.rotating {
-            p.s.message = Some(format!(
-                "the credentials Secret changed and {shard} has not set the new passwords on its members yet; the upgrade to {wanted} starts once every shard has"
-            ));
-            return Ok(Some(requeue::members()));
-        }
-        return Ok(start(cluster, p, seen, &running, &wanted));
+        return Ok(idle(cluster, p, seen, &running, &wanted));
     };
     if let Some(action) = stopped(cluster, p) {
         return Ok(Some(action));
@@ -178,15 +147,9 @@ pub(super) async fn step(
         && u.stage != ShardStage::RestartOldMaster
     {
         let what = if u.rollback { "rollback" } else { "cancel" };
-        if !seen.troubled.is_empty() {
-            // Between steps: the members restarting now come back first.
-            let waiting: Vec<&str> = seen.troubled.iter().map(String::as_str).collect();
-            p.s.message = Some(format!(
-                "the {what} takes effect once {} is back",
-                waiting.join(", ")
-            ));
-            check_deadline(p, "members not back");
-            return Ok(Some(requeue::retry()));
+        // Between steps: the members restarting now come back first.
+        if let Some(wait) = until_back(p, seen, &format!("the {what}")) {
+            return Ok(Some(wait));
         }
         begin_revert(p, u, None, what);
         return Ok(Some(requeue::reread()));
@@ -335,6 +298,62 @@ async fn restart_wave(
         return Ok(Some(requeue::retry()));
     }
     advance(p, seen, u).map(Some)
+}
+
+/// No upgrade in flight: the version applied, or one to start (or refuse, or wait for a
+/// password change to reach every shard first).
+fn idle(
+    cluster: &Cluster,
+    p: &mut Pass,
+    seen: &Seen<'_>,
+    running: &str,
+    wanted: &str,
+) -> Option<Action> {
+    let versions: std::collections::BTreeSet<&str> =
+        seen.probes.values().map(|p| p.version.as_str()).collect();
+    if versions.len() > 1 {
+        // A shard left half-way by a withdrawn upgrade, or a member changed by hand.
+        p.cond(
+            "VersionApplied",
+            false,
+            "MixedVersions",
+            format!(
+                "the members run different versions ({}); set spec.datastore.version to the newest (or run an UpgradeRequest to it) to finish the upgrade",
+                versions.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        );
+        if wanted == running {
+            return None;
+        }
+    } else if wanted == running {
+        p.cond(
+            "VersionApplied",
+            true,
+            "Applied",
+            format!("every shard runs redis {running}"),
+        );
+        return None;
+    }
+    if let Some(shard) = &seen.rotating {
+        p.s.message = Some(format!(
+            "the credentials Secret changed and {shard} has not set the new passwords on its members yet; the upgrade to {wanted} starts once every shard has"
+        ));
+        return Some(requeue::members());
+    }
+    start(cluster, p, seen, running, wanted)
+}
+
+/// `what` waits while a member the upgrade restarts is not back (said in status, the step's
+/// deadline checked): `Some(wait)` until every one is.
+fn until_back(p: &mut Pass, seen: &Seen<'_>, what: &str) -> Option<Action> {
+    if seen.troubled.is_empty() {
+        return None;
+    }
+    let waiting: Vec<&str> = seen.troubled.iter().map(String::as_str).collect();
+    let why = format!("{what} waits for {} to be back", waiting.join(", "));
+    p.s.message = Some(why.clone());
+    check_deadline(p, &why);
+    Some(requeue::retry())
 }
 
 /// With schedule MaintenanceWindow, a forward step (`what`) starts only while the Cluster's
@@ -503,6 +522,30 @@ pub fn shards_at_once(cluster: &Cluster, in_place: bool) -> i32 {
     }
 }
 
+/// How a finished revert ended, by its cause: a failed step, a Cancel, or a rollback.
+fn reverted(u: &ClusterUpgrade) -> (UpgradeResult, String) {
+    match (&u.aborted, u.cancel) {
+        (Some(why), _) => (
+            UpgradeResult::Failed,
+            format!("{why}; the replicas are back on redis {}", u.source_version),
+        ),
+        (None, true) => (
+            UpgradeResult::Cancelled,
+            format!(
+                "cancelled; the shards in progress are back on redis {}",
+                u.source_version
+            ),
+        ),
+        _ => (
+            UpgradeResult::RolledBack,
+            format!(
+                "every replica whose master runs redis {0} runs {0} again; the upgrade is withdrawn",
+                u.source_version
+            ),
+        ),
+    }
+}
+
 /// The wave's current stage is done: on to its next stage, the next wave, or the end.
 fn advance(p: &mut Pass, seen: &Seen<'_>, mut u: ClusterUpgrade) -> Result<Action> {
     let wave = u.wave(seen.names.len());
@@ -514,26 +557,7 @@ fn advance(p: &mut Pass, seen: &Seen<'_>, mut u: ClusterUpgrade) -> Result<Actio
     let again = requeue::reread();
     match u.stage {
         ShardStage::RestartReplicas if u.reverting && last => {
-            let (result, note) = match (&u.aborted, u.cancel, u.rollback || u.request.is_none()) {
-                (Some(why), _, _) => (
-                    UpgradeResult::Failed,
-                    format!("{why}; the replicas are back on redis {}", u.source_version),
-                ),
-                (None, true, _) => (
-                    UpgradeResult::Cancelled,
-                    format!(
-                        "cancelled; the shard in progress is back on redis {}",
-                        u.source_version
-                    ),
-                ),
-                _ => (
-                    UpgradeResult::RolledBack,
-                    format!(
-                        "every replica whose master runs redis {0} runs {0} again; the upgrade is withdrawn",
-                        u.source_version
-                    ),
-                ),
-            };
+            let (result, note) = reverted(&u);
             end(p, &u, result, note);
             return Ok(again);
         }
@@ -610,15 +634,9 @@ async fn start_failover(
     master: &str,
 ) -> Result<Option<Action>> {
     let target = u.target_version.clone();
-    if !seen.troubled.is_empty() {
-        // A failover is voted on by the masters and confirmed by every node: all of them up.
-        let waiting: Vec<&str> = seen.troubled.iter().map(String::as_str).collect();
-        p.s.message = Some(format!(
-            "handing {master}'s slots over waits for {} to be back",
-            waiting.join(", ")
-        ));
-        check_deadline(p, "members not back");
-        return Ok(Some(requeue::retry()));
+    // A failover is voted on by the masters and confirmed by every node: all of them up.
+    if let Some(wait) = until_back(p, seen, &format!("handing {master}'s slots over")) {
+        return Ok(Some(wait));
     }
     if let Some(wait) = window_closed(cluster, p, &u, &format!("handing {master}'s slots over")) {
         return Ok(Some(wait));
