@@ -330,6 +330,102 @@ struct Read {
     clusters: BTreeMap<String, Option<Cluster>>,
 }
 
+impl Read {
+    /// Reads `job`'s target (once a pass) and keeps it, found or not.
+    async fn fetch(&mut self, ctx: &Context, ns: &str, job: &TargetJob) -> Result<()> {
+        let name = job.target.clone();
+        match job.kind {
+            TargetKind::DatabaseInstance => {
+                let found = Api::<DatabaseInstance>::namespaced(ctx.client.clone(), ns)
+                    .get_opt(&name)
+                    .await
+                    .map_err(Error::kube("reading a target instance"))?;
+                self.instances.insert(name, found);
+            }
+            TargetKind::Cluster => {
+                let found = Api::<Cluster>::namespaced(ctx.client.clone(), ns)
+                    .get_opt(&name)
+                    .await
+                    .map_err(Error::kube("reading a target Cluster"))?;
+                self.clusters.insert(name, found);
+            }
+        }
+        Ok(())
+    }
+
+    /// `job`'s target as read, if it exists.
+    fn target(&self, job: &TargetJob) -> Option<Target<'_>> {
+        match job.kind {
+            TargetKind::DatabaseInstance => self
+                .instances
+                .get(&job.target)?
+                .as_ref()
+                .map(Target::Instance),
+            TargetKind::Cluster => self
+                .clusters
+                .get(&job.target)?
+                .as_ref()
+                .map(Target::Cluster),
+        }
+    }
+}
+
+/// A job's target, whatever its kind: what the job reads of it, and the two writes a request
+/// makes to it (the claim, and steering its upgrade), each guarded by the resourceVersion read.
+enum Target<'a> {
+    Instance(&'a DatabaseInstance),
+    Cluster(&'a Cluster),
+}
+
+impl Target<'_> {
+    fn state(&self) -> TargetState {
+        match self {
+            Target::Instance(inst) => instance_state(inst),
+            Target::Cluster(c) => cluster_state(c),
+        }
+    }
+
+    /// Sets the upgrade's hold, rollback and cancel as the request's action asks. False when
+    /// the target changed since it was read.
+    async fn steer(&self, ctx: &Context, flags: jobs::Flags) -> Result<bool> {
+        let set = |hold: &mut bool, rollback: &mut bool, cancel: &mut bool| {
+            (*hold, *rollback, *cancel) = (flags.hold, flags.rollback, flags.cancel);
+        };
+        match self {
+            Target::Instance(inst) => {
+                let mut status = inst.status.clone().unwrap_or_default();
+                if let Some(w) = status.upgrade.as_mut() {
+                    set(&mut w.hold, &mut w.rollback, &mut w.cancel);
+                }
+                database_instance::write_status_guarded(ctx, inst, &status).await
+            }
+            Target::Cluster(c) => {
+                let mut status = c.status.clone().unwrap_or_default();
+                if let Some(w) = status.upgrade.as_mut() {
+                    set(&mut w.hold, &mut w.rollback, &mut w.cancel);
+                }
+                write_cluster_guarded(ctx, c, &status).await
+            }
+        }
+    }
+
+    /// Claims the target for `job`: its upgrade record, written only if it is unchanged since
+    /// it was validated. False when it changed meanwhile.
+    async fn claim(
+        &self,
+        ctx: &Context,
+        req: &UpgradeRequest,
+        key: &str,
+        job: &TargetJob,
+        plan: &jobs::Plan,
+    ) -> Result<bool> {
+        match self {
+            Target::Instance(inst) => claim(ctx, req, key, job, inst, plan).await,
+            Target::Cluster(c) => claim_cluster(ctx, req, key, job, c, plan).await,
+        }
+    }
+}
+
 /// Brings every started job up to date with its target. Returns each target read, or None
 /// when a write to a target lost a race (re-read).
 async fn sync_started(
@@ -340,62 +436,21 @@ async fn sync_started(
     deleting: bool,
 ) -> Result<Option<Read>> {
     let ns = req.namespace().unwrap_or_default();
-    let instances = Api::<DatabaseInstance>::namespaced(ctx.client.clone(), &ns);
-    let clusters = Api::<Cluster>::namespaced(ctx.client.clone(), &ns);
     let mut read = Read::default();
     for job in next.jobs.iter_mut().filter(|j| !jobs::is_terminal(j.phase)) {
-        let state = match job.kind {
-            TargetKind::DatabaseInstance => {
-                let found = instances
-                    .get_opt(&job.target)
-                    .await
-                    .map_err(Error::kube("reading a target instance"))?;
-                read.instances.insert(job.target.clone(), found.clone());
-                found.as_ref().map(instance_state)
-            }
-            TargetKind::Cluster => {
-                let found = clusters
-                    .get_opt(&job.target)
-                    .await
-                    .map_err(Error::kube("reading a target Cluster"))?;
-                read.clusters.insert(job.target.clone(), found.clone());
-                found.as_ref().map(cluster_state)
-            }
-        };
-        let Some(state) = state else {
+        read.fetch(ctx, &ns, job).await?;
+        let Some(target) = read.target(job) else {
             if jobs::is_started(job.phase) {
                 let why = format!("the {:?} was deleted", job.kind);
                 finish_job(job, RequestPhase::Failed, why, ctx);
             }
             continue;
         };
-        let Some(flags) = sync_job(ctx, req, job, &state, notes, deleting) else {
+        let Some(flags) = sync_job(ctx, req, job, &target.state(), notes, deleting) else {
             continue;
         };
         // The action asks something new of the target's upgrade: steer it, guarded.
-        let steered = match job.kind {
-            TargetKind::DatabaseInstance => {
-                let Some(Some(inst)) = read.instances.get(&job.target) else {
-                    continue;
-                };
-                let mut status = inst.status.clone().unwrap_or_default();
-                if let Some(w) = status.upgrade.as_mut() {
-                    (w.hold, w.rollback, w.cancel) = (flags.hold, flags.rollback, flags.cancel);
-                }
-                database_instance::write_status_guarded(ctx, inst, &status).await?
-            }
-            TargetKind::Cluster => {
-                let Some(Some(c)) = read.clusters.get(&job.target) else {
-                    continue;
-                };
-                let mut status = c.status.clone().unwrap_or_default();
-                if let Some(w) = status.upgrade.as_mut() {
-                    (w.hold, w.rollback, w.cancel) = (flags.hold, flags.rollback, flags.cancel);
-                }
-                write_cluster_guarded(ctx, c, &status).await?
-            }
-        };
-        if !steered {
+        if !target.steer(ctx, flags).await? {
             return Ok(None);
         }
         let what = match flags {
@@ -572,17 +627,10 @@ async fn admit_and_claim(
             jobs::Admission::Start(plan) => {
                 job.source_version = Some(plan.source.clone());
                 job.target_version = Some(plan.target.clone());
-                let claimed = match job.kind {
-                    TargetKind::DatabaseInstance => match read.instances.get(&job.target) {
-                        Some(Some(inst)) => claim(ctx, req, &key, job, inst, &plan).await?,
-                        _ => continue,
-                    },
-                    TargetKind::Cluster => match read.clusters.get(&job.target) {
-                        Some(Some(c)) => claim_cluster(ctx, req, &key, job, c, &plan).await?,
-                        _ => continue,
-                    },
+                let Some(target) = read.target(job) else {
+                    continue;
                 };
-                if !claimed {
+                if !target.claim(ctx, req, &key, job, &plan).await? {
                     return Ok(None);
                 }
                 started(ctx, req, job, &plan, notes);
@@ -752,7 +800,7 @@ async fn claim(
     ctx: &Context,
     req: &UpgradeRequest,
     key: &str,
-    job: &mut TargetJob,
+    job: &TargetJob,
     inst: &DatabaseInstance,
     plan: &jobs::Plan,
 ) -> Result<bool> {
