@@ -1602,3 +1602,99 @@ async fn shards_upgrade_in_waves_of_max_unavailable_shards_and_lose_nothing() {
     );
     delete_namespace(&env.client, &env.ns).await;
 }
+
+/// A version raised right after a password change waits for every shard to have set the new
+/// passwords: a shard held back (paused by a person) holds the upgrade, no member moves, and
+/// the Cluster says why; once the shard is let go it applies them and the upgrade runs, after
+/// which every node takes only the new passwords.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upgrade_waits_until_every_shard_has_the_rotated_passwords() {
+    use baton::crd::Cluster;
+    let env = Env::new("dbcrotup").await;
+    let op = env.operator("dbcrotup", "");
+    let clusters: kube::Api<Cluster> = kube::Api::namespaced(env.client.clone(), &env.ns);
+    create_cluster(
+        &clusters,
+        "gate",
+        json!({"datastore": {"type": "redis", "version": SOURCE}, "shards": 2, "replicasPerShard": 2}),
+    )
+    .await;
+    let logs = || op.logs();
+    wait_cluster(&clusters, "gate", TIMEOUT, "formation", ready, logs).await;
+    let old = workload::wait_auth(&env.client, &env.ns, "gate-shard-0").await;
+    let pause = |on: bool| {
+        let instances = env.instances.clone();
+        async move {
+            instances
+                .patch(
+                    "gate-shard-1",
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(json!({"spec": {"paused": on}})),
+                )
+                .await
+                .expect("pause the shard");
+        }
+    };
+    pause(true).await;
+    env.rotate_passwords("gate-credentials").await;
+    clusters
+        .patch(
+            "gate",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"datastore": {"version": TARGET}}})),
+        )
+        .await
+        .expect("patch version");
+    let held = wait_cluster(
+        &clusters,
+        "gate",
+        TIMEOUT,
+        "the upgrade held for the password change",
+        |s| {
+            s.message
+                .as_deref()
+                .is_some_and(|m| m.contains("gate-shard-1 has not set the new passwords"))
+        },
+        logs,
+    )
+    .await;
+    assert!(held.upgrade.is_none(), "{held:#?}");
+    // Held, not merely slow: a while later still nothing has moved.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let still = clusters
+        .get("gate")
+        .await
+        .expect("cluster")
+        .status
+        .expect("status");
+    assert!(still.upgrade.is_none(), "{still:#?}");
+    for shard in &still.shards {
+        assert!(shard.versions.values().all(|v| v == SOURCE), "{shard:#?}");
+    }
+    pause(false).await;
+    let done = wait_cluster(
+        &clusters,
+        "gate",
+        Duration::from_secs(240),
+        "the upgrade after the password change",
+        |s| ready(s) && s.upgrade.is_none() && s.version.as_deref() == Some(TARGET),
+        logs,
+    )
+    .await;
+    for shard in &done.shards {
+        assert!(shard.versions.values().all(|v| v == TARGET), "{shard:#?}");
+    }
+    let new = workload::wait_auth(&env.client, &env.ns, "gate-shard-1").await;
+    assert_eq!(new.password, ROTATED_PASSWORD);
+    for (pod, addr) in cluster_members(&env, "gate").await {
+        assert!(
+            !node_logs_in(&addr, &old.user, &old.password).await,
+            "{pod}: the old application password still works"
+        );
+        assert!(
+            node_logs_in(&addr, &new.user, &new.password).await,
+            "{pod}: the new application password is refused"
+        );
+    }
+    delete_namespace(&env.client, &env.ns).await;
+}
