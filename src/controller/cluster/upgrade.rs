@@ -237,14 +237,62 @@ async fn restart_wave(
     mut u: ClusterUpgrade,
     image: &str,
 ) -> Result<Option<Action>> {
+    let mut masters = BTreeMap::new();
+    for shard in u.wave(seen.names.len()) {
+        match master_of(p, shard) {
+            Ok(m) => masters.insert(shard, m),
+            Err(wait) => return Ok(Some(wait)),
+        };
+    }
+    let step = plan_wave(&mut u, seen, &masters);
+    p.s.upgrade = Some(u.clone());
+    match step {
+        WaveStep::Move(member) => {
+            let recorded = u.restarting.iter().any(|r| r.member == member);
+            if !recorded
+                && let Some(wait) = window_closed(cluster, p, &u, &format!("restarting {member}"))
+            {
+                return Ok(Some(wait));
+            }
+            let (pods, target) = (&seen.layout.pods, u.target_version.clone());
+            move_member(ctx, cluster, api, p, pods, u, &member, image, &target)
+                .await
+                .map(Some)
+        }
+        WaveStep::Wait(waits) => {
+            let why = waits.join("; ");
+            p.s.message = Some(why.clone());
+            check_deadline(p, &why);
+            Ok(Some(requeue::retry()))
+        }
+        WaveStep::Done => advance(p, seen, u).map(Some),
+    }
+}
+
+/// What a wave's restarting stage does next.
+#[derive(Debug, PartialEq, Eq)]
+enum WaveStep {
+    /// Move this member to the target version (recorded first, then its pod patched).
+    Move(String),
+    /// Every shard of the wave waits on its member; each says on what.
+    Wait(Vec<String>),
+    /// Every shard of the wave is through the stage.
+    Done,
+}
+
+/// Decides the wave's next restart from what the pass saw (`masters`: each shard's master),
+/// shard by shard in order: a shard whose member on record is not back waits for it (unless
+/// the upgrade turned around: it is moved back first); a shard whose members all run the
+/// target is through, and its record is dropped from `u`; otherwise its next member moves.
+fn plan_wave(
+    u: &mut ClusterUpgrade,
+    seen: &Seen<'_>,
+    masters: &BTreeMap<usize, String>,
+) -> WaveStep {
     let target = u.target_version.clone();
     let pods = &seen.layout.pods;
     let mut waits = vec![];
-    for shard in u.wave(seen.names.len()) {
-        let master = match master_of(p, shard) {
-            Ok(m) => m,
-            Err(wait) => return Ok(Some(wait)),
-        };
+    for (&shard, master) in masters {
         let name = seen.names[shard].as_str();
         let pending = u
             .restarting
@@ -252,8 +300,6 @@ async fn restart_wave(
             .find(|r| owner(&r.member) == name)
             .map(|r| r.member.clone());
         let next = match &pending {
-            // Not back yet: its shard waits, unless the upgrade turned around and it is on
-            // its way to the other version (it goes back first).
             Some(r) if seen.troubled.contains(r) => {
                 if asks_for(pods, r, &target) {
                     waits.push(format!("waiting for {r} to rejoin on redis {target}"));
@@ -263,12 +309,12 @@ async fn restart_wave(
             }
             // Reverting: a shard whose master already runs the new version keeps its replicas
             // on it (a replica cannot follow a newer master).
-            _ if u.reverting && !seen.runs(&master, &target) => None,
+            _ if u.reverting && !seen.runs(master, &target) => None,
             // InPlace: the shard's only member is its master.
             _ => seen
                 .members(shard)
                 .into_iter()
-                .find(|m| (u.in_place || **m != master) && !seen.runs(m, &target))
+                .find(|m| (u.in_place || *m != master) && !seen.runs(m, &target))
                 .cloned(),
         };
         let Some(member) = next else {
@@ -280,24 +326,13 @@ async fn restart_wave(
             waits.push(format!("waiting for {member} to run redis {target}"));
             continue;
         }
-        p.s.upgrade = Some(u.clone());
-        if pending.as_deref() != Some(member.as_str())
-            && let Some(wait) = window_closed(cluster, p, &u, &format!("restarting {member}"))
-        {
-            return Ok(Some(wait));
-        }
-        return move_member(ctx, cluster, api, p, pods, u, &member, image, &target)
-            .await
-            .map(Some);
+        return WaveStep::Move(member);
     }
-    p.s.upgrade = Some(u.clone());
-    if !waits.is_empty() {
-        let why = waits.join("; ");
-        p.s.message = Some(why.clone());
-        check_deadline(p, &why);
-        return Ok(Some(requeue::retry()));
+    if waits.is_empty() {
+        WaveStep::Done
+    } else {
+        WaveStep::Wait(waits)
     }
-    advance(p, seen, u).map(Some)
 }
 
 /// No upgrade in flight: the version applied, or one to start (or refuse, or wait for a
@@ -1161,6 +1196,179 @@ mod tests {
         check_deadline(&mut p, "not back");
         let why = p.s.upgrade.as_ref().unwrap().failed.clone().unwrap();
         assert!(why.contains("restarting c-shard-1-1"), "{why}");
+    }
+
+    /// A member pod that asks for `asks` and runs `runs` (the node's container, and what its
+    /// server reports), Ready.
+    fn member(name: &str, asks: &str, runs: &str) -> (Pod, Probe) {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "annotations": {ANNOTATION_VERSION: asks}},
+            "spec": {"containers": [{"name": "redis", "image": format!("redis:{asks}")}]},
+            "status": {
+                "podIP": "127.0.0.1",
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "containerStatuses": [{"name": "redis", "image": format!("redis:{runs}"),
+                    "imageID": "", "ready": true, "restartCount": 0}],
+            },
+        }))
+        .unwrap();
+        let probe = Probe {
+            role: crate::engine::Role::Standby,
+            version: runs.to_string(),
+            position: crate::engine::position::Position::Lsn(0),
+            received: None,
+            following: None,
+            streaming: true,
+            fenced: false,
+            stale_certificate: false,
+        };
+        (pod, probe)
+    }
+
+    #[test]
+    fn a_wave_moves_each_shards_next_member_once_the_one_before_is_back() {
+        let names: Vec<String> = (0..3).map(|n| format!("c-shard-{n}")).collect();
+        let masters: BTreeMap<usize, String> =
+            (0..2).map(|n| (n, format!("c-shard-{n}-0"))).collect();
+        let (old, new) = ("6.2.14", "7.0.15");
+        // Each case: the members as (name, asks, runs), the members on record, those not back,
+        // and what the wave does next.
+        type Case<'a> = (
+            &'a str,
+            Vec<(&'a str, &'a str, &'a str)>,
+            Vec<&'a str>,
+            Vec<&'a str>,
+            WaveStep,
+            Vec<&'a str>,
+        );
+        let shard = |n: usize, replica: (&'static str, &'static str)| {
+            vec![
+                (["c-shard-0-0", "c-shard-1-0"][n], old, old),
+                (["c-shard-0-1", "c-shard-1-1"][n], replica.0, replica.1),
+            ]
+        };
+        let both = |a, b| [shard(0, a), shard(1, b)].concat();
+        let cases: Vec<Case> = vec![
+            (
+                "nothing moved: shard 0's replica first",
+                both((old, old), (old, old)),
+                vec![],
+                vec![],
+                WaveStep::Move("c-shard-0-1".into()),
+                vec![],
+            ),
+            (
+                "shard 0's replica restarting and not back: shard 1's moves beside it",
+                both((new, old), (old, old)),
+                vec!["c-shard-0-1"],
+                vec!["c-shard-0-1"],
+                WaveStep::Move("c-shard-1-1".into()),
+                vec!["c-shard-0-1"],
+            ),
+            (
+                "both restarting: the wave waits on both",
+                both((new, old), (new, old)),
+                vec!["c-shard-0-1", "c-shard-1-1"],
+                vec!["c-shard-0-1", "c-shard-1-1"],
+                WaveStep::Wait(vec![
+                    "waiting for c-shard-0-1 to rejoin on redis 7.0.15".into(),
+                    "waiting for c-shard-1-1 to rejoin on redis 7.0.15".into(),
+                ]),
+                vec!["c-shard-0-1", "c-shard-1-1"],
+            ),
+            (
+                "patched, the node not restarted yet (Ready on the old build): it waits",
+                both((new, old), (new, new)),
+                vec!["c-shard-0-1", "c-shard-1-1"],
+                vec![],
+                WaveStep::Wait(vec!["waiting for c-shard-0-1 to run redis 7.0.15".into()]),
+                vec!["c-shard-0-1"],
+            ),
+            (
+                "both back on the target: the wave is through, its records dropped",
+                both((new, new), (new, new)),
+                vec!["c-shard-0-1", "c-shard-1-1"],
+                vec![],
+                WaveStep::Done,
+                vec![],
+            ),
+            (
+                "on the target but some node still sees it failing: not back",
+                both((new, new), (new, new)),
+                vec!["c-shard-0-1"],
+                vec!["c-shard-0-1"],
+                WaveStep::Wait(vec![
+                    "waiting for c-shard-0-1 to rejoin on redis 7.0.15".into(),
+                ]),
+                vec!["c-shard-0-1"],
+            ),
+        ];
+        for (what, pods, recorded, troubled, want, left) in cases {
+            let mut layout = Layout::default();
+            let mut probes = BTreeMap::new();
+            for (name, asks, runs) in pods {
+                let (pod, probe) = member(name, asks, runs);
+                layout.addr.insert(name.into(), format!("{name}:6379"));
+                layout.pods.insert(name.into(), pod);
+                probes.insert(name.to_string(), probe);
+            }
+            let troubled: std::collections::BTreeSet<String> =
+                troubled.iter().map(|t| t.to_string()).collect();
+            let seen = Seen {
+                probes: &probes,
+                troubled: &troubled,
+                ..seen_of(&names, &layout)
+            };
+            let mut u = ClusterUpgrade::new(old, new, at(1000));
+            u.shards_at_once = 2;
+            u.restarting = recorded
+                .iter()
+                .map(|m| MemberRestart {
+                    member: m.to_string(),
+                    started: at(1000),
+                })
+                .collect();
+            assert_eq!(plan_wave(&mut u, &seen, &masters), want, "{what}");
+            let kept: Vec<&str> = u.restarting.iter().map(|r| r.member.as_str()).collect();
+            assert_eq!(kept, left, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_wave_turned_around_moves_a_member_that_never_came_back_first() {
+        let names: Vec<String> = (0..2).map(|n| format!("c-shard-{n}")).collect();
+        let masters = BTreeMap::from([(0, "c-shard-0-0".to_string())]);
+        let mut layout = Layout::default();
+        let mut probes = BTreeMap::new();
+        for (name, asks, runs) in [
+            ("c-shard-0-0", "6.2.14", "6.2.14"),
+            ("c-shard-0-1", "7.0.15", "7.0.15"),
+            ("c-shard-0-2", "broken", "6.2.14"),
+        ] {
+            let (pod, probe) = member(name, asks, runs);
+            layout.addr.insert(name.into(), format!("{name}:6379"));
+            layout.pods.insert(name.into(), pod);
+            probes.insert(name.to_string(), probe);
+        }
+        // Reverting to 6.2.14: c-shard-0-2 (on record, down on the broken build) goes first,
+        // although c-shard-0-1 comes before it.
+        layout.addr.remove("c-shard-0-2");
+        let troubled = std::collections::BTreeSet::from(["c-shard-0-2".to_string()]);
+        let seen = Seen {
+            probes: &probes,
+            troubled: &troubled,
+            ..seen_of(&names, &layout)
+        };
+        let mut u = ClusterUpgrade::new("6.2.14", "6.2.14", at(1000));
+        u.reverting = true;
+        u.restarting = vec![MemberRestart {
+            member: "c-shard-0-2".into(),
+            started: at(1000),
+        }];
+        assert_eq!(
+            plan_wave(&mut u, &seen, &masters),
+            WaveStep::Move("c-shard-0-2".into())
+        );
     }
 
     #[test]
