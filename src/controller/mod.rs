@@ -87,6 +87,7 @@ pub async fn run_all(ctx: Arc<Context>, shutdown: CancellationToken) {
             cluster::controller(
                 scoped::<Cluster>(&client, &ctx),
                 scoped::<DatabaseInstance>(&client, &ctx),
+                scoped::<k8s_openapi::api::core::v1::Pod>(&client, &ctx),
             ),
             cluster::reconcile,
             ctx.clone(),

@@ -41,8 +41,24 @@ use crate::status::{self, Desired};
 
 pub(crate) mod upgrade;
 
-pub fn controller(clusters: Api<Cluster>, instances: Api<DatabaseInstance>) -> Controller<Cluster> {
-    Controller::new(clusters, Default::default()).owns(instances, Default::default())
+/// Builds the controller. Besides its shards it watches their members' pods (by the Cluster
+/// label): a member restarted by an upgrade wakes the Cluster when it turns Ready, rather than
+/// at the next poll.
+pub fn controller(
+    clusters: Api<Cluster>,
+    instances: Api<DatabaseInstance>,
+    pods: Api<Pod>,
+) -> Controller<Cluster> {
+    Controller::new(clusters, Default::default())
+        .owns(instances, Default::default())
+        .watches(
+            pods,
+            kube::runtime::watcher::Config::default().labels(LABEL_CLUSTER),
+            |pod: Pod| {
+                let cluster = pod.labels().get(LABEL_CLUSTER)?;
+                Some(kube::runtime::reflector::ObjectRef::new(cluster).within(&pod.namespace()?))
+            },
+        )
 }
 
 /// The name of shard `n`'s DatabaseInstance.
