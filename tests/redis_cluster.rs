@@ -11,8 +11,9 @@
 //! failover's intent recorded, the failover sent). Then UpgradeRequests over a Cluster: held
 //! with every replica upgraded and rolled back; cancelled half-way; held together with an
 //! instance and committed; and a one-member Cluster upgraded by type InPlace. Then waves
-//! (`maxUnavailableShards`): a 3-shard upgrade with 1 and with 2 under a writer, and a wave
-//! whose replicas cannot start, stopped and reverted.
+//! (`maxUnavailableShards`): a 3-shard upgrade with 1 and with 2 under a writer, one in waves
+//! of two with an operator killed at each kind of step, and a wave whose replicas cannot
+//! start, stopped and reverted.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -489,29 +490,7 @@ async fn a_cluster_forms_and_upgrades_shard_by_shard_even_when_the_operator_dies
         )
         .await
         .expect("patch version");
-    let mut killed = 0;
-    for (i, point) in crashes.iter().enumerate() {
-        let mut op = env.operator(&format!("dbcluster-crash-{i}"), point);
-        let died = tokio::time::timeout(Duration::from_secs(300), op.child.wait()).await;
-        let status = clusters.get("events").await.ok().and_then(|c| c.status);
-        if status
-            .as_ref()
-            .is_some_and(|s| s.upgrade.is_none() && s.version.as_deref() == Some("7.0.15"))
-        {
-            break;
-        }
-        assert!(
-            died.is_ok(),
-            "the operator never passed {point}: {status:#?}\n{}",
-            op.logs()
-        );
-        killed += 1;
-    }
-    assert!(
-        killed + 1 >= crashes.len(),
-        "only {killed} of the {} crash points were reached",
-        crashes.len()
-    );
+    let killed = kill_at_each(&env, &clusters, "events", "dbcluster-crash", &crashes).await;
     let op = env.operator("dbcluster-last", "");
     let done = eventually(Duration::from_secs(300), || async {
         let s = clusters.get("events").await.ok()?.status?;
@@ -1696,5 +1675,125 @@ async fn an_upgrade_waits_until_every_shard_has_the_rotated_passwords() {
             "{pod}: the new application password is refused"
         );
     }
+    delete_namespace(&env.client, &env.ns).await;
+}
+
+/// Runs one operator per crash point in turn, each SIGKILLed at its point, until the upgrade of
+/// Cluster `name` to TARGET is done; every point but possibly the last must be reached.
+async fn kill_at_each(
+    env: &Env,
+    clusters: &kube::Api<baton::crd::Cluster>,
+    name: &str,
+    id: &str,
+    crashes: &[&str],
+) -> usize {
+    let mut killed = 0;
+    for (i, point) in crashes.iter().enumerate() {
+        let mut op = env.operator(&format!("{id}-{i}"), point);
+        let died = tokio::time::timeout(Duration::from_secs(300), op.child.wait()).await;
+        let status = clusters.get(name).await.ok().and_then(|c| c.status);
+        if status
+            .as_ref()
+            .is_some_and(|s| s.upgrade.is_none() && s.version.as_deref() == Some(TARGET))
+        {
+            break;
+        }
+        assert!(
+            died.is_ok(),
+            "the operator never passed {point}: {status:#?}\n{}",
+            op.logs()
+        );
+        killed += 1;
+    }
+    assert!(
+        killed + 1 >= crashes.len(),
+        "only {killed} of the {} crash points were reached",
+        crashes.len()
+    );
+    killed
+}
+
+/// Waves under operator kills: a 3 × 2 Cluster with `maxUnavailableShards: 2` upgraded under a
+/// writer, an operator killed at each kind of step of the wave (each member's restart recorded
+/// and patched, each failover's intent and send, the old masters' restarts, the last wave).
+/// Each new operator resumes the wave from status: never two members of a shard down, never
+/// more than two members in all, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wave_upgrade_resumes_after_the_operator_dies_at_every_kind_of_step() {
+    use baton::crd::Cluster;
+    let env = Env::new("dbcwavecrash").await;
+    let clusters: kube::Api<Cluster> = kube::Api::namespaced(env.client.clone(), &env.ns);
+    let op = env.operator("dbcwavecrash", "");
+    create_cluster(
+        &clusters,
+        "events",
+        json!({"datastore": {"type": "redis", "version": SOURCE}, "shards": 3,
+               "replicasPerShard": 2, "maxUnavailableShards": 2}),
+    )
+    .await;
+    let logs = || op.logs();
+    wait_cluster(&clusters, "events", TIMEOUT, "formation", ready, logs).await;
+    drop(op);
+    let (client, mut c) = cluster_client(&env, "events").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(client, "w-", stop.clone());
+    let watcher = watch_overlap(&env, "events", stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    clusters
+        .patch(
+            "events",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"datastore": {"version": TARGET}}})),
+        )
+        .await
+        .expect("patch version");
+    let (restart_intent, restarted, intent, failover) = (
+        "api:cluster-status:restart-intent#1",
+        "api:cluster-restart@*#1",
+        "api:cluster-status:failover-intent#1",
+        "db:cluster-failover#1",
+    );
+    let crashes = [
+        restart_intent, // shard 0's replica
+        restarted,
+        restart_intent, // shard 1's replica, beside it
+        restarted,
+        intent, // shard 0
+        failover,
+        intent, // shard 1
+        failover,
+        restart_intent, // shard 0's old master
+        restarted,
+        restart_intent, // shard 1's old master
+        intent,         // shard 2, the last wave
+        failover,
+    ];
+    let killed = kill_at_each(&env, &clusters, "events", "dbcwavecrash", &crashes).await;
+    println!("{killed} operators killed through the waves");
+    let op = env.operator("dbcwavecrash-last", "");
+    let logs = || op.logs();
+    let done = wait_cluster(
+        &clusters,
+        "events",
+        Duration::from_secs(300),
+        "the upgrade",
+        |s| ready(s) && s.upgrade.is_none() && s.version.as_deref() == Some(TARGET),
+        logs,
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let (acked, _, _) = writer.await.expect("writer");
+    let seen = watcher.await.expect("watcher");
+    for shard in &done.shards {
+        assert!(shard.versions.values().all(|v| v == TARGET), "{shard:#?}");
+    }
+    assert!(acked.len() > 100, "the client barely wrote");
+    assert_eq!(
+        lost_writes(&mut c, "w-", &acked).await,
+        Vec::<u64>::new(),
+        "acknowledged writes lost"
+    );
+    assert_eq!(seen.recorded, 2, "{seen:?}");
+    assert!(seen.down <= 2 && !seen.same_shard, "{seen:?}");
     delete_namespace(&env.client, &env.ns).await;
 }
