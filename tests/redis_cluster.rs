@@ -1797,3 +1797,95 @@ async fn a_wave_upgrade_resumes_after_the_operator_dies_at_every_kind_of_step() 
     assert!(seen.down <= 2 && !seen.same_shard, "{seen:?}");
     delete_namespace(&env.client, &env.ns).await;
 }
+
+/// Waves through an UpgradeRequest: action Upgrade moves every shard's replicas two shards at
+/// a time and holds with no master handed over; Rollback returns them (no master changed);
+/// a second request upgrades the Cluster in waves to the end. A client writes throughout:
+/// nothing lost, never two members of a shard down, never more than two in all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_holds_rolls_back_and_upgrades_a_cluster_in_waves() {
+    use baton::crd::{Cluster, RequestPhase, UpgradeRequest};
+    let env = Env::new("dbcwavereq").await;
+    let op = env.operator("dbcwavereq", "");
+    let clusters: kube::Api<Cluster> = kube::Api::namespaced(env.client.clone(), &env.ns);
+    create_cluster(
+        &clusters,
+        "events",
+        json!({"datastore": {"type": "redis", "version": SOURCE}, "shards": 3,
+               "replicasPerShard": 2, "maxUnavailableShards": 2}),
+    )
+    .await;
+    let logs = || op.logs();
+    let before = wait_cluster(&clusters, "events", TIMEOUT, "formation", ready, logs).await;
+    let masters: Vec<Option<String>> = before.shards.iter().map(|s| s.primary.clone()).collect();
+    let (client, mut c) = cluster_client(&env, "events").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(client, "w-", stop.clone());
+    let watcher = watch_overlap(&env, "events", stop.clone());
+    let request = |name: &str, action: &str| -> UpgradeRequest {
+        serde_json::from_value(json!({
+            "apiVersion": "baton.dev/v1alpha1", "kind": "UpgradeRequest",
+            "metadata": {"name": name},
+            "spec": {"targets": {"clusters": ["events"]}, "targetVersion": TARGET, "action": action},
+        }))
+        .expect("request")
+    };
+    requests(&env)
+        .create(&PostParams::default(), &request("held", "Upgrade"))
+        .await
+        .expect("create");
+    wait_request(&env, "held", RequestPhase::AwaitingCommit, &op).await;
+    let s = clusters
+        .get("events")
+        .await
+        .expect("cluster")
+        .status
+        .expect("status");
+    for shard in &s.shards {
+        let master = shard.primary.clone().unwrap_or_default();
+        for (pod, v) in &shard.versions {
+            let want = if *pod == master { SOURCE } else { TARGET };
+            assert_eq!(v, want, "{pod}: {s:#?}");
+        }
+    }
+    set_action(&env, "held", "Rollback").await;
+    wait_request(&env, "held", RequestPhase::RolledBack, &op).await;
+    let s = wait_cluster(&clusters, "events", TIMEOUT, "the rollback", ready, logs).await;
+    for shard in &s.shards {
+        assert!(shard.versions.values().all(|v| v == SOURCE), "{shard:#?}");
+    }
+    let now: Vec<Option<String>> = s.shards.iter().map(|s| s.primary.clone()).collect();
+    assert_eq!(now, masters, "no shard changed master");
+    requests(&env)
+        .create(&PostParams::default(), &request("through", "UpgradeAutoCommit"))
+        .await
+        .expect("create");
+    wait_request(&env, "through", RequestPhase::Succeeded, &op).await;
+    let done = wait_cluster(
+        &clusters,
+        "events",
+        TIMEOUT,
+        "the upgrade",
+        |s| {
+            ready(s)
+                && s.shards
+                    .iter()
+                    .all(|sh| sh.versions.values().all(|v| v == TARGET))
+        },
+        logs,
+    )
+    .await;
+    assert!(done.upgrade.is_none(), "{done:#?}");
+    stop.store(true, Ordering::Relaxed);
+    let (acked, _, _) = writer.await.expect("writer");
+    let seen = watcher.await.expect("watcher");
+    assert!(acked.len() > 100, "the client barely wrote");
+    assert_eq!(
+        lost_writes(&mut c, "w-", &acked).await,
+        Vec::<u64>::new(),
+        "acknowledged writes lost"
+    );
+    assert_eq!(seen.recorded, 2, "{seen:?}");
+    assert!(seen.down <= 2 && !seen.same_shard, "{seen:?}");
+    delete_namespace(&env.client, &env.ns).await;
+}
