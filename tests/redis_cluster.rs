@@ -1857,7 +1857,10 @@ async fn a_request_holds_rolls_back_and_upgrades_a_cluster_in_waves() {
     let now: Vec<Option<String>> = s.shards.iter().map(|s| s.primary.clone()).collect();
     assert_eq!(now, masters, "no shard changed master");
     requests(&env)
-        .create(&PostParams::default(), &request("through", "UpgradeAutoCommit"))
+        .create(
+            &PostParams::default(),
+            &request("through", "UpgradeAutoCommit"),
+        )
         .await
         .expect("create");
     wait_request(&env, "through", RequestPhase::Succeeded, &op).await;
