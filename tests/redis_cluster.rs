@@ -482,14 +482,7 @@ async fn a_cluster_forms_and_upgrades_shard_by_shard_even_when_the_operator_dies
         }
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
-    clusters
-        .patch(
-            "events",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(json!({"spec": {"datastore": {"version": "7.0.15"}}})),
-        )
-        .await
-        .expect("patch version");
+    set_version(&clusters, "events", "7.0.15").await;
     let killed = kill_at_each(&env, &clusters, "events", "dbcluster-crash", &crashes).await;
     let op = env.operator("dbcluster-last", "");
     let done = eventually(Duration::from_secs(300), || async {
@@ -1003,14 +996,7 @@ async fn an_upgrade_request_holds_rolls_back_cancels_and_upgrades_a_cluster_with
     // The one-member cluster: its spec cannot move it (that would be an outage), and says how;
     // a request of type InPlace restarts its member on the new version.
     wait_cluster(&clusters, "tiny", TIMEOUT, "tiny's formation", ready, logs).await;
-    clusters
-        .patch(
-            "tiny",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(json!({"spec": {"datastore": {"version": "7.0.15"}}})),
-        )
-        .await
-        .expect("patch tiny");
+    set_version(&clusters, "tiny", "7.0.15").await;
     let refused = wait_cluster(
         &clusters,
         "tiny",
@@ -1365,14 +1351,7 @@ async fn a_tls_cluster_upgrades_under_a_verifying_client_and_refuses_plain_text(
         })
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
-    clusters
-        .patch(
-            "events",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(json!({"spec": {"datastore": {"version": "7.0.15-hotfix1"}}})),
-        )
-        .await
-        .expect("raise the version");
+    set_version(&clusters, "events", "7.0.15-hotfix1").await;
     let after = wait_cluster(
         &clusters,
         "events",
@@ -1484,6 +1463,86 @@ fn watch_overlap(
     })
 }
 
+/// Raises (or lowers) Cluster `name`'s version, as a person would.
+async fn set_version(clusters: &kube::Api<baton::crd::Cluster>, name: &str, version: &str) {
+    clusters
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"datastore": {"version": version}}})),
+        )
+        .await
+        .expect("patch version");
+}
+
+/// Waits (up to `timeout`) for Cluster `name` to finish its upgrade to TARGET, and checks every
+/// member reports TARGET.
+async fn upgraded(
+    clusters: &kube::Api<baton::crd::Cluster>,
+    name: &str,
+    timeout: Duration,
+    logs: impl Fn() -> String,
+) -> baton::crd::ClusterStatus {
+    let done = wait_cluster(
+        clusters,
+        name,
+        timeout,
+        "the upgrade",
+        |s| ready(s) && s.upgrade.is_none() && s.version.as_deref() == Some(TARGET),
+        logs,
+    )
+    .await;
+    for shard in &done.shards {
+        assert!(shard.versions.values().all(|v| v == TARGET), "{shard:#?}");
+    }
+    done
+}
+
+/// A MOVED-following client writing `w-<n>` into one Cluster, with a watcher of its members.
+struct Writing {
+    stop: Arc<AtomicBool>,
+    writer: tokio::task::JoinHandle<(Vec<u64>, u32, Duration)>,
+    watcher: tokio::task::JoinHandle<Overlap>,
+    check: redis::cluster_async::ClusterConnection,
+}
+
+impl Writing {
+    async fn start(env: &Env, cluster: &str) -> Writing {
+        let (client, check) = cluster_client(env, cluster).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = spawn_writer(client, "w-", stop.clone());
+        let watcher = watch_overlap(env, cluster, stop.clone());
+        Writing {
+            stop,
+            writer,
+            watcher,
+            check,
+        }
+    }
+
+    /// Stops the client and checks what every wave test holds to: a real write load, nothing
+    /// acknowledged lost, `bound` members restarting together on record, never more members
+    /// down, never two of one shard. Returns the acknowledged count, the refused count, the
+    /// longest gap and what the watcher saw.
+    async fn finish(mut self, what: &str, bound: usize) -> (usize, u32, Duration, Overlap) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (acked, refused, gap) = self.writer.await.expect("writer");
+        let seen = self.watcher.await.expect("watcher");
+        assert!(acked.len() > 100, "{what}: the client barely wrote");
+        assert_eq!(
+            lost_writes(&mut self.check, "w-", &acked).await,
+            Vec::<u64>::new(),
+            "{what}: acknowledged writes lost"
+        );
+        // The bound is what Baton worked to: that many shards restarting together on record,
+        // never more members down, never two of one shard.
+        assert_eq!(seen.recorded, bound, "{what}: {seen:?}");
+        assert!(seen.down <= bound, "{what}: {seen:?}");
+        assert!(!seen.same_shard, "{what}: {seen:?}");
+        (acked.len(), refused, gap, seen)
+    }
+}
+
 fn pod_is_ready(p: &Pod) -> bool {
     p.status
         .as_ref()
@@ -1526,51 +1585,16 @@ async fn shards_upgrade_in_waves_of_max_unavailable_shards_and_lose_nothing() {
     // The same upgrade of the same layout, one after the other, each under a writing client.
     let mut took = BTreeMap::new();
     for (name, bound) in [("one", 1usize), ("two", 2)] {
-        let (client, mut c) = cluster_client(&env, name).await;
-        let stop = Arc::new(AtomicBool::new(false));
-        let writer = spawn_writer(client, "w-", stop.clone());
-        let watcher = watch_overlap(&env, name, stop.clone());
+        let writing = Writing::start(&env, name).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let started = std::time::Instant::now();
-        clusters
-            .patch(
-                name,
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(json!({"spec": {"datastore": {"version": TARGET}}})),
-            )
-            .await
-            .expect("patch version");
-        let done = wait_cluster(
-            &clusters,
-            name,
-            Duration::from_secs(300),
-            "the upgrade",
-            |s| ready(s) && s.upgrade.is_none() && s.version.as_deref() == Some(TARGET),
-            logs,
-        )
-        .await;
+        set_version(&clusters, name, TARGET).await;
+        upgraded(&clusters, name, Duration::from_secs(300), logs).await;
         took.insert(name, started.elapsed());
-        stop.store(true, Ordering::Relaxed);
-        let (acked, refused, gap) = writer.await.expect("writer");
-        let seen = watcher.await.expect("watcher");
-        assert!(acked.len() > 100, "{name}: the client barely wrote");
-        assert_eq!(
-            lost_writes(&mut c, "w-", &acked).await,
-            Vec::<u64>::new(),
-            "{name}: acknowledged writes lost"
-        );
-        for shard in &done.shards {
-            assert!(shard.versions.values().all(|v| v == TARGET), "{shard:#?}");
-        }
-        // The bound is what Baton worked to: that many shards restarting together on record,
-        // never more members down, never two of one shard.
-        assert_eq!(seen.recorded, bound, "{name}: {seen:?}");
-        assert!(seen.down <= bound, "{name}: {seen:?}");
-        assert!(!seen.same_shard, "{name}: {seen:?}");
+        let (acked, refused, gap, seen) = writing.finish(name, bound).await;
         println!(
-            "{name}: maxUnavailableShards {bound}: {:.1} s, {} writes acknowledged, {refused} refused, longest gap {} ms, most members down together {}",
+            "{name}: maxUnavailableShards {bound}: {:.1} s, {acked} writes acknowledged, {refused} refused, longest gap {} ms, most members down together {}",
             took[name].as_secs_f64(),
-            acked.len(),
             gap.as_millis(),
             seen.down
         );
@@ -1616,14 +1640,7 @@ async fn an_upgrade_waits_until_every_shard_has_the_rotated_passwords() {
     };
     pause(true).await;
     env.rotate_passwords("gate-credentials").await;
-    clusters
-        .patch(
-            "gate",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(json!({"spec": {"datastore": {"version": TARGET}}})),
-        )
-        .await
-        .expect("patch version");
+    set_version(&clusters, "gate", TARGET).await;
     let held = wait_cluster(
         &clusters,
         "gate",
@@ -1651,18 +1668,7 @@ async fn an_upgrade_waits_until_every_shard_has_the_rotated_passwords() {
         assert!(shard.versions.values().all(|v| v == SOURCE), "{shard:#?}");
     }
     pause(false).await;
-    let done = wait_cluster(
-        &clusters,
-        "gate",
-        Duration::from_secs(240),
-        "the upgrade after the password change",
-        |s| ready(s) && s.upgrade.is_none() && s.version.as_deref() == Some(TARGET),
-        logs,
-    )
-    .await;
-    for shard in &done.shards {
-        assert!(shard.versions.values().all(|v| v == TARGET), "{shard:#?}");
-    }
+    upgraded(&clusters, "gate", Duration::from_secs(240), logs).await;
     let new = workload::wait_auth(&env.client, &env.ns, "gate-shard-1").await;
     assert_eq!(new.password, ROTATED_PASSWORD);
     for (pod, addr) in cluster_members(&env, "gate").await {
@@ -1734,19 +1740,9 @@ async fn a_wave_upgrade_resumes_after_the_operator_dies_at_every_kind_of_step() 
     let logs = || op.logs();
     wait_cluster(&clusters, "events", TIMEOUT, "formation", ready, logs).await;
     drop(op);
-    let (client, mut c) = cluster_client(&env, "events").await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = spawn_writer(client, "w-", stop.clone());
-    let watcher = watch_overlap(&env, "events", stop.clone());
+    let writing = Writing::start(&env, "events").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    clusters
-        .patch(
-            "events",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(json!({"spec": {"datastore": {"version": TARGET}}})),
-        )
-        .await
-        .expect("patch version");
+    set_version(&clusters, "events", TARGET).await;
     let (restart_intent, restarted, intent, failover) = (
         "api:cluster-status:restart-intent#1",
         "api:cluster-restart@*#1",
@@ -1772,29 +1768,8 @@ async fn a_wave_upgrade_resumes_after_the_operator_dies_at_every_kind_of_step() 
     println!("{killed} operators killed through the waves");
     let op = env.operator("dbcwavecrash-last", "");
     let logs = || op.logs();
-    let done = wait_cluster(
-        &clusters,
-        "events",
-        Duration::from_secs(300),
-        "the upgrade",
-        |s| ready(s) && s.upgrade.is_none() && s.version.as_deref() == Some(TARGET),
-        logs,
-    )
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    let (acked, _, _) = writer.await.expect("writer");
-    let seen = watcher.await.expect("watcher");
-    for shard in &done.shards {
-        assert!(shard.versions.values().all(|v| v == TARGET), "{shard:#?}");
-    }
-    assert!(acked.len() > 100, "the client barely wrote");
-    assert_eq!(
-        lost_writes(&mut c, "w-", &acked).await,
-        Vec::<u64>::new(),
-        "acknowledged writes lost"
-    );
-    assert_eq!(seen.recorded, 2, "{seen:?}");
-    assert!(seen.down <= 2 && !seen.same_shard, "{seen:?}");
+    upgraded(&clusters, "events", Duration::from_secs(300), logs).await;
+    writing.finish("the crashed waves", 2).await;
     delete_namespace(&env.client, &env.ns).await;
 }
 
@@ -1818,10 +1793,7 @@ async fn a_request_holds_rolls_back_and_upgrades_a_cluster_in_waves() {
     let logs = || op.logs();
     let before = wait_cluster(&clusters, "events", TIMEOUT, "formation", ready, logs).await;
     let masters: Vec<Option<String>> = before.shards.iter().map(|s| s.primary.clone()).collect();
-    let (client, mut c) = cluster_client(&env, "events").await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = spawn_writer(client, "w-", stop.clone());
-    let watcher = watch_overlap(&env, "events", stop.clone());
+    let writing = Writing::start(&env, "events").await;
     let request = |name: &str, action: &str| -> UpgradeRequest {
         serde_json::from_value(json!({
             "apiVersion": "baton.dev/v1alpha1", "kind": "UpgradeRequest",
@@ -1879,16 +1851,6 @@ async fn a_request_holds_rolls_back_and_upgrades_a_cluster_in_waves() {
     )
     .await;
     assert!(done.upgrade.is_none(), "{done:#?}");
-    stop.store(true, Ordering::Relaxed);
-    let (acked, _, _) = writer.await.expect("writer");
-    let seen = watcher.await.expect("watcher");
-    assert!(acked.len() > 100, "the client barely wrote");
-    assert_eq!(
-        lost_writes(&mut c, "w-", &acked).await,
-        Vec::<u64>::new(),
-        "acknowledged writes lost"
-    );
-    assert_eq!(seen.recorded, 2, "{seen:?}");
-    assert!(seen.down <= 2 && !seen.same_shard, "{seen:?}");
+    writing.finish("the requests", 2).await;
     delete_namespace(&env.client, &env.ns).await;
 }
