@@ -420,3 +420,35 @@ pub struct Observation {
     /// In an offline hop's `Finalize` step: whether its kept data is still on the primary.
     pub offline_leftovers: Option<bool>,
 }
+
+impl Observation {
+    /// `inst` as read at `now`, with nothing else observed yet: no members, catalog, credentials
+    /// or TLS, and an open window.
+    pub fn of(inst: DatabaseInstance, now: Timestamp) -> Observation {
+        Observation {
+            inst,
+            now,
+            catalog: vec![],
+            unsupported: None,
+            strategy_to_spec: None,
+            members: vec![],
+            drift: None,
+            published: None,
+            fence_goal: None,
+            window_open: true,
+            last_act_error: None,
+            admin: None,
+            admin_fallback: None,
+            credentials_changed: None,
+            credentials_unapplied: None,
+            credentials_change_refused: None,
+            credentials_problem: None,
+            cluster_upgrading: false,
+            ca: None,
+            cert: None,
+            tls_problem: None,
+            offline_check: None,
+            offline_leftovers: None,
+        }
+    }
+}

@@ -29,10 +29,9 @@ pub struct Observed {
 
 /// Reads everything a pass decides from. None when the instance is gone.
 pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Observed>> {
-    let client = ctx.client.clone();
     // Decide from a fresh read, never from the watch cache: the cache can lag this controller's
     // own last status write, and a plan made from it would repeat or undo a recorded step.
-    let Some(inst) = Api::<DatabaseInstance>::namespaced(client.clone(), ns)
+    let Some(inst) = Api::<DatabaseInstance>::namespaced(ctx.client.clone(), ns)
         .get_opt(name)
         .await
         .map_err(Error::kube("reading the DatabaseInstance"))?
@@ -41,41 +40,21 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
     };
     let names = children::member_names(&inst);
     let status = inst.status.clone().unwrap_or_default();
-    let mut o = Observation {
-        now: ctx.clock.now(),
-        catalog: vec![],
-        unsupported: None,
-        strategy_to_spec: None,
-        members: names
-            .iter()
-            .map(|n| Member {
-                name: n.clone(),
-                ..Default::default()
-            })
-            .collect(),
-        drift: None,
-        published: None,
-        fence_goal: None,
-        window_open: inst
-            .spec
-            .maintenance_window
-            .as_ref()
-            .is_none_or(|w| window::is_open(ctx.clock.now(), w)),
-        last_act_error: ctx.act_error(&format!("{ns}/{name}")),
-        admin: None,
-        admin_fallback: None,
-        credentials_changed: None,
-        credentials_unapplied: None,
-        credentials_change_refused: None,
-        credentials_problem: None,
-        cluster_upgrading: false,
-        ca: None,
-        cert: None,
-        tls_problem: None,
-        offline_check: None,
-        offline_leftovers: None,
-        inst,
-    };
+    let mut o = Observation::of(inst, ctx.clock.now());
+    o.members = names
+        .iter()
+        .map(|n| Member {
+            name: n.clone(),
+            ..Default::default()
+        })
+        .collect();
+    o.window_open = o
+        .inst
+        .spec
+        .maintenance_window
+        .as_ref()
+        .is_none_or(|w| window::is_open(o.now, w));
+    o.last_act_error = ctx.act_error(&format!("{ns}/{name}"));
     let engine = match engine::for_datastore(o.inst.spec.datastore.type_) {
         Ok(e) => e,
         Err(e) => {
@@ -84,24 +63,51 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
         }
     };
     o.catalog = ctx.catalog();
-    let selector = format!("{LABEL_INSTANCE}={name}");
-    // From the API server's watch cache, as informers read them: a consistent LIST waits on
-    // etcd and cost most of a pass; the servers' own probes are the authority on roles and
-    // fences, and every act a pod's state leads to is idempotent.
-    let pods: BTreeMap<String, Pod> = Api::<Pod>::namespaced(client.clone(), ns)
-        .list(&ListParams::default().labels(&selector).match_any())
-        .await
-        .map_err(Error::kube("listing the instance's pods"))?
-        .into_iter()
-        .map(|p| (p.name_any(), p))
-        .collect();
+    let owned = read_secrets_and_owned(ctx, ns, &mut o, engine, &status).await?;
+    let login = Target {
+        endpoint: Endpoint::new("", 0),
+        credentials: o.admin.clone(),
+        fallback: o.admin_fallback.clone(),
+        ca: o.ca.clone(),
+        cert: o.cert.clone(),
+    };
+    read_members(ctx, ns, &mut o, engine, &login, &names, &status, &owned).await?;
+    o.fence_goal = fence_goal(engine, &status);
+    if let Some(u) = status.upgrade.as_ref().filter(|u| u.offline.is_some()) {
+        o.offline_check = read_offline_check(ctx, ns, &o.inst).await?;
+        if u.step.kind == crate::crd::StepKind::Finalize {
+            o.offline_leftovers = leftovers(engine, &login, &o.members, &status).await;
+        }
+    }
+    let running = status.version.as_deref().unwrap_or_default();
+    if let (Ok(from), Ok(to)) = (
+        running.parse::<Version>(),
+        o.inst.spec.datastore.version.parse::<Version>(),
+    ) {
+        o.strategy_to_spec = Some(engine.strategy(&from, &to));
+    }
+    Ok(Some(Observed {
+        o,
+        engine: Some(engine),
+    }))
+}
+
+/// The credentials (and, for a shard whose passwords changed, whether its Cluster is
+/// upgrading), the TLS Secret, and the owned objects with their drift.
+async fn read_secrets_and_owned(
+    ctx: &Context,
+    ns: &str,
+    o: &mut Observation,
+    engine: &'static dyn Engine,
+    status: &crate::crd::DatabaseInstanceStatus,
+) -> Result<Owned> {
     let seen = read_credentials(ctx, ns, &o.inst, engine).await?;
     let (secret_exists, applied_exists) = (seen.exists, seen.applied.is_some());
-    settle_credentials(&mut o, engine, seen);
+    settle_credentials(o, engine, seen);
     if o.credentials_changed.is_some()
         && let Some(owner) = o.inst.cluster_owner()
     {
-        o.cluster_upgrading = Api::<Cluster>::namespaced(client.clone(), ns)
+        o.cluster_upgrading = Api::<Cluster>::namespaced(ctx.client.clone(), ns)
             .get_opt(owner)
             .await
             .map_err(Error::kube("reading the shard's Cluster"))?
@@ -119,13 +125,33 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
     if status.upgrade.is_none() {
         o.drift = Some(children::drift(&o.inst, engine, &owned));
     }
-    let login = Target {
-        endpoint: Endpoint::new("", 0),
-        credentials: o.admin.clone(),
-        fallback: o.admin_fallback.clone(),
-        ca: o.ca.clone(),
-        cert: o.cert.clone(),
-    };
+    Ok(owned)
+}
+
+/// The member pods, every member probed through the engine, and which member the primary
+/// label and the topology name.
+#[allow(clippy::too_many_arguments)]
+async fn read_members(
+    ctx: &Context,
+    ns: &str,
+    o: &mut Observation,
+    engine: &'static dyn Engine,
+    login: &Target,
+    names: &[String],
+    status: &crate::crd::DatabaseInstanceStatus,
+    owned: &Owned,
+) -> Result<()> {
+    let selector = format!("{LABEL_INSTANCE}={}", o.inst.name_any());
+    // From the API server's watch cache, as informers read them: a consistent LIST waits on
+    // etcd and cost most of a pass; the servers' own probes are the authority on roles and
+    // fences, and every act a pod's state leads to is idempotent.
+    let pods: BTreeMap<String, Pod> = Api::<Pod>::namespaced(ctx.client.clone(), ns)
+        .list(&ListParams::default().labels(&selector).match_any())
+        .await
+        .map_err(Error::kube("listing the instance's pods"))?
+        .into_iter()
+        .map(|p| (p.name_any(), p))
+        .collect();
     // During a switchover nothing writes (fenced) and every pass is write outage: all at once.
     let switching = status
         .upgrade
@@ -134,8 +160,8 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
     o.members = probe_all(
         ctx,
         engine,
-        &login,
-        &names,
+        login,
+        names,
         status.primary.as_deref().filter(|_| !switching),
         &pods,
         &owned.claims,
@@ -155,36 +181,26 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
         },
         &quarantined,
     );
-    o.fence_goal = status
+    Ok(())
+}
+
+/// The recorded fence position, read back by the engine; None (and a warning) when it does not
+/// parse: the switchover waits, and is undone at its deadline, rather than guess.
+fn fence_goal(
+    engine: &'static dyn Engine,
+    status: &crate::crd::DatabaseInstanceStatus,
+) -> Option<crate::engine::Position> {
+    let recorded = status
         .upgrade
-        .as_ref()
-        .and_then(|u| u.switchover.as_ref())
-        .and_then(|sw| sw.fence_position.as_deref())
-        .and_then(|p| match engine.parse_position(p) {
-            Ok(pos) => Some(pos),
-            Err(e) => {
-                // The switchover waits (and is undone at its deadline) rather than guess.
-                tracing::warn!(error = %e, "the recorded fence position is unreadable");
-                None
-            }
-        });
-    if let Some(u) = status.upgrade.as_ref().filter(|u| u.offline.is_some()) {
-        o.offline_check = read_offline_check(ctx, ns, &o.inst).await?;
-        if u.step.kind == crate::crd::StepKind::Finalize {
-            o.offline_leftovers = leftovers(engine, &login, &o.members, &status).await;
-        }
-    }
-    let running = status.version.as_deref().unwrap_or_default();
-    if let (Ok(from), Ok(to)) = (
-        running.parse::<Version>(),
-        o.inst.spec.datastore.version.parse::<Version>(),
-    ) {
-        o.strategy_to_spec = Some(engine.strategy(&from, &to));
-    }
-    Ok(Some(Observed {
-        o,
-        engine: Some(engine),
-    }))
+        .as_ref()?
+        .switchover
+        .as_ref()?
+        .fence_position
+        .as_deref()?;
+    engine
+        .parse_position(recorded)
+        .inspect_err(|e| tracing::warn!(error = %e, "the recorded fence position is unreadable"))
+        .ok()
 }
 
 /// The offline hop's check pod, with its outcome.

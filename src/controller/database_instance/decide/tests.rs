@@ -63,29 +63,11 @@ fn obs(spec_version: &str, status: serde_json::Value) -> Observation {
     }))
     .unwrap();
     Observation {
-        inst,
-        now: jiff::Timestamp::UNIX_EPOCH,
         catalog: catalog(),
-        unsupported: None,
         strategy_to_spec: Some(Strategy::Rolling),
         members: members(),
-        drift: None,
         published: Some("db-0".into()),
-        fence_goal: None,
-        window_open: true,
-        last_act_error: None,
-        admin: None,
-        admin_fallback: None,
-        credentials_changed: None,
-        credentials_unapplied: None,
-        credentials_change_refused: None,
-        credentials_problem: None,
-        cluster_upgrading: false,
-        ca: None,
-        cert: None,
-        tls_problem: None,
-        offline_check: None,
-        offline_leftovers: None,
+        ..Observation::of(inst, jiff::Timestamp::UNIX_EPOCH)
     }
 }
 
