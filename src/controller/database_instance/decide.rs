@@ -1012,56 +1012,17 @@ fn back_to_source(u: UpgradeInFlight, now: Time) -> UpgradeInFlight {
 
 /// Writes the planner's outcome into the status.
 fn apply_plan(mut d: Draft, prev: &UpgradeInFlight, mut p: Plan) -> Decision {
-    // A switchover this pass ends is measured, and its window kept with the upgrade's outcome.
-    let measured = plan::measured_switchover(
-        prev,
-        p.upgrade.as_ref(),
-        &k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(d.o.now),
-    );
-    let with_window;
-    let prev = match measured {
-        Some(m) => {
-            let longest = |u: &UpgradeInFlight| u.switchover_ms.max(Some(m.window_ms));
-            if let Some(r) = p.upgrade.as_mut() {
-                r.switchover_ms = longest(r);
-            }
-            with_window = UpgradeInFlight {
-                switchover_ms: longest(prev),
-                ..prev.clone()
-            };
-            d.s.last_switchover = Some(m);
-            &with_window
-        }
-        None => prev,
-    };
+    let prev = &measure_switchover(&mut d, prev, &mut p);
     let mut act = p.act;
-    if let Act::CheckOffline {
-        from_image,
-        to_image,
-        ..
-    } = &mut act
-    {
-        let image = |v: &str| d.entry(v).map(|e| e.spec.image.clone()).unwrap_or_default();
-        (*from_image, *to_image) = (image(&prev.source_version), image(&prev.target_version));
-    }
-    if let Act::SetVersion { version, image, .. } = &mut act {
-        match d.entry(version) {
-            Some(e) => *image = e.spec.image.clone(),
-            None => {
-                let why = format!(
-                    "{} {version} has no DatastoreVersion entry any more; the upgrade stopped",
-                    d.o.inst.spec.datastore.type_
-                );
-                d.s.upgrade = Some(UpgradeInFlight {
-                    failure: Some(why.clone()),
-                    switchover: None,
-                    ..prev.clone()
-                });
-                d.s.phase = Some(InstancePhase::Error);
-                d.s.message = Some(why);
-                return d.done(Act::None, Wake::Now);
-            }
-        }
+    if let Err(why) = resolve_images(&d, prev, &mut act) {
+        d.s.upgrade = Some(UpgradeInFlight {
+            failure: Some(why.clone()),
+            switchover: None,
+            ..prev.clone()
+        });
+        d.s.phase = Some(InstancePhase::Error);
+        d.s.message = Some(why);
+        return d.done(Act::None, Wake::Now);
     }
     if let Some(primary) = &p.primary {
         d.s.primary = Some(primary.clone());
@@ -1069,55 +1030,9 @@ fn apply_plan(mut d: Draft, prev: &UpgradeInFlight, mut p: Plan) -> Decision {
     d.s.phase = Some(InstancePhase::Upgrading);
     let changed = p.upgrade.as_ref() != Some(prev);
     match p.upgrade {
-        Some(r) => {
-            if let Some(f) = &r.failure {
-                d.s.phase = Some(InstancePhase::Error);
-                d.s.message = Some(f.clone());
-                d.cond("Degraded", true, "UpgradeFailed", f.clone());
-            } else {
-                let mut msg = if r.kind() == UpgradeType::Switchover {
-                    format!("planned switchover: {}", r.describe())
-                } else {
-                    format!(
-                        "{} → {}: {}",
-                        r.source_version,
-                        r.target_version,
-                        r.describe()
-                    )
-                };
-                if let Some(w) = &p.waiting {
-                    msg = format!("{msg}; {w}");
-                }
-                if let Some(e) = &d.o.last_act_error {
-                    msg = format!("{msg}; the last attempt failed: {e}");
-                }
-                d.s.message = Some(msg);
-                d.cond("Degraded", false, "NoFailure", String::new());
-            }
-            d.s.upgrade = Some(r);
-        }
+        Some(r) => record_progress(&mut d, r, p.waiting.as_deref()),
         None => match prev.next_hop().filter(|_| !p.reverted && !prev.cancel) {
-            // A hop of a longer path is done: every member runs it; on to the next.
-            Some(next) => {
-                let (i, n) = prev.hop().unwrap_or((1, 1));
-                d.s.version = Some(prev.target_version.clone());
-                d.s.message = Some(format!(
-                    "hop {i}/{n} done: every member runs {}; next {} → {next}",
-                    prev.target_version, prev.target_version
-                ));
-                d.s.upgrade = Some(UpgradeInFlight {
-                    source_version: prev.target_version.clone(),
-                    target_version: next.to_string(),
-                    step: UpgradeStep::default(),
-                    step_started: Some(d.now()),
-                    switchover: None,
-                    original_primary: d.s.primary.clone(),
-                    // A hold is the first hop's: once committed, the path goes on.
-                    hold: false,
-                    offline: None,
-                    ..prev.clone()
-                });
-            }
+            Some(next) => next_hop(&mut d, prev, next),
             None => finish(&mut d, prev, p.reverted),
         },
     }
@@ -1141,6 +1056,106 @@ fn apply_plan(mut d: Draft, prev: &UpgradeInFlight, mut p: Plan) -> Decision {
         Wake::Poll
     };
     d.done(act, wake)
+}
+
+/// A switchover this pass ends is measured, and its window kept with the upgrade's outcome (the
+/// longest of the upgrade's switchovers, in the plan's record and in the previous one).
+fn measure_switchover(d: &mut Draft, prev: &UpgradeInFlight, p: &mut Plan) -> UpgradeInFlight {
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(d.o.now);
+    let Some(m) = plan::measured_switchover(prev, p.upgrade.as_ref(), &now) else {
+        return prev.clone();
+    };
+    let longest = |u: &UpgradeInFlight| u.switchover_ms.max(Some(m.window_ms));
+    if let Some(r) = p.upgrade.as_mut() {
+        r.switchover_ms = longest(r);
+    }
+    let prev = UpgradeInFlight {
+        switchover_ms: longest(prev),
+        ..prev.clone()
+    };
+    d.s.last_switchover = Some(m);
+    prev
+}
+
+/// Fills the images an act runs from the catalog; why not, when the version it sets has no
+/// entry any more (the upgrade stops there).
+fn resolve_images(d: &Draft, prev: &UpgradeInFlight, act: &mut Act) -> Result<(), String> {
+    let image = |v: &str| d.entry(v).map(|e| e.spec.image.clone());
+    match act {
+        Act::CheckOffline {
+            from_image,
+            to_image,
+            ..
+        } => {
+            *from_image = image(&prev.source_version).unwrap_or_default();
+            *to_image = image(&prev.target_version).unwrap_or_default();
+        }
+        Act::SetVersion {
+            version,
+            image: to,
+            ..
+        } => {
+            *to = image(version).ok_or_else(|| {
+                format!(
+                    "{} {version} has no DatastoreVersion entry any more; the upgrade stopped",
+                    d.o.inst.spec.datastore.type_
+                )
+            })?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// An upgrade still in flight: its record, and what it is doing or why it failed.
+fn record_progress(d: &mut Draft, r: UpgradeInFlight, waiting: Option<&str>) {
+    if let Some(f) = &r.failure {
+        d.s.phase = Some(InstancePhase::Error);
+        d.s.message = Some(f.clone());
+        d.cond("Degraded", true, "UpgradeFailed", f.clone());
+    } else {
+        let mut msg = if r.kind() == UpgradeType::Switchover {
+            format!("planned switchover: {}", r.describe())
+        } else {
+            format!(
+                "{} → {}: {}",
+                r.source_version,
+                r.target_version,
+                r.describe()
+            )
+        };
+        if let Some(w) = waiting {
+            msg = format!("{msg}; {w}");
+        }
+        if let Some(e) = &d.o.last_act_error {
+            msg = format!("{msg}; the last attempt failed: {e}");
+        }
+        d.s.message = Some(msg);
+        d.cond("Degraded", false, "NoFailure", String::new());
+    }
+    d.s.upgrade = Some(r);
+}
+
+/// A hop of a longer path is done: every member runs it; on to the next.
+fn next_hop(d: &mut Draft, prev: &UpgradeInFlight, next: &str) {
+    let (i, n) = prev.hop().unwrap_or((1, 1));
+    d.s.version = Some(prev.target_version.clone());
+    d.s.message = Some(format!(
+        "hop {i}/{n} done: every member runs {}; next {} → {next}",
+        prev.target_version, prev.target_version
+    ));
+    d.s.upgrade = Some(UpgradeInFlight {
+        source_version: prev.target_version.clone(),
+        target_version: next.to_string(),
+        step: UpgradeStep::default(),
+        step_started: Some(d.now()),
+        switchover: None,
+        original_primary: d.s.primary.clone(),
+        // A hold is the first hop's: once committed, the path goes on.
+        hold: false,
+        offline: None,
+        ..prev.clone()
+    });
 }
 
 /// The upgrade ended: record its outcome, the version every member runs, and go Active.
