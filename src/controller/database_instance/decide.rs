@@ -92,78 +92,11 @@ impl<'a> Draft<'a> {
 /// Decides the pass.
 pub fn decide(o: &Observation) -> Decision {
     let mut d = Draft::new(o);
-    let ds = o.inst.spec.datastore.type_;
-    if let Some(why) = &o.unsupported {
-        d.cond("VersionApplied", false, "DatastoreUnsupported", why.clone());
-        d.s.phase = Some(InstancePhase::Error);
-        d.s.message = Some(why.clone());
-        return d.done(Act::None, Wake::Idle);
-    }
-    if let Some(why) = &o.credentials_problem {
-        // Nothing is started or touched: members could not log in, nor could Baton.
-        d.cond("CredentialsReady", false, "CredentialsInvalid", why.clone());
-        if d.s.version.is_none() {
-            d.s.phase = Some(InstancePhase::Error);
-        }
-        d.s.message = Some(why.clone());
-        return d.done(Act::None, Wake::Idle);
-    }
-    match (&o.credentials_change_refused, &o.credentials_changed) {
-        (Some(why), _) => d.cond("CredentialsReady", false, "ChangeRefused", why.clone()),
-        (None, Some(_)) => d.cond(
-            "CredentialsReady",
-            true,
-            "Changing",
-            "the credentials Secret changed: Baton sets the new passwords on every member, online, once all are Ready and no upgrade is in flight".into(),
-        ),
-        (None, None) => d.cond("CredentialsReady", true, "Ready", String::new()),
-    }
-    if let Some(why) = &o.tls_problem {
-        d.cond("TLSReady", false, "TLSUnavailable", why.clone());
-        if d.s.version.is_none() {
-            d.s.phase = Some(InstancePhase::Error);
-        }
-        d.s.message = Some(why.clone());
-        return d.done(Act::None, Wake::Idle);
-    }
-    let no_tls = o.members.iter().find_map(|m| {
-        m.waiting
-            .as_deref()
-            .filter(|w| o.ca.is_some() && w.contains(crate::engine::NO_TLS))
-            .map(|w| format!("member {}: {w}", m.name))
-    });
-    if let Some(why) = no_tls {
-        // The member's image cannot serve TLS; it is not started without it.
-        d.cond("TLSReady", false, "TLSUnavailable", why.clone());
-        d.s.message = Some(why);
-    } else if o.ca.is_some() {
-        d.cond("TLSReady", true, "Serving", "members serve TLS only".into());
-    }
     let running = d.s.version.clone();
     let base = running
         .clone()
         .unwrap_or_else(|| o.inst.spec.datastore.version.clone());
-    // A new instance needs an active catalog entry before anything is created; a running one
-    // only needs its version listed.
-    let problem = match d.entry(&base) {
-        None => Some((
-            "VersionNotInCatalog",
-            format!(
-                "{ds} {base} is not in the DatastoreVersion catalog; add it or choose a listed version"
-            ),
-        )),
-        Some(e) if running.is_none() && !e.spec.active => Some((
-            "VersionInactive",
-            format!("{ds} {base} is inactive in the catalog; choose an active version"),
-        )),
-        Some(_) => None,
-    };
-    if let Some((reason, msg)) = problem {
-        d.cond("VersionApplied", false, reason, msg.clone());
-        if running.is_none() {
-            d.s.phase = Some(InstancePhase::Error);
-            d.s.message = Some(msg);
-        }
+    if !setup_usable(&mut d) || !version_listed(&mut d, &base) {
         return d.done(Act::None, Wake::Idle);
     }
     let primary = d.s.primary.clone().unwrap_or_else(|| {
@@ -203,6 +136,89 @@ pub fn decide(o: &Observation) -> Decision {
         Some(u) => in_flight(d, u, &primary),
         None => steady(d, &primary, &base),
     }
+}
+
+/// Whether the engine, the credentials and TLS let Baton start or touch anything; the
+/// conditions that say so (or why not) either way.
+fn setup_usable(d: &mut Draft) -> bool {
+    let o = d.o;
+    if let Some(why) = &o.unsupported {
+        d.cond("VersionApplied", false, "DatastoreUnsupported", why.clone());
+        d.s.phase = Some(InstancePhase::Error);
+        d.s.message = Some(why.clone());
+        return false;
+    }
+    if let Some(why) = &o.credentials_problem {
+        // Nothing is started or touched: members could not log in, nor could Baton.
+        d.cond("CredentialsReady", false, "CredentialsInvalid", why.clone());
+        if d.s.version.is_none() {
+            d.s.phase = Some(InstancePhase::Error);
+        }
+        d.s.message = Some(why.clone());
+        return false;
+    }
+    match (&o.credentials_change_refused, &o.credentials_changed) {
+        (Some(why), _) => d.cond("CredentialsReady", false, "ChangeRefused", why.clone()),
+        (None, Some(_)) => d.cond(
+            "CredentialsReady",
+            true,
+            "Changing",
+            "the credentials Secret changed: Baton sets the new passwords on every member, online, once all are Ready and no upgrade is in flight".into(),
+        ),
+        (None, None) => d.cond("CredentialsReady", true, "Ready", String::new()),
+    }
+    if let Some(why) = &o.tls_problem {
+        d.cond("TLSReady", false, "TLSUnavailable", why.clone());
+        if d.s.version.is_none() {
+            d.s.phase = Some(InstancePhase::Error);
+        }
+        d.s.message = Some(why.clone());
+        return false;
+    }
+    let no_tls = o.members.iter().find_map(|m| {
+        m.waiting
+            .as_deref()
+            .filter(|w| o.ca.is_some() && w.contains(crate::engine::NO_TLS))
+            .map(|w| format!("member {}: {w}", m.name))
+    });
+    if let Some(why) = no_tls {
+        // The member's image cannot serve TLS; it is not started without it.
+        d.cond("TLSReady", false, "TLSUnavailable", why.clone());
+        d.s.message = Some(why);
+    } else if o.ca.is_some() {
+        d.cond("TLSReady", true, "Serving", "members serve TLS only".into());
+    }
+    true
+}
+
+/// Whether `base` (the running version, or the spec's for a new instance) is in the catalog:
+/// a new instance needs an active entry before anything is created; a running one only needs
+/// its version listed.
+fn version_listed(d: &mut Draft, base: &str) -> bool {
+    let ds = d.o.inst.spec.datastore.type_;
+    let new = d.s.version.is_none();
+    let problem = match d.entry(base) {
+        None => Some((
+            "VersionNotInCatalog",
+            format!(
+                "{ds} {base} is not in the DatastoreVersion catalog; add it or choose a listed version"
+            ),
+        )),
+        Some(e) if new && !e.spec.active => Some((
+            "VersionInactive",
+            format!("{ds} {base} is inactive in the catalog; choose an active version"),
+        )),
+        Some(_) => None,
+    };
+    let Some((reason, msg)) = problem else {
+        return true;
+    };
+    d.cond("VersionApplied", false, reason, msg.clone());
+    if new {
+        d.s.phase = Some(InstancePhase::Error);
+        d.s.message = Some(msg);
+    }
+    false
 }
 
 /// The status entry of every member, from its probe.
