@@ -118,14 +118,6 @@ pub async fn run(
 ) -> Result<(), ActError> {
     let ns = o.inst.namespace().unwrap_or_default();
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
-    let engine_err = |act: &'static str, member: &str| {
-        let member = member.to_string();
-        move |source| ActError::Engine {
-            act,
-            member,
-            source,
-        }
-    };
     match act {
         Act::None => Ok(()),
         Act::ApplyChildren { pods: new } => apply_children(client, o, engine, status, new).await,
@@ -145,6 +137,46 @@ pub async fn run(
             failpoint::scoped(member, failpoint::passed("api:pod-image")).await;
             Ok(())
         }
+        Act::Publish { primary } => publish(client, o, status, primary).await,
+        Act::Depose { member, uid } => depose(&pods, member, uid).await,
+        Act::SetPasswords { members } => set_passwords(client, o, engine, members).await,
+        Act::CheckOffline {
+            member,
+            key,
+            from_image,
+            to_image,
+        } => check_offline(client, o, engine, member, key, from_image, to_image).await,
+        Act::FinishOffline { .. } => {
+            on_members(o, engine, act).await?;
+            // Its check passed long ago: the pod goes with the kept data (a failed one stays,
+            // for a person to read, until the next attempt replaces it).
+            delete_offline_check(client, &o.inst, false)
+                .await
+                .map_err(kube_err("deleting the offline check pod"))
+        }
+        Act::Repoint { .. }
+        | Act::Fence { .. }
+        | Act::Unfence { .. }
+        | Act::Promote { .. }
+        | Act::ReloadTls { .. } => on_members(o, engine, act).await,
+    }
+}
+
+/// The acts the engine performs on members' servers, in order; the first failure stops them.
+async fn on_members(
+    o: &Observation,
+    engine: &'static dyn Engine,
+    act: &Act,
+) -> Result<(), ActError> {
+    let engine_err = |act: &'static str, member: &str| {
+        let member = member.to_string();
+        move |source| ActError::Engine {
+            act,
+            member,
+            source,
+        }
+    };
+    match act {
         Act::Repoint { members, primary } => {
             let p = member_endpoint(o, primary)?;
             for member in members {
@@ -167,44 +199,10 @@ pub async fn run(
                 .await
                 .map_err(engine_err("promote", member))
         }
-        Act::Publish { primary } => publish(client, o, status, primary).await,
-        Act::Depose { member, uid } => {
-            // A short grace: the server already stopped serving; the node stops it for good
-            // (SIGTERM, then SIGKILL), and only then does the pod go. The UID keeps a pod
-            // created in its place from being deleted by a repeated pass.
-            let dp = kube::api::DeleteParams {
-                grace_period_seconds: Some(1),
-                preconditions: Some(kube::api::Preconditions {
-                    uid: Some(uid.clone()),
-                    resource_version: None,
-                }),
-                ..Default::default()
-            };
-            match pods.delete(member, &dp).await {
-                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-                r => {
-                    r.map_err(kube_err("deleting the down primary's pod"))?;
-                }
-            }
-            failpoint::scoped(member, failpoint::passed("api:depose")).await;
-            Ok(())
-        }
-        Act::SetPasswords { members } => set_passwords(client, o, engine, members).await,
-        Act::CheckOffline {
-            member,
-            key,
-            from_image,
-            to_image,
-        } => check_offline(client, o, engine, member, key, from_image, to_image).await,
         Act::FinishOffline { member } => {
             failpoint::scoped(member, engine.finish_offline(&target(o, member)?))
                 .await
-                .map_err(engine_err("finish the offline upgrade on", member))?;
-            // Its check passed long ago: the pod goes with the kept data (a failed one stays,
-            // for a person to read, until the next attempt replaces it).
-            delete_offline_check(client, &o.inst, false)
-                .await
-                .map_err(kube_err("deleting the offline check pod"))
+                .map_err(engine_err("finish the offline upgrade on", member))
         }
         Act::ReloadTls { members } => {
             for m in members {
@@ -214,7 +212,31 @@ pub async fn run(
             }
             Ok(())
         }
+        _ => Ok(()),
     }
+}
+
+/// Deletes the down primary's pod `member`, if it is still the pod with `uid`.
+async fn depose(pods: &Api<Pod>, member: &str, uid: &str) -> Result<(), ActError> {
+    // A short grace: the server already stopped serving; the node stops it for good (SIGTERM,
+    // then SIGKILL), and only then does the pod go. The UID keeps a pod created in its place
+    // from being deleted by a repeated pass.
+    let dp = kube::api::DeleteParams {
+        grace_period_seconds: Some(1),
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some(uid.to_string()),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match pods.delete(member, &dp).await {
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+        r => {
+            r.map_err(kube_err("deleting the down primary's pod"))?;
+        }
+    }
+    failpoint::scoped(member, failpoint::passed("api:depose")).await;
+    Ok(())
 }
 
 /// Deletes `inst`'s offline check pod (`dry_run`: the dry run's), if there is one.

@@ -1107,9 +1107,7 @@ fn resolve_images(d: &Draft, prev: &UpgradeInFlight, act: &mut Act) -> Result<()
             *to_image = image(&prev.target_version).unwrap_or_default();
         }
         Act::SetVersion {
-            version,
-            image: to,
-            ..
+            version, image: to, ..
         } => {
             *to = image(version).ok_or_else(|| {
                 format!(
