@@ -781,62 +781,12 @@ fn applied(d: &mut Draft, running: &str) {
 
 /// The spec names a version: apply it if the path and the members allow, else say why.
 fn start_or_refuse(mut d: Draft, primary: &str, running: &str, v: &View) -> Decision {
-    let o = d.o;
-    let ds = o.inst.spec.datastore.type_;
-    let spec_version = o.inst.spec.datastore.version.clone();
+    let spec_version = d.o.inst.spec.datastore.version.clone();
     if spec_version == running {
         applied(&mut d, running);
         return d.done(Act::None, Wake::Idle);
     }
-    // An UpgradeRequest moved the instance past its spec: say so, and how to align Git.
-    let by_request =
-        d.s.last_upgrade
-            .as_ref()
-            .filter(|l| l.target_version == running && l.result == UpgradeResult::Succeeded)
-            .and_then(|l| l.request.clone());
-    let verdict = match d.entry(&spec_version) {
-        None => Err((
-            "VersionNotInCatalog",
-            format!(
-                "{ds} {spec_version} is not in the DatastoreVersion catalog; nothing was changed"
-            ),
-        )),
-        Some(target) => match catalog::resolve_path(&o.catalog, ds, running, &target.spec) {
-            Err(PathError::Downgrade { .. }) => Err((
-                "DowngradeRefused",
-                match &by_request {
-                    Some(r) => format!(
-                        "UpgradeRequest {r} upgraded the instance to {running}; spec version {spec_version} is older and is not acted on — set spec.datastore.version to {running}"
-                    ),
-                    None => format!(
-                        "spec version {spec_version} is older than the running {running}; downgrades are never performed — set it back to {running}"
-                    ),
-                },
-            )),
-            Err(e) => Err(("PathNotAllowed", format!("{e}; nothing was changed"))),
-            Ok(hops)
-                if !o.inst.spec.upgrade_policy.allow_offline
-                    && (o.strategy_to_spec == Some(Strategy::Offline)
-                        || offline_hop(ds, running, &hops).is_some()) =>
-            {
-                let (a, b) = offline_hop(ds, running, &hops)
-                    .unwrap_or((running.to_string(), spec_version.clone()));
-                Err((
-                    "PathNeedsOffline",
-                    format!(
-                        "{ds} {a} → {b} needs an offline upgrade: the primary's data is converted while it is stopped (a write outage) and the standbys are cloned again; set spec.upgradePolicy.allowOffline: true to accept it; nothing was changed"
-                    ),
-                ))
-            }
-            Ok(hops) => plan::precheck(v).map(|()| hops).map_err(|e| {
-                (
-                    "PreCheckFailed",
-                    format!("upgrade to {spec_version} waits: {e}"),
-                )
-            }),
-        },
-    };
-    let hops = match verdict {
+    let hops = match path_to_spec(&d, running, &spec_version, v) {
         Ok(hops) => hops,
         Err((reason, msg)) => {
             d.cond("VersionApplied", false, reason, msg);
@@ -877,6 +827,66 @@ fn start_or_refuse(mut d: Draft, primary: &str, running: &str, v: &View) -> Deci
         format!("{running} → {spec_version}"),
     );
     d.done(Act::None, Wake::Now)
+}
+
+/// The catalog hops from `running` to `spec_version`, or the condition reason and message that
+/// say why the upgrade is refused (or, `PreCheckFailed`, waits).
+fn path_to_spec(
+    d: &Draft,
+    running: &str,
+    spec_version: &str,
+    v: &View,
+) -> Result<Vec<catalog::Hop>, (&'static str, String)> {
+    let o = d.o;
+    let ds = o.inst.spec.datastore.type_;
+    // An UpgradeRequest moved the instance past its spec: say so, and how to align Git.
+    let by_request =
+        d.s.last_upgrade
+            .as_ref()
+            .filter(|l| l.target_version == running && l.result == UpgradeResult::Succeeded)
+            .and_then(|l| l.request.clone());
+    let Some(target) = d.entry(spec_version) else {
+        return Err((
+            "VersionNotInCatalog",
+            format!(
+                "{ds} {spec_version} is not in the DatastoreVersion catalog; nothing was changed"
+            ),
+        ));
+    };
+    match catalog::resolve_path(&o.catalog, ds, running, &target.spec) {
+        Err(PathError::Downgrade { .. }) => Err((
+            "DowngradeRefused",
+            match &by_request {
+                Some(r) => format!(
+                    "UpgradeRequest {r} upgraded the instance to {running}; spec version {spec_version} is older and is not acted on — set spec.datastore.version to {running}"
+                ),
+                None => format!(
+                    "spec version {spec_version} is older than the running {running}; downgrades are never performed — set it back to {running}"
+                ),
+            },
+        )),
+        Err(e) => Err(("PathNotAllowed", format!("{e}; nothing was changed"))),
+        Ok(hops)
+            if !o.inst.spec.upgrade_policy.allow_offline
+                && (o.strategy_to_spec == Some(Strategy::Offline)
+                    || offline_hop(ds, running, &hops).is_some()) =>
+        {
+            let (a, b) = offline_hop(ds, running, &hops)
+                .unwrap_or((running.to_string(), spec_version.to_string()));
+            Err((
+                "PathNeedsOffline",
+                format!(
+                    "{ds} {a} → {b} needs an offline upgrade: the primary's data is converted while it is stopped (a write outage) and the standbys are cloned again; set spec.upgradePolicy.allowOffline: true to accept it; nothing was changed"
+                ),
+            ))
+        }
+        Ok(hops) => plan::precheck(v).map(|()| hops).map_err(|e| {
+            (
+                "PreCheckFailed",
+                format!("upgrade to {spec_version} waits: {e}"),
+            )
+        }),
+    }
 }
 
 /// The first hop of `hops` (from `running`) that replication cannot cross.
