@@ -525,30 +525,9 @@ fn steady(mut d: Draft, primary: &str, base: &str) -> Decision {
         None => {}
     }
     if !all_caught_up {
-        if d.s.phase != Some(InstancePhase::Active) {
-            d.s.phase = Some(InstancePhase::Building);
-        }
-        d.s.message = Some(if up {
-            "waiting for every member to be Ready and replicating".into()
-        } else {
-            why
-        });
-        d.cond(
-            "Ready",
-            false,
-            "MembersNotReady",
-            "not every member is Ready and caught up".into(),
-        );
-        return d.done(Act::None, Wake::Poll);
+        return not_caught_up(d, (!up).then_some(why));
     }
-    d.s.version = Some(version.clone());
-    d.s.phase = Some(InstancePhase::Active);
-    d.s.message = None;
-    members_ready(&mut d, &version);
-    d.cond("Progressing", false, "Idle", String::new());
-    if d.s.quarantine.iter().all(|q| q.held) {
-        d.cond("Degraded", false, "NoFailure", String::new());
-    }
+    settled(&mut d, &version);
     if o.credentials_changed.is_some() {
         // Every member that answers; one that does not (quarantined and down) boots with the
         // applied copy later, which then holds the new passwords.
@@ -564,6 +543,35 @@ fn steady(mut d: Draft, primary: &str, base: &str) -> Decision {
         return d.done(reload, Wake::Poll);
     }
     start_or_refuse(d, primary, &version, &v)
+}
+
+/// Not every member is Ready and caught up: Building (an Active instance stays Active), with
+/// why the primary is unavailable when it is (`down`).
+fn not_caught_up(mut d: Draft, down: Option<String>) -> Decision {
+    if d.s.phase != Some(InstancePhase::Active) {
+        d.s.phase = Some(InstancePhase::Building);
+    }
+    d.s.message =
+        Some(down.unwrap_or_else(|| "waiting for every member to be Ready and replicating".into()));
+    d.cond(
+        "Ready",
+        false,
+        "MembersNotReady",
+        "not every member is Ready and caught up".into(),
+    );
+    d.done(Act::None, Wake::Poll)
+}
+
+/// Every member runs `version`, Ready and caught up: Active.
+fn settled(d: &mut Draft, version: &str) {
+    d.s.version = Some(version.to_string());
+    d.s.phase = Some(InstancePhase::Active);
+    d.s.message = None;
+    members_ready(d, version);
+    d.cond("Progressing", false, "Idle", String::new());
+    if d.s.quarantine.iter().all(|q| q.held) {
+        d.cond("Degraded", false, "NoFailure", String::new());
+    }
 }
 
 /// Members serving a certificate other than the TLS Secret's (renewed) reload it, online: the
