@@ -138,60 +138,10 @@ fn best<'a>(cands: &[&'a Member]) -> Option<&'a Member> {
 }
 
 /// A failover in flight: depose, choose, promote; then done, and convergence takes over.
-pub(super) fn failing_over(mut d: Draft, mut f: FailoverState) -> Decision {
+pub(super) fn failing_over(mut d: Draft, f: FailoverState) -> Decision {
     let o = d.o;
-    let since = f.down_since.0.to_string();
     let Some(to) = f.to.clone() else {
-        // Deposing: the pod that was down goes first (a pod created since is not it).
-        let from = o.members.iter().find(|m| m.name == f.from);
-        if let Some(from) = from.filter(|m| m.exists && m.pod_uid == f.from_pod_uid) {
-            say(&mut d, deposing(&f));
-            return d.done(depose(from), Wake::Poll);
-        }
-        let cands: Vec<&Member> = candidates(o, &f.from).collect();
-        let Some(c) = best(&cands) else {
-            say(
-                &mut d,
-                format!(
-                    "failing over: {} is deposed; waiting for a standby that answers to promote",
-                    f.from
-                ),
-            );
-            return d.done(Act::None, Wake::Poll);
-        };
-        let probe = c.probe.as_ref().expect("a candidate answers");
-        if let Some(received) = probe
-            .received
-            .as_ref()
-            .filter(|r| !probe.position.reached(r))
-        {
-            // Applied first: promoting would drop what it received and had not applied yet.
-            say(
-                &mut d,
-                format!(
-                    "failing over: {} applies what it received ({received}) before it is promoted",
-                    c.name
-                ),
-            );
-            return d.done(Act::None, Wake::Poll);
-        }
-        // Recorded as the primary before it is promoted: the old member, when its pod comes
-        // back, is created and repointed as a standby.
-        f.to = Some(c.name.clone());
-        f.to_position = Some(probe.position.to_string());
-        d.s.primary = Some(c.name.clone());
-        d.s.members = member_statuses(o, &c.name);
-        let act = Act::Promote {
-            member: c.name.clone(),
-            at_least: None,
-        };
-        let msg = format!(
-            "failing over: promoting {} in place of {} (down since {since})",
-            c.name, f.from
-        );
-        d.s.failover = Some(f);
-        say(&mut d, msg);
-        return d.done(act, Wake::Now);
+        return choose(d, f);
     };
     let Some(c) = o.members.iter().find(|m| m.name == to) else {
         return d.done(Act::None, Wake::Poll);
@@ -213,8 +163,8 @@ pub(super) fn failing_over(mut d: Draft, mut f: FailoverState) -> Decision {
         return d.done(Act::None, Wake::Now);
     }
     let msg = format!(
-        "failing over: promoting {to} in place of {} (down since {since})",
-        f.from
+        "failing over: promoting {to} in place of {} (down since {})",
+        f.from, f.down_since.0
     );
     say(&mut d, msg);
     if c.probe.is_none() {
@@ -225,6 +175,61 @@ pub(super) fn failing_over(mut d: Draft, mut f: FailoverState) -> Decision {
         at_least: None,
     };
     d.done(act, Wake::Poll)
+}
+
+/// No standby chosen yet: the down pod is deleted first (a pod created since is not it), then
+/// the best candidate that has applied all it received is recorded as the primary and promoted.
+fn choose(mut d: Draft, mut f: FailoverState) -> Decision {
+    let o = d.o;
+    let from = o.members.iter().find(|m| m.name == f.from);
+    if let Some(from) = from.filter(|m| m.exists && m.pod_uid == f.from_pod_uid) {
+        say(&mut d, deposing(&f));
+        return d.done(depose(from), Wake::Poll);
+    }
+    let cands: Vec<&Member> = candidates(o, &f.from).collect();
+    let Some(c) = best(&cands) else {
+        say(
+            &mut d,
+            format!(
+                "failing over: {} is deposed; waiting for a standby that answers to promote",
+                f.from
+            ),
+        );
+        return d.done(Act::None, Wake::Poll);
+    };
+    let probe = c.probe.as_ref().expect("a candidate answers");
+    if let Some(received) = probe
+        .received
+        .as_ref()
+        .filter(|r| !probe.position.reached(r))
+    {
+        // Applied first: promoting would drop what it received and had not applied yet.
+        say(
+            &mut d,
+            format!(
+                "failing over: {} applies what it received ({received}) before it is promoted",
+                c.name
+            ),
+        );
+        return d.done(Act::None, Wake::Poll);
+    }
+    // Recorded as the primary before it is promoted: the old member, when its pod comes back,
+    // is created and repointed as a standby.
+    f.to = Some(c.name.clone());
+    f.to_position = Some(probe.position.to_string());
+    d.s.primary = Some(c.name.clone());
+    d.s.members = member_statuses(o, &c.name);
+    let act = Act::Promote {
+        member: c.name.clone(),
+        at_least: None,
+    };
+    let msg = format!(
+        "failing over: promoting {} in place of {} (down since {})",
+        c.name, f.from, f.down_since.0
+    );
+    d.s.failover = Some(f);
+    say(&mut d, msg);
+    d.done(act, Wake::Now)
 }
 
 /// The old primary of the last failover answers again, before it is repointed: what it holds
