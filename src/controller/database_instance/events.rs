@@ -58,58 +58,75 @@ fn upgrade_notes(old: &DatabaseInstanceStatus, new: &DatabaseInstanceStatus, out
                 u.source_version, u.target_version
             ),
         )),
-        (Some(a), Some(b)) => {
-            let fallback = b
-                .restarted_in_place
-                .as_ref()
-                .filter(|_| a.restarted_in_place.is_none());
-            if let Some(why) = fallback {
-                out.push(warning("PrimaryRestartedInPlace", why.clone()));
-            } else if a.step != b.step && b.failure.is_none() && a.failure.is_none() {
-                out.push(normal(
-                    "StepCompleted",
-                    format!("{} finished; next {}", a.describe(), b.step),
-                ));
-            }
-            let (sa, sb) = (a.switchover.as_ref(), b.switchover.as_ref());
-            if sa.is_none() && sb.is_some() {
-                let from = sb.map(|s| s.from.as_str()).unwrap_or_default();
-                out.push(normal(
-                    "SwitchoverStarted",
-                    format!("fencing writes on the primary {from}"),
-                ));
-            }
-            if let Some(why) = sb.and_then(|s| s.undoing.as_ref())
-                && sa.and_then(|s| s.undoing.as_ref()).is_none()
-            {
-                out.push(warning(
-                    "SwitchoverUndone",
-                    format!(
-                        "{why}; returning the role to {}",
-                        sb.map_or("", |s| s.from.as_str())
-                    ),
-                ));
-            }
-            if let (None, Some(why)) = (&a.failure, &b.failure) {
-                out.push(warning("UpgradeFailed", why.clone()));
-            }
-            if let (None, Some(why)) = (&a.aborted, &b.aborted) {
-                out.push(warning(
-                    "RollbackStarted",
-                    format!("returning every member to {}: {why}", b.source_version),
-                ));
-            }
-            if a.failure.is_some() && b.failure.is_none() && b.aborted.is_none() {
-                out.push(normal(
-                    "RevertStarted",
-                    format!("returning every member to {}", b.source_version),
-                ));
-            }
-        }
+        (Some(a), Some(b)) => record_notes(a, b, out),
         _ => {}
     }
-    // A switchover that ended without an undo or a failure, whether or not the upgrade
-    // goes on (a switch back ends it in the same pass).
+    switchover_completed(old, new, out);
+    outcome_note(old, new, out);
+}
+
+/// The changes of an upgrade's record within a pass: a step done, a fallback, a switchover
+/// started or undone, a failure, a rollback or revert started.
+fn record_notes(
+    a: &crate::crd::UpgradeInFlight,
+    b: &crate::crd::UpgradeInFlight,
+    out: &mut Vec<Note>,
+) {
+    let fallback = b
+        .restarted_in_place
+        .as_ref()
+        .filter(|_| a.restarted_in_place.is_none());
+    if let Some(why) = fallback {
+        out.push(warning("PrimaryRestartedInPlace", why.clone()));
+    } else if a.step != b.step && b.failure.is_none() && a.failure.is_none() {
+        out.push(normal(
+            "StepCompleted",
+            format!("{} finished; next {}", a.describe(), b.step),
+        ));
+    }
+    let (sa, sb) = (a.switchover.as_ref(), b.switchover.as_ref());
+    if sa.is_none() && sb.is_some() {
+        let from = sb.map(|s| s.from.as_str()).unwrap_or_default();
+        out.push(normal(
+            "SwitchoverStarted",
+            format!("fencing writes on the primary {from}"),
+        ));
+    }
+    if let Some(why) = sb.and_then(|s| s.undoing.as_ref())
+        && sa.and_then(|s| s.undoing.as_ref()).is_none()
+    {
+        out.push(warning(
+            "SwitchoverUndone",
+            format!(
+                "{why}; returning the role to {}",
+                sb.map_or("", |s| s.from.as_str())
+            ),
+        ));
+    }
+    if let (None, Some(why)) = (&a.failure, &b.failure) {
+        out.push(warning("UpgradeFailed", why.clone()));
+    }
+    if let (None, Some(why)) = (&a.aborted, &b.aborted) {
+        out.push(warning(
+            "RollbackStarted",
+            format!("returning every member to {}: {why}", b.source_version),
+        ));
+    }
+    if a.failure.is_some() && b.failure.is_none() && b.aborted.is_none() {
+        out.push(normal(
+            "RevertStarted",
+            format!("returning every member to {}", b.source_version),
+        ));
+    }
+}
+
+/// A switchover that ended without an undo or a failure, whether or not the upgrade goes on (a
+/// switch back ends it in the same pass), with the window writes were refused.
+fn switchover_completed(
+    old: &DatabaseInstanceStatus,
+    new: &DatabaseInstanceStatus,
+    out: &mut Vec<Note>,
+) {
     let ended = old.upgrade.as_ref().and_then(|a| a.switchover.as_ref());
     let failed = new.upgrade.as_ref().is_some_and(|b| b.failure.is_some());
     let still = new.upgrade.as_ref().is_some_and(|b| b.switchover.is_some());
@@ -130,6 +147,10 @@ fn upgrade_notes(old: &DatabaseInstanceStatus, new: &DatabaseInstanceStatus, out
             format!("{c} is the primary; {} follows it{window}", sa.from),
         ));
     }
+}
+
+/// The upgrade's outcome, once recorded.
+fn outcome_note(old: &DatabaseInstanceStatus, new: &DatabaseInstanceStatus, out: &mut Vec<Note>) {
     if old.last_upgrade != new.last_upgrade
         && let Some(l) = &new.last_upgrade
     {
