@@ -111,20 +111,7 @@ pub async fn reconcile(cached: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result
     }
     // A dry run: each target's verdict, read from the API server, and nothing claimed.
     if req.spec.dry_run {
-        dry_run(&ctx, &req, &mut next).await?;
-        summarize_into(&ctx, &req, &mut next, deleting);
-        if next != current && write_status(&ctx, &req, &next).await? {
-            notes.publish(&ctx, &req).await;
-            if next.phase.is_some_and(jobs::is_terminal) {
-                let msg = next.message.clone().unwrap_or_default();
-                publish_req(&ctx, &req, EventType::Normal, "DryRunCompleted", msg).await;
-            }
-        }
-        // An offline pre-check in a pod has no watch here: look again soon.
-        if next.jobs.iter().any(|j| !jobs::is_terminal(j.phase)) {
-            return Ok(requeue::retry());
-        }
-        return Ok(Action::await_change());
+        return dry_run_pass(&ctx, &req, &current, next, notes, deleting).await;
     }
     // 2. Sync the started jobs with their instances (each target read once per pass).
     let Some(read) = sync_started(&ctx, &req, &mut next, &mut notes, deleting).await? else {
@@ -138,29 +125,67 @@ pub async fn reconcile(cached: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result
     // 5. Summary and conditions (pure), written once.
     summarize_into(&ctx, &req, &mut next, deleting);
     let done = next.phase.is_some_and(jobs::is_terminal);
-    if next != current {
-        if !write_status(&ctx, &req, &next).await? {
-            return Ok(requeue::reread());
-        }
-        notes.publish(&ctx, &req).await;
-        if current.phase != next.phase {
-            info!(phase = ?next.phase, "upgrade request phase");
-            if let (true, Some(phase)) = (done, next.phase) {
-                let t = if next.failed > 0 {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                };
-                let msg = next.message.clone().unwrap_or_default();
-                publish_req(&ctx, &req, t, phase_reason(phase), msg).await;
-            }
-        }
+    if next != current && !record(&ctx, &req, &current, &next, notes).await? {
+        return Ok(requeue::reread());
     }
     if done {
         // The finalizer goes in the next pass, once the terminal phase is on record.
         return Ok(requeue::reread());
     }
     Ok(requeue::soonest(soonest))
+}
+
+/// Writes the pass's status when the record is current, then its Events and, on a new
+/// terminal phase, the outcome's. False when another writer got there first.
+async fn record(
+    ctx: &Context,
+    req: &UpgradeRequest,
+    current: &UpgradeRequestStatus,
+    next: &UpgradeRequestStatus,
+    mut notes: Notes,
+) -> Result<bool> {
+    if !write_status(ctx, req, next).await? {
+        return Ok(false);
+    }
+    notes.publish(ctx, req).await;
+    if current.phase != next.phase {
+        info!(phase = ?next.phase, "upgrade request phase");
+        if let Some(phase) = next.phase.filter(|p| jobs::is_terminal(*p)) {
+            let t = if next.failed > 0 {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            let msg = next.message.clone().unwrap_or_default();
+            publish_req(ctx, req, t, phase_reason(phase), msg).await;
+        }
+    }
+    Ok(true)
+}
+
+/// A dry run's pass: each target's verdict, read from the API server, and nothing claimed.
+async fn dry_run_pass(
+    ctx: &Context,
+    req: &UpgradeRequest,
+    current: &UpgradeRequestStatus,
+    mut next: UpgradeRequestStatus,
+    mut notes: Notes,
+    deleting: bool,
+) -> Result<Action> {
+    dry_run(ctx, req, &mut next).await?;
+    summarize_into(ctx, req, &mut next, deleting);
+    if next != *current && write_status(ctx, req, &next).await? {
+        notes.publish(ctx, req).await;
+        if next.phase.is_some_and(jobs::is_terminal) {
+            let msg = next.message.clone().unwrap_or_default();
+            publish_req(ctx, req, EventType::Normal, "DryRunCompleted", msg).await;
+        }
+    }
+    // An offline pre-check in a pod has no watch here: look again soon.
+    if next.jobs.iter().any(|j| !jobs::is_terminal(j.phase)) {
+        return Ok(requeue::retry());
+    }
+    Ok(Action::await_change())
 }
 
 /// Fills each waiting job of a dry run with its verdict: Succeeded (it would start) or Failed
