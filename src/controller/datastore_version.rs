@@ -67,35 +67,13 @@ pub async fn reconcile(dv: Arc<DatastoreVersion>, ctx: Arc<Context>) -> Result<A
     let current = dv.status.clone().unwrap_or_default();
     let was =
         status::find(&current.conditions, VALID).map(|c| (c.status.clone(), c.reason.clone()));
-    // `Ready` says the same as `Valid`, with kstatus's pair beside it, for GitOps tools.
-    let conditions = status::merge(
-        &current.conditions,
-        desired.clone(),
-        dv.metadata.generation,
-        ctx.now(),
-    );
-    let conditions = status::merge(
-        &conditions,
-        Desired {
-            type_: "Ready",
-            ..desired.clone()
-        },
-        dv.metadata.generation,
-        ctx.now(),
-    );
-    let health = crate::health::catalog_entry(desired.status, desired.reason, &desired.message);
-    let next = DatastoreVersionStatus {
-        observed_generation: dv.metadata.generation,
-        conditions: crate::health::apply(&conditions, &health, dv.metadata.generation, ctx.now()),
-    };
+    let next = next_status(&dv, &current, &desired, ctx.now());
     if next == current {
         return Ok(requeue::idle());
     }
-
     // Unguarded: the verdict is recomputed from the whole catalog on every pass, so the last
     // writer is right.
     super::apply_status(&api, &dv, &next, false, "writing DatastoreVersion status").await?;
-
     let flipped = was.as_ref().map(|(s, r)| (s.as_str(), r.as_str()))
         != Some((
             if desired.status { "True" } else { "False" },
@@ -122,4 +100,31 @@ pub async fn reconcile(dv: Arc<DatastoreVersion>, ctx: Arc<Context>) -> Result<A
         }
     }
     Ok(requeue::idle())
+}
+
+/// The entry's status for the verdict `desired`: `Valid`, and `Ready` saying the same with
+/// kstatus's pair beside it, for GitOps tools.
+fn next_status(
+    dv: &DatastoreVersion,
+    current: &DatastoreVersionStatus,
+    desired: &Desired,
+    now: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) -> DatastoreVersionStatus {
+    let generation = dv.metadata.generation;
+    let conditions = status::merge(
+        &current.conditions,
+        desired.clone(),
+        generation,
+        now.clone(),
+    );
+    let ready = Desired {
+        type_: "Ready",
+        ..desired.clone()
+    };
+    let conditions = status::merge(&conditions, ready, generation, now.clone());
+    let health = crate::health::catalog_entry(desired.status, desired.reason, &desired.message);
+    DatastoreVersionStatus {
+        observed_generation: generation,
+        conditions: crate::health::apply(&conditions, &health, generation, now),
+    }
 }
