@@ -121,8 +121,53 @@ pub fn instance(
     let mut checks = vec![request_check(&validated)];
     let primary = status.primary.clone().unwrap_or_default();
     let policy = &inst.spec.upgrade_policy;
+    checks.extend(member_checks(&status, policy, &primary));
+    let plan = validated.ok();
+    let shape = Shape {
+        offline: offline_step(spec, inst, catalog),
+        single: inst.spec.replicas < 2,
+        restart: policy.primary_update_method == PrimaryUpdateMethod::Restart,
+        second_switch: spec.second_switch || policy.second_switch,
+    };
+    let (strategy, outage) = shape.how(spec, &status);
+    let standbys: Vec<String> = status
+        .members
+        .iter()
+        .filter(|m| m.pod != primary)
+        .map(|m| m.pod.clone())
+        .collect();
+    let steps = shape.steps(spec, plan.as_ref(), &primary, &standbys);
+    let would_start = checks.iter().all(|c| c.passed);
+    DryRun {
+        kind: "DatabaseInstance".into(),
+        target: name,
+        source_version: status.version.clone(),
+        target_version: plan.as_ref().map(|p| p.target.clone()),
+        path: plan.as_ref().map(|p| match p.kind {
+            Some(k) if p.hops.len() > 1 => {
+                format!("{k:?}, {} hops: {}", p.hops.len(), p.hops.join(" → "))
+            }
+            Some(k) => format!("{k:?}"),
+            None => "Switchover".into(),
+        }),
+        strategy,
+        outage,
+        steps,
+        checks,
+        would_start,
+        offline: shape.offline,
+    }
+}
+
+/// The members' pre-checks, as their status shows them: the primary Ready as a primary, each
+/// standby Ready and replicating within the lag bound, nobody quarantined.
+fn member_checks(
+    status: &crate::crd::DatabaseInstanceStatus,
+    policy: &crate::crd::UpgradePolicy,
+    primary: &str,
+) -> Vec<Check> {
     let members = &status.members;
-    checks.push(check(
+    let mut checks = vec![check(
         "primary",
         match members.iter().find(|m| m.pod == primary) {
             Some(m) if m.ready && m.role == Some(MemberRole::Primary) => {
@@ -131,7 +176,7 @@ pub fn instance(
             Some(_) => Err(format!("the primary {primary} is not Ready as a primary")),
             None => Err("no primary is recorded".into()),
         },
-    ));
+    )];
     for m in members.iter().filter(|m| m.pod != primary) {
         let lag = match (m.lag_bytes, m.lag_transactions) {
             (Some(b), _) => Some((b, policy.max_lag_bytes, "bytes", "maxLagBytes")),
@@ -168,148 +213,151 @@ pub fn instance(
             )),
         ));
     }
-    let plan = validated.ok();
+    checks
+}
+
+/// Whether replication crosses the step, from the running version to the one asked, whether or
+/// not the request would accept it (an offline step is one reason it would not).
+fn offline_step(
+    spec: &UpgradeRequestSpec,
+    inst: &DatabaseInstance,
+    catalog: &[DatastoreVersion],
+) -> bool {
     let ds = inst.spec.datastore.type_;
-    // Whether replication crosses the step, from the running version to the one asked, whether
-    // or not the request would accept it (an offline step is one reason it would not).
+    let running = inst.status.as_ref().and_then(|s| s.version.as_deref());
     let goal = jobs::target_version(spec, catalog, spec.datastore.unwrap_or(ds)).ok();
-    let switchover = spec.type_ == UpgradeType::Switchover;
-    let offline = !switchover
-        && status
-            .version
-            .as_deref()
-            .zip(goal.as_deref())
-            .is_some_and(|(a, b)| {
-                let (Ok(a), Ok(b)) = (a.parse::<Version>(), b.parse::<Version>()) else {
-                    return false;
-                };
-                a < b
-                    && engine::for_datastore(ds)
-                        .is_ok_and(|e| e.strategy(&a, &b) == Strategy::Offline)
-            });
-    let single = inst.spec.replicas < 2;
-    let restart = policy.primary_update_method == PrimaryUpdateMethod::Restart;
-    let (strategy, outage) = match spec.type_ {
-        _ if offline => (
-            "offline: the primary's data converted while it is stopped (pg_upgrade --copy, the old data kept until the end), the standbys cloned again".to_string(),
-            match status.last_upgrade.as_ref().and_then(|l| l.outage_ms) {
-                Some(ms) => format!(
-                    "writes are refused while the primary is converted (grows with the data; the last offline upgrade here took {ms} ms); reads go on on the standbys"
-                ),
-                None => "writes are refused while the primary is converted (grows with the data); reads go on on the standbys".into(),
-            },
-        ),
-        UpgradeType::InPlace => (
-            "in place: every member restarted together".into(),
-            "the database is unavailable while its members restart".into(),
-        ),
-        UpgradeType::Switchover => (
-            "switchover: fence the primary, catch a standby up to it, promote it".into(),
-            "none: writes pause only for the switchover".into(),
-        ),
-        _ if single || restart => (
-            "rolling, the primary restarted in place".into(),
-            format!(
-                "writes are unavailable while the primary restarts ({})",
-                if single {
-                    "a single member"
-                } else {
-                    "primaryUpdateMethod Restart"
-                }
+    spec.type_ != UpgradeType::Switchover
+        && running.zip(goal.as_deref()).is_some_and(|(a, b)| {
+            let (Ok(a), Ok(b)) = (a.parse::<Version>(), b.parse::<Version>()) else {
+                return false;
+            };
+            a < b
+                && engine::for_datastore(ds).is_ok_and(|e| e.strategy(&a, &b) == Strategy::Offline)
+        })
+}
+
+/// What decides how an instance's upgrade would run.
+struct Shape {
+    /// The step is an offline hop.
+    offline: bool,
+    /// One member: nothing to switch over to.
+    single: bool,
+    /// `primaryUpdateMethod: Restart`.
+    restart: bool,
+    /// The role goes back to the original primary at the end.
+    second_switch: bool,
+}
+
+impl Shape {
+    /// The strategy and the outage to expect, in words.
+    fn how(
+        &self,
+        spec: &UpgradeRequestSpec,
+        status: &crate::crd::DatabaseInstanceStatus,
+    ) -> (String, String) {
+        match spec.type_ {
+            _ if self.offline => (
+                "offline: the primary's data converted while it is stopped (pg_upgrade --copy, the old data kept until the end), the standbys cloned again".to_string(),
+                match status.last_upgrade.as_ref().and_then(|l| l.outage_ms) {
+                    Some(ms) => format!(
+                        "writes are refused while the primary is converted (grows with the data; the last offline upgrade here took {ms} ms); reads go on on the standbys"
+                    ),
+                    None => "writes are refused while the primary is converted (grows with the data); reads go on on the standbys".into(),
+                },
             ),
-        ),
-        _ => (
-            "rolling: standbys one at a time, then a switchover, the old primary last".into(),
-            "none: writes pause only for the switchover".into(),
-        ),
-    };
-    let standbys: Vec<String> = members
-        .iter()
-        .filter(|m| m.pod != primary)
-        .map(|m| m.pod.clone())
-        .collect();
-    let second_switch = spec.second_switch || policy.second_switch;
-    let hops = plan.as_ref().map(|p| p.hops.clone()).unwrap_or_default();
-    let steps = match spec.type_ {
-        _ if hops.len() > 1 => {
-            let mut from = plan.as_ref().map(|p| p.source.clone()).unwrap_or_default();
-            let mut steps = vec![];
-            for (i, h) in hops.iter().enumerate() {
-                steps.push(format!(
-                    "hop {}/{} {from} → {h}: standbys one at a time, a switchover, the old primary last",
-                    i + 1,
-                    hops.len()
-                ));
-                from = h.clone();
-            }
-            steps
+            UpgradeType::InPlace => (
+                "in place: every member restarted together".into(),
+                "the database is unavailable while its members restart".into(),
+            ),
+            UpgradeType::Switchover => (
+                "switchover: fence the primary, catch a standby up to it, promote it".into(),
+                "none: writes pause only for the switchover".into(),
+            ),
+            _ if self.single || self.restart => (
+                "rolling, the primary restarted in place".into(),
+                format!(
+                    "writes are unavailable while the primary restarts ({})",
+                    if self.single {
+                        "a single member"
+                    } else {
+                        "primaryUpdateMethod Restart"
+                    }
+                ),
+            ),
+            _ => (
+                "rolling: standbys one at a time, then a switchover, the old primary last".into(),
+                "none: writes pause only for the switchover".into(),
+            ),
         }
-        _ if offline => {
-            let mut steps = vec![
-                "PreCheck: pg_upgrade --check against the live primary, in a pod on its volume (a dry run runs it too)".to_string(),
-                format!("RestartPrimary {primary}: stopped, converted, back read-only"),
-            ];
-            if spec.action == crate::crd::UpgradeAction::Upgrade {
-                steps.push(
-                    "AwaitingCommit (read-only until Commit; Rollback returns to the kept data)"
-                        .into(),
+    }
+
+    /// The steps, in the order Baton would take them.
+    fn steps(
+        &self,
+        spec: &UpgradeRequestSpec,
+        plan: Option<&jobs::Plan>,
+        primary: &str,
+        standbys: &[String],
+    ) -> Vec<String> {
+        let hops = plan.map(|p| p.hops.clone()).unwrap_or_default();
+        let held = spec.action == crate::crd::UpgradeAction::Upgrade;
+        let upgrade_each = || standbys.iter().map(|s| format!("UpgradeStandby {s}"));
+        match spec.type_ {
+            _ if hops.len() > 1 => {
+                let mut from = plan.map(|p| p.source.clone()).unwrap_or_default();
+                let mut steps = vec![];
+                for (i, h) in hops.iter().enumerate() {
+                    steps.push(format!(
+                        "hop {}/{} {from} → {h}: standbys one at a time, a switchover, the old primary last",
+                        i + 1,
+                        hops.len()
+                    ));
+                    from = h.clone();
+                }
+                steps
+            }
+            _ if self.offline => {
+                let mut steps = vec![
+                    "PreCheck: pg_upgrade --check against the live primary, in a pod on its volume (a dry run runs it too)".to_string(),
+                    format!("RestartPrimary {primary}: stopped, converted, back read-only"),
+                ];
+                if held {
+                    steps.push(
+                        "AwaitingCommit (read-only until Commit; Rollback returns to the kept data)"
+                            .into(),
+                    );
+                }
+                steps.push(format!("writes let in on {primary}; Finalize: statistics, extension updates, the kept data removed"));
+                steps.extend(
+                    standbys
+                        .iter()
+                        .map(|s| format!("UpgradeStandby {s}: cloned again")),
                 );
+                steps
             }
-            steps.push(format!("writes let in on {primary}; Finalize: statistics, extension updates, the kept data removed"));
-            steps.extend(
-                standbys
-                    .iter()
-                    .map(|s| format!("UpgradeStandby {s}: cloned again")),
-            );
-            steps
+            UpgradeType::Switchover => vec![format!(
+                "Switchover from {primary} to {}",
+                spec.switchover_to
+                    .clone()
+                    .unwrap_or_else(|| "the most advanced caught-up standby".into())
+            )],
+            UpgradeType::InPlace => vec!["RestartAll".into()],
+            _ if self.single || self.restart => upgrade_each()
+                .chain([format!("RestartPrimary {primary}")])
+                .collect(),
+            _ => {
+                let mut steps: Vec<String> = upgrade_each().collect();
+                if held {
+                    steps.push("AwaitingCommit (until action Commit or Rollback)".into());
+                }
+                steps.push(format!("Switchover from {primary}"));
+                steps.push(format!("UpgradeStandby {primary}"));
+                if self.second_switch {
+                    steps.push(format!("SwitchBack to {primary}"));
+                }
+                steps
+            }
         }
-        UpgradeType::Switchover => vec![format!(
-            "Switchover from {primary} to {}",
-            spec.switchover_to
-                .clone()
-                .unwrap_or_else(|| "the most advanced caught-up standby".into())
-        )],
-        UpgradeType::InPlace => vec!["RestartAll".into()],
-        _ if single || restart => standbys
-            .iter()
-            .map(|s| format!("UpgradeStandby {s}"))
-            .chain([format!("RestartPrimary {primary}")])
-            .collect(),
-        _ => {
-            let mut steps: Vec<String> = standbys
-                .iter()
-                .map(|s| format!("UpgradeStandby {s}"))
-                .collect();
-            if spec.action == crate::crd::UpgradeAction::Upgrade {
-                steps.push("AwaitingCommit (until action Commit or Rollback)".into());
-            }
-            steps.push(format!("Switchover from {primary}"));
-            steps.push(format!("UpgradeStandby {primary}"));
-            if second_switch {
-                steps.push(format!("SwitchBack to {primary}"));
-            }
-            steps
-        }
-    };
-    let would_start = checks.iter().all(|c| c.passed);
-    DryRun {
-        kind: "DatabaseInstance".into(),
-        target: name,
-        source_version: status.version.clone(),
-        target_version: plan.as_ref().map(|p| p.target.clone()),
-        path: plan.as_ref().map(|p| match p.kind {
-            Some(k) if p.hops.len() > 1 => {
-                format!("{k:?}, {} hops: {}", p.hops.len(), p.hops.join(" → "))
-            }
-            Some(k) => format!("{k:?}"),
-            None => "Switchover".into(),
-        }),
-        strategy,
-        outage,
-        steps,
-        checks,
-        would_start,
-        offline,
     }
 }
 
