@@ -120,27 +120,10 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
         crate::failpoint::passed(&status_point(&d.status)).await;
         trace_switchover(&ctx, &o.inst, &current, &d.status, o.now);
     }
-    let mut act_ok = true;
-    if let Some(engine) = observed.engine {
-        match act::run(&ctx.client, o, engine, &d.status, &d.act).await {
-            Ok(()) => {
-                ctx.set_act_error(&key, None);
-            }
-            Err(e) => {
-                act_ok = false;
-                let text = super::chain(&e);
-                warn!(act = d.act.name(), member = d.act.member().unwrap_or_default(), error = %text, "act failed");
-                ctx.metrics.engine_error(
-                    o.inst.spec.datastore.type_.as_str(),
-                    d.act.name(),
-                    e.category(),
-                );
-                if ctx.set_act_error(&key, Some(text.clone())) {
-                    publish(&ctx, &o.inst, EventType::Warning, "ActFailed", text).await;
-                }
-            }
-        }
-    }
+    let act_ok = match observed.engine {
+        Some(engine) => run_act(&ctx, o, engine, &d, &key).await,
+        None => true,
+    };
     let act = if act_ok { &d.act } else { &Act::None };
     for n in events::notes(&current, &d.status, act) {
         ctx.metrics.milestone(n.reason);
@@ -162,6 +145,36 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
         // The next step is ready: its act's effect is observable at once.
         Wake::Now => requeue::now(),
     })
+}
+
+/// Runs the pass's act; false (with a metric, and an Event the first time it fails this way)
+/// when it failed.
+async fn run_act(
+    ctx: &Context,
+    o: &model::Observation,
+    engine: &'static dyn crate::engine::Engine,
+    d: &decide::Decision,
+    key: &str,
+) -> bool {
+    match act::run(&ctx.client, o, engine, &d.status, &d.act).await {
+        Ok(()) => {
+            ctx.set_act_error(key, None);
+            true
+        }
+        Err(e) => {
+            let text = super::chain(&e);
+            warn!(act = d.act.name(), member = d.act.member().unwrap_or_default(), error = %text, "act failed");
+            ctx.metrics.engine_error(
+                o.inst.spec.datastore.type_.as_str(),
+                d.act.name(),
+                e.category(),
+            );
+            if ctx.set_act_error(key, Some(text.clone())) {
+                publish(ctx, &o.inst, EventType::Warning, "ActFailed", text).await;
+            }
+            false
+        }
+    }
 }
 
 /// The failpoint of a status write: `api:status:<step>[@ordinal]:<stage>` while upgrading.
