@@ -477,9 +477,9 @@ pub fn next_formation_step(shards: &[Shard], views: &BTreeMap<String, View>) -> 
         .iter()
         .flat_map(|s| std::iter::once(&s.primary).chain(&s.replicas))
         .collect();
-    let Some(first) = all.first() else {
+    if all.is_empty() {
         return Formation::Conflict("a cluster needs at least one shard".into());
-    };
+    }
     let mut ids = BTreeMap::new();
     for a in &all {
         match views.get(*a).and_then(View::myself) {
@@ -487,96 +487,139 @@ pub fn next_formation_step(shards: &[Shard], views: &BTreeMap<String, View>) -> 
             None => return Formation::Wait(format!("{a} has not answered CLUSTER NODES")),
         };
     }
-    let id = |a: &str| ids[a].to_string();
-    let view = |a: &str| &views[a];
-    // Until the handshake completes, the peer is listed under a random id at its address.
-    let knows_first = |a: &&String| {
-        let v = view(a);
-        v.node(&id(first)).is_some() || v.nodes.iter().any(|n| n.addr == **first)
-    };
-    if let Some(a) = all[1..].iter().find(|a| !knows_first(a)) {
-        return Formation::Meet {
-            on: a.to_string(),
-            peer: first.to_string(),
+    let n = Nodes { all, ids, views };
+    n.meeting()
+        .or_else(|| n.slots(shards))
+        .or_else(|| n.replicas(shards))
+        .or_else(|| n.converging(shards))
+        .unwrap_or(Formation::Formed)
+}
+
+/// Every member of a forming cluster, with its node id and view (each has answered).
+struct Nodes<'a> {
+    all: Vec<&'a String>,
+    ids: BTreeMap<&'a str, &'a str>,
+    views: &'a BTreeMap<String, View>,
+}
+
+impl Nodes<'_> {
+    fn id(&self, a: &str) -> String {
+        self.ids[a].to_string()
+    }
+
+    fn view(&self, a: &str) -> &View {
+        &self.views[a]
+    }
+
+    /// Every member meets the first, then every view lists every node without trouble flags.
+    fn meeting(&self) -> Option<Formation> {
+        let first = self.all[0];
+        // Until the handshake completes, the peer is listed under a random id at its address.
+        let knows_first = |a: &&&String| {
+            let v = self.view(a);
+            v.node(&self.id(first)).is_some() || v.nodes.iter().any(|n| n.addr == *first)
         };
-    }
-    for a in &all {
-        let v = view(a);
-        let known = ids.values().filter(|i| v.node(i).is_some()).count();
-        if known < all.len() || v.nodes.iter().any(|n| !n.trouble.is_empty()) {
-            return Formation::Wait(format!(
-                "{a} knows {known} of {} nodes, all without trouble flags",
-                all.len()
-            ));
+        if let Some(a) = self.all[1..].iter().find(|a| !knows_first(a)) {
+            return Some(Formation::Meet {
+                on: a.to_string(),
+                peer: first.to_string(),
+            });
         }
-    }
-    for (shard, range) in shards.iter().zip(split_slots(shards.len() as u16)) {
-        let v = view(&shard.primary);
-        let me = v.myself().expect("answered");
-        if !me.master {
-            return Formation::Conflict(format!(
-                "{} is to serve slots {}-{} but replicates another node",
-                shard.primary, range.0, range.1
-            ));
-        }
-        if let Some((slot, other)) = v
-            .nodes
-            .iter()
-            .filter(|n| !n.myself)
-            .flat_map(|n| n.slots.iter().map(move |r| (r, n)))
-            .find(|((a, b), _)| *a <= range.1 && range.0 <= *b)
-            .map(|(r, n)| (r.0.max(range.0), &n.addr))
-        {
-            return Formation::Conflict(format!(
-                "slot {slot}, meant for {}, is served by {other}",
-                shard.primary
-            ));
-        }
-        let ranges = missing(range, &me.slots);
-        if !ranges.is_empty() {
-            return Formation::AddSlots {
-                on: shard.primary.clone(),
-                ranges,
-            };
-        }
-    }
-    for shard in shards {
-        let master = id(&shard.primary);
-        for r in &shard.replicas {
-            let me = view(r).myself().expect("answered");
-            if me.master_id.as_deref() == Some(master.as_str()) {
-                continue;
+        for a in &self.all {
+            let v = self.view(a);
+            let known = self.ids.values().filter(|i| v.node(i).is_some()).count();
+            if known < self.all.len() || v.nodes.iter().any(|n| !n.trouble.is_empty()) {
+                return Some(Formation::Wait(format!(
+                    "{a} knows {known} of {} nodes, all without trouble flags",
+                    self.all.len()
+                )));
             }
-            if !me.slots.is_empty() {
-                return Formation::Conflict(format!(
-                    "{r} is to replicate {} but serves slots",
+        }
+        None
+    }
+
+    /// Each shard's primary serves its share of the slots, and no other node serves any of it.
+    fn slots(&self, shards: &[Shard]) -> Option<Formation> {
+        for (shard, range) in shards.iter().zip(split_slots(shards.len() as u16)) {
+            let v = self.view(&shard.primary);
+            let me = v.myself().expect("answered");
+            if !me.master {
+                return Some(Formation::Conflict(format!(
+                    "{} is to serve slots {}-{} but replicates another node",
+                    shard.primary, range.0, range.1
+                )));
+            }
+            if let Some((slot, other)) = v
+                .nodes
+                .iter()
+                .filter(|n| !n.myself)
+                .flat_map(|n| n.slots.iter().map(move |r| (r, n)))
+                .find(|((a, b), _)| *a <= range.1 && range.0 <= *b)
+                .map(|(r, n)| (r.0.max(range.0), &n.addr))
+            {
+                return Some(Formation::Conflict(format!(
+                    "slot {slot}, meant for {}, is served by {other}",
                     shard.primary
-                ));
+                )));
             }
-            return Formation::Replicate {
-                on: r.clone(),
-                master,
-            };
-        }
-    }
-    if let Err(why) = health(&all.iter().map(|a| view(a).clone()).collect::<Vec<_>>()) {
-        return Formation::Wait(why.to_string());
-    }
-    for shard in shards {
-        let master = id(&shard.primary);
-        for r in &shard.replicas {
-            let rid = id(r);
-            if let Some(a) = all.iter().find(|a| {
-                view(a).node(&rid).and_then(|n| n.master_id.as_deref()) != Some(master.as_str())
-            }) {
-                return Formation::Wait(format!(
-                    "{a} does not see {r} replicating {} yet",
-                    shard.primary
-                ));
+            let ranges = missing(range, &me.slots);
+            if !ranges.is_empty() {
+                return Some(Formation::AddSlots {
+                    on: shard.primary.clone(),
+                    ranges,
+                });
             }
         }
+        None
     }
-    Formation::Formed
+
+    /// Each replica replicates its shard's primary (one serving slots is a conflict).
+    fn replicas(&self, shards: &[Shard]) -> Option<Formation> {
+        for shard in shards {
+            let master = self.id(&shard.primary);
+            for r in &shard.replicas {
+                let me = self.view(r).myself().expect("answered");
+                if me.master_id.as_deref() == Some(master.as_str()) {
+                    continue;
+                }
+                if !me.slots.is_empty() {
+                    return Some(Formation::Conflict(format!(
+                        "{r} is to replicate {} but serves slots",
+                        shard.primary
+                    )));
+                }
+                return Some(Formation::Replicate {
+                    on: r.clone(),
+                    master,
+                });
+            }
+        }
+        None
+    }
+
+    /// Waits until the cluster is healthy and every view sees each replica under its primary.
+    fn converging(&self, shards: &[Shard]) -> Option<Formation> {
+        let views: Vec<View> = self.all.iter().map(|a| self.view(a).clone()).collect();
+        if let Err(why) = health(&views) {
+            return Some(Formation::Wait(why.to_string()));
+        }
+        for shard in shards {
+            let master = self.id(&shard.primary);
+            for r in &shard.replicas {
+                let rid = self.id(r);
+                if let Some(a) = self.all.iter().find(|a| {
+                    self.view(a).node(&rid).and_then(|n| n.master_id.as_deref())
+                        != Some(master.as_str())
+                }) {
+                    return Some(Formation::Wait(format!(
+                        "{a} does not see {r} replicating {} yet",
+                        shard.primary
+                    )));
+                }
+            }
+        }
+        None
+    }
 }
 
 /// What one node reports with `CLUSTER NODES` and `CLUSTER INFO`.
