@@ -20,9 +20,12 @@
 //! fenced too until Baton unfences it.
 //!
 //! **Repointing** is online (`ALTER SYSTEM SET primary_conninfo` and a reload, PG 13+) for a
-//! server in recovery; a fenced primary still out of recovery is first stopped into it. A member
-//! that may have led on a timeline the primary left is rewound (`pg_rewind`) by its boot script
-//! at its next start, onto the primary the topology ConfigMap names.
+//! server in recovery. A member that may have led on a timeline the primary left is rewound
+//! (`pg_rewind`) by its boot script at its next start, onto the primary the topology ConfigMap
+//! names. A fenced primary still out of recovery is a candidate promoted before its switchover
+//! was undone: fenced since its promotion, it never took a write, and its history forked where
+//! the old primary's own promotion may reuse the timeline id (pg_rewind would see one history),
+//! so its repoint starts its container again and its boot clones it from the primary.
 
 use std::time::Duration;
 
@@ -117,6 +120,18 @@ if [ -n "$have" ] && [ "$have" != "$want" ]; then
   fi
 fi
 rm -rf "$D/pgdata.next" "$PGDATA/.baton-converted"
+# A candidate promoted for a switchover that was then undone (Baton's repoint asked for this
+# start): its history forked at its promotion, and the old primary, promoted again when it was
+# unfenced, may have taken the same timeline id, which pg_rewind would read as one history.
+# It was fenced from its promotion on and never took a write, so it is cloned again from the
+# primary. Kept when the topology names it the primary.
+if [ -e "$D/.baton-reclone" ]; then
+  if [ "$follow" = yes ] && [ -n "$host" ]; then
+    echo "baton: promoted for a switchover that was undone, never written to: cloned again from the primary" >&2
+    rm -rf "$PGDATA"
+  fi
+  rm -f "$D/.baton-reclone"
+fi
 if [ "$follow" = yes ] && [ -n "$host" ] && [ -s "$PGDATA/PG_VERSION" ]; then
   # A member that may have led on a timeline the primary left is rewound onto it (a no-op when
   # it did not). pg_rewind needs a clean shutdown: a primary that crashed recovers alone first
@@ -227,6 +242,13 @@ while :; do
   wait "$pid" || rc=$?
   while kill -0 "$pid" 2>/dev/null; do wait "$pid" || rc=$?; done
   if [ -n "$stopping" ] || [ "$rc" -ne 0 ]; then exit "$rc"; fi
+  # Stopped to follow a primary its history forked from (a promoted candidate whose switchover
+  # was undone): the container starts again, and the boot above clones it from the primary the
+  # topology names now.
+  if [ -e "$D/.baton-reclone" ]; then
+    echo "baton: stopped to be cloned again from the primary; the container starts again" >&2
+    exit 0
+  fi
   echo "baton: the server was stopped cleanly (a fence); starting it again in recovery" >&2
   touch "$PGDATA/standby.signal"
   sed -i '/^primary_conninfo/d' "$PGDATA/postgresql.auto.conf"
@@ -430,7 +452,25 @@ fn literal(s: &str) -> String {
 /// Stops the server cleanly; its boot script starts it again at once in recovery, following
 /// nobody. Returns a connection to it once it is back in recovery.
 async fn stop_into_recovery(c: Client, t: &Target) -> Result<Client, EngineError> {
-    let stop = "COPY (SELECT 1) TO PROGRAM 'pg_ctl stop -D \"$PGDATA\" -m fast -W'";
+    let stop = format!("COPY (SELECT 1) TO PROGRAM '{STOP}'");
+    stop_and_wait(c, t, &stop).await
+}
+
+/// Stops a fenced primary so that its container starts again and its boot clones it from the
+/// primary the topology names (see the boot script: a promoted candidate of an undone
+/// switchover, which never took a write).
+async fn restart_recloned(c: Client, t: &Target) -> Result<Client, EngineError> {
+    let stop =
+        format!("COPY (SELECT 1) TO PROGRAM 'touch \"$PGDATA/../.baton-reclone\" && {STOP}'");
+    stop_and_wait(c, t, &stop).await
+}
+
+/// A clean stop of the server, run by the server itself (`COPY … TO PROGRAM`).
+const STOP: &str = "pg_ctl stop -D \"$PGDATA\" -m fast -W";
+
+/// Runs `stop` (a clean stop of the server) and waits until the server answers again in
+/// recovery.
+async fn stop_and_wait(c: Client, t: &Target, stop: &str) -> Result<Client, EngineError> {
     // The shutdown ends this session (and may kill `pg_ctl` itself, a child of the session):
     // an error here is expected, and only the server coming back in recovery says the stop
     // happened. The error is kept for the message in case it never does.
@@ -762,11 +802,15 @@ impl Engine for Postgres {
                 why: "it is a primary that accepts writes; a resync would throw them away".into(),
             });
         }
-        // A fenced primary follows only from recovery: stopped cleanly, it starts again there.
+        // A fenced primary follows only from recovery. Still out of it, it was promoted and not
+        // restarted since: a candidate whose switchover was undone, fenced from its promotion
+        // on (`writable` is refused above). Its history forked at the promotion and cannot be
+        // followed as it is, nor rewound reliably (the old primary's own promotion may reuse
+        // the timeline id), so it is cloned again: it holds nothing the primary lacks.
         let c = if in_recovery(&c, t).await? {
             c
         } else {
-            stop_into_recovery(c, t).await?
+            restart_recloned(c, t).await?
         };
         let name = t.endpoint.host.replace(['.', ':'], "_");
         // Each alone: ALTER SYSTEM refuses to run inside a multi-statement transaction.
