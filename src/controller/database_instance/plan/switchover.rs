@@ -47,7 +47,9 @@ pub(super) fn switchover(v: &View, u: &UpgradeInFlight) -> Plan {
         ),
         SwitchoverStage::Fencing => fencing(v, u, &sw),
         SwitchoverStage::CatchingUp => catching_up(v, u, &sw, v.fence_goal),
-        SwitchoverStage::Promoting if late => undo(
+        // Past the deadline, a candidate seen leading with every fenced write goes on: the
+        // stages left are quick, and an undo would fail the step it has all but done.
+        SwitchoverStage::Promoting if late && !promoted_with_all(v, &sw) => undo(
             v,
             u,
             &sw,
@@ -60,6 +62,18 @@ pub(super) fn switchover(v: &View, u: &UpgradeInFlight) -> Plan {
         SwitchoverStage::Repointing => repointing(v, u, &sw),
         SwitchoverStage::Unfencing => unfencing(v, u, &sw),
     }
+}
+
+/// The candidate leads (still fenced) and holds the fenced position.
+fn promoted_with_all(v: &View, sw: &SwitchoverState) -> bool {
+    let Some(c) = sw.candidate.as_deref().and_then(|n| v.member(n)) else {
+        return false;
+    };
+    sw.undoing.is_none()
+        && c.is_primary()
+        && c.probe.is_some()
+        && v.fence_goal
+            .is_some_and(|goal| c.position().is_some_and(|p| p.reached(goal)))
 }
 
 /// The standbys that may take the role: on the target version, Ready, streaming from the

@@ -527,6 +527,48 @@ fn past_the_fence_deadline_the_switchover_is_undone_and_fails_with_nothing_lost(
 }
 
 #[test]
+fn past_the_fence_deadline_a_candidate_promoted_with_everything_goes_on() {
+    let mut f = Fixture::new();
+    f.goal = Some(pos(500));
+    let mut m = members();
+    for x in &mut m[1..] {
+        upgrade_member(x);
+    }
+    lead(&mut m, 1);
+    m[1].probe.as_mut().unwrap().position = pos(520);
+    let mut u = upgrade(UpgradeStep::of(StepKind::Switchover));
+    u.switchover = Some(switching(
+        SwitchoverStage::Promoting,
+        "db-1",
+        Some("aaa:500"),
+    ));
+    let late = View {
+        fence_elapsed: Duration::from_secs(61),
+        ..f.view(&m, "db-1")
+    };
+    let p = next(&late, &u, false);
+    let s = sw(&p);
+    assert_eq!(s.undoing, None, "{s:?}");
+    assert_eq!(s.stage, SwitchoverStage::Repointing);
+    assert_ne!(
+        p.primary.as_deref(),
+        Some("db-0"),
+        "the role stays with db-1"
+    );
+    // Not seen leading (it does not answer): the deadline undoes it, as before.
+    m[1].probe = None;
+    let p = next(
+        &View {
+            fence_elapsed: Duration::from_secs(61),
+            ..f.view(&m, "db-1")
+        },
+        &u,
+        false,
+    );
+    assert!(sw(&p).undoing.is_some(), "{:?}", sw(&p));
+}
+
+#[test]
 fn a_candidate_that_leads_without_the_fenced_writes_is_undone() {
     let mut f = Fixture::new();
     f.goal = Some(pos(500));
