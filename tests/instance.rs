@@ -469,3 +469,11 @@ async fn a_hung_primary_is_failed_over_with_failover_on_and_rejoins() {
 async fn a_hung_primary_with_no_writes_in_flight_is_failed_over_and_rejoins() {
     scenarios::idle_primary_is_failed_over_and_rejoins(REDIS, "failover-idle").await;
 }
+
+/// A candidate promoted just before the operator died and not answering the next operator,
+/// past the fence deadline: the switchover is undone and the candidate follows db-0 again with
+/// every acknowledged write (see the scenario).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_candidate_promoted_before_an_undo_follows_the_old_primary_again() {
+    scenarios::promoted_candidate_of_an_undone_switchover_follows_again(REDIS, "undo").await;
+}

@@ -630,3 +630,11 @@ async fn tls_members_roll_under_verifying_clients_and_refuse_plain_text() {
     certs::renewed_certificate_is_served_online(&env, &op, "db", "db-tls").await;
     delete_namespace(&env.client, &env.ns).await;
 }
+
+/// A candidate promoted just before the operator died and not answering the next operator,
+/// past the fence deadline: the switchover is undone and the candidate follows db-0 again with
+/// every acknowledged write (see the scenario).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_candidate_promoted_before_an_undo_follows_the_old_primary_again() {
+    scenarios::promoted_candidate_of_an_undone_switchover_follows_again(MARIADB, "my-undo").await;
+}

@@ -12,7 +12,7 @@ use kube::api::{Patch, PatchParams};
 use baton::crd::InstancePhase;
 use baton_testkit::certs;
 use baton_testkit::env::*;
-use baton_testkit::faults::{self, Scenario};
+use baton_testkit::faults::Scenario;
 use baton_testkit::scenarios;
 use baton_testkit::workload;
 use baton_testkit::*;
@@ -835,66 +835,11 @@ async fn a_major_upgrade_checks_first_holds_read_only_rolls_back_and_then_lands_
     delete_namespace(&env.client, &env.ns).await;
 }
 
-/// A switchover whose candidate was promoted just before the operator died, and which does not
-/// answer when the next operator comes, after the fence deadline: the switchover is undone (db-0
-/// leads again and the step fails, nothing lost), and the promoted candidate, whose history
-/// forked from db-0's at its promotion, is cloned again from db-0 and follows it with every
-/// acknowledged write. (CI found it stuck there: repointed in place, it could not follow db-0,
-/// whose own promotion at the unfence took the same timeline id, so pg_rewind saw nothing to do.)
+/// A candidate promoted just before the operator died and not answering the next operator,
+/// past the fence deadline: the switchover is undone and the candidate is cloned again from
+/// db-0 (see the scenario). CI found it stuck: repointed in place, it could not follow db-0,
+/// whose own promotion at the unfence took the same timeline id, so pg_rewind saw nothing to do.
 #[tokio::test]
 async fn a_candidate_promoted_before_an_undo_is_cloned_again_and_follows_the_old_primary() {
-    use std::os::unix::process::ExitStatusExt;
-    let env = Env::new("pg-undo-promoted").await;
-    let mut spec = postgres(PG_SOURCE);
-    spec["upgradePolicy"] = json!({"fenceTimeoutSeconds": 10});
-    let sc = Scenario::prepare(&env, "db", PG_SOURCE, spec).await;
-    let first = sc.first_primary;
-    let mut crashing = env.operator("pg-undo-crashing", "db:promote@*#1");
-    sc.set_version(PG_TARGET).await;
-    let exit = tokio::time::timeout(LONG, crashing.child.wait())
-        .await
-        .unwrap_or_else(|_| panic!("never promoted:\n{}", tail(&crashing.logs(), 30)))
-        .expect("wait");
-    assert_eq!(exit.signal(), Some(9), "{}", tail(&crashing.logs(), 20));
-    drop(crashing);
-    let candidate = env
-        .status("db")
-        .await
-        .upgrade
-        .and_then(|u| u.switchover)
-        .and_then(|sw| sw.candidate)
-        .expect("the candidate on record");
-    // It does not answer the next operator, which comes past the fence deadline.
-    let hung = faults::hang_member(&env, &candidate)
-        .await
-        .expect("the candidate's processes stopped");
-    tokio::time::sleep(Duration::from_secs(11)).await;
-    let op = env.operator("pg-undo-resumed", "");
-    let undoing = eventually(Duration::from_secs(60), || async {
-        env.status("db").await.upgrade?.switchover?.undoing
-    })
-    .await;
-    assert!(undoing.is_some(), "never undone:\n{}", tail(&op.logs(), 30));
-    drop(hung);
-    let out = sc.finish(&op, PG_TARGET).await;
-    let failure = out
-        .result
-        .expect_err("the undone switchover fails the step");
-    assert!(
-        failure.contains("undone") && failure.contains("db-0 is the primary again"),
-        "{failure}"
-    );
-    assert_eq!(env.primary_ip("db").await, first, "db-0 leads again");
-    // And the status says so, once a pass has seen it (the step failed: no step wakes it).
-    let standbys = eventually(Duration::from_secs(90), || async {
-        let members = env.status("db").await.members;
-        members
-            .iter()
-            .filter(|m| m.pod != "db-0")
-            .all(|m| m.ready && m.role == Some(baton::crd::MemberRole::Standby))
-            .then_some(())
-    })
-    .await;
-    assert!(standbys.is_some(), "{:#?}", env.status("db").await.members);
-    delete_namespace(&env.client, &env.ns).await;
+    scenarios::promoted_candidate_of_an_undone_switchover_follows_again(POSTGRES, "pg-undo").await;
 }

@@ -863,3 +863,64 @@ async fn failed_over(f: Flavor, prefix: &str, writing: bool, replicated: bool) {
     );
     delete_namespace(&env.client, &env.ns).await;
 }
+
+/// A switchover whose candidate was promoted just before the operator died, and which does not
+/// answer the next operator, who comes after the fence deadline: the switchover is undone (db-0
+/// leads again, the step fails) and the promoted candidate, fenced since its promotion, follows
+/// db-0 again with every acknowledged write, its status a Ready standby.
+pub async fn promoted_candidate_of_an_undone_switchover_follows_again(f: Flavor, prefix: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let env = Env::new(prefix).await;
+    let mut spec = f.spec();
+    spec["upgradePolicy"] = json!({"fenceTimeoutSeconds": 10});
+    let sc = crate::faults::Scenario::prepare(&env, "db", f.source, spec).await;
+    let first = sc.first_primary;
+    let mut crashing = env.operator(&format!("{prefix}-crashing"), "db:promote@*#1");
+    sc.set_version(f.target).await;
+    let exit = tokio::time::timeout(LONG, crashing.child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("never promoted:\n{}", tail(&crashing.logs(), 30)))
+        .expect("wait");
+    assert_eq!(exit.signal(), Some(9), "{}", tail(&crashing.logs(), 20));
+    drop(crashing);
+    let candidate = env
+        .status("db")
+        .await
+        .upgrade
+        .and_then(|u| u.switchover)
+        .and_then(|sw| sw.candidate)
+        .expect("the candidate on record");
+    // It does not answer the next operator, which comes past the fence deadline.
+    let hung = crate::faults::hang_member(&env, &candidate)
+        .await
+        .expect("the candidate's processes stopped");
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let op = env.operator(&format!("{prefix}-resumed"), "");
+    let undoing = eventually(Duration::from_secs(60), || async {
+        env.status("db").await.upgrade?.switchover?.undoing
+    })
+    .await;
+    assert!(undoing.is_some(), "never undone:\n{}", tail(&op.logs(), 30));
+    drop(hung);
+    let out = sc.finish(&op, f.target).await;
+    let failure = out
+        .result
+        .expect_err("the undone switchover fails the step");
+    assert!(
+        failure.contains("undone") && failure.contains("db-0 is the primary again"),
+        "{failure}"
+    );
+    assert_eq!(env.primary_ip("db").await, first, "db-0 leads again");
+    // And the status says so, once a pass has seen it (the step failed: no step wakes it).
+    let standbys = eventually(Duration::from_secs(90), || async {
+        let members = env.status("db").await.members;
+        members
+            .iter()
+            .filter(|m| m.pod != "db-0")
+            .all(|m| m.ready && m.role == Some(baton::crd::MemberRole::Standby))
+            .then_some(())
+    })
+    .await;
+    assert!(standbys.is_some(), "{:#?}", env.status("db").await.members);
+    delete_namespace(&env.client, &env.ns).await;
+}
