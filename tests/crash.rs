@@ -208,8 +208,42 @@ async fn an_operator_killed_after_any_side_effect_of_an_upgrade_finishes_it_and_
             " (sampled; `make crash-test` runs all)"
         }
     );
-    let results = run_all(chosen.clone(), 3, |i, p| crash_at(REDIS, i, p)).await;
+    let at = |i, p| crash_at(REDIS, i, p);
+    let results = rerun_missed(run_all(chosen.clone(), 3, at).await, at).await;
     report_points(&results);
+}
+
+/// Runs again, up to twice, each first occurrence the run finished without reaching, so that
+/// every one is exercised. A first occurrence is the same act in every run, but under the suites'
+/// combined load a probe that times out can skip it (CI: a switchover went on without a repoint,
+/// the member unreachable then following through its boot). Each new run replaces the one that
+/// missed, and its violations count like any other.
+async fn rerun_missed<F, Fut>(
+    mut results: Vec<(String, Result<PointRun, String>)>,
+    f: F,
+) -> Vec<(String, Result<PointRun, String>)>
+where
+    F: Fn(usize, String) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = PointRun> + Send + 'static,
+{
+    for attempt in 1..=2 {
+        let missed: Vec<(usize, String)> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, (p, r))| {
+                p.ends_with("#1") && matches!(r, Ok(PointRun { fired: false, .. }))
+            })
+            .map(|(k, (p, _))| (k, p.clone()))
+            .collect();
+        for (k, point) in missed {
+            println!("  {point}: finished without reaching it; run again ({attempt}/2)");
+            let again = run_all(vec![point], 1, move |_, p| f(100 * attempt + k, p)).await;
+            if let Some((_, r)) = again.into_iter().next() {
+                results[k].1 = r;
+            }
+        }
+    }
+    results
 }
 
 /// Prints one line per crash point and the totals; fails on any violation, and on a first
@@ -246,8 +280,9 @@ fn report_points(results: &[(String, Result<PointRun, String>)]) {
         violations.len()
     );
     assert!(violations.is_empty(), "{violations:#?}");
-    // A first occurrence is deterministic; later ones (status rewritten while a member
-    // restarts) depend on timing and may not recur.
+    // A first occurrence is the same act in every run (and one a run skipped under load was
+    // run again); later ones (status rewritten while a member restarts) depend on timing and
+    // may not recur.
     let missed: Vec<&str> = results
         .iter()
         .filter(|(p, r)| p.ends_with("#1") && matches!(r, Ok(PointRun { fired: false, .. })))
@@ -390,7 +425,8 @@ async fn killed_at_each_switchover_stage(f: Flavor) {
         .collect()
     };
     println!("{} crash points: {}", f.datastore, points.len());
-    let results = run_all(points, 3, move |i, p| crash_at(f, i, p)).await;
+    let at = move |i, p| crash_at(f, i, p);
+    let results = rerun_missed(run_all(points, 3, at).await, at).await;
     report_points(&results);
 }
 
