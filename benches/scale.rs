@@ -59,6 +59,23 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// The machine's busy and total CPU ticks so far (all cores), from /proc/stat.
+fn machine_ticks() -> (f64, f64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<f64> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let total: f64 = v.iter().sum();
+    // idle and iowait are fields 4 and 5.
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    (total - idle, total)
+}
+
 /// The group label each instance carries: which request (if any) upgrades it.
 const GROUP: &str = "bench.baton.dev/group";
 
@@ -204,11 +221,11 @@ async fn main() {
     }
 
     if n_request > 0 {
-        let one = request(&env, "one", 1, n_request).await;
-        let ten = request(&env, "ten", 10, n_request).await;
+        let (one, busy_one) = request(&env, "one", 1, n_request).await;
+        let (ten, busy_ten) = request(&env, "ten", 10, n_request).await;
         let linear = one.as_secs_f64() / 10.0;
         println!(
-            "  UpgradeRequest over {n_request} single-member instances ({SOURCE} → {TARGET}, in place): maxConcurrent 1 {:.1} s, maxConcurrent 10 {:.1} s = {:.2}× the linear {linear:.1} s",
+            "  UpgradeRequest over {n_request} single-member instances ({SOURCE} → {TARGET}, in place): maxConcurrent 1 {:.1} s (CPUs {busy_one:.0}% busy), maxConcurrent 10 {:.1} s (CPUs {busy_ten:.0}% busy) = {:.2}× the linear {linear:.1} s",
             one.as_secs_f64(),
             ten.as_secs_f64(),
             ten.as_secs_f64() / linear
@@ -218,8 +235,8 @@ async fn main() {
 }
 
 /// Upgrades the instances of `group` with one request of `max_concurrent`; its time from
-/// creation to Succeeded.
-async fn request(env: &Env, group: &str, max_concurrent: i32, n: usize) -> Duration {
+/// creation to Succeeded, and how busy the machine's CPUs were meanwhile (percent).
+async fn request(env: &Env, group: &str, max_concurrent: i32, n: usize) -> (Duration, f64) {
     let api: Api<UpgradeRequest> = Api::namespaced(env.client.clone(), &env.ns);
     let r: UpgradeRequest = serde_json::from_value(json!({
         "apiVersion": "baton.dev/v1alpha1", "kind": "UpgradeRequest",
@@ -229,9 +246,14 @@ async fn request(env: &Env, group: &str, max_concurrent: i32, n: usize) -> Durat
     }))
     .expect("request");
     let started = Instant::now();
+    let (busy0, total0) = machine_ticks();
     api.create(&PostParams::default(), &r)
         .await
         .expect("create the request");
+    let busy = || {
+        let (busy1, total1) = machine_ticks();
+        100.0 * (busy1 - busy0) / (total1 - total0).max(1.0)
+    };
     loop {
         let phase = api
             .get(&format!("to-{group}"))
@@ -240,7 +262,7 @@ async fn request(env: &Env, group: &str, max_concurrent: i32, n: usize) -> Durat
             .and_then(|r| r.status)
             .and_then(|s| s.phase);
         match phase {
-            Some(RequestPhase::Succeeded) => return started.elapsed(),
+            Some(RequestPhase::Succeeded) => return (started.elapsed(), busy()),
             Some(p @ (RequestPhase::Failed | RequestPhase::PartiallySucceeded)) => {
                 panic!("the request over {n} instances ended {p:?}")
             }

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::{StreamExt, stream};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::core::Selector;
@@ -355,27 +356,41 @@ struct Read {
     clusters: BTreeMap<String, Option<Cluster>>,
 }
 
+/// How many targets a pass reads, or claims, at once: a request over a fleet waits on the API
+/// server's round trips, not on one after the other.
+const AT_ONCE: usize = 16;
+
 impl Read {
-    /// Reads `job`'s target (once a pass) and keeps it, found or not.
-    async fn fetch(&mut self, ctx: &Context, ns: &str, job: &TargetJob) -> Result<()> {
-        let name = job.target.clone();
-        match job.kind {
-            TargetKind::DatabaseInstance => {
-                let found = Api::<DatabaseInstance>::namespaced(ctx.client.clone(), ns)
-                    .get_opt(&name)
-                    .await
-                    .map_err(Error::kube("reading a target instance"))?;
-                self.instances.insert(name, found);
-            }
-            TargetKind::Cluster => {
-                let found = Api::<Cluster>::namespaced(ctx.client.clone(), ns)
-                    .get_opt(&name)
-                    .await
-                    .map_err(Error::kube("reading a target Cluster"))?;
-                self.clusters.insert(name, found);
+    /// Reads the target of every job not yet finished, fresh (a claim is guarded by the
+    /// resourceVersion read here), several at a time; each kept found or not.
+    async fn fetch_all(ctx: &Context, ns: &str, all: &[TargetJob]) -> Result<Read> {
+        let wanted: std::collections::BTreeSet<(bool, &str)> = all
+            .iter()
+            .filter(|j| !jobs::is_terminal(j.phase))
+            .map(|j| (j.kind == TargetKind::Cluster, j.target.as_str()))
+            .collect();
+        // Collected first: a lazily mapped stream of borrowing futures is not Send enough for
+        // the controller's runtime.
+        let fetches: Vec<_> = wanted
+            .into_iter()
+            .map(|(cluster, name)| fetch(ctx, ns, cluster, name))
+            .collect();
+        let reads = stream::iter(fetches)
+            .buffer_unordered(AT_ONCE)
+            .collect::<Vec<_>>()
+            .await;
+        let mut read = Read::default();
+        for r in reads {
+            match r? {
+                Fetched::Instance(name, found) => {
+                    read.instances.insert(name, found);
+                }
+                Fetched::Cluster(name, found) => {
+                    read.clusters.insert(name, found);
+                }
             }
         }
-        Ok(())
+        Ok(read)
     }
 
     /// `job`'s target as read, if it exists.
@@ -393,6 +408,28 @@ impl Read {
                 .map(Target::Cluster),
         }
     }
+}
+
+/// Reads one target, fresh.
+async fn fetch(ctx: &Context, ns: &str, cluster: bool, name: &str) -> Result<Fetched> {
+    if cluster {
+        let found = Api::<Cluster>::namespaced(ctx.client.clone(), ns)
+            .get_opt(name)
+            .await
+            .map_err(Error::kube("reading a target Cluster"))?;
+        return Ok(Fetched::Cluster(name.to_string(), found));
+    }
+    let found = Api::<DatabaseInstance>::namespaced(ctx.client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(Error::kube("reading a target instance"))?;
+    Ok(Fetched::Instance(name.to_string(), found))
+}
+
+/// One target as read.
+enum Fetched {
+    Instance(String, Option<DatabaseInstance>),
+    Cluster(String, Option<Cluster>),
 }
 
 /// A job's target, whatever its kind: what the job reads of it, and the two writes a request
@@ -461,9 +498,8 @@ async fn sync_started(
     deleting: bool,
 ) -> Result<Option<Read>> {
     let ns = req.namespace().unwrap_or_default();
-    let mut read = Read::default();
+    let read = Read::fetch_all(ctx, &ns, &next.jobs).await?;
     for job in next.jobs.iter_mut().filter(|j| !jobs::is_terminal(j.phase)) {
-        read.fetch(ctx, &ns, job).await?;
         let Some(target) = read.target(job) else {
             if jobs::is_started(job.phase) {
                 let why = format!("the {:?} was deleted", job.kind);
@@ -623,6 +659,7 @@ async fn admit_and_claim(
     };
     let key = format!("{ns}/{}", req.name_any());
     let mut soonest: Option<Duration> = None;
+    let mut starts: Vec<(usize, jobs::Plan)> = vec![];
     next.scheduled_start = None;
     for (i, admission) in jobs::admit(&next.jobs, &input) {
         let job = &mut next.jobs[i];
@@ -652,17 +689,40 @@ async fn admit_and_claim(
             jobs::Admission::Start(plan) => {
                 job.source_version = Some(plan.source.clone());
                 job.target_version = Some(plan.target.clone());
-                let Some(target) = read.target(job) else {
-                    continue;
-                };
-                if !target.claim(ctx, req, &key, job, &plan).await? {
-                    return Ok(None);
-                }
-                started(ctx, req, job, &plan, notes);
+                starts.push((i, plan));
             }
         }
     }
-    Ok(Some(soonest))
+    // The claims go out together, each guarded by its own target's resourceVersion. One that
+    // lost a race makes the pass re-read; the ones that landed are adopted by the next pass
+    // (their flight names this job), so a partial set is never lost.
+    let claims: Vec<_> = starts
+        .iter()
+        .map(|(i, plan)| {
+            let job = &next.jobs[*i];
+            let target = read.target(job);
+            let key = key.as_str();
+            async move {
+                match target {
+                    Some(t) => t.claim(ctx, req, key, job, plan).await.map(Some),
+                    None => Ok(None),
+                }
+            }
+        })
+        .collect();
+    let claimed = stream::iter(claims)
+        .buffered(AT_ONCE)
+        .collect::<Vec<_>>()
+        .await;
+    let mut lost = false;
+    for ((i, plan), claim) in starts.iter().zip(claimed) {
+        match claim? {
+            Some(true) => started(ctx, req, &mut next.jobs[*i], plan, notes),
+            Some(false) => lost = true,
+            None => {}
+        }
+    }
+    Ok((!lost).then_some(soonest))
 }
 
 /// The request's phase, GaussDB summary, message and conditions from its jobs.
