@@ -383,10 +383,10 @@ impl Read {
         for r in reads {
             match r? {
                 Fetched::Instance(name, found) => {
-                    read.instances.insert(name, found);
+                    read.instances.insert(name, found.map(|b| *b));
                 }
                 Fetched::Cluster(name, found) => {
-                    read.clusters.insert(name, found);
+                    read.clusters.insert(name, found.map(|b| *b));
                 }
             }
         }
@@ -417,19 +417,19 @@ async fn fetch(ctx: &Context, ns: &str, cluster: bool, name: &str) -> Result<Fet
             .get_opt(name)
             .await
             .map_err(Error::kube("reading a target Cluster"))?;
-        return Ok(Fetched::Cluster(name.to_string(), found));
+        return Ok(Fetched::Cluster(name.to_string(), found.map(Box::new)));
     }
     let found = Api::<DatabaseInstance>::namespaced(ctx.client.clone(), ns)
         .get_opt(name)
         .await
         .map_err(Error::kube("reading a target instance"))?;
-    Ok(Fetched::Instance(name.to_string(), found))
+    Ok(Fetched::Instance(name.to_string(), found.map(Box::new)))
 }
 
 /// One target as read.
 enum Fetched {
-    Instance(String, Option<DatabaseInstance>),
-    Cluster(String, Option<Cluster>),
+    Instance(String, Option<Box<DatabaseInstance>>),
+    Cluster(String, Option<Box<Cluster>>),
 }
 
 /// A job's target, whatever its kind: what the job reads of it, and the two writes a request
