@@ -35,6 +35,12 @@ pub fn fenced() -> Action {
     Action::requeue(Duration::from_millis(50))
 }
 
+/// A member just back Ready catches up within moments, and the upgrade waits on it: look
+/// again at a tenth of the usual poll (bounded by the step's age, see the planner).
+pub fn catching_up() -> Action {
+    Action::requeue(Duration::from_millis(100))
+}
+
 /// The next step is ready and its act's effect is observable at once.
 pub fn now() -> Action {
     Action::requeue(Duration::from_millis(10))

@@ -1063,6 +1063,7 @@ fn apply_plan(mut d: Draft, prev: &UpgradeInFlight, mut p: Plan) -> Decision {
     }
     d.s.phase = Some(InstancePhase::Upgrading);
     let changed = p.upgrade.as_ref() != Some(prev);
+    let catching_up = p.catching_up;
     match p.upgrade {
         Some(r) => record_progress(&mut d, r, p.waiting.as_deref()),
         None => match prev.next_hop().filter(|_| !p.reverted && !prev.cancel) {
@@ -1086,6 +1087,8 @@ fn apply_plan(mut d: Draft, prev: &UpgradeInFlight, mut p: Plan) -> Decision {
         Wake::Now
     } else if holding_writes {
         Wake::Fenced
+    } else if catching_up {
+        Wake::CatchingUp
     } else {
         Wake::Poll
     };

@@ -84,9 +84,11 @@ pub fn controller(client: Client, namespace: Option<&str>) -> Controller<Databas
 pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Result<Action> {
     let ns = cached.namespace().unwrap_or_default();
     let name = cached.name_any();
+    let started = std::time::Instant::now();
     let Some(observed) = observe::observe(&ctx, &ns, &name).await? else {
         return Ok(Action::await_change());
     };
+    let observed_ms = started.elapsed().as_millis();
     let o = &observed.o;
     let current = o.inst.status.clone().unwrap_or_default();
     let d = decide::decide(o);
@@ -138,10 +140,18 @@ pub async fn reconcile(cached: Arc<DatabaseInstance>, ctx: Arc<Context>) -> Resu
         // A failing member is not hammered: the next attempt comes after a second.
         return Ok(requeue::retry());
     }
+    // Where a pass's time goes (the observation probes every member; the rest is API writes).
+    debug!(
+        observed_ms,
+        total_ms = started.elapsed().as_millis(),
+        act = d.act.name(),
+        "pass"
+    );
     Ok(match d.wake {
         Wake::Idle => requeue::health(ctx.health_interval),
         Wake::Poll => requeue::poll(),
         Wake::Fenced => requeue::fenced(),
+        Wake::CatchingUp => requeue::catching_up(),
         // The next step is ready: its act's effect is observable at once.
         Wake::Now => requeue::now(),
     })

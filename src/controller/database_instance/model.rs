@@ -358,6 +358,9 @@ pub enum Wake {
     /// streaming and reaching the fenced position, a replica attaching before a Replicated
     /// primary is unfenced), so the wait is the clients' outage.
     Fenced,
+    /// Soon: a restarted member is Ready and the step waits only for it to catch up, which
+    /// it does within moments (its replication reconnecting); the upgrade waits meanwhile.
+    CatchingUp,
     /// At once: the next step is ready to be decided.
     Now,
 }

@@ -53,6 +53,9 @@ pub struct Plan {
     pub reverted: bool,
     /// What the pass waits for, in words.
     pub waiting: Option<String>,
+    /// The wait is on a member just back Ready on the goal version to catch up: replication
+    /// reconnects within moments of readiness, and no event says when it has.
+    pub catching_up: bool,
 }
 
 impl Plan {
@@ -63,6 +66,7 @@ impl Plan {
             act,
             reverted: false,
             waiting: None,
+            catching_up: false,
         }
     }
 
@@ -87,6 +91,7 @@ impl Plan {
             act,
             reverted: false,
             waiting: None,
+            catching_up: false,
         }
     }
 
@@ -544,8 +549,16 @@ fn restart_member(v: &View, u: &UpgradeInFlight, reverting: bool, timeout: Durat
         };
         return fail(u, why, Act::None);
     }
-    Plan::wait(u, restart_wait(name, target))
+    Plan {
+        catching_up: running && m.ready && !is_primary && v.step_elapsed < CATCH_UP_PACE,
+        ..Plan::wait(u, restart_wait(name, target))
+    }
 }
+
+/// How long into a restart step a member back Ready is looked at again at the catch-up pace
+/// ([`Plan::catching_up`]); one still behind after that is catching up on something large,
+/// and the usual poll serves.
+const CATCH_UP_PACE: Duration = Duration::from_secs(10);
 
 fn restart_wait(name: &str, target: &str) -> String {
     format!("waiting for {name} to run {target}, Ready and caught up")

@@ -171,6 +171,35 @@ fn a_member_counts_only_when_the_new_server_runs_and_caught_up() {
 }
 
 #[test]
+fn a_standby_back_ready_but_behind_is_looked_at_at_the_catch_up_pace_for_a_while() {
+    let f = Fixture::new();
+    let mut m = members();
+    upgrade_member(&mut m[1]);
+    m[1].probe.as_mut().unwrap().position = pos(90);
+    let p = next(&f.view(&m, "db-0"), &upgrade(standby("db-1")), false);
+    assert!(
+        p.waiting.is_some() && p.catching_up,
+        "Ready, 10 bytes behind: {p:?}"
+    );
+    // Not Ready yet: its pod's readiness is an event, no need to look sooner.
+    m[1].ready = false;
+    let p = next(&f.view(&m, "db-0"), &upgrade(standby("db-1")), false);
+    assert!(p.waiting.is_some() && !p.catching_up, "{p:?}");
+    // Still behind well into the step: catching up on something large, the usual poll.
+    m[1].ready = true;
+    let late = View {
+        step_elapsed: Duration::from_secs(11),
+        ..f.view(&m, "db-0")
+    };
+    let p = next(&late, &upgrade(standby("db-1")), false);
+    assert!(p.waiting.is_some() && !p.catching_up, "{p:?}");
+    // Caught up: the step is done, nothing to wait on.
+    m[1].probe.as_mut().unwrap().position = pos(100);
+    let p = next(&f.view(&m, "db-0"), &upgrade(standby("db-1")), false);
+    assert!(!p.catching_up && p.waiting.is_none(), "{p:?}");
+}
+
+#[test]
 fn a_restarted_standby_that_leads_alone_is_repointed() {
     let f = Fixture::new();
     let mut m = members();
