@@ -64,40 +64,50 @@ pub fn validate_entry(
     }
 
     for (i, edge) in entry.upgrade_from.iter().enumerate() {
-        let parse = |b: &Option<String>| b.as_deref().map(str::parse::<Version>).transpose();
-        let (min, max) = match (parse(&edge.min_version), parse(&edge.max_version)) {
-            (Ok(min), Ok(max)) => (min, max),
-            (Err(e), _) | (_, Err(e)) => {
-                return Err(Invalid {
-                    reason: "InvalidEdge",
-                    message: format!("upgradeFrom[{i}]: {e}"),
-                });
-            }
-        };
-        if let (Some(lo), Some(hi)) = (&min, &max)
-            && lo > hi
-            && !hi.contains(lo)
-        {
+        validate_edge(i, edge, entry, &own)?;
+    }
+    Ok(())
+}
+
+/// Checks `upgradeFrom[i]` of `entry` (at version `own`): bounds that parse and are ordered,
+/// and, from the same datastore, wholly below `own`.
+fn validate_edge(
+    i: usize,
+    edge: &crate::crd::UpgradeEdge,
+    entry: &DatastoreVersionSpec,
+    own: &Version,
+) -> Result<(), Invalid> {
+    let parse = |b: &Option<String>| b.as_deref().map(str::parse::<Version>).transpose();
+    let (min, max) = match (parse(&edge.min_version), parse(&edge.max_version)) {
+        (Ok(min), Ok(max)) => (min, max),
+        (Err(e), _) | (_, Err(e)) => {
             return Err(Invalid {
                 reason: "InvalidEdge",
-                message: format!("upgradeFrom[{i}]: minVersion {lo} is above maxVersion {hi}"),
+                message: format!("upgradeFrom[{i}]: {e}"),
             });
         }
-        // An edge from the same datastore must lie wholly below this version: a path may never
-        // be a downgrade.
-        if edge.datastore == entry.datastore
-            && max
-                .as_ref()
-                .is_none_or(|hi| *hi >= own || hi.contains(&own))
-        {
-            return Err(Invalid {
-                reason: "InvalidEdge",
-                message: format!(
-                    "upgradeFrom[{i}]: an edge from {} must end below {} (set a maxVersion lower than this version)",
-                    edge.datastore, entry.version
-                ),
-            });
-        }
+    };
+    if let (Some(lo), Some(hi)) = (&min, &max)
+        && lo > hi
+        && !hi.contains(lo)
+    {
+        return Err(Invalid {
+            reason: "InvalidEdge",
+            message: format!("upgradeFrom[{i}]: minVersion {lo} is above maxVersion {hi}"),
+        });
+    }
+    // An edge from the same datastore must lie wholly below this version: a path may never
+    // be a downgrade.
+    if edge.datastore == entry.datastore
+        && max.as_ref().is_none_or(|hi| hi >= own || hi.contains(own))
+    {
+        return Err(Invalid {
+            reason: "InvalidEdge",
+            message: format!(
+                "upgradeFrom[{i}]: an edge from {} must end below {} (set a maxVersion lower than this version)",
+                edge.datastore, entry.version
+            ),
+        });
     }
     Ok(())
 }

@@ -693,15 +693,27 @@ async fn admit_and_claim(
             }
         }
     }
-    // The claims go out together, each guarded by its own target's resourceVersion. One that
-    // lost a race makes the pass re-read; the ones that landed are adopted by the next pass
-    // (their flight names this job), so a partial set is never lost.
+    let all = claim_all(ctx, req, &key, next, read, &starts, notes).await?;
+    Ok(all.then_some(soonest))
+}
+
+/// Claims the targets of the jobs that start, together, each guarded by its own target's
+/// resourceVersion. False when one lost a race: the pass re-reads, and the ones that landed
+/// are adopted by the next pass (their flight names this job), so a partial set is never lost.
+async fn claim_all(
+    ctx: &Context,
+    req: &UpgradeRequest,
+    key: &str,
+    next: &mut UpgradeRequestStatus,
+    read: &Read,
+    starts: &[(usize, jobs::Plan)],
+    notes: &mut Notes,
+) -> Result<bool> {
     let claims: Vec<_> = starts
         .iter()
         .map(|(i, plan)| {
             let job = &next.jobs[*i];
             let target = read.target(job);
-            let key = key.as_str();
             async move {
                 match target {
                     Some(t) => t.claim(ctx, req, key, job, plan).await.map(Some),
@@ -722,7 +734,7 @@ async fn admit_and_claim(
             None => {}
         }
     }
-    Ok((!lost).then_some(soonest))
+    Ok(!lost)
 }
 
 /// The request's phase, GaussDB summary, message and conditions from its jobs.
