@@ -63,7 +63,13 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
         }
     };
     o.catalog = ctx.catalog();
-    let owned = read_secrets_and_owned(ctx, ns, &mut o, engine, &status).await?;
+    // Every read below depends only on the instance: one round trip's wait, not six (each
+    // pass of a switchover is write outage).
+    let selector = format!("{LABEL_INSTANCE}={}", o.inst.name_any());
+    let (owned, pods) = tokio::try_join!(
+        read_secrets_and_owned(ctx, ns, &mut o, engine, &status),
+        list_pods(ctx, ns, &selector),
+    )?;
     let login = Target {
         endpoint: Endpoint::new("", 0),
         credentials: o.admin.clone(),
@@ -71,7 +77,7 @@ pub async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Option<Obser
         ca: o.ca.clone(),
         cert: o.cert.clone(),
     };
-    read_members(ctx, ns, &mut o, engine, &login, &names, &status, &owned).await?;
+    read_members(ctx, &mut o, engine, &login, &names, &status, &owned, pods).await;
     o.fence_goal = fence_goal(engine, &status);
     if let Some(u) = status.upgrade.as_ref().filter(|u| u.offline.is_some()) {
         o.offline_check = read_offline_check(ctx, ns, &o.inst).await?;
@@ -101,7 +107,11 @@ async fn read_secrets_and_owned(
     engine: &'static dyn Engine,
     status: &crate::crd::DatabaseInstanceStatus,
 ) -> Result<Owned> {
-    let seen = read_credentials(ctx, ns, &o.inst, engine).await?;
+    let (seen, tls, mut owned) = tokio::try_join!(
+        read_credentials(ctx, ns, &o.inst, engine),
+        read_tls(ctx, ns, o.inst.spec.tls.as_ref()),
+        read_owned(ctx, ns, &o.inst, status.upgrade.is_some()),
+    )?;
     let (secret_exists, applied_exists) = (seen.exists, seen.applied.is_some());
     settle_credentials(o, engine, seen);
     if o.credentials_changed.is_some()
@@ -114,12 +124,11 @@ async fn read_secrets_and_owned(
             .and_then(|c| c.status)
             .is_some_and(|s| s.upgrade.is_some());
     }
-    match read_tls(ctx, ns, o.inst.spec.tls.as_ref()).await? {
+    match tls {
         Ok(Some((ca, cert))) => (o.ca, o.cert) = (Some(ca), Some(cert)),
         Ok(None) => {}
         Err(why) => o.tls_problem = Some(why),
     }
-    let mut owned = read_owned(ctx, ns, &o.inst, status.upgrade.is_some()).await?;
     owned.credentials = secret_exists;
     owned.applied_credentials = applied_exists;
     if status.upgrade.is_none() {
@@ -133,25 +142,14 @@ async fn read_secrets_and_owned(
 #[allow(clippy::too_many_arguments)]
 async fn read_members(
     ctx: &Context,
-    ns: &str,
     o: &mut Observation,
     engine: &'static dyn Engine,
     login: &Target,
     names: &[String],
     status: &crate::crd::DatabaseInstanceStatus,
     owned: &Owned,
-) -> Result<()> {
-    let selector = format!("{LABEL_INSTANCE}={}", o.inst.name_any());
-    // From the API server's watch cache, as informers read them: a consistent LIST waits on
-    // etcd and cost most of a pass; the servers' own probes are the authority on roles and
-    // fences, and every act a pod's state leads to is idempotent.
-    let pods: BTreeMap<String, Pod> = Api::<Pod>::namespaced(ctx.client.clone(), ns)
-        .list(&ListParams::default().labels(&selector).match_any())
-        .await
-        .map_err(Error::kube("listing the instance's pods"))?
-        .into_iter()
-        .map(|p| (p.name_any(), p))
-        .collect();
+    pods: BTreeMap<String, Pod>,
+) {
     // During a switchover nothing writes (fenced) and every pass is write outage: all at once.
     let switching = status
         .upgrade
@@ -181,7 +179,19 @@ async fn read_members(
         },
         &quarantined,
     );
-    Ok(())
+}
+
+/// The instance's pods by name, from the API server's watch cache, as informers read them: a
+/// consistent LIST waits on etcd and cost most of a pass; the servers' own probes are the
+/// authority on roles and fences, and every act a pod's state leads to is idempotent.
+async fn list_pods(ctx: &Context, ns: &str, selector: &str) -> Result<BTreeMap<String, Pod>> {
+    Ok(Api::<Pod>::namespaced(ctx.client.clone(), ns)
+        .list(&ListParams::default().labels(selector).match_any())
+        .await
+        .map_err(Error::kube("listing the instance's pods"))?
+        .into_iter()
+        .map(|p| (p.name_any(), p))
+        .collect())
 }
 
 /// The recorded fence position, read back by the engine; None (and a warning) when it does not
@@ -282,41 +292,28 @@ async fn read_owned(
     inst: &DatabaseInstance,
     upgrading: bool,
 ) -> Result<Owned> {
-    let client = ctx.client.clone();
-    let topology = Api::<ConfigMap>::namespaced(client.clone(), ns)
-        .get_opt(&children::topology_name(inst))
-        .await
-        .map_err(Error::kube("reading the topology ConfigMap"))?;
+    let c = &ctx.client;
     let selector = format!("{LABEL_INSTANCE}={}", inst.name_any());
+    let name = inst.name_any();
     // Served from the API server's cache (any version): these only feed the drift check and
     // a claim's UID, and a consistent LIST cost most of a pass.
     let lp = ListParams::default().labels(&selector).match_any();
-    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
-        .list(&lp)
-        .await
-        .map_err(Error::kube("listing the instance's claims"))?
-        .items;
+    let topology_name = children::topology_name(inst);
+    let topology = get::<ConfigMap>(c, ns, &topology_name, "reading the topology ConfigMap");
+    let claims = list::<PersistentVolumeClaim>(c, ns, &lp, "listing the instance's claims");
     if upgrading {
+        let (topology, claims) = tokio::try_join!(topology, claims)?;
         return Ok(Owned {
             claims,
             topology,
             ..Default::default()
         });
     }
-    let services = Api::<Service>::namespaced(client.clone(), ns)
-        .list(&lp)
-        .await
-        .map_err(Error::kube("listing the instance's services"))?
-        .items;
-    let pdb = Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
-        .get_opt(&inst.name_any())
-        .await
-        .map_err(Error::kube("reading the PodDisruptionBudget"))?;
-    let network_policy = Api::<NetworkPolicy>::namespaced(ctx.client.clone(), ns)
-        .get_opt(&inst.name_any())
-        .await
-        .map_err(Error::kube("reading the NetworkPolicy"))?
-        .is_some();
+    let services = list::<Service>(c, ns, &lp, "listing the instance's services");
+    let pdb = get::<PodDisruptionBudget>(c, ns, &name, "reading the PodDisruptionBudget");
+    let network_policy = get::<NetworkPolicy>(c, ns, &name, "reading the NetworkPolicy");
+    let (topology, claims, services, pdb, network_policy) =
+        tokio::try_join!(topology, claims, services, pdb, network_policy)?;
     Ok(Owned {
         claims,
         services,
@@ -324,8 +321,52 @@ async fn read_owned(
         topology,
         credentials: false,
         applied_credentials: false,
-        network_policy,
+        network_policy: network_policy.is_some(),
     })
+}
+
+/// A namespaced built-in kind a pass reads.
+trait Namespaced:
+    kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+}
+
+impl<K> Namespaced for K where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+{
+}
+
+/// One namespaced object by name, if it exists.
+async fn get<K: Namespaced>(
+    c: &kube::Client,
+    ns: &str,
+    name: &str,
+    what: &'static str,
+) -> Result<Option<K>> {
+    Api::<K>::namespaced(c.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(Error::kube(what))
+}
+
+/// The namespaced objects `lp` selects.
+async fn list<K: Namespaced>(
+    c: &kube::Client,
+    ns: &str,
+    lp: &ListParams,
+    what: &'static str,
+) -> Result<Vec<K>> {
+    Ok(Api::<K>::namespaced(c.clone(), ns)
+        .list(lp)
+        .await
+        .map_err(Error::kube(what))?
+        .items)
 }
 
 /// Reads the TLS Secret `spec.tls` names, at every pass: the CA Baton verifies members
@@ -401,19 +442,16 @@ async fn read_credentials(
     inst: &DatabaseInstance,
     engine: &dyn Engine,
 ) -> Result<SeenCredentials> {
-    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), ns);
     let keys = engine.credential_keys();
-    let applied = secrets
-        .get_opt(&children::applied_credentials_name(inst))
-        .await
-        .map_err(Error::kube("reading the applied credentials"))?
-        .map(|s| engine::Accounts(secret_values(&s, keys)));
     let name = children::credentials_name(inst);
-    let Some(secret) = secrets
-        .get_opt(&name)
-        .await
-        .map_err(Error::kube("reading the credentials Secret"))?
-    else {
+    let applied_name = children::applied_credentials_name(inst);
+    let c = &ctx.client;
+    let (applied, secret) = tokio::try_join!(
+        get::<Secret>(c, ns, &applied_name, "reading the applied credentials"),
+        get::<Secret>(c, ns, &name, "reading the credentials Secret"),
+    )?;
+    let applied = applied.map(|s| engine::Accounts(secret_values(&s, keys)));
+    let Some(secret) = secret else {
         let wanted = if inst.spec.credentials.is_some() {
             Err(format!(
                 "the Secret {name} named in spec.credentials.secretName does not exist"
